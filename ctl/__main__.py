@@ -1,0 +1,7 @@
+"""`python -m ctl` is `ctrctl`."""
+
+import sys
+
+from ctl.main import main
+
+sys.exit(main())

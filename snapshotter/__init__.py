@@ -1,0 +1,1 @@
+"""Snapshotters (overlayfs, native): know nothing of gRPC (land with the snapshotter issue)."""

@@ -1,0 +1,115 @@
+"""The daemon's configuration: a TOML file, overridden by command-line flags.
+
+Layout (every key optional; these are the defaults):
+
+    root = "/var/lib/ctrd"            # persistent data: metadata, content, snapshots
+    state = "/run/ctrd"               # volatile data: bundles, shim sockets
+
+    [grpc]
+    address = "/run/ctrd/ctrd.sock"
+    uid = 0                           # owner of the socket (mode 0660)
+    gid = 0
+
+    [debug]
+    level = "info"                    # debug, info, warning, error
+    format = "auto"                   # auto (console on a terminal, else json), json, console
+
+Unknown keys are an error that names them: a typo should not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from supervisor.errors import InvalidArgument
+
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("auto", "json", "console")
+
+
+@dataclass(frozen=True)
+class GrpcConfig:
+    address: str = "/run/ctrd/ctrd.sock"
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    root: str = "/var/lib/ctrd"
+    state: str = "/run/ctrd"
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def with_overrides(
+        self,
+        *,
+        root: str | None = None,
+        state: str | None = None,
+        address: str | None = None,
+        log_level: str | None = None,
+    ) -> Config:
+        cfg = replace(self, root=root or self.root, state=state or self.state)
+        if address:
+            cfg = replace(cfg, grpc=replace(cfg.grpc, address=address))
+        if log_level:
+            cfg = replace(cfg, debug=replace(cfg.debug, level=log_level))
+        return cfg.validated()
+
+    def validated(self) -> Config:
+        if self.debug.level not in LEVELS:
+            raise InvalidArgument(f'log level "{self.debug.level}" is not one of {LEVELS}')
+        if self.debug.format not in FORMATS:
+            raise InvalidArgument(f'log format "{self.debug.format}" is not one of {FORMATS}')
+        for name, value in (("root", self.root), ("state", self.state)):
+            if not Path(value).is_absolute():
+                raise InvalidArgument(f'{name} "{value}" must be an absolute path')
+        return self
+
+
+def load(path: str | None) -> Config:
+    """Read a config file; None means the defaults."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise InvalidArgument(f'config file "{path}" does not exist') from None
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidArgument(f'config file "{path}": {e}') from None
+    data.pop("version", None)
+    cfg: Config = _build(Config, data, path)
+    return cfg.validated()
+
+
+def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise InvalidArgument(f'config "{where}": unknown key(s) {", ".join(unknown)}')
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if hasattr(default, "__dataclass_fields__"):
+            if not isinstance(value, dict):
+                raise InvalidArgument(f'config "{where}": [{name}] must be a table')
+            kwargs[name] = _build(type(default), value, f"{where}: [{name}]")
+        elif not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(
+            default, bool
+        ):
+            raise InvalidArgument(
+                f'config "{where}": {name} must be a {type(default).__name__}, not {value!r}'
+            )
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

@@ -1,0 +1,70 @@
+"""`ctrd`: the daemon's command line. Flags follow containerd's and override the config file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from supervisor import config as config_mod
+from supervisor import log as log_mod
+from supervisor.errors import CtrdError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="ctrd", description="ctrd: a container supervisor speaking containerd's API"
+    )
+    parser.add_argument("--config", "-c", help="path to the TOML configuration file")
+    parser.add_argument("--root", help="directory for persistent data (default /var/lib/ctrd)")
+    parser.add_argument("--state", help="directory for volatile state (default /run/ctrd)")
+    parser.add_argument(
+        "--address", "-a", help="unix socket to serve on (default /run/ctrd/ctrd.sock)"
+    )
+    parser.add_argument(
+        "--log-level", "-l", choices=config_mod.LEVELS, help="log level (default info)"
+    )
+    parser.add_argument("--version", "-v", action="store_true", help="print the version")
+    return parser.parse_args(argv)
+
+
+async def run(cfg: config_mod.Config) -> None:
+    from supervisor.server import Daemon  # after logging is configured
+
+    daemon = await Daemon.start(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await daemon.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.version:
+        from supervisor.services.version import version
+
+        print(f"ctrd {version()}")
+        return 0
+    try:
+        cfg = config_mod.load(args.config).with_overrides(
+            root=args.root, state=args.state, address=args.address, log_level=args.log_level
+        )
+    except CtrdError as e:
+        print(f"ctrd: {e.detail}", file=sys.stderr)
+        return 2
+    log_mod.configure(cfg.debug.level, cfg.debug.format)
+    try:
+        asyncio.run(run(cfg))
+    except CtrdError as e:
+        print(f"ctrd: {e.detail}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The metadata store: one SQLite database under the root, every record namespaced."""

@@ -1,0 +1,192 @@
+"""The composition root: everything the daemon is made of is built here, in plain code.
+
+`Daemon.start` takes the root's lock, opens the metadata, builds the stores and services and
+serves them on the unix socket; `Daemon.stop` undoes it in reverse. Nothing registers itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+
+from supervisor.api.containerd.services.containers.v1 import containers_pb2_grpc
+from supervisor.api.containerd.services.content.v1 import content_pb2_grpc
+from supervisor.api.containerd.services.diff.v1 import diff_pb2_grpc
+from supervisor.api.containerd.services.events.v1 import events_pb2_grpc
+from supervisor.api.containerd.services.images.v1 import images_pb2_grpc
+from supervisor.api.containerd.services.introspection.v1 import introspection_pb2_grpc
+from supervisor.api.containerd.services.leases.v1 import leases_pb2_grpc
+from supervisor.api.containerd.services.namespaces.v1 import namespaces_pb2_grpc
+from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc
+from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc
+from supervisor.api.containerd.services.version.v1 import version_pb2_grpc
+from supervisor.config import Config
+from supervisor.errors import FailedPrecondition
+from supervisor.events import Exchange
+from supervisor.metadata.db import Database
+from supervisor.metadata.namespaces import NamespaceStore
+from supervisor.services.namespaces import NamespacesService
+from supervisor.services.rpc import Interceptor
+from supervisor.services.version import IntrospectionService, Plugin, VersionService
+
+log = structlog.get_logger("ctrd")
+
+MAX_MESSAGE = 16 << 20  # containerd's limit both ways
+PLATFORM = ("linux", {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, "unknown"))
+
+
+class RootLock:
+    """An exclusive flock on `<root>/ctrd.lock`, held for the daemon's lifetime."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "ctrd.lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            raise FailedPrecondition(
+                f'root "{root}" is in use by another ctrd (pid {holder})'
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+def server_uuid(root: Path) -> str:
+    """The daemon's identity, made once and kept under the root."""
+    path = root / "uuid"
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip()
+    tmp = root / "uuid.tmp"
+    tmp.write_text(str(uuid.uuid4()) + "\n")
+    os.replace(tmp, path)
+    return path.read_text().strip()
+
+
+def clear_stale_socket(address: str) -> None:
+    """Remove a socket left by a daemon that died; refuse one that something still serves."""
+    try:
+        mode = os.lstat(address).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FailedPrecondition(f'address "{address}" exists and is not a socket')
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(address)
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(address)
+            return
+    raise FailedPrecondition(f'address "{address}" is in use by another process')
+
+
+def plugins() -> list[Plugin]:
+    grpc_services = (
+        "containers", "content", "diff", "events", "images", "introspection",
+        "leases", "namespaces", "snapshots", "tasks", "version",
+    )  # fmt: skip
+    return [
+        Plugin("io.containerd.event.v1", "exchange"),
+        Plugin("io.containerd.metadata.v1", "sqlite", requires=("io.containerd.event.v1",)),
+        *(
+            Plugin("io.containerd.grpc.v1", name, requires=("io.containerd.metadata.v1",))
+            for name in grpc_services
+        ),
+    ]
+
+
+@dataclass
+class Daemon:
+    config: Config
+    lock: RootLock
+    db: Database
+    server: grpc.aio.Server
+
+    @classmethod
+    async def start(cls, config: Config) -> Daemon:
+        root, state, address = Path(config.root), Path(config.state), config.grpc.address
+        for directory in (root, state, Path(address).parent):
+            directory.mkdir(mode=0o711, parents=True, exist_ok=True)
+        lock = RootLock(root)
+        try:
+            clear_stale_socket(address)
+            db = await Database.open(root / "meta.db")
+        except BaseException:
+            lock.release()
+            raise
+        events = Exchange()
+        server = grpc.aio.server(
+            interceptors=[Interceptor()],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+            ],
+        )
+        services: list[tuple[Any, Any]] = [
+            (version_pb2_grpc.add_VersionServicer_to_server, VersionService()),
+            (
+                introspection_pb2_grpc.add_IntrospectionServicer_to_server,
+                IntrospectionService(plugins(), server_uuid(root)),
+            ),
+            (
+                namespaces_pb2_grpc.add_NamespacesServicer_to_server,
+                NamespacesService(NamespaceStore(db), events),
+            ),
+            # Registered so that every method of the API answers; their methods say
+            # UNIMPLEMENTED until the stores behind them exist.
+            (content_pb2_grpc.add_ContentServicer_to_server, content_pb2_grpc.ContentServicer()),
+            (images_pb2_grpc.add_ImagesServicer_to_server, images_pb2_grpc.ImagesServicer()),
+            (
+                containers_pb2_grpc.add_ContainersServicer_to_server,
+                containers_pb2_grpc.ContainersServicer(),
+            ),
+            (leases_pb2_grpc.add_LeasesServicer_to_server, leases_pb2_grpc.LeasesServicer()),
+            (
+                snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
+                snapshots_pb2_grpc.SnapshotsServicer(),
+            ),
+            (diff_pb2_grpc.add_DiffServicer_to_server, diff_pb2_grpc.DiffServicer()),
+            (tasks_pb2_grpc.add_TasksServicer_to_server, tasks_pb2_grpc.TasksServicer()),
+            (events_pb2_grpc.add_EventsServicer_to_server, events_pb2_grpc.EventsServicer()),
+        ]
+        for add, servicer in services:
+            add(servicer, server)
+        try:
+            old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
+            try:
+                server.add_insecure_port(f"unix:{address}")
+            finally:
+                os.umask(old_umask)
+            os.chmod(address, 0o660)
+            os.chown(address, config.grpc.uid, config.grpc.gid)
+            await server.start()
+        except BaseException:
+            await server.stop(None)
+            await db.close()
+            lock.release()
+            raise
+        log.info("ctrd_started", address=address, root=str(root), state=str(state), pid=os.getpid())
+        return cls(config, lock, db, server)
+
+    async def stop(self) -> None:
+        log.info("ctrd_stopping")
+        await self.server.stop(grace=1.0)
+        await self.db.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.config.grpc.address)
+        self.lock.release()
+        log.info("ctrd_stopped")
