@@ -14,6 +14,9 @@ Layout (every key optional; these are the defaults):
     level = "info"                    # debug, info, warning, error
     format = "auto"                   # auto (console on a terminal, else json), json, console
 
+    [gc]
+    interval = 60.0                   # seconds between collections when nothing changes
+
 Unknown keys are an error that names them: a typo should not silently fall back to a default.
 """
 
@@ -44,11 +47,17 @@ class DebugConfig:
 
 
 @dataclass(frozen=True)
+class GcConfig:
+    interval: float = 60.0  # seconds between collections on an idle daemon
+
+
+@dataclass(frozen=True)
 class Config:
     root: str = "/var/lib/ctrd"
     state: str = "/run/ctrd"
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    gc: GcConfig = field(default_factory=GcConfig)
 
     def with_overrides(
         self,
@@ -70,6 +79,8 @@ class Config:
             raise InvalidArgument(f'log level "{self.debug.level}" is not one of {LEVELS}')
         if self.debug.format not in FORMATS:
             raise InvalidArgument(f'log format "{self.debug.format}" is not one of {FORMATS}')
+        if self.gc.interval <= 0:
+            raise InvalidArgument(f"gc interval {self.gc.interval} must be positive")
         for name, value in (("root", self.root), ("state", self.state)):
             if not Path(value).is_absolute():
                 raise InvalidArgument(f'{name} "{value}" must be an absolute path')
@@ -104,6 +115,8 @@ def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
             if not isinstance(value, dict):
                 raise InvalidArgument(f'config "{where}": [{name}] must be a table')
             kwargs[name] = _build(type(default), value, f"{where}: [{name}]")
+        elif isinstance(default, float) and type(value) is int:
+            kwargs[name] = float(value)
         elif not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(
             default, bool
         ):

@@ -6,6 +6,7 @@ serves them on the unix socket; `Daemon.stop` undoes it in reverse. Nothing regi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -31,10 +32,18 @@ from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc
 from supervisor.api.containerd.services.version.v1 import version_pb2_grpc
 from supervisor.config import Config
+from supervisor.content.local import LocalStore
 from supervisor.errors import FailedPrecondition
 from supervisor.events import Exchange
+from supervisor.metadata.content import ContentStore
 from supervisor.metadata.db import Database
+from supervisor.metadata.gc import Collector
+from supervisor.metadata.images import ImageStore
+from supervisor.metadata.leases import LeaseStore
 from supervisor.metadata.namespaces import NamespaceStore
+from supervisor.services.content import ContentService
+from supervisor.services.images import ImagesService
+from supervisor.services.leases import LeasesService
 from supervisor.services.namespaces import NamespacesService
 from supervisor.services.rpc import Interceptor
 from supervisor.services.version import IntrospectionService, Plugin, VersionService
@@ -100,8 +109,15 @@ def plugins() -> list[Plugin]:
         "leases", "namespaces", "snapshots", "tasks", "version",
     )  # fmt: skip
     return [
+        Plugin("io.containerd.content.v1", "content"),
         Plugin("io.containerd.event.v1", "exchange"),
-        Plugin("io.containerd.metadata.v1", "sqlite", requires=("io.containerd.event.v1",)),
+        Plugin(
+            "io.containerd.metadata.v1",
+            "sqlite",
+            requires=("io.containerd.content.v1", "io.containerd.event.v1"),
+        ),
+        Plugin("io.containerd.gc.v1", "scheduler", requires=("io.containerd.metadata.v1",)),
+        Plugin("io.containerd.lease.v1", "manager", requires=("io.containerd.metadata.v1",)),
         *(
             Plugin("io.containerd.grpc.v1", name, requires=("io.containerd.metadata.v1",))
             for name in grpc_services
@@ -115,6 +131,7 @@ class Daemon:
     lock: RootLock
     db: Database
     server: grpc.aio.Server
+    gc_task: asyncio.Task[None]
 
     @classmethod
     async def start(cls, config: Config) -> Daemon:
@@ -129,6 +146,12 @@ class Daemon:
             lock.release()
             raise
         events = Exchange()
+        blobs = LocalStore(root / "content")
+        gc = Collector(db, blobs, interval=config.gc.interval)
+
+        def content(ns: str, lease: str | None) -> ContentStore:
+            return ContentStore(db, blobs, ns, lease, on_delete=gc.mark_dirty)
+
         server = grpc.aio.server(
             interceptors=[Interceptor()],
             options=[
@@ -148,13 +171,19 @@ class Daemon:
             ),
             # Registered so that every method of the API answers; their methods say
             # UNIMPLEMENTED until the stores behind them exist.
-            (content_pb2_grpc.add_ContentServicer_to_server, content_pb2_grpc.ContentServicer()),
-            (images_pb2_grpc.add_ImagesServicer_to_server, images_pb2_grpc.ImagesServicer()),
+            (content_pb2_grpc.add_ContentServicer_to_server, ContentService(content, events)),
+            (
+                images_pb2_grpc.add_ImagesServicer_to_server,
+                ImagesService(lambda ns: ImageStore(db, ns), events, gc),
+            ),
+            (
+                leases_pb2_grpc.add_LeasesServicer_to_server,
+                LeasesService(lambda ns: LeaseStore(db, ns), gc),
+            ),
             (
                 containers_pb2_grpc.add_ContainersServicer_to_server,
                 containers_pb2_grpc.ContainersServicer(),
             ),
-            (leases_pb2_grpc.add_LeasesServicer_to_server, leases_pb2_grpc.LeasesServicer()),
             (
                 snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
                 snapshots_pb2_grpc.SnapshotsServicer(),
@@ -179,12 +208,16 @@ class Daemon:
             await db.close()
             lock.release()
             raise
+        gc_task = asyncio.create_task(gc.run(), name="gc")
         log.info("ctrd_started", address=address, root=str(root), state=str(state), pid=os.getpid())
-        return cls(config, lock, db, server)
+        return cls(config, lock, db, server, gc_task)
 
     async def stop(self) -> None:
         log.info("ctrd_stopping")
         await self.server.stop(grace=1.0)
+        self.gc_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.gc_task
         await self.db.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.grpc.address)

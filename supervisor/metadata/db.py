@@ -10,8 +10,9 @@ The database runs in WAL mode with `synchronous=FULL`: a committed write survive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -22,10 +23,52 @@ from supervisor.metadata.schema import MIGRATIONS
 T = TypeVar("T")
 
 
+class _SharedExclusiveLock:
+    """Many holders of `shared`, or one of `exclusive`: mutations vs. the garbage collector."""
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._exclusive)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 class Database:
     def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
         self._conn = conn
         self._executor = executor
+        self._gc_lock = _SharedExclusiveLock()
+
+    def mutation(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held across a change that spans the disk and the database (publishing a blob)."""
+        return self._gc_lock.shared()
+
+    def exclusive(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held by the garbage collector: no such change is half done meanwhile."""
+        return self._gc_lock.exclusive()
 
     @classmethod
     async def open(cls, path: Path) -> Database:

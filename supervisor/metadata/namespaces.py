@@ -7,6 +7,7 @@ labels are replaced whole or key by key through field-mask paths (`labels`, `lab
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from supervisor import identifiers
 from supervisor.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from supervisor.metadata.db import Database
-from supervisor.metadata.schema import NAMESPACE_CONTENTS
+from supervisor.metadata.schema import NAMESPACE_CONTENTS, NAMESPACE_DISPOSABLE
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,8 @@ class NamespaceStore:
 
         return await self._db.read(get)
 
-    async def list(self) -> list[Namespace]:
-        def list_(conn: sqlite3.Connection) -> list[Namespace]:
+    async def list(self) -> builtins.list[Namespace]:
+        def list_(conn: sqlite3.Connection) -> builtins.list[Namespace]:
             rows = conn.execute("SELECT name, labels FROM namespaces ORDER BY name")
             return [Namespace(name, json.loads(labels)) for name, labels in rows]
 
@@ -111,6 +112,8 @@ class NamespaceStore:
                 raise FailedPrecondition(
                     f'namespace "{name}" must be empty, but it still has {", ".join(held)}'
                 )
+            for table in NAMESPACE_DISPOSABLE:
+                conn.execute(f"DELETE FROM {table} WHERE namespace = ?", (name,))
             conn.execute("DELETE FROM namespaces WHERE name = ?", (name,))
 
         await self._db.write(delete)

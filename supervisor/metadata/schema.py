@@ -19,8 +19,59 @@ MIGRATIONS: tuple[str, ...] = (
         created_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: content, images, leases.
+    """
+    CREATE TABLE blobs (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX blobs_by_digest ON blobs (digest);
+    CREATE TABLE ingests (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        ref TEXT NOT NULL,
+        backend_ref TEXT NOT NULL UNIQUE,
+        expected TEXT NOT NULL DEFAULT '',
+        expires_at INTEGER,  -- ns since the epoch; NULL while a lease holds it
+        PRIMARY KEY (namespace, ref)
+    ) WITHOUT ROWID;
+    CREATE TABLE images (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        name TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        annotations TEXT NOT NULL DEFAULT '{}',
+        labels TEXT NOT NULL DEFAULT '{}',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE leases (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        id TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE lease_resources (
+        namespace TEXT NOT NULL,
+        lease TEXT NOT NULL,
+        type TEXT NOT NULL,  -- content, ingests, snapshots/<snapshotter>
+        id TEXT NOT NULL,
+        PRIMARY KEY (namespace, lease, type, id),
+        FOREIGN KEY (namespace, lease) REFERENCES leases(namespace, id) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    """,
 )
 
 # The objects whose presence keeps a namespace from being deleted, as (table, what to call them
 # in the error). Leases and ingests do not count, as in containerd. Later migrations add theirs.
-NAMESPACE_CONTENTS: tuple[tuple[str, str], ...] = ()
+NAMESPACE_CONTENTS: tuple[tuple[str, str], ...] = (("images", "images"), ("blobs", "blobs"))
+
+# What goes with a namespace when it is deleted, children first.
+NAMESPACE_DISPOSABLE: tuple[str, ...] = ("lease_resources", "leases", "ingests")

@@ -1,0 +1,1 @@
+"""The content store: immutable blobs addressed by digest, and resumable ingests."""

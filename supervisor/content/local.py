@@ -1,0 +1,382 @@
+"""The local blob store: the bytes on disk, shared by every namespace.
+
+Layout under its root (`<ctrd root>/content`):
+
+    blobs/<algorithm>/<hex>         immutable, read-only (0444), complete and verified
+    ingest/<sha256 of ref>/         one resumable upload
+        ref                         the client's ref, to list and check
+        data                        the bytes so far
+        startedat                   nanoseconds since the epoch
+        total                       expected size, when known
+
+A blob appears only through `rename(2)` of a fully written, fsynced and verified ingest file,
+so a crash at any point leaves either no blob or a whole one; a half-written ingest is resumed
+by the next writer on its ref (its digest state is rebuilt by re-reading the data). All file
+work runs on worker threads: the event loop only awaits it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+
+from supervisor import digests, filters
+from supervisor.content.protocol import Info, Status
+from supervisor.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    Unavailable,
+)
+
+READ_CHUNK = 1 << 20
+
+
+def info_adaptor(info: Info) -> filters.Adaptor:
+    return filters.label_adaptor({"digest": info.digest, "size": str(info.size)}, dict(info.labels))
+
+
+def status_adaptor(status: Status) -> filters.Adaptor:
+    return filters.label_adaptor({"ref": status.ref}, {})
+
+
+class LocalStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs"
+        self.ingests = root / "ingest"
+        self._locked: dict[str, float] = {}  # ref -> when its writer opened
+        for directory in (self.blobs / "sha256", self.ingests):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        algorithm, encoded = digests.parse(digest)
+        return self.blobs / algorithm / encoded
+
+    async def info(self, digest: str) -> Info:
+        path = self.blob_path(digest)
+        try:
+            st = await asyncio.to_thread(os.stat, path)
+        except FileNotFoundError:
+            raise NotFound(f"content digest {digest}") from None
+        return Info(digest, st.st_size, st.st_mtime_ns, st.st_mtime_ns)
+
+    async def exists(self, digest: str) -> bool:
+        return await asyncio.to_thread(self.blob_path(digest).exists)
+
+    async def update(self, info: Info, paths: Sequence[str]) -> Info:
+        raise FailedPrecondition(
+            "the local content store keeps no labels: update them in a namespace"
+        )
+
+    async def list(self, filter_texts: Sequence[str] = ()) -> builtins.list[Info]:
+        selected = filters.parse_all(filter_texts)
+        infos = await asyncio.to_thread(self._walk)
+        return [i for i in infos if selected.matches(info_adaptor(i))]
+
+    def _walk(self) -> builtins.list[Info]:
+        out: list[Info] = []
+        for algorithm_dir in sorted(self.blobs.iterdir()):
+            with os.scandir(algorithm_dir) as entries:
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        st = entry.stat()
+                        digest = f"{algorithm_dir.name}:{entry.name}"
+                        out.append(Info(digest, st.st_size, st.st_mtime_ns, st.st_mtime_ns))
+        return out
+
+    def digests_on_disk(self) -> set[str]:
+        """Every blob's digest; for the garbage collector (blocking, call from a thread)."""
+        return {info.digest for info in self._walk()}
+
+    async def delete(self, digest: str) -> None:
+        try:
+            await asyncio.to_thread(os.unlink, self.blob_path(digest))
+        except FileNotFoundError:
+            raise NotFound(f"content digest {digest}") from None
+
+    async def read(self, digest: str, offset: int = 0, size: int = 0) -> AsyncIterator[bytes]:
+        path = self.blob_path(digest)
+        try:
+            f = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:
+            raise NotFound(f"content digest {digest}") from None
+        try:
+            length = os.fstat(f.fileno()).st_size
+            if offset < 0 or offset > length:
+                raise OutOfRange(f"read offset {offset} of content {digest} (size {length})")
+            end = length if size <= 0 else min(length, offset + size)
+            position = offset
+            while position < end:
+                chunk = await asyncio.to_thread(
+                    os.pread, f.fileno(), min(READ_CHUNK, end - position), position
+                )
+                if not chunk:
+                    break
+                position += len(chunk)
+                yield chunk
+        finally:
+            f.close()
+
+    # -- ingests -----------------------------------------------------------------------------
+
+    def ingest_dir(self, ref: str) -> Path:
+        return self.ingests / hashlib.sha256(ref.encode()).hexdigest()
+
+    async def writer(self, ref: str, total: int = 0, expected: str = "") -> LocalWriter:
+        if not ref:
+            raise InvalidArgument("ref must not be empty")
+        if expected:
+            digests.validate(expected)
+        if ref in self._locked:
+            since = self._locked[ref]
+            raise Unavailable(
+                f'ref "{ref}" locked for {time.time() - since:.1f}s '
+                f"(since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(since))})"
+            )
+        self._locked[ref] = time.time()
+        try:
+            if expected and await self.exists(expected):
+                raise AlreadyExists(f"content {expected}")
+            writer = await asyncio.to_thread(self._open_writer, ref, total, expected)
+        except BaseException:
+            self._locked.pop(ref, None)
+            raise
+        return writer
+
+    def _open_writer(self, ref: str, total: int, expected: str) -> LocalWriter:
+        directory = self.ingest_dir(ref)
+        algorithm = digests.parse(expected)[0] if expected else "sha256"
+        hasher = hashlib.new(algorithm)
+        if directory.exists():
+            stored_ref = (directory / "ref").read_text()
+            if stored_ref != ref:
+                raise FailedPrecondition(f'ingest "{ref}" collides with "{stored_ref}"')
+            stored_total = _read_int(directory / "total")
+            if total and stored_total and total != stored_total:
+                raise FailedPrecondition(
+                    f'ingest "{ref}": unexpected total {total}, the ingest has {stored_total}'
+                )
+            total = total or stored_total
+            if total and not stored_total:
+                _write_atomic(directory / "total", str(total))
+            offset = 0
+            with open(directory / "data", "rb") as f:
+                while block := f.read(READ_CHUNK):
+                    hasher.update(block)
+                    offset += len(block)
+            started = _read_int(directory / "startedat")
+        else:
+            tmp = directory.with_name(directory.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            started = time.time_ns()
+            (tmp / "ref").write_text(ref)
+            (tmp / "startedat").write_text(str(started))
+            if total:
+                (tmp / "total").write_text(str(total))
+            (tmp / "data").touch()
+            os.rename(tmp, directory)  # an ingest appears whole or not at all
+            offset = 0
+        fd = os.open(directory / "data", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        return LocalWriter(self, ref, directory, fd, hasher, offset, total, started)
+
+    def is_locked(self, ref: str) -> bool:
+        return ref in self._locked
+
+    def _release(self, ref: str) -> None:
+        self._locked.pop(ref, None)
+
+    async def status(self, ref: str) -> Status:
+        try:
+            return await asyncio.to_thread(self._status, self.ingest_dir(ref))
+        except FileNotFoundError:
+            raise NotFound(f'ingest "{ref}"') from None
+
+    def _status(self, directory: Path) -> Status:
+        st = os.stat(directory / "data")
+        return Status(
+            ref=(directory / "ref").read_text(),
+            offset=st.st_size,
+            total=_read_int(directory / "total"),
+            started_at=_read_int(directory / "startedat"),
+            updated_at=st.st_mtime_ns,
+        )
+
+    async def list_statuses(self, filter_texts: Sequence[str] = ()) -> builtins.list[Status]:
+        selected = filters.parse_all(filter_texts)
+
+        def walk() -> builtins.list[Status]:
+            out = []
+            for directory in sorted(self.ingests.iterdir()):
+                if directory.name.endswith(".tmp"):
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # vanished while listing
+                    out.append(self._status(directory))
+            return out
+
+        return [s for s in await asyncio.to_thread(walk) if selected.matches(status_adaptor(s))]
+
+    def ingest_refs(self) -> set[str]:
+        """The refs of every ingest on disk; for the garbage collector (blocking)."""
+        refs = set()
+        for directory in self.ingests.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                refs.add((directory / "ref").read_text())
+        return refs
+
+    async def abort(self, ref: str) -> None:
+        directory = self.ingest_dir(ref)
+        if ref in self._locked:
+            raise Unavailable(f'ref "{ref}" is being written')
+        if not await asyncio.to_thread(directory.exists):
+            raise NotFound(f'ingest "{ref}"')
+        await asyncio.to_thread(shutil.rmtree, directory, True)
+
+
+class LocalWriter:
+    """One open ingest. Not safe for concurrent use: a writer belongs to one upload."""
+
+    def __init__(
+        self,
+        store: LocalStore,
+        ref: str,
+        directory: Path,
+        fd: int,
+        hasher: hashlib._Hash,
+        offset: int,
+        total: int,
+        started_at: int,
+    ) -> None:
+        self._store = store
+        self._ref = ref
+        self._dir = directory
+        self._fd = fd
+        self._hasher = hasher
+        self._offset = offset
+        self._total = total
+        self._started_at = started_at
+        self._closed = False
+
+    @property
+    def ref(self) -> str:
+        return self._ref
+
+    async def status(self) -> Status:
+        self._check_open()
+        updated = await asyncio.to_thread(lambda: os.fstat(self._fd).st_mtime_ns)
+        return Status(self._ref, self._offset, self._total, self._started_at, updated)
+
+    def digest(self) -> str:
+        return f"{self._hasher.name}:{self._hasher.hexdigest()}"
+
+    async def write(self, data: bytes) -> int:
+        self._check_open()
+        if data:
+            await asyncio.to_thread(self._write, data)
+        return len(data)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._hasher.update(data)
+        self._offset += len(data)
+
+    async def truncate(self, size: int) -> None:
+        self._check_open()
+        if size != 0:
+            raise InvalidArgument("an ingest can only be truncated to 0")
+        await asyncio.to_thread(os.ftruncate, self._fd, 0)
+        self._hasher = hashlib.new(self._hasher.name)
+        self._offset = 0
+
+    async def commit(
+        self, size: int, expected: str, labels: Mapping[str, str] | None = None
+    ) -> str:
+        self._check_open()
+        if expected:
+            digests.validate(expected)
+        try:
+            return await asyncio.to_thread(self._commit, size, expected)
+        finally:
+            await self.close()
+
+    def _commit(self, size: int, expected: str) -> str:
+        os.fsync(self._fd)
+        if size > 0 and size != self._offset:
+            raise FailedPrecondition(
+                f'"{self._ref}" failed size validation: {self._offset} != {size}'
+            )
+        digest = self.digest()
+        if expected and digests.parse(expected)[0] != self._hasher.name:
+            algorithm = digests.parse(expected)[0]
+            hasher = hashlib.new(algorithm)
+            with open(self._dir / "data", "rb") as f:
+                while block := f.read(READ_CHUNK):
+                    hasher.update(block)
+            digest = f"{algorithm}:{hasher.hexdigest()}"
+        if expected and expected != digest:
+            raise FailedPrecondition(
+                f'"{self._ref}" failed digest validation: {digest} != {expected}'
+            )
+        target = self._store.blob_path(digest)
+        if target.exists():
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise AlreadyExists(f"content {digest}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = self._dir / "data"
+        os.chmod(data, 0o444)
+        os.rename(data, target)
+        _fsync_dir(target.parent)
+        shutil.rmtree(self._dir, ignore_errors=True)
+        return digest
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._store._release(self._ref)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition(f'writer for "{self._ref}" is closed')
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some filesystems refuse fsync on directories
+        if e.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)

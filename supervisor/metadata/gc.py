@@ -1,0 +1,180 @@
+"""Garbage collection: mark what is reachable from the roots, sweep the rest.
+
+Roots, per namespace: images (their targets), leases that have not expired (and everything
+they hold), blobs labelled `containerd.io/gc.root`, and ingests not yet expired. Edges: a blob's
+`containerd.io/gc.ref.content[.|/]*` labels name other blobs, its
+`containerd.io/gc.ref.snapshot.<snapshotter>` labels name snapshots, an ingest reaches the blob
+it expects. Everything not marked is swept: blob records, expired leases, expired ingests; then
+the bytes on disk that no namespace references any more.
+
+Collections run when something was deleted (shortly after, so that a burst of deletes costs one
+run), when a caller asks and waits (`images rm --sync`), and on a timer, so that an expired
+lease or an abandoned pull frees disk on an idle host too (containerd only collects after a
+change). A collection holds the database's exclusive mutation lock, so no commit can publish a
+blob between the mark and the removal of its bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from supervisor.content.local import LocalStore
+from supervisor.metadata.db import Database
+from supervisor.metadata.leases import expires_at
+
+log = structlog.get_logger("ctrd.gc")
+
+ROOT_LABEL = "containerd.io/gc.root"
+CONTENT_REF = "containerd.io/gc.ref.content"
+SNAPSHOT_REF = "containerd.io/gc.ref.snapshot."
+
+# A node of the reference graph: (kind, namespace, key). Kinds: "content", "ingests",
+# "snapshots/<snapshotter>" (the same spelling as lease resource types).
+Node = tuple[str, str, str]
+
+
+def label_references(labels: Mapping[str, str]) -> Iterator[tuple[str, str]]:
+    """The (kind, key) pairs an object's labels point at."""
+    for key, value in labels.items():
+        if key == CONTENT_REF or key.startswith((CONTENT_REF + ".", CONTENT_REF + "/")):
+            yield "content", value
+        elif key.startswith(SNAPSHOT_REF) and len(key) > len(SNAPSHOT_REF):
+            snapshotter = key[len(SNAPSHOT_REF) :].split("/", 1)[0]
+            yield f"snapshots/{snapshotter}", value
+
+
+def mark(roots: Iterable[Node], edges: Callable[[Node], Iterable[Node]]) -> set[Node]:
+    """Everything reachable from the roots."""
+    marked: set[Node] = set()
+    queue = deque(roots)
+    while queue:
+        node = queue.popleft()
+        if node in marked:
+            continue
+        marked.add(node)
+        queue.extend(n for n in edges(node) if n not in marked)
+    return marked
+
+
+@dataclass(frozen=True)
+class Result:
+    blobs: int = 0
+    leases: int = 0
+    ingests: int = 0
+    files: int = 0
+    ms: float = 0.0
+
+
+def sweep_metadata(conn: sqlite3.Connection, now: int) -> tuple[int, int, int]:
+    """Mark from the roots and delete unreachable records; returns (blobs, leases, ingests)."""
+    roots: list[Node] = []
+    expired: list[tuple[str, str]] = []
+    for ns, lease_id, labels in conn.execute("SELECT namespace, id, labels FROM leases"):
+        until = expires_at(json.loads(labels))
+        if until is not None and until <= now:
+            expired.append((ns, lease_id))
+    expired_set = set(expired)
+    for ns, lease_id, kind, key in conn.execute(
+        "SELECT namespace, lease, type, id FROM lease_resources"
+    ):
+        if (ns, lease_id) not in expired_set:
+            roots.append((kind, ns, key))
+    roots += [("content", ns, d) for ns, d in conn.execute("SELECT namespace, digest FROM images")]
+    blob_labels: dict[tuple[str, str], dict[str, str]] = {}
+    for ns, digest, labels_json in conn.execute("SELECT namespace, digest, labels FROM blobs"):
+        labels = json.loads(labels_json)
+        blob_labels[(ns, digest)] = labels
+        if ROOT_LABEL in labels:
+            roots.append(("content", ns, digest))
+    ingest_expected: dict[tuple[str, str], str] = {}
+    for ns, ref, expected, until in conn.execute(
+        "SELECT namespace, ref, expected, expires_at FROM ingests"
+    ):
+        ingest_expected[(ns, ref)] = expected
+        if until is None or until > now:
+            roots.append(("ingests", ns, ref))
+
+    def edges(node: Node) -> Iterator[Node]:
+        kind, ns, key = node
+        if kind == "content":
+            for ref_kind, ref_key in label_references(blob_labels.get((ns, key), {})):
+                yield ref_kind, ns, ref_key
+        elif kind == "ingests" and ingest_expected.get((ns, key)):
+            yield "content", ns, ingest_expected[(ns, key)]
+
+    marked = mark(roots, edges)
+    dead_blobs = [k for k in blob_labels if ("content", *k) not in marked]
+    conn.executemany("DELETE FROM blobs WHERE namespace = ? AND digest = ?", dead_blobs)
+    conn.executemany("DELETE FROM leases WHERE namespace = ? AND id = ?", expired)
+    dead_ingests = [k for k in ingest_expected if ("ingests", *k) not in marked]
+    conn.executemany("DELETE FROM ingests WHERE namespace = ? AND ref = ?", dead_ingests)
+    return len(dead_blobs), len(expired), len(dead_ingests)
+
+
+class Collector:
+    def __init__(
+        self, db: Database, content: LocalStore, interval: float = 60.0, delay: float = 0.1
+    ) -> None:
+        self._db = db
+        self._content = content
+        self._interval = interval
+        self._delay = delay
+        self._dirty = asyncio.Event()
+        self._running = asyncio.Lock()
+        self.last: Result | None = None
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    async def collect(self) -> Result:
+        """One whole collection; concurrent callers wait for the one in progress, then run."""
+        async with self._running, self._db.exclusive():
+            start = time.monotonic()
+            blobs, leases_, ingests = await self._db.write(
+                lambda conn: sweep_metadata(conn, time.time_ns())
+            )
+            files = await self._db.read(self._sweep_disk)
+            result = Result(blobs, leases_, ingests, files, (time.monotonic() - start) * 1000)
+        self.last = result
+        if blobs or leases_ or ingests or files:
+            log.info("gc", blobs=blobs, leases=leases_, ingests=ingests, files=files, ms=result.ms)
+        return result
+
+    def _sweep_disk(self, conn: sqlite3.Connection) -> int:
+        """Remove bytes no namespace references (on the database thread, after the sweep)."""
+        live = {d for (d,) in conn.execute("SELECT DISTINCT digest FROM blobs")}
+        removed = 0
+        for digest in self._content.digests_on_disk() - live:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._content.blob_path(digest))
+                removed += 1
+        live_refs = {r for (r,) in conn.execute("SELECT backend_ref FROM ingests")}
+        for ref in self._content.ingest_refs() - live_refs:
+            if not self._content.is_locked(ref):
+                shutil.rmtree(self._content.ingest_dir(ref), ignore_errors=True)
+                removed += 1
+        return removed
+
+    async def run(self) -> None:
+        """Collect after changes and on the timer, until cancelled."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._dirty.wait()
+                await asyncio.sleep(self._delay)
+            self._dirty.clear()
+            try:
+                await self.collect()
+            except Exception:
+                log.exception("gc_failed")
