@@ -20,6 +20,7 @@ from supervisor.api.containerd.services.introspection.v1 import (
     introspection_pb2,
     introspection_pb2_grpc,
 )
+from supervisor.api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -146,12 +147,23 @@ def test_every_rpc_is_logged_once_with_method_namespace_code_and_duration(ctrd):
 
 
 def test_methods_not_built_yet_answer_unimplemented(ctrd, md):
-    # Images comes with the content issue; until then its methods must say so, not crash.
+    # Tasks come with the tasks issue; until then their methods must say so, not crash.
+    stub = ctrd.stub(tasks_pb2_grpc.TasksStub)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.List(tasks_pb2.ListTasksRequest(), metadata=md("default"))
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "Tasks/List" in e.value.details()
+
+
+def test_a_namespaced_call_without_a_namespace_fails_as_containerds_does(ctrd, md):
     stub = ctrd.stub(images_pb2_grpc.ImagesStub)
     with pytest.raises(grpc.RpcError) as e:
-        stub.List(images_pb2.ListImagesRequest(), metadata=md("default"))
-    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "Images/List" in e.value.details()
+        stub.List(images_pb2.ListImagesRequest())
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.details() == "namespace is required: failed precondition"
+    with pytest.raises(grpc.RpcError) as e:
+        stub.List(images_pb2.ListImagesRequest(), metadata=md("no/slash"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_ctrctl_version_prints_the_server_version(ctrd):
