@@ -43,7 +43,7 @@ def from_status(code: grpc.StatusCode, message: str) -> errors.CtrdError:
 
 
 def from_rpc_error(error: grpc.RpcError) -> errors.CtrdError:
-    call = error if isinstance(error, grpc.Call) else None
-    if call is None:
+    # grpc.aio's AioRpcError carries a status but is not a grpc.Call.
+    if not isinstance(error, grpc.Call | grpc.aio.AioRpcError):
         return errors.CtrdError(str(error))
-    return from_status(call.code(), call.details() or "")
+    return from_status(error.code(), error.details() or "")

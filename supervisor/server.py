@@ -157,6 +157,7 @@ class Daemon:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.http2.lookahead_bytes", 8 << 20),
             ],
         )
         services: list[tuple[Any, Any]] = [

@@ -118,14 +118,22 @@ class Ctrd:
         *args: str,
         ns: str = "default",
         check: bool = True,
-        input: str | None = None,
+        input: str | bytes | None = None,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the real ctr client against this daemon."""
-        result = subprocess.run(
+        """Run the real ctr client against this daemon.
+
+        Output is decoded as latin-1, so binary output (`content get`) round-trips through
+        `.stdout.encode("latin-1")`; bytes input is passed as is.
+        """
+        raw = subprocess.run(
             [require_binary("ctr"), "-a", self.address, "-n", ns, *args],
-            capture_output=True, text=True, input=input, timeout=timeout,
+            capture_output=True, input=input.encode() if isinstance(input, str) else input,
+            timeout=timeout,
         )  # fmt: skip
+        result = subprocess.CompletedProcess(
+            raw.args, raw.returncode, raw.stdout.decode("latin-1"), raw.stderr.decode("latin-1")
+        )
         if check and result.returncode != 0:
             pytest.fail(
                 f"ctr {' '.join(args)} exited {result.returncode}\n"
@@ -178,3 +186,28 @@ def make_ctrd(short_tmp: Path) -> Iterator[Any]:
     yield make
     for daemon in made:
         daemon.stop()
+
+
+# --- a real registry on loopback, with test images pushed to it (see tests/support) ---
+
+from tests.support import images  # noqa: E402
+from tests.support.registry import PushedImage, Registry  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[Registry]:
+    """One docker-registry on 127.0.0.1 for the whole run, stopped by pid at the end."""
+    with Registry(binary=require_binary("docker-registry")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def busybox_image(registry: Registry) -> PushedImage:
+    """busybox (one layer) pushed as `<host>/library/busybox:latest`; `.ref` names it."""
+    return registry.push("library/busybox", "latest", images.busybox_image())
+
+
+@pytest.fixture(scope="session")
+def busybox2_image(registry: Registry) -> PushedImage:
+    """busybox plus a layer adding /etc/extra and whiting out /etc/motd: `library/busybox2`."""
+    return registry.push("library/busybox2", "latest", images.busybox2_image())

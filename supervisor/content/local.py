@@ -32,6 +32,7 @@ from supervisor import digests, filters
 from supervisor.content.protocol import Info, Status
 from supervisor.errors import (
     AlreadyExists,
+    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -268,6 +269,8 @@ class LocalWriter:
         self._offset = offset
         self._total = total
         self._started_at = started_at
+        self._updated_at: int | None = None  # known once written; read from the file before
+        self._pending: asyncio.Future[None] | None = None  # the file write in flight
         self._closed = False
 
     @property
@@ -276,33 +279,57 @@ class LocalWriter:
 
     async def status(self) -> Status:
         self._check_open()
-        updated = await asyncio.to_thread(lambda: os.fstat(self._fd).st_mtime_ns)
-        return Status(self._ref, self._offset, self._total, self._started_at, updated)
+        if self._updated_at is None:
+            self._updated_at = await asyncio.to_thread(lambda: os.fstat(self._fd).st_mtime_ns)
+        return Status(self._ref, self._offset, self._total, self._started_at, self._updated_at)
 
     def digest(self) -> str:
         return f"{self._hasher.name}:{self._hasher.hexdigest()}"
 
     async def write(self, data: bytes) -> int:
+        """Hash now, write behind: the file write overlaps the client's next chunk.
+
+        At most one file write is in flight; its error surfaces at the next call (and fails
+        the writer), and `commit` waits for it before it fsyncs. The offset and digest
+        reported are always those of every byte accepted so far.
+        """
         self._check_open()
-        if data:
-            await asyncio.to_thread(self._write, data)
+        if not data:
+            return 0
+        await self._settle()
+        loop = asyncio.get_running_loop()
+        self._pending = loop.run_in_executor(None, self._write_file, data)
+        await asyncio.to_thread(self._hasher.update, data)
+        self._offset += len(data)
+        self._updated_at = time.time_ns()
         return len(data)
 
-    def _write(self, data: bytes) -> None:
+    def _write_file(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        self._hasher.update(data)
-        self._offset += len(data)
+
+    async def _settle(self) -> None:
+        """Wait for the write in flight; if it failed, the writer is done for."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            await pending
+        except OSError as e:
+            await self.close()
+            raise DataLoss(f'writing "{self._ref}" failed: {e}') from e
 
     async def truncate(self, size: int) -> None:
         self._check_open()
         if size != 0:
             raise InvalidArgument("an ingest can only be truncated to 0")
+        await self._settle()
         await asyncio.to_thread(os.ftruncate, self._fd, 0)
         self._hasher = hashlib.new(self._hasher.name)
         self._offset = 0
+        self._updated_at = time.time_ns()
 
     async def commit(
         self, size: int, expected: str, labels: Mapping[str, str] | None = None
@@ -311,6 +338,7 @@ class LocalWriter:
         if expected:
             digests.validate(expected)
         try:
+            await self._settle()
             return await asyncio.to_thread(self._commit, size, expected)
         finally:
             await self.close()
@@ -349,6 +377,10 @@ class LocalWriter:
         if self._closed:
             return
         self._closed = True
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            with contextlib.suppress(OSError):
+                await pending
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._store._release(self._ref)

@@ -96,7 +96,10 @@ class LeaseStore:
         self._ns = ns
 
     async def create(self, lease_id: str, labels: Mapping[str, str]) -> Lease:
-        identifiers.validate(lease_id)
+        # Not an identifier: clients make ids like "586133961-QIg-" (base64url), as containerd
+        # allows any non-empty id.
+        if not lease_id:
+            raise InvalidArgument("lease id must be provided")
         labels = identifiers.validate_labels(labels)
         lease = Lease(lease_id, time.time_ns(), labels)
 
