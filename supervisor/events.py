@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
-from google.protobuf import any_pb2, message, timestamp_pb2
+from google.protobuf import any_pb2, message, symbol_database, timestamp_pb2
 
-from supervisor import filters
+from supervisor import filters, identifiers
 from supervisor.api.containerd.services.events.v1 import events_pb2
+from supervisor.errors import InvalidArgument
 
 log = structlog.get_logger("ctrd.events")
 
@@ -34,7 +35,7 @@ class SubscriberTooSlow(Exception):
     pass
 
 
-@dataclass
+@dataclass(eq=False)  # identity: each subscriber is its own
 class _Subscriber:
     selected: filters.Filters
     queue: asyncio.Queue[events_pb2.Envelope | None]
@@ -46,12 +47,14 @@ class Exchange:
         self._subscribers: set[_Subscriber] = set()
 
     async def publish(self, namespace: str, topic: str, event: message.Message) -> None:
+        await self.publish_packed(namespace, topic, pack(event))
+
+    async def publish_packed(self, namespace: str, topic: str, event: any_pb2.Any) -> None:
         ts = timestamp_pb2.Timestamp()
         ts.GetCurrentTime()
-        envelope = events_pb2.Envelope(
-            timestamp=ts, namespace=namespace, topic=topic, event=pack(event)
+        self.deliver(
+            events_pb2.Envelope(timestamp=ts, namespace=namespace, topic=topic, event=event)
         )
-        self.deliver(envelope)
 
     def deliver(self, envelope: events_pb2.Envelope) -> None:
         adaptor = envelope_adaptor(envelope)
@@ -80,14 +83,71 @@ class Exchange:
             self._subscribers.discard(sub)
 
 
+def validate_topic(topic: str) -> str:
+    """Topics are `/`-separated identifiers, as containerd requires: `/tasks/exit`."""
+    if not topic.startswith("/") or len(topic) < 2:
+        raise InvalidArgument(f'topic "{topic}" must start with "/" and name something')
+    for part in topic[1:].split("/"):
+        try:
+            identifiers.validate(part)
+        except InvalidArgument:
+            raise InvalidArgument(f'topic "{topic}": invalid component "{part}"') from None
+    return topic
+
+
 def envelope_adaptor(envelope: events_pb2.Envelope) -> filters.Adaptor:
-    """Fields a filter can name: namespace, topic, and event.<field> of the payload."""
+    """Fields a filter can name: namespace, topic, and event.<field...> of the payload."""
+    decoded: list[message.Message | None] = []
+
+    def event() -> message.Message | None:
+        if not decoded:
+            decoded.append(unpack(envelope.event))
+        return decoded[0]
 
     def adapt(path: tuple[str, ...]) -> str | None:
         if path == ("namespace",):
             return envelope.namespace
         if path == ("topic",):
             return envelope.topic
+        if len(path) > 1 and path[0] == "event":
+            payload = event()
+            return None if payload is None else field_value(payload, path[1:])
         return None
 
     return adapt
+
+
+def unpack(packed: any_pb2.Any) -> message.Message | None:
+    """The event inside an Any, when its type is one we know; None otherwise."""
+    try:
+        cls = symbol_database.Default().GetSymbol(packed.type_url.rpartition("/")[2])
+    except KeyError:
+        return None
+    payload: message.Message = cls()
+    try:
+        payload.ParseFromString(packed.value)
+    except message.DecodeError:
+        return None
+    return payload
+
+
+def field_value(msg: message.Message, path: tuple[str, ...]) -> str | None:
+    """A field of a message as text, following nested messages and map keys."""
+    value: object = msg
+    for i, name in enumerate(path):
+        if isinstance(value, message.Message):
+            if name not in value.DESCRIPTOR.fields_by_name:
+                return None
+            field = value.DESCRIPTOR.fields_by_name[name]
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                mapping = getattr(value, name)
+                key = ".".join(path[i + 1 :])
+                return str(mapping[key]) if key in mapping else None
+            value = getattr(value, name)
+        else:
+            return None
+    if isinstance(value, message.Message):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -42,6 +42,7 @@ from supervisor.metadata.images import ImageStore
 from supervisor.metadata.leases import LeaseStore
 from supervisor.metadata.namespaces import NamespaceStore
 from supervisor.services.content import ContentService
+from supervisor.services.events import EventsService
 from supervisor.services.images import ImagesService
 from supervisor.services.leases import LeasesService
 from supervisor.services.namespaces import NamespacesService
@@ -191,7 +192,7 @@ class Daemon:
             ),
             (diff_pb2_grpc.add_DiffServicer_to_server, diff_pb2_grpc.DiffServicer()),
             (tasks_pb2_grpc.add_TasksServicer_to_server, tasks_pb2_grpc.TasksServicer()),
-            (events_pb2_grpc.add_EventsServicer_to_server, events_pb2_grpc.EventsServicer()),
+            (events_pb2_grpc.add_EventsServicer_to_server, EventsService(events)),
         ]
         for add, servicer in services:
             add(servicer, server)

@@ -1,0 +1,52 @@
+"""containerd.services.events.v1.Events: publish into the exchange, and subscribe to it.
+
+Subscribe delivers events of every namespace (the namespace header is ignored, as containerd
+does); filters select by `namespace`, `topic` and `event.<field>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+
+from supervisor import filters, identifiers
+from supervisor.api.containerd.services.events.v1 import events_pb2 as pb
+from supervisor.api.containerd.services.events.v1 import events_pb2_grpc as pb_grpc
+from supervisor.errors import InvalidArgument, Unavailable
+from supervisor.events import Exchange, SubscriberTooSlow, validate_topic
+from supervisor.services import rpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class EventsService(pb_grpc.EventsServicer):
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    async def Publish(self, request: pb.PublishRequest, context: Context) -> Any:
+        if not request.HasField("event"):
+            raise InvalidArgument(f'event for topic "{request.topic}" must be set')
+        await self._exchange.publish_packed(
+            rpc.namespace(context), validate_topic(request.topic), request.event
+        )
+        return empty_pb2.Empty()
+
+    async def Forward(self, request: pb.ForwardRequest, context: Context) -> Any:
+        envelope = request.envelope
+        identifiers.validate(envelope.namespace)
+        validate_topic(envelope.topic)
+        self._exchange.deliver(envelope)
+        return empty_pb2.Empty()
+
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: Context
+    ) -> AsyncIterator[pb.Envelope]:
+        selected = filters.parse_all(request.filters)
+        try:
+            async for envelope in self._exchange.subscribe(selected):
+                yield envelope
+        except SubscriberTooSlow as e:
+            raise Unavailable(str(e)) from None
