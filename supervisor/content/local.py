@@ -59,6 +59,10 @@ class LocalStore:
         self._locked: dict[str, float] = {}  # ref -> when its writer opened
         for directory in (self.blobs / "sha256", self.ingests):
             directory.mkdir(parents=True, exist_ok=True)
+        # An ingest being created when the daemon died; nobody can be writing it now (the
+        # daemon holds the root's lock before it opens stores).
+        for leftover in self.ingests.glob("*.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     # -- blobs -------------------------------------------------------------------------------
 
@@ -189,6 +193,7 @@ class LocalStore:
             if total:
                 (tmp / "total").write_text(str(total))
             (tmp / "data").touch()
+            os.utime(tmp / "data", ns=(started, started))  # updated_at starts at started_at
             os.rename(tmp, directory)  # an ingest appears whole or not at all
             offset = 0
         fd = os.open(directory / "data", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
@@ -368,6 +373,8 @@ class LocalWriter:
         target.parent.mkdir(parents=True, exist_ok=True)
         data = self._dir / "data"
         os.chmod(data, 0o444)
+        self._updated_at = time.time_ns()  # the blob's mtime (its created_at) is commit time
+        os.utime(self._fd, ns=(self._updated_at, self._updated_at))
         os.rename(data, target)
         _fsync_dir(target.parent)
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -382,6 +389,8 @@ class LocalWriter:
             with contextlib.suppress(OSError):
                 await pending
         with contextlib.suppress(OSError):
+            if self._updated_at is not None:  # kept for the status of a resumed ingest
+                os.utime(self._fd, ns=(self._updated_at, self._updated_at))
             os.close(self._fd)
         self._store._release(self._ref)
 
