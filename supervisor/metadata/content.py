@@ -26,7 +26,13 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from supervisor import digests, filters, identifiers
 from supervisor.content.local import LocalStore, LocalWriter, info_adaptor, status_adaptor
 from supervisor.content.protocol import Info, Status
-from supervisor.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from supervisor.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from supervisor.metadata import leases
 from supervisor.metadata.db import Database
 from supervisor.metadata.namespaces import apply_label_mask, ensure
@@ -161,7 +167,10 @@ class ContentStore:
             else:
                 if total in (0, shared.size):
                     return NamespacedWriter(self, ref, backend_ref, None, shared)
-        backend = await self.backend.writer(backend_ref, total, expected)
+        try:
+            backend = await self.backend.writer(backend_ref, total, expected)
+        except Unavailable as e:  # name the client's ref, not ours
+            raise Unavailable(e.detail.replace(f'"{backend_ref}"', f'"{ref}"')) from None
         return NamespacedWriter(self, ref, backend_ref, backend, None)
 
     async def _record_blob(
@@ -253,6 +262,7 @@ class NamespacedWriter:
         self._backend_ref = backend_ref
         self._backend = backend
         self._shared = shared
+        self._opened_at = time.time_ns()  # a share's started/updated times: fixed at open
 
     @property
     def ref(self) -> str:
@@ -261,9 +271,8 @@ class NamespacedWriter:
     async def status(self) -> Status:
         if self._backend is None:
             assert self._shared is not None
-            now = time.time_ns()
             size = self._shared.size
-            return Status(self._ref, size, size, now, now)
+            return Status(self._ref, size, size, self._opened_at, self._opened_at)
         s = await self._backend.status()
         return Status(self._ref, s.offset, s.total, s.started_at, s.updated_at)
 

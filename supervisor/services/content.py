@@ -119,8 +119,8 @@ class ContentService(pb_grpc.ContentServicer):
             return
         if not request.ref:
             raise InvalidArgument("first message must have a reference")
-        total, expected = request.total, request.expected
-        writer = await store.writer(request.ref, total, expected)
+        ref, total, expected = request.ref, request.total, request.expected
+        writer = await store.writer(ref, total, expected)
         try:
             while True:
                 status = await writer.status()
@@ -133,8 +133,9 @@ class ContentService(pb_grpc.ContentServicer):
                         pass
                     else:
                         await writer.close()
+                        # The session's ref: messages after the first carry none.
                         with contextlib.suppress(NotFound):
-                            await store.abort(request.ref)
+                            await store.abort(ref)
                         raise AlreadyExists(f"blob with expected digest {expected} exists")
                 if request.total > 0:
                     total = request.total
