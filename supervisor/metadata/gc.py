@@ -29,7 +29,9 @@ from dataclasses import dataclass
 
 import structlog
 
+from snapshotter.protocol import Snapshotter
 from supervisor.content.local import LocalStore
+from supervisor.errors import CtrdError
 from supervisor.metadata.db import Database
 from supervisor.metadata.leases import expires_at
 
@@ -72,12 +74,13 @@ class Result:
     blobs: int = 0
     leases: int = 0
     ingests: int = 0
+    snapshots: int = 0
     files: int = 0
     ms: float = 0.0
 
 
-def sweep_metadata(conn: sqlite3.Connection, now: int) -> tuple[int, int, int]:
-    """Mark from the roots and delete unreachable records; returns (blobs, leases, ingests)."""
+def sweep_metadata(conn: sqlite3.Connection, now: int) -> tuple[int, int, int, int]:
+    """Mark from the roots, delete unreachable records: (blobs, leases, ingests, snapshots)."""
     roots: list[Node] = []
     expired: list[tuple[str, str]] = []
     for ns, lease_id, labels in conn.execute("SELECT namespace, id, labels FROM leases"):
@@ -105,6 +108,16 @@ def sweep_metadata(conn: sqlite3.Connection, now: int) -> tuple[int, int, int]:
         if until is None or until > now:
             roots.append(("ingests", ns, ref))
 
+    snapshots: dict[Node, tuple[str, dict[str, str]]] = {}
+    for ns, snapshotter, key, parent, labels_json in conn.execute(
+        "SELECT namespace, snapshotter, key, parent, labels FROM snapshots"
+    ):
+        node = (f"snapshots/{snapshotter}", ns, key)
+        labels = json.loads(labels_json)
+        snapshots[node] = (parent, labels)
+        if ROOT_LABEL in labels:
+            roots.append(node)
+
     def edges(node: Node) -> Iterator[Node]:
         kind, ns, key = node
         if kind == "content":
@@ -112,6 +125,12 @@ def sweep_metadata(conn: sqlite3.Connection, now: int) -> tuple[int, int, int]:
                 yield ref_kind, ns, ref_key
         elif kind == "ingests" and ingest_expected.get((ns, key)):
             yield "content", ns, ingest_expected[(ns, key)]
+        elif node in snapshots:
+            parent, labels = snapshots[node]
+            if parent:
+                yield kind, ns, parent
+            for ref_kind, ref_key in label_references(labels):
+                yield ref_kind, ns, ref_key
 
     marked = mark(roots, edges)
     dead_blobs = [k for k in blob_labels if ("content", *k) not in marked]
@@ -119,15 +138,30 @@ def sweep_metadata(conn: sqlite3.Connection, now: int) -> tuple[int, int, int]:
     conn.executemany("DELETE FROM leases WHERE namespace = ? AND id = ?", expired)
     dead_ingests = [k for k in ingest_expected if ("ingests", *k) not in marked]
     conn.executemany("DELETE FROM ingests WHERE namespace = ? AND ref = ?", dead_ingests)
-    return len(dead_blobs), len(expired), len(dead_ingests)
+    dead_snapshots = [
+        (ns, kind.split("/", 1)[1], key)
+        for (kind, ns, key) in snapshots
+        if (kind, ns, key) not in marked
+    ]
+    conn.executemany(
+        "DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
+        dead_snapshots,
+    )
+    return len(dead_blobs), len(expired), len(dead_ingests), len(dead_snapshots)
 
 
 class Collector:
     def __init__(
-        self, db: Database, content: LocalStore, interval: float = 60.0, delay: float = 0.1
+        self,
+        db: Database,
+        content: LocalStore,
+        snapshotters: Mapping[str, Snapshotter] | None = None,
+        interval: float = 60.0,
+        delay: float = 0.1,
     ) -> None:
         self._db = db
         self._content = content
+        self._snapshotters = dict(snapshotters or {})
         self._interval = interval
         self._delay = delay
         self._dirty = asyncio.Event()
@@ -141,15 +175,50 @@ class Collector:
         """One whole collection; concurrent callers wait for the one in progress, then run."""
         async with self._running, self._db.exclusive():
             start = time.monotonic()
-            blobs, leases_, ingests = await self._db.write(
+            blobs, leases_, ingests, snaps = await self._db.write(
                 lambda conn: sweep_metadata(conn, time.time_ns())
             )
             files = await self._db.read(self._sweep_disk)
-            result = Result(blobs, leases_, ingests, files, (time.monotonic() - start) * 1000)
+            for name, backend in self._snapshotters.items():
+                files += await self._sweep_snapshots(name, backend)
+            ms = (time.monotonic() - start) * 1000
+            result = Result(blobs, leases_, ingests, snaps, files, ms)
         self.last = result
-        if blobs or leases_ or ingests or files:
-            log.info("gc", blobs=blobs, leases=leases_, ingests=ingests, files=files, ms=result.ms)
+        if blobs or leases_ or ingests or snaps or files:
+            log.info(
+                "gc", blobs=blobs, leases=leases_, ingests=ingests, snapshots=snaps,
+                files=files, ms=result.ms,
+            )  # fmt: skip
         return result
+
+    async def _sweep_snapshots(self, name: str, backend: Snapshotter) -> int:
+        """Remove backend snapshots no namespace records, children before parents."""
+        live = set(
+            await self._db.read(
+                lambda conn: [
+                    k
+                    for (k,) in conn.execute(
+                        "SELECT backend_key FROM snapshots WHERE snapshotter = ?", (name,)
+                    )
+                ]
+            )
+        )
+        dead = {i.name: i.parent for i in await backend.list() if i.name not in live}
+        removed = 0
+        while dead:
+            parents = set(dead.values())
+            leaves = [key for key in dead if key not in parents]
+            if not leaves:
+                break
+            for key in leaves:
+                try:
+                    await backend.remove(key)
+                    removed += 1
+                except CtrdError as e:  # one failure must not stop the sweep (containerd#3923)
+                    log.warning("gc_snapshot_remove_failed", key=key, error=str(e))
+                del dead[key]
+        await backend.cleanup()
+        return removed
 
     def _sweep_disk(self, conn: sqlite3.Connection) -> int:
         """Remove bytes no namespace references (on the database thread, after the sweep)."""

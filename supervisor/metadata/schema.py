@@ -67,11 +67,33 @@ MIGRATIONS: tuple[str, ...] = (
         FOREIGN KEY (namespace, lease) REFERENCES leases(namespace, id) ON DELETE CASCADE
     ) WITHOUT ROWID;
     """,
+    # 3: snapshots, per namespace and snapshotter, over the backends' own records.
+    """
+    CREATE TABLE snapshots (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        snapshotter TEXT NOT NULL,
+        key TEXT NOT NULL,
+        backend_key TEXT NOT NULL,  -- <namespace>/<seq>/<key> in the backend
+        parent TEXT NOT NULL DEFAULT '',  -- the parent's key in this namespace
+        kind INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, snapshotter, key),
+        UNIQUE (snapshotter, backend_key)
+    ) WITHOUT ROWID;
+    CREATE INDEX snapshots_by_parent ON snapshots (namespace, snapshotter, parent);
+    CREATE TABLE sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    """,
 )
 
 # The objects whose presence keeps a namespace from being deleted, as (table, what to call them
 # in the error). Leases and ingests do not count, as in containerd. Later migrations add theirs.
-NAMESPACE_CONTENTS: tuple[tuple[str, str], ...] = (("images", "images"), ("blobs", "blobs"))
+NAMESPACE_CONTENTS: tuple[tuple[str, str], ...] = (
+    ("images", "images"),
+    ("blobs", "blobs"),
+    ("snapshots", "snapshots"),
+)
 
 # What goes with a namespace when it is deleted, children first.
 NAMESPACE_DISPOSABLE: tuple[str, ...] = ("lease_resources", "leases", "ingests")
