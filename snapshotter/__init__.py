@@ -1,1 +1,2 @@
-"""Snapshotters (overlayfs, native): know nothing of gRPC (land with the snapshotter issue)."""
+"""Snapshotters: overlay (`overlay`) and native (`native`) backends over one metastore
+(`storage`, `base`), and `mount` to perform what they return. They know nothing of gRPC."""

@@ -47,7 +47,7 @@ class Selector:
         if self.operator == "==":
             return actual is not None and actual == self.value
         if self.operator == "!=":
-            return actual != self.value
+            return (actual or "") != self.value  # an absent field is "", as in containerd
         assert self.pattern is not None
         return actual is not None and self.pattern.search(actual) is not None
 

@@ -174,6 +174,7 @@ class Collector:
     async def collect(self) -> Result:
         """One whole collection; concurrent callers wait for the one in progress, then run."""
         async with self._running, self._db.exclusive():
+            self._dirty.clear()  # this run covers every change made before it
             start = time.monotonic()
             blobs, leases_, ingests, snaps = await self._db.write(
                 lambda conn: sweep_metadata(conn, time.time_ns())
@@ -242,7 +243,8 @@ class Collector:
                 async with asyncio.timeout(self._interval):
                     await self._dirty.wait()
                 await asyncio.sleep(self._delay)
-            self._dirty.clear()
+                if not self._dirty.is_set():
+                    continue  # a synchronous collection ran meanwhile
             try:
                 await self.collect()
             except Exception:
