@@ -20,6 +20,8 @@ from typing import Any
 import grpc
 import structlog
 
+from snapshotter.native import NativeSnapshotter
+from snapshotter.overlay import OverlaySnapshotter
 from supervisor.api.containerd.services.containers.v1 import containers_pb2_grpc
 from supervisor.api.containerd.services.content.v1 import content_pb2_grpc
 from supervisor.api.containerd.services.diff.v1 import diff_pb2_grpc
@@ -41,12 +43,15 @@ from supervisor.metadata.gc import Collector
 from supervisor.metadata.images import ImageStore
 from supervisor.metadata.leases import LeaseStore
 from supervisor.metadata.namespaces import NamespaceStore
+from supervisor.metadata.snapshots import SnapshotStore
 from supervisor.services.content import ContentService
+from supervisor.services.diff import DiffService
 from supervisor.services.events import EventsService
 from supervisor.services.images import ImagesService
 from supervisor.services.leases import LeasesService
 from supervisor.services.namespaces import NamespacesService
 from supervisor.services.rpc import Interceptor
+from supervisor.services.snapshots import SnapshotsService
 from supervisor.services.version import IntrospectionService, Plugin, VersionService
 
 log = structlog.get_logger("ctrd")
@@ -118,6 +123,9 @@ def plugins() -> list[Plugin]:
             requires=("io.containerd.content.v1", "io.containerd.event.v1"),
         ),
         Plugin("io.containerd.gc.v1", "scheduler", requires=("io.containerd.metadata.v1",)),
+        Plugin("io.containerd.snapshotter.v1", "native", platforms=(PLATFORM,)),
+        Plugin("io.containerd.snapshotter.v1", "overlayfs", platforms=(PLATFORM,)),
+        Plugin("io.containerd.differ.v1", "walking", platforms=(PLATFORM,)),
         Plugin("io.containerd.lease.v1", "manager", requires=("io.containerd.metadata.v1",)),
         *(
             Plugin("io.containerd.grpc.v1", name, requires=("io.containerd.metadata.v1",))
@@ -133,6 +141,7 @@ class Daemon:
     db: Database
     server: grpc.aio.Server
     gc_task: asyncio.Task[None]
+    snapshotters: dict[str, OverlaySnapshotter | NativeSnapshotter]
 
     @classmethod
     async def start(cls, config: Config) -> Daemon:
@@ -148,10 +157,17 @@ class Daemon:
             raise
         events = Exchange()
         blobs = LocalStore(root / "content")
-        gc = Collector(db, blobs, interval=config.gc.interval)
+        snapshotters: dict[str, OverlaySnapshotter | NativeSnapshotter] = {
+            "overlayfs": OverlaySnapshotter(root / "snapshots" / "overlayfs"),
+            "native": NativeSnapshotter(root / "snapshots" / "native"),
+        }
+        gc = Collector(db, blobs, snapshotters, interval=config.gc.interval)
 
         def content(ns: str, lease: str | None) -> ContentStore:
             return ContentStore(db, blobs, ns, lease, on_delete=gc.mark_dirty)
+
+        def snapshots(ns: str, lease: str | None, name: str) -> SnapshotStore:
+            return SnapshotStore(db, snapshotters[name], name, ns, lease, gc.mark_dirty)
 
         server = grpc.aio.server(
             interceptors=[Interceptor()],
@@ -188,9 +204,14 @@ class Daemon:
             ),
             (
                 snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
-                snapshots_pb2_grpc.SnapshotsServicer(),
+                SnapshotsService(snapshots, frozenset(snapshotters), events),
             ),
-            (diff_pb2_grpc.add_DiffServicer_to_server, diff_pb2_grpc.DiffServicer()),
+            (
+                diff_pb2_grpc.add_DiffServicer_to_server,
+                DiffService(
+                    content, blobs, [s.root for s in snapshotters.values()], root / "tmpmounts"
+                ),
+            ),
             (tasks_pb2_grpc.add_TasksServicer_to_server, tasks_pb2_grpc.TasksServicer()),
             (events_pb2_grpc.add_EventsServicer_to_server, EventsService(events)),
         ]
@@ -212,7 +233,7 @@ class Daemon:
             raise
         gc_task = asyncio.create_task(gc.run(), name="gc")
         log.info("ctrd_started", address=address, root=str(root), state=str(state), pid=os.getpid())
-        return cls(config, lock, db, server, gc_task)
+        return cls(config, lock, db, server, gc_task, snapshotters)
 
     async def stop(self) -> None:
         log.info("ctrd_stopping")
@@ -220,6 +241,8 @@ class Daemon:
         self.gc_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.gc_task
+        for snapshotter in self.snapshotters.values():
+            await snapshotter.close()
         await self.db.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.grpc.address)
