@@ -63,15 +63,17 @@ def main() -> None:
         f"{packed / 1e6:.0f} MB compressed, ~{count} tar entries"
     )
     samples = Samples()
-    with scratch_dir("ctrd-bench-pull-") as scratch, Registry(base=scratch / "registry") as reg:
-        pushed = reg.push("bench/large", "latest", image)
-        for run in range(args.runs):
-            with daemons(scratch / f"run{run}") as running:
-                for daemon in running:
-                    settle(args.settle)
-                    elapsed = daemon.ctr("images", "pull", "--plain-http", pushed.ref)
-                    samples.add(daemon.name, elapsed)
-            shutil.rmtree(scratch / f"run{run}", ignore_errors=True)
+    with scratch_dir("ctrd-bench-pull-") as scratch:
+        (scratch / "registry").mkdir()
+        with Registry(base=scratch / "registry") as reg:
+            pushed = reg.push("bench/large", "latest", image)
+            for run in range(args.runs):
+                with daemons(scratch / f"run{run}") as running:
+                    for daemon in running:
+                        settle(args.settle)
+                        elapsed = daemon.ctr("images", "pull", "--plain-http", pushed.ref)
+                        samples.add(daemon.name, elapsed)
+                shutil.rmtree(scratch / f"run{run}", ignore_errors=True)
     samples.report(
         f"cold ctr images pull of {size / 1e6:.0f} MB / ~{count} entries (seconds)",
         lambda v: f"{v:.2f}s",
