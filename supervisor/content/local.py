@@ -43,6 +43,9 @@ from supervisor.errors import (
 )
 
 READ_CHUNK = 1 << 20
+# Start writing data to disk every 8 MiB while an upload goes on, so that the fsync at commit
+# finds little left to do instead of all of it (the page cache would otherwise hold gigabytes).
+WRITEBACK_CHUNK = 8 << 20
 
 
 def info_adaptor(info: Info) -> filters.Adaptor:
@@ -276,6 +279,8 @@ class LocalWriter:
         self._fd = fd
         self._hasher = hasher
         self._offset = offset
+        self._file_size = offset  # what the file holds (the offset runs ahead while writing)
+        self._flushed = offset  # where writeback was last started
         self._total = total
         self._started_at = started_at
         self._updated_at: int | None = None  # known once written; read from the file before
@@ -292,32 +297,42 @@ class LocalWriter:
             self._updated_at = await asyncio.to_thread(lambda: os.fstat(self._fd).st_mtime_ns)
         return Status(self._ref, self._offset, self._total, self._started_at, self._updated_at)
 
-    def digest(self) -> str:
+    async def digest(self) -> str:
+        await self._settle()
+        return self._digest()
+
+    def _digest(self) -> str:
         return f"{self._hasher.name}:{self._hasher.hexdigest()}"
 
     async def write(self, data: bytes) -> int:
-        """Hash now, write behind: the file write overlaps the client's next chunk.
+        """Accept a chunk; it is hashed and written while the client sends the next one.
 
-        At most one file write is in flight; its error surfaces at the next call (and fails
-        the writer), and `commit` waits for it before it fsyncs. The offset and digest
-        reported are always those of every byte accepted so far.
+        One chunk is in flight at most: a write first waits for the one before, whose error
+        surfaces here (and fails the writer). `commit` and `digest` wait for it too. The
+        offset counts every byte accepted.
         """
         self._check_open()
         if not data:
             return 0
         await self._settle()
-        loop = asyncio.get_running_loop()
-        self._pending = loop.run_in_executor(None, self._write_file, data)
-        await asyncio.to_thread(self._hasher.update, data)
+        self._pending = asyncio.get_running_loop().run_in_executor(None, self._absorb, data)
         self._offset += len(data)
         self._updated_at = time.time_ns()
         return len(data)
+
+    def _absorb(self, data: bytes) -> None:
+        self._write_file(data)
+        self._hasher.update(data)
 
     def _write_file(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
+        self._file_size += len(data)
+        if self._file_size - self._flushed >= WRITEBACK_CHUNK:
+            _start_writeback(self._fd, self._flushed, self._file_size - self._flushed)
+            self._flushed = self._file_size
 
     async def _settle(self) -> None:
         """Wait for the write in flight; if it failed, the writer is done for."""
@@ -337,7 +352,7 @@ class LocalWriter:
         await self._settle()
         await asyncio.to_thread(os.ftruncate, self._fd, 0)
         self._hasher = hashlib.new(self._hasher.name)
-        self._offset = 0
+        self._offset = self._file_size = self._flushed = 0
         self._updated_at = time.time_ns()
 
     async def commit(
@@ -358,7 +373,7 @@ class LocalWriter:
             raise FailedPrecondition(
                 f'"{self._ref}" failed size validation: {self._offset} != {size}'
             )
-        digest = self.digest()
+        digest = self._digest()
         if expected and digests.parse(expected)[0] != self._hasher.name:
             algorithm = digests.parse(expected)[0]
             hasher = hashlib.new(algorithm)
@@ -429,6 +444,27 @@ def _fallocate() -> Callable[[int, int, int, int], int] | None:
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     fn.restype = ctypes.c_int
     return fn
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to begin writing a range out, without waiting (best effort)."""
+    sync_file_range = _sync_file_range()
+    if sync_file_range is not None:
+        sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _reserve(fd: int, total: int) -> None:

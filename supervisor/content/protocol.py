@@ -1,7 +1,7 @@
 """The content store's interface, the same at every layer.
 
 The local store (`supervisor.content.local`), the namespaced metadata store
-(`supervisor.metadata.content`) and the remote client over gRPC (`supervisor.content.remote`)
+(`supervisor.metadata.content`) and the remote client over gRPC (`supervisor.client.content`)
 all implement `Store`, so the conformance suite runs against each of them.
 
 Invariants every implementation keeps:
@@ -44,8 +44,8 @@ class Writer(Protocol):
 
     async def status(self) -> Status: ...
 
-    def digest(self) -> str:
-        """The digest of the bytes written so far."""
+    async def digest(self) -> str:
+        """The digest of every byte written so far (waits for writes still in flight)."""
         ...
 
     async def write(self, data: bytes) -> int: ...

@@ -276,11 +276,11 @@ class NamespacedWriter:
         s = await self._backend.status()
         return Status(self._ref, s.offset, s.total, s.started_at, s.updated_at)
 
-    def digest(self) -> str:
+    async def digest(self) -> str:
         if self._backend is None:
             assert self._shared is not None
             return self._shared.digest
-        return self._backend.digest()
+        return await self._backend.digest()
 
     async def _unshare(self) -> LocalWriter:
         """Turn a share into a real ingest holding a copy of the shared blob."""
@@ -314,7 +314,7 @@ class NamespacedWriter:
                 try:
                     digest = await self._backend.commit(size, expected)
                 except AlreadyExists:
-                    digest = expected or self._backend.digest()
+                    digest = expected or await self._backend.digest()
                 except FailedPrecondition as e:  # name the client's ref, not ours
                     raise FailedPrecondition(
                         e.detail.replace(f'"{self._backend_ref}"', f'"{self._ref}"')

@@ -61,6 +61,7 @@ class Database:
         self._conn = conn
         self._executor = executor
         self._gc_lock = _SharedExclusiveLock()
+        self._closed = False
 
     def mutation(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Held across a change that spans the disk and the database (publishing a blob)."""
@@ -90,6 +91,10 @@ class Database:
         )
 
     async def close(self) -> None:
+        """Close the connection and its thread; closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
         self._executor.shutdown(wait=True)
 

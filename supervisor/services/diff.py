@@ -157,7 +157,7 @@ class DiffService(pb_grpc.DiffServicer):
                     await writer.write(chunk)
                 with contextlib.suppress(AlreadyExists):
                     return await writer.commit(size, "", labels), size
-                digest = writer.digest()  # the same bytes exist: label them all the same
+                digest = await writer.digest()  # the same bytes exist: label them all the same
                 await store.update(
                     Info(digest, size, 0, 0, labels), [f"labels.{key}" for key in labels]
                 )

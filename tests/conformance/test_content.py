@@ -46,9 +46,9 @@ import pytest
 from supervisor.api.containerd.services.content.v1 import content_pb2 as pb
 from supervisor.api.containerd.services.content.v1 import content_pb2_grpc as pb_grpc
 from supervisor.api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
+from supervisor.client.content import RemoteStore
 from supervisor.content.local import LocalStore
 from supervisor.content.protocol import Info, Status, Store, Writer
-from supervisor.content.remote import RemoteStore
 from supervisor.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -161,7 +161,7 @@ async def check_status(
     updated: Window,
 ) -> Status:
     status = await writer.status()
-    assert writer.digest() == digest
+    assert await writer.digest() == digest
     assert (status.ref, status.offset, status.total) == (ref, offset, total)
     within(status.started_at, started, "started_at")
     within(status.updated_at, updated, "updated_at")
@@ -281,7 +281,7 @@ def test_writers_with_or_without_size_and_digest_commit_verified_blobs(subject: 
             before = time.time_ns()
             assert await writer.commit(0, "", labels) == digest
             after = time.time_ns()
-            assert writer.digest() == digest
+            assert await writer.digest() == digest
             await check_info(
                 store,
                 digest,

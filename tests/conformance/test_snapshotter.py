@@ -4,7 +4,9 @@ A port of containerd's snapshotter testsuite and of its overlay tests (design no
 conformance-suites.md §A), written once and run against:
 
 - `overlay`: `OverlaySnapshotter` on a temporary root;
-- `native`: `NativeSnapshotter` on a temporary root.
+- `native`: `NativeSnapshotter` on a temporary root;
+- `namespaced`: the daemon's namespaced wrapper (`SnapshotStore`) over an overlay backend;
+- `remote`: a live ctrd through the gRPC API (`RemoteSnapshotter`).
 
 The `snapshotter` fixture gives a `Subject`; a case hands it an async scenario, which gets a
 `Harness`: the snapshotter (opened inside the case's event loop, closed after it), `mounted()`
@@ -48,18 +50,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from snapshotter import mount
 from snapshotter.native import NativeSnapshotter
 from snapshotter.overlay import OverlaySnapshotter
 from snapshotter.protocol import Info, Kind, Mount, Snapshotter, Usage
+from supervisor.client.snapshots import RemoteSnapshotter
 from supervisor.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
 )
+from supervisor.metadata.db import Database
+from supervisor.metadata.snapshots import SnapshotStore
 
 GC_ROOT = "containerd.io/gc.root"
 ROOT_SUFFIX = "var/lib/ctrd/snapshots/overlayfs"  # under the temporary directory
@@ -90,14 +96,57 @@ def backend(cls: Any) -> Opener:
     return open_backend
 
 
+@contextlib.asynccontextmanager
+async def open_namespaced(root: Path) -> AsyncIterator[Opened]:
+    """The daemon's namespaced wrapper over an overlay backend, with its own database."""
+    db = await Database.open(root.parent / "meta.db")
+    sn = OverlaySnapshotter(root)
+    store = SnapshotStore(db, sn, "overlayfs", "testsuite")
+
+    async def close() -> None:
+        await sn.close()
+        await db.close()
+
+    try:
+        yield Opened(store, close)
+    finally:
+        await close()
+
+
+@contextlib.asynccontextmanager
+async def open_remote(root: Path) -> AsyncIterator[Opened]:
+    """A live ctrd (its overlay snapshotter at `root`), through the gRPC API."""
+    daemon_root = root.parent.parent  # <daemon root>/snapshots/overlayfs
+    address = daemon_root.parent / "ctrd.sock"
+    daemon_root.mkdir(parents=True, exist_ok=True)
+    log = open(daemon_root.parent / "ctrd.log", "wb")  # noqa: ASYNC230, SIM115
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "supervisor", "--root", str(daemon_root),
+        "--state", str(daemon_root.parent / "state"), "--address", str(address),
+        stdout=log, stderr=log,
+    )  # fmt: skip
+    log.close()
+    channel = grpc.aio.insecure_channel(f"unix:{address}")
+    try:
+        await asyncio.wait_for(channel.channel_ready(), 20)
+        store = RemoteSnapshotter(channel, "testsuite")
+        yield Opened(store, channel.close)
+    finally:
+        await channel.close()
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)
+
+
 OPENERS: dict[str, Opener] = {
     "overlay": backend(OverlaySnapshotter),
     "native": backend(NativeSnapshotter),
+    "namespaced": open_namespaced,
+    "remote": open_remote,
 }
 BACKEND_CLASSES: dict[str, Any] = {"overlay": OverlaySnapshotter, "native": NativeSnapshotter}
-RENAMES_LOWER_DIRS = {"overlay": False, "native": True}
+RENAMES_LOWER_DIRS = {"overlay": False, "native": True, "namespaced": False, "remote": False}
 
-ALL = ["overlay", "native"]
+ALL = ["overlay", "native", "namespaced", "remote"]
 BACKENDS = ["overlay", "native"]
 OVERLAY = ["overlay"]
 NATIVE = ["native"]

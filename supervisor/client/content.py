@@ -19,36 +19,24 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import field_mask_pb2
 
-from supervisor import errgrpc, identifiers
+from supervisor import errgrpc
 from supervisor.api.containerd.services.content.v1 import content_pb2 as pb
 from supervisor.api.containerd.services.content.v1 import content_pb2_grpc as pb_grpc
+from supervisor.client.rpc import headers, typed_errors
 from supervisor.content.protocol import Info, Status
 from supervisor.errors import DataLoss, FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
     from supervisor.content.protocol import Store, Writer
 
-NAMESPACE_HEADER = "containerd-namespace"
-LEASE_HEADER = "containerd-lease"
 # Half of containerd's 16 MiB message limit, as its client does: room for the envelope.
 MAX_WRITE = 8 << 20
-
-Metadata = tuple[tuple[str, str], ...]
-
-
-@contextmanager
-def _typed_errors() -> Iterator[None]:
-    try:
-        yield
-    except grpc.aio.AioRpcError as e:
-        raise errgrpc.from_rpc_error(e) from None
 
 
 def info_from_pb(info: pb.Info) -> Info:
@@ -74,18 +62,15 @@ def status_from_pb(status: pb.Status) -> Status:
 
 class RemoteStore:
     def __init__(self, channel: grpc.aio.Channel, namespace: str, lease: str | None = None) -> None:
-        self.namespace = identifiers.validate(namespace)
+        self.namespace = namespace
         self.lease = lease
         self._stub: Any = pb_grpc.ContentStub(channel)  # generated, untyped
-        headers = [(NAMESPACE_HEADER, namespace)]
-        if lease:
-            headers.append((LEASE_HEADER, lease))
-        self._metadata: Metadata = tuple(headers)
+        self._metadata = headers(namespace, lease)
 
     # -- blobs -------------------------------------------------------------------------------
 
     async def info(self, digest: str) -> Info:
-        with _typed_errors():
+        with typed_errors():
             response: pb.InfoResponse = await self._stub.Info(
                 pb.InfoRequest(digest=digest), metadata=self._metadata
             )
@@ -96,7 +81,7 @@ class RemoteStore:
             info=pb.Info(digest=info.digest, labels=dict(info.labels)),
             update_mask=field_mask_pb2.FieldMask(paths=list(paths)),
         )
-        with _typed_errors():
+        with typed_errors():
             response: pb.UpdateResponse = await self._stub.Update(request, metadata=self._metadata)
         return info_from_pb(response.info)
 
@@ -105,14 +90,14 @@ class RemoteStore:
             pb.ListContentRequest(filters=list(filters)), metadata=self._metadata
         )
         out: builtins.list[Info] = []
-        with _typed_errors():
+        with typed_errors():
             response: pb.ListContentResponse
             async for response in call:
                 out.extend(info_from_pb(i) for i in response.info)
         return out
 
     async def delete(self, digest: str) -> None:
-        with _typed_errors():
+        with typed_errors():
             await self._stub.Delete(pb.DeleteContentRequest(digest=digest), metadata=self._metadata)
 
     async def read(self, digest: str, offset: int = 0, size: int = 0) -> AsyncIterator[bytes]:
@@ -121,7 +106,7 @@ class RemoteStore:
             metadata=self._metadata,
         )
         try:
-            with _typed_errors():
+            with typed_errors():
                 response: pb.ReadContentResponse
                 async for response in call:
                     yield response.data
@@ -143,21 +128,21 @@ class RemoteStore:
         return writer
 
     async def status(self, ref: str) -> Status:
-        with _typed_errors():
+        with typed_errors():
             response: pb.StatusResponse = await self._stub.Status(
                 pb.StatusRequest(ref=ref), metadata=self._metadata
             )
         return status_from_pb(response.status)
 
     async def list_statuses(self, filters: Sequence[str] = ()) -> builtins.list[Status]:
-        with _typed_errors():
+        with typed_errors():
             response: pb.ListStatusesResponse = await self._stub.ListStatuses(
                 pb.ListStatusesRequest(filters=list(filters)), metadata=self._metadata
             )
         return [status_from_pb(s) for s in response.statuses]
 
     async def abort(self, ref: str) -> None:
-        with _typed_errors():
+        with typed_errors():
             await self._stub.Abort(pb.AbortRequest(ref=ref), metadata=self._metadata)
 
 
@@ -172,7 +157,8 @@ class RemoteWriter:
         self._ref = ref
         self._call = call
         self._offset = 0  # where the next write goes; 0 restarts the ingest
-        self._digest = ""
+        self._digest = ""  # as of the last reply that carried one
+        self._digest_stale = True  # written since: ask the server
         self._closed = False
 
     @property
@@ -203,6 +189,7 @@ class RemoteWriter:
             raise DataLoss(f'write session for "{self._ref}" ended without a reply')
         if response.digest:
             self._digest = response.digest
+            self._digest_stale = False
         return response
 
     async def status(self) -> Status:
@@ -215,7 +202,10 @@ class RemoteWriter:
             updated_at=response.updated_at.ToNanoseconds(),
         )
 
-    def digest(self) -> str:
+    async def digest(self) -> str:
+        """WRITE replies may omit the digest (ctrd's do): a STAT gets the current one."""
+        if self._digest_stale and not self._closed:
+            await self._exchange(pb.WriteContentRequest(action=pb.STAT))
         return self._digest
 
     async def write(self, data: bytes) -> int:
@@ -229,6 +219,7 @@ class RemoteWriter:
             # After truncate(0) the server restarts the ingest, so this holds at offset 0 too.
             accepted = response.offset - self._offset
             self._offset = response.offset
+            self._digest_stale = not response.digest
             written += accepted
             if accepted != len(chunk):
                 raise DataLoss(f'"{self._ref}": wrote {accepted} of {len(chunk)} bytes')
@@ -240,6 +231,7 @@ class RemoteWriter:
         if self._closed:
             raise FailedPrecondition(f'writer for "{self._ref}" is closed')
         self._offset = 0  # the server truncates when the next WRITE or COMMIT is at offset 0
+        self._digest_stale = True
 
     async def commit(
         self, size: int, expected: str, labels: Mapping[str, str] | None = None
@@ -272,7 +264,7 @@ class RemoteWriter:
             return
         self._closed = True
         try:
-            with _typed_errors():
+            with typed_errors():
                 await self._call.done_writing()
                 # The server releases the ref before it ends the session: read to the end.
                 while isinstance(await self._call.read(), pb.WriteContentResponse):
