@@ -37,6 +37,7 @@ from supervisor.config import Config
 from supervisor.content.local import LocalStore
 from supervisor.errors import FailedPrecondition
 from supervisor.events import Exchange
+from supervisor.metadata.containers import ContainerStore
 from supervisor.metadata.content import ContentStore
 from supervisor.metadata.db import Database
 from supervisor.metadata.gc import Collector
@@ -44,6 +45,7 @@ from supervisor.metadata.images import ImageStore
 from supervisor.metadata.leases import LeaseStore
 from supervisor.metadata.namespaces import NamespaceStore
 from supervisor.metadata.snapshots import SnapshotStore
+from supervisor.services.containers import ContainersService
 from supervisor.services.content import ContentService
 from supervisor.services.diff import DiffService
 from supervisor.services.events import EventsService
@@ -52,6 +54,7 @@ from supervisor.services.leases import LeasesService
 from supervisor.services.namespaces import NamespacesService
 from supervisor.services.rpc import Interceptor
 from supervisor.services.snapshots import SnapshotsService
+from supervisor.services.tasks import TasksService
 from supervisor.services.version import IntrospectionService, Plugin, VersionService
 
 log = structlog.get_logger("ctrd")
@@ -187,8 +190,6 @@ class Daemon:
                 namespaces_pb2_grpc.add_NamespacesServicer_to_server,
                 NamespacesService(NamespaceStore(db), events),
             ),
-            # Registered so that every method of the API answers; their methods say
-            # UNIMPLEMENTED until the stores behind them exist.
             (content_pb2_grpc.add_ContentServicer_to_server, ContentService(content, events)),
             (
                 images_pb2_grpc.add_ImagesServicer_to_server,
@@ -200,7 +201,7 @@ class Daemon:
             ),
             (
                 containers_pb2_grpc.add_ContainersServicer_to_server,
-                containers_pb2_grpc.ContainersServicer(),
+                ContainersService(lambda ns: ContainerStore(db, ns), events, gc),
             ),
             (
                 snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
@@ -212,7 +213,7 @@ class Daemon:
                     content, blobs, [s.root for s in snapshotters.values()], root / "tmpmounts"
                 ),
             ),
-            (tasks_pb2_grpc.add_TasksServicer_to_server, tasks_pb2_grpc.TasksServicer()),
+            (tasks_pb2_grpc.add_TasksServicer_to_server, TasksService()),
             (events_pb2_grpc.add_EventsServicer_to_server, EventsService(events)),
         ]
         for add, servicer in services:

@@ -1,11 +1,13 @@
 """Garbage collection: mark what is reachable from the roots, sweep the rest.
 
-Roots, per namespace: images (their targets), leases that have not expired (and everything
-they hold), blobs labelled `containerd.io/gc.root`, and ingests not yet expired. Edges: a blob's
-`containerd.io/gc.ref.content[.|/]*` labels name other blobs, its
-`containerd.io/gc.ref.snapshot.<snapshotter>` labels name snapshots, an ingest reaches the blob
-it expects. Everything not marked is swept: blob records, expired leases, expired ingests; then
-the bytes on disk that no namespace references any more.
+Roots, per namespace: images (their targets), containers (their snapshots and what their
+`gc.ref` labels name), leases that have not expired (and everything they hold), blobs and
+snapshots labelled `containerd.io/gc.root`, and ingests not yet expired. Edges: a blob's or a
+snapshot's `containerd.io/gc.ref.content[.|/]*` labels name blobs, its
+`containerd.io/gc.ref.snapshot.<snapshotter>` labels name snapshots; a snapshot reaches its
+parent; an ingest reaches the blob it expects. Everything not marked is swept: blob and
+snapshot records, expired leases, expired ingests; then the bytes and backend snapshots that
+no namespace references any more (children before parents).
 
 Collections run when something was deleted (shortly after, so that a burst of deletes costs one
 run), when a caller asks and waits (`images rm --sync`), and on a timer, so that an expired
@@ -117,6 +119,13 @@ def sweep_metadata(conn: sqlite3.Connection, now: int) -> tuple[int, int, int, i
         snapshots[node] = (parent, labels)
         if ROOT_LABEL in labels:
             roots.append(node)
+
+    for ns, snapshotter, key, labels_json in conn.execute(
+        "SELECT namespace, snapshotter, snapshot_key, labels FROM containers"
+    ):
+        if snapshotter and key:
+            roots.append((f"snapshots/{snapshotter}", ns, key))
+        roots += [(kind, ns, ref) for kind, ref in label_references(json.loads(labels_json))]
 
     def edges(node: Node) -> Iterator[Node]:
         kind, ns, key = node

@@ -85,6 +85,27 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX snapshots_by_parent ON snapshots (namespace, snapshotter, parent);
     CREATE TABLE sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
     """,
+    # 4: containers. Runtime options, spec and extensions are kept as the client sent them
+    # (type URL and serialized value of each Any).
+    """
+    CREATE TABLE containers (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        id TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        image TEXT NOT NULL DEFAULT '',
+        runtime_name TEXT NOT NULL,
+        runtime_options_type TEXT NOT NULL DEFAULT '',
+        runtime_options BLOB NOT NULL DEFAULT x'',
+        spec_type TEXT NOT NULL DEFAULT '',
+        spec BLOB NOT NULL DEFAULT x'',
+        snapshotter TEXT NOT NULL DEFAULT '',
+        snapshot_key TEXT NOT NULL DEFAULT '',
+        extensions TEXT NOT NULL DEFAULT '{}',  -- name -> [type URL, base64 value]
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, id)
+    ) WITHOUT ROWID;
+    """,
 )
 
 # The objects whose presence keeps a namespace from being deleted, as (table, what to call them
@@ -93,6 +114,7 @@ NAMESPACE_CONTENTS: tuple[tuple[str, str], ...] = (
     ("images", "images"),
     ("blobs", "blobs"),
     ("snapshots", "snapshots"),
+    ("containers", "containers"),
 )
 
 # What goes with a namespace when it is deleted, children first.

@@ -147,12 +147,16 @@ def test_every_rpc_is_logged_once_with_method_namespace_code_and_duration(ctrd):
 
 
 def test_methods_not_built_yet_answer_unimplemented(ctrd, md):
-    # Tasks come with the tasks issue; until then their methods must say so, not crash.
+    # Tasks come with the tasks issue; until then there are none, and creating one says so.
     stub = ctrd.stub(tasks_pb2_grpc.TasksStub)
+    assert list(stub.List(tasks_pb2.ListTasksRequest(), metadata=md("default")).tasks) == []
     with pytest.raises(grpc.RpcError) as e:
-        stub.List(tasks_pb2.ListTasksRequest(), metadata=md("default"))
+        stub.Get(tasks_pb2.GetRequest(container_id="c1"), metadata=md("default"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Create(tasks_pb2.CreateTaskRequest(container_id="c1"), metadata=md("default"))
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "Tasks/List" in e.value.details()
+    assert "Tasks/Create" in e.value.details()
 
 
 def test_a_namespaced_call_without_a_namespace_fails_as_containerds_does(ctrd, md):
