@@ -8,9 +8,10 @@ from contextlib import contextmanager
 import grpc
 
 from supervisor import errgrpc, identifiers
+from supervisor import headers as header_names
 
-NAMESPACE_HEADER = "containerd-namespace"
-LEASE_HEADER = "containerd-lease"
+NAMESPACE_HEADER = header_names.NAMESPACE
+LEASE_HEADER = header_names.LEASE
 
 Metadata = tuple[tuple[str, str], ...]
 

@@ -17,11 +17,11 @@ from typing import Any
 import grpc
 import structlog
 
-from supervisor import errgrpc, identifiers
+from supervisor import errgrpc, headers, identifiers
 from supervisor.errors import CtrdError, FailedPrecondition
 
-NAMESPACE_HEADER = "containerd-namespace"
-LEASE_HEADER = "containerd-lease"
+NAMESPACE_HEADER = headers.NAMESPACE
+LEASE_HEADER = headers.LEASE
 
 log = structlog.get_logger("ctrd.rpc")
 
