@@ -138,8 +138,11 @@ async def _abort(
     elif isinstance(error, NotImplementedError):
         outcome.code = grpc.StatusCode.UNIMPLEMENTED
         outcome.error = f"{method} is not implemented by ctrd"
-    elif isinstance(error, grpc.aio.AbortError | GeneratorExit):
+    elif isinstance(error, grpc.aio.AbortError):
         outcome.code = context.code() or grpc.StatusCode.UNKNOWN
+        return
+    elif isinstance(error, GeneratorExit):  # the client went away in the middle of a stream
+        outcome.code = grpc.StatusCode.CANCELLED
         return
     elif isinstance(error, BaseException) and not isinstance(error, Exception):
         outcome.code = grpc.StatusCode.CANCELLED  # cancellation, or the server shutting down
