@@ -242,13 +242,15 @@ class LocalStore:
 
         return [s for s in await asyncio.to_thread(walk) if selected.matches(status_adaptor(s))]
 
-    def ingest_refs(self) -> set[str]:
-        """The refs of every ingest on disk; for the garbage collector (blocking)."""
-        refs = set()
+    def ingest_dirs(self) -> dict[Path, str]:
+        """Every ingest directory and its ref ("" when unreadable); for the collector."""
+        out = {}
         for directory in self.ingests.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                refs.add((directory / "ref").read_text())
-        return refs
+            try:
+                out[directory] = (directory / "ref").read_text()
+            except OSError:
+                out[directory] = ""
+        return out
 
     async def abort(self, ref: str) -> None:
         directory = self.ingest_dir(ref)

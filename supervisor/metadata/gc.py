@@ -180,14 +180,21 @@ class Collector:
     def mark_dirty(self) -> None:
         self._dirty.set()
 
-    async def collect(self) -> Result:
-        """One whole collection; concurrent callers wait for the one in progress, then run."""
+    async def collect(self, *, records: bool = True) -> Result:
+        """One whole collection; concurrent callers wait for the one in progress, then run.
+
+        With `records=False` only what the disk holds beyond the records goes (bytes, ingests
+        and backend snapshots no record names): the repair of what a crash left, which takes
+        nothing a client could still be using.
+        """
         async with self._running, self._db.exclusive():
-            self._dirty.clear()  # this run covers every change made before it
             start = time.monotonic()
-            blobs, leases_, ingests, snaps = await self._db.write(
-                lambda conn: sweep_metadata(conn, time.time_ns())
-            )
+            blobs = leases_ = ingests = snaps = 0
+            if records:
+                self._dirty.clear()  # this run covers every change made before it
+                blobs, leases_, ingests, snaps = await self._db.write(
+                    lambda conn: sweep_metadata(conn, time.time_ns())
+                )
             files = await self._db.read(self._sweep_disk)
             for name, backend in self._snapshotters.items():
                 files += await self._sweep_snapshots(name, backend)
@@ -239,14 +246,19 @@ class Collector:
                 os.unlink(self._content.blob_path(digest))
                 removed += 1
         live_refs = {r for (r,) in conn.execute("SELECT backend_ref FROM ingests")}
-        for ref in self._content.ingest_refs() - live_refs:
-            if not self._content.is_locked(ref):
-                shutil.rmtree(self._content.ingest_dir(ref), ignore_errors=True)
+        for directory, ref in self._content.ingest_dirs().items():
+            if ref not in live_refs and not self._content.is_locked(ref):
+                shutil.rmtree(directory, ignore_errors=True)
                 removed += 1
         return removed
 
     async def run(self) -> None:
-        """Collect after changes and on the timer, until cancelled."""
+        """Repair what a crash left at start, then collect after changes and on the timer,
+        until cancelled."""
+        try:
+            await self.collect(records=False)
+        except Exception:
+            log.exception("gc_failed")
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):

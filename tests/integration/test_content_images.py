@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -338,3 +339,24 @@ def test_blob_files_are_read_only_and_ingests_leave_no_partial_blob(ctrd, md):
     path: Path = ctrd.root / "content" / "blobs" / "sha256" / digest.split(":")[1]
     assert path.stat().st_mode & 0o777 == 0o444
     assert list((ctrd.root / "content" / "ingest").iterdir()) == []
+
+
+def test_a_start_collects_what_a_crash_left_behind(ctrd):
+    data = os.urandom(10_000)
+    digest = digest_of(data)
+    ctrd.ctr("content", "ingest", "kept", input=data)
+    ctrd.ctr("content", "label", digest, "containerd.io/gc.root=yes")
+    assert ctrd.stop(signal.SIGKILL) == -signal.SIGKILL
+    # What a crash between the bytes and the records leaves: a blob no namespace knows, an
+    # ingest no record names, a snapshot directory the snapshotter does not know.
+    orphan = ctrd.root / "content" / "blobs" / "sha256" / ("e" * 64)
+    orphan.write_bytes(b"orphan")
+    ingest = ctrd.root / "content" / "ingest" / ("f" * 64)
+    ingest.mkdir()
+    (ingest / "ref").write_text("default/lost")
+    (ingest / "data").write_bytes(b"partial")
+    stray = ctrd.root / "snapshots" / "overlayfs" / "snapshots" / "9999"
+    stray.mkdir(parents=True)
+    ctrd.start()
+    assert wait_for(lambda: not orphan.exists() and not ingest.exists() and not stray.exists())
+    assert blob_on_disk(ctrd, digest)  # a rooted blob stays
