@@ -243,9 +243,15 @@ class LocalStore:
         return [s for s in await asyncio.to_thread(walk) if selected.matches(status_adaptor(s))]
 
     def ingest_dirs(self) -> dict[Path, str]:
-        """Every ingest directory and its ref ("" when unreadable); for the collector."""
+        """Every ingest directory and its ref ("" when unreadable); for the collector.
+
+        A `.tmp` directory is an ingest being created (its ref is locked, but the file naming
+        it may not be written yet): it is never listed. One a crash left is removed at start.
+        """
         out = {}
         for directory in self.ingests.iterdir():
+            if directory.name.endswith(".tmp"):
+                continue
             try:
                 out[directory] = (directory / "ref").read_text()
             except OSError:

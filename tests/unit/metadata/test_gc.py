@@ -119,3 +119,25 @@ def test_sweep_keeps_what_images_leases_and_roots_reach(tmp_path: Path):
         await db.close()
 
     asyncio.run(scenario())
+
+
+def test_sweep_spares_an_ingest_being_created(tmp_path: Path):
+    """A writer's ingest directory exists as `<hash>.tmp` before the file naming its ref does;
+    a collection running in that instant must not take it (seen as a flaky ctr import)."""
+
+    async def scenario() -> None:
+        db = await Database.open(tmp_path / "meta.db")
+        blobs = LocalStore(tmp_path / "content")
+        gc = Collector(db, blobs)
+        creating = blobs.ingest_dir("being-created").with_name("x.tmp")
+        creating.mkdir()
+        abandoned = blobs.ingest_dir("abandoned")
+        abandoned.mkdir()
+        (abandoned / "ref").write_text("abandoned")
+        result = await gc.collect()
+        assert creating.exists()
+        assert not abandoned.exists()
+        assert result.files == 1
+        await db.close()
+
+    asyncio.run(scenario())
