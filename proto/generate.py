@@ -1,9 +1,11 @@
 """Regenerate the Python gRPC bindings for our containerd API protos.
 
-Compiles every ``.proto`` under ``proto/containerd`` with the protoc bundled in
-grpcio-tools (``python -m grpc_tools.protoc``), so the output only depends on
-the pinned grpcio-tools version, and writes ``*_pb2.py``, ``*_pb2.pyi`` and
-``*_pb2_grpc.py`` into ``supervisor/api/containerd``.
+Compiles every ``.proto`` under ``proto/containerd`` (containerd's API) and
+``proto/io`` (the cgroups metrics packages ``io.containerd.cgroups.*``) with the
+protoc bundled in grpcio-tools (``python -m grpc_tools.protoc``), so the output
+only depends on the pinned grpcio-tools version, and writes ``*_pb2.py``,
+``*_pb2.pyi`` and ``*_pb2_grpc.py`` into ``supervisor/api/containerd`` and
+``supervisor/api/io``.
 
 protoc emits absolute imports such as ``from containerd.types import
 mount_pb2``; they are rewritten to ``supervisor.api.containerd...``.
@@ -33,14 +35,15 @@ from pathlib import Path
 PROTO_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_ROOT.parent
 API_DIR = REPO_ROOT / "supervisor" / "api"
-# Top-level proto package directory; also the only generated subtree of API_DIR.
-GENERATED_TOP = "containerd"
+# Top-level proto package directories; also the only generated subtrees of API_DIR.
+GENERATED_TOPS = ("containerd", "io")
 PYTHON_PACKAGE = "supervisor.api"
 
+_TOPS = "|".join(GENERATED_TOPS)
 # `from containerd.x import y` / `import containerd.x` at the start of a line.
-_IMPORT_RE = re.compile(rf"^(\s*)(from|import) {GENERATED_TOP}\.", re.MULTILINE)
+_IMPORT_RE = re.compile(rf"^(\s*)(from|import) ({_TOPS})\.", re.MULTILINE)
 # Module name handed to the protobuf builder; it becomes the classes' __module__.
-_MODULE_NAME_RE = re.compile(rf"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')({GENERATED_TOP}\.)")
+_MODULE_NAME_RE = re.compile(rf"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')(({_TOPS})\.)")
 
 
 def _grpc_tools_include() -> Path:
@@ -69,7 +72,8 @@ def proto_files() -> list[str]:
     """Proto files to compile, relative to PROTO_ROOT, in a stable order."""
     return sorted(
         path.relative_to(PROTO_ROOT).as_posix()
-        for path in (PROTO_ROOT / GENERATED_TOP).rglob("*.proto")
+        for top in GENERATED_TOPS
+        for path in (PROTO_ROOT / top).rglob("*.proto")
     )
 
 
@@ -93,22 +97,22 @@ def _run_protoc(out_dir: Path) -> None:
 
 
 def _rewrite(text: str) -> str:
-    text = _IMPORT_RE.sub(rf"\1\2 {PYTHON_PACKAGE}.{GENERATED_TOP}.", text)
+    text = _IMPORT_RE.sub(rf"\1\2 {PYTHON_PACKAGE}.\3.", text)
     return _MODULE_NAME_RE.sub(rf"\g<1>{PYTHON_PACKAGE}.\2", text)
 
 
 def _postprocess(out_dir: Path) -> None:
     """Fix imports, drop service-less grpc modules, add __init__.py files."""
-    top = out_dir / GENERATED_TOP
-    for path in sorted(top.rglob("*_pb2_grpc.py")):
+    tops = [out_dir / name for name in GENERATED_TOPS]
+    for path in sorted(p for top in tops for p in top.rglob("*_pb2_grpc.py")):
         if "Stub:" not in path.read_text(encoding="utf-8"):
             path.unlink()
-    for path in sorted([*top.rglob("*.py"), *top.rglob("*.pyi")]):
+    for path in sorted(p for top in tops for p in [*top.rglob("*.py"), *top.rglob("*.pyi")]):
         original = path.read_text(encoding="utf-8")
         rewritten = _rewrite(original)
         if rewritten != original:
             path.write_text(rewritten, encoding="utf-8")
-    packages = {out_dir, top, *(p for p in top.rglob("*") if p.is_dir())}
+    packages = {out_dir, *tops, *(p for top in tops for p in top.rglob("*") if p.is_dir())}
     for package in sorted(packages):
         (package / "__init__.py").write_text("", encoding="utf-8")
 
@@ -128,8 +132,12 @@ def _tree(root: Path) -> set[str]:
         for path in root.rglob("*")
         if path.is_file() and "__pycache__" not in path.parts
     }
-    # Only the top-level __init__.py and the generated subtree are ours.
-    return {f for f in files if f == "__init__.py" or f.startswith(f"{GENERATED_TOP}/")}
+    # Only the top-level __init__.py and the generated subtrees are ours.
+    return {
+        f
+        for f in files
+        if f == "__init__.py" or any(f.startswith(f"{top}/") for top in GENERATED_TOPS)
+    }
 
 
 def differences(fresh: Path, committed: Path) -> list[str]:
@@ -144,9 +152,10 @@ def differences(fresh: Path, committed: Path) -> list[str]:
 
 
 def _install(fresh: Path) -> None:
-    shutil.rmtree(API_DIR / GENERATED_TOP, ignore_errors=True)
     API_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(fresh / GENERATED_TOP, API_DIR / GENERATED_TOP)
+    for top in GENERATED_TOPS:
+        shutil.rmtree(API_DIR / top, ignore_errors=True)
+        shutil.copytree(fresh / top, API_DIR / top)
     shutil.copyfile(fresh / "__init__.py", API_DIR / "__init__.py")
 
 

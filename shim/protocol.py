@@ -63,6 +63,7 @@ FAILED_PRECONDITION = "FailedPrecondition"
 UNAVAILABLE = "Unavailable"
 UNIMPLEMENTED = "Unimplemented"
 INTERNAL = "Internal"
+UNKNOWN = "Unknown"
 ERROR_CODES = frozenset(
     {
         NOT_FOUND,
@@ -72,6 +73,7 @@ ERROR_CODES = frozenset(
         UNAVAILABLE,
         UNIMPLEMENTED,
         INTERNAL,
+        UNKNOWN,
     }
 )
 

@@ -52,12 +52,18 @@ class GcConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    binary: str = "runc"  # the OCI runtime tasks use unless their runtime options name one
+
+
+@dataclass(frozen=True)
 class Config:
     root: str = "/var/lib/ctrd"
     state: str = "/run/ctrd"
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     gc: GcConfig = field(default_factory=GcConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def with_overrides(
         self,

@@ -22,6 +22,7 @@ _CODES: dict[type[errors.CtrdError], grpc.StatusCode] = {
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.Internal: grpc.StatusCode.INTERNAL,
+    errors.Unknown: grpc.StatusCode.UNKNOWN,
     errors.CtrdError: grpc.StatusCode.UNKNOWN,
 }
 _KINDS = {code: kind for kind, code in _CODES.items()}

@@ -66,3 +66,9 @@ class PermissionDenied(CtrdError):
 
 class Internal(CtrdError):
     kind = "internal"
+
+
+class Unknown(CtrdError):
+    """An error nothing more is known of, such as the OCI runtime's (as containerd reports it)."""
+
+    kind = "unknown"

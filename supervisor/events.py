@@ -49,9 +49,15 @@ class Exchange:
     async def publish(self, namespace: str, topic: str, event: message.Message) -> None:
         await self.publish_packed(namespace, topic, pack(event))
 
-    async def publish_packed(self, namespace: str, topic: str, event: any_pb2.Any) -> None:
+    async def publish_packed(
+        self, namespace: str, topic: str, event: any_pb2.Any, timestamp_ns: int | None = None
+    ) -> None:
+        """Publish; the envelope's time is now, or when the event happened if given."""
         ts = timestamp_pb2.Timestamp()
-        ts.GetCurrentTime()
+        if timestamp_ns is None:
+            ts.GetCurrentTime()
+        else:
+            ts.FromNanoseconds(timestamp_ns)
         self.deliver(
             events_pb2.Envelope(timestamp=ts, namespace=namespace, topic=topic, event=event)
         )

@@ -45,6 +45,7 @@ from supervisor.metadata.images import ImageStore
 from supervisor.metadata.leases import LeaseStore
 from supervisor.metadata.namespaces import NamespaceStore
 from supervisor.metadata.snapshots import SnapshotStore
+from supervisor.runtime.manager import TaskManager
 from supervisor.services.containers import ContainersService
 from supervisor.services.content import ContentService
 from supervisor.services.diff import DiffService
@@ -130,6 +131,12 @@ def plugins() -> list[Plugin]:
         Plugin("io.containerd.snapshotter.v1", "overlayfs", platforms=(PLATFORM,)),
         Plugin("io.containerd.differ.v1", "walking", platforms=(PLATFORM,)),
         Plugin("io.containerd.lease.v1", "manager", requires=("io.containerd.metadata.v1",)),
+        Plugin(
+            "io.containerd.runtime.v2",
+            "task",
+            requires=("io.containerd.event.v1", "io.containerd.metadata.v1"),
+            platforms=(PLATFORM,),
+        ),
         *(
             Plugin("io.containerd.grpc.v1", name, requires=("io.containerd.metadata.v1",))
             for name in grpc_services
@@ -145,6 +152,7 @@ class Daemon:
     server: grpc.aio.Server
     gc_task: asyncio.Task[None]
     snapshotters: dict[str, OverlaySnapshotter | NativeSnapshotter]
+    tasks: TaskManager
 
     @classmethod
     async def start(cls, config: Config) -> Daemon:
@@ -165,6 +173,7 @@ class Daemon:
             "native": NativeSnapshotter(root / "snapshots" / "native"),
         }
         gc = Collector(db, blobs, snapshotters, interval=config.gc.interval)
+        tasks = TaskManager(state, address, events, config.runtime.binary)
 
         def content(ns: str, lease: str | None) -> ContentStore:
             return ContentStore(db, blobs, ns, lease, on_delete=gc.mark_dirty)
@@ -213,7 +222,10 @@ class Daemon:
                     content, blobs, [s.root for s in snapshotters.values()], root / "tmpmounts"
                 ),
             ),
-            (tasks_pb2_grpc.add_TasksServicer_to_server, TasksService()),
+            (
+                tasks_pb2_grpc.add_TasksServicer_to_server,
+                TasksService(tasks, lambda ns: ContainerStore(db, ns)),
+            ),
             (events_pb2_grpc.add_EventsServicer_to_server, EventsService(events)),
         ]
         for add, servicer in services:
@@ -226,6 +238,7 @@ class Daemon:
                 os.umask(old_umask)
             os.chmod(address, 0o660)
             os.chown(address, config.grpc.uid, config.grpc.gid)
+            await tasks.start()
             await server.start()
         except BaseException:
             await server.stop(None)
@@ -234,11 +247,12 @@ class Daemon:
             raise
         gc_task = asyncio.create_task(gc.run(), name="gc")
         log.info("ctrd_started", address=address, root=str(root), state=str(state), pid=os.getpid())
-        return cls(config, lock, db, server, gc_task, snapshotters)
+        return cls(config, lock, db, server, gc_task, snapshotters, tasks)
 
     async def stop(self) -> None:
         log.info("ctrd_stopping")
         await self.server.stop(grace=1.0)
+        await self.tasks.stop()
         self.gc_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.gc_task

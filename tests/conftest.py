@@ -7,6 +7,7 @@ stopped by pid at the end of the test, and a test fails if the daemon did not ex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -97,6 +98,39 @@ class Ctrd:
                 pytest.fail(f"ctrd ignored signal {sig} for {timeout}s:\n{self.log()}")
         return proc.returncode
 
+    def cleanup(self) -> None:
+        """After the daemon stopped: end what it left running, by pid, and unmount.
+
+        Containers (through runc, on this daemon's runc roots), shims (`shim.pid` in their
+        bundles) and the zygote (`zygote.pid`); then every mount under the state dir.
+        """
+        runc_roots = self.state / "runc"
+        if runc_roots.is_dir():
+            for root in runc_roots.iterdir():
+                listed = subprocess.run(
+                    ["runc", "--root", str(root), "list", "-q"], capture_output=True, text=True
+                )
+                for cid in listed.stdout.split():
+                    subprocess.run(
+                        ["runc", "--root", str(root), "delete", "--force", cid],
+                        capture_output=True,
+                    )
+        pid_files = [*self.state.glob("tasks/*/*/shim.pid"), self.state / "zygote.pid"]
+        for pid_file in pid_files:
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        with open("/proc/self/mounts") as f:
+            mounted = [line.split()[1] for line in f]
+        for target in reversed(mounted):
+            if target.startswith(str(self.state) + "/"):
+                subprocess.run(["umount", "-l", target], capture_output=True)
+
+    def fifo_dir(self) -> str:
+        """Where ctr makes its stdio FIFOs: ours, never /run/containerd."""
+        path = self.base / "fifo"
+        path.mkdir(exist_ok=True)
+        return str(path)
+
     def restart(self) -> None:
         assert self.stop() == 0, self.log()
         self.start()
@@ -164,6 +198,7 @@ def ctrd(short_tmp: Path) -> Iterator[Ctrd]:
         yield daemon
     finally:
         status = daemon.stop()
+        daemon.cleanup()
     assert status == 0, f"ctrd exited with {status}:\n{daemon.log()}"
 
 
@@ -186,6 +221,7 @@ def make_ctrd(short_tmp: Path) -> Iterator[Any]:
     yield make
     for daemon in made:
         daemon.stop()
+        daemon.cleanup()
 
 
 # --- a real registry on loopback, with test images pushed to it (see tests/support) ---

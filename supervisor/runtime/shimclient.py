@@ -33,6 +33,7 @@ _ERRORS: dict[str, type[errors.CtrdError]] = {
     protocol.UNAVAILABLE: errors.Unavailable,
     protocol.UNIMPLEMENTED: errors.Unimplemented,
     protocol.INTERNAL: errors.Internal,
+    protocol.UNKNOWN: errors.Unknown,
 }
 
 
@@ -72,6 +73,11 @@ class ShimClient:
             raise errors.Unavailable(f"shim {self.name}: {method}: {e}") from None
         finally:
             self._calls.pop(ident, None)
+
+    @property
+    def closed_reason(self) -> str | None:
+        """Why the connection ended; None while it is open."""
+        return self._closed
 
     async def events(self) -> AsyncIterator[protocol.Event]:
         """Events as they arrive, until the connection ends."""

@@ -1,29 +1,287 @@
-"""containerd.services.tasks.v1.Tasks, until tasks exist: there are none.
+"""containerd.services.tasks.v1.Tasks: run containers through their shims (`runtime.manager`).
 
-Shims and tasks land with the tasks issue. Until then this daemon runs no task, and says so
-truthfully where clients ask: Get is NotFound (ctr asks before deleting a container and treats
-NotFound as "no task") and List is empty; every other method answers Unimplemented.
+The service translates messages; the manager owns tasks, shims and their events. States are
+the shim's; an exit the daemon has published is authoritative for STOPPED and the status.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import shutil
 from typing import Any
 
 import grpc
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 
+from snapshotter.protocol import Mount
+from supervisor import errors, filters
+from supervisor.api.containerd.runc.options import oci_pb2
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as pb
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc as pb_grpc
-from supervisor.errors import NotFound
+from supervisor.api.containerd.types import metrics_pb2
+from supervisor.api.containerd.types.task import task_pb2 as types_pb
+from supervisor.events import pack
+from supervisor.metadata.containers import ContainerStore
+from supervisor.runtime import metrics
+from supervisor.runtime.manager import Exit, Task, TaskManager
 from supervisor.services import rpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+RUNC_OPTIONS = "containerd.runc.v1.Options"
+_STATUS = {
+    "created": types_pb.CREATED,
+    "running": types_pb.RUNNING,
+    "paused": types_pb.PAUSED,
+    "stopped": types_pb.STOPPED,
+}
+
+
+def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(ns)
+    return ts
+
+
+def _runtime_binary(*options: any_pb2.Any | None) -> str:
+    """The runtime binary runc options name (`ctr run --runc-binary`), or ""."""
+    for packed in options:
+        if packed is not None and packed.type_url.endswith(RUNC_OPTIONS) and packed.value:
+            parsed = oci_pb2.Options()
+            parsed.ParseFromString(packed.value)
+            if parsed.binary_name:
+                return parsed.binary_name
+    return ""
+
+
+def _json_any(packed: any_pb2.Any, what: str) -> Any:
+    try:
+        return json.loads(packed.value or b"{}")
+    except ValueError as e:
+        raise errors.InvalidArgument(f"{what} is not JSON: {e}") from None
+
 
 class TasksService(pb_grpc.TasksServicer):
+    def __init__(self, manager: TaskManager, containers: Any) -> None:
+        self._manager = manager
+        self._containers: Any = containers  # Callable[[str], ContainerStore]
+
+    def _task(self, context: Context, cid: str) -> Task:
+        return self._manager.get(rpc.namespace(context), cid)
+
+    async def _process(self, task: Task, exec_id: str) -> types_pb.Process:
+        state = await task.call("state", {"exec_id": exec_id})
+        status = _STATUS.get(state["status"], types_pb.UNKNOWN)
+        exit_ = task.exits.get(exec_id)
+        if exit_ is None and status == types_pb.STOPPED:
+            status = types_pb.RUNNING  # stopped, but its exit is not published yet
+        process = types_pb.Process(
+            container_id=task.id,
+            id=exec_id or task.id,
+            pid=state["pid"],
+            status=status,
+            stdin=state["stdin"],
+            stdout=state["stdout"],
+            stderr=state["stderr"],
+            terminal=state["terminal"],
+        )
+        if exit_ is not None:
+            process.status = types_pb.STOPPED
+            process.exit_status = exit_.status
+            process.exited_at.CopyFrom(_timestamp(exit_.at))
+        return process
+
+    async def Create(self, request: pb.CreateTaskRequest, context: Context) -> Any:
+        ns = rpc.namespace(context)
+        store: ContainerStore = self._containers(ns)
+        container = await store.get(request.container_id)
+        if request.checkpoint.digest:
+            raise errors.Unimplemented("checkpoint restore needs CRIU, which is not installed")
+        if container.spec is None:
+            raise errors.InvalidArgument(f'container "{container.id}" has no spec')
+        runtime = request.runtime_path or _runtime_binary(
+            request.options if request.HasField("options") else None,
+            any_pb2.Any(type_url=container.runtime_options[0], value=container.runtime_options[1])
+            if container.runtime_options
+            else None,
+        )
+        mounts = [Mount(m.type, m.source, tuple(m.options)) for m in request.rootfs]
+        task = await self._manager.create(
+            ns,
+            container.id,
+            container.spec[1],
+            mounts,
+            {
+                "stdin": request.stdin,
+                "stdout": request.stdout,
+                "stderr": request.stderr,
+                "terminal": request.terminal,
+            },
+            runtime,
+        )
+        return pb.CreateTaskResponse(container_id=task.id, pid=task.pid)
+
+    async def Start(self, request: pb.StartRequest, context: Context) -> Any:
+        task = self._task(context, request.container_id)
+        result = await task.call_seen("start", {"exec_id": request.exec_id})
+        return pb.StartResponse(pid=result["pid"])
+
+    async def Delete(self, request: pb.DeleteTaskRequest, context: Context) -> Any:
+        ns = rpc.namespace(context)
+        result = await self._manager.delete(ns, request.container_id)
+        return pb.DeleteResponse(
+            id=request.container_id,
+            pid=result["pid"],
+            exit_status=result["exit_status"],
+            exited_at=_timestamp(result["exited_at"]),
+        )
+
+    async def DeleteProcess(self, request: pb.DeleteProcessRequest, context: Context) -> Any:
+        task = self._task(context, request.container_id)
+        if not request.exec_id:
+            raise errors.InvalidArgument("exec id is required (delete the task instead)")
+        result = await task.call("delete", {"exec_id": request.exec_id})
+        task.forget_exec(request.exec_id)
+        return pb.DeleteResponse(
+            id=request.exec_id,
+            pid=result["pid"],
+            exit_status=result["exit_status"],
+            exited_at=_timestamp(result["exited_at"]),
+        )
+
     async def Get(self, request: pb.GetRequest, context: Context) -> Any:
-        rpc.namespace(context)
-        raise NotFound(f'no running task found: task "{request.container_id}"')
+        task = self._task(context, request.container_id)
+        return pb.GetResponse(process=await self._process(task, request.exec_id))
 
     async def List(self, request: pb.ListTasksRequest, context: Context) -> Any:
-        rpc.namespace(context)
-        return pb.ListTasksResponse()
+        ns = rpc.namespace(context)
+        selected = filters.parse_all([request.filter] if request.filter else [])
+        processes = []
+        for task in self._manager.list(ns):
+            try:
+                process = await self._process(task, "")
+            except errors.CtrdError:
+                continue  # deleted meanwhile, or its shim is gone
+            if selected.matches(_process_adaptor(process)):
+                processes.append(process)
+        return pb.ListTasksResponse(tasks=processes)
+
+    async def Kill(self, request: pb.KillRequest, context: Context) -> Any:
+        task = self._task(context, request.container_id)
+        await task.call(
+            "kill", {"exec_id": request.exec_id, "signal": request.signal, "all": request.all}
+        )
+        return empty_pb2.Empty()
+
+    async def Exec(self, request: pb.ExecProcessRequest, context: Context) -> Any:
+        task = self._task(context, request.container_id)
+        if not request.exec_id:
+            raise errors.InvalidArgument("exec id must not be empty")
+        await task.call_seen(
+            "exec",
+            {
+                "exec_id": request.exec_id,
+                "spec": _json_any(request.spec, "process spec"),
+                "stdin": request.stdin,
+                "stdout": request.stdout,
+                "stderr": request.stderr,
+                "terminal": request.terminal,
+            },
+        )
+        return empty_pb2.Empty()
+
+    async def ResizePty(self, request: pb.ResizePtyRequest, context: Context) -> Any:
+        task = self._task(context, request.container_id)
+        await task.call(
+            "resize_pty",
+            {"exec_id": request.exec_id, "width": request.width, "height": request.height},
+        )
+        return empty_pb2.Empty()
+
+    async def CloseIO(self, request: pb.CloseIORequest, context: Context) -> Any:
+        task = self._task(context, request.container_id)
+        await task.call("close_io", {"exec_id": request.exec_id, "stdin": request.stdin})
+        return empty_pb2.Empty()
+
+    async def Pause(self, request: pb.PauseTaskRequest, context: Context) -> Any:
+        await self._task(context, request.container_id).call_seen("pause")
+        return empty_pb2.Empty()
+
+    async def Resume(self, request: pb.ResumeTaskRequest, context: Context) -> Any:
+        await self._task(context, request.container_id).call_seen("resume")
+        return empty_pb2.Empty()
+
+    async def ListPids(self, request: pb.ListPidsRequest, context: Context) -> Any:
+        task = self._task(context, request.container_id)
+        processes = []
+        for entry in await task.call("pids"):
+            info = types_pb.ProcessInfo(pid=entry["pid"])
+            if entry.get("exec_id"):
+                info.info.CopyFrom(pack(oci_pb2.ProcessDetails(exec_id=entry["exec_id"])))
+            processes.append(info)
+        return pb.ListPidsResponse(processes=processes)
+
+    async def Checkpoint(self, request: pb.CheckpointTaskRequest, context: Context) -> Any:
+        self._task(context, request.container_id)
+        if shutil.which("criu") is None:
+            raise errors.Unimplemented("checkpoint needs CRIU, which is not installed")
+        raise errors.Unimplemented("checkpoint is not supported yet")
+
+    async def Update(self, request: pb.UpdateTaskRequest, context: Context) -> Any:
+        task = self._task(context, request.container_id)
+        resources = _json_any(request.resources, "resources")
+        await task.call("update", {"resources": resources})
+        return empty_pb2.Empty()
+
+    async def Metrics(self, request: pb.MetricsRequest, context: Context) -> Any:
+        ns = rpc.namespace(context)
+        selected = filters.parse_all(list(request.filters))
+        out = []
+        for task in self._manager.list(ns):
+            if not selected.matches(_task_adaptor(task)):
+                continue
+            if "" in task.exits:
+                continue  # stopped: no cgroup left to measure
+            try:
+                data = await asyncio.to_thread(metrics.collect, task.pid)
+            except errors.NotFound:
+                continue
+            metric = metrics_pb2.Metric(id=task.id, data=data)
+            metric.timestamp.GetCurrentTime()
+            out.append(metric)
+        return pb.MetricsResponse(metrics=out)
+
+    async def Wait(self, request: pb.WaitRequest, context: Context) -> Any:
+        task = self._task(context, request.container_id)
+        exit_: Exit | None = task.exits.get(request.exec_id)
+        if exit_ is None:
+            await task.call("state", {"exec_id": request.exec_id})  # NotFound if no such process
+            exit_ = await task.wait(request.exec_id)
+        return pb.WaitResponse(exit_status=exit_.status, exited_at=_timestamp(exit_.at))
+
+
+def _task_adaptor(task: Task) -> filters.Adaptor:
+    def adapt(path: tuple[str, ...]) -> str | None:
+        if path in (("id",), ("container_id",)):
+            return task.id
+        if path == ("namespace",):
+            return task.namespace
+        return None
+
+    return adapt
+
+
+def _process_adaptor(process: types_pb.Process) -> filters.Adaptor:
+    names = {v: k for k, v in _STATUS.items()}
+
+    def adapt(path: tuple[str, ...]) -> str | None:
+        if path in (("id",), ("container_id",)):
+            return process.container_id
+        if path == ("status",):
+            return names.get(process.status, "unknown")
+        if path == ("pid",):
+            return str(process.pid)
+        return None
+
+    return adapt

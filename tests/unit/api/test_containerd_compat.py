@@ -1,13 +1,16 @@
-"""Our protos under proto/containerd must be wire-identical to containerd 1.6.20's.
+"""Our protos under proto/ must be wire-identical to containerd 1.6.20's.
 
 Both sets are compiled with grpc_tools.protoc into FileDescriptorSets and
 compared type by type: every message, enum and service containerd defines in a
-``containerd.*`` package (minus the packages we deliberately do not implement)
-must exist in ours with the same fields, enum values and methods, and we must
-not define anything in a ``containerd.*`` package that containerd lacks.
+``containerd.*`` or ``io.containerd.cgroups.*`` package (minus the packages we
+deliberately do not implement) must exist in ours with the same fields, enum
+values and methods, and we must not define anything in such a package that
+containerd lacks.
 
 containerd's protos come from the Debian package
-golang-github-containerd-containerd-dev.  Without it the tests fail; set
+golang-github-containerd-containerd-dev, the cgroups metrics protos (the
+payload of Tasks.Metrics) from golang-github-containerd-cgroups-dev, which it
+depends on.  Without them the tests fail; set
 CTRD_ALLOW_MISSING_CONTAINERD_PROTOS=1 to skip them instead.
 """
 
@@ -38,10 +41,18 @@ GOGO_INCLUDE = GOCODE_SRC / "github.com" / "gogo" / "protobuf"
 # Compiled on their side: the whole api/ tree plus runtime/ (which holds the runc
 # shim options we implement, and shim APIs that EXCLUDED_PACKAGES must name).
 CONTAINERD_PROTO_DIRS = (CONTAINERD_API, CONTAINERD_REPO / "runtime")
+# The cgroups v1 and v2 Metrics messages, at the version containerd 1.6.20 builds with.
+CGROUPS_REPO = GOCODE_SRC / "github.com" / "containerd" / "cgroups"
+CGROUPS_PROTOS = (
+    CGROUPS_REPO / "stats" / "v1" / "metrics.proto",
+    CGROUPS_REPO / "v2" / "stats" / "metrics.proto",
+)
+# Where our protos live, one directory per top-level package name.
+OUR_PROTO_TOPS = ("containerd", "io")
 
 ALLOW_MISSING_ENV = "CTRD_ALLOW_MISSING_CONTAINERD_PROTOS"
 MISSING_MESSAGE = (
-    f"containerd's protos are not installed at {CONTAINERD_API}: "
+    f"containerd's protos are not installed at {CONTAINERD_API} and {CGROUPS_REPO}: "
     "apt-get install golang-github-containerd-containerd-dev "
     f"(or set {ALLOW_MISSING_ENV}=1 to skip these tests)"
 )
@@ -58,7 +69,11 @@ EXCLUDED_PACKAGES = {
 
 
 def _is_containerd_package(package: str) -> bool:
-    return package == "containerd" or package.startswith("containerd.")
+    return (
+        package == "containerd"
+        or package.startswith("containerd.")
+        or package.startswith("io.containerd.cgroups.")
+    )
 
 
 def _in_scope(package: str) -> bool:
@@ -151,16 +166,19 @@ def _index(fds: descriptor_pb2.FileDescriptorSet) -> Index:
 
 @functools.cache
 def _containerd_index() -> Index | None:
-    if not CONTAINERD_API.is_dir():
+    if not CONTAINERD_API.is_dir() or not all(p.is_file() for p in CGROUPS_PROTOS):
         return None
     files = sorted(str(p) for d in CONTAINERD_PROTO_DIRS for p in d.rglob("*.proto"))
+    files += [str(p) for p in CGROUPS_PROTOS]
     return _index(_compile([f"-I{GOCODE_SRC}", f"-I{GOGO_INCLUDE}"], files))
 
 
 @functools.cache
 def _our_index() -> Index:
     # protoc names each file relative to the include dir holding it.
-    files = sorted(str(p) for p in (OUR_PROTO_ROOT / "containerd").rglob("*.proto"))
+    files = sorted(
+        str(p) for top in OUR_PROTO_TOPS for p in (OUR_PROTO_ROOT / top).rglob("*.proto")
+    )
     return _index(_compile([f"-I{OUR_PROTO_ROOT}"], files))
 
 
@@ -236,6 +254,14 @@ def test_compares_a_plausible_number_of_types() -> None:
     theirs = _theirs()
     assert len(theirs.messages) > 150
     assert len(theirs.services) == 11
+
+
+def test_cgroups_metrics_are_compared() -> None:
+    # ctr decodes Tasks.Metrics payloads with these: they must be in the comparison.
+    theirs = _theirs()
+    assert {"io.containerd.cgroups.v1.Metrics", "io.containerd.cgroups.v2.Metrics"} <= set(
+        theirs.messages
+    )
 
 
 @pytest.mark.parametrize("name", _their_names("messages"))

@@ -1,0 +1,376 @@
+"""A process's stdio as the shim sets it up, and the one loop that moves bytes.
+
+Without a terminal the shim copies nothing: the runtime hands the fds the shim opened straight
+to the process (runc's "pass-through" mode), so output written just before an exit is already
+in the pipe when the process is reaped, and nothing can be lost. The shim opens
+
+- stdin: the client's FIFO read-only and non-blocking (a FIFO without a writer yet would block
+  the open), then makes it blocking again for the process;
+- stdout and stderr: the client's FIFO read-write, which never blocks or fails even when no
+  client reads (a write-only open would fail with ENXIO), and which the shim keeps until the
+  process exits, so the process never gets EPIPE when a client goes away (like containerd, the
+  pipe then fills and blocks the writer until a client reads again);
+- `file:///path`: the file, appended to (created 0640 with its directories);
+- `binary:///path?k=v`: a logging program started with the process's stdout and stderr on its
+  fds 3 and 4 and a readiness pipe on fd 5 (it closes it when ready), as containerd does;
+- "": /dev/null.
+
+With a terminal, the runtime passes the pty master over a console socket and the shim copies
+master -> stdout and stdin -> master through `Reactor`. After the process exits, the copy goes
+on until the master reports EIO (no slave left and everything read): only then is stdout
+closed, and only then does `Io.done` hold, so the last line of output is always delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import selectors
+import socket
+import struct
+import termios
+from collections.abc import Callable
+from urllib.parse import parse_qsl, urlsplit
+
+CHUNK = 1 << 16
+Callback = Callable[[], None]
+
+
+class Reactor:
+    """Readiness callbacks per fd over one selector; an fd may want reading, writing or both."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._wants: dict[int, tuple[Callback | None, Callback | None]] = {}
+
+    def want(self, fd: int, read: Callback | None = None, write: Callback | None = None) -> None:
+        """Set the callbacks of `fd` (None: not interested); both None forgets the fd."""
+        events = (selectors.EVENT_READ if read else 0) | (selectors.EVENT_WRITE if write else 0)
+        known = fd in self._wants
+        if not events:
+            if known:
+                del self._wants[fd]
+                self.selector.unregister(fd)
+            return
+        self._wants[fd] = (read, write)
+        if known:
+            self.selector.modify(fd, events)
+        else:
+            self.selector.register(fd, events)
+
+    def wants(self, fd: int) -> tuple[Callback | None, Callback | None]:
+        return self._wants.get(fd, (None, None))
+
+    def forget(self, fd: int) -> None:
+        self.want(fd)
+
+    def poll(self, timeout: float | None) -> None:
+        for key, mask in self.selector.select(timeout):
+            read, write = self._wants.get(key.fd, (None, None))
+            if mask & selectors.EVENT_READ and read:
+                read()
+            # The read callback may have changed what the fd wants.
+            read, write = self._wants.get(key.fd, (None, None))
+            if mask & selectors.EVENT_WRITE and write:
+                write()
+
+
+class Pipe:
+    """Copy src -> dst through a bounded buffer, non-blocking; `done` runs once at the end.
+
+    The end is EOF or EIO on src (then the buffer is flushed first) or an error on dst (then
+    what is left is dropped: nobody can read it).
+    """
+
+    def __init__(
+        self, reactor: Reactor, src: int, dst: int, done: Callback, on_read: Callback | None = None
+    ) -> None:
+        self._reactor = reactor
+        self.src = src
+        self.dst = dst
+        self._done = done
+        self._buffer = bytearray()
+        self._eof = False
+        self.finished = False
+        self._set_read(True)
+
+    def _set_read(self, on: bool) -> None:
+        self._update(self.src, read=self._read if on else None)
+
+    def _set_write(self, on: bool) -> None:
+        self._update(self.dst, write=self._write if on else None)
+
+    def _update(self, fd: int, **change: Callback | None) -> None:
+        read, write = self._reactor.wants(fd)
+        if "read" in change:
+            read = change["read"]
+        if "write" in change:
+            write = change["write"]
+        self._reactor.want(fd, read=read, write=write)
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self.src, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: the pty has no slave left and nothing more to read
+            data = b""
+        if not data:
+            self._eof = True
+            self._set_read(False)
+            if not self._buffer:
+                self._finish()
+            return
+        self._buffer += data
+        self._set_read(False)  # one chunk in flight at a time: the writer sets the pace
+        self._write()
+
+    def _write(self) -> None:
+        if self.finished:
+            return
+        try:
+            written = os.write(self.dst, self._buffer)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self._buffer.clear()
+            self._set_write(False)
+            self._set_read(False)
+            self._finish()
+            return
+        del self._buffer[:written]
+        if self._buffer:
+            self._set_write(True)
+            return
+        self._set_write(False)
+        if self._eof:
+            self._finish()
+        else:
+            self._set_read(True)
+
+    def stop(self) -> None:
+        """Stop copying now (what is buffered is dropped)."""
+        if not self.finished:
+            self._set_read(False)
+            self._set_write(False)
+            self._buffer.clear()
+            self._finish()
+
+    def _finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self._done()
+
+
+def _open_output(uri: str, namespace: str, cid: str, io: Io) -> int:
+    """The fd a process writes one output stream to."""
+    if not uri:
+        return io.own(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        os.makedirs(os.path.dirname(parts.path) or "/", exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        return io.own(os.open(parts.path, flags, 0o640))
+    if parts.scheme in ("", "fifo"):
+        path = parts.path if parts.scheme else uri
+        return io.own(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+    raise ValueError(f'unsupported stdio URI "{uri}"')
+
+
+def _start_logger(uri: str, namespace: str, cid: str, io: Io) -> tuple[int, int]:
+    """Start a `binary://` logging program; the write ends of its stdout and stderr pipes."""
+    parts = urlsplit(uri)
+    args = [parts.path]
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        args += [key, value] if value else [key]
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    env = dict(os.environ, CONTAINER_ID=cid, CONTAINER_NAMESPACE=namespace)
+    actions = [
+        (os.POSIX_SPAWN_DUP2, null, 0),
+        (os.POSIX_SPAWN_DUP2, null, 1),
+        (os.POSIX_SPAWN_DUP2, null, 2),
+        (os.POSIX_SPAWN_DUP2, out_r, 3),
+        (os.POSIX_SPAWN_DUP2, err_r, 4),
+        (os.POSIX_SPAWN_DUP2, ready_w, 5),
+    ]
+    try:
+        os.posix_spawn(parts.path, args, env, file_actions=actions)
+    finally:
+        for fd in (out_r, err_r, ready_w, null):
+            os.close(fd)
+    try:
+        os.read(ready_r, 1)  # EOF once the logger closed fd 5: it is ready
+    finally:
+        os.close(ready_r)
+    return io.own(out_w), io.own(err_w)
+
+
+class Io:
+    """The stdio of one process: the fds its runtime gets, and the shim's side of them."""
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        stdin: str,
+        stdout: str,
+        stderr: str,
+        terminal: bool,
+        namespace: str,
+        cid: str,
+    ) -> None:
+        self.reactor = reactor
+        self.stdin, self.stdout, self.stderr, self.terminal = stdin, stdout, stderr, terminal
+        self._owned: list[int] = []
+        self.master = -1
+        self._pipes: list[Pipe] = []
+        self._out_fd = -1
+        self._in_fd = -1
+        self.done = not terminal  # pass-through needs no draining
+        self._on_done: list[Callback] = []
+        self.size: tuple[int, int] | None = None
+        try:
+            self.fds = self._open(namespace, cid)
+        except BaseException:
+            self.close()
+            raise
+
+    def own(self, fd: int) -> int:
+        self._owned.append(fd)
+        return fd
+
+    def _open(self, namespace: str, cid: str) -> tuple[int, int, int]:
+        null_in = self.own(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        null_out = self.own(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+        stdin = null_in
+        if self.stdin:
+            stdin = self.own(os.open(self.stdin, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        if self.terminal:
+            if self.stdin:
+                self._in_fd = stdin
+            if self.stdout:
+                self._out_fd = _open_output(self.stdout, namespace, cid, self)
+                os.set_blocking(self._out_fd, False)
+            return (null_in, null_out, null_out)
+        if self.stdin:
+            os.set_blocking(stdin, True)
+        if self.stdout.startswith("binary://"):
+            out, err = _start_logger(self.stdout, namespace, cid, self)
+            return (stdin, out, err)
+        out = _open_output(self.stdout, namespace, cid, self)
+        if self.stderr and self.stderr == self.stdout:
+            err = out
+        else:
+            err = _open_output(self.stderr, namespace, cid, self)
+        return (stdin, out, err)
+
+    def attach_console(self, master: int) -> None:
+        """Start copying through the pty master the runtime handed over."""
+        self.master = self.own(master)
+        os.set_blocking(master, False)
+        if self.size is not None:
+            self.resize(*self.size)
+        if self._out_fd < 0:
+            self._out_fd = self.own(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+        self._pipes.append(Pipe(self.reactor, master, self._out_fd, self._output_done))
+        if self._in_fd >= 0:
+            self._pipes.append(Pipe(self.reactor, self._in_fd, master, self._input_done))
+
+    def resize(self, width: int, height: int) -> None:
+        self.size = (width, height)
+        if self.master >= 0:
+            fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+    def close_stdin(self) -> None:
+        """The client will send no more input."""
+        for pipe in self._pipes:
+            if pipe.src == self._in_fd:
+                pipe.stop()
+        if self._in_fd >= 0:
+            self._close(self._in_fd)
+            self._in_fd = -1
+        elif self.stdin and not self.terminal:
+            self._close(self.fds[0])
+
+    def _input_done(self) -> None:
+        if self._in_fd >= 0:
+            self._close(self._in_fd)
+            self._in_fd = -1
+
+    def _output_done(self) -> None:
+        self.done = True
+        if self._out_fd >= 0:
+            self._close(self._out_fd)
+            self._out_fd = -1
+        callbacks, self._on_done = self._on_done, []
+        for callback in callbacks:
+            callback()
+
+    def when_done(self, callback: Callback) -> None:
+        if self.done:
+            callback()
+        else:
+            self._on_done.append(callback)
+
+    def runtime_started(self) -> None:
+        """The runtime has given the fds to the process: the shim keeps only the outputs."""
+
+    def process_exited(self) -> None:
+        """Close the shim's copies of the pass-through fds: the readers get EOF."""
+        if not self.terminal:
+            self.close()
+
+    def _close(self, fd: int) -> None:
+        self.reactor.forget(fd)
+        if fd in self._owned:
+            self._owned.remove(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close(self) -> None:
+        """Stop every copy and close every fd (idempotent)."""
+        for pipe in self._pipes:
+            pipe.stop()
+        self._pipes.clear()
+        for fd in set(self._owned):
+            self.reactor.forget(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._owned.clear()
+        self._in_fd = self._out_fd = self.master = -1
+        if not self.done:
+            self._output_done()
+
+
+def console_socket(path: str) -> socket.socket:
+    """A listening socket for the runtime to send a pty master over."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def receive_master(sock: socket.socket, path: str) -> int:
+    """The pty master the runtime sent (it has exited, so the fd is waiting)."""
+    try:
+        sock.settimeout(5)
+        conn, _ = sock.accept()
+        with conn:
+            _, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+        if not fds:
+            raise OSError(errno.EPROTO, "the runtime sent no terminal")
+        return fds[0]
+    finally:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

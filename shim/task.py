@@ -1,0 +1,716 @@
+"""The shim proper: one container's processes, their stdio and exits, and the event stream.
+
+One thread, one selector loop (`stdio.Reactor`): the listening socket, the daemon's
+connections, the pty copies, and a self-pipe that SIGCHLD writes to. Requests are handled to
+completion in turn (a runtime command blocks the loop for its few milliseconds), except `wait`
+and a `delete` that waits for output to drain: those are answered later.
+
+Exits: the shim is a child subreaper, so every process of the container ends up its child.
+Each reaped pid is matched to the process it belongs to; its exit is journaled (`journal`)
+and only then announced to the event subscribers and to whoever waits. An exec's exit is
+always announced before its container's init exit: when the init dies first, its exit is held
+until the execs it took with it are reaped. Statuses are containerd's (128 + n for signal n).
+
+Every event is journaled before it is sent, with its sequence number; `events {"after": n}`
+replays the journal past n and then follows live events. After its init process is deleted
+the shim flushes what it has to send, removes its socket and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from shim import journal, protocol, runc, stdio
+from shim.protocol import Request
+
+CREATED, RUNNING, PAUSED, STOPPED = "created", "running", "paused", "stopped"
+DRAIN_TIMEOUT = 10.0  # how long a delete waits for a terminal's output to drain
+FLUSH_TIMEOUT = 5.0  # how long an exiting shim tries to deliver what it has to send
+PID_FILE = "init.pid"
+ADDRESS_FILE = "address"
+SHIM_PID_FILE = "shim.pid"
+
+
+class Config(NamedTuple):
+    namespace: str
+    id: str
+    bundle: str
+    socket: str  # the path this shim listens on
+    address: str  # the daemon's address, for `ps` and logs
+    runtime: str  # runtime binary, by name or path
+    runtime_root: str  # the runtime's state root (`--root`)
+
+
+class ShimError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _not_found(what: str) -> ShimError:
+    return ShimError(protocol.NOT_FOUND, what)
+
+
+def _precondition(what: str) -> ShimError:
+    return ShimError(protocol.FAILED_PRECONDITION, what)
+
+
+class Process:
+    def __init__(self, exec_id: str, io: stdio.Io, spec: Any = None) -> None:
+        self.exec_id = exec_id
+        self.io = io
+        self.spec = spec
+        self.pid = 0
+        self.status = CREATED
+        self.exit_status = 0
+        self.exited_at = 0
+        self.waiters: list[Callable[[], None]] = []
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "exec_id": self.exec_id,
+            "pid": self.pid,
+            "status": self.status,
+            "stdin": self.io.stdin,
+            "stdout": self.io.stdout,
+            "stderr": self.io.stderr,
+            "terminal": self.io.terminal,
+            "exit_status": self.exit_status,
+            "exited_at": self.exited_at,
+        }
+
+    def exit_info(self) -> dict[str, Any]:
+        return {"pid": self.pid, "exit_status": self.exit_status, "exited_at": self.exited_at}
+
+
+class Connection:
+    """One daemon connection: frames in, frames out through a buffer, never blocking."""
+
+    def __init__(self, shim: Shim, sock: socket.socket) -> None:
+        self.shim = shim
+        self.sock = sock
+        sock.setblocking(False)
+        self.fd = sock.fileno()
+        self.decoder = protocol.Decoder()
+        self.out = bytearray()
+        self.subscribed = False
+        self.closed = False
+        shim.reactor.want(self.fd, read=self._read)
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        self.out += protocol.encode(message)
+        self._flush()
+
+    def _flush(self) -> None:
+        try:
+            sent = self.sock.send(self.out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        del self.out[:sent]
+        self.shim.reactor.want(self.fd, read=self._read, write=self._flush if self.out else None)
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        try:
+            for raw in self.decoder.feed(data):
+                message = protocol.parse(raw)
+                if not isinstance(message, Request):
+                    raise protocol.ProtocolError("the daemon sent something other than a request")
+                self.shim.handle(self, message)
+        except protocol.ProtocolError as e:
+            self.shim.log("protocol_error", error=str(e))
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.shim.reactor.forget(self.fd)
+            self.sock.close()
+            self.shim.connections.discard(self)
+
+
+DEFER = object()  # a handler's result: the answer will be sent later
+
+
+class Shim:
+    def __init__(self, config: Config, listener: socket.socket) -> None:
+        self.config = config
+        self.reactor = stdio.Reactor()
+        self.listener = listener
+        self.connections: set[Connection] = set()
+        self.journal = journal.Journal(os.path.join(config.bundle, journal.FILENAME))  # type: ignore[arg-type]
+        self.runtime = runc.Runtime(
+            runc.find(config.runtime), config.runtime_root, config.bundle, self._reaped
+        )
+        self.init: Process | None = None
+        self.execs: dict[str, Process] = {}
+        self.deleted = False
+        self.exiting = False
+        self._exits: dict[int, int] = {}  # reaped pid -> wait status, not yet matched
+        self._held_init_exit: tuple[int, int] | None = None
+        self._timers: list[tuple[float, Callable[[], None]]] = []
+        self._console_count = 0
+        self._host_pid = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        listener.setblocking(False)
+        self.reactor.want(listener.fileno(), read=self._accept)
+        self.reactor.want(self._wake_r, read=self._signalled)
+        self._terminate = False
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        signal.set_wakeup_fd(self._wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self._reap()
+        deadline: float | None = None
+        while True:
+            if self.exiting:
+                pending = any(c.out for c in self.connections) or self._draining()
+                if deadline is None:
+                    deadline = time.monotonic() + FLUSH_TIMEOUT
+                if not pending or time.monotonic() > deadline:
+                    break
+            self.reactor.poll(self._timeout())
+            self._run_timers()
+        self._cleanup()
+
+    def _draining(self) -> bool:
+        return any(not p.io.done for p in self._processes())
+
+    def _timeout(self) -> float | None:
+        if self.exiting:
+            return 0.05
+        if not self._timers:
+            return None
+        return max(0.0, min(t for t, _ in self._timers) - time.monotonic())
+
+    def after(self, seconds: float, callback: Callable[[], None]) -> None:
+        self._timers.append((time.monotonic() + seconds, callback))
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        due = [t for t in self._timers if t[0] <= now]
+        if due:
+            self._timers = [t for t in self._timers if t[0] > now]
+            for _, callback in due:
+                callback()
+
+    def _on_term(self, *_: object) -> None:
+        self._terminate = True
+
+    def _signalled(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+        self._reap()
+        if self._terminate:
+            self._terminate = False
+            if not any(p.status in (RUNNING, PAUSED) for p in self._processes()):
+                self.log("terminated")
+                self.exiting = True
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        self.connections.add(Connection(self, sock))
+
+    def _cleanup(self) -> None:
+        for process in self._processes():
+            process.io.close()
+        with contextlib.suppress(OSError):
+            if os.stat(self.config.socket).st_ino == os.fstat(self.listener.fileno()).st_ino:
+                os.unlink(self.config.socket)
+        self.listener.close()
+        for connection in list(self.connections):
+            connection.close()
+        self.journal.close()
+
+    def log(self, event: str, **fields: Any) -> None:
+        entry = {"time": time.time(), "event": event, "id": self.config.id, **fields}
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(json.dumps(entry) + "\n")
+            sys.stderr.flush()
+
+    # -- exits ------------------------------------------------------------------------------
+
+    def _reaped(self, pid: int, status: int) -> None:
+        """A child was reaped (possibly while a runtime command ran): match it later."""
+        self._exits[pid] = status
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            self._exits[pid] = status
+        self._match_exits()
+
+    def _match_exits(self) -> None:
+        exits, self._exits = self._exits, {}
+        for pid, status in exits.items():
+            process = next(
+                (p for p in self._processes() if p.pid == pid and p.status != STOPPED), None
+            )
+            if process is not None:  # other pids: runtime helpers, orphans of the container
+                self._exited(process, journal.exit_status(status))
+
+    def _exited(self, process: Process, status: int) -> None:
+        now = time.time_ns()
+        if process is self.init:
+            running = [p for p in self.execs.values() if p.status == RUNNING]
+            if running:  # announce the execs' exits first
+                self._held_init_exit = (status, now)
+                for p in running:
+                    with contextlib.suppress(OSError):
+                        os.kill(p.pid, signal.SIGKILL)
+                return
+            if self._host_pid:
+                with contextlib.suppress(runc.RuntimeFailed):
+                    self.runtime.run(["kill", "--all", self.config.id, "9"])
+        self._finish(process, status, now)
+        held = self._held_init_exit
+        if held and self.init is not None and not any(p.status == RUNNING for p in self._execs()):
+            self._held_init_exit = None
+            self._finish(self.init, *held)
+
+    def _finish(self, process: Process, status: int, at: int) -> None:
+        process.status = STOPPED
+        process.exit_status = status
+        process.exited_at = at
+        self.emit(
+            "/tasks/exit",
+            {
+                "container_id": self.config.id,
+                "id": process.exec_id or self.config.id,
+                "exec_id": process.exec_id,
+                "pid": process.pid,
+                "exit_status": status,
+                "exited_at": at,
+            },
+        )
+        process.io.process_exited()
+        waiters, process.waiters = process.waiters, []
+        for waiter in waiters:
+            waiter()
+
+    # -- events -----------------------------------------------------------------------------
+
+    def emit(self, topic: str, event: dict[str, Any]) -> int:
+        """Journal an event, then send it to every subscriber; its sequence number."""
+        try:
+            record = self.journal.append(topic, event)
+        except (OSError, journal.JournalError) as e:
+            self.log("journal_failed", topic=topic, error=str(e))
+            raise ShimError(protocol.INTERNAL, f"journal: {e}") from None
+        wire = record.to_wire()
+        for connection in list(self.connections):
+            if connection.subscribed:
+                connection.send(wire)
+        return record.seq
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def handle(self, connection: Connection, request: Request) -> None:
+        method = getattr(self, "do_" + request.method, None)
+
+        def answer(result: Any) -> None:
+            connection.send(protocol.Response(request.id, result).to_wire())
+
+        try:
+            if method is None:
+                raise ShimError(protocol.UNIMPLEMENTED, f"unknown method {request.method!r}")
+            result = method(request.params, answer, connection)
+        except ShimError as e:
+            connection.send(protocol.ErrorResponse(request.id, e.code, str(e)).to_wire())
+        except runc.RuntimeFailed as e:
+            connection.send(protocol.ErrorResponse(request.id, protocol.UNKNOWN, str(e)).to_wire())
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            self.log("request_failed", method=request.method, error=repr(e))
+            connection.send(
+                protocol.ErrorResponse(request.id, protocol.INTERNAL, repr(e)).to_wire()
+            )
+        else:
+            if result is not DEFER:
+                answer(result)
+        self._match_exits()
+
+    def _execs(self) -> list[Process]:
+        return list(self.execs.values())
+
+    def _processes(self) -> list[Process]:
+        return ([self.init] if self.init else []) + list(self.execs.values())
+
+    def _process(self, params: dict[str, Any]) -> Process:
+        exec_id = params.get("exec_id") or ""
+        if not exec_id:
+            if self.init is None or self.deleted:
+                raise _not_found(f'task "{self.config.id}" not found')
+            return self.init
+        if exec_id not in self.execs:
+            raise _not_found(f'process "{exec_id}" of task "{self.config.id}" not found')
+        return self.execs[exec_id]
+
+    def _io(self, params: dict[str, Any]) -> stdio.Io:
+        try:
+            return stdio.Io(
+                self.reactor,
+                params.get("stdin") or "",
+                params.get("stdout") or "",
+                params.get("stderr") or "",
+                bool(params.get("terminal")),
+                self.config.namespace,
+                self.config.id,
+            )
+        except (OSError, ValueError) as e:
+            raise ShimError(protocol.INVALID_ARGUMENT, f"stdio: {e}") from None
+
+    def _console(self) -> tuple[socket.socket, str]:
+        self._console_count += 1
+        path = f"{self.config.socket}.{self._console_count}"
+        return stdio.console_socket(path), path
+
+    def do_ping(self, params: dict[str, Any], *_: object) -> Any:
+        return {"pid": os.getpid(), "version": protocol.VERSION}
+
+    def do_create(self, params: dict[str, Any], *_: object) -> Any:
+        if self.init is not None:
+            raise ShimError(protocol.ALREADY_EXISTS, f'task "{self.config.id}" already exists')
+        io = self._io(params)
+        pid_file = os.path.join(self.config.bundle, PID_FILE)
+        args = ["create", "--bundle", self.config.bundle, "--pid-file", pid_file]
+        console = None
+        try:
+            if io.terminal:
+                console, path = self._console()
+                args += ["--console-socket", path]
+            args.append(self.config.id)
+            self.runtime.run(args, stdio=io.fds)
+            pid = int(_read(pid_file))
+            if console is not None:
+                io.attach_console(stdio.receive_master(console, path))
+                console = None
+        except BaseException:
+            io.close()
+            if console is not None:
+                console.close()
+            raise
+        self._host_pid = _host_pid(self.config.bundle)
+        process = Process("", io)
+        process.pid = pid
+        self.init = process
+        self.emit(
+            "/tasks/create",
+            {
+                "container_id": self.config.id,
+                "bundle": self.config.bundle,
+                "rootfs": params.get("rootfs") or [],
+                "io": {
+                    "stdin": io.stdin,
+                    "stdout": io.stdout,
+                    "stderr": io.stderr,
+                    "terminal": io.terminal,
+                },
+                "checkpoint": "",
+                "pid": pid,
+            },
+        )
+        return {"pid": pid, "seq": self.journal.last_seq}
+
+    def do_start(self, params: dict[str, Any], *_: object) -> Any:
+        process = self._process(params)
+        if process.status != CREATED:
+            raise _precondition(
+                f"process {process.exec_id or self.config.id} is {process.status}, not created"
+            )
+        if process is self.init:
+            self.runtime.run(["start", self.config.id])
+            process.status = RUNNING
+            seq = self.emit("/tasks/start", {"container_id": self.config.id, "pid": process.pid})
+            return {"pid": process.pid, "seq": seq}
+        assert self.init is not None
+        if self.init.status != RUNNING:
+            raise _precondition(f"cannot start an exec: init process is {self.init.status}")
+        exec_id = process.exec_id
+        spec_path = os.path.join(self.config.bundle, f"exec-{exec_id}.json")
+        pid_file = os.path.join(self.config.bundle, f"exec-{exec_id}.pid")
+        with open(spec_path, "w") as f:
+            json.dump(process.spec, f)
+        args = ["exec", "--detach", "--process", spec_path, "--pid-file", pid_file]
+        console = None
+        try:
+            if process.io.terminal:
+                console, path = self._console()
+                args += ["--console-socket", path]
+            args.append(self.config.id)
+            self.runtime.run(args, stdio=process.io.fds)
+            process.pid = int(_read(pid_file))
+            if console is not None:
+                process.io.attach_console(stdio.receive_master(console, path))
+                console = None
+        finally:
+            if console is not None:
+                console.close()
+            for path in (spec_path, pid_file):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        process.status = RUNNING
+        seq = self.emit(
+            "/tasks/exec-started",
+            {"container_id": self.config.id, "exec_id": exec_id, "pid": process.pid},
+        )
+        return {"pid": process.pid, "seq": seq}
+
+    def do_exec(self, params: dict[str, Any], *_: object) -> Any:
+        exec_id = params.get("exec_id") or ""
+        if self.init is None or self.deleted:
+            raise _not_found(f'task "{self.config.id}" not found')
+        if self.init.status not in (CREATED, RUNNING):
+            raise _precondition(f"cannot exec in a {self.init.status} state")
+        if not exec_id:
+            raise ShimError(protocol.INVALID_ARGUMENT, "exec id must not be empty")
+        if exec_id in self.execs:
+            raise ShimError(protocol.ALREADY_EXISTS, f"id {exec_id}: already exists")
+        spec = params.get("spec")
+        if not isinstance(spec, dict):
+            raise ShimError(protocol.INVALID_ARGUMENT, "exec spec must be a JSON object")
+        self.execs[exec_id] = Process(exec_id, self._io(params), spec)
+        seq = self.emit("/tasks/exec-added", {"container_id": self.config.id, "exec_id": exec_id})
+        return {"seq": seq}
+
+    def do_state(self, params: dict[str, Any], *_: object) -> Any:
+        return self._process(params).state()
+
+    def do_pids(self, params: dict[str, Any], *_: object) -> Any:
+        self._process({})
+        pids = json.loads(self.runtime.run(["ps", "--format", "json", self.config.id]) or b"[]")
+        execs = {p.pid: p.exec_id for p in self.execs.values() if p.status == RUNNING}
+        return [{"pid": pid, "exec_id": execs.get(pid, "")} for pid in pids]
+
+    def do_kill(self, params: dict[str, Any], *_: object) -> Any:
+        process = self._process(params)
+        sig = int(params.get("signal") or signal.SIGTERM)
+        if process.status == STOPPED:
+            raise _not_found("process already finished")
+        if process is self.init:
+            args = ["kill", *(["--all"] if params.get("all") else []), self.config.id, str(sig)]
+            try:
+                self.runtime.run(args)
+            except runc.RuntimeFailed as e:
+                self._reap()
+                if (
+                    process.status == STOPPED
+                    or "not running" in str(e)
+                    or "does not exist" in str(e)
+                ):
+                    raise _not_found(f"process already finished: {e}") from None
+                raise
+        else:
+            if process.status == CREATED:
+                raise _precondition(f"process {process.exec_id} is not started")
+            try:
+                os.kill(process.pid, sig)
+            except ProcessLookupError:
+                raise _not_found("process already finished") from None
+        return {}
+
+    def do_resize_pty(self, params: dict[str, Any], *_: object) -> Any:
+        process = self._process(params)
+        if not process.io.terminal:
+            raise _precondition("process has no terminal")
+        process.io.resize(int(params.get("width") or 0), int(params.get("height") or 0))
+        return {}
+
+    def do_close_io(self, params: dict[str, Any], *_: object) -> Any:
+        process = self._process(params)
+        if params.get("stdin"):
+            process.io.close_stdin()
+        return {}
+
+    def do_pause(self, params: dict[str, Any], *_: object) -> Any:
+        process = self._process({})
+        if process.status != RUNNING:
+            raise _precondition(f"cannot pause a {process.status} task")
+        self.runtime.run(["pause", self.config.id])
+        process.status = PAUSED
+        return {"seq": self.emit("/tasks/paused", {"container_id": self.config.id})}
+
+    def do_resume(self, params: dict[str, Any], *_: object) -> Any:
+        process = self._process({})
+        if process.status != PAUSED:
+            raise _precondition(f"cannot resume a {process.status} task")
+        self.runtime.run(["resume", self.config.id])
+        process.status = RUNNING
+        return {"seq": self.emit("/tasks/resumed", {"container_id": self.config.id})}
+
+    def do_update(self, params: dict[str, Any], *_: object) -> Any:
+        process = self._process({})
+        if process.status == STOPPED:
+            raise _precondition("cannot update a stopped task")
+        resources = json.dumps(params.get("resources") or {}).encode()
+        self.runtime.run(["update", "--resources", "-", self.config.id], input=resources)
+        return {}
+
+    def do_wait(self, params: dict[str, Any], answer: Callable[[Any], None], *_: object) -> Any:
+        process = self._process(params)
+        if process.status == STOPPED:
+            return process.exit_info()
+        process.waiters.append(lambda: answer(process.exit_info()))
+        return DEFER
+
+    def do_delete(self, params: dict[str, Any], answer: Callable[[Any], None], *_: object) -> Any:
+        process = self._process(params)
+        if process.status in (RUNNING, PAUSED):
+            raise _precondition(f"cannot delete a {process.status} process")
+        if process is not self.init:
+            del self.execs[process.exec_id]
+            if process.status == CREATED:  # never started: nothing ran, nothing exited
+                process.io.close()
+                return process.exit_info()
+            return self._after_drain(process, answer, process.exit_info)
+        if any(p.status in (RUNNING, PAUSED) for p in self.execs.values()):
+            raise _precondition("cannot delete a task while its execs run")
+        if process.status == CREATED:
+            with contextlib.suppress(runc.RuntimeFailed):
+                self.runtime.run(["delete", "--force", self.config.id])
+            self._wait_for_init(process)
+        self.deleted = True
+        with contextlib.suppress(runc.RuntimeFailed):
+            self.runtime.run(["delete", "--force", self.config.id])
+
+        def deleted() -> dict[str, Any]:
+            seq = self.emit(
+                "/tasks/delete",
+                {"container_id": self.config.id, "id": self.config.id, **process.exit_info()},
+            )
+            for p in self.execs.values():
+                p.io.close()
+            self.exiting = True
+            return {**process.exit_info(), "seq": seq}
+
+        return self._after_drain(process, answer, deleted)
+
+    def _wait_for_init(self, process: Process) -> None:
+        """A created init was killed by `delete --force`: reap it (it is our child)."""
+        self._reap()
+        deadline = time.monotonic() + 5
+        while process.status != STOPPED and time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(process.pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                self._exited(process, journal.exit_status(status))
+                break
+            time.sleep(0.005)
+        if process.status != STOPPED:
+            self._finish(process, 128 + signal.SIGKILL, time.time_ns())
+
+    def _after_drain(
+        self, process: Process, answer: Callable[[Any], None], result: Callable[[], Any]
+    ) -> Any:
+        """`result()` once the process's output has drained (or after DRAIN_TIMEOUT)."""
+        if process.io.done:
+            process.io.close()
+            return result()
+        answered = False
+
+        def finish() -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            if not process.io.done:
+                self.log("io_not_drained", exec_id=process.exec_id)
+            process.io.close()
+            try:
+                answer(result())
+            except ShimError as e:
+                self.log("delete_failed", error=str(e))
+
+        process.io.when_done(finish)
+        self.after(DRAIN_TIMEOUT, finish)
+        return DEFER
+
+    def do_shutdown(self, params: dict[str, Any], *_: object) -> Any:
+        if self.init is not None and not self.deleted and not params.get("now"):
+            return {"exiting": False}
+        self.exiting = True
+        return {"exiting": True}
+
+    def do_events(
+        self, params: dict[str, Any], answer: Callable[[Any], None], connection: Connection
+    ) -> Any:
+        after = int(params.get("after") or 0)
+        answer({"last_seq": self.journal.last_seq})
+        for record in self.journal.since(after):
+            connection.send(record.to_wire())
+        connection.subscribed = True
+        return DEFER
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _host_pid(bundle: str) -> bool:
+    """Whether the container shares the host's pid namespace (no pid namespace of its own)."""
+    try:
+        with open(os.path.join(bundle, "config.json")) as f:
+            spec = json.load(f)
+        namespaces = spec.get("linux", {}).get("namespaces", [])
+        return not any(ns.get("type") == "pid" and not ns.get("path") for ns in namespaces)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def write_files(config: Config) -> None:
+    """Record where this shim listens and its pid in the bundle (atomically each)."""
+    for name, text in (
+        (ADDRESS_FILE, f"unix://{config.socket}"),
+        (SHIM_PID_FILE, str(os.getpid())),
+    ):
+        path = os.path.join(config.bundle, name)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+
+def serve(config: Config, listener: socket.socket) -> None:
+    shim = Shim(config, listener)
+    write_files(config)
+    shim.log("started", pid=os.getpid(), socket=config.socket)
+    shim.serve()
+    shim.log("exited")
