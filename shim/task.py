@@ -160,9 +160,12 @@ class Shim:
         self.listener = listener
         self.connections: set[Connection] = set()
         self.journal = journal.Journal(os.path.join(config.bundle, journal.FILENAME))  # type: ignore[arg-type]
-        self.runtime = runc.Runtime(
-            runc.find(config.runtime), config.runtime_root, config.bundle, self._reaped
-        )
+        try:
+            binary = runc.find(config.runtime)
+            self._runtime_error = ""
+        except runc.RuntimeFailed as e:  # reported by create, so the client learns why
+            binary, self._runtime_error = config.runtime, str(e)
+        self.runtime = runc.Runtime(binary, config.runtime_root, config.bundle, self._reaped)
         self.init: Process | None = None
         self.execs: dict[str, Process] = {}
         self.deleted = False
@@ -177,6 +180,10 @@ class Shim:
         self.reactor.want(listener.fileno(), read=self._accept)
         self.reactor.want(self._wake_r, read=self._signalled)
         self._terminate = False
+        try:
+            self._socket_inode = os.stat(config.socket).st_ino
+        except OSError:
+            self._socket_inode = -1
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -245,8 +252,8 @@ class Shim:
     def _cleanup(self) -> None:
         for process in self._processes():
             process.io.close()
-        with contextlib.suppress(OSError):
-            if os.stat(self.config.socket).st_ino == os.fstat(self.listener.fileno()).st_ino:
+        with contextlib.suppress(OSError):  # unless a newer shim listens there already
+            if os.stat(self.config.socket).st_ino == self._socket_inode:
                 os.unlink(self.config.socket)
         self.listener.close()
         for connection in list(self.connections):
@@ -406,6 +413,8 @@ class Shim:
     def do_create(self, params: dict[str, Any], *_: object) -> Any:
         if self.init is not None:
             raise ShimError(protocol.ALREADY_EXISTS, f'task "{self.config.id}" already exists')
+        if self._runtime_error:
+            raise runc.RuntimeFailed(self._runtime_error)
         io = self._io(params)
         pid_file = os.path.join(self.config.bundle, PID_FILE)
         args = ["create", "--bundle", self.config.bundle, "--pid-file", pid_file]

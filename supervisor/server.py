@@ -210,7 +210,7 @@ class Daemon:
             ),
             (
                 containers_pb2_grpc.add_ContainersServicer_to_server,
-                ContainersService(lambda ns: ContainerStore(db, ns), events, gc),
+                ContainersService(lambda ns: ContainerStore(db, ns), events, gc, tasks.exists),
             ),
             (
                 snapshots_pb2_grpc.add_SnapshotsServicer_to_server,

@@ -43,6 +43,7 @@ log = structlog.get_logger("ctrd.tasks")
 # Where the `shim` package is imported from: the zygote must run the daemon's copy of it.
 _CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(zygote.__file__)))
 SEEN_TIMEOUT = 10.0  # how long a call waits for its event to come through the stream
+SHUTDOWN_TIMEOUT = 2.0  # how long a delete waits for the shim to exit
 
 _EVENTS: dict[str, type[pb_message.Message]] = {
     "/tasks/create": events_pb.TaskCreate,
@@ -316,8 +317,7 @@ class TaskManager:
             task.pid = int(result["pid"])
         except BaseException:
             if task is not None:
-                with contextlib.suppress(errors.CtrdError):
-                    await task.call("shutdown", {"now": True})
+                await self._shutdown(task, now=True)
                 await self._close(task)
             await asyncio.to_thread(bundle.delete)
             raise
@@ -372,12 +372,24 @@ class TaskManager:
         """Delete a stopped (or never started) task; its exit."""
         task = self.get(namespace, cid)
         result = await task.call_seen("delete")
-        with contextlib.suppress(errors.CtrdError):
-            await task.call("shutdown")
+        await self._shutdown(task)
         self._tasks.pop((namespace, cid), None)
         await self._close(task)
         await asyncio.to_thread(task.bundle.delete)
         return dict(result)
+
+    async def _shutdown(self, task: Task, now: bool = False) -> None:
+        """Ask the shim to exit, and give it a moment to (it removes its socket first)."""
+        try:
+            answer = await task.call("shutdown", {"now": now})
+        except errors.CtrdError:
+            return
+        if answer.get("exiting"):
+            try:
+                async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                    await task.client.ended()
+            except TimeoutError:
+                log.warning("shim_slow_to_exit", ns=task.namespace, id=task.id)
 
     async def _close(self, task: Task) -> None:
         await task.client.close()

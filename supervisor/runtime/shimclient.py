@@ -84,6 +84,10 @@ class ShimClient:
         while (event := await self._events.get()) is not None:
             yield event
 
+    async def ended(self) -> None:
+        """Wait until the shim closes the connection (as it does when exiting)."""
+        await asyncio.wait({self._task})  # never raises what ended the reader
+
     async def close(self) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

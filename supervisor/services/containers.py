@@ -11,6 +11,7 @@ from google.protobuf import any_pb2, empty_pb2
 from supervisor.api.containerd.events import container_pb2 as events_pb2
 from supervisor.api.containerd.services.containers.v1 import containers_pb2 as pb
 from supervisor.api.containerd.services.containers.v1 import containers_pb2_grpc as pb_grpc
+from supervisor.errors import FailedPrecondition
 from supervisor.events import Exchange
 from supervisor.metadata.containers import Container, ContainerStore, Opaque
 from supervisor.metadata.gc import Collector
@@ -62,11 +63,16 @@ def container_to_pb(c: Container) -> pb.Container:
 
 class ContainersService(pb_grpc.ContainersServicer):
     def __init__(
-        self, store: Callable[[str], ContainerStore], events: Exchange, gc: Collector
+        self,
+        store: Callable[[str], ContainerStore],
+        events: Exchange,
+        gc: Collector,
+        has_task: Callable[[str, str], bool] = lambda ns, cid: False,
     ) -> None:
         self._store = store
         self._events = events
         self._gc = gc
+        self._has_task = has_task
 
     async def Get(self, request: pb.GetContainerRequest, context: Context) -> Any:
         container = await self._store(rpc.namespace(context)).get(request.id)
@@ -111,6 +117,8 @@ class ContainersService(pb_grpc.ContainersServicer):
 
     async def Delete(self, request: pb.DeleteContainerRequest, context: Context) -> Any:
         ns = rpc.namespace(context)
+        if self._has_task(ns, request.id):
+            raise FailedPrecondition(f'container "{request.id}" has a task: delete the task first')
         await self._store(ns).delete(request.id)
         self._gc.mark_dirty()
         await self._events.publish(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import time
+from pathlib import Path
 
 from tests.conftest import Ctrd
 from tests.support.registry import PushedImage
@@ -117,3 +119,157 @@ def wait_for(condition, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+def test_run_options_take_effect(ctrd, busybox_image, short_tmp):
+    ref = pull(ctrd, busybox_image)
+    shared = short_tmp / "shared"
+    shared.mkdir()
+    (shared / "in").write_text("from-the-host\n")
+    script_ = (
+        "echo env=$GREETING; pwd; cat /mnt/in; echo out > /mnt/out;"
+        " cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || true;"
+        " touch /rootfile 2>/dev/null && echo writable || echo read-only;"
+        " ip link 2>/dev/null | grep -c lo: ; ls /dev | grep -c . "
+    )
+    result = run(
+        ctrd, "--rm", "--env", "GREETING=hello", "--cwd", "/tmp",
+        "--mount", f"type=bind,src={shared},dst=/mnt,options=rbind:rw",
+        "--read-only", "--memory-limit", str(64 << 20), "--cpus", "0.5",
+        ref, "opts", "sh", "-c", script_,
+    ).stdout.splitlines()  # fmt: skip
+    assert result[:3] == ["env=hello", "/tmp", "from-the-host"], result
+    assert (shared / "out").read_text() == "out\n"
+    assert "read-only" in result
+    # The cgroup the container runs in has the limit (found from the host side: the
+    # container's own /sys/fs/cgroup view depends on the cgroup namespace).
+    host = run(ctrd, "--rm", "--net-host", ref, "nh", "sh", "-c", "cat /proc/net/dev")
+    host_ifaces = {line.split(":")[0].strip() for line in host.stdout.splitlines()[2:]}
+    with open("/proc/net/dev") as f:
+        ours = {line.split(":")[0].strip() for line in f.read().splitlines()[2:]}
+    assert host_ifaces == ours
+    isolated = run(ctrd, "--rm", ref, "ni", "sh", "-c", "cat /proc/net/dev").stdout
+    assert {line.split(":")[0].strip() for line in isolated.splitlines()[2:]} == {"lo"}
+    devices = run(ctrd, "--rm", "--privileged", ref, "pr", "ls", "/dev").stdout.split()
+    plain = run(ctrd, "--rm", ref, "np", "ls", "/dev").stdout.split()
+    assert len(devices) > len(plain)
+
+
+def test_memory_limit_and_cpus_reach_the_cgroup(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    run(ctrd, "-d", "--memory-limit", str(64 << 20), "--cpus", "0.5", ref, "lim", "sleep", "1000")
+    pid = ctrd.ctr("tasks", "ls").stdout.split()[-2]
+    with open(f"/proc/{pid}/cgroup") as f:
+        paths = dict(line.strip().split(":", 2)[1:] for line in f)
+    memory = next(p for k, p in paths.items() if "memory" in k.split(","))
+    cpu = next(p for k, p in paths.items() if "cpu" in k.split(","))
+    limit = int(Path(f"/sys/fs/cgroup/memory{memory}/memory.limit_in_bytes").read_text())
+    assert limit == 64 << 20
+    quota = int(Path(f"/sys/fs/cgroup/cpu{cpu}/cpu.cfs_quota_us").read_text())
+    period = int(Path(f"/sys/fs/cgroup/cpu{cpu}/cpu.cfs_period_us").read_text())
+    assert quota / period == 0.5
+    ctrd.ctr("tasks", "kill", "-s", "KILL", "lim")
+    wait_for(lambda: ctrd.ctr("tasks", "ls").stdout.split()[-1] == "STOPPED")
+    ctrd.ctr("tasks", "rm", "lim")
+
+
+def test_runtime_option_names_the_runtime(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    bad = run(ctrd, "--rm", "--runc-binary", "no-runc", ref, "rt", "true", check=False)
+    assert bad.returncode != 0
+    assert "no-runc" in bad.stderr
+    assert ctrd.ctr("tasks", "ls", "-q").stdout.split() == []
+    assert ctrd.ctr("containers", "ls", "-q").stdout.split() == []  # --rm removed it
+    assert list((ctrd.state / "s").iterdir()) == []  # the shim that could not create is gone
+    ok = run(ctrd, "--rm", "--runtime", "io.containerd.runc.v2", ref, "rt2", "true")
+    assert ok.returncode == 0
+
+
+def test_events_show_a_run_in_order_with_one_exit(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    events = subprocess.Popen(
+        ["ctr", "-a", ctrd.address, "events"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(0.5)
+        run(ctrd, "--rm", ref, "e1", "echo", "hi")
+        time.sleep(0.5)
+    finally:
+        events.terminate()
+        out, _ = events.communicate(timeout=10)
+    # "<date> <time> +0000 UTC <namespace> <topic> <event as JSON>"
+    topics = [line.split()[5] for line in out.splitlines() if line.split()[4:5] == ["default"]]
+    tasks = [t for t in topics if t.startswith("/tasks/")]
+    assert tasks == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"], out
+    assert topics.index("/containers/create") < topics.index("/tasks/create")
+    assert topics[-1] == "/containers/delete"
+    assert "/snapshot/remove" in topics
+
+
+def test_tty_exec_delivers_its_last_line(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    run(ctrd, "-d", ref, "big", "sleep", "1000")
+    for n in range(3):
+        out = script(ctr_command(ctrd, "tasks", "exec", "--fifo-dir", ctrd.fifo_dir(), "-t",
+                                 "--exec-id", f"s{n}", "big", "seq", "1", "1000000"))  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.rstrip().endswith("1000000"), out.stdout[-200:]
+    ctrd.ctr("tasks", "kill", "-s", "KILL", "big")
+    wait_for(lambda: ctrd.ctr("tasks", "ls").stdout.split()[-1] == "STOPPED")
+    ctrd.ctr("tasks", "rm", "big")
+
+
+def open_fds(pid: int) -> list[str]:
+    fds = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            fds.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return fds
+
+
+def test_a_full_cycle_leaves_nothing_behind(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    run(ctrd, "--rm", ref, "warm", "true")  # the first run opens what stays open (zygote...)
+    assert ctrd.proc is not None
+    before = open_fds(ctrd.proc.pid)
+    with open("/proc/self/mounts") as f:
+        mounts_before = f.read().count(str(ctrd.base))
+    for n in range(3):
+        run(ctrd, "-d", ref, f"c{n}", "sleep", "1000")
+    assert len(shims(ctrd)) == 3
+    for n in range(3):
+        ctrd.ctr("tasks", "kill", "-s", "KILL", f"c{n}")
+    for n in range(3):
+        wait_for(lambda n=n: "STOPPED" in ctrd.ctr("tasks", "ls").stdout)
+        ctrd.ctr("tasks", "rm", "-f", f"c{n}")
+        ctrd.ctr("containers", "rm", f"c{n}")
+    wait_for(lambda: shims(ctrd) == [])
+    after = open_fds(ctrd.proc.pid)
+    assert sorted(after) == sorted(before)
+    assert sum(1 for fd in after if fd.startswith("pipe:")) == sum(
+        1 for fd in before if fd.startswith("pipe:")
+    )
+    with open("/proc/self/mounts") as f:
+        assert f.read().count(str(ctrd.base)) == mounts_before
+    runc_root = ctrd.state / "runc" / "default"
+    assert list(runc_root.iterdir()) == []
+    assert list((ctrd.state / "s").iterdir()) == []
+    assert not (ctrd.state / "tasks" / "default").exists()
+
+
+def shims(ctrd: Ctrd) -> list[int]:
+    """Pids of the shims serving this daemon (by their command line)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmdline.startswith("shim ") and ctrd.address in cmdline:
+            found.append(int(entry))
+    return found
