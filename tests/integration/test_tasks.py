@@ -273,3 +273,36 @@ def shims(ctrd: Ctrd) -> list[int]:
         if cmdline.startswith("shim ") and ctrd.address in cmdline:
             found.append(int(entry))
     return found
+
+
+def test_log_uris_file_and_binary(ctrd, busybox_image, short_tmp):
+    ref = pull(ctrd, busybox_image)
+    log = short_tmp / "logs" / "out.log"
+    run(
+        ctrd,
+        "--rm",
+        "--log-uri",
+        f"file://{log}",
+        ref,
+        "lf",
+        "sh",
+        "-c",
+        "echo to-file; echo err >&2",
+    )
+    assert sorted(log.read_text().splitlines()) == ["err", "to-file"]
+
+    # A logging binary gets stdout on fd 3 and stderr on fd 4, and closes fd 5 when ready.
+    logger = short_tmp / "logger.sh"
+    captured = short_tmp / "captured"
+    logger.write_text(
+        "#!/bin/sh\n"
+        f'exec 5>&-; cat <&3 > "{captured}.out" & cat <&4 > "{captured}.err" &'
+        f' echo "$CONTAINER_NAMESPACE/$CONTAINER_ID $1" > "{captured}.env"; wait\n'
+    )
+    logger.chmod(0o755)
+    run(ctrd, "--rm", "--log-uri", f"binary://{logger}?tag", ref, "lb", "sh", "-c",
+        "echo out-line; echo err-line >&2")  # fmt: skip
+    wait_for(lambda: Path(f"{captured}.out").exists() and Path(f"{captured}.out").read_text())
+    wait_for(lambda: Path(f"{captured}.err").read_text() == "err-line\n")
+    assert Path(f"{captured}.out").read_text() == "out-line\n"
+    assert Path(f"{captured}.env").read_text() == "default/lb tag\n"
