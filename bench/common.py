@@ -3,11 +3,20 @@
 Each benchmark runs ctrd and, when installed, containerd side by side in the same run, with
 their runs interleaved, and reports medians and the ctrd/containerd ratio: these machines are
 shared and noisy, so only ratios measured together mean much. Daemons are stopped by pid.
+
+Nothing outlives a run, even one interrupted with Ctrl-C: daemons get their own session (the
+terminal's SIGINT reaches only the benchmark, which then cleans up through them); on the way
+out every container of `NAMESPACE` is killed and deleted, the daemon stopped, whatever shim or
+container process still names its socket killed by pid, its mounts unmounted and the cgroups
+ctr made under `/NAMESPACE` removed. The private containerd runs in its own mount namespace
+with a tmpfs on /run, because its shims put their sockets in /run/containerd/s whatever the
+config says; containers' mounts then live in that namespace and go with its last process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -16,11 +25,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
+
+import procs
 
 REPO = Path(__file__).resolve().parent.parent
+DAEMONS = ("ctrd", "containerd")
+NAMESPACE = "ctrd-bench"  # the benchmarks' containers; ctr puts their cgroups at /NAMESPACE/<id>
+IMAGE = "docker.io/library/busybox:bench"
 
 
 @dataclass
@@ -30,16 +45,43 @@ class Daemon:
     proc: subprocess.Popen[bytes]
     base: Path
 
-    def ctr(self, *args: str, stdin: object = None, check: bool = True) -> float:
+    def ctr(
+        self,
+        *args: str,
+        stdin: int | IO[bytes] | None = None,
+        check: bool = True,
+        ns: str | None = None,
+        timeout: float | None = None,
+        quiet: bool = False,
+    ) -> float:
         """Run ctr against the daemon; returns the wall time in seconds."""
         start = time.perf_counter()
         subprocess.run(
-            ["ctr", "-a", self.address, *args],
-            stdin=stdin,  # type: ignore[arg-type]
+            ["ctr", "-a", self.address, *(["-n", ns] if ns else []), *args],
+            stdin=stdin,
             stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if quiet else None,
             check=check,
+            timeout=timeout,
         )
         return time.perf_counter() - start
+
+    def ctr_lines(self, *args: str, ns: str | None = None, timeout: float = 60) -> list[str]:
+        """ctr's output lines, or none when it fails (a daemon without that service)."""
+        result = subprocess.run(
+            ["ctr", "-a", self.address, *(["-n", ns] if ns else []), *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        return result.stdout.split() if result.returncode == 0 else []
+
+    @property
+    def fifo_dir(self) -> Path:
+        """For `ctr run --fifo-dir`: ctr's default is /run/containerd/fifo."""
+        return self.base / "fifo"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -74,9 +116,9 @@ def start_ctrd(base: Path) -> Daemon:
         proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor", "--root", str(base / "root"),
              "--state", str(base / "state"), "--address", address, "--log-level", "warning"],
-            stdout=out, stderr=out, cwd=REPO,
+            stdout=out, stderr=out, cwd=REPO, start_new_session=True,
         )  # fmt: skip
-    _wait_for_socket(address, proc, log)
+    _wait_or_kill(address, proc, log)
     return Daemon("ctrd", address, proc, base)
 
 
@@ -94,26 +136,178 @@ def start_containerd(base: Path) -> Daemon | None:
         '[debug]\naddress = ""\nlevel = "warn"\n'
     )
     log = base / "containerd.log"
+    private_run = 'mount -t tmpfs tmpfs /run && mkdir /run/containerd && exec "$@"'
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["containerd", "--config", str(config)], stdout=out, stderr=out)
-    _wait_for_socket(address, proc, log)
+        proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", private_run,
+             "sh", "containerd", "--config", str(config)],
+            stdout=out, stderr=out, start_new_session=True,
+        )  # fmt: skip
+    _wait_or_kill(address, proc, log)
     return Daemon("containerd", address, proc, base)
 
 
+def _wait_or_kill(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    try:
+        _wait_for_socket(address, proc, log)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def parse_daemons(value: str) -> tuple[str, ...]:
+    """`--daemons ctrd,containerd` → ("ctrd", "containerd"); argparse's `type`."""
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = set(names) - set(DAEMONS)
+    if unknown or not names:
+        raise ValueError(f"daemons are among {', '.join(DAEMONS)}, got {value!r}")
+    return names
+
+
 @contextlib.contextmanager
-def daemons(scratch: Path) -> Iterator[list[Daemon]]:
+def daemons(scratch: Path, names: Sequence[str] = DAEMONS) -> Iterator[list[Daemon]]:
     started: list[Daemon] = []
     try:
-        started.append(start_ctrd(scratch / "ctrd"))
-        other = start_containerd(scratch / "containerd")
-        if other is None:
-            print("containerd is not installed: measuring ctrd alone")
-        else:
-            started.append(other)
+        if "ctrd" in names:
+            started.append(start_ctrd(scratch / "ctrd"))
+        if "containerd" in names:
+            other = start_containerd(scratch / "containerd")
+            if other is None:
+                print("containerd is not installed: measuring without it")
+            else:
+                started.append(other)
+        if not started:
+            sys.exit("no daemon to measure")
         yield started
     finally:
-        for daemon in started:
-            daemon.stop()
+        with _interrupts_ignored():
+            for daemon in started:
+                tear_down(daemon)
+            remove_cgroups(NAMESPACE)
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """A second Ctrl-C must not stop the cleanup half way: every step of it has a timeout."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# --- containers and what they leave ----------------------------------------------------------
+
+
+@functools.cache
+def _busybox_archive(directory: Path) -> Path:
+    sys.path.insert(0, str(REPO))
+    from tests.support import images
+
+    return Path(images.oci_archive(images.busybox_image(), directory / "busybox.tar", IMAGE))
+
+
+def import_busybox(daemon: Daemon, scratch: Path) -> str:
+    """The tests' busybox image (from Debian's busybox-static), unpacked in `NAMESPACE`."""
+    daemon.ctr("images", "import", str(_busybox_archive(scratch)), ns=NAMESPACE)
+    return IMAGE
+
+
+def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def remove_containers(daemon: Daemon) -> int:
+    """Kill and delete every task and container of `NAMESPACE` (ctr takes many ids at once).
+
+    Returns how many containers are left (ctr's warnings about exit codes 137 are dropped).
+    """
+    for batch in chunks(daemon.ctr_lines("tasks", "ls", "-q", ns=NAMESPACE), 50):
+        daemon.ctr("tasks", "rm", "-f", *batch, ns=NAMESPACE, check=False, timeout=300, quiet=True)
+    for batch in chunks(daemon.ctr_lines("containers", "ls", "-q", ns=NAMESPACE), 50):
+        daemon.ctr("containers", "rm", *batch, ns=NAMESPACE, check=False, timeout=300)
+    return len(daemon.ctr_lines("containers", "ls", "-q", ns=NAMESPACE))
+
+
+def tear_down(daemon: Daemon) -> None:
+    """Containers, daemon, then by pid whatever still names it, then its mounts."""
+    seen = procs.shims_of(procs.table(), daemon.address, daemon.base)
+    if daemon.proc.poll() is None:
+        try:
+            if left := remove_containers(daemon):
+                print(f"{daemon.name}: {left} containers could not be removed", file=sys.stderr)
+        except subprocess.TimeoutExpired:
+            print(f"{daemon.name}: removing containers timed out", file=sys.stderr)
+    daemon.stop()
+    killed = reap(daemon, seen)
+    if killed:
+        print(f"{daemon.name}: killed {killed} leftover shim/container processes", file=sys.stderr)
+    unmount_under(daemon.base)
+
+
+def reap(daemon: Daemon, seen: Iterable[int] = (), grace: float = 5.0) -> int:
+    """SIGKILL by pid the container processes, then the shims, still serving `daemon`.
+
+    A shim exits by itself a moment after its task is deleted, and stays a zombie until init
+    reaps it: the shims `seen` earlier and those still running get `grace` seconds to go.
+    """
+    deadline = time.monotonic() + grace
+    while True:
+        table = procs.table()
+        shims = procs.shims_of(table, daemon.address, daemon.base)
+        if not (shims or table.keys() & set(seen)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    inside = procs.descendants(table, shims) - shims
+    for pid in [*inside, *shims]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_gone(shims, 10)
+    return len(inside) + len(shims)
+
+
+def wait_gone(pids: Iterable[int], timeout: float) -> bool:
+    """Wait until `pids` are gone from /proc: shims are not our children, init reaps them."""
+    deadline = time.monotonic() + timeout
+    left = set(pids)
+    while left := {pid for pid in left if os.path.exists(f"/proc/{pid}")}:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of this mount namespace, in mount order."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        fstype = fields[fields.index("-") + 1]
+        found.append((fields[4].replace("\\040", " "), fstype))
+    return found
+
+
+def mounts_under(path: Path) -> list[str]:
+    return [point for point, _ in _mounts() if point.startswith(f"{path}/")]
+
+
+def unmount_under(path: Path) -> None:
+    for point in reversed(mounts_under(path)):
+        if subprocess.run(["umount", point], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+def remove_cgroups(name: str) -> None:
+    """rmdir /sys/fs/cgroup/*/name and what is under it, deepest first (only empty ones go)."""
+    for point, fstype in _mounts():
+        top = Path(point) / name
+        if fstype not in ("cgroup", "cgroup2") or not top.is_dir():
+            continue
+        for directory, _, _ in os.walk(top, topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
 
 
 @contextlib.contextmanager
@@ -143,6 +337,24 @@ class Samples:
         if "ctrd" in self.values and "containerd" in self.values:
             ratio = self.median("ctrd") / self.median("containerd")
             print(f"  ratio ctrd/containerd (medians): {ratio:.2f}")
+
+    def report_spread(self, title: str, unit: Callable[[float], str]) -> None:
+        """Median, p90 and min of each series, and the ratio of the medians."""
+        print(f"\n{title}")
+        print(f"  {'':<12} {'runs':>5} {'median':>10} {'p90':>10} {'min':>10}")
+        for name, vals in self.values.items():
+            shown = (unit(v) for v in (statistics.median(vals), p90(vals), min(vals)))
+            print(f"  {name:<12} {len(vals):>5} " + " ".join(f"{v:>10}" for v in shown))
+        if "ctrd" in self.values and "containerd" in self.values:
+            ratio = self.median("ctrd") / self.median("containerd")
+            print(f"  ratio ctrd/containerd (medians): {ratio:.2f}")
+
+
+def p90(values: Iterable[float]) -> float:
+    ordered = sorted(values)
+    if len(ordered) < 2:
+        return ordered[0]
+    return statistics.quantiles(ordered, n=10, method="inclusive")[-1]
 
 
 def settle(seconds: float) -> None:

@@ -1,11 +1,12 @@
 """A process's stdio as the shim sets it up, and the one loop that moves bytes.
 
-Without a terminal the shim copies nothing: the runtime hands the fds the shim opened straight
+Without a terminal the shim copies no output: the runtime hands the fds the shim opened straight
 to the process (runc's "pass-through" mode), so output written just before an exit is already
 in the pipe when the process is reaped, and nothing can be lost. The shim opens
 
 - stdin: the client's FIFO read-only and non-blocking (a FIFO without a writer yet would block
-  the open), then makes it blocking again for the process;
+  the open), copied into a pipe the process reads, so that CloseIO (or the client closing the
+  FIFO) is an EOF the process sees even while a client still holds the FIFO;
 - stdout and stderr: the client's FIFO read-write, which never blocks or fails even when no
   client reads (a write-only open would fail with ENXIO), and which the shim keeps until the
   process exits, so the process never gets EPIPE when a client goes away (like containerd, the
@@ -230,6 +231,7 @@ class Io:
         self._pipes: list[Pipe] = []
         self._out_fd = -1
         self._in_fd = -1
+        self._pipe_r = self._pipe_w = -1  # the process's stdin pipe, without a terminal
         self.done = not terminal  # pass-through needs no draining
         self._on_done: list[Callback] = []
         self.size: tuple[int, int] | None = None
@@ -257,7 +259,16 @@ class Io:
                 os.set_blocking(self._out_fd, False)
             return (null_in, null_out, null_out)
         if self.stdin:
-            os.set_blocking(stdin, True)
+            # The process reads a pipe the shim fills from the FIFO: closing the pipe's write
+            # end (CloseIO, or the client closing the FIFO) is an EOF the process sees even
+            # while a client still holds the FIFO open.
+            read_end, self._pipe_w = os.pipe2(os.O_CLOEXEC)
+            self._pipe_r = self.own(read_end)
+            self.own(self._pipe_w)
+            os.set_blocking(self._pipe_w, False)
+            self._in_fd = stdin
+            self._pipes.append(Pipe(self.reactor, stdin, self._pipe_w, self._input_done))
+            stdin = read_end
         if self.stdout.startswith("binary://"):
             out, err = _start_logger(self.stdout, namespace, cid, self)
             return (stdin, out, err)
@@ -293,13 +304,15 @@ class Io:
         if self._in_fd >= 0:
             self._close(self._in_fd)
             self._in_fd = -1
-        elif self.stdin and not self.terminal:
-            self._close(self.fds[0])
+        self._input_done()
 
     def _input_done(self) -> None:
         if self._in_fd >= 0:
             self._close(self._in_fd)
             self._in_fd = -1
+        if self._pipe_w >= 0:
+            self._close(self._pipe_w)
+            self._pipe_w = -1
 
     def _output_done(self) -> None:
         self.done = True
@@ -317,7 +330,10 @@ class Io:
             self._on_done.append(callback)
 
     def runtime_started(self) -> None:
-        """The runtime has given the fds to the process: the shim keeps only the outputs."""
+        """The runtime has given the process its stdin: the shim needs no read end of it."""
+        if self._pipe_r >= 0:
+            self._close(self._pipe_r)
+            self._pipe_r = -1
 
     def process_exited(self) -> None:
         """Close the shim's copies of the pass-through fds: the readers get EOF."""
@@ -341,7 +357,7 @@ class Io:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._owned.clear()
-        self._in_fd = self._out_fd = self.master = -1
+        self._in_fd = self._out_fd = self.master = self._pipe_r = self._pipe_w = -1
         if not self.done:
             self._output_done()
 

@@ -425,6 +425,7 @@ class Shim:
                 args += ["--console-socket", path]
             args.append(self.config.id)
             self.runtime.run(args, stdio=io.fds)
+            io.runtime_started()
             pid = int(_read(pid_file))
             if console is not None:
                 io.attach_console(stdio.receive_master(console, path))
@@ -483,6 +484,7 @@ class Shim:
                 args += ["--console-socket", path]
             args.append(self.config.id)
             self.runtime.run(args, stdio=process.io.fds)
+            process.io.runtime_started()
             process.pid = int(_read(pid_file))
             if console is not None:
                 process.io.attach_console(stdio.receive_master(console, path))
