@@ -226,7 +226,7 @@ class TasksService(pb_grpc.TasksServicer):
         self._task(context, request.container_id)
         if shutil.which("criu") is None:
             raise errors.Unimplemented("checkpoint needs CRIU, which is not installed")
-        raise errors.Unimplemented("checkpoint is not supported yet")
+        raise errors.Unimplemented("checkpoint is not supported yet (CRIU is installed)")
 
     async def Update(self, request: pb.UpdateTaskRequest, context: Context) -> Any:
         task = self._task(context, request.container_id)

@@ -146,8 +146,7 @@ def test_every_rpc_is_logged_once_with_method_namespace_code_and_duration(ctrd):
     assert "bad!name" in failed[0]["error"]
 
 
-def test_methods_not_built_yet_answer_unimplemented(ctrd, md):
-    # Tasks come with the tasks issue; until then there are none, and creating one says so.
+def test_tasks_of_containers_that_do_not_exist_are_not_found(ctrd, md):
     stub = ctrd.stub(tasks_pb2_grpc.TasksStub)
     assert list(stub.List(tasks_pb2.ListTasksRequest(), metadata=md("default")).tasks) == []
     with pytest.raises(grpc.RpcError) as e:
@@ -155,8 +154,8 @@ def test_methods_not_built_yet_answer_unimplemented(ctrd, md):
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError) as e:
         stub.Create(tasks_pb2.CreateTaskRequest(container_id="c1"), metadata=md("default"))
-    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "Tasks/Create" in e.value.details()
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert 'container "c1"' in e.value.details()
 
 
 def test_a_namespaced_call_without_a_namespace_fails_as_containerds_does(ctrd, md):

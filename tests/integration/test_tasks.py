@@ -86,6 +86,10 @@ def test_detached_task_lifecycle(ctrd, busybox_image):
     assert ctrd.ctr("tasks", "ls").stdout.split()[-1] == "PAUSED"
     ctrd.ctr("tasks", "resume", "d1")
     assert ctrd.ctr("tasks", "ls").stdout.split()[-1] == "RUNNING"
+    checkpoint = ctrd.ctr("tasks", "checkpoint", "d1", check=False)
+    assert checkpoint.returncode != 0
+    assert "checkpoint" in checkpoint.stderr
+    assert "not implemented" in checkpoint.stderr  # UNIMPLEMENTED, whether or not CRIU is here
     metrics = ctrd.ctr("tasks", "metrics", "d1").stdout
     assert "memory.usage_in_bytes" in metrics or "memory.current" in metrics, metrics
 
