@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -310,3 +311,43 @@ def test_log_uris_file_and_binary(ctrd, busybox_image, short_tmp):
     wait_for(lambda: Path(f"{captured}.err").read_text() == "err-line\n")
     assert Path(f"{captured}.out").read_text() == "out-line\n"
     assert Path(f"{captured}.env").read_text() == "default/lb tag\n"
+
+
+def test_exec_as_another_user(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    run(ctrd, "-d", ref, "u1", "sleep", "1000")
+    out = ctrd.ctr("tasks", "exec", "--fifo-dir", ctrd.fifo_dir(), "--user", "1234",
+                   "--exec-id", "u", "u1", "id", "-u")  # fmt: skip
+    assert out.stdout == "1234\n"
+    ctrd.ctr("tasks", "rm", "-f", "u1")
+
+
+def test_a_shims_event_stream_resumes_from_a_sequence_number(ctrd, busybox_image):
+    from shim import protocol
+
+    ref = pull(ctrd, busybox_image)
+    run(ctrd, "-d", ref, "ev", "sleep", "1000")
+    address = (ctrd.state / "tasks" / "default" / "ev" / "address").read_text()
+    decoder = protocol.Decoder()
+    messages: list[protocol.Message] = []
+
+    def receive(sock: socket.socket, count: int) -> None:
+        while len(messages) < count:
+            data = sock.recv(65536)
+            assert data, "the shim closed the connection"
+            messages.extend(protocol.parse(m) for m in decoder.feed(data))
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(address.removeprefix("unix://"))
+        sock.sendall(protocol.encode(protocol.Request(1, "events", {"after": 1}).to_wire()))
+        receive(sock, 2)  # the answer, then the replay of what followed seq 1
+        assert messages[0] == protocol.Response(1, {"last_seq": 2})
+        assert isinstance(messages[1], protocol.Event)
+        assert (messages[1].seq, messages[1].topic) == (2, "/tasks/start")
+        ctrd.ctr("tasks", "kill", "-s", "KILL", "ev")
+        receive(sock, 3)  # then live events
+        exit_ = messages[2]
+        assert isinstance(exit_, protocol.Event)
+        assert (exit_.seq, exit_.topic, exit_.event["exit_status"]) == (3, "/tasks/exit", 137)
+    ctrd.ctr("tasks", "rm", "ev")
