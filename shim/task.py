@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from shim import journal, protocol, runc, stdio
+from shim import journal, oom, protocol, runc, stdio
 from shim.protocol import Request
 
 CREATED, RUNNING, PAUSED, STOPPED = "created", "running", "paused", "stopped"
@@ -180,6 +180,7 @@ class Shim:
         self.reactor.want(listener.fileno(), read=self._accept)
         self.reactor.want(self._wake_r, read=self._signalled)
         self._terminate = False
+        self._oom: oom.Watcher | None = None
         try:
             self._socket_inode = os.stat(config.socket).st_ino
         except OSError:
@@ -249,7 +250,27 @@ class Shim:
             return
         self.connections.add(Connection(self, sock))
 
+    def _watch_oom(self, pid: int) -> None:
+        watcher = oom.watch(pid)
+        if watcher is None:
+            return
+        self._oom = watcher
+
+        def woke() -> None:
+            if watcher.read():
+                with contextlib.suppress(ShimError):
+                    self.emit("/tasks/oom", {"container_id": self.config.id})
+            else:  # the cgroup is gone
+                self.reactor.forget(watcher.fileno())
+                watcher.close()
+                self._oom = None
+
+        self.reactor.want(watcher.fileno(), read=woke)
+
     def _cleanup(self) -> None:
+        if self._oom is not None:
+            self.reactor.forget(self._oom.fileno())
+            self._oom.close()
         for process in self._processes():
             process.io.close()
         with contextlib.suppress(OSError):  # unless a newer shim listens there already
@@ -436,6 +457,7 @@ class Shim:
                 console.close()
             raise
         self._host_pid = _host_pid(self.config.bundle)
+        self._watch_oom(pid)
         process = Process("", io)
         process.pid = pid
         self.init = process

@@ -351,3 +351,22 @@ def test_a_shims_event_stream_resumes_from_a_sequence_number(ctrd, busybox_image
         assert isinstance(exit_, protocol.Event)
         assert (exit_.seq, exit_.topic, exit_.event["exit_status"]) == (3, "/tasks/exit", 137)
     ctrd.ctr("tasks", "rm", "ev")
+
+
+def test_an_oom_kill_is_an_event(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    events = subprocess.Popen(
+        ["ctr", "-a", ctrd.address, "events"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(0.5)
+        result = run(ctrd, "--rm", "--memory-limit", str(16 << 20), ref, "oom",
+                     "tail", "/dev/zero", check=False)  # fmt: skip
+        time.sleep(0.5)
+    finally:
+        events.terminate()
+        out, _ = events.communicate(timeout=10)
+    assert result.returncode == 137, result.stderr
+    topics = [line.split()[5] for line in out.splitlines() if line.split()[4:5] == ["default"]]
+    assert "/tasks/oom" in topics, out
+    assert topics.index("/tasks/oom") < topics.index("/tasks/delete")
