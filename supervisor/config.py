@@ -52,6 +52,12 @@ class GcConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    retention: float = 7 * 24 * 3600.0  # seconds the event log keeps what was published
+    max_events: int = 1_000_000  # and at most this many of the newest
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     binary: str = "runc"  # the OCI runtime tasks use unless their runtime options name one
 
@@ -64,6 +70,7 @@ class Config:
     debug: DebugConfig = field(default_factory=DebugConfig)
     gc: GcConfig = field(default_factory=GcConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
 
     def with_overrides(
         self,
@@ -85,6 +92,8 @@ class Config:
             raise InvalidArgument(f'log level "{self.debug.level}" is not one of {LEVELS}')
         if self.debug.format not in FORMATS:
             raise InvalidArgument(f'log format "{self.debug.format}" is not one of {FORMATS}')
+        if self.events.retention <= 0 or self.events.max_events <= 0:
+            raise InvalidArgument("[events] retention and max_events must be positive")
         if self.gc.interval <= 0:
             raise InvalidArgument(f"gc interval {self.gc.interval} must be positive")
         for name, value in (("root", self.root), ("state", self.state)):

@@ -19,6 +19,7 @@ from google.protobuf import any_pb2, message, symbol_database, timestamp_pb2
 from supervisor import filters, identifiers
 from supervisor.api.containerd.services.events.v1 import events_pb2
 from supervisor.errors import InvalidArgument
+from supervisor.eventlog import EventLog, Logged
 
 log = structlog.get_logger("ctrd.events")
 
@@ -38,37 +39,61 @@ class SubscriberTooSlow(Exception):
 @dataclass(eq=False)  # identity: each subscriber is its own
 class _Subscriber:
     selected: filters.Filters
-    queue: asyncio.Queue[events_pb2.Envelope | None]
+    queue: asyncio.Queue[Logged | None]
     dropped: bool = False
 
 
 class Exchange:
-    def __init__(self) -> None:
+    """Publishing journals the event (when there is a log), then delivers it to subscribers."""
+
+    def __init__(self, log: EventLog | None = None) -> None:
         self._subscribers: set[_Subscriber] = set()
+        self.log = log
 
     async def publish(self, namespace: str, topic: str, event: message.Message) -> None:
         await self.publish_packed(namespace, topic, pack(event))
 
     async def publish_packed(
-        self, namespace: str, topic: str, event: any_pb2.Any, timestamp_ns: int | None = None
-    ) -> None:
-        """Publish; the envelope's time is now, or when the event happened if given."""
+        self,
+        namespace: str,
+        topic: str,
+        event: any_pb2.Any,
+        timestamp_ns: int | None = None,
+        source: str = "",
+        source_seq: int = 0,
+    ) -> bool:
+        """Publish; the envelope's time is now, or when the event happened if given.
+
+        An event from a `source` (a shim) with a `source_seq` it was published with before is
+        not published again: False.
+        """
         ts = timestamp_pb2.Timestamp()
         if timestamp_ns is None:
             ts.GetCurrentTime()
         else:
             ts.FromNanoseconds(timestamp_ns)
-        self.deliver(
-            events_pb2.Envelope(timestamp=ts, namespace=namespace, topic=topic, event=event)
-        )
+        envelope = events_pb2.Envelope(timestamp=ts, namespace=namespace, topic=topic, event=event)
+        return await self.deliver(envelope, source, source_seq)
 
-    def deliver(self, envelope: events_pb2.Envelope) -> None:
-        adaptor = envelope_adaptor(envelope)
+    async def deliver(
+        self, envelope: events_pb2.Envelope, source: str = "", source_seq: int = 0
+    ) -> bool:
+        seq = 0
+        if self.log is not None:
+            logged = await self.log.append(envelope, source, source_seq)
+            if logged is None:
+                return False
+            seq = logged
+        self._deliver(Logged(seq, envelope))
+        return True
+
+    def _deliver(self, item: Logged) -> None:
+        adaptor = envelope_adaptor(item.envelope)
         for sub in list(self._subscribers):
             if sub.dropped or not sub.selected.matches(adaptor):
                 continue
             try:
-                sub.queue.put_nowait(envelope)
+                sub.queue.put_nowait(item)
             except asyncio.QueueFull:
                 sub.dropped = True
                 with contextlib.suppress(asyncio.QueueEmpty):
@@ -77,16 +102,33 @@ class Exchange:
                 log.warning("subscriber_dropped", reason="queue full", limit=QUEUE_LIMIT)
 
     async def subscribe(self, selected: filters.Filters) -> AsyncIterator[events_pb2.Envelope]:
-        sub = _Subscriber(selected, asyncio.Queue(QUEUE_LIMIT))
-        self._subscribers.add(sub)
+        async for item in self.subscribe_logged(selected):
+            yield item.envelope
+
+    async def subscribe_logged(self, selected: filters.Filters) -> AsyncIterator[Logged]:
+        """Live events with their sequence numbers in the log (0 without a log).
+
+        The subscription is in place when the first `__anext__` starts waiting, which
+        `subscription` makes explicit for callers that must not miss anything after it.
+        """
+        sub = self.subscription(selected)
         try:
             while True:
-                envelope = await sub.queue.get()
-                if envelope is None:
+                item = await sub.queue.get()
+                if item is None:
                     raise SubscriberTooSlow(f"subscriber fell {QUEUE_LIMIT} events behind")
-                yield envelope
+                yield item
         finally:
             self._subscribers.discard(sub)
+
+    def subscription(self, selected: filters.Filters) -> _Subscriber:
+        """Subscribe now; read `.queue` (None: dropped for being too slow); `unsubscribe` after."""
+        sub = _Subscriber(selected, asyncio.Queue(QUEUE_LIMIT))
+        self._subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: _Subscriber) -> None:
+        self._subscribers.discard(sub)
 
 
 def validate_topic(topic: str) -> str:

@@ -36,6 +36,7 @@ from supervisor.api.containerd.services.version.v1 import version_pb2_grpc
 from supervisor.config import Config
 from supervisor.content.local import LocalStore
 from supervisor.errors import FailedPrecondition
+from supervisor.eventlog import EventLog
 from supervisor.events import Exchange
 from supervisor.metadata.containers import ContainerStore
 from supervisor.metadata.content import ContentStore
@@ -153,6 +154,7 @@ class Daemon:
     gc_task: asyncio.Task[None]
     snapshotters: dict[str, OverlaySnapshotter | NativeSnapshotter]
     tasks: TaskManager
+    events: Exchange
 
     @classmethod
     async def start(cls, config: Config) -> Daemon:
@@ -166,7 +168,15 @@ class Daemon:
         except BaseException:
             lock.release()
             raise
-        events = Exchange()
+        try:
+            event_log = await EventLog.open(
+                root / "events.db", config.events.retention, config.events.max_events
+            )
+        except BaseException:
+            await db.close()
+            lock.release()
+            raise
+        events = Exchange(event_log)
         blobs = LocalStore(root / "content")
         snapshotters: dict[str, OverlaySnapshotter | NativeSnapshotter] = {
             "overlayfs": OverlaySnapshotter(root / "snapshots" / "overlayfs"),
@@ -239,26 +249,30 @@ class Daemon:
             os.chmod(address, 0o660)
             os.chown(address, config.grpc.uid, config.grpc.gid)
             await tasks.start()
+            await tasks.load()
             await server.start()
         except BaseException:
             await server.stop(None)
             await db.close()
+            await event_log.close()
             lock.release()
             raise
         gc_task = asyncio.create_task(gc.run(), name="gc")
         log.info("ctrd_started", address=address, root=str(root), state=str(state), pid=os.getpid())
-        return cls(config, lock, db, server, gc_task, snapshotters, tasks)
+        return cls(config, lock, db, server, gc_task, snapshotters, tasks, events)
 
     async def stop(self) -> None:
         log.info("ctrd_stopping")
+        await self.tasks.stop()  # first: a Wait in flight fails with UNAVAILABLE
         await self.server.stop(grace=1.0)
-        await self.tasks.stop()
         self.gc_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.gc_task
         for snapshotter in self.snapshotters.values():
             await snapshotter.close()
         await self.db.close()
+        if self.events.log is not None:
+            await self.events.log.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.grpc.address)
         self.lock.release()

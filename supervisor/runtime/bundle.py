@@ -67,6 +67,14 @@ class Bundle:
             self.delete()
             raise
 
+    def release(self) -> None:
+        """Unmount and remove the root filesystem and the spec; keep the records beside them."""
+        if self.rootfs.exists():
+            unmount(self.rootfs)
+            shutil.rmtree(self.rootfs, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / CONFIG).unlink()
+
     def delete(self) -> None:
         """Unmount the root filesystem and remove the bundle; nothing to do is fine."""
         if self.rootfs.exists():

@@ -16,11 +16,13 @@ Wait that returns has had its `/tasks/exit` published.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import hashlib
 import os
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,8 @@ import structlog
 from google.protobuf import message as pb_message
 
 from shim import protocol, zygote
+from shim.journal import JournalError
+from shim.journal import read as journal_read
 from snapshotter.protocol import Mount
 from supervisor import errors
 from supervisor.api.containerd.events import task_pb2 as events_pb
@@ -94,21 +98,57 @@ class Exit:
 
 @dataclass(eq=False)
 class Task:
+    """A task the daemon knows: its shim connection, or, once its shim is gone, its record."""
+
     namespace: str
     id: str
     bundle: Bundle
-    client: ShimClient
+    client: ShimClient | None
+    source: str  # this task's shim, as the event log names it
     pid: int = 0
     shim_pid: int = 0
-    last_seq: int = 0
+    last_seq: int = 0  # the last shim event applied
+    published: int = 0  # the last shim event published (by this daemon or a previous one)
     exits: dict[str, Exit] = field(default_factory=dict)
     _exit_waiters: dict[str, list[asyncio.Future[Exit]]] = field(default_factory=dict)
     _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
     _consumer: asyncio.Task[None] | None = None
-    gone: str | None = None  # why the shim connection ended, once it has
+    gone: str | None = None  # why the daemon let go of the task's shim
+    dead: bool = False  # the shim died: the task is stopped and its record is all that is left
+    deleting: bool = False
+    io: dict[str, Any] = field(default_factory=dict)
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        if self.dead or self.client is None:
+            return self._dead_call(method, params or {})
+        if method == "state" and self.client.closed_reason is not None:
+            return self._dead_call(method, params or {})  # the shim just died: what is known
         return await self.client.call(method, params)
+
+    def _dead_call(self, method: str, params: dict[str, Any]) -> Any:
+        """Answer from what the daemon knows, the shim being gone (or going)."""
+        exec_id = params.get("exec_id") or ""
+        exit_ = self.exits.get(exec_id)
+        if method == "state" and exit_ is None and not exec_id:
+            # The shim died a moment ago and is being buried: the init still counts as running.
+            return self._state(exec_id, Exit(self.pid, 0, 0), "running")
+        if exit_ is None:
+            raise errors.NotFound(f'process "{exec_id or self.id}" not found')
+        if method == "state":
+            return self._state(exec_id, exit_, "stopped")
+        if method in ("kill", "wait"):
+            raise errors.NotFound("process already finished")
+        if method == "delete":
+            return {"pid": exit_.pid, "exit_status": exit_.status, "exited_at": exit_.at}
+        raise errors.FailedPrecondition(f'task "{self.id}" is stopped: its shim is gone')
+
+    def _state(self, exec_id: str, exit_: Exit, status: str) -> dict[str, Any]:
+        return {
+            "exec_id": exec_id, "pid": exit_.pid, "status": status,
+            "stdin": self.io.get("stdin", ""), "stdout": self.io.get("stdout", ""),
+            "stderr": self.io.get("stderr", ""), "terminal": bool(self.io.get("terminal")),
+            "exit_status": exit_.status, "exited_at": exit_.at,
+        }  # fmt: skip
 
     async def call_seen(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """Call, then wait until the event the call produced has been published."""
@@ -120,7 +160,9 @@ class Task:
     async def seen(self, seq: int) -> None:
         async def reached() -> None:
             async with self._progress:
-                await self._progress.wait_for(lambda: self.last_seq >= seq or self.gone)
+                await self._progress.wait_for(
+                    lambda: self.last_seq >= seq or self.gone is not None or self.dead
+                )
 
         try:
             await asyncio.wait_for(reached(), SEEN_TIMEOUT)
@@ -132,7 +174,7 @@ class Task:
         if exec_id in self.exits:
             return self.exits[exec_id]
         if self.gone is not None:
-            raise errors.Unavailable(f"task {self.id}: shim {self.gone}")
+            raise errors.Unavailable(f"task {self.id}: {self.gone}")
         future: asyncio.Future[Exit] = asyncio.get_running_loop().create_future()
         self._exit_waiters.setdefault(exec_id, []).append(future)
         try:
@@ -148,12 +190,13 @@ class Task:
             if not future.done():
                 future.set_result(exit_)
 
-    def _lost(self, why: str) -> None:
+    def _let_go(self, why: str) -> None:
+        """The daemon stops watching this task: whoever waits gets Unavailable."""
         self.gone = why
         for waiters in self._exit_waiters.values():
             for future in waiters:
                 if not future.done():
-                    future.set_exception(errors.Unavailable(f"task {self.id}: shim {why}"))
+                    future.set_exception(errors.Unavailable(f"task {self.id}: {why}"))
         self._exit_waiters.clear()
 
     def forget_exec(self, exec_id: str) -> None:
@@ -164,6 +207,26 @@ def socket_path(state: Path, address: str, namespace: str, cid: str) -> str:
     """Where a task's shim listens: hashed, because sun_path holds 107 bytes."""
     digest = hashlib.sha256(f"{address}/{namespace}/{cid}".encode()).hexdigest()
     return str(state / "s" / digest[:32])
+
+
+INSTANCE = "instance"  # a bundle's file naming its shim for the event log
+DEAD = "dead.json"  # a bundle whose shim died: its task's last state
+
+
+def _journal(path: Path) -> list[protocol.Event]:
+    """What a dead shim journaled (nothing if it never wrote its journal)."""
+    try:
+        return journal_read(path)
+    except (OSError, JournalError) as e:
+        log.warning("journal_unreadable", path=str(path), error=str(e))
+        return []
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 class TaskManager:
@@ -177,6 +240,8 @@ class TaskManager:
         self._tasks: dict[tuple[str, str], Task] = {}
         self._creating: set[tuple[str, str]] = set()
         self._zygote_lock = asyncio.Lock()
+        self._stopping = False
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- the zygote -------------------------------------------------------------------------
 
@@ -232,7 +297,9 @@ class TaskManager:
 
     async def stop(self) -> None:
         """Let go of every shim (they keep running) and stop the zygote."""
+        self._stopping = True
         for task in list(self._tasks.values()):
+            task._let_go("the daemon is stopping")
             await self._close(task)
         self._tasks.clear()
         with contextlib.suppress(
@@ -261,6 +328,9 @@ class TaskManager:
 
     def exists(self, namespace: str, cid: str) -> bool:
         return (namespace, cid) in self._tasks or (namespace, cid) in self._creating
+
+    def all(self) -> builtins.list[Task]:
+        return list(self._tasks.values())
 
     async def create(
         self,
@@ -293,8 +363,10 @@ class TaskManager:
         await asyncio.to_thread(bundle.create, spec, mounts)
         task: Task | None = None
         try:
+            source = f"shim:{uuid.uuid4().hex}"
+            await asyncio.to_thread((bundle.path / INSTANCE).write_text, source)
             runtime_root = self.state / "runc" / namespace
-            runtime_root.mkdir(mode=0o711, parents=True, exist_ok=True)
+            await asyncio.to_thread(runtime_root.mkdir, 0o711, True, True)
             config = {
                 "namespace": namespace,
                 "id": cid,
@@ -306,7 +378,7 @@ class TaskManager:
             }
             shim_pid = await self._spawn(config)
             client = await ShimClient.connect(config["socket"], f"{namespace}/{cid}")
-            task = Task(namespace, cid, bundle, client, shim_pid=shim_pid)
+            task = Task(namespace, cid, bundle, client, source, shim_pid=shim_pid, io=dict(stdio))
             await self._subscribe(task, after=0)
             params = dict(stdio)
             params["rootfs"] = [
@@ -317,6 +389,7 @@ class TaskManager:
             task.pid = int(result["pid"])
         except BaseException:
             if task is not None:
+                task.deleting = True
                 await self._shutdown(task, now=True)
                 await self._close(task)
             await asyncio.to_thread(bundle.delete)
@@ -325,63 +398,241 @@ class TaskManager:
         return task
 
     async def _subscribe(self, task: Task, after: int) -> None:
-        await task.call("events", {"after": after})
+        assert task.client is not None
+        await task.client.call("events", {"after": after})
         task._consumer = asyncio.create_task(
             self._consume(task), name=f"shim-events {task.namespace}/{task.id}"
         )
 
     async def _consume(self, task: Task) -> None:
-        try:
-            async for event in task.client.events():
-                if event.seq <= task.last_seq:
-                    continue  # a replay overlapping what was already published
-                if event.seq > task.last_seq + 1:
-                    log.warning(
-                        "shim_events_skipped", ns=task.namespace, id=task.id,
-                        expected=task.last_seq + 1, got=event.seq,
-                    )  # fmt: skip
-                await self._apply(task, event)
-                async with task._progress:
-                    task.last_seq = event.seq
-                    task._progress.notify_all()
-        finally:
-            async with task._progress:
-                task._lost(task.client.closed_reason or "connection closed")
-                task._progress.notify_all()
+        assert task.client is not None
+        async for event in task.client.events():
+            await self._take(task, event)
+        # The connection ended. Unless the daemon let go or the task was deleted, the shim
+        # may have died: find out, and finish what it cannot.
+        known = self._tasks.get((task.namespace, task.id)) is task
+        if known and task.gone is None and not task.deleting and not self._stopping:
+            recovery = asyncio.create_task(
+                self._recover(task), name=f"recover {task.namespace}/{task.id}"
+            )
+            self._background.add(recovery)
+            recovery.add_done_callback(self._background.discard)
+
+    async def _take(self, task: Task, event: protocol.Event) -> None:
+        """Apply and publish one shim event, once: a replay may repeat events."""
+        if event.seq <= task.last_seq:
+            return
+        if event.seq > task.last_seq + 1:
+            log.warning(
+                "shim_events_skipped", ns=task.namespace, id=task.id,
+                expected=task.last_seq + 1, got=event.seq,
+            )  # fmt: skip
+        await self._apply(task, event)
+        async with task._progress:
+            task.last_seq = event.seq
+            task._progress.notify_all()
 
     async def _apply(self, task: Task, event: protocol.Event) -> None:
         if event.topic not in _EVENTS:
             log.warning("shim_event_unknown", ns=task.namespace, id=task.id, topic=event.topic)
             return
-        msg = event_message(event.topic, event.event)
+        if event.seq > task.published:  # else a previous daemon published it: state only
+            msg = event_message(event.topic, event.event)
+            # Journal and publish first: Wait answers only what was published.
+            await self.exchange.publish_packed(
+                task.namespace, event.topic, pack(msg), event.time_ns, task.source, event.seq
+            )
+            task.published = event.seq
         if event.topic == "/tasks/exit":
-            exec_id = str(event.event.get("exec_id") or "")
             task._exited(
-                exec_id,
+                str(event.event.get("exec_id") or ""),
                 Exit(
                     int(event.event.get("pid", 0)),
                     int(event.event.get("exit_status", 0)),
                     int(event.event.get("exited_at", 0)),
                 ),
             )
-        await self.exchange.publish_packed(
-            task.namespace, event.topic, pack(msg), timestamp_ns=event.time_ns
+        elif event.topic == "/tasks/create":
+            task.pid = int(event.event.get("pid", 0))
+            task.io = dict(event.event.get("io") or {})
+
+    # -- restarts and dead shims ------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Take back every task a previous daemon left: live shims, and dead ones' records."""
+        root = self.state / "tasks"
+        found = await asyncio.to_thread(
+            lambda: sorted(p for p in root.glob("*/*") if p.is_dir()) if root.is_dir() else []
         )
+        await asyncio.gather(*(self._load(path) for path in found))
+        if found:
+            log.info("tasks_loaded", count=len(self._tasks))
+
+    async def _load(self, path: Path) -> None:
+        namespace, cid = path.parent.name, path.name
+        try:
+            bundle = Bundle.at(self.state, namespace, cid)
+        except errors.InvalidArgument:
+            return
+        source = await asyncio.to_thread(_read, path / INSTANCE)
+        if not source:  # a bundle whose creation never finished
+            log.info("bundle_removed", ns=namespace, id=cid, why="incomplete")
+            await asyncio.to_thread(bundle.delete)
+            return
+        task = Task(namespace, cid, bundle, None, source)
+        # The shim's journal is replayed whole, to rebuild the task's state; what the event
+        # log says was published already is not published again.
+        task.published = await self._last_seq(source)
+        dead = await asyncio.to_thread(_read, path / DEAD)
+        if dead:
+            self._restore_dead(task, dead)
+            task.last_seq = task.published
+            self._tasks[(namespace, cid)] = task
+            return
+        address = await asyncio.to_thread(_read, path / "address")
+        try:
+            task.client = await ShimClient.connect(
+                address.removeprefix("unix://"), f"{namespace}/{cid}"
+            )
+            state = await task.client.call("state")
+            task.pid = int(state["pid"])
+            task.io = {k: state[k] for k in ("stdin", "stdout", "stderr", "terminal")}
+            await self._subscribe(task, after=0)
+        except errors.CtrdError as e:
+            if isinstance(e, errors.NotFound):  # the shim lives but has no task (deleted)
+                with contextlib.suppress(errors.CtrdError):
+                    await task.client.call("shutdown", {"now": True})  # type: ignore[union-attr]
+            log.info("shim_gone", ns=namespace, id=cid, error=str(e))
+            self._tasks[(namespace, cid)] = task
+            await self._bury(task)
+            return
+        self._tasks[(namespace, cid)] = task
+
+    async def _last_seq(self, source: str) -> int:
+        log_ = self.exchange.log
+        return await log_.last_seq(source) if log_ is not None else 0
+
+    def _restore_dead(self, task: Task, text: str) -> None:
+        import json
+
+        record = json.loads(text)
+        task.dead = True
+        task.pid = int(record.get("pid", 0))
+        task.io = dict(record.get("io") or {})
+        for exec_id, (pid, status, at) in record.get("exits", {}).items():
+            task.exits[exec_id] = Exit(pid, status, at)
+
+    async def _recover(self, task: Task) -> None:
+        """The shim connection broke: reconnect if the shim lives, else bury the task."""
+        address = await asyncio.to_thread(_read, task.bundle.path / "address")
+        for _ in range(3):
+            try:
+                client = await ShimClient.connect(address.removeprefix("unix://"), task.id)
+                task.client = client
+                await self._subscribe(task, after=task.last_seq)
+                log.info("shim_reconnected", ns=task.namespace, id=task.id)
+                return
+            except errors.CtrdError:
+                await asyncio.sleep(0.05)
+        await self._bury(task)
+
+    async def _bury(self, task: Task) -> None:
+        """The shim is dead: publish what its journal holds that was not published, stop
+        whatever of the container still runs (its exit is then 137), release the rootfs and
+        the runtime's state, and keep the task's last state until it is deleted."""
+        if task.client is not None:
+            await task.client.close()
+            task.client = None
+        records = await asyncio.to_thread(_journal, task.bundle.path / "events.journal")
+        for record in records:
+            await self._take(task, record)
+        runtime_root = self.state / "runc" / task.namespace
+        if "" not in task.exits and task.pid:
+            await self._runc(runtime_root, "kill", "--all", task.id, "9")
+        now = time.time_ns()
+        for exec_id in [e for e in self._known_execs(records) if e not in task.exits]:
+            await self._synthesize_exit(task, exec_id, 0, now)
+        if "" not in task.exits:
+            await self._synthesize_exit(task, "", task.pid, now)
+        await self._runc(runtime_root, "delete", "--force", task.id)
+        task.dead = True
+        await asyncio.to_thread(self._write_dead, task)
+        await asyncio.to_thread(task.bundle.release)
+        address = await asyncio.to_thread(_read, task.bundle.path / "address")
+        if address:  # a shim killed outright could not remove its socket
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.unlink, address.removeprefix("unix://"))
+        log.info("shim_buried", ns=task.namespace, id=task.id, status=task.exits[""].status)
+
+    @staticmethod
+    def _known_execs(records: builtins.list[protocol.Event]) -> builtins.list[str]:
+        return [
+            str(r.event.get("exec_id"))
+            for r in records
+            if r.topic == "/tasks/exec-started" and r.event.get("exec_id")
+        ]
+
+    async def _synthesize_exit(self, task: Task, exec_id: str, pid: int, at: int) -> None:
+        """An exit the shim could not journal: its process was killed because the shim died."""
+        event = {
+            "container_id": task.id, "id": exec_id or task.id, "exec_id": exec_id,
+            "pid": pid, "exit_status": 137, "exited_at": at,
+        }  # fmt: skip
+        await self._take(task, protocol.Event(task.last_seq + 1, "/tasks/exit", event, at))
+
+    def _write_dead(self, task: Task) -> None:
+        import json
+
+        record = {
+            "pid": task.pid,
+            "io": task.io,
+            "exits": {k: [e.pid, e.status, e.at] for k, e in task.exits.items()},
+        }
+        tmp = task.bundle.path / (DEAD + ".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, task.bundle.path / DEAD)
+
+    async def _runc(self, root: Path, *args: str) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.runtime, "--root", str(root), *args,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            await proc.wait()
+        except OSError as e:
+            log.warning("runtime_failed", args=args, error=str(e))
+
+    # -- deleting ---------------------------------------------------------------------------
 
     async def delete(self, namespace: str, cid: str) -> dict[str, Any]:
         """Delete a stopped (or never started) task; its exit."""
         task = self.get(namespace, cid)
-        result = await task.call_seen("delete")
-        await self._shutdown(task)
+        if task.dead:
+            result = task._dead_call("delete", {})
+            await self._take(
+                task,
+                protocol.Event(
+                    task.last_seq + 1, "/tasks/delete",
+                    {"container_id": cid, "id": cid, **result}, time.time_ns(),
+                ),
+            )  # fmt: skip
+        else:
+            result = await task.call_seen("delete")
+            task.deleting = True
+            await self._shutdown(task)
+            await self._close(task)
         self._tasks.pop((namespace, cid), None)
-        await self._close(task)
         await asyncio.to_thread(task.bundle.delete)
+        if self.exchange.log is not None:
+            await self.exchange.log.forget(task.source)
         return dict(result)
 
     async def _shutdown(self, task: Task, now: bool = False) -> None:
         """Ask the shim to exit, and give it a moment to (it removes its socket first)."""
+        if task.client is None:
+            return
         try:
-            answer = await task.call("shutdown", {"now": now})
+            answer = await task.client.call("shutdown", {"now": now})
         except errors.CtrdError:
             return
         if answer.get("exiting"):
@@ -392,12 +643,9 @@ class TaskManager:
                 log.warning("shim_slow_to_exit", ns=task.namespace, id=task.id)
 
     async def _close(self, task: Task) -> None:
-        await task.client.close()
+        if task.client is not None:
+            await task.client.close()
         if task._consumer is not None:
             task._consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task._consumer
-
-
-def now_ns() -> int:
-    return time.time_ns()

@@ -38,7 +38,7 @@ class EventsService(pb_grpc.EventsServicer):
         envelope = request.envelope
         identifiers.validate(envelope.namespace)
         validate_topic(envelope.topic)
-        self._exchange.deliver(envelope)
+        await self._exchange.deliver(envelope)
         return empty_pb2.Empty()
 
     async def Subscribe(

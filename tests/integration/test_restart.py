@@ -1,0 +1,152 @@
+"""Restarts and dead shims: tasks outlive the daemon, and every exit is reported once, truly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+
+import grpc
+import pytest
+
+from supervisor.api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from tests.conftest import Ctrd
+from tests.integration.test_tasks import pull, run, wait_for
+
+
+def tasks(ctrd: Ctrd, ns: str = "default") -> dict[str, tuple[str, str]]:
+    """`ctr tasks ls`: id -> (pid, status)."""
+    lines = ctrd.ctr("tasks", "ls", ns=ns).stdout.splitlines()[1:]
+    return {f[0]: (f[1], f[2]) for f in (line.split() for line in lines)}
+
+
+def logged_exits(ctrd: Ctrd, cid: str) -> list[bytes]:
+    """The /tasks/exit events the daemon's event log holds for a container."""
+    with sqlite3.connect(ctrd.root / "events.db") as db:
+        rows = db.execute("SELECT value FROM events WHERE topic = '/tasks/exit'").fetchall()
+    return [v for (v,) in rows if cid.encode() in v]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_tasks_survive_a_restart_as_they_were(ctrd, busybox_image, sig):
+    ref = pull(ctrd, busybox_image)
+    for n in range(3):
+        run(ctrd, "-d", ref, f"c{n}", "sleep", "1000")
+    ctrd.ctr("tasks", "pause", "c2")
+    before = tasks(ctrd)
+    assert [s for _, s in before.values()] == ["RUNNING", "RUNNING", "PAUSED"]
+    ctrd.stop(sig)
+    for pid, _ in before.values():
+        os.kill(int(pid), 0)  # still running without the daemon
+    ctrd.start()
+    assert tasks(ctrd) == before
+    ctrd.ctr("tasks", "resume", "c2")
+    out = ctrd.ctr("tasks", "exec", "--fifo-dir", ctrd.fifo_dir(), "--exec-id", "x", "c1",
+                   "echo", "still-here").stdout  # fmt: skip
+    assert out == "still-here\n"
+    for n in range(3):
+        ctrd.ctr("tasks", "rm", "-f", f"c{n}")
+    assert tasks(ctrd) == {}
+
+
+def test_exits_while_the_daemon_is_down_are_reported_once_with_their_status(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    run(ctrd, "-d", ref, "quick", "sh", "-c", "sleep 1; exit 7")
+    run(ctrd, "-d", ref, "killed", "sleep", "1000")
+    run(ctrd, "-d", ref, "stays", "sleep", "1000")
+    killed_pid = int(tasks(ctrd)["killed"][0])
+    ctrd.stop(signal.SIGKILL)
+    os.kill(killed_pid, signal.SIGKILL)
+    time.sleep(1.5)  # "quick" exits meanwhile
+    ctrd.start()
+    listed = tasks(ctrd)
+    assert {k: s for k, (_, s) in listed.items()} == {
+        "quick": "STOPPED", "killed": "STOPPED", "stays": "RUNNING",
+    }  # fmt: skip
+    stub = ctrd.stub(tasks_pb2_grpc.TasksStub)
+    md = (("containerd-namespace", "default"),)
+    assert stub.Wait(tasks_pb2.WaitRequest(container_id="quick"), metadata=md).exit_status == 7
+    assert stub.Wait(tasks_pb2.WaitRequest(container_id="killed"), metadata=md).exit_status == 137
+    deleted = stub.Delete(tasks_pb2.DeleteTaskRequest(container_id="quick"), metadata=md)
+    assert deleted.exit_status == 7
+    assert len(logged_exits(ctrd, "quick")) == 1
+    assert len(logged_exits(ctrd, "killed")) == 1
+    ctrd.restart()  # replaying the shims' journals again publishes nothing twice
+    assert len(logged_exits(ctrd, "killed")) == 1
+    ctrd.ctr("tasks", "rm", "killed")
+    ctrd.ctr("tasks", "rm", "-f", "stays")
+
+
+def test_a_wait_pending_across_a_restart_is_unavailable_and_a_new_one_works(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    run(ctrd, "-d", ref, "w1", "sleep", "1000")
+    # A channel of its own: the fixture closes its shared one when it stops the daemon.
+    channel = grpc.insecure_channel(f"unix:{ctrd.address}")
+    stub = tasks_pb2_grpc.TasksStub(channel)
+    md = (("containerd-namespace", "default"),)
+    errors: list[grpc.RpcError] = []
+
+    def wait() -> None:
+        try:
+            stub.Wait(tasks_pb2.WaitRequest(container_id="w1"), metadata=md, timeout=30)
+        except grpc.RpcError as e:
+            errors.append(e)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.5)
+    ctrd.restart()
+    waiter.join(10)
+    channel.close()
+    assert [e.code() for e in errors] == [grpc.StatusCode.UNAVAILABLE], ctrd.log()[-3000:]
+    stub = ctrd.stub(tasks_pb2_grpc.TasksStub)
+    future = stub.Wait.future(tasks_pb2.WaitRequest(container_id="w1"), metadata=md, timeout=30)
+    ctrd.ctr("tasks", "kill", "-s", "KILL", "w1")
+    assert future.result().exit_status == 137
+    ctrd.ctr("tasks", "rm", "w1")
+
+
+def shim_pid(ctrd: Ctrd, cid: str, ns: str = "default") -> int:
+    return int((ctrd.state / "tasks" / ns / cid / "shim.pid").read_text())
+
+
+def mounts_under(path: object) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if str(path) in line.split()[1]]
+
+
+def test_a_killed_shim_is_noticed_and_its_task_cleaned_up(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    run(ctrd, "-d", ref, "orphan", "sleep", "1000")
+    pid = int(tasks(ctrd)["orphan"][0])
+    os.kill(shim_pid(ctrd, "orphan"), signal.SIGKILL)
+    wait_for(lambda: tasks(ctrd)["orphan"][1] == "STOPPED", timeout=5)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5)  # the container is gone
+    assert mounts_under(ctrd.state / "tasks") == []
+    assert list((ctrd.state / "runc" / "default").iterdir()) == []
+    assert list((ctrd.state / "s").iterdir()) == []
+    stub = ctrd.stub(tasks_pb2_grpc.TasksStub)
+    md = (("containerd-namespace", "default"),)
+    deleted = stub.Delete(tasks_pb2.DeleteTaskRequest(container_id="orphan"), metadata=md)
+    assert deleted.exit_status == 137
+    assert not (ctrd.state / "tasks" / "default" / "orphan").exists()
+    assert len(logged_exits(ctrd, "orphan")) == 1
+
+
+def test_a_shim_that_died_after_its_container_keeps_the_true_status(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    run(ctrd, "-d", ref, "done", "sh", "-c", "exit 5")
+    wait_for(lambda: tasks(ctrd)["done"][1] == "STOPPED")
+    ctrd.stop(signal.SIGKILL)
+    os.kill(shim_pid(ctrd, "done"), signal.SIGKILL)
+    ctrd.start()
+    assert tasks(ctrd)["done"][1] == "STOPPED"
+    stub = ctrd.stub(tasks_pb2_grpc.TasksStub)
+    md = (("containerd-namespace", "default"),)
+    assert stub.Wait(tasks_pb2.WaitRequest(container_id="done"), metadata=md).exit_status == 5
+    assert (
+        stub.Delete(tasks_pb2.DeleteTaskRequest(container_id="done"), metadata=md).exit_status == 5
+    )
+    assert len(logged_exits(ctrd, "done")) == 1
