@@ -1,4 +1,4 @@
-"""`ctrctl`: the command line. Only `version` exists so far; the docker-like commands follow.
+"""`ctrctl`: the command line: `version` and `events` so far; the docker-like commands follow.
 
 Global options come before the command, as with docker: `ctrctl --address SOCK version`.
 Imports of gRPC happen inside commands, so `ctrctl --help` starts instantly.
@@ -31,6 +31,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("version", help="show the client and server versions")
+    events = commands.add_parser(
+        "events",
+        help="show events as they happen, or those of a past period (ctrd keeps a log)",
+        description=(
+            "Without --since, new events as they happen. With --since, the logged events from"
+            " then on, and then new ones; with --until, stop there. TIME is RFC 3339"
+            " (2026-11-28T10:00:00Z, 2026-11-28), Unix seconds (1795830000.5) or a duration"
+            " before now (10m, 1h30m), as docker takes it."
+        ),
+    )
+    events.add_argument("--since", metavar="TIME", help="show events from this time on")
+    events.add_argument("--until", metavar="TIME", help="show events until this time, then stop")
+    events.add_argument(
+        "--filter",
+        "-f",
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="key=value (namespace, topic, container, or any event.<field>; the same key"
+        " repeated: either value), or containerd's syntax (topic~=/tasks/)",
+    )
+    events.add_argument("--all-namespaces", "-A", action="store_true", help="not only --namespace")
     return parser.parse_args(argv)
 
 
@@ -59,7 +81,13 @@ def version(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.command == "events":
+            from ctl import events
+
+            return events.run(args)
         return version(args)
+    except KeyboardInterrupt:
+        return 130
     except Exception as e:
         if args.debug:
             raise

@@ -33,6 +33,7 @@ from supervisor.api.containerd.services.namespaces.v1 import namespaces_pb2_grpc
 from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc
 from supervisor.api.containerd.services.version.v1 import version_pb2_grpc
+from supervisor.api.ctrd.services.events.v1 import log_pb2_grpc
 from supervisor.config import Config
 from supervisor.content.local import LocalStore
 from supervisor.errors import FailedPrecondition
@@ -50,6 +51,7 @@ from supervisor.runtime.manager import TaskManager
 from supervisor.services.containers import ContainersService
 from supervisor.services.content import ContentService
 from supervisor.services.diff import DiffService
+from supervisor.services.eventlog import EventLogService
 from supervisor.services.events import EventsService
 from supervisor.services.images import ImagesService
 from supervisor.services.leases import LeasesService
@@ -237,6 +239,7 @@ class Daemon:
                 TasksService(tasks, lambda ns: ContainerStore(db, ns)),
             ),
             (events_pb2_grpc.add_EventsServicer_to_server, EventsService(events)),
+            (log_pb2_grpc.add_EventLogServicer_to_server, EventLogService(events)),
         ]
         for add, servicer in services:
             add(servicer, server)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -150,3 +153,61 @@ def test_a_shim_that_died_after_its_container_keeps_the_true_status(ctrd, busybo
         stub.Delete(tasks_pb2.DeleteTaskRequest(container_id="done"), metadata=md).exit_status == 5
     )
     assert len(logged_exits(ctrd, "done")) == 1
+
+
+def ctrctl(ctrd: Ctrd, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ctl", "--address", ctrd.address, *args],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_exits_during_downtime_are_in_the_event_log_once(ctrd, busybox_image):
+    """The issue's scenario, scaled down: kill the daemon, then some containers; restart."""
+    ref = pull(ctrd, busybox_image)
+    names = [f"d{n}" for n in range(6)]
+    for name in names:
+        run(ctrd, "-d", ref, name, "sleep", "1000")
+    pids = {name: int(pid) for name, (pid, _) in tasks(ctrd).items()}
+    before_kill = time.time()
+    ctrd.stop(signal.SIGKILL)
+    for name in names[:2]:
+        os.kill(pids[name], signal.SIGKILL)
+    time.sleep(1)
+    started = time.monotonic()
+    ctrd.start()
+    listed = tasks(ctrd)
+    assert time.monotonic() - started < 5
+    assert {n: s for n, (_, s) in listed.items()} == {
+        n: "STOPPED" if n in names[:2] else "RUNNING" for n in names
+    }
+    out = ctrctl(ctrd, "events", "--since", f"{before_kill:.3f}", "--until", f"{time.time():.3f}")
+    assert out.returncode == 0, out.stderr
+    exits = [line for line in out.stdout.splitlines() if " /tasks/exit " in line]
+    assert len(exits) == 2, out.stdout
+    assert {json.loads(line.split(" ", 3)[3])["containerId"] for line in exits} == set(names[:2])
+    assert all(json.loads(line.split(" ", 3)[3])["exitStatus"] == 137 for line in exits)
+    for name in names[:2]:
+        ctrd.ctr("tasks", "rm", name)
+    for name in names[2:]:
+        ctrd.ctr("tasks", "rm", "-f", name)
+
+
+def test_ctrctl_events_replays_then_follows_without_gap_or_repeat(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    start = time.time()
+    run(ctrd, "--rm", ref, "first", "true")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "ctl", "--address", ctrd.address, "events",
+         "--since", f"{start:.3f}", "--filter", "type=/tasks/exit"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1)
+        run(ctrd, "--rm", ref, "second", "true")
+        time.sleep(0.5)
+    finally:
+        follower.send_signal(signal.SIGINT)
+        out, _ = follower.communicate(timeout=10)
+    ids = [json.loads(line.split(" ", 3)[3])["containerId"] for line in out.splitlines()]
+    assert ids == ["first", "second"], out

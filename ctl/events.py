@@ -1,0 +1,130 @@
+"""`ctrctl events`: the daemon's events, live or replayed from its log, with docker's options.
+
+`--since` and `--until` take what `docker events` takes: RFC 3339 times (a date alone is
+midnight UTC; a time without a zone is UTC), Unix seconds with an optional fraction, or a Go
+duration (`90s`, `10m`, `1h30m`) meaning that long before now. Without `--since` only new
+events show; with `--until` the command stops once the log is read up to then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import re
+import time
+from typing import Any
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_ALIASES = {"container": "event.container_id", "type": "topic"}
+
+
+class BadTime(ValueError):
+    pass
+
+
+def parse_time(text: str, now: float | None = None) -> int:
+    """Nanoseconds since the epoch for a docker-style TIME."""
+    now = time.time() if now is None else now
+    text = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds, _, fraction = text.partition(".")
+        return int(seconds) * 10**9 + int((fraction + "0" * 9)[:9])
+    pos, total = 0, 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    else:
+        if pos == len(text) and pos:
+            return int((now - total) * 1e9)
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadTime(
+            f'"{text}" is not a time: use RFC 3339, Unix seconds or a duration like 10m'
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return int(parsed.timestamp()) * 10**9 + parsed.microsecond * 1000
+
+
+def build_filters(given: list[str], namespace: str | None) -> list[str]:
+    """containerd filters (ORed) for docker-style ones: keys ANDed, a key's values ORed."""
+    raw = [f for f in given if any(op in f for op in ("==", "!=", "~="))]
+    by_key: dict[str, list[str]] = {}
+    for item in given:
+        if item in raw:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f'filter "{item}" is not key=value')
+        by_key.setdefault(_ALIASES.get(key, key), []).append(value)
+    if namespace:
+        by_key.setdefault("namespace", [namespace])
+    keys = sorted(by_key)
+    combos = [
+        ",".join(f'{k}=="{v}"' for k, v in zip(keys, values, strict=True))
+        for values in itertools.product(*(by_key[k] for k in keys))
+    ]
+    if not raw:
+        return [c for c in combos if c]
+    if not combos or combos == [""]:
+        return raw
+    return [f"{c},{r}" for c in combos for r in raw]
+
+
+def format_event(envelope: Any) -> str:
+    from google.protobuf import json_format
+
+    # Importing the event messages registers them, so that `unpack` finds their types.
+    from supervisor.api.containerd.events import (  # noqa: F401
+        container_pb2,
+        content_pb2,
+        image_pb2,
+        namespace_pb2,
+        snapshot_pb2,
+        task_pb2,
+    )
+    from supervisor.api.containerd.services.images.v1 import images_pb2  # noqa: F401
+    from supervisor.events import unpack
+
+    stamp = envelope.timestamp.ToDatetime(tzinfo=dt.UTC)
+    nanos = envelope.timestamp.nanos
+    when = stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
+    payload = unpack(envelope.event)
+    body = (
+        json.dumps(json_format.MessageToDict(payload), separators=(",", ":"), sort_keys=True)
+        if payload is not None
+        else envelope.event.type_url
+    )
+    return f"{when} {envelope.namespace} {envelope.topic} {body}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+
+    from supervisor.api.ctrd.services.events.v1 import log_pb2, log_pb2_grpc
+
+    request = log_pb2.ReplayRequest(
+        filters=build_filters(args.filter, None if args.all_namespaces else args.namespace),
+        follow=True,
+    )
+    if args.since:
+        request.since.FromNanoseconds(parse_time(args.since))
+    if args.until:
+        request.until.FromNanoseconds(parse_time(args.until))
+    if not args.since:
+        # Only what happens from now on: the log's events from this very moment.
+        request.since.FromNanoseconds(time.time_ns())
+    with grpc.insecure_channel(f"unix:{args.address}") as channel:
+        stream = log_pb2_grpc.EventLogStub(channel).Replay(request)
+        try:
+            for logged in stream:
+                print(format_event(logged.envelope), flush=True)
+        except KeyboardInterrupt:
+            stream.cancel()
+    return 0
