@@ -117,6 +117,7 @@ class Task:
     dead: bool = False  # the shim died: the task is stopped and its record is all that is left
     deleting: bool = False
     io: dict[str, Any] = field(default_factory=dict)
+    _deletion: asyncio.Future[dict[str, Any]] | None = None
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         if self.dead or self.client is None:
@@ -345,10 +346,17 @@ class TaskManager:
         if self.exists(namespace, cid):
             raise errors.AlreadyExists(f'task "{cid}" already exists')
         self._creating.add(key)
-        try:
-            return await self._create(namespace, cid, spec, mounts, stdio, runtime)
-        finally:
+        creation = asyncio.ensure_future(self._create(namespace, cid, spec, mounts, stdio, runtime))
+
+        def done(future: asyncio.Future[Task]) -> None:
             self._creating.discard(key)
+            if not future.cancelled():
+                future.exception()  # retrieved: a caller that gave up cannot
+
+        creation.add_done_callback(done)
+        # Shielded: a caller that gives up leaves a created task (as with containerd), never
+        # a shim or a mount without one.
+        return await asyncio.shield(creation)
 
     async def _create(
         self,
@@ -605,8 +613,25 @@ class TaskManager:
     # -- deleting ---------------------------------------------------------------------------
 
     async def delete(self, namespace: str, cid: str) -> dict[str, Any]:
-        """Delete a stopped (or never started) task; its exit."""
+        """Delete a stopped (or never started) task; its exit.
+
+        A deletion runs to its end even when its caller gives up (shielded), so a client that
+        times out leaves no half-deleted task; concurrent deletes share one deletion.
+        """
         task = self.get(namespace, cid)
+        if task._deletion is None:
+            deletion = asyncio.ensure_future(self._delete(task))
+            task._deletion = deletion
+
+            def failed(done: asyncio.Future[dict[str, Any]]) -> None:
+                if done.cancelled() or done.exception() is not None:
+                    task._deletion = None  # it may be tried again
+
+            deletion.add_done_callback(failed)
+        return await asyncio.shield(task._deletion)
+
+    async def _delete(self, task: Task) -> dict[str, Any]:
+        namespace, cid = task.namespace, task.id
         if task.dead:
             result = task._dead_call("delete", {})
             await self._take(
