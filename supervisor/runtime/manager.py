@@ -552,9 +552,32 @@ class TaskManager:
             await task.client.close()
             task.client = None
         records = await asyncio.to_thread(_journal, task.bundle.path / "events.journal")
+        runtime_root = self.state / "runc" / task.namespace
+        if not task.pid and not any(r.topic == "/tasks/create" for r in records):
+            # The task was never created (the daemon died during Tasks.Create): nothing ran,
+            # nothing exited; no task, and no event, remains.
+            await self._runc(runtime_root, "delete", "--force", task.id)
+            if self._tasks.get((task.namespace, task.id)) is task:
+                del self._tasks[(task.namespace, task.id)]
+            await self._remove_socket(task)
+            await asyncio.to_thread(task.bundle.delete)
+            if self.exchange.log is not None:
+                await self.exchange.log.forget(task.source)
+            log.info("bundle_removed", ns=task.namespace, id=task.id, why="never created")
+            return
         for record in records:
             await self._take(task, record)
-        runtime_root = self.state / "runc" / task.namespace
+        if any(r.topic == "/tasks/delete" for r in records):
+            # Deleted already (the daemon died before it removed the bundle): finish that.
+            await self._runc(runtime_root, "delete", "--force", task.id)
+            if self._tasks.get((task.namespace, task.id)) is task:
+                del self._tasks[(task.namespace, task.id)]
+            await self._remove_socket(task)
+            await asyncio.to_thread(task.bundle.delete)
+            if self.exchange.log is not None:
+                await self.exchange.log.forget(task.source)
+            log.info("bundle_removed", ns=task.namespace, id=task.id, why="deleted")
+            return
         if "" not in task.exits and task.pid:
             await self._runc(runtime_root, "kill", "--all", task.id, "9")
         now = time.time_ns()
@@ -566,11 +589,15 @@ class TaskManager:
         task.dead = True
         await asyncio.to_thread(self._write_dead, task)
         await asyncio.to_thread(task.bundle.release)
+        await self._remove_socket(task)
+        log.info("shim_buried", ns=task.namespace, id=task.id, status=task.exits[""].status)
+
+    async def _remove_socket(self, task: Task) -> None:
+        """A shim killed outright could not remove its socket."""
         address = await asyncio.to_thread(_read, task.bundle.path / "address")
-        if address:  # a shim killed outright could not remove its socket
+        if address:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.unlink, address.removeprefix("unix://"))
-        log.info("shim_buried", ns=task.namespace, id=task.id, status=task.exits[""].status)
 
     @staticmethod
     def _known_execs(records: builtins.list[protocol.Event]) -> builtins.list[str]:

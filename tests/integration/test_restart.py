@@ -211,3 +211,21 @@ def test_ctrctl_events_replays_then_follows_without_gap_or_repeat(ctrd, busybox_
         out, _ = follower.communicate(timeout=10)
     ids = [json.loads(line.split(" ", 3)[3])["containerId"] for line in out.splitlines()]
     assert ids == ["first", "second"], out
+
+
+def test_a_task_whose_creation_a_crash_cut_short_leaves_no_task_and_no_event(ctrd):
+    # What a daemon killed during Tasks.Create leaves: a bundle, its instance, no journal
+    # record of a create, no shim listening.
+    bundle = ctrd.state / "tasks" / "default" / "half"
+    bundle.mkdir(parents=True)
+    (bundle / "instance").write_text("shim:feedface")
+    (bundle / "config.json").write_text("{}")
+    (bundle / "address").write_text(f"unix://{ctrd.state}/s/nobody")
+    (bundle / "rootfs").mkdir()
+    ctrd.restart()
+    assert ctrd.ctr("tasks", "ls", "-q").stdout.split() == []
+    assert not bundle.exists()
+    with sqlite3.connect(ctrd.root / "events.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM events WHERE topic LIKE '/tasks/%'").fetchone() == (
+            0,
+        )
