@@ -66,6 +66,7 @@ class TasksService(pb_grpc.TasksServicer):
     def __init__(self, manager: TaskManager, containers: Any) -> None:
         self._manager = manager
         self._containers: Any = containers  # Callable[[str], ContainerStore]
+        self._criu: str | None = None  # why CRIU cannot checkpoint here ("" if it can)
 
     def _task(self, context: Context, cid: str) -> Task:
         return self._manager.get(rpc.namespace(context), cid)
@@ -224,9 +225,11 @@ class TasksService(pb_grpc.TasksServicer):
 
     async def Checkpoint(self, request: pb.CheckpointTaskRequest, context: Context) -> Any:
         self._task(context, request.container_id)
-        if shutil.which("criu") is None:
-            raise errors.Unimplemented("checkpoint needs CRIU, which is not installed")
-        raise errors.Unimplemented("checkpoint is not supported yet (CRIU is installed)")
+        if self._criu is None:
+            self._criu = await _criu_problem()
+        if self._criu:
+            raise errors.Unimplemented(f"checkpoint needs a working CRIU: {self._criu}")
+        raise errors.Unimplemented("checkpoint is not supported yet (CRIU works here)")
 
     async def Update(self, request: pb.UpdateTaskRequest, context: Context) -> Any:
         task = self._task(context, request.container_id)
@@ -259,6 +262,20 @@ class TasksService(pb_grpc.TasksServicer):
             await task.call("state", {"exec_id": request.exec_id})  # NotFound if no such process
             exit_ = await task.wait(request.exec_id)
         return pb.WaitResponse(exit_status=exit_.status, exited_at=_timestamp(exit_.at))
+
+
+async def _criu_problem() -> str:
+    """Why CRIU cannot checkpoint on this host, from `criu check`; "" when it can."""
+    if shutil.which("criu") is None:
+        return "criu is not installed"
+    proc = await asyncio.create_subprocess_exec(
+        "criu", "check", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode == 0:
+        return ""
+    lines = out.decode(errors="replace").strip().splitlines()
+    return f"`criu check` fails: {lines[-1] if lines else f'exit {proc.returncode}'}"
 
 
 def _task_adaptor(task: Task) -> filters.Adaptor:
