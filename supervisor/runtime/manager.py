@@ -669,8 +669,12 @@ class TaskManager:
                 ),
             )  # fmt: skip
         else:
-            result = await task.call_seen("delete")
-            task.deleting = True
+            task.deleting = True  # the shim exits after this: that is no death to recover
+            try:
+                result = await task.call_seen("delete")
+            except BaseException:
+                task.deleting = False
+                raise
             await self._shutdown(task)
             await self._close(task)
         self._tasks.pop((namespace, cid), None)
