@@ -11,6 +11,7 @@ container process still names its socket killed by pid, its mounts unmounted and
 ctr made under `/NAMESPACE` removed. The private containerd runs in its own mount namespace
 with a tmpfs on /run, because its shims put their sockets in /run/containerd/s whatever the
 config says; containers' mounts then live in that namespace and go with its last process.
+A containerd restarted after a crash enters that namespace through one of its surviving shims.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -108,42 +110,58 @@ def _wait_for_socket(address: str, proc: subprocess.Popen[bytes], log: Path) -> 
     sys.exit(f"daemon did not start: {log.read_text()[-2000:]}")
 
 
-def start_ctrd(base: Path) -> Daemon:
+def spawn_ctrd(
+    base: Path, log_level: str = "warning", append: bool = False
+) -> subprocess.Popen[bytes]:
+    """ctrd on `base`, not waited for; its log goes to base/ctrd.log (appended to on a restart)."""
     base.mkdir(parents=True, exist_ok=True)
-    address = str(base / "ctrd.sock")
-    log = base / "ctrd.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
+    with open(base / "ctrd.log", "ab" if append else "wb") as out:
+        return subprocess.Popen(
             [sys.executable, "-m", "supervisor", "--root", str(base / "root"),
-             "--state", str(base / "state"), "--address", address, "--log-level", "warning"],
+             "--state", str(base / "state"), "--address", str(base / "ctrd.sock"),
+             "--log-level", log_level],
             stdout=out, stderr=out, cwd=REPO, start_new_session=True,
         )  # fmt: skip
-    _wait_or_kill(address, proc, log)
+
+
+def start_ctrd(base: Path, log_level: str = "warning") -> Daemon:
+    address = str(base / "ctrd.sock")
+    proc = spawn_ctrd(base, log_level)
+    _wait_or_kill(address, proc, base / "ctrd.log")
     return Daemon("ctrd", address, proc, base)
+
+
+def spawn_containerd(base: Path, mount_ns_of: int | None = None) -> subprocess.Popen[bytes]:
+    """containerd on `base`, not waited for, in a new private mount namespace with its own /run,
+    or, given `mount_ns_of`, in that process's (a surviving shim's, after a restart: its socket
+    is in that /run). The pid is containerd's: unshare, sh and nsenter exec it."""
+    base.mkdir(parents=True, exist_ok=True)
+    address = str(base / "containerd.sock")
+    config = base / "config.toml"
+    if mount_ns_of is None:
+        config.write_text(
+            f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\naddress = "{address}"\n[ttrpc]\naddress = "{address}.ttrpc"\n'
+            '[debug]\naddress = ""\nlevel = "warn"\n'
+        )
+        private_run = 'mount -t tmpfs tmpfs /run && mkdir /run/containerd && exec "$@"'
+        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", private_run,
+                "sh", "containerd", "--config", str(config)]  # fmt: skip
+    else:
+        argv = ["nsenter", f"--mount=/proc/{mount_ns_of}/ns/mnt", "--",
+                "containerd", "--config", str(config)]  # fmt: skip
+    with open(base / "containerd.log", "ab" if mount_ns_of else "wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True)
 
 
 def start_containerd(base: Path) -> Daemon | None:
     """A private containerd on temporary directories, or None when it is not installed."""
     if shutil.which("containerd") is None:
         return None
-    base.mkdir(parents=True, exist_ok=True)
     address = str(base / "containerd.sock")
-    config = base / "config.toml"
-    config.write_text(
-        f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-        f'[grpc]\naddress = "{address}"\n[ttrpc]\naddress = "{address}.ttrpc"\n'
-        '[debug]\naddress = ""\nlevel = "warn"\n'
-    )
-    log = base / "containerd.log"
-    private_run = 'mount -t tmpfs tmpfs /run && mkdir /run/containerd && exec "$@"'
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", private_run,
-             "sh", "containerd", "--config", str(config)],
-            stdout=out, stderr=out, start_new_session=True,
-        )  # fmt: skip
-    _wait_or_kill(address, proc, log)
+    proc = spawn_containerd(base)
+    _wait_or_kill(address, proc, base / "containerd.log")
     return Daemon("containerd", address, proc, base)
 
 
@@ -166,11 +184,13 @@ def parse_daemons(value: str) -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def daemons(scratch: Path, names: Sequence[str] = DAEMONS) -> Iterator[list[Daemon]]:
+def daemons(
+    scratch: Path, names: Sequence[str] = DAEMONS, ctrd_log_level: str = "warning"
+) -> Iterator[list[Daemon]]:
     started: list[Daemon] = []
     try:
         if "ctrd" in names:
-            started.append(start_ctrd(scratch / "ctrd"))
+            started.append(start_ctrd(scratch / "ctrd", ctrd_log_level))
         if "containerd" in names:
             other = start_containerd(scratch / "containerd")
             if other is None:
@@ -212,6 +232,35 @@ def import_busybox(daemon: Daemon, scratch: Path) -> str:
     """The tests' busybox image (from Debian's busybox-static), unpacked in `NAMESPACE`."""
     daemon.ctr("images", "import", str(_busybox_archive(scratch)), ns=NAMESPACE)
     return IMAGE
+
+
+def start_sleepers(daemon: Daemon, image: str, n: int, parallel: int) -> tuple[float, list[float]]:
+    """`ctr run -d IMG <name>-NNNN sleep 100000` n times, one at a time or `parallel` at once.
+
+    Returns the wall time for all of them and each `ctr run -d`'s.
+    """
+
+    def start(cid: str) -> float:
+        return daemon.ctr(
+            "run", "-d", "--fifo-dir", str(daemon.fifo_dir), image, cid, "sleep", "100000",
+            ns=NAMESPACE, stdin=subprocess.DEVNULL, timeout=120,
+        )  # fmt: skip
+
+    ids = sleeper_ids(daemon, n)
+    begin = time.perf_counter()
+    if parallel <= 1:
+        latencies = [start(cid) for cid in ids]
+    else:
+        pool = ThreadPoolExecutor(parallel)
+        try:
+            latencies = list(pool.map(start, ids))
+        finally:
+            pool.shutdown(cancel_futures=True)
+    return time.perf_counter() - begin, latencies
+
+
+def sleeper_ids(daemon: Daemon, n: int) -> list[str]:
+    return [f"{daemon.name}-{i:04d}" for i in range(n)]
 
 
 def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:

@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import procs
@@ -42,6 +41,7 @@ from common import (
     remove_containers,
     scratch_dir,
     settle,
+    start_sleepers,
     wait_gone,
 )
 
@@ -106,26 +106,6 @@ def running_tasks(daemon: Daemon) -> int:
     return sum(line.split()[2:3] == ["RUNNING"] for line in result.stdout.splitlines())
 
 
-def start_all(daemon: Daemon, image: str, n: int, parallel: int) -> tuple[float, list[float]]:
-    def start(cid: str) -> float:
-        return daemon.ctr(
-            "run", "-d", "--fifo-dir", str(daemon.fifo_dir), image, cid, "sleep", "100000",
-            ns=NAMESPACE, stdin=subprocess.DEVNULL, timeout=120,
-        )  # fmt: skip
-
-    ids = [f"{daemon.name}-{i:04d}" for i in range(n)]
-    begin = time.perf_counter()
-    if parallel <= 1:
-        latencies = [start(cid) for cid in ids]
-    else:
-        pool = ThreadPoolExecutor(parallel)
-        try:
-            latencies = list(pool.map(start, ids))
-        finally:
-            pool.shutdown(cancel_futures=True)
-    return time.perf_counter() - begin, latencies
-
-
 def measure(daemon: Daemon, image: str, args: argparse.Namespace) -> Result:
     daemon.ctr(
         "run", "--rm", "--fifo-dir", str(daemon.fifo_dir), image, f"warm-{daemon.name}", "true",
@@ -134,7 +114,7 @@ def measure(daemon: Daemon, image: str, args: argparse.Namespace) -> Result:
     settle(args.settle)
     before, available = footprint(daemon), procs.mem_available()
     print(f"{daemon.name}: starting {args.n} containers", flush=True)
-    wall, latencies = start_all(daemon, image, args.n, args.parallel)
+    wall, latencies = start_sleepers(daemon, image, args.n, args.parallel)
     settle(args.settle)
     after, drop = footprint(daemon), available - procs.mem_available()
     running = running_tasks(daemon)

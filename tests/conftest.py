@@ -200,6 +200,9 @@ def ctrd(short_tmp: Path) -> Iterator[Ctrd]:
         status = daemon.stop()
         daemon.cleanup()
     assert status == 0, f"ctrd exited with {status}:\n{daemon.log()}"
+    # Whatever went wrong inside was handled and logged as such, never a stray traceback.
+    for sign in ("Traceback", "exception was never retrieved"):
+        assert sign not in daemon.log(), daemon.log()[-5000:]
 
 
 @pytest.fixture

@@ -532,6 +532,12 @@ class TaskManager:
 
     async def _recover(self, task: Task) -> None:
         """The shim connection broke: reconnect if the shim lives, else bury the task."""
+        try:
+            await self._reconnect_or_bury(task)
+        except Exception:
+            log.exception("recovery_failed", ns=task.namespace, id=task.id)
+
+    async def _reconnect_or_bury(self, task: Task) -> None:
         address = await asyncio.to_thread(_read, task.bundle.path / "address")
         for _ in range(3):
             try:

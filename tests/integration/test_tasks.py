@@ -29,6 +29,10 @@ def test_run_rm_prints_output_and_pid_1(ctrd, busybox2_image):
     assert result.stdout.splitlines()[-1] == "1"
     assert ctrd.ctr("containers", "ls", "-q").stdout.split() == []
     assert ctrd.ctr("tasks", "ls", "-q").stdout.split() == []
+    time.sleep(0.5)
+    # A shim that exits after its task's delete is not mistaken for one that died.
+    for recovery in ("shim_buried", "shim_reconnected", "bundle_removed", "journal_unreadable"):
+        assert recovery not in ctrd.log()
 
 
 def test_run_rm_exit_status_is_ctrs(ctrd, busybox_image):
