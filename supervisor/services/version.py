@@ -6,7 +6,6 @@ import functools
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 @functools.cache
 def version() -> str:
+    from importlib import metadata  # 10 ms of imports a starting daemon need not wait for
+
     try:
         return metadata.version("ctrd")
     except metadata.PackageNotFoundError:
