@@ -171,6 +171,14 @@ class EventLog:
 
         return await self._run(read)
 
+    async def sources(self) -> dict[str, int]:
+        """Every source's last published sequence number."""
+
+        def read(conn: sqlite3.Connection) -> dict[str, int]:
+            return dict(conn.execute("SELECT source, last_seq FROM event_sources").fetchall())
+
+        return await self._run(read)
+
     async def forget(self, source: str) -> None:
         """A source is gone for good (its task was deleted)."""
 

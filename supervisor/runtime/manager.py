@@ -118,6 +118,7 @@ class Task:
     deleting: bool = False
     io: dict[str, Any] = field(default_factory=dict)
     _deletion: asyncio.Future[dict[str, Any]] | None = None
+    deleted_in_journal: bool = False
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         if self.dead or self.client is None:
@@ -243,6 +244,7 @@ class TaskManager:
         self._zygote_lock = asyncio.Lock()
         self._stopping = False
         self._background: set[asyncio.Task[None]] = set()
+        self._warming: asyncio.Task[None] | None = None
 
     # -- the zygote -------------------------------------------------------------------------
 
@@ -271,9 +273,16 @@ class TaskManager:
                 await writer.wait_closed()
 
     async def start(self) -> None:
-        """Make sure a zygote running this code serves the state dir."""
+        """Make sure, in the background, that a zygote running this code serves the state
+        dir: the daemon need not wait for it to answer (the first spawn waits for it)."""
+        self._warming = asyncio.create_task(self._warm(), name="zygote")
+
+    async def _warm(self) -> None:
         async with self._zygote_lock:
-            await self._ensure_zygote()
+            try:
+                await self._ensure_zygote()
+            except (OSError, ConnectionError, errors.CtrdError, protocol.ProtocolError) as e:
+                log.warning("zygote_not_started", error=str(e))  # the first spawn retries
 
     async def _ensure_zygote(self) -> None:
         version = zygote.code_version()
@@ -299,6 +308,8 @@ class TaskManager:
     async def stop(self) -> None:
         """Let go of every shim (they keep running) and stop the zygote."""
         self._stopping = True
+        if self._warming is not None:
+            await self._warming
         for task in list(self._tasks.values()):
             task._let_go("the daemon is stopping")
             await self._close(task)
@@ -405,12 +416,14 @@ class TaskManager:
         self._tasks[(namespace, cid)] = task
         return task
 
-    async def _subscribe(self, task: Task, after: int) -> None:
+    async def _subscribe(self, task: Task, after: int) -> int:
+        """Follow the shim's events past `after`; the last sequence number it has journaled."""
         assert task.client is not None
-        await task.client.call("events", {"after": after})
+        answer = await task.client.call("events", {"after": after})
         task._consumer = asyncio.create_task(
             self._consume(task), name=f"shim-events {task.namespace}/{task.id}"
         )
+        return int(answer.get("last_seq", 0)) if isinstance(answer, dict) else 0
 
     async def _consume(self, task: Task) -> None:
         assert task.client is not None
@@ -460,6 +473,8 @@ class TaskManager:
                     int(event.event.get("exited_at", 0)),
                 ),
             )
+        elif event.topic == "/tasks/delete":
+            task.deleted_in_journal = True
         elif event.topic == "/tasks/create":
             task.pid = int(event.event.get("pid", 0))
             task.io = dict(event.event.get("io") or {})
@@ -468,21 +483,32 @@ class TaskManager:
 
     async def load(self) -> None:
         """Take back every task a previous daemon left: live shims, and dead ones' records."""
-        root = self.state / "tasks"
-        found = await asyncio.to_thread(
-            lambda: sorted(p for p in root.glob("*/*") if p.is_dir()) if root.is_dir() else []
-        )
-        await asyncio.gather(*(self._load(path) for path in found))
+        started = time.monotonic()
+        found = await asyncio.to_thread(self._scan_bundles)
+        published = await self.exchange.log.sources() if self.exchange.log is not None else {}
+        await asyncio.gather(*(self._load(*entry, published) for entry in found))
         if found:
-            log.info("tasks_loaded", count=len(self._tasks))
+            ms = round((time.monotonic() - started) * 1000, 1)
+            log.info("tasks_loaded", count=len(self._tasks), ms=ms)
 
-    async def _load(self, path: Path) -> None:
+    def _scan_bundles(self) -> builtins.list[tuple[Path, str, str, str]]:
+        """Every bundle with its instance, dead record and address (one pass, on a thread)."""
+        root = self.state / "tasks"
+        if not root.is_dir():
+            return []
+        return [
+            (path, _read(path / INSTANCE), _read(path / DEAD), _read(path / "address"))
+            for path in sorted(p for p in root.glob("*/*") if p.is_dir())
+        ]
+
+    async def _load(
+        self, path: Path, source: str, dead: str, address: str, published: dict[str, int]
+    ) -> None:
         namespace, cid = path.parent.name, path.name
         try:
             bundle = Bundle.at(self.state, namespace, cid)
         except errors.InvalidArgument:
             return
-        source = await asyncio.to_thread(_read, path / INSTANCE)
         if not source:  # a bundle whose creation never finished
             log.info("bundle_removed", ns=namespace, id=cid, why="incomplete")
             await asyncio.to_thread(bundle.delete)
@@ -490,22 +516,21 @@ class TaskManager:
         task = Task(namespace, cid, bundle, None, source)
         # The shim's journal is replayed whole, to rebuild the task's state; what the event
         # log says was published already is not published again.
-        task.published = await self._last_seq(source)
-        dead = await asyncio.to_thread(_read, path / DEAD)
+        task.published = published.get(source, 0)
         if dead:
             self._restore_dead(task, dead)
             task.last_seq = task.published
             self._tasks[(namespace, cid)] = task
             return
-        address = await asyncio.to_thread(_read, path / "address")
         try:
             task.client = await ShimClient.connect(
                 address.removeprefix("unix://"), f"{namespace}/{cid}"
             )
-            state = await task.client.call("state")
-            task.pid = int(state["pid"])
-            task.io = {k: state[k] for k in ("stdin", "stdout", "stderr", "terminal")}
-            await self._subscribe(task, after=0)
+            # The journal's replay rebuilds pid, stdio, exits: no other question is needed.
+            last = await self._subscribe(task, after=0)
+            await task.seen(last)
+            if not task.pid or task.deleted_in_journal:  # never created, or deleted already
+                raise errors.NotFound("the shim has no task")
         except errors.CtrdError as e:
             if isinstance(e, errors.NotFound):  # the shim lives but has no task (deleted)
                 with contextlib.suppress(errors.CtrdError):
@@ -515,10 +540,6 @@ class TaskManager:
             await self._bury(task)
             return
         self._tasks[(namespace, cid)] = task
-
-    async def _last_seq(self, source: str) -> int:
-        log_ = self.exchange.log
-        return await log_.last_seq(source) if log_ is not None else 0
 
     def _restore_dead(self, task: Task, text: str) -> None:
         import json
