@@ -35,6 +35,8 @@ import termios
 from collections.abc import Callable
 from urllib.parse import parse_qsl, urlsplit
 
+from shim import logfile
+
 CHUNK = 1 << 16
 Callback = Callable[[], None]
 
@@ -232,6 +234,10 @@ class Io:
         self._out_fd = -1
         self._in_fd = -1
         self._pipe_r = self._pipe_w = -1  # the process's stdin pipe, without a terminal
+        self._log: logfile.LogFile | None = None  # the shim's own log (ctrd-log://)
+        self._log_open = 0
+        self._pumps: list[logfile.Pump] = []
+        self._given: list[int] = []  # fds only the process must hold, once it runs
         self.done = not terminal  # pass-through needs no draining
         self._on_done: list[Callback] = []
         self.size: tuple[int, int] | None = None
@@ -254,7 +260,9 @@ class Io:
         if self.terminal:
             if self.stdin:
                 self._in_fd = stdin
-            if self.stdout:
+            if self.stdout.startswith(logfile.SCHEME + ":"):
+                self._log = logfile.LogFile(*logfile.parse(self.stdout))
+            elif self.stdout:
                 self._out_fd = _open_output(self.stdout, namespace, cid, self)
                 os.set_blocking(self._out_fd, False)
             return (null_in, null_out, null_out)
@@ -272,6 +280,9 @@ class Io:
         if self.stdout.startswith("binary://"):
             out, err = _start_logger(self.stdout, namespace, cid, self)
             return (stdin, out, err)
+        if self.stdout.startswith(logfile.SCHEME + ":"):
+            out, err = self._open_log(self.stdout)
+            return (stdin, out, err)
         out = _open_output(self.stdout, namespace, cid, self)
         if self.stderr and self.stderr == self.stdout:
             err = out
@@ -279,12 +290,46 @@ class Io:
             err = _open_output(self.stderr, namespace, cid, self)
         return (stdin, out, err)
 
+    def _open_log(self, uri: str) -> tuple[int, int]:
+        """Pipes into the shim's log file for stdout and stderr; the ends the process gets."""
+        self._log = logfile.LogFile(*logfile.parse(uri))
+        self._log_open = 2
+        ends = []
+        for stream in ("stdout", "stderr"):
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            self.own(read_end)
+            self._given.append(self.own(write_end))
+            self._pumps.append(
+                logfile.Pump(self._want_read, read_end, stream, self._log, self._log_done)
+            )
+            ends.append(write_end)
+        self.done = False
+        return ends[0], ends[1]
+
+    def _want_read(self, fd: int, read: Callback | None) -> None:
+        self.reactor.want(fd, read=read)
+
+    def _log_done(self) -> None:
+        self._log_open -= 1
+        if self._log_open == 0:
+            if self._log is not None:
+                self._log.close()
+            self._output_done()
+
     def attach_console(self, master: int) -> None:
         """Start copying through the pty master the runtime handed over."""
         self.master = self.own(master)
         os.set_blocking(master, False)
         if self.size is not None:
             self.resize(*self.size)
+        if self._log is not None:  # the terminal's output goes to the log, as stdout
+            self._log_open = 1
+            self._pumps.append(
+                logfile.Pump(self._want_read, master, "stdout", self._log, self._log_done)
+            )
+            if self._in_fd >= 0:
+                self._pipes.append(Pipe(self.reactor, self._in_fd, master, self._input_done))
+            return
         if self._out_fd < 0:
             self._out_fd = self.own(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
         self._pipes.append(Pipe(self.reactor, master, self._out_fd, self._output_done))
@@ -330,14 +375,19 @@ class Io:
             self._on_done.append(callback)
 
     def runtime_started(self) -> None:
-        """The runtime has given the process its stdin: the shim needs no read end of it."""
+        """The runtime has given the process its ends of the pipes: the shim closes its
+        copies, so that the process's exit (and its children's) is an EOF the shim sees."""
         if self._pipe_r >= 0:
             self._close(self._pipe_r)
             self._pipe_r = -1
+        for fd in self._given:
+            self._close(fd)
+        self._given.clear()
 
     def process_exited(self) -> None:
-        """Close the shim's copies of the pass-through fds: the readers get EOF."""
-        if not self.terminal:
+        """Close the shim's copies of the pass-through fds: the readers get EOF. A log is
+        read on until its pipes' EOF (what the process wrote last is still in them)."""
+        if not self.terminal and self._log is None:
             self.close()
 
     def _close(self, fd: int) -> None:
@@ -352,6 +402,11 @@ class Io:
         for pipe in self._pipes:
             pipe.stop()
         self._pipes.clear()
+        for pump in self._pumps:
+            pump.finish()
+        self._pumps.clear()
+        if self._log is not None:
+            self._log.close()
         for fd in set(self._owned):
             self.reactor.forget(fd)
             with contextlib.suppress(OSError):

@@ -58,6 +58,12 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class LogsConfig:
+    max_size: int = 10 * 1024 * 1024  # bytes of a container's log (ctrd-log://) per file
+    max_files: int = 3  # files kept, the current one included
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     binary: str = "runc"  # the OCI runtime tasks use unless their runtime options name one
 
@@ -71,6 +77,7 @@ class Config:
     gc: GcConfig = field(default_factory=GcConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    logs: LogsConfig = field(default_factory=LogsConfig)
 
     def with_overrides(
         self,
@@ -94,6 +101,8 @@ class Config:
             raise InvalidArgument(f'log format "{self.debug.format}" is not one of {FORMATS}')
         if self.events.retention <= 0 or self.events.max_events <= 0:
             raise InvalidArgument("[events] retention and max_events must be positive")
+        if self.logs.max_size < 0 or self.logs.max_files < 1:
+            raise InvalidArgument("[logs] max_size must be >= 0 and max_files >= 1")
         if self.gc.interval <= 0:
             raise InvalidArgument(f"gc interval {self.gc.interval} must be positive")
         for name, value in (("root", self.root), ("state", self.state)):

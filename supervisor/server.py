@@ -34,6 +34,7 @@ from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc
 from supervisor.api.containerd.services.version.v1 import version_pb2_grpc
 from supervisor.api.ctrd.services.events.v1 import log_pb2_grpc
+from supervisor.api.ctrd.services.logs.v1 import logs_pb2_grpc
 from supervisor.config import Config
 from supervisor.content.local import LocalStore
 from supervisor.errors import FailedPrecondition
@@ -55,6 +56,7 @@ from supervisor.services.eventlog import EventLogService
 from supervisor.services.events import EventsService
 from supervisor.services.images import ImagesService
 from supervisor.services.leases import LeasesService
+from supervisor.services.logs import Logs, LogsService
 from supervisor.services.namespaces import NamespacesService
 from supervisor.services.rpc import Interceptor
 from supervisor.services.snapshots import SnapshotsService
@@ -186,6 +188,7 @@ class Daemon:
         }
         gc = Collector(db, blobs, snapshotters, interval=config.gc.interval)
         tasks = TaskManager(state, address, events, config.runtime.binary)
+        logs = Logs(root / "logs", config.logs.max_size, config.logs.max_files)
 
         def content(ns: str, lease: str | None) -> ContentStore:
             return ContentStore(db, blobs, ns, lease, on_delete=gc.mark_dirty)
@@ -222,7 +225,9 @@ class Daemon:
             ),
             (
                 containers_pb2_grpc.add_ContainersServicer_to_server,
-                ContainersService(lambda ns: ContainerStore(db, ns), events, gc, tasks.exists),
+                ContainersService(
+                    lambda ns: ContainerStore(db, ns), events, gc, tasks.exists, logs.remove
+                ),
             ),
             (
                 snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
@@ -236,8 +241,9 @@ class Daemon:
             ),
             (
                 tasks_pb2_grpc.add_TasksServicer_to_server,
-                TasksService(tasks, lambda ns: ContainerStore(db, ns)),
+                TasksService(tasks, lambda ns: ContainerStore(db, ns), logs),
             ),
+            (logs_pb2_grpc.add_LogsServicer_to_server, LogsService(logs, tasks.running)),
             (events_pb2_grpc.add_EventsServicer_to_server, EventsService(events)),
             (log_pb2_grpc.add_EventLogServicer_to_server, EventLogService(events)),
         ]

@@ -341,6 +341,11 @@ class TaskManager:
     def exists(self, namespace: str, cid: str) -> bool:
         return (namespace, cid) in self._tasks or (namespace, cid) in self._creating
 
+    def running(self, namespace: str, cid: str) -> bool:
+        """Whether the container has a task whose init has not exited."""
+        task = self._tasks.get((namespace, cid))
+        return task is not None and "" not in task.exits and not task.dead
+
     def all(self) -> builtins.list[Task]:
         return list(self._tasks.values())
 

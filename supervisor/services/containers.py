@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -68,11 +69,13 @@ class ContainersService(pb_grpc.ContainersServicer):
         events: Exchange,
         gc: Collector,
         has_task: Callable[[str, str], bool] = lambda ns, cid: False,
+        deleted: Callable[[str, str], None] = lambda ns, cid: None,
     ) -> None:
         self._store = store
         self._events = events
         self._gc = gc
         self._has_task = has_task
+        self._deleted = deleted  # what else goes with a container (its logs)
 
     async def Get(self, request: pb.GetContainerRequest, context: Context) -> Any:
         container = await self._store(rpc.namespace(context)).get(request.id)
@@ -120,6 +123,7 @@ class ContainersService(pb_grpc.ContainersServicer):
         if self._has_task(ns, request.id):
             raise FailedPrecondition(f'container "{request.id}" has a task: delete the task first')
         await self._store(ns).delete(request.id)
+        await asyncio.to_thread(self._deleted, ns, request.id)
         self._gc.mark_dirty()
         await self._events.publish(
             ns, "/containers/delete", events_pb2.ContainerDelete(id=request.id)

@@ -26,6 +26,7 @@ from supervisor.metadata.containers import ContainerStore
 from supervisor.runtime import metrics
 from supervisor.runtime.manager import Exit, Task, TaskManager
 from supervisor.services import rpc
+from supervisor.services.logs import Logs
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -63,8 +64,9 @@ def _json_any(packed: any_pb2.Any, what: str) -> Any:
 
 
 class TasksService(pb_grpc.TasksServicer):
-    def __init__(self, manager: TaskManager, containers: Any) -> None:
+    def __init__(self, manager: TaskManager, containers: Any, logs: Logs | None = None) -> None:
         self._manager = manager
+        self._logs = logs
         self._containers: Any = containers  # Callable[[str], ContainerStore]
         self._criu: str | None = None  # why CRIU cannot checkpoint here ("" if it can)
 
@@ -115,13 +117,16 @@ class TasksService(pb_grpc.TasksServicer):
             mounts,
             {
                 "stdin": request.stdin,
-                "stdout": request.stdout,
-                "stderr": request.stderr,
+                "stdout": self._log_uri(ns, container.id, request.stdout),
+                "stderr": self._log_uri(ns, container.id, request.stderr),
                 "terminal": request.terminal,
             },
             runtime,
         )
         return pb.CreateTaskResponse(container_id=task.id, pid=task.pid)
+
+    def _log_uri(self, namespace: str, cid: str, uri: str) -> str:
+        return self._logs.resolve(namespace, cid, uri) if self._logs is not None else uri
 
     async def Start(self, request: pb.StartRequest, context: Context) -> Any:
         task = self._task(context, request.container_id)

@@ -1,0 +1,155 @@
+"""A container's log kept by its shim: docker's json-file format, rotated by size.
+
+Used for the stdio URI `ctrd-log:///path?max-size=BYTES&max-files=N` (stdout and stderr both):
+the process writes into pipes the shim reads, and each line becomes one JSON object::
+
+    {"log":"hello\\n","stream":"stdout","time":"2026-11-28T02:00:00.123456789Z"}
+
+as docker's json-file driver writes it, so tools that read those files read these. A line
+longer than 16 KiB is cut into pieces, the last one ending with the newline (or none, for the
+end of output without one). When a write would take the file past `max-size`, the file is
+rotated: `path` becomes `path.1`, `path.1` becomes `path.2` ..., keeping `max-files` files in
+all (1: the file is emptied instead). Nothing is lost at exit: the pipes are read until every
+writer (the process and any child it left) has closed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from urllib.parse import parse_qsl, urlsplit
+
+SCHEME = "ctrd-log"
+PIECE = 16 * 1024
+CHUNK = 1 << 16
+
+
+def parse(uri: str) -> tuple[str, int, int]:
+    """(path, max_size, max_files) of a `ctrd-log://` URI; max_size 0 means unbounded."""
+    parts = urlsplit(uri)
+    if parts.scheme != SCHEME or not parts.path.startswith("/"):
+        raise ValueError(f'"{uri}" is not a ctrd-log:///absolute/path URI')
+    options = dict(parse_qsl(parts.query))
+    try:
+        max_size = int(options.get("max-size", "0"))
+        max_files = int(options.get("max-files", "1"))
+    except ValueError:
+        raise ValueError(f'"{uri}": max-size and max-files must be integers') from None
+    if max_size < 0 or max_files < 1:
+        raise ValueError(f'"{uri}": max-size must be >= 0 and max-files >= 1')
+    return parts.path, max_size, max_files
+
+
+def _timestamp(now_ns: int) -> str:
+    seconds, nanos = divmod(now_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+class LogFile:
+    def __init__(self, path: str, max_size: int = 0, max_files: int = 1) -> None:
+        self.path = path
+        self.max_size = max_size
+        self.max_files = max_files
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._size = os.fstat(self._fd).st_size
+
+    def write(self, stream: str, data: bytes) -> None:
+        """One entry per line of `data` (which holds whole lines, or a final piece)."""
+        now = _timestamp(time.time_ns())
+        out = bytearray()
+        for line in data.splitlines(keepends=True):
+            for start in range(0, len(line), PIECE):
+                piece = line[start : start + PIECE].decode("utf-8", errors="replace")
+                entry = (
+                    json.dumps(
+                        {"log": piece, "stream": stream, "time": now}, separators=(",", ":")
+                    ).encode()
+                    + b"\n"
+                )
+                if self.max_size and self._size + len(out) + len(entry) > self.max_size:
+                    self._write(out)
+                    out.clear()
+                    if self._size:
+                        self._rotate()
+                out += entry
+        self._write(out)
+
+    def _write(self, out: bytes | bytearray) -> None:
+        view = memoryview(out)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._size += len(out)
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        if self.max_files > 1:
+            for n in range(self.max_files - 1, 0, -1):
+                source = self.path if n == 1 else f"{self.path}.{n - 1}"
+                if os.path.exists(source):
+                    os.replace(source, f"{self.path}.{n}")
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        else:
+            flags = os.O_WRONLY | os.O_TRUNC | os.O_CREAT | os.O_CLOEXEC
+        self._fd = os.open(self.path, flags, 0o600)
+        self._size = 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+
+
+class Pump:
+    """Read one stream's pipe (non-blocking) into the log, line by line, until EOF."""
+
+    def __init__(
+        self,
+        want: Callable[[int, Callable[[], None] | None], None],
+        fd: int,
+        stream: str,
+        log: LogFile,
+        done: Callable[[], None],
+    ) -> None:
+        self._want = want
+        self.fd = fd
+        self.stream = stream
+        self._log = log
+        self._done = done
+        self._pending = b""
+        self.finished = False
+        os.set_blocking(fd, False)
+        want(fd, self._read)
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self.fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO from a pty master: no writer left
+            data = b""
+        if not data:
+            self.finish()
+            return
+        data = self._pending + data
+        cut = data.rfind(b"\n") + 1
+        if not cut and len(data) >= PIECE:
+            cut = len(data)  # a long line without a newline yet: write what makes pieces
+        self._pending = data[cut:]
+        if cut:
+            self._log.write(self.stream, data[:cut])
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._want(self.fd, None)
+        if self._pending:
+            self._log.write(self.stream, self._pending)
+            self._pending = b""
+        self._done()

@@ -1,0 +1,67 @@
+"""The shim's log file: docker's json-file lines, pieces of long lines, rotation by size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shim import logfile
+
+
+def entries(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_lines_become_entries_and_long_lines_pieces(tmp_path: Path):
+    log = logfile.LogFile(str(tmp_path / "log.json"))
+    log.write("stdout", b"a\nb\n")
+    log.write("stderr", b"x" * (logfile.PIECE + 10) + b"\n")
+    log.close()
+    got = entries(tmp_path / "log.json")
+    assert [(e["stream"], e["log"]) for e in got] == [
+        ("stdout", "a\n"), ("stdout", "b\n"),
+        ("stderr", "x" * logfile.PIECE), ("stderr", "x" * 10 + "\n"),
+    ]  # fmt: skip
+    assert all(e["time"].endswith("Z") and len(e["time"]) == 30 for e in got)
+
+
+def test_rotation_keeps_max_files_each_within_max_size(tmp_path: Path):
+    path = tmp_path / "log.json"
+    log = logfile.LogFile(str(path), max_size=300, max_files=3)
+    for n in range(100):
+        log.write("stdout", f"{n}\n".encode())
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["log.json", "log.json.1", "log.json.2"]
+    assert all(p.stat().st_size <= 300 for p in tmp_path.iterdir())
+    kept = [int(e["log"]) for name in ("log.json.2", "log.json.1", "log.json")
+            for e in entries(tmp_path / name)]  # fmt: skip
+    assert kept == list(range(kept[0], 100))
+
+
+def test_one_file_is_emptied_instead_of_rotated(tmp_path: Path):
+    path = tmp_path / "log.json"
+    log = logfile.LogFile(str(path), max_size=200, max_files=1)
+    for n in range(50):
+        log.write("stdout", f"{n}\n".encode())
+    log.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["log.json"]
+    assert entries(path)[-1]["log"] == "49\n"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["file:///x", "ctrd-log://relative", "ctrd-log:///x?max-size=big", "ctrd-log:///x?max-files=0"],
+)
+def test_bad_uris_are_refused(uri):
+    with pytest.raises(ValueError, match=r"ctrd-log|max-"):
+        logfile.parse(uri)
+
+
+def test_a_uri_names_the_path_and_limits():
+    assert logfile.parse("ctrd-log:///var/log/c.json?max-size=100&max-files=2") == (
+        "/var/log/c.json", 100, 2,
+    )  # fmt: skip
+    assert logfile.parse("ctrd-log:///a") == ("/a", 0, 1)
