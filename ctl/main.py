@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 DEFAULT_ADDRESS = "/run/ctrd/ctrd.sock"
 EXIT_CLIENT_ERROR = 125  # docker's code for an error of the client itself
@@ -53,7 +54,97 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " repeated: either value), or containerd's syntax (topic~=/tasks/)",
     )
     events.add_argument("--all-namespaces", "-A", action="store_true", help="not only --namespace")
+    _container_commands(commands)
     return parser.parse_args(argv)
+
+
+def _run_options(command: argparse.ArgumentParser) -> None:
+    add = command.add_argument
+    add("--name", help="the container's name (and id)")
+    add("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
+    add("--env-file", action="append", default=[], metavar="FILE")
+    add("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]")
+    add("--mount", action="append", default=[], metavar="type=bind,source=..,target=..")
+    add("-w", "--workdir")
+    add("-u", "--user")
+    add("--entrypoint")
+    add("--hostname")
+    add("--memory", "-m", metavar="BYTES", help="memory limit (k, m, g suffixes)")
+    add("--cpus", type=float)
+    add("--pids-limit", type=int)
+    add("--read-only", action="store_true")
+    add("--network", "--net", choices=["host", "none", "default"], default="default")
+    add("--privileged", action="store_true")
+    add("--runtime", help="runc (default) or crun, or a path")
+    add("-i", "--interactive", action="store_true", help="keep stdin open")
+    add("-t", "--tty", action="store_true", help="allocate a terminal")
+    add("image")
+    add("cmd", nargs=argparse.REMAINDER, metavar="COMMAND")
+
+
+def _container_commands(commands: Any) -> None:
+    run = commands.add_parser("run", help="create and start a container")
+    run.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    _run_options(run)
+    _run_options(commands.add_parser("create", help="create a container"))
+    for name, text in (
+        ("start", "start containers"),
+        ("pause", "pause containers"),
+        ("unpause", "unpause containers"),
+        ("inspect", "show containers as JSON"),
+    ):
+        commands.add_parser(name, help=text).add_argument("containers", nargs="+")
+    ps = commands.add_parser("ps", help="list containers")
+    ps.add_argument("-a", "--all", action="store_true", help="also stopped ones")
+    ps.add_argument("-q", "--quiet", action="store_true", help="ids only")
+    ps.add_argument("--format", choices=["table", "json"], default="table")
+    logs = commands.add_parser("logs", help="a detached container's output")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("--tail", default="all", help="lines from the end (default all)")
+    logs.add_argument("container")
+    stop = commands.add_parser("stop", help="stop containers (its stop signal, then SIGKILL)")
+    stop.add_argument("-t", "--time", type=float, default=10.0, help="seconds before SIGKILL")
+    stop.add_argument("containers", nargs="+")
+    kill = commands.add_parser("kill", help="signal containers")
+    kill.add_argument("-s", "--signal", default="KILL")
+    kill.add_argument("containers", nargs="+")
+    rm = commands.add_parser("rm", help="remove containers")
+    rm.add_argument("-f", "--force", action="store_true", help="kill a running one first")
+    rm.add_argument("containers", nargs="+")
+    exec_ = commands.add_parser("exec", help="run a command in a running container")
+    exec_.add_argument("-i", "--interactive", action="store_true")
+    exec_.add_argument("-t", "--tty", action="store_true")
+    exec_.add_argument("-e", "--env", action="append", default=[])
+    exec_.add_argument("-w", "--workdir")
+    exec_.add_argument("-u", "--user")
+    exec_.add_argument("container")
+    exec_.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND")
+    images = commands.add_parser("images", help="list images")
+    images.add_argument("-q", "--quiet", action="store_true")
+
+
+CONTAINER_COMMANDS = {
+    "run": "cmd_run", "create": "cmd_create", "start": "cmd_start", "ps": "cmd_ps",
+    "logs": "cmd_logs", "stop": "cmd_stop", "kill": "cmd_kill", "rm": "cmd_rm",
+    "pause": "cmd_pause", "unpause": "cmd_pause", "exec": "cmd_exec",
+    "inspect": "cmd_inspect", "images": "cmd_images",
+}  # fmt: skip
+
+
+def container_command(args: argparse.Namespace) -> int:
+    from ctl import commands
+    from ctl.client import Client
+
+    client = Client(args.address, args.namespace)
+    try:
+        result = getattr(commands, CONTAINER_COMMANDS[args.command])(client, args)
+    finally:
+        client.close()
+    if args.command == "create":
+        print(result)
+        return 0
+    return int(result)
 
 
 def version(args: argparse.Namespace) -> int:
@@ -85,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             from ctl import events
 
             return events.run(args)
+        if args.command in CONTAINER_COMMANDS:
+            return container_command(args)
         return version(args)
     except KeyboardInterrupt:
         return 130

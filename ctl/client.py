@@ -1,0 +1,310 @@
+"""ctrctl's side of ctrd's API: images, unpacking, containers, tasks, with docker's names.
+
+Everything here speaks the containerd v1 API (plus ctrd's extensions), so what ctrctl makes
+`ctr` sees and the other way round. Container ids: `--name` when given, else 64 random hex
+digits as docker makes them; a unique prefix of an id names the container, as in docker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, field_mask_pb2
+
+from ctl import spec as oci
+from supervisor.api.containerd.runc.options import oci_pb2 as runc_pb
+from supervisor.api.containerd.services.containers.v1 import containers_pb2 as cpb
+from supervisor.api.containerd.services.containers.v1 import containers_pb2_grpc as cgrpc
+from supervisor.api.containerd.services.content.v1 import content_pb2 as contentpb
+from supervisor.api.containerd.services.content.v1 import content_pb2_grpc as contentgrpc
+from supervisor.api.containerd.services.diff.v1 import diff_pb2 as dpb
+from supervisor.api.containerd.services.diff.v1 import diff_pb2_grpc as dgrpc
+from supervisor.api.containerd.services.images.v1 import images_pb2 as ipb
+from supervisor.api.containerd.services.images.v1 import images_pb2_grpc as igrpc
+from supervisor.api.containerd.services.leases.v1 import leases_pb2 as lpb
+from supervisor.api.containerd.services.leases.v1 import leases_pb2_grpc as lgrpc
+from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2 as spb
+from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as sgrpc
+from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
+from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc as tgrpc
+from supervisor.api.containerd.types import descriptor_pb2
+
+SNAPSHOTTER = "overlayfs"
+RUNTIME = "io.containerd.runc.v2"
+INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+NAME_LABEL = "ctrctl.name"
+
+
+class NotFound(Exception):
+    """What the user named does not exist (ctrctl says so and exits 125)."""
+
+
+def normalize(name: str) -> str:
+    """docker's short names: `busybox` → `docker.io/library/busybox:latest`."""
+    if "/" in name.split("@")[0].rsplit(":", 1)[0]:
+        first = name.split("/", 1)[0]
+        domain = first if ("." in first or ":" in first or first == "localhost") else ""
+    else:
+        domain = ""
+    full = name if domain else f"docker.io/{name if '/' in name else 'library/' + name}"
+    last = full.rsplit("/", 1)[-1]
+    if "@" not in last and ":" not in last:
+        full += ":latest"
+    return full
+
+
+class Client:
+    def __init__(self, address: str, namespace: str) -> None:
+        self.channel = grpc.insecure_channel(f"unix:{address}")
+        self.namespace = namespace
+        self.md = (("containerd-namespace", namespace),)
+        self.images = igrpc.ImagesStub(self.channel)
+        self.content = contentgrpc.ContentStub(self.channel)
+        self.snapshots = sgrpc.SnapshotsStub(self.channel)
+        self.diff = dgrpc.DiffStub(self.channel)
+        self.containers = cgrpc.ContainersStub(self.channel)
+        self.tasks = tgrpc.TasksStub(self.channel)
+        self.leases = lgrpc.LeasesStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # -- images -----------------------------------------------------------------------------
+
+    def image(self, name: str) -> ipb.Image:
+        for candidate in dict.fromkeys((name, normalize(name))):
+            try:
+                image: ipb.Image = self.images.Get(
+                    ipb.GetImageRequest(name=candidate), metadata=self.md
+                ).image
+                return image
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+        raise NotFound(f'image "{name}" not found: pull or load it first')
+
+    def read(self, digest: str) -> bytes:
+        request = contentpb.ReadContentRequest(digest=digest)
+        return b"".join(r.data for r in self.content.Read(request, metadata=self.md))
+
+    def manifest(self, image: ipb.Image) -> dict[str, Any]:
+        """The image's manifest for this machine (linux/amd64 by default)."""
+        target = image.target
+        document: dict[str, Any] = json.loads(self.read(target.digest))
+        if target.media_type in INDEX_TYPES or "manifests" in document:
+            machine = os.uname().machine
+            arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+            for entry in document.get("manifests", []):
+                platform = entry.get("platform", {})
+                if platform.get("os", "linux") == "linux" and platform.get("architecture") == arch:
+                    return dict(json.loads(self.read(entry["digest"])))
+            raise NotFound(f'image "{image.name}" has no linux/{arch} manifest')
+        return document
+
+    def image_config(self, image: ipb.Image) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(manifest, image config JSON)."""
+        manifest = self.manifest(image)
+        return manifest, json.loads(self.read(manifest["config"]["digest"]))
+
+    def unpack(self, manifest: dict[str, Any], config: dict[str, Any]) -> str:
+        """Unpack the image's layers (what is missing) as ctr does; the top chain id."""
+        diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+        layers = manifest.get("layers", [])
+        parent = ""
+        lease = self._lease()
+        md = (*self.md, ("containerd-lease", lease))
+        try:
+            for layer, diff_id in zip(layers, diff_ids, strict=True):
+                chain = diff_id if not parent else _chain(parent, diff_id)
+                try:
+                    self.snapshots.Stat(
+                        spb.StatSnapshotRequest(snapshotter=SNAPSHOTTER, key=chain), metadata=md
+                    )
+                except grpc.RpcError as e:
+                    if e.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+                    key = f"extract-{secrets.token_hex(6)} {chain}"
+                    mounts = self.snapshots.Prepare(
+                        spb.PrepareSnapshotRequest(snapshotter=SNAPSHOTTER, key=key, parent=parent),
+                        metadata=md,
+                    ).mounts
+                    self.diff.Apply(
+                        dpb.ApplyRequest(
+                            diff=descriptor_pb2.Descriptor(
+                                media_type=layer["mediaType"],
+                                digest=layer["digest"],
+                                size=layer["size"],
+                            ),
+                            mounts=mounts,
+                        ),
+                        metadata=md,
+                    )
+                    self.snapshots.Commit(
+                        spb.CommitSnapshotRequest(snapshotter=SNAPSHOTTER, name=chain, key=key),
+                        metadata=md,
+                    )
+                parent = chain
+        finally:
+            self.leases.Delete(lpb.DeleteRequest(id=lease), metadata=self.md)
+        return parent
+
+    def _lease(self) -> str:
+        lease = f"ctrctl-{secrets.token_hex(8)}"
+        self.leases.Create(lpb.CreateRequest(id=lease), metadata=self.md)
+        return lease
+
+    # -- containers -------------------------------------------------------------------------
+
+    def create(
+        self, image_name: str, options: oci.RunOptions, name: str = "", runtime: str = ""
+    ) -> str:
+        """Make a container (record, spec, snapshot) for an image; its id."""
+        image = self.image(image_name)
+        manifest, config = self.image_config(image)
+        chain = self.unpack(manifest, config)
+        cid = name or secrets.token_hex(32)
+        image_config = config.get("config", {}) or {}
+        rootfs_needed = bool(options.user or image_config.get("User"))
+        spec = self._spec(cid, chain, image_config, options, rootfs_needed)
+        self.snapshots.Prepare(
+            spb.PrepareSnapshotRequest(snapshotter=SNAPSHOTTER, key=cid, parent=chain),
+            metadata=self.md,
+        )
+        runtime_options = runc_pb.Options(binary_name=runtime) if runtime else runc_pb.Options()
+        labels = {
+            "io.containerd.image.config.stop-signal": image_config.get("StopSignal") or "SIGTERM"
+        }
+        if name:
+            labels[NAME_LABEL] = name
+        container = cpb.Container(
+            id=cid,
+            image=image.name,
+            labels=labels,
+            runtime=cpb.Container.Runtime(
+                name=RUNTIME,
+                options=any_pb2.Any(
+                    type_url="containerd.runc.v1.Options",
+                    value=runtime_options.SerializeToString(),
+                ),
+            ),
+            spec=any_pb2.Any(type_url=oci.SPEC_TYPE_URL, value=oci.encode(spec)),
+            snapshotter=SNAPSHOTTER,
+            snapshot_key=cid,
+        )
+        try:
+            self.containers.Create(
+                cpb.CreateContainerRequest(container=container), metadata=self.md
+            )
+        except grpc.RpcError:
+            self._remove_snapshot(cid)
+            raise
+        return cid
+
+    def _spec(
+        self, cid: str, chain: str, image_config: dict[str, Any], options: oci.RunOptions,
+        rootfs_needed: bool,
+    ) -> dict[str, Any]:  # fmt: skip
+        if not rootfs_needed:
+            return oci.generate(self.namespace, cid, image_config, options)
+        # Users are names in the image's /etc/passwd: look at them through a read-only view.
+        from snapshotter.mount import mount_all, unmount
+        from snapshotter.protocol import Mount
+
+        view = f"ctrctl-view-{secrets.token_hex(6)}"
+        mounts = self.snapshots.View(
+            spb.ViewSnapshotRequest(snapshotter=SNAPSHOTTER, key=view, parent=chain),
+            metadata=self.md,
+        ).mounts
+        target = Path(tempfile.mkdtemp(prefix="ctrctl-rootfs-"))
+        try:
+            mount_all([Mount(m.type, m.source, tuple(m.options)) for m in mounts], target)
+            try:
+                return oci.generate(self.namespace, cid, image_config, options, target)
+            finally:
+                unmount(target)
+        finally:
+            os.rmdir(target)
+            self._remove_snapshot(view)
+
+    def _remove_snapshot(self, key: str) -> None:
+        try:
+            self.snapshots.Remove(
+                spb.RemoveSnapshotRequest(snapshotter=SNAPSHOTTER, key=key), metadata=self.md
+            )
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    def list_containers(self) -> list[cpb.Container]:
+        return list(self.containers.List(cpb.ListContainersRequest(), metadata=self.md).containers)
+
+    def resolve(self, name: str) -> str:
+        """A container's id from its id, name or a unique id prefix."""
+        ids = [c.id for c in self.list_containers()]
+        if name in ids:
+            return name
+        matches = [i for i in ids if i.startswith(name)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise NotFound(f"No such container: {name}")
+        raise NotFound(f'"{name}" names {len(matches)} containers: give more of the id')
+
+    def task(self, cid: str, exec_id: str = "") -> Any | None:
+        try:
+            return self.tasks.Get(
+                tpb.GetRequest(container_id=cid, exec_id=exec_id), metadata=self.md
+            ).process
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+    def remove(self, cid: str) -> None:
+        """Delete the container, its stopped task and its snapshot."""
+        if self.task(cid) is not None:
+            self.tasks.Delete(tpb.DeleteTaskRequest(container_id=cid), metadata=self.md)
+        container = self.containers.Get(cpb.GetContainerRequest(id=cid), metadata=self.md).container
+        self.containers.Delete(cpb.DeleteContainerRequest(id=cid), metadata=self.md)
+        if container.snapshot_key:
+            self._remove_snapshot(container.snapshot_key)
+
+    def rootfs(self, cid: str) -> Sequence[Any]:
+        container = self.containers.Get(cpb.GetContainerRequest(id=cid), metadata=self.md).container
+        return list(
+            self.snapshots.Mounts(
+                spb.MountsRequest(snapshotter=container.snapshotter or SNAPSHOTTER,
+                                  key=container.snapshot_key),
+                metadata=self.md,
+            ).mounts
+        )  # fmt: skip
+
+    def update_labels(self, cid: str, labels: dict[str, str]) -> None:
+        container = cpb.Container(id=cid, labels=labels)
+        self.containers.Update(
+            cpb.UpdateContainerRequest(
+                container=container,
+                update_mask=field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels]),
+            ),
+            metadata=self.md,
+        )
+
+
+def _chain(parent: str, diff_id: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
+
+
+def short(cid: str) -> str:
+    return cid[:12] if len(cid) == 64 else cid

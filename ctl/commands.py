@@ -1,0 +1,499 @@
+"""ctrctl's container commands, with docker's options, output and exit codes.
+
+`run` attaches to the container's stdio through FIFOs it makes (like ctr) unless detached:
+a detached container's output goes to the log its shim keeps (`ctrd-log://`), which `logs`
+reads. `run` exits with the container's status; ctrctl's own errors exit 125, a command that
+cannot be executed 126, one that is not found 127 (docker's codes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+
+from ctl import spec as oci
+from ctl.client import NAME_LABEL, Client, NotFound, short
+from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
+from supervisor.api.containerd.types.task import task_pb2 as task_types
+
+STATUS = {
+    task_types.CREATED: "created",
+    task_types.RUNNING: "running",
+    task_types.PAUSED: "paused",
+    task_types.STOPPED: "exited",
+}
+LOG_URI = "ctrd-log://"
+PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+
+
+def _mounts(volumes: list[str], mounts: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for volume in volumes:
+        parts = volume.split(":")
+        if len(parts) not in (2, 3) or not parts[0].startswith("/"):
+            raise ValueError(f'volume "{volume}": give /host/path:/container/path[:ro]')
+        options = ["rbind", "ro" if len(parts) == 3 and parts[2] == "ro" else "rw"]
+        out.append(
+            {"type": "bind", "source": parts[0], "destination": parts[1], "options": options}
+        )
+    for mount in mounts:
+        fields = dict(f.split("=", 1) for f in mount.split(",") if "=" in f)
+        source = fields.get("source") or fields.get("src", "")
+        target = fields.get("target") or fields.get("destination") or fields.get("dst", "")
+        options = ["rbind", "ro" if "readonly" in mount.split(",") else "rw"]
+        out.append(
+            {"type": fields.get("type", "bind"), "source": source, "destination": target,
+             "options": options}
+        )  # fmt: skip
+    return out
+
+
+def _env(values: list[str], files: list[str]) -> list[str]:
+    env = []
+    for path in files:
+        with open(path) as f:
+            env += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    env += values
+    # docker's `-e NAME`: the value from ctrctl's own environment (dropped when unset).
+    return [e if "=" in e else f"{e}={os.environ[e]}" for e in env if "=" in e or e in os.environ]
+
+
+def _memory(text: str | None) -> int | None:
+    if not text:
+        return None
+    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+    text = text.strip().lower()
+    if text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def run_options(args: argparse.Namespace) -> oci.RunOptions:
+    return oci.RunOptions(
+        args=args.cmd,
+        entrypoint=None
+        if args.entrypoint is None
+        else ([args.entrypoint] if args.entrypoint else []),
+        env=_env(args.env, args.env_file),
+        workdir=args.workdir or "",
+        user=args.user or "",
+        tty=args.tty,
+        hostname=args.hostname or "",
+        read_only=args.read_only,
+        memory=_memory(args.memory),
+        cpus=args.cpus,
+        pids_limit=args.pids_limit,
+        network="host" if args.network == "host" else "",
+        mounts=_mounts(args.volume, args.mount),
+        privileged=args.privileged,
+    )
+
+
+class _Stdio:
+    """FIFOs for a process's stdio, and the threads copying them to and from ours."""
+
+    def __init__(self, interactive: bool, tty: bool) -> None:
+        self.dir = tempfile.mkdtemp(prefix="ctrctl-fifo-")
+        self.stdin = os.path.join(self.dir, "stdin") if interactive else ""
+        self.stdout = os.path.join(self.dir, "stdout")
+        self.stderr = "" if tty else os.path.join(self.dir, "stderr")
+        self._threads: list[threading.Thread] = []
+        self._files: list[int] = []
+        for path in (self.stdin, self.stdout, self.stderr):
+            if path:
+                os.mkfifo(path, 0o600)
+        for path, target in ((self.stdout, 1), (self.stderr, 2)):
+            if path:
+                self._copy(path, target)
+        if self.stdin:
+            thread = threading.Thread(target=self._feed, args=(self.stdin,), daemon=True)
+            thread.start()
+
+    def _copy(self, path: str, dst: int) -> None:
+        def copy() -> None:
+            # A blocking open returns once the shim opened its end: reading before that
+            # would see an EOF that is none.
+            src = os.open(path, os.O_RDONLY)
+            self._files.append(src)
+            while chunk := os.read(src, 65536):
+                os.write(dst, chunk)
+
+        thread = threading.Thread(target=copy, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _feed(self, path: str) -> None:
+        fd = os.open(path, os.O_WRONLY)  # returns once the shim has opened its end
+        with contextlib.suppress(OSError):
+            while chunk := os.read(0, 65536):
+                os.write(fd, chunk)
+        self.stdin_closed = True
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    stdin_closed = False
+
+    def wait(self, timeout: float = 10) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def close(self) -> None:
+        for fd in self._files:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _raw_terminal(enabled: bool) -> Iterator[None]:
+    if not enabled or not os.isatty(0):
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(0)
+    tty.setraw(0)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+def _exit_code(client: Client, cid: str, exec_id: str = "") -> int:
+    response = client.tasks.Wait(
+        tpb.WaitRequest(container_id=cid, exec_id=exec_id), metadata=client.md
+    )
+    return int(response.exit_status)
+
+
+def cmd_create(client: Client, args: argparse.Namespace) -> str:
+    return client.create(args.image, run_options(args), args.name or "", args.runtime or "")
+
+
+def _start_task(client: Client, cid: str, stdio: _Stdio | None, tty: bool) -> None:
+    rootfs = client.rootfs(cid)
+    request = tpb.CreateTaskRequest(container_id=cid, rootfs=rootfs, terminal=tty)
+    if stdio is None:
+        request.stdout = request.stderr = LOG_URI
+    else:
+        request.stdin, request.stdout, request.stderr = stdio.stdin, stdio.stdout, stdio.stderr
+    client.tasks.Create(request, metadata=client.md)
+
+
+def cmd_run(client: Client, args: argparse.Namespace) -> int:
+    if args.detach and args.rm:
+        raise ValueError("--rm cannot be used with -d here: a detached container is kept")
+    cid = cmd_create(client, args)
+    if args.detach:
+        _start_task(client, cid, None, args.tty)
+        client.tasks.Start(tpb.StartRequest(container_id=cid), metadata=client.md)
+        print(cid)
+        return 0
+    stdio = _Stdio(args.interactive, args.tty)
+    try:
+        _start_task(client, cid, stdio, args.tty)
+        waiter = client.tasks.Wait.future(tpb.WaitRequest(container_id=cid), metadata=client.md)
+        with _raw_terminal(args.tty and args.interactive):
+            client.tasks.Start(tpb.StartRequest(container_id=cid), metadata=client.md)
+            if args.tty:
+                _resize(client, cid)
+            forward = _forward_signals(client, cid) if not args.tty else None
+            status = int(waiter.result().exit_status)
+            stdio.wait()
+        if forward is not None:
+            forward()
+    finally:
+        stdio.close()
+    if args.rm:
+        client.remove(cid)
+    return status
+
+
+def _resize(client: Client, cid: str, exec_id: str = "") -> None:
+    size = shutil.get_terminal_size()
+    with contextlib.suppress(grpc.RpcError):
+        client.tasks.ResizePty(
+            tpb.ResizePtyRequest(container_id=cid, exec_id=exec_id, width=size.columns,
+                                 height=size.lines),
+            metadata=client.md,
+        )  # fmt: skip
+
+
+def _forward_signals(client: Client, cid: str) -> Any:
+    """Signals ctrctl gets go to the container, as docker's run does; undo with the result."""
+
+    def forward(signum: int, _: Any) -> None:
+        with contextlib.suppress(grpc.RpcError):
+            client.tasks.Kill(tpb.KillRequest(container_id=cid, signal=signum), metadata=client.md)
+
+    saved = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(s, h) for s, h in saved.items()]
+
+
+def cmd_start(client: Client, args: argparse.Namespace) -> int:
+    for name in args.containers:
+        cid = client.resolve(name)
+        task = client.task(cid)
+        if task is not None and task.status == task_types.STOPPED:
+            client.tasks.Delete(tpb.DeleteTaskRequest(container_id=cid), metadata=client.md)
+            task = None
+        if task is None:
+            spec = json.loads(
+                client.containers.Get(_get(cid), metadata=client.md).container.spec.value
+            )
+            _start_task(client, cid, None, bool(spec.get("process", {}).get("terminal")))
+        client.tasks.Start(tpb.StartRequest(container_id=cid), metadata=client.md)
+        print(name)
+    return 0
+
+
+def _get(cid: str) -> Any:
+    from supervisor.api.containerd.services.containers.v1 import containers_pb2 as cpb
+
+    return cpb.GetContainerRequest(id=cid)
+
+
+def cmd_ps(client: Client, args: argparse.Namespace) -> int:
+    rows = []
+    for container in client.list_containers():
+        task = client.task(container.id)
+        state = STATUS.get(task.status, "unknown") if task is not None else "created"
+        if task is None and not args.all:
+            continue
+        if task is not None and task.status == task_types.STOPPED and not args.all:
+            continue
+        spec = json.loads(container.spec.value or b"{}")
+        command = " ".join(spec.get("process", {}).get("args", []))
+        status = (
+            state
+            if task is None or task.status != task_types.STOPPED
+            else (f"exited ({task.exit_status})")
+        )
+        row: dict[str, Any] = {
+            "id": container.id, "image": container.image, "command": command,
+            "created": container.created_at.ToJsonString(), "status": status,
+            "pid": task.pid if task is not None else 0,
+            "name": container.labels.get(NAME_LABEL, ""),
+        }  # fmt: skip
+        rows.append(row)
+    if args.quiet:
+        for row in rows:
+            print(short(row["id"]))
+    elif args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        _table(
+            ["CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "NAMES"],
+            [[short(r["id"]), r["image"], _cut(r["command"], 30), r["status"], r["name"]]
+             for r in rows],
+        )  # fmt: skip
+    return 0
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        print("   ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
+
+
+def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    from supervisor.api.ctrd.services.logs.v1 import logs_pb2, logs_pb2_grpc
+
+    cid = client.resolve(args.container)
+    request = logs_pb2.ReadRequest(container_id=cid, follow=args.follow)
+    if args.tail not in (None, "all"):
+        request.tail = int(args.tail)
+    stub = logs_pb2_grpc.LogsStub(client.channel)
+    try:
+        for entry in stub.Read(request, metadata=client.md):
+            stream = sys.stdout.buffer if entry.stream == "stdout" else sys.stderr.buffer
+            stream.write(entry.data)
+            stream.flush()
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(
+                f"{args.container} has no log: only detached containers keep one"
+            ) from None
+        raise
+    return 0
+
+
+def cmd_stop(client: Client, args: argparse.Namespace) -> int:
+    for name in args.containers:
+        cid = client.resolve(name)
+        task = client.task(cid)
+        if task is not None and task.status in (task_types.RUNNING, task_types.PAUSED):
+            waiter = client.tasks.Wait.future(tpb.WaitRequest(container_id=cid), metadata=client.md)
+            if task.status == task_types.PAUSED:
+                client.tasks.Resume(tpb.ResumeTaskRequest(container_id=cid), metadata=client.md)
+            container = client.containers.Get(_get(cid), metadata=client.md).container
+            stop = container.labels.get("io.containerd.image.config.stop-signal", "SIGTERM")
+            sig = getattr(signal, stop if stop.startswith("SIG") else f"SIG{stop}", signal.SIGTERM)
+            _kill(client, cid, int(sig), all_=False)
+            try:
+                waiter.result(timeout=args.time)
+            except grpc.FutureTimeoutError:
+                _kill(client, cid, int(signal.SIGKILL), all_=True)
+                waiter.result(timeout=30)
+        print(name)
+    return 0
+
+
+def _kill(client: Client, cid: str, sig: int, all_: bool) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        client.tasks.Kill(
+            tpb.KillRequest(container_id=cid, signal=sig, all=all_), metadata=client.md
+        )
+
+
+def cmd_kill(client: Client, args: argparse.Namespace) -> int:
+    sig = args.signal.upper()
+    number = (
+        int(sig)
+        if sig.isdigit()
+        else int(getattr(signal, sig if sig.startswith("SIG") else "SIG" + sig))
+    )
+    for name in args.containers:
+        cid = client.resolve(name)
+        client.tasks.Kill(tpb.KillRequest(container_id=cid, signal=number), metadata=client.md)
+        print(name)
+    return 0
+
+
+def cmd_rm(client: Client, args: argparse.Namespace) -> int:
+    for name in args.containers:
+        cid = client.resolve(name)
+        task = client.task(cid)
+        if task is not None and task.status != task_types.STOPPED:
+            if not args.force:
+                raise ValueError(
+                    f"cannot remove running container {name}: stop it first, or use -f"
+                )
+            waiter = client.tasks.Wait.future(tpb.WaitRequest(container_id=cid), metadata=client.md)
+            _kill(client, cid, int(signal.SIGKILL), all_=True)
+            waiter.result(timeout=30)
+        client.remove(cid)
+        print(name)
+    return 0
+
+
+def cmd_pause(client: Client, args: argparse.Namespace) -> int:
+    for name in args.containers:
+        cid = client.resolve(name)
+        if args.command == "pause":
+            client.tasks.Pause(tpb.PauseTaskRequest(container_id=cid), metadata=client.md)
+        else:
+            client.tasks.Resume(tpb.ResumeTaskRequest(container_id=cid), metadata=client.md)
+        print(name)
+    return 0
+
+
+def cmd_exec(client: Client, args: argparse.Namespace) -> int:
+    cid = client.resolve(args.container)
+    container = client.containers.Get(_get(cid), metadata=client.md).container
+    process = json.loads(container.spec.value)["process"]
+    process["args"] = args.cmd
+    process["terminal"] = args.tty
+    if args.workdir:
+        process["cwd"] = args.workdir
+    if args.env:
+        process["env"] = oci.merge_env(process.get("env", []), _env(args.env, []))
+    if args.user:
+        user = oci.resolve_user(args.user, None)
+        process["user"] = {"uid": user.uid, "gid": user.gid}
+    exec_id = f"exec-{time.time_ns()}"
+    stdio = _Stdio(args.interactive, args.tty)
+    try:
+        client.tasks.Exec(
+            tpb.ExecProcessRequest(
+                container_id=cid, exec_id=exec_id, terminal=args.tty, stdin=stdio.stdin,
+                stdout=stdio.stdout, stderr=stdio.stderr,
+                spec=any_pb2.Any(type_url=PROCESS_TYPE_URL, value=json.dumps(process).encode()),
+            ),
+            metadata=client.md,
+        )  # fmt: skip
+        waiter = client.tasks.Wait.future(
+            tpb.WaitRequest(container_id=cid, exec_id=exec_id), metadata=client.md
+        )
+        with _raw_terminal(args.tty and args.interactive):
+            try:
+                client.tasks.Start(
+                    tpb.StartRequest(container_id=cid, exec_id=exec_id), metadata=client.md
+                )
+            except grpc.RpcError as e:
+                client.tasks.DeleteProcess(
+                    tpb.DeleteProcessRequest(container_id=cid, exec_id=exec_id), metadata=client.md
+                )
+                details = e.details() or ""
+                print(f"ctrctl: {details}", file=sys.stderr)
+                return 127 if "not found" in details or "no such file" in details else 126
+            if args.tty:
+                _resize(client, cid, exec_id)
+            status = int(waiter.result().exit_status)
+            stdio.wait()
+        client.tasks.DeleteProcess(
+            tpb.DeleteProcessRequest(container_id=cid, exec_id=exec_id), metadata=client.md
+        )
+    finally:
+        stdio.close()
+    return status
+
+
+def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    out = []
+    for name in args.containers:
+        cid = client.resolve(name)
+        container = client.containers.Get(_get(cid), metadata=client.md).container
+        spec = json.loads(container.spec.value or b"{}")
+        runtime = container.runtime.name
+        for packed in ("spec", "runtime", "extensions"):  # Anys of types only ctrd knows
+            container.ClearField(packed)
+        info = json_format.MessageToDict(container)
+        info["spec"], info["runtime"] = spec, runtime
+        task = client.task(cid)
+        if task is not None:
+            info["state"] = {
+                "status": STATUS.get(task.status, "unknown"), "pid": task.pid,
+                "exitCode": task.exit_status,
+            }  # fmt: skip
+        out.append(info)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_images(client: Client, args: argparse.Namespace) -> int:
+    from supervisor.api.containerd.services.images.v1 import images_pb2 as ipb
+
+    images = client.images.List(ipb.ListImagesRequest(), metadata=client.md).images
+    if args.quiet:
+        for image in images:
+            print(image.name)
+        return 0
+    rows = []
+    for image in images:
+        repository, _, tag = (
+            image.name.rpartition(":") if "@" not in image.name else (image.name, "", "")
+        )
+        rows.append([repository, tag, image.target.digest[7:19], str(image.target.size)])
+    _table(["REPOSITORY", "TAG", "DIGEST", "SIZE"], rows)
+    return 0

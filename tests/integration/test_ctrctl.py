@@ -1,0 +1,98 @@
+"""ctrctl as a new user would try it: run, ps, logs, exec, stop, inspect, rm; exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import Ctrd
+from tests.integration.test_tasks import pull
+
+
+def ctrctl(ctrd: Ctrd, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ctl", "--address", ctrd.address, *args],
+        capture_output=True, text=True, timeout=60, input=input,
+    )  # fmt: skip
+
+
+def test_run_rm_prints_and_exits_with_the_containers_status(ctrd, busybox_image, short_tmp):
+    ref = pull(ctrd, busybox_image)
+    hello = ctrctl(ctrd, "run", "--rm", ref, "echo", "hello")
+    assert (hello.returncode, hello.stdout) == (0, "hello\n"), hello.stderr
+    assert ctrctl(ctrd, "run", "--rm", ref, "sh", "-c", "exit 3").returncode == 3
+    (short_tmp / "shared").mkdir()
+    (short_tmp / "shared" / "f").write_text("from-the-host\n")
+    out = ctrctl(
+        ctrd,
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hi",
+        "-v",
+        f"{short_tmp}/shared:/mnt:ro",
+        "-w",
+        "/mnt",
+        ref,
+        "sh",
+        "-c",
+        "echo $GREETING; pwd; cat f; touch g || echo ro",
+    )
+    assert out.stdout.splitlines() == ["hi", "/mnt", "from-the-host", "ro"], out.stderr
+    piped = ctrctl(ctrd, "run", "--rm", "-i", ref, "cat", input="through stdin\n")
+    assert piped.stdout == "through stdin\n", piped.stderr
+    assert ctrd.ctr("containers", "ls", "-q").stdout.split() == []
+
+
+def test_a_detached_container_from_start_to_removal(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    started = ctrctl(
+        ctrd, "run", "-d", "--name", "web", ref, "sh", "-c", "echo started; sleep 1000"
+    )
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "web"
+    listed = ctrctl(ctrd, "ps").stdout.splitlines()
+    assert len(listed) == 2
+    assert listed[1].split()[0] == "web"
+    assert "running" in listed[1]
+    assert ctrctl(ctrd, "logs", "web").stdout == "started\n"
+    assert ctrctl(ctrd, "exec", "web", "echo", "hi").stdout == "hi\n"
+    assert ctrctl(ctrd, "exec", "web", "sh", "-c", "exit 5").returncode == 5
+    assert ctrctl(ctrd, "exec", "web", "no-such-command").returncode == 127
+    assert "web" in ctrd.ctr("containers", "ls", "-q").stdout.split()  # ctr sees it too
+    assert ctrctl(ctrd, "stop", "-t", "1", "web").returncode == 0
+    assert ctrctl(ctrd, "ps", "-q").stdout.split() == []
+    [row] = json.loads(ctrctl(ctrd, "ps", "-a", "--format", "json").stdout)
+    assert (row["name"], row["status"]) == ("web", "exited (137)")
+    inspected = ctrctl(ctrd, "inspect", "web")
+    assert inspected.returncode == 0, inspected.stderr
+    [info] = json.loads(inspected.stdout)
+    assert info["id"] == "web"
+    assert info["spec"]["process"]["args"] == ["sh", "-c", "echo started; sleep 1000"]
+    assert info["state"]["exitCode"] == 137
+    assert ctrctl(ctrd, "rm", "web").returncode == 0
+    assert ctrctl(ctrd, "ps", "-a", "-q").stdout.split() == []
+    assert ctrd.ctr("containers", "ls", "-q").stdout.split() == []
+
+
+def test_ctr_containers_are_ctrctls_and_short_ids_work(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    ctrd.ctr("run", "--fifo-dir", ctrd.fifo_dir(), "-d", ref, "made-by-ctr", "sleep", "1000")
+    assert "made-by-ctr" in ctrctl(ctrd, "ps").stdout
+    made = ctrctl(ctrd, "run", "-d", ref, "sleep", "1000").stdout.strip()
+    assert len(made) == 64
+    assert made[:12] in ctrctl(ctrd, "ps", "-q").stdout.split()
+    assert ctrctl(ctrd, "rm", "-f", made[:8]).returncode == 0
+    assert ctrctl(ctrd, "rm", "-f", "made-by-ctr").returncode == 0
+    assert ctrd.ctr("containers", "ls", "-q").stdout.split() == []
+
+
+def test_errors_are_one_clear_line_and_exit_125(ctrd):
+    missing = ctrctl(ctrd, "run", "--rm", "no-such-image")
+    assert missing.returncode == 125
+    assert missing.stderr.strip() == (
+        'ctrctl: image "no-such-image" not found: pull or load it first'
+    )
+    gone = ctrctl(ctrd, "rm", "nobody")
+    assert (gone.returncode, gone.stderr.strip()) == (125, "ctrctl: No such container: nobody")
