@@ -1,0 +1,227 @@
+"""Registries with manners, for the distribution client's tests: auth, range, cut-offs.
+
+- `HtpasswdRegistry`: the real docker-registry with its htpasswd (basic) authentication. The
+  htpasswd line is a fixed bcrypt hash (cost 4) of `PASSWORD`, made once with the `bcrypt`
+  module: docker-registry checks it itself, so neither bcrypt nor apache2-utils is needed here.
+- `Proxy`: a stdlib HTTP server on 127.0.0.1 in front of a registry, in a thread of the test
+  process. It passes requests on and can be told to demand a bearer token (which its own
+  `/token` endpoint issues), to ignore Range headers, to break off blob bodies after N
+  bytes, to corrupt them, or to redirect them elsewhere.
+  It records what it was asked. `stop()` closes its socket; `Proxy(upstream, port=p)` starts
+  one again on the same port.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from unittest import mock
+
+from tests.support import registry as registry_module
+from tests.support.registry import Registry, Response
+
+USERNAME = "ctrd"
+PASSWORD = "ctrd-secret"
+HTPASSWD = f"{USERNAME}:$2b$04$uc0Ft4rxTOf4ihwOHnNujuh0vGsPRR83.CXb0EuyH7KDMEwNgZLlq\n"
+TOKEN = "opaque-token-issued-by-the-test"
+SERVICE = "ctrd-test-registry"
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def basic(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+class HtpasswdRegistry(Registry):
+    """docker-registry demanding basic auth; its own requests (pushes, readiness) send it."""
+
+    def start(self, timeout: float = 20.0, attempts: int = 3) -> None:
+        htpasswd = self.base / "htpasswd"
+        htpasswd.write_text(HTPASSWD)
+        plain = registry_module.config_yaml
+
+        def with_auth(root: Path, port: int) -> str:
+            return plain(root, port) + (
+                f"auth:\n  htpasswd:\n    realm: ctrd-test\n    path: {json.dumps(str(htpasswd))}\n"
+            )
+
+        with mock.patch.object(registry_module, "config_yaml", with_auth):
+            super().start(timeout, attempts)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 60,
+    ) -> Response:
+        sent = {"Authorization": basic(USERNAME, PASSWORD), **(headers or {})}
+        return super().request(method, path, data=data, headers=sent, timeout=timeout)
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+
+
+@dataclass
+class ProxySettings:
+    require_token: bool = False
+    token_credentials: tuple[str, str] | None = None  # basic credentials /token demands
+    ignore_range: bool = False
+    cut_after: int | None = None  # blob bodies stop after this many bytes, then the socket
+    corrupt: bool = False  # blob bodies have their last byte flipped
+    redirect_blobs: str = ""  # blob GETs answer 307 to this base URL (as to a CDN)
+    seen: list[Seen] = field(default_factory=list)
+    token_requests: list[dict[str, list[str]]] = field(default_factory=list)
+
+
+class Proxy:
+    def __init__(self, upstream: str, port: int = 0, settings: ProxySettings | None = None) -> None:
+        self.upstream = upstream  # http://host:port
+        self.settings = settings or ProxySettings()
+        proxy = self
+
+        class Handler(_Handler):
+            owner = proxy
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port: int = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+    def __enter__(self) -> Proxy:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def blob_gets(self) -> list[Seen]:
+        return [s for s in self.settings.seen if s.method == "GET" and "/blobs/" in s.path]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: Proxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_HEAD(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        settings = self.owner.settings
+        parts = urllib.parse.urlsplit(self.path)
+        settings.seen.append(
+            Seen(self.command, parts.path, parts.query, dict(self.headers.items()))
+        )
+        if parts.path == "/token":
+            self._token(urllib.parse.parse_qs(parts.query))
+            return
+        if settings.require_token and self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            repo = parts.path.removeprefix("/v2/").rpartition("/")[0].rpartition("/")[0]
+            challenge = f'Bearer realm="http://{self.owner.host}/token",service="{SERVICE}"' + (
+                f',scope="repository:{repo}:pull"' if repo else ""
+            )
+            self._reply(
+                401, {"WWW-Authenticate": challenge}, b'{"errors":[{"code":"UNAUTHORIZED"}]}'
+            )
+            return
+        if settings.redirect_blobs and "/blobs/" in parts.path and self.command == "GET":
+            self._reply(307, {"Location": settings.redirect_blobs + self.path}, b"")
+            return
+        forwarded = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "range")}
+        if settings.ignore_range:
+            forwarded.pop("Range", None)
+        request = urllib.request.Request(
+            self.owner.upstream + self.path, headers=forwarded, method=self.command
+        )
+        try:
+            with _OPENER.open(request, timeout=30) as resp:
+                status, headers, body = resp.status, resp.headers, resp.read()
+        except urllib.error.HTTPError as err:
+            with err:
+                status, headers, body = err.code, err.headers, err.read()
+        kept = {
+            k: v
+            for k, v in headers.items()
+            if k.lower() in ("content-type", "docker-content-digest", "content-range")
+        }
+        length = int(headers.get("Content-Length", len(body)))
+        blob = "/blobs/" in parts.path and self.command == "GET" and status == 200
+        if blob and settings.corrupt and body:
+            body = body[:-1] + bytes([body[-1] ^ 0xFF])
+        cut = settings.cut_after if blob else None
+        self._reply(status, kept, body, length, cut)
+
+    def _token(self, query: dict[str, list[str]]) -> None:
+        settings = self.owner.settings
+        settings.token_requests.append(query)
+        wanted = settings.token_credentials
+        if wanted is not None and self.headers.get("Authorization") != basic(*wanted):
+            self._reply(401, {}, b'{"details":"bad credentials"}')
+            return
+        self._reply(
+            200,
+            {"Content-Type": "application/json"},
+            json.dumps({"token": TOKEN, "expires_in": 300}).encode(),
+        )
+
+    def _reply(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        length: int | None = None,
+        cut: int | None = None,
+    ) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        if cut is None:
+            self.wfile.write(body)
+            return
+        self.wfile.write(body[:cut])
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
