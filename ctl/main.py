@@ -1,4 +1,4 @@
-"""`ctrctl`: the command line: `version` and `events` so far; the docker-like commands follow.
+"""`ctrctl`: the command line, docker-like: containers, images (pull), events, version.
 
 Global options come before the command, as with docker: `ctrctl --address SOCK version`.
 Imports of gRPC happen inside commands, so `ctrctl --help` starts instantly.
@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " repeated: either value), or containerd's syntax (topic~=/tasks/)",
     )
     events.add_argument("--all-namespaces", "-A", action="store_true", help="not only --namespace")
+    pull = commands.add_parser("pull", help="pull an image from a registry (ctrd fetches it)")
+    pull.add_argument("--platform", help="os/arch[/variant] (default: the daemon's)")
+    pull.add_argument("image")
     _container_commands(commands)
     return parser.parse_args(argv)
 
@@ -176,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             from ctl import events
 
             return events.run(args)
+        if args.command == "pull":
+            from ctl import pull
+
+            return pull.run(args)
         if args.command in CONTAINER_COMMANDS:
             return container_command(args)
         return version(args)

@@ -17,6 +17,13 @@ Layout (every key optional; these are the defaults):
     [gc]
     interval = 60.0                   # seconds between collections when nothing changes
 
+    [registry]                        # for the daemon's own pulls (ctrd.services.images.v1.Pull)
+    config_path = ""                  # docker config.json with credentials; "" means
+                                      # /root/.docker/config.json when it exists
+    insecure = []                     # hosts plain HTTP may be used with (loopback always may)
+    [registry.mirrors]                # host -> mirrors tried in order before it; none by
+    # "docker.io" = ["https://mirror.example.com"]      default (this line is an example)
+
 Unknown keys are an error that names them: a typo should not silently fall back to a default.
 """
 
@@ -69,6 +76,13 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    config_path: str = ""  # docker's config.json for credentials; "": the default if present
+    mirrors: dict[str, list[str]] = field(default_factory=dict)  # host -> mirror URLs
+    insecure: list[str] = field(default_factory=list)  # hosts plain HTTP is allowed to
+
+
+@dataclass(frozen=True)
 class Config:
     root: str = "/var/lib/ctrd"
     state: str = "/run/ctrd"
@@ -78,6 +92,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def with_overrides(
         self,
@@ -105,6 +120,14 @@ class Config:
             raise InvalidArgument("[logs] max_size must be >= 0 and max_files >= 1")
         if self.gc.interval <= 0:
             raise InvalidArgument(f"gc interval {self.gc.interval} must be positive")
+        mirrors = self.registry.mirrors
+        if not all(
+            isinstance(urls, list) and all(isinstance(u, str) for u in urls)
+            for urls in mirrors.values()
+        ) or not all(isinstance(h, str) for h in self.registry.insecure):
+            raise InvalidArgument(
+                "[registry] mirrors must map hosts to lists of URLs, insecure list hosts"
+            )
         for name, value in (("root", self.root), ("state", self.state)):
             if not Path(value).is_absolute():
                 raise InvalidArgument(f'{name} "{value}" must be an absolute path')

@@ -34,6 +34,7 @@ from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc
 from supervisor.api.containerd.services.version.v1 import version_pb2_grpc
 from supervisor.api.ctrd.services.events.v1 import log_pb2_grpc
+from supervisor.api.ctrd.services.images.v1 import pull_pb2_grpc
 from supervisor.api.ctrd.services.logs.v1 import logs_pb2_grpc
 from supervisor.config import Config
 from supervisor.content.local import LocalStore
@@ -58,6 +59,7 @@ from supervisor.services.images import ImagesService
 from supervisor.services.leases import LeasesService
 from supervisor.services.logs import Logs, LogsService
 from supervisor.services.namespaces import NamespacesService
+from supervisor.services.pull import PullService
 from supervisor.services.rpc import Interceptor
 from supervisor.services.snapshots import SnapshotsService
 from supervisor.services.tasks import TasksService
@@ -246,6 +248,20 @@ class Daemon:
             (logs_pb2_grpc.add_LogsServicer_to_server, LogsService(logs, tasks.running)),
             (events_pb2_grpc.add_EventsServicer_to_server, EventsService(events)),
             (log_pb2_grpc.add_EventLogServicer_to_server, EventLogService(events)),
+            (
+                pull_pb2_grpc.add_PullServicer_to_server,
+                PullService(
+                    content,
+                    snapshots,
+                    frozenset(snapshotters),
+                    lambda ns: ImageStore(db, ns),
+                    lambda ns: LeaseStore(db, ns),
+                    blobs,
+                    events,
+                    gc,
+                    config.registry,
+                ),
+            ),
         ]
         for add, servicer in services:
             add(servicer, server)
