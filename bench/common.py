@@ -383,9 +383,11 @@ class Samples:
         for name, vals in self.values.items():
             shown = ", ".join(unit(v) for v in vals)
             print(f"  {name:<12} median {unit(statistics.median(vals)):>10}   runs: {shown}")
-        if "ctrd" in self.values and "containerd" in self.values:
-            ratio = self.median("ctrd") / self.median("containerd")
-            print(f"  ratio ctrd/containerd (medians): {ratio:.2f}")
+        if "containerd" in self.values:
+            for name in self.values:
+                if name != "containerd":
+                    ratio = self.median(name) / self.median("containerd")
+                    print(f"  ratio {name}/containerd (medians): {ratio:.2f}")
 
     def report_spread(self, title: str, unit: Callable[[float], str]) -> None:
         """Median, p90 and min of each series, and the ratio of the medians."""

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import subprocess
 import sys
+import time
 
 from common import REPO, Samples, daemons, scratch_dir, settle
 
@@ -74,6 +76,18 @@ def main() -> None:
                         elapsed = daemon.ctr("images", "pull", "--plain-http", pushed.ref)
                         samples.add(daemon.name, elapsed)
                 shutil.rmtree(scratch / f"run{run}", ignore_errors=True)
+                # ctrd's own pull (server side, layers downloaded 3 at a time and unpacked
+                # as they complete), through ctrctl, on a fresh daemon.
+                with daemons(scratch / f"run{run}-ctrctl", names=("ctrd",)) as (daemon,):
+                    settle(args.settle)
+                    start = time.perf_counter()
+                    subprocess.run(
+                        [sys.executable, "-m", "ctl", "--address", daemon.address,
+                         "--namespace", "default", "pull", pushed.ref],
+                        check=True, stdout=subprocess.DEVNULL, cwd=REPO,
+                    )  # fmt: skip
+                    samples.add("ctrd (ctrctl pull)", time.perf_counter() - start)
+                shutil.rmtree(scratch / f"run{run}-ctrctl", ignore_errors=True)
     samples.report(
         f"cold ctr images pull of {size / 1e6:.0f} MB / ~{count} entries (seconds)",
         lambda v: f"{v:.2f}s",
