@@ -19,6 +19,7 @@ import grpc
 from google.protobuf import any_pb2, field_mask_pb2
 
 from ctl import spec as oci
+from supervisor import digests
 from supervisor.api.containerd.runc.options import oci_pb2 as runc_pb
 from supervisor.api.containerd.services.containers.v1 import containers_pb2 as cpb
 from supervisor.api.containerd.services.containers.v1 import containers_pb2_grpc as cgrpc
@@ -35,6 +36,7 @@ from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc a
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc as tgrpc
 from supervisor.api.containerd.types import descriptor_pb2
+from supervisor.distribution import reference
 
 SNAPSHOTTER = "overlayfs"
 RUNTIME = "io.containerd.runc.v2"
@@ -51,16 +53,10 @@ class NotFound(Exception):
 
 def normalize(name: str) -> str:
     """docker's short names: `busybox` → `docker.io/library/busybox:latest`."""
-    if "/" in name.split("@")[0].rsplit(":", 1)[0]:
-        first = name.split("/", 1)[0]
-        domain = first if ("." in first or ":" in first or first == "localhost") else ""
-    else:
-        domain = ""
-    full = name if domain else f"docker.io/{name if '/' in name else 'library/' + name}"
-    last = full.rsplit("/", 1)[-1]
-    if "@" not in last and ":" not in last:
-        full += ":latest"
-    return full
+    try:
+        return str(reference.parse(name))
+    except ValueError:
+        return name  # not a reference: looked up as it is, and not found
 
 
 class Client:
@@ -124,8 +120,7 @@ class Client:
         lease = self._lease()
         md = (*self.md, ("containerd-lease", lease))
         try:
-            for layer, diff_id in zip(layers, diff_ids, strict=True):
-                chain = diff_id if not parent else _chain(parent, diff_id)
+            for layer, chain in zip(layers, digests.chain_ids(diff_ids), strict=True):
                 try:
                     self.snapshots.Stat(
                         spb.StatSnapshotRequest(snapshotter=SNAPSHOTTER, key=chain), metadata=md
@@ -298,12 +293,6 @@ class Client:
             ),
             metadata=self.md,
         )
-
-
-def _chain(parent: str, diff_id: str) -> str:
-    import hashlib
-
-    return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
 
 
 def short(cid: str) -> str:

@@ -34,3 +34,13 @@ def hasher(algorithm: str = "sha256") -> hashlib._Hash:
 
 def of(data: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """The OCI chainIDs of a layer stack: chain(n) = sha256(chain(n-1) + " " + diffID(n))."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        if out:
+            diff_id = "sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest()
+        out.append(diff_id)
+    return out

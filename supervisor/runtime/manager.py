@@ -588,27 +588,13 @@ class TaskManager:
         if not task.pid and not any(r.topic == "/tasks/create" for r in records):
             # The task was never created (the daemon died during Tasks.Create): nothing ran,
             # nothing exited; no task, and no event, remains.
-            await self._runc(runtime_root, "delete", "--force", task.id)
-            if self._tasks.get((task.namespace, task.id)) is task:
-                del self._tasks[(task.namespace, task.id)]
-            await self._remove_socket(task)
-            await asyncio.to_thread(task.bundle.delete)
-            if self.exchange.log is not None:
-                await self.exchange.log.forget(task.source)
-            log.info("bundle_removed", ns=task.namespace, id=task.id, why="never created")
+            await self._remove_bundle(task, "never created")
             return
         for record in records:
             await self._take(task, record)
-        if any(r.topic == "/tasks/delete" for r in records):
+        if task.deleted_in_journal:
             # Deleted already (the daemon died before it removed the bundle): finish that.
-            await self._runc(runtime_root, "delete", "--force", task.id)
-            if self._tasks.get((task.namespace, task.id)) is task:
-                del self._tasks[(task.namespace, task.id)]
-            await self._remove_socket(task)
-            await asyncio.to_thread(task.bundle.delete)
-            if self.exchange.log is not None:
-                await self.exchange.log.forget(task.source)
-            log.info("bundle_removed", ns=task.namespace, id=task.id, why="deleted")
+            await self._remove_bundle(task, "deleted")
             return
         if "" not in task.exits and task.pid:
             await self._runc(runtime_root, "kill", "--all", task.id, "9")
@@ -623,6 +609,18 @@ class TaskManager:
         await asyncio.to_thread(task.bundle.release)
         await self._remove_socket(task)
         log.info("shim_buried", ns=task.namespace, id=task.id, status=task.exits[""].status)
+
+    async def _remove_bundle(self, task: Task, why: str) -> None:
+        """A task that is no task (never created, or deleted): runtime state, socket,
+        bundle and event-log source go, and the daemon forgets it."""
+        await self._runc(self.state / "runc" / task.namespace, "delete", "--force", task.id)
+        if self._tasks.get((task.namespace, task.id)) is task:
+            del self._tasks[(task.namespace, task.id)]
+        await self._remove_socket(task)
+        await asyncio.to_thread(task.bundle.delete)
+        if self.exchange.log is not None:
+            await self.exchange.log.forget(task.source)
+        log.info("bundle_removed", ns=task.namespace, id=task.id, why=why)
 
     async def _remove_socket(self, task: Task) -> None:
         """A shim killed outright could not remove its socket."""

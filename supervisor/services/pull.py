@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import secrets
 import time
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import structlog
 
+from supervisor import digests
 from supervisor.api.containerd.events import image_pb2 as events_pb2
 from supervisor.api.ctrd.services.images.v1 import pull_pb2 as pb
 from supervisor.api.ctrd.services.images.v1 import pull_pb2_grpc as pb_grpc
@@ -73,16 +73,6 @@ DEFAULT_DOCKER_CONFIG = Path("/root/.docker/config.json")
 CONTENT_REF = "containerd.io/gc.ref.content"
 SNAPSHOT_REF = "containerd.io/gc.ref.snapshot"
 UNCOMPRESSED = "containerd.io/uncompressed"
-
-
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """The OCI chainIDs of a layer stack: chain(n) = sha256(chain(n-1) + " " + diffID(n))."""
-    out: list[str] = []
-    for diff_id in diff_ids:
-        if out:
-            diff_id = "sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest()
-        out.append(diff_id)
-    return out
 
 
 def lease_labels(now: datetime | None = None) -> dict[str, str]:
@@ -360,7 +350,7 @@ class _Pull:
             snapshots = self.stores.snapshots
             if snapshots is None:
                 return
-            chains = chain_ids(diff_ids)
+            chains = digests.chain_ids(diff_ids)
             for i, layer in enumerate(layers):
                 await fetched[i].wait()
                 await self._unpack(snapshots, i, layer, diff_ids[i], chains)
