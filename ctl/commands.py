@@ -180,8 +180,13 @@ def _exit_code(client: Client, cid: str, exec_id: str = "") -> int:
     return int(response.exit_status)
 
 
-def cmd_create(client: Client, args: argparse.Namespace) -> str:
+def _create(client: Client, args: argparse.Namespace) -> str:
     return client.create(args.image, run_options(args), args.name or "", args.runtime or "")
+
+
+def cmd_create(client: Client, args: argparse.Namespace) -> int:
+    print(_create(client, args))
+    return 0
 
 
 def _start_task(client: Client, cid: str, stdio: _Stdio | None, tty: bool) -> None:
@@ -197,7 +202,7 @@ def _start_task(client: Client, cid: str, stdio: _Stdio | None, tty: bool) -> No
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
     if args.detach and args.rm:
         raise ValueError("--rm cannot be used with -d here: a detached container is kept")
-    cid = cmd_create(client, args)
+    cid = _create(client, args)
     if args.detach:
         _start_task(client, cid, None, args.tty)
         client.tasks.Start(tpb.StartRequest(container_id=cid), metadata=client.md)

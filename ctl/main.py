@@ -7,11 +7,17 @@ Imports of gRPC happen inside commands, so `ctrctl --help` starts instantly.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from typing import Any
 
 DEFAULT_ADDRESS = "/run/ctrd/ctrd.sock"
+# Modules that declare more commands: each has `add_parsers(commands)`, only argparse at its
+# top (ctrctl must start quickly), and gives every parser a `handler` default, "module:function",
+# the function taking the parsed arguments and returning the exit status. A handler whose
+# function takes (client, args) is marked "module:function+client" and gets a connected Client.
+COMMAND_MODULES: tuple[str, ...] = ()
 EXIT_CLIENT_ERROR = 125  # docker's code for an error of the client itself
 
 
@@ -31,7 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("version", help="show the client and server versions")
+    commands.add_parser("version", help="show the client and server versions").set_defaults(
+        handler="ctl.main:version"
+    )
     events = commands.add_parser(
         "events",
         help="show events as they happen, or those of a past period (ctrd keeps a log)",
@@ -54,10 +62,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " repeated: either value), or containerd's syntax (topic~=/tasks/)",
     )
     events.add_argument("--all-namespaces", "-A", action="store_true", help="not only --namespace")
+    events.set_defaults(handler="ctl.events:run")
     pull = commands.add_parser("pull", help="pull an image from a registry (ctrd fetches it)")
     pull.add_argument("--platform", help="os/arch[/variant] (default: the daemon's)")
     pull.add_argument("image")
+    pull.set_defaults(handler="ctl.pull:run")
     _container_commands(commands)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parsers(commands)
     return parser.parse_args(argv)
 
 
@@ -125,6 +137,8 @@ def _container_commands(commands: Any) -> None:
     exec_.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND")
     images = commands.add_parser("images", help="list images")
     images.add_argument("-q", "--quiet", action="store_true")
+    for name, function in CONTAINER_COMMANDS.items():
+        commands.choices[name].set_defaults(handler=f"ctl.commands:{function}+client")
 
 
 CONTAINER_COMMANDS = {
@@ -135,19 +149,20 @@ CONTAINER_COMMANDS = {
 }  # fmt: skip
 
 
-def container_command(args: argparse.Namespace) -> int:
-    from ctl import commands
+def dispatch(args: argparse.Namespace) -> int:
+    """Import the command's module only now, and run it (with a Client if it asks for one)."""
+    target, _, wants = args.handler.partition("+")
+    module, _, function = target.partition(":")
+    handler = getattr(importlib.import_module(module), function)
+    if wants != "client":
+        return int(handler(args))
     from ctl.client import Client
 
     client = Client(args.address, args.namespace)
     try:
-        result = getattr(commands, CONTAINER_COMMANDS[args.command])(client, args)
+        return int(handler(client, args))
     finally:
         client.close()
-    if args.command == "create":
-        print(result)
-        return 0
-    return int(result)
 
 
 def version(args: argparse.Namespace) -> int:
@@ -175,17 +190,7 @@ def version(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.command == "events":
-            from ctl import events
-
-            return events.run(args)
-        if args.command == "pull":
-            from ctl import pull
-
-            return pull.run(args)
-        if args.command in CONTAINER_COMMANDS:
-            return container_command(args)
-        return version(args)
+        return dispatch(args)
     except KeyboardInterrupt:
         return 130
     except Exception as e:
