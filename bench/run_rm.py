@@ -1,5 +1,8 @@
 """`ctr run --rm IMG <id> true` through ctrd vs containerd, and the floor below both.
 
+`ctrctl run --rm IMG true` against ctrd is timed too (the Python client's start-up counts),
+alongside the bare start-up of each client (`--help`).
+
 One run creates the container (snapshot and spec), its task (shim, `runc create`), starts it,
 waits for `true` to exit, deletes the task and the container: the whole life of a short-lived
 container as a client sees it. Runs alternate between the daemons (and flip order each round)
@@ -96,6 +99,23 @@ def ctr_run_rm(daemon: Daemon, image: str, cid: str) -> float:
     )  # fmt: skip
 
 
+def ctrctl_run_rm(daemon: Daemon, image: str) -> float:
+    """ctrd's own client, Python start-up and all: `ctrctl run --rm IMG true`."""
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "ctl", "--address", daemon.address, "--namespace", NAMESPACE,
+         "run", "--rm", image, "true"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def client_start(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, check=True, timeout=60, cwd=REPO)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
@@ -119,20 +139,28 @@ def main() -> None:
             image = ""
             for daemon in running:
                 image = import_busybox(daemon, scratch)
+            ctrd = next((d for d in running if d.name == "ctrd"), None)
             for i in range(args.warmup):
                 for daemon in running:
                     ctr_run_rm(daemon, image, f"warm-{daemon.name}-{i}")
+                if ctrd is not None:
+                    ctrctl_run_rm(ctrd, image)
                 for runtime in floors:
                     runtime.run(f"warm-{runtime.name}-{i}")
             for i in range(args.runs):
                 order = running if i % 2 == 0 else running[::-1]
                 for daemon in order:
                     samples.add(daemon.name, ctr_run_rm(daemon, image, f"{daemon.name}-{i}"))
+                if ctrd is not None:
+                    samples.add("ctrctl/ctrd", ctrctl_run_rm(ctrd, image))
+                    samples.add("ctrctl --help", client_start([sys.executable, "-m", "ctl", "-h"]))
+                    samples.add("ctr --help", client_start(["ctr", "--help"]))
                 for runtime in floors:
                     elapsed, _ = runtime.run(f"{runtime.name}-{i}")
                     samples.add(f"{runtime.name} run", elapsed)
     samples.report_spread(
-        f"ctr run --rm busybox true, {args.runs} runs after {args.warmup} warm-up (ms)",
+        f"ctr run --rm busybox true (ctrctl/ctrd: ctrctl run --rm), {args.runs} runs after"
+        f" {args.warmup} warm-up (ms)",
         lambda v: f"{v * 1000:.1f}",
     )
     for name, why in unavailable.items():
@@ -141,7 +169,7 @@ def main() -> None:
         floor = samples.median("runc run")
         over = ", ".join(
             f"{daemon} +{(samples.median(daemon) - floor) * 1000:.1f} ms"
-            for daemon in DAEMONS
+            for daemon in (*DAEMONS, "ctrctl/ctrd")
             if daemon in samples.values
         )
         print(f"  over the runc floor (medians): {over}")
