@@ -95,6 +95,14 @@ class Client:
 
     def manifest(self, image: ipb.Image) -> dict[str, Any]:
         """The image's manifest for this machine (linux/amd64 by default)."""
+        return self.platform_manifest(image)[1]
+
+    def platform_manifest(self, image: ipb.Image) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(descriptor, manifest) of the image's manifest for this machine.
+
+        The descriptor is the index's entry (with its platform), or the image's target when
+        the target is a manifest itself.
+        """
         target = image.target
         document: dict[str, Any] = json.loads(self.read(target.digest))
         if target.media_type in INDEX_TYPES or "manifests" in document:
@@ -103,9 +111,45 @@ class Client:
             for entry in document.get("manifests", []):
                 platform = entry.get("platform", {})
                 if platform.get("os", "linux") == "linux" and platform.get("architecture") == arch:
-                    return dict(json.loads(self.read(entry["digest"])))
+                    return dict(entry), dict(json.loads(self.read(entry["digest"])))
             raise NotFound(f'image "{image.name}" has no linux/{arch} manifest')
-        return document
+        descriptor = {"mediaType": target.media_type, "digest": target.digest, "size": target.size}
+        return descriptor, document
+
+    def list_images(self) -> list[ipb.Image]:
+        return list(self.images.List(ipb.ListImagesRequest(), metadata=self.md).images)
+
+    def find_images(self, name: str) -> list[ipb.Image]:
+        """The images `name` names: by name (as given, or normalized as docker does), else by
+        a unique prefix of an image ID (config digest) or of a target digest, which may be
+        shared by several names. NotFound (docker's "No such image") otherwise."""
+        try:
+            return [self.image(name)]
+        except NotFound:
+            pass
+        prefix = name.removeprefix("sha256:")
+        if prefix and all(c in "0123456789abcdef" for c in prefix):
+            matched: dict[str, list[ipb.Image]] = {}
+            for image in self.list_images():
+                ids = {image.target.digest, self.config_digest(image)}
+                if any(d.partition(":")[2].startswith(prefix) for d in ids if d):
+                    matched.setdefault(image.target.digest, []).append(image)
+            if len(matched) == 1:
+                return next(iter(matched.values()))
+            if matched:
+                raise NotFound(f'"{name}" names {len(matched)} images: give more of the ID')
+        raise NotFound(f"No such image: {name}")
+
+    def config_digest(self, image: ipb.Image) -> str:
+        """The image ID docker shows (its config's digest), or "" if its content is gone."""
+        try:
+            return str(self.platform_manifest(image)[1]["config"]["digest"])
+        except (NotFound, KeyError, ValueError):
+            return ""
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return ""
+            raise
 
     def image_config(self, image: ipb.Image) -> tuple[dict[str, Any], dict[str, Any]]:
         """(manifest, image config JSON)."""

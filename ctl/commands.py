@@ -26,6 +26,7 @@ from google.protobuf import any_pb2
 
 from ctl import spec as oci
 from ctl.client import NAME_LABEL, Client, NotFound, short
+from ctl.table import cut, table
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
 from supervisor.api.containerd.types.task import task_pb2 as task_types
 
@@ -189,11 +190,15 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_task(client: Client, cid: str, stdio: _Stdio | None, tty: bool) -> None:
+def _start_task(
+    client: Client, cid: str, stdio: _Stdio | None, tty: bool, log: bool = True
+) -> None:
+    """Create the container's task: on `stdio`'s FIFOs, else on its log (or no stdio)."""
     rootfs = client.rootfs(cid)
     request = tpb.CreateTaskRequest(container_id=cid, rootfs=rootfs, terminal=tty)
     if stdio is None:
-        request.stdout = request.stderr = LOG_URI
+        if log:
+            request.stdout = request.stderr = LOG_URI
     else:
         request.stdin, request.stdout, request.stderr = stdio.stdin, stdio.stdout, stdio.stderr
     client.tasks.Create(request, metadata=client.md)
@@ -253,17 +258,26 @@ def cmd_start(client: Client, args: argparse.Namespace) -> int:
     for name in args.containers:
         cid = client.resolve(name)
         task = client.task(cid)
-        if task is not None and task.status == task_types.STOPPED:
-            client.tasks.Delete(tpb.DeleteTaskRequest(container_id=cid), metadata=client.md)
-            task = None
-        if task is None:
-            spec = json.loads(
-                client.containers.Get(_get(cid), metadata=client.md).container.spec.value
-            )
-            _start_task(client, cid, None, bool(spec.get("process", {}).get("terminal")))
+        if task is None or task.status == task_types.STOPPED:
+            _new_task(client, cid, task)
         client.tasks.Start(tpb.StartRequest(container_id=cid), metadata=client.md)
         print(name)
     return 0
+
+
+def _new_task(client: Client, cid: str, old: Any | None) -> None:
+    """A fresh task for a container whose task is stopped (`old`) or was never made.
+
+    Nobody is attached to a restarted container, so its output goes to its log, as a detached
+    one's: tasks that had FIFOs (attached `run`, or ctr's) or a log get a log; a task that had
+    no stdio at all keeps none. The terminal choice is the old task's, else the spec's.
+    """
+    if old is not None:
+        client.tasks.Delete(tpb.DeleteTaskRequest(container_id=cid), metadata=client.md)
+        _start_task(client, cid, None, old.terminal, log=bool(old.stdout or old.stderr))
+        return
+    spec = json.loads(client.containers.Get(_get(cid), metadata=client.md).container.spec.value)
+    _start_task(client, cid, None, bool(spec.get("process", {}).get("terminal")))
 
 
 def _get(cid: str) -> Any:
@@ -301,22 +315,13 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
     elif args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
-        _table(
+        table(
             ["CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "NAMES"],
-            [[short(r["id"]), r["image"], _cut(r["command"], 30), r["status"], r["name"]]
+            [[short(r["id"]), r["image"], cut(r["command"], 30), r["status"], r["name"]]
              for r in rows],
+            shrink=(1, 2, 4),
         )  # fmt: skip
     return 0
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=False)]
-    for row in [header, *rows]:
-        print("   ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
@@ -343,21 +348,36 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_stop(client: Client, args: argparse.Namespace) -> int:
     for name in args.containers:
+        _stop(client, client.resolve(name), args.time)
+        print(name)
+    return 0
+
+
+def _stop(client: Client, cid: str, timeout: float) -> None:
+    """The container's stop signal, then SIGKILL after `timeout` seconds; returns once dead."""
+    task = client.task(cid)
+    if task is None or task.status not in (task_types.RUNNING, task_types.PAUSED):
+        return
+    waiter = client.tasks.Wait.future(tpb.WaitRequest(container_id=cid), metadata=client.md)
+    if task.status == task_types.PAUSED:
+        client.tasks.Resume(tpb.ResumeTaskRequest(container_id=cid), metadata=client.md)
+    container = client.containers.Get(_get(cid), metadata=client.md).container
+    stop = container.labels.get("io.containerd.image.config.stop-signal", "SIGTERM")
+    sig = getattr(signal, stop if stop.startswith("SIG") else f"SIG{stop}", signal.SIGTERM)
+    _kill(client, cid, int(sig), all_=False)
+    try:
+        waiter.result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        _kill(client, cid, int(signal.SIGKILL), all_=True)
+        waiter.result(timeout=30)
+
+
+def cmd_restart(client: Client, args: argparse.Namespace) -> int:
+    for name in args.containers:
         cid = client.resolve(name)
-        task = client.task(cid)
-        if task is not None and task.status in (task_types.RUNNING, task_types.PAUSED):
-            waiter = client.tasks.Wait.future(tpb.WaitRequest(container_id=cid), metadata=client.md)
-            if task.status == task_types.PAUSED:
-                client.tasks.Resume(tpb.ResumeTaskRequest(container_id=cid), metadata=client.md)
-            container = client.containers.Get(_get(cid), metadata=client.md).container
-            stop = container.labels.get("io.containerd.image.config.stop-signal", "SIGTERM")
-            sig = getattr(signal, stop if stop.startswith("SIG") else f"SIG{stop}", signal.SIGTERM)
-            _kill(client, cid, int(sig), all_=False)
-            try:
-                waiter.result(timeout=args.time)
-            except grpc.FutureTimeoutError:
-                _kill(client, cid, int(signal.SIGKILL), all_=True)
-                waiter.result(timeout=30)
+        _stop(client, cid, args.time)
+        _new_task(client, cid, client.task(cid))
+        client.tasks.Start(tpb.StartRequest(container_id=cid), metadata=client.md)
         print(name)
     return 0
 
@@ -483,22 +503,4 @@ def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
             }  # fmt: skip
         out.append(info)
     print(json.dumps(out, indent=2))
-    return 0
-
-
-def cmd_images(client: Client, args: argparse.Namespace) -> int:
-    from supervisor.api.containerd.services.images.v1 import images_pb2 as ipb
-
-    images = client.images.List(ipb.ListImagesRequest(), metadata=client.md).images
-    if args.quiet:
-        for image in images:
-            print(image.name)
-        return 0
-    rows = []
-    for image in images:
-        repository, _, tag = (
-            image.name.rpartition(":") if "@" not in image.name else (image.name, "", "")
-        )
-        rows.append([repository, tag, image.target.digest[7:19], str(image.target.size)])
-    _table(["REPOSITORY", "TAG", "DIGEST", "SIZE"], rows)
     return 0

@@ -17,11 +17,24 @@ DEFAULT_ADDRESS = "/run/ctrd/ctrd.sock"
 # top (ctrctl must start quickly), and gives every parser a `handler` default, "module:function",
 # the function taking the parsed arguments and returning the exit status. A handler whose
 # function takes (client, args) is marked "module:function+client" and gets a connected Client.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "ctl.images",
+    "ctl.stats",
+    "ctl.system",
+    "ctl.groups",
+    "ctl.completion",
+    "ctl.push",
+    "ctl.archive",
+)
 EXIT_CLIENT_ERROR = 125  # docker's code for an error of the client itself
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree (shell completion generates its scripts from it)."""
     parser = argparse.ArgumentParser(prog="ctrctl", description="ctrctl: the ctrd client")
     parser.add_argument(
         "--address",
@@ -70,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     _container_commands(commands)
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_parsers(commands)
-    return parser.parse_args(argv)
+    return parser
 
 
 def _run_options(command: argparse.ArgumentParser) -> None:
@@ -118,9 +131,13 @@ def _container_commands(commands: Any) -> None:
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--tail", default="all", help="lines from the end (default all)")
     logs.add_argument("container")
-    stop = commands.add_parser("stop", help="stop containers (its stop signal, then SIGKILL)")
-    stop.add_argument("-t", "--time", type=float, default=10.0, help="seconds before SIGKILL")
-    stop.add_argument("containers", nargs="+")
+    for name, text in (
+        ("stop", "stop containers (their stop signal, then SIGKILL)"),
+        ("restart", "restart containers (stop, then start again, output to their log)"),
+    ):
+        stop = commands.add_parser(name, help=text, description=text)
+        stop.add_argument("-t", "--time", type=float, default=10.0, help="seconds before SIGKILL")
+        stop.add_argument("containers", nargs="+")
     kill = commands.add_parser("kill", help="signal containers")
     kill.add_argument("-s", "--signal", default="KILL")
     kill.add_argument("containers", nargs="+")
@@ -135,17 +152,15 @@ def _container_commands(commands: Any) -> None:
     exec_.add_argument("-u", "--user")
     exec_.add_argument("container")
     exec_.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND")
-    images = commands.add_parser("images", help="list images")
-    images.add_argument("-q", "--quiet", action="store_true")
     for name, function in CONTAINER_COMMANDS.items():
         commands.choices[name].set_defaults(handler=f"ctl.commands:{function}+client")
 
 
 CONTAINER_COMMANDS = {
     "run": "cmd_run", "create": "cmd_create", "start": "cmd_start", "ps": "cmd_ps",
-    "logs": "cmd_logs", "stop": "cmd_stop", "kill": "cmd_kill", "rm": "cmd_rm",
-    "pause": "cmd_pause", "unpause": "cmd_pause", "exec": "cmd_exec",
-    "inspect": "cmd_inspect", "images": "cmd_images",
+    "logs": "cmd_logs", "stop": "cmd_stop", "restart": "cmd_restart", "kill": "cmd_kill",
+    "rm": "cmd_rm", "pause": "cmd_pause", "unpause": "cmd_pause", "exec": "cmd_exec",
+    "inspect": "cmd_inspect",
 }  # fmt: skip
 
 
