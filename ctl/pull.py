@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import grpc
@@ -46,22 +47,28 @@ def size(n: int) -> str:
     return f"{n}B"
 
 
+def bar(offset: int, total: int) -> str:
+    """docker's progress bar and byte counts: ` [=====>    ] 1.2MB/3.4MB`."""
+    filled = BAR * offset // total if total else 0
+    arrow = "=" * max(filled - 1, 0) + (">" if filled < BAR else "=") if filled else ""
+    return f" [{arrow.ljust(BAR)}] {size(offset)}/{size(total)}"
+
+
 def describe(message: Any) -> str:
     label = LABELS.get(message.status, message.status)
     line = f"{short(message.ref)}: {label}"
     if message.status == "downloading" and message.total:
-        filled = BAR * message.offset // message.total
-        arrow = "=" * max(filled - 1, 0) + (">" if filled < BAR else "=") if filled else ""
-        line += f" [{arrow.ljust(BAR)}] {size(message.offset)}/{size(message.total)}"
+        line += bar(message.offset, message.total)
     return line
 
 
 class Display:
-    """Lines per blob: in place on a terminal, appended otherwise."""
+    """Lines per blob: in place on a terminal, appended otherwise (`describe` words them)."""
 
-    def __init__(self, out: TextIO, tty: bool) -> None:
+    def __init__(self, out: TextIO, tty: bool, describe: Callable[[Any], str] = describe) -> None:
         self.out = out
         self.tty = tty
+        self.describe = describe
         self.lines: dict[str, str] = {}
         self.statuses: dict[str, str] = {}
 
@@ -71,10 +78,10 @@ class Display:
             self.out.flush()
             return
         if self.tty:
-            self._redraw(message.ref, describe(message))
+            self._redraw(message.ref, self.describe(message))
         elif self.statuses.get(message.ref) != message.status:
             self.statuses[message.ref] = message.status
-            self.out.write(describe(message).split(" [", 1)[0] + "\n")
+            self.out.write(self.describe(message).split(" [", 1)[0] + "\n")
             self.out.flush()
 
     def _redraw(self, ref: str, line: str) -> None:

@@ -72,3 +72,13 @@ class Unknown(CtrdError):
     """An error nothing more is known of, such as the OCI runtime's (as containerd reports it)."""
 
     kind = "unknown"
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What a failed task group should raise: its first CtrdError (nested groups searched),
+    else the group itself. The other tasks were cancelled because of that one."""
+    for error in group.exceptions:
+        found = first_error(error) if isinstance(error, BaseExceptionGroup) else error
+        if isinstance(found, CtrdError):
+            return found
+    return group

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import structlog
+from grpc_health.v1 import health, health_pb2_grpc
 
 from snapshotter.native import NativeSnapshotter
 from snapshotter.overlay import OverlaySnapshotter
@@ -34,7 +35,7 @@ from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc
 from supervisor.api.containerd.services.version.v1 import version_pb2_grpc
 from supervisor.api.ctrd.services.events.v1 import log_pb2_grpc
-from supervisor.api.ctrd.services.images.v1 import pull_pb2_grpc
+from supervisor.api.ctrd.services.images.v1 import pull_pb2_grpc, push_pb2_grpc
 from supervisor.api.ctrd.services.logs.v1 import logs_pb2_grpc
 from supervisor.config import Config
 from supervisor.content.local import LocalStore
@@ -60,6 +61,7 @@ from supervisor.services.leases import LeasesService
 from supervisor.services.logs import Logs, LogsService
 from supervisor.services.namespaces import NamespacesService
 from supervisor.services.pull import PullService
+from supervisor.services.push import PushService
 from supervisor.services.rpc import Interceptor
 from supervisor.services.snapshots import SnapshotsService
 from supervisor.services.tasks import TasksService
@@ -120,13 +122,14 @@ def clear_stale_socket(address: str) -> None:
     raise FailedPrecondition(f'address "{address}" is in use by another process')
 
 
-def plugins() -> list[Plugin]:
+def plugins(root: Path, state: Path) -> list[Plugin]:
+    """What `ctr plugins ls` shows; the exports name each store's directory, as containerd's."""
     grpc_services = (
         "containers", "content", "diff", "events", "images", "introspection",
         "leases", "namespaces", "snapshots", "tasks", "version",
     )  # fmt: skip
     return [
-        Plugin("io.containerd.content.v1", "content"),
+        Plugin("io.containerd.content.v1", "content", exports={"root": str(root / "content")}),
         Plugin("io.containerd.event.v1", "exchange"),
         Plugin(
             "io.containerd.metadata.v1",
@@ -134,8 +137,15 @@ def plugins() -> list[Plugin]:
             requires=("io.containerd.content.v1", "io.containerd.event.v1"),
         ),
         Plugin("io.containerd.gc.v1", "scheduler", requires=("io.containerd.metadata.v1",)),
-        Plugin("io.containerd.snapshotter.v1", "native", platforms=(PLATFORM,)),
-        Plugin("io.containerd.snapshotter.v1", "overlayfs", platforms=(PLATFORM,)),
+        *(
+            Plugin(
+                "io.containerd.snapshotter.v1",
+                name,
+                platforms=(PLATFORM,),
+                exports={"root": str(root / "snapshots" / name)},
+            )
+            for name in ("native", "overlayfs")
+        ),
         Plugin("io.containerd.differ.v1", "walking", platforms=(PLATFORM,)),
         Plugin("io.containerd.lease.v1", "manager", requires=("io.containerd.metadata.v1",)),
         Plugin(
@@ -143,6 +153,7 @@ def plugins() -> list[Plugin]:
             "task",
             requires=("io.containerd.event.v1", "io.containerd.metadata.v1"),
             platforms=(PLATFORM,),
+            exports={"root": str(root), "state": str(state)},
         ),
         *(
             Plugin("io.containerd.grpc.v1", name, requires=("io.containerd.metadata.v1",))
@@ -208,9 +219,12 @@ class Daemon:
         )
         services: list[tuple[Any, Any]] = [
             (version_pb2_grpc.add_VersionServicer_to_server, VersionService()),
+            # grpc.health.v1: dockerd waits for SERVING before it subscribes to events again.
+            # (grpc-stubs 1.53 predates the package's asyncio servicer.)
+            (health_pb2_grpc.add_HealthServicer_to_server, health.aio.HealthServicer()),  # type: ignore[attr-defined]
             (
                 introspection_pb2_grpc.add_IntrospectionServicer_to_server,
-                IntrospectionService(plugins(), server_uuid(root)),
+                IntrospectionService(plugins(root, state), server_uuid(root)),
             ),
             (
                 namespaces_pb2_grpc.add_NamespacesServicer_to_server,
@@ -246,7 +260,10 @@ class Daemon:
                 TasksService(tasks, lambda ns: ContainerStore(db, ns), logs),
             ),
             (logs_pb2_grpc.add_LogsServicer_to_server, LogsService(logs, tasks.running)),
-            (events_pb2_grpc.add_EventsServicer_to_server, EventsService(events)),
+            (
+                events_pb2_grpc.add_EventsServicer_to_server,
+                EventsService(events, tasks.recovered_events),
+            ),
             (log_pb2_grpc.add_EventLogServicer_to_server, EventLogService(events)),
             (
                 pull_pb2_grpc.add_PullServicer_to_server,
@@ -261,6 +278,10 @@ class Daemon:
                     gc,
                     config.registry,
                 ),
+            ),
+            (
+                push_pb2_grpc.add_PushServicer_to_server,
+                PushService(content, lambda ns: ImageStore(db, ns), config.registry),
             ),
         ]
         for add, servicer in services:

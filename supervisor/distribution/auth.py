@@ -235,3 +235,24 @@ def parse_token(body: bytes, realm: str, now: float | None = None) -> Token:
 
 def pull_scope(repository: str) -> str:
     return f"repository:{repository}:pull"
+
+
+def push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
+
+
+def merge_scopes(scopes: Iterable[str]) -> list[str]:
+    """Scopes with the actions on one resource joined (`repository:a:pull` and
+    `repository:a:push` are `repository:a:pull,push`), sorted; what is not
+    `type:name:actions` is kept as it is."""
+    actions: dict[tuple[str, str], set[str]] = {}
+    others: set[str] = set()
+    for scope in scopes:
+        kind, sep, rest = scope.partition(":")
+        name, sep2, wanted = rest.rpartition(":")
+        if not (sep and sep2 and kind and name):
+            others.add(scope)
+            continue
+        actions.setdefault((kind, name), set()).update(a for a in wanted.split(",") if a)
+    merged = {f"{kind}:{name}:{','.join(sorted(a))}" for (kind, name), a in actions.items()}
+    return sorted(merged | others)

@@ -98,6 +98,15 @@ class Registry:
     async def close(self) -> None:
         await self._http.close()
 
+    @property
+    def transport(self) -> Transport:
+        """The connection pool and token cache, for other clients of the API (push)."""
+        return self._http
+
+    def push_endpoint(self, domain: str) -> Endpoint:
+        """Where pushes to `domain` go: the registry itself, never a mirror."""
+        return endpoints(domain, self._hosts)[-1]
+
     async def __aenter__(self) -> Registry:
         return self
 

@@ -3,10 +3,13 @@
 `Transport.request(endpoint, method, path, repository)` is an async context manager yielding
 the response. On a 401 it reads the challenge and retries once: for Basic, with the
 credentials configured for that host; for Bearer, with a token from the challenge's realm
-(asked with its service and the repository's pull scope, with basic credentials when some are
-configured). Tokens are cached per (realm, service, scopes) until shortly before they expire,
-and a host's challenge is remembered so later requests authenticate up front. A second 401 is
-the caller's to turn into PermissionDenied.
+(asked with its service and the repository's pull scope, plus the `scopes` the caller names,
+such as a push scope, with basic credentials when some are configured). Tokens are cached per
+(realm, service, scopes) until shortly before they expire, and a host's challenge is remembered
+so later requests authenticate up front. A second 401 is the caller's to turn into
+PermissionDenied. A request with a body takes a function that makes it afresh, so that a retry
+or a redirect sends it whole again; `path` may be a whole URL (an upload's Location), which gets
+credentials only on the endpoint's own origin.
 
 Credentials go only where they are asked for: basic credentials after a Basic challenge from
 that host, token requests over HTTPS (plain HTTP only to loopback or insecure realms), and an
@@ -19,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
@@ -37,6 +41,7 @@ _ERROR_BODY_LIMIT = 64 << 10
 _TOKEN_LIMIT = 1 << 20
 
 TokenKey = tuple[str, str, str]  # realm, service, scopes joined by spaces
+Body = Callable[[], Any]  # makes a request body (bytes, an async iterable) for one sending
 
 
 class Transport:
@@ -84,17 +89,26 @@ class Transport:
         path: str,
         repository: str,
         headers: Mapping[str, str] | None = None,
+        *,
+        scopes: Iterable[str] = (),
+        body: Body | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One request to `ep`, authenticated for `repository`; errors inside become Unavailable."""
-        url = ep.url(path)
+        """One request to `ep`, authenticated for `repository`; errors inside become Unavailable.
+
+        `scopes` are asked of a token server besides the repository's pull scope.
+        """
+        url = path if "://" in path else ep.url(path)
+        wanted = frozenset(scopes)
+        own = _origin(url) == _origin(ep.base)
         for attempt in range(2):
-            sent = {**(headers or {}), **await self._authorization(ep, repository)}
-            resp = await self._send(f"registry {ep.host}", method, url, sent)
-            if resp.status != 401 or attempt == 1:
+            credentials = await self._authorization(ep, repository, wanted) if own else {}
+            sent = {**(headers or {}), **credentials}
+            resp = await self._send(f"registry {ep.host}", method, url, sent, body)
+            if resp.status != 401 or attempt == 1 or not own:
                 break
             challenges = auth.parse_challenges(resp.headers.getall("WWW-Authenticate", []))
             resp.release()
-            self._learn(ep, repository, challenges, "Authorization" in sent)
+            self._learn(ep, repository, challenges, "Authorization" in sent, wanted)
         try:
             yield resp
         except (aiohttp.ClientError, TimeoutError) as e:
@@ -103,7 +117,12 @@ class Transport:
             resp.release()
 
     async def _send(
-        self, who: str, method: str, url: str, headers: Mapping[str, str]
+        self,
+        who: str,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: Body | None = None,
     ) -> aiohttp.ClientResponse:
         """Send, following redirects ourselves so that credentials stay with their origin.
 
@@ -114,7 +133,11 @@ class Transport:
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 resp = await self._client().request(
-                    method, url, headers=headers, allow_redirects=False
+                    method,
+                    url,
+                    headers=headers,
+                    data=None if body is None else body(),
+                    allow_redirects=False,
                 )
             except aiohttp.ClientConnectorError as e:
                 raise Unavailable(f"{who} cannot be reached: {describe(e)}") from e
@@ -128,13 +151,18 @@ class Transport:
             if _origin(url) != origin:
                 headers.pop("Authorization", None)
             if resp.status == 303 and method != "HEAD":
-                method = "GET"
+                method, body = "GET", None
         raise Unavailable(f"{who}: more than {MAX_REDIRECTS} redirects")
 
     # -- authentication --------------------------------------------------------------------
 
     def _learn(
-        self, ep: Endpoint, repository: str, challenges: list[Challenge], authorized: bool
+        self,
+        ep: Endpoint,
+        repository: str,
+        challenges: list[Challenge],
+        authorized: bool,
+        scopes: frozenset[str] = frozenset(),
     ) -> None:
         """Take in a 401's challenges; PermissionDenied if none of them can be answered."""
         by_scheme = {c.scheme: c for c in challenges}
@@ -155,25 +183,31 @@ class Transport:
             asked = challenge.params.get("scope", "").split()
             self._scopes[ep.host, repository] = frozenset(asked)
             if authorized:  # the token we sent was refused: do not offer it again
-                self._tokens.pop(self._token_key(ep, challenge, repository), None)
+                self._tokens.pop(self._token_key(ep, challenge, repository, scopes), None)
         self._challenges[ep.host] = challenge
 
     def credentials(self, host: str) -> Credentials | None:
         return self._credentials.get(auth.host_key(host))
 
-    def _token_key(self, ep: Endpoint, challenge: Challenge, repository: str) -> TokenKey:
-        scopes = {auth.pull_scope(repository), *self._scopes.get((ep.host, repository), ())}
+    def _token_key(
+        self, ep: Endpoint, challenge: Challenge, repository: str, wanted: frozenset[str]
+    ) -> TokenKey:
+        scopes = auth.merge_scopes(
+            {auth.pull_scope(repository), *wanted, *self._scopes.get((ep.host, repository), ())}
+        )
         realm, service = challenge.params.get("realm", ""), challenge.params.get("service", "")
-        return realm, service, " ".join(sorted(scopes))
+        return realm, service, " ".join(scopes)
 
-    async def _authorization(self, ep: Endpoint, repository: str) -> dict[str, str]:
+    async def _authorization(
+        self, ep: Endpoint, repository: str, wanted: frozenset[str]
+    ) -> dict[str, str]:
         challenge = self._challenges.get(ep.host)
         if challenge is None:
             return {}
         if challenge.scheme == "basic":
             credentials = self.credentials(ep.host)
             return {} if credentials is None else {"Authorization": credentials.basic()}
-        key = self._token_key(ep, challenge, repository)
+        key = self._token_key(ep, challenge, repository, wanted)
         token = self._tokens.get(key)
         if token is None or not token.fresh():
             lock = self._token_locks.setdefault(key, asyncio.Lock())
@@ -237,8 +271,13 @@ def registry_message(body: bytes) -> str:
         return body.decode(errors="replace").strip()[:200]
 
 
-async def failure(host: str, resp: aiohttp.ClientResponse, what: str) -> CtrdError:
-    """The error for an answer that is not a success (HEAD answers have no body to quote)."""
+async def failure(
+    host: str, resp: aiohttp.ClientResponse, what: str, access: str = "pull"
+) -> CtrdError:
+    """The error for an answer that is not a success (HEAD answers have no body to quote).
+
+    `access` is what was refused on a 401 or 403: "pull" or "push".
+    """
     detail = ""
     if resp.method != "HEAD":
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
@@ -249,7 +288,7 @@ async def failure(host: str, resp: aiohttp.ClientResponse, what: str) -> CtrdErr
         return NotFound(f"{what} on {host}{said}")
     if status in (401, 403):
         return PermissionDenied(
-            f"{what} on {host}: pull access denied (HTTP {status}), the repository does not "
+            f"{what} on {host}: {access} access denied (HTTP {status}), the repository does not "
             f"exist or needs authorization{said}"
         )
     if status == 429 or status >= 500:

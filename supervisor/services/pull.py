@@ -12,7 +12,9 @@ Invariants:
 - Content is labelled as ctr labels it: an index `containerd.io/gc.ref.content.m.<n>` for the
   manifest fetched, a manifest `...content.config` and `...content.l.<n>` for its children;
   unpacked layers `containerd.io/uncompressed=<diffID>` and the config
-  `containerd.io/gc.ref.snapshot.<snapshotter>=<top chainID>`.
+  `containerd.io/gc.ref.snapshot.<snapshotter>=<top chainID>`; everything fetched (or found)
+  `containerd.io/distribution.source.<host>=<repository>` as containerd writes it, which lets a
+  later push to that registry mount blobs instead of uploading them.
 - Unpacking follows ctr's protocol: per layer, a snapshot named by its chainID is reused when it
   exists; otherwise `extract-<n>-<rand> <chainID>` is prepared on the previous chainID, the layer
   applied (its diffID must match the config's), and committed as the chainID.
@@ -46,7 +48,14 @@ from supervisor.config import RegistryConfig
 from supervisor.content.local import LocalStore
 from supervisor.content.protocol import Info
 from supervisor.diff.apply import apply_layer, target_from_mounts
-from supervisor.errors import AlreadyExists, CtrdError, DataLoss, InvalidArgument, NotFound
+from supervisor.errors import (
+    AlreadyExists,
+    CtrdError,
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    first_error,
+)
 from supervisor.events import Exchange
 from supervisor.metadata.content import ContentStore
 from supervisor.metadata.gc import Collector
@@ -110,6 +119,21 @@ class Throttle:
                     total=progress.total,
                 )
             )
+
+
+def registry_settings(config: RegistryConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Hosts (mirrors, insecure) and credentials for a `Registry`, read afresh for each call."""
+    from supervisor.distribution.auth import load_docker_config
+    from supervisor.distribution.hosts import HostConfig
+
+    names = set(config.mirrors) | set(config.insecure)
+    hosts = {
+        host: HostConfig(tuple(config.mirrors.get(host, ())), host in config.insecure)
+        for host in names
+    }
+    path = Path(config.config_path) if config.config_path else DEFAULT_DOCKER_CONFIG
+    credentials = dict(load_docker_config(path))  # a missing file: no credentials
+    return hosts, credentials
 
 
 class PullService(pb_grpc.PullServicer):
@@ -196,18 +220,7 @@ class PullService(pb_grpc.PullServicer):
         )
 
     def _registry_settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        from supervisor.distribution.auth import load_docker_config
-        from supervisor.distribution.hosts import HostConfig
-
-        config = self._registry
-        names = set(config.mirrors) | set(config.insecure)
-        hosts = {
-            host: HostConfig(tuple(config.mirrors.get(host, ())), host in config.insecure)
-            for host in names
-        }
-        path = Path(config.config_path) if config.config_path else DEFAULT_DOCKER_CONFIG
-        credentials = dict(load_docker_config(path))  # a missing file: no credentials
-        return hosts, credentials
+        return registry_settings(self._registry)
 
     async def _record(self, ns: str, name: str, target: Descriptor) -> bool:
         """Create or update the image; whether its target changed (or it is new)."""
@@ -297,7 +310,14 @@ class _Pull:
                     await writer.commit(descriptor.size, descriptor.digest)
             finally:
                 await writer.close()
-        await self._label(descriptor.digest, labels)
+        await self._label(descriptor.digest, {**labels, **await self._source(descriptor.digest)})
+
+    async def _source(self, digest: str) -> dict[str, str]:
+        """The distribution source label naming this pull's repository, if not there yet."""
+        from supervisor.distribution import sources
+
+        info = await self.stores.content.info(digest)
+        return sources.label_for(self.ref, info.labels)
 
     async def _label(self, digest: str, labels: Mapping[str, str]) -> None:
         await self.stores.content.update(
@@ -314,6 +334,8 @@ class _Pull:
         except NotFound:
             pass
         else:
+            if source := await self._source(descriptor.digest):
+                await self._label(descriptor.digest, source)
             self.emit(
                 pb.PullProgress(
                     ref=descriptor.digest,
@@ -326,6 +348,8 @@ class _Pull:
         await self.registry.fetch_blob(
             self.ref, descriptor, self.stores.content, progress=Throttle(self.emit)
         )
+        if source := await self._source(descriptor.digest):
+            await self._label(descriptor.digest, source)
         self.emit(
             pb.PullProgress(
                 ref=descriptor.digest, status="done", offset=descriptor.size, total=descriptor.size
@@ -357,10 +381,13 @@ class _Pull:
             if chains:
                 await self._label(config.digest, {f"{SNAPSHOT_REF}.{snapshotter}": chains[-1]})
 
-        async with asyncio.TaskGroup() as group:
-            for i, layer in enumerate(layers):
-                group.create_task(download(i, layer))
-            group.create_task(unpack())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i, layer in enumerate(layers):
+                    group.create_task(download(i, layer))
+                group.create_task(unpack())
+        except ExceptionGroup as failed:  # the first layer to fail says why the pull failed
+            raise first_error(failed) from None
 
     async def _unpack(
         self,

@@ -57,6 +57,26 @@ def test_plugins_filter_selects_by_type(ctrd):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_plugins_export_the_directories_of_the_stores(ctrd):
+    stub = ctrd.stub(introspection_pb2_grpc.IntrospectionStub)
+    exports = {
+        (p.type, p.id): dict(p.exports)
+        for p in stub.Plugins(introspection_pb2.PluginsRequest()).plugins
+        if p.exports
+    }
+    assert exports == {
+        ("io.containerd.content.v1", "content"): {"root": str(ctrd.root / "content")},
+        ("io.containerd.snapshotter.v1", "native"): {
+            "root": str(ctrd.root / "snapshots" / "native")
+        },
+        ("io.containerd.snapshotter.v1", "overlayfs"): {
+            "root": str(ctrd.root / "snapshots" / "overlayfs")
+        },
+        ("io.containerd.runtime.v2", "task"): {"root": str(ctrd.root), "state": str(ctrd.state)},
+    }
+    assert (ctrd.root / "content" / "blobs").is_dir()
+
+
 def test_socket_is_mode_0660(ctrd):
     mode = os.stat(ctrd.address).st_mode
     assert stat.S_ISSOCK(mode)

@@ -84,3 +84,29 @@ def test_pull_from_an_unreachable_registry_names_the_host(ctrd: Ctrd):
     assert down.returncode == 125
     assert "registry 127.0.0.1:1 cannot be reached" in down.stderr, down.stderr
     assert "cannot reach ctrd" not in down.stderr
+
+
+def test_a_registry_breaking_off_mid_layer_is_one_clear_error_and_the_next_pull_resumes(
+    ctrd: Ctrd, registry, busybox_image: PushedImage
+):
+    from tests.support.registry_proxy import Proxy, ProxySettings
+
+    cut = 500_000
+    proxy = Proxy(registry.url, settings=ProxySettings(cut_after=cut))
+    ref = f"{proxy.host}/library/busybox:latest"
+    try:
+        broken = ctrctl(ctrd, "pull", ref)
+    finally:
+        proxy.stop()
+    assert broken.returncode == 125
+    (line,) = broken.stderr.strip().splitlines()
+    assert f"{proxy.host} broke off after {cut} of" in line, line
+    assert "ExceptionGroup" not in line
+    assert "sub-exception" not in line
+    assert ctrd.ctr("images", "ls", "-q").stdout.split() == []
+
+    with Proxy(registry.url, port=proxy.port) as back:
+        again = ctrctl(ctrd, "pull", ref)
+        assert again.returncode == 0, again.stderr
+        ranges = [get.headers.get("Range") for get in back.blob_gets()]
+    assert f"bytes={cut}-" in ranges  # what arrived the first time was kept

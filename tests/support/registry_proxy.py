@@ -4,11 +4,13 @@
   htpasswd line is a fixed bcrypt hash (cost 4) of `PASSWORD`, made once with the `bcrypt`
   module: docker-registry checks it itself, so neither bcrypt nor apache2-utils is needed here.
 - `Proxy`: a stdlib HTTP server on 127.0.0.1 in front of a registry, in a thread of the test
-  process. It passes requests on and can be told to demand a bearer token (which its own
-  `/token` endpoint issues), to ignore Range headers, to break off blob bodies after N
-  bytes, to corrupt them, or to redirect them elsewhere.
-  It records what it was asked. `stop()` closes its socket; `Proxy(upstream, port=p)` starts
-  one again on the same port.
+  process. It passes requests on (pushes too: bodies, and the Host header, so that the
+  registry's upload Locations name the proxy) and can be told to demand a bearer token (which
+  its own `/token` endpoint issues; `pull,push` in the challenge of a write), to ignore Range
+  headers, to break off blob bodies after N bytes, to corrupt them, to redirect them
+  elsewhere, or to make upload Locations relative.
+  It records what it was asked (with the size of each request body). `stop()` closes its
+  socket; `Proxy(upstream, port=p)` starts one again on the same port.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Seen:
     path: str
     query: str
     headers: dict[str, str]
+    body_size: int = 0
 
 
 @dataclass
@@ -89,6 +92,7 @@ class ProxySettings:
     cut_after: int | None = None  # blob bodies stop after this many bytes, then the socket
     corrupt: bool = False  # blob bodies have their last byte flipped
     redirect_blobs: str = ""  # blob GETs answer 307 to this base URL (as to a CDN)
+    relative_locations: bool = False  # upload Locations as a path (+ query), without the origin
     seen: list[Seen] = field(default_factory=list)
     token_requests: list[dict[str, list[str]]] = field(default_factory=list)
 
@@ -131,6 +135,23 @@ class Proxy:
     def blob_gets(self) -> list[Seen]:
         return [s for s in self.settings.seen if s.method == "GET" and "/blobs/" in s.path]
 
+    def uploads(self) -> list[Seen]:
+        """The PUTs that closed a blob upload (the bytes went with them)."""
+        return [s for s in self.settings.seen if s.method == "PUT" and "/blobs/uploads/" in s.path]
+
+    def mounts(self) -> list[Seen]:
+        """The POSTs that asked to mount a blob from another repository."""
+        return [s for s in self.settings.seen if s.method == "POST" and "mount=" in s.query]
+
+
+def repository(path: str) -> str:
+    """The repository a /v2/ path is about ("" for /v2/ itself)."""
+    rest = path.removeprefix("/v2/")
+    for marker in ("/blobs/", "/manifests/", "/tags/"):
+        if marker in rest:
+            return rest[: rest.rindex(marker)]
+    return ""
+
 
 class _Handler(BaseHTTPRequestHandler):
     owner: Proxy
@@ -145,19 +166,47 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._handle()
 
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def _body(self) -> bytes | None:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = bytearray()
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                data += self.rfile.read(size)
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return bytes(data)
+        length = self.headers.get("Content-Length")
+        return self.rfile.read(int(length)) if length is not None else None
+
     def _handle(self) -> None:
         settings = self.owner.settings
         parts = urllib.parse.urlsplit(self.path)
+        data = self._body()
         settings.seen.append(
-            Seen(self.command, parts.path, parts.query, dict(self.headers.items()))
+            Seen(
+                self.command, parts.path, parts.query, dict(self.headers.items()), len(data or b"")
+            )
         )
         if parts.path == "/token":
             self._token(urllib.parse.parse_qs(parts.query))
             return
         if settings.require_token and self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            repo = parts.path.removeprefix("/v2/").rpartition("/")[0].rpartition("/")[0]
+            repo = repository(parts.path)
+            actions = "pull" if self.command in ("GET", "HEAD") else "pull,push"
             challenge = f'Bearer realm="http://{self.owner.host}/token",service="{SERVICE}"' + (
-                f',scope="repository:{repo}:pull"' if repo else ""
+                f',scope="repository:{repo}:{actions}"' if repo else ""
             )
             self._reply(
                 401, {"WWW-Authenticate": challenge}, b'{"errors":[{"code":"UNAUTHORIZED"}]}'
@@ -166,11 +215,12 @@ class _Handler(BaseHTTPRequestHandler):
         if settings.redirect_blobs and "/blobs/" in parts.path and self.command == "GET":
             self._reply(307, {"Location": settings.redirect_blobs + self.path}, b"")
             return
-        forwarded = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "range")}
+        passed = ("accept", "range", "content-type", "host")
+        forwarded = {k: v for k, v in self.headers.items() if k.lower() in passed}
         if settings.ignore_range:
             forwarded.pop("Range", None)
         request = urllib.request.Request(
-            self.owner.upstream + self.path, headers=forwarded, method=self.command
+            self.owner.upstream + self.path, data=data, headers=forwarded, method=self.command
         )
         try:
             with _OPENER.open(request, timeout=30) as resp:
@@ -181,8 +231,15 @@ class _Handler(BaseHTTPRequestHandler):
         kept = {
             k: v
             for k, v in headers.items()
-            if k.lower() in ("content-type", "docker-content-digest", "content-range")
-        }
+            if k.lower()
+            in (
+                "content-type", "docker-content-digest", "content-range", "location",
+                "docker-upload-uuid", "range",
+            )
+        }  # fmt: skip
+        if settings.relative_locations and "Location" in kept:
+            location = urllib.parse.urlsplit(kept["Location"])
+            kept["Location"] = urllib.parse.urlunsplit(("", "", *location[2:]))
         length = int(headers.get("Content-Length", len(body)))
         blob = "/blobs/" in parts.path and self.command == "GET" and status == 200
         if blob and settings.corrupt and body:
