@@ -11,6 +11,7 @@ packages=(
     containerd                               # for the real `ctr` client only; never started
     docker-registry                          # a real registry on 127.0.0.1 for the tests
     busybox-static                           # the tests build their images from it
+    docker.io                                # dockerd + docker CLI on ctrd (never started as a service)
     golang-github-containerd-containerd-dev  # containerd's protos, compared with ours
     git
 )
@@ -21,12 +22,25 @@ done
 if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # No package may start a service (docker.io's init script would start a dockerd and its
+    # own containerd): a policy-rc.d that denies every start, ours only while we install.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+    fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    if [[ -n $made_policy ]]; then rm -f "$policy"; fi
 fi
 # Installing the containerd package must not leave a containerd running (it would own
-# /run/containerd, which ctrd never touches); on machines with systemd, keep it off.
-if command -v systemctl >/dev/null && systemctl is-enabled containerd >/dev/null 2>&1; then
-    systemctl disable --now containerd >/dev/null 2>&1 || true
+# /run/containerd, which ctrd never touches); on machines with systemd, keep it off, and
+# docker's units too (the tests start their own dockerd on ctrd).
+if command -v systemctl >/dev/null; then
+    for unit in containerd docker.socket docker; do
+        if systemctl is-enabled "$unit" >/dev/null 2>&1; then
+            systemctl disable --now "$unit" >/dev/null 2>&1 || true
+        fi
+    done
 fi
 
 # editable_mode=compat: a plain path entry in a .pth file, where the default installs an import
@@ -37,3 +51,6 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]' \
 # client waits), and so do the shims' zygote and ctrctl, even where PYTHONDONTWRITEBYTECODE
 # keeps Python from writing the caches itself.
 python3 -m compileall -q supervisor shim snapshotter ctl >/dev/null
+# The quick start's image (README): busybox from busybox-static, built offline, for
+# `ctrctl load -i /var/lib/ctrd/images/busybox.tar`.
+python3 deploy/busybox-image.py /var/lib/ctrd/images/busybox.tar >/dev/null
