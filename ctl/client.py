@@ -62,6 +62,7 @@ def normalize(name: str) -> str:
 class Client:
     def __init__(self, address: str, namespace: str) -> None:
         self.channel = grpc.insecure_channel(f"unix:{address}")
+        self.address = address
         self.namespace = namespace
         self.md = (("containerd-namespace", namespace),)
         self.images = igrpc.ImagesStub(self.channel)

@@ -26,7 +26,7 @@ from google.protobuf import any_pb2
 
 from ctl import spec as oci
 from ctl.client import NAME_LABEL, Client, NotFound, short
-from ctl.table import cut, table
+from ctl.table import ago, cut, human_duration, table
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
 from supervisor.api.containerd.types.task import task_pb2 as task_types
 
@@ -182,7 +182,28 @@ def _exit_code(client: Client, cid: str, exec_id: str = "") -> int:
 
 
 def _create(client: Client, args: argparse.Namespace) -> str:
+    _pull_if_wanted(client, args)
     return client.create(args.image, run_options(args), args.name or "", args.runtime or "")
+
+
+def _pull_if_wanted(client: Client, args: argparse.Namespace) -> None:
+    """docker's `--pull`: `missing` (the default) pulls an image not here yet, saying so first;
+    `always` pulls every time; `never` leaves a missing image a "not found" error. The pull's
+    progress goes to stderr, so that stdout is the container's alone."""
+    if args.pull == "never":
+        return
+    if args.pull == "missing":
+        try:
+            client.image(args.image)
+            return
+        except NotFound:
+            print(f"Unable to find image '{args.image}' locally", file=sys.stderr, flush=True)
+    from ctl import pull
+
+    request = argparse.Namespace(
+        address=client.address, namespace=client.namespace, image=args.image, platform=None
+    )
+    pull.run(request, out=sys.stderr)
 
 
 def cmd_create(client: Client, args: argparse.Namespace) -> int:
@@ -286,28 +307,43 @@ def _get(cid: str) -> Any:
     return cpb.GetContainerRequest(id=cid)
 
 
+def _status(task: Any, now: float) -> str:
+    """docker's STATUS: `Up 5 seconds`, `Up 2 minutes (Paused)`, `Exited (3) 1 second ago`."""
+    from ctl.stats import process_start
+
+    if task is None or task.status == task_types.CREATED:
+        return "Created"
+    if task.status == task_types.STOPPED:
+        exited = task.exited_at.seconds + task.exited_at.nanos / 1e9
+        return f"Exited ({task.exit_status}) {ago(exited, now)}".rstrip()
+    started = process_start(task.pid)
+    up = f"Up {human_duration(now - started)}" if started else "Up"
+    return up + (" (Paused)" if task.status == task_types.PAUSED else "")
+
+
+def _quoted(command: str, width: int = 20) -> str:
+    """docker's COMMAND cell: cut to `width` characters (with "…") and in double quotes."""
+    return json.dumps(cut(command, width), ensure_ascii=False)
+
+
 def cmd_ps(client: Client, args: argparse.Namespace) -> int:
+    now = time.time()
     rows = []
     for container in client.list_containers():
         task = client.task(container.id)
-        state = STATUS.get(task.status, "unknown") if task is not None else "created"
-        if task is None and not args.all:
-            continue
-        if task is not None and task.status == task_types.STOPPED and not args.all:
+        if not args.all and (task is None or task.status == task_types.STOPPED):
             continue
         spec = json.loads(container.spec.value or b"{}")
         command = " ".join(spec.get("process", {}).get("args", []))
-        status = (
-            state
-            if task is None or task.status != task_types.STOPPED
-            else (f"exited ({task.exit_status})")
-        )
+        state = STATUS.get(task.status, "unknown") if task is not None else "created"
         row: dict[str, Any] = {
             "id": container.id, "image": container.image, "command": command,
-            "created": container.created_at.ToJsonString(), "status": status,
-            "pid": task.pid if task is not None else 0,
+            "created": container.created_at.ToJsonString(), "state": state,
+            "status": _status(task, now), "pid": task.pid if task is not None else 0,
+            "exitCode": task.exit_status if task is not None and state == "exited" else None,
             "name": container.labels.get(NAME_LABEL, ""),
         }  # fmt: skip
+        row["createdSince"] = ago(container.created_at.seconds, now)
         rows.append(row)
     if args.quiet:
         for row in rows:
@@ -316,10 +352,10 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         table(
-            ["CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "NAMES"],
-            [[short(r["id"]), r["image"], cut(r["command"], 30), r["status"], r["name"]]
-             for r in rows],
-            shrink=(1, 2, 4),
+            ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"],
+            [[short(r["id"]), r["image"], _quoted(r["command"]), r["createdSince"], r["status"],
+              r["name"]] for r in rows],
+            shrink=(1, 2, 5),
         )  # fmt: skip
     return 0
 

@@ -104,6 +104,12 @@ def _run_options(command: argparse.ArgumentParser) -> None:
     add("--network", "--net", choices=["host", "none", "default"], default="default")
     add("--privileged", action="store_true")
     add("--runtime", help="runc (default) or crun, or a path")
+    add(
+        "--pull",
+        choices=["missing", "always", "never"],
+        default="missing",
+        help="pull the image before creating the container (default: when it is missing)",
+    )
     add("-i", "--interactive", action="store_true", help="keep stdin open")
     add("-t", "--tty", action="store_true", help="allocate a terminal")
     add("image")

@@ -91,6 +91,17 @@ def _boot_time() -> float:
     return 0.0
 
 
+def process_start(pid: int) -> float | None:
+    """When a host process started (seconds since the epoch), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return _boot_time() + int(stat[stat.rindex(")") + 2 :].split()[19]) / ticks
+
+
 def ps_row(pid: int, now: float, boot: float, ticks: int) -> list[str] | None:
     """`ps -ef`'s columns for a host pid, or None if it is gone."""
     import pwd

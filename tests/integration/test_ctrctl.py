@@ -55,7 +55,8 @@ def test_a_detached_container_from_start_to_removal(ctrd, busybox_image):
     listed = ctrctl(ctrd, "ps").stdout.splitlines()
     assert len(listed) == 2
     assert listed[1].split()[0] == "web"
-    assert "running" in listed[1]
+    assert "Up " in listed[1]
+    assert '"sh -c echo started;…"' in listed[1]  # docker's COMMAND cell, cut at 20
     assert ctrctl(ctrd, "logs", "web").stdout == "started\n"
     assert ctrctl(ctrd, "exec", "web", "echo", "hi").stdout == "hi\n"
     assert ctrctl(ctrd, "exec", "web", "sh", "-c", "exit 5").returncode == 5
@@ -64,7 +65,9 @@ def test_a_detached_container_from_start_to_removal(ctrd, busybox_image):
     assert ctrctl(ctrd, "stop", "-t", "1", "web").returncode == 0
     assert ctrctl(ctrd, "ps", "-q").stdout.split() == []
     [row] = json.loads(ctrctl(ctrd, "ps", "-a", "--format", "json").stdout)
-    assert (row["name"], row["status"]) == ("web", "exited (137)")
+    assert (row["name"], row["state"], row["exitCode"]) == ("web", "exited", 137)
+    assert row["status"].startswith("Exited (137) ")
+    assert row["status"].endswith(" ago")
     inspected = ctrctl(ctrd, "inspect", "web")
     assert inspected.returncode == 0, inspected.stderr
     [info] = json.loads(inspected.stdout)
@@ -89,10 +92,30 @@ def test_ctr_containers_are_ctrctls_and_short_ids_work(ctrd, busybox_image):
 
 
 def test_errors_are_one_clear_line_and_exit_125(ctrd):
-    missing = ctrctl(ctrd, "run", "--rm", "no-such-image")
+    missing = ctrctl(ctrd, "run", "--rm", "--pull", "never", "no-such-image")
     assert missing.returncode == 125
     assert missing.stderr.strip() == (
         'ctrctl: image "no-such-image" not found: pull or load it first'
     )
+    unreachable = ctrctl(ctrd, "run", "--rm", "no-such-image")  # docker.io: no network here
+    assert unreachable.returncode == 125
+    assert unreachable.stderr.splitlines()[-1].startswith(
+        "ctrctl: registry registry-1.docker.io cannot be reached"
+    ), unreachable.stderr
     gone = ctrctl(ctrd, "rm", "nobody")
     assert (gone.returncode, gone.stderr.strip()) == (125, "ctrctl: No such container: nobody")
+
+
+def test_run_pulls_a_missing_image_first_unless_told_never(ctrd, busybox_image):
+    never = ctrctl(ctrd, "run", "--rm", "--pull", "never", busybox_image.ref, "true")
+    assert never.returncode == 125
+    assert "not found" in never.stderr
+    ran = ctrctl(ctrd, "run", "--rm", busybox_image.ref, "echo", "hello")
+    assert (ran.returncode, ran.stdout) == (0, "hello\n"), ran.stderr
+    assert ran.stderr.startswith(f"Unable to find image '{busybox_image.ref}' locally\n")
+    assert "Status: Downloaded newer image" in ran.stderr
+    again = ctrctl(ctrd, "run", "--rm", busybox_image.ref, "true")
+    assert (again.returncode, again.stderr) == (0, "")
+    missing = ctrctl(ctrd, "run", "--rm", busybox_image.ref.replace("busybox", "nothing"), "true")
+    assert missing.returncode == 125
+    assert missing.stderr.splitlines()[-1].endswith("not found"), missing.stderr

@@ -78,7 +78,7 @@ def test_restart_top_and_stats_of_a_running_container(ctrd, busybox_image):
     restarted = ctrctl(ctrd, "restart", "-t", "1", "busy")
     assert (restarted.returncode, restarted.stdout) == (0, "busy\n"), restarted.stderr
     assert pid_of(ctrd, "busy") != first_pid
-    assert "running" in ctrctl(ctrd, "ps").stdout
+    assert "Up " in ctrctl(ctrd, "ps").stdout
     # Still logging through ctrd-log://: both runs' output.
     wait_for(lambda: ctrctl(ctrd, "logs", "busy").stdout == "up\nup\n")
 
@@ -99,7 +99,7 @@ def test_restart_of_a_stopped_container_started_attached_logs_it(ctrd, busybox_i
     ran = ctrctl(ctrd, "run", "--name", "once", ref, "echo", "hello")
     assert ran.stdout == "hello\n"
     assert ctrctl(ctrd, "restart", "once").returncode == 0
-    wait_for(lambda: "exited (0)" in ctrctl(ctrd, "ps", "-a").stdout)
+    wait_for(lambda: "Exited (0)" in ctrctl(ctrd, "ps", "-a").stdout)
     assert ctrctl(ctrd, "logs", "once").stdout == "hello\n"  # nobody is attached any more
     assert ctrctl(ctrd, "rm", "once").returncode == 0
 
