@@ -450,16 +450,22 @@ def prune_images(client: Client, all_: bool) -> list[str]:
 
 def prune(client: Client, args: argparse.Namespace) -> int:
     from ctl.system import disk_total
-    from ctl.table import human_size
 
     if not confirm(ALL_WARNING if args.all else DANGLING_WARNING, args.force):
         return 0
-    before = disk_total(client)
-    lines = prune_images(client, args.all)
+    prune_and_report(client, args.all, disk_total(client))
+    return 0
+
+
+def prune_and_report(client: Client, everything: bool, before: int) -> None:
+    """Prune images and print docker's report; `before` is the disk use measured first."""
+    from ctl.system import disk_total
+    from ctl.table import human_size
+
+    lines = prune_images(client, everything)
     if lines:
         print("Deleted Images:")
         for line in lines:
             print(line[0].lower() + line[1:])
         print()
     print(f"Total reclaimed space: {human_size(max(before - disk_total(client), 0))}")
-    return 0

@@ -220,8 +220,7 @@ def df(client: Client, args: argparse.Namespace) -> int:
 
 
 def prune(client: Client, args: argparse.Namespace) -> int:
-    from ctl.images import confirm, prune_images
-    from ctl.table import human_size
+    from ctl.images import confirm, prune_and_report
     from supervisor.api.containerd.types.task import task_pb2 as task_types
 
     images = (
@@ -243,13 +242,7 @@ def prune(client: Client, args: argparse.Namespace) -> int:
         for cid in removed:
             print(cid)
         print()
-    lines = prune_images(client, args.all)
-    if lines:
-        print("Deleted Images:")
-        for line in lines:
-            print(line[0].lower() + line[1:])
-        print()
-    print(f"Total reclaimed space: {human_size(max(before - disk_total(client), 0))}")
+    prune_and_report(client, args.all, before)
     return 0
 
 
