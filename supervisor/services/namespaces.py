@@ -1,4 +1,9 @@
-"""containerd.services.namespaces.v1.Namespaces over the namespace store."""
+"""containerd.services.namespaces.v1.Namespaces over the namespace store.
+
+Get answers for any valid name, with no labels for a namespace that holds nothing yet, as
+containerd does: its clients ask for a namespace's labels before they write anything in it
+(dockerd refuses to start when `Get` of `moby` fails).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from google.protobuf import empty_pb2
 from supervisor.api.containerd.events import namespace_pb2 as events_pb2
 from supervisor.api.containerd.services.namespaces.v1 import namespaces_pb2 as pb
 from supervisor.api.containerd.services.namespaces.v1 import namespaces_pb2_grpc as pb_grpc
+from supervisor.errors import NotFound
 from supervisor.events import Exchange
 from supervisor.metadata.namespaces import Namespace, NamespaceStore
 
@@ -26,7 +32,11 @@ class NamespacesService(pb_grpc.NamespacesServicer):
         self._events = events
 
     async def Get(self, request: pb.GetNamespaceRequest, context: Context) -> Any:
-        return pb.GetNamespaceResponse(namespace=_to_pb(await self._store.get(request.name)))
+        try:
+            ns = await self._store.get(request.name)
+        except NotFound:  # not created yet: a namespace with no labels (the name is valid)
+            ns = Namespace(request.name)
+        return pb.GetNamespaceResponse(namespace=_to_pb(ns))
 
     async def List(self, request: pb.ListNamespacesRequest, context: Context) -> Any:
         return pb.ListNamespacesResponse(namespaces=[_to_pb(ns) for ns in await self._store.list()])
