@@ -11,6 +11,15 @@ and a client that saw Delete return has seen `/tasks/delete` published.
 
 Wait is answered from the exits the stream delivered, so it may be called before Start, and a
 Wait that returns has had its `/tasks/exit` published.
+
+Events recovered at a restart (what the shims journaled while no daemon ran, above all exits)
+are published before the daemon serves, when nobody can be subscribed. A client that was
+subscribed before the restart never asks for them again: dockerd re-subscribes and would show
+a container that exited meanwhile as running forever. So they are kept, until their task is
+deleted or RECOVERED_REPLAY has passed, and `recovered_events` gives them to each new
+subscription (`services.events`), before its live events. Exits (and OOMs) published live
+within that time after a restart are kept the same way: they could fall between the daemon
+serving again and its clients subscribing again.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import asyncio
 import builtins
 import contextlib
 import hashlib
+import json
 import os
 import sys
 import time
@@ -37,6 +47,7 @@ from shim.journal import read as journal_read
 from snapshotter.protocol import Mount
 from supervisor import errors
 from supervisor.api.containerd.events import task_pb2 as events_pb
+from supervisor.api.containerd.services.events.v1 import events_pb2
 from supervisor.api.containerd.types import mount_pb2
 from supervisor.events import Exchange, pack
 from supervisor.runtime.bundle import Bundle
@@ -48,6 +59,10 @@ log = structlog.get_logger("ctrd.tasks")
 _CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(zygote.__file__)))
 SEEN_TIMEOUT = 10.0  # how long a call waits for its event to come through the stream
 SHUTDOWN_TIMEOUT = 2.0  # how long a delete waits for the shim to exit
+# How long after a restart the events it recovered are replayed to new subscribers. Clients
+# that were subscribed before the restart come back within seconds (dockerd's containerd
+# client retries every 3 s at most); the bound keeps a later `ctr events` from seeing them.
+RECOVERED_REPLAY = 60.0
 
 _EVENTS: dict[str, type[pb_message.Message]] = {
     "/tasks/create": events_pb.TaskCreate,
@@ -119,6 +134,7 @@ class Task:
     io: dict[str, Any] = field(default_factory=dict)
     _deletion: asyncio.Future[dict[str, Any]] | None = None
     deleted_in_journal: bool = False
+    runtime: Runtime | None = None  # None: the daemon's default, under its state dir
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         if self.dead or self.client is None:
@@ -213,6 +229,26 @@ def socket_path(state: Path, address: str, namespace: str, cid: str) -> str:
 
 INSTANCE = "instance"  # a bundle's file naming its shim for the event log
 DEAD = "dead.json"  # a bundle whose shim died: its task's last state
+RUNTIME = "runtime.json"  # a bundle's runtime: binary and state root, for burying its task
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The OCI runtime a task runs on: its binary and its state root (`--root`)."""
+
+    binary: str
+    root: str
+
+    def to_json(self) -> str:
+        return json.dumps({"binary": self.binary, "root": self.root})
+
+    @classmethod
+    def from_json(cls, text: str) -> Runtime | None:
+        try:
+            record = json.loads(text)
+            return cls(str(record["binary"]), str(record["root"]))
+        except (ValueError, TypeError, KeyError):
+            return None
 
 
 def _journal(path: Path) -> list[protocol.Event]:
@@ -233,7 +269,12 @@ def _read(path: Path) -> str:
 
 class TaskManager:
     def __init__(
-        self, state: Path, address: str, exchange: Exchange, runtime: str = "runc"
+        self,
+        state: Path,
+        address: str,
+        exchange: Exchange,
+        runtime: str = "runc",
+        recovered_replay: float = RECOVERED_REPLAY,
     ) -> None:
         self.state = state
         self.address = address
@@ -245,6 +286,11 @@ class TaskManager:
         self._stopping = False
         self._background: set[asyncio.Task[None]] = set()
         self._warming: asyncio.Task[None] | None = None
+        self._recovering = False  # load() is publishing what happened while no daemon ran
+        self._recovered: builtins.list[tuple[str, str, events_pb2.Envelope]] = []
+        self._recovered_until = 0.0
+        self._restarted = False  # load() found tasks: their clients may still be re-subscribing
+        self._recovered_replay = recovered_replay
 
     # -- the zygote -------------------------------------------------------------------------
 
@@ -357,12 +403,24 @@ class TaskManager:
         mounts: Sequence[Mount],
         stdio: dict[str, Any],
         runtime: str = "",
+        runtime_root: str = "",
     ) -> Task:
+        """Create a task; `runtime` names the runtime binary (default: the daemon's) and
+        `runtime_root` its state root, under which each namespace has its own directory (as
+        containerd's runc shim does with `containerd.runc.v1.Options.root`)."""
         key = (namespace, cid)
+        if runtime_root and not os.path.isabs(runtime_root):
+            raise errors.InvalidArgument(f'runtime root "{runtime_root}" is not an absolute path')
         if self.exists(namespace, cid):
             raise errors.AlreadyExists(f'task "{cid}" already exists')
         self._creating.add(key)
-        creation = asyncio.ensure_future(self._create(namespace, cid, spec, mounts, stdio, runtime))
+        chosen = Runtime(
+            runtime or self.runtime,
+            os.path.join(runtime_root, namespace)
+            if runtime_root
+            else str(self.state / "runc" / namespace),
+        )
+        creation = asyncio.ensure_future(self._create(namespace, cid, spec, mounts, stdio, chosen))
 
         def done(future: asyncio.Future[Task]) -> None:
             self._creating.discard(key)
@@ -381,28 +439,31 @@ class TaskManager:
         spec: bytes,
         mounts: Sequence[Mount],
         stdio: dict[str, Any],
-        runtime: str,
+        runtime: Runtime,
     ) -> Task:
         bundle = Bundle.at(self.state, namespace, cid)
         await asyncio.to_thread(bundle.create, spec, mounts)
         task: Task | None = None
         try:
             source = f"shim:{uuid.uuid4().hex}"
+            await asyncio.to_thread((bundle.path / RUNTIME).write_text, runtime.to_json())
             await asyncio.to_thread((bundle.path / INSTANCE).write_text, source)
-            runtime_root = self.state / "runc" / namespace
-            await asyncio.to_thread(runtime_root.mkdir, 0o711, True, True)
+            await asyncio.to_thread(os.makedirs, runtime.root, 0o711, True)
             config = {
                 "namespace": namespace,
                 "id": cid,
                 "bundle": str(bundle.path),
                 "socket": socket_path(self.state, self.address, namespace, cid),
                 "address": self.address,
-                "runtime": runtime or self.runtime,
-                "runtime_root": str(runtime_root),
+                "runtime": runtime.binary,
+                "runtime_root": runtime.root,
             }
             shim_pid = await self._spawn(config)
             client = await ShimClient.connect(config["socket"], f"{namespace}/{cid}")
-            task = Task(namespace, cid, bundle, client, source, shim_pid=shim_pid, io=dict(stdio))
+            task = Task(
+                namespace, cid, bundle, client, source,
+                shim_pid=shim_pid, io=dict(stdio), runtime=runtime,
+            )  # fmt: skip
             await self._subscribe(task, after=0)
             params = dict(stdio)
             params["rootfs"] = [
@@ -463,12 +524,18 @@ class TaskManager:
             log.warning("shim_event_unknown", ns=task.namespace, id=task.id, topic=event.topic)
             return
         if event.seq > task.published:  # else a previous daemon published it: state only
-            msg = event_message(event.topic, event.event)
+            packed = pack(event_message(event.topic, event.event))
             # Journal and publish first: Wait answers only what was published.
-            await self.exchange.publish_packed(
-                task.namespace, event.topic, pack(msg), event.time_ns, task.source, event.seq
+            published = await self.exchange.publish_packed(
+                task.namespace, event.topic, packed, event.time_ns, task.source, event.seq
             )
             task.published = event.seq
+            if published and (self._recovering or self._keep_live(event.topic)):
+                envelope = events_pb2.Envelope(
+                    namespace=task.namespace, topic=event.topic, event=packed
+                )
+                envelope.timestamp.FromNanoseconds(event.time_ns)
+                self._recovered.append((task.namespace, task.id, envelope))
         if event.topic == "/tasks/exit":
             task._exited(
                 str(event.event.get("exec_id") or ""),
@@ -491,23 +558,41 @@ class TaskManager:
         started = time.monotonic()
         found = await asyncio.to_thread(self._scan_bundles)
         published = await self.exchange.log.sources() if self.exchange.log is not None else {}
-        await asyncio.gather(*(self._load(*entry, published) for entry in found))
+        self._recovering = True
+        try:
+            await asyncio.gather(*(self._load(*entry, published) for entry in found))
+        finally:
+            self._recovering = False
+            self._recovered_until = time.monotonic() + self._recovered_replay
+            self._restarted = bool(found)
+        if self._recovered:
+            log.info("events_recovered", count=len(self._recovered))
         if found:
             ms = round((time.monotonic() - started) * 1000, 1)
             log.info("tasks_loaded", count=len(self._tasks), ms=ms)
 
-    def _scan_bundles(self) -> builtins.list[tuple[Path, str, str, str]]:
-        """Every bundle with its instance, dead record and address (one pass, on a thread)."""
+    def _scan_bundles(self) -> builtins.list[tuple[Path, str, str, str, str]]:
+        """Every bundle with its instance, dead record, address and runtime (one pass, on a
+        thread)."""
         root = self.state / "tasks"
         if not root.is_dir():
             return []
-        return [
-            (path, _read(path / INSTANCE), _read(path / DEAD), _read(path / "address"))
-            for path in sorted(p for p in root.glob("*/*") if p.is_dir())
-        ]
+
+        def entry(path: Path) -> tuple[Path, str, str, str, str]:
+            files = (INSTANCE, DEAD, "address", RUNTIME)
+            instance, dead, address, runtime = (_read(path / name) for name in files)
+            return path, instance, dead, address, runtime
+
+        return [entry(path) for path in sorted(p for p in root.glob("*/*") if p.is_dir())]
 
     async def _load(
-        self, path: Path, source: str, dead: str, address: str, published: dict[str, int]
+        self,
+        path: Path,
+        source: str,
+        dead: str,
+        address: str,
+        runtime: str,
+        published: dict[str, int],
     ) -> None:
         namespace, cid = path.parent.name, path.name
         try:
@@ -518,7 +603,7 @@ class TaskManager:
             log.info("bundle_removed", ns=namespace, id=cid, why="incomplete")
             await asyncio.to_thread(bundle.delete)
             return
-        task = Task(namespace, cid, bundle, None, source)
+        task = Task(namespace, cid, bundle, None, source, runtime=Runtime.from_json(runtime))
         # The shim's journal is replayed whole, to rebuild the task's state; what the event
         # log says was published already is not published again.
         task.published = published.get(source, 0)
@@ -546,9 +631,23 @@ class TaskManager:
             return
         self._tasks[(namespace, cid)] = task
 
-    def _restore_dead(self, task: Task, text: str) -> None:
-        import json
+    def _keep_live(self, topic: str) -> bool:
+        """Whether a live exit (or OOM) joins the recovered events: shortly after a restart
+        that found tasks, when their clients may not have subscribed again yet (dockerd takes
+        1-3 s), so that an exit in that gap is not lost either."""
+        return (
+            self._restarted
+            and topic in ("/tasks/exit", "/tasks/oom")
+            and time.monotonic() < self._recovered_until
+        )
 
+    def recovered_events(self) -> builtins.list[events_pb2.Envelope]:
+        """The events the last load recovered, for a new subscriber (none once too old)."""
+        if self._recovered and time.monotonic() > self._recovered_until:
+            self._recovered.clear()
+        return [envelope for _, _, envelope in self._recovered]
+
+    def _restore_dead(self, task: Task, text: str) -> None:
         record = json.loads(text)
         task.dead = True
         task.pid = int(record.get("pid", 0))
@@ -584,7 +683,6 @@ class TaskManager:
             await task.client.close()
             task.client = None
         records = await asyncio.to_thread(_journal, task.bundle.path / "events.journal")
-        runtime_root = self.state / "runc" / task.namespace
         if not task.pid and not any(r.topic == "/tasks/create" for r in records):
             # The task was never created (the daemon died during Tasks.Create): nothing ran,
             # nothing exited; no task, and no event, remains.
@@ -597,13 +695,13 @@ class TaskManager:
             await self._remove_bundle(task, "deleted")
             return
         if "" not in task.exits and task.pid:
-            await self._runc(runtime_root, "kill", "--all", task.id, "9")
+            await self._runc(task, "kill", "--all", task.id, "9")
         now = time.time_ns()
         for exec_id in [e for e in self._known_execs(records) if e not in task.exits]:
             await self._synthesize_exit(task, exec_id, 0, now)
         if "" not in task.exits:
             await self._synthesize_exit(task, "", task.pid, now)
-        await self._runc(runtime_root, "delete", "--force", task.id)
+        await self._runc(task, "delete", "--force", task.id)
         task.dead = True
         await asyncio.to_thread(self._write_dead, task)
         await asyncio.to_thread(task.bundle.release)
@@ -613,7 +711,7 @@ class TaskManager:
     async def _remove_bundle(self, task: Task, why: str) -> None:
         """A task that is no task (never created, or deleted): runtime state, socket,
         bundle and event-log source go, and the daemon forgets it."""
-        await self._runc(self.state / "runc" / task.namespace, "delete", "--force", task.id)
+        await self._runc(task, "delete", "--force", task.id)
         if self._tasks.get((task.namespace, task.id)) is task:
             del self._tasks[(task.namespace, task.id)]
         await self._remove_socket(task)
@@ -646,8 +744,6 @@ class TaskManager:
         await self._take(task, protocol.Event(task.last_seq + 1, "/tasks/exit", event, at))
 
     def _write_dead(self, task: Task) -> None:
-        import json
-
         record = {
             "pid": task.pid,
             "io": task.io,
@@ -657,10 +753,12 @@ class TaskManager:
         tmp.write_text(json.dumps(record))
         os.replace(tmp, task.bundle.path / DEAD)
 
-    async def _runc(self, root: Path, *args: str) -> None:
+    async def _runc(self, task: Task, *args: str) -> None:
+        """Run the task's runtime on its state root (the daemon's default for old bundles)."""
+        runtime = task.runtime or Runtime(self.runtime, str(self.state / "runc" / task.namespace))
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.runtime, "--root", str(root), *args,
+                runtime.binary, "--root", runtime.root, *args,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
             await proc.wait()
@@ -708,6 +806,7 @@ class TaskManager:
             await self._shutdown(task)
             await self._close(task)
         self._tasks.pop((namespace, cid), None)
+        self._recovered = [r for r in self._recovered if r[:2] != (namespace, cid)]
         await asyncio.to_thread(task.bundle.delete)
         if self.exchange.log is not None:
             await self.exchange.log.forget(task.source)

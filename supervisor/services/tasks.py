@@ -45,15 +45,20 @@ def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def _runtime_binary(*options: any_pb2.Any | None) -> str:
-    """The runtime binary runc options name (`ctr run --runc-binary`), or ""."""
+def _runc_options(*options: any_pb2.Any | None) -> tuple[str, str]:
+    """The runtime binary and state root runc options name, or "" for each (the defaults).
+
+    The first options that name one win: the task's, then the container's. ctr sends
+    `binary_name` for `--runc-binary`; dockerd sends both, `root` being `<exec-root>/runtime-runc`.
+    """
+    binary = root = ""
     for packed in options:
         if packed is not None and packed.type_url.endswith(RUNC_OPTIONS) and packed.value:
             parsed = oci_pb2.Options()
             parsed.ParseFromString(packed.value)
-            if parsed.binary_name:
-                return parsed.binary_name
-    return ""
+            binary = binary or parsed.binary_name
+            root = root or parsed.root
+    return binary, root
 
 
 def _json_any(packed: any_pb2.Any, what: str) -> Any:
@@ -103,7 +108,7 @@ class TasksService(pb_grpc.TasksServicer):
             raise errors.Unimplemented("checkpoint restore needs CRIU, which is not installed")
         if container.spec is None:
             raise errors.InvalidArgument(f'container "{container.id}" has no spec')
-        runtime = request.runtime_path or _runtime_binary(
+        binary, runtime_root = _runc_options(
             request.options if request.HasField("options") else None,
             any_pb2.Any(type_url=container.runtime_options[0], value=container.runtime_options[1])
             if container.runtime_options
@@ -121,7 +126,8 @@ class TasksService(pb_grpc.TasksServicer):
                 "stderr": self._log_uri(ns, container.id, request.stderr),
                 "terminal": request.terminal,
             },
-            runtime,
+            request.runtime_path or binary,
+            runtime_root,
         )
         return pb.CreateTaskResponse(container_id=task.id, pid=task.pid)
 
