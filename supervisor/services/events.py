@@ -1,12 +1,14 @@
 """containerd.services.events.v1.Events: publish into the exchange, and subscribe to it.
 
 Subscribe delivers events of every namespace (the namespace header is ignored, as containerd
-does); filters select by `namespace`, `topic` and `event.<field>`.
+does); filters select by `namespace`, `topic` and `event.<field>`. A new subscription first
+gets the backlog it matches (the events a restart recovered, see `runtime.manager`), then the
+live events published since it was made: nothing in between is missed or repeated.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -16,15 +18,20 @@ from supervisor import filters, identifiers
 from supervisor.api.containerd.services.events.v1 import events_pb2 as pb
 from supervisor.api.containerd.services.events.v1 import events_pb2_grpc as pb_grpc
 from supervisor.errors import InvalidArgument, Unavailable
-from supervisor.events import Exchange, SubscriberTooSlow, validate_topic
+from supervisor.events import QUEUE_LIMIT, Exchange, envelope_adaptor, validate_topic
 from supervisor.services import rpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class EventsService(pb_grpc.EventsServicer):
-    def __init__(self, exchange: Exchange) -> None:
+    def __init__(
+        self,
+        exchange: Exchange,
+        backlog: Callable[[], Sequence[pb.Envelope]] = tuple,
+    ) -> None:
         self._exchange = exchange
+        self._backlog = backlog
 
     async def Publish(self, request: pb.PublishRequest, context: Context) -> Any:
         if not request.HasField("event"):
@@ -45,8 +52,14 @@ class EventsService(pb_grpc.EventsServicer):
         self, request: pb.SubscribeRequest, context: Context
     ) -> AsyncIterator[pb.Envelope]:
         selected = filters.parse_all(request.filters)
+        # Subscribe and take the backlog at once (no await between): each event is in one.
+        subscription = self._exchange.subscription(selected)
+        backlog = [e for e in self._backlog() if selected.matches(envelope_adaptor(e))]
         try:
-            async for envelope in self._exchange.subscribe(selected):
+            for envelope in backlog:
                 yield envelope
-        except SubscriberTooSlow as e:
-            raise Unavailable(str(e)) from None
+            while (item := await subscription.queue.get()) is not None:
+                yield item.envelope
+            raise Unavailable(f"subscriber fell {QUEUE_LIMIT} events behind")
+        finally:
+            self._exchange.unsubscribe(subscription)

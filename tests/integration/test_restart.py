@@ -229,3 +229,32 @@ def test_a_task_whose_creation_a_crash_cut_short_leaves_no_task_and_no_event(ctr
         assert db.execute("SELECT COUNT(*) FROM events WHERE topic LIKE '/tasks/%'").fetchone() == (
             0,
         )
+
+
+def test_an_exit_just_after_a_restart_reaches_a_client_that_subscribes_again_later(
+    ctrd, busybox_image
+):
+    """dockerd re-subscribes 1-3 s after the daemon is back: an exit in between must reach it."""
+    from supervisor.api.containerd.events import task_pb2 as task_events
+    from supervisor.api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
+
+    ref = pull(ctrd, busybox_image)
+    run(ctrd, "-d", ref, "late", "sleep", "1000")
+    pid = int(tasks(ctrd)["late"][0])
+    ctrd.stop(signal.SIGKILL)
+    ctrd.start()
+    os.kill(pid, signal.SIGKILL)  # the daemon is serving; nobody has subscribed yet
+    wait_for(lambda: tasks(ctrd)["late"][1] == "STOPPED")
+    stream = ctrd.stub(events_pb2_grpc.EventsStub).Subscribe(
+        events_pb2.SubscribeRequest(filters=['topic=="/tasks/exit"']), timeout=10
+    )
+    exit_ = task_events.TaskExit.FromString(next(stream).event.value)
+    stream.cancel()
+    assert (exit_.container_id, exit_.exit_status) == ("late", 137)
+    ctrd.ctr("tasks", "rm", "late")
+    again = ctrd.stub(events_pb2_grpc.EventsStub).Subscribe(
+        events_pb2.SubscribeRequest(filters=['topic=="/tasks/exit"']), timeout=1
+    )
+    with pytest.raises(grpc.RpcError) as ended:  # the task is gone: nothing is replayed
+        next(again)
+    assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
