@@ -33,7 +33,7 @@ EXIT_CLIENT_ERROR = 125  # docker's code for an error of the client itself
 # not built at all (a `run` starts ~30 ms sooner on a busy machine).
 OWN_COMMANDS = frozenset(
     ("version", "events", "pull", "run", "create", "start", "pause", "unpause", "inspect", "ps",
-     "logs", "stop", "restart", "kill", "rm", "exec")
+     "logs", "stop", "restart", "kill", "rm", "exec", "container")
 )  # fmt: skip
 GLOBAL_OPTIONS_WITH_VALUES = frozenset(("--address", "-a", "--namespace", "-n"))
 
@@ -100,14 +100,35 @@ def build_parser(only_own: bool = False) -> argparse.ArgumentParser:
     )
     events.add_argument("--all-namespaces", "-A", action="store_true", help="not only --namespace")
     events.set_defaults(handler="ctl.events:run")
+    _pull_command(commands)
+    _container_commands(commands)
+    container = commands.add_parser(
+        "container", help="manage containers", description="Manage containers (as docker's"
+        " `container` group: ls, run, exec, stop, rm...)."
+    )  # fmt: skip
+    group = container.add_subparsers(dest="container_command", required=True, metavar="COMMAND")
+    _container_commands(group, grouped=True)
+    if not only_own:
+        for module in COMMAND_MODULES:
+            importlib.import_module(module).add_parsers(commands)
+        # docker's `image pull|push|save|load`: the same commands within the image group
+        images = _subcommands(commands.choices["image"])
+        _pull_command(images)
+        for module in ("ctl.push", "ctl.archive"):
+            importlib.import_module(module).add_parsers(images)
+    return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> Any:
+    """The subcommands object of a command group."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def _pull_command(commands: Any) -> None:
     pull = commands.add_parser("pull", help="pull an image from a registry (ctrd fetches it)")
     pull.add_argument("--platform", help="os/arch[/variant] (default: the daemon's)")
     pull.add_argument("image")
     pull.set_defaults(handler="ctl.pull:run")
-    _container_commands(commands)
-    for module in () if only_own else COMMAND_MODULES:
-        importlib.import_module(module).add_parsers(commands)
-    return parser
 
 
 def _run_options(command: argparse.ArgumentParser) -> None:
@@ -140,7 +161,9 @@ def _run_options(command: argparse.ArgumentParser) -> None:
     add("cmd", nargs=argparse.REMAINDER, metavar="COMMAND")
 
 
-def _container_commands(commands: Any) -> None:
+def _container_commands(commands: Any, grouped: bool = False) -> None:
+    """The container commands, at the top (`ctrctl ps`) or in the container group, where
+    `ps` is `ls` (`ctrctl container ls`), as docker has them."""
     run = commands.add_parser("run", help="create and start a container")
     run.add_argument("-d", "--detach", action="store_true", help="run in the background")
     run.add_argument("--rm", action="store_true", help="remove the container when it exits")
@@ -153,7 +176,9 @@ def _container_commands(commands: Any) -> None:
         ("inspect", "show containers as JSON"),
     ):
         commands.add_parser(name, help=text).add_argument("containers", nargs="+")
-    ps = commands.add_parser("ps", help="list containers")
+    ps = commands.add_parser(
+        "ls" if grouped else "ps", aliases=["ps", "list"] if grouped else [], help="list containers"
+    )
     ps.add_argument("-a", "--all", action="store_true", help="also stopped ones")
     ps.add_argument("-q", "--quiet", action="store_true", help="ids only")
     ps.add_argument("--format", choices=["table", "json"], default="table")
