@@ -55,7 +55,9 @@ def add_parsers(commands: Any) -> None:
     tag = commands.add_parser("tag", help="give an image another name", description=_TAG_TEXT)
     _tag_options(tag)
     group = commands.add_parser(
-        "image", help="manage images", description="Manage images: ls, rm, tag, inspect, prune, pull, push, save, load."
+        "image",
+        help="manage images",
+        description="Manage images: ls, rm, tag, inspect, prune, pull, push, save, load.",
     )
     sub = group.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
     ls = sub.add_parser("ls", aliases=["list"], help="list images", description=IMAGES_TEXT)
