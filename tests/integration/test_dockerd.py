@@ -253,6 +253,34 @@ def _in_pty(engine: Dockerd, args: list[str], typed: bytes) -> tuple[bytes, int]
             proc.wait()
 
 
+def test_build_cp_diff_and_commit_run_their_containers_here(dockerd, short_tmp):
+    """The classic builder runs each RUN step as a container through ctrd, as do cp and commit."""
+    d = dockerd
+    context = short_tmp / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        "FROM busybox\nRUN echo built > /built && id -u > /uid\nCMD cat /built /uid\n"
+    )
+    env = dict(d.cli_env(), DOCKER_BUILDKIT="0")
+    built = subprocess.run(
+        [DOCKER, "build", "--network", "none", "-t", "mine", str(context)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    assert "Successfully tagged mine:latest" in built.stdout
+    assert d.docker("run", "--rm", *NONE, "mine").stdout == "built\n0\n"
+
+    d.docker("run", "-d", "--name", "box", *NONE, "busybox", "sleep", "1000")
+    (short_tmp / "f.txt").write_text("copied\n")
+    d.docker("cp", str(short_tmp / "f.txt"), "box:/f.txt")
+    assert d.docker("exec", "box", "cat", "/f.txt").stdout == "copied\n"
+    assert "A /f.txt" in d.docker("diff", "box").stdout.splitlines()
+    d.docker("commit", "box", "snap")
+    assert d.docker("run", "--rm", *NONE, "snap", "cat", "/f.txt").stdout == "copied\n"
+    d.docker("rm", "-f", "box")
+    d.docker("rmi", "mine", "snap")
+
+
 def test_an_oom_kill_is_reported(dockerd):
     ran = dockerd.docker(
         "run", "--name", "oom", *NONE, "-m", "16m", "--memory-swap", "16m",
