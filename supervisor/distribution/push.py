@@ -35,13 +35,21 @@ import aiohttp
 import structlog
 
 from supervisor.content.protocol import Info
-from supervisor.distribution import auth, manifest, sources
+from supervisor.distribution import auth, hosts, manifest, sources
 from supervisor.distribution.manifest import MANIFEST_LIMIT, Descriptor
 from supervisor.distribution.platforms import Matcher
 from supervisor.distribution.reference import Reference
 from supervisor.distribution.registry import Registry
 from supervisor.distribution.transport import failure
-from supervisor.errors import CtrdError, DataLoss, InvalidArgument, NotFound, Unknown, first_error
+from supervisor.errors import (
+    CtrdError,
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unknown,
+    first_error,
+)
 
 log = structlog.get_logger("ctrd.distribution")
 
@@ -209,10 +217,20 @@ class _Walk:
 
 def upload_url(request_url: str, location: str, digest: str) -> str:
     """Where to PUT a blob: the upload's Location (resolved against the URL that opened the
-    upload when relative), its query kept, with `digest=` added."""
+    upload when relative), its query kept, with `digest=` added. An upload opened over HTTPS
+    never continues in plain HTTP (but to a loopback host)."""
     if not location:
         raise Unknown(f"the registry opened an upload at {request_url} without a Location")
     parts = urlsplit(urljoin(request_url, location))
+    if (
+        urlsplit(request_url).scheme == "https"
+        and parts.scheme != "https"
+        and not hosts.is_loopback(parts.netloc)
+    ):  # the blob (and the upload's secrets in its URL) would leave in clear text: refuse
+        raise PermissionDenied(
+            f"the registry at {urlsplit(request_url).netloc} sent the upload to {parts.scheme}"
+            f"://{parts.netloc}, not over HTTPS: refused"
+        )
     query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), ("digest", digest)])
     return urlunsplit(parts._replace(query=query))
 

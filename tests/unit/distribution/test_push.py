@@ -19,7 +19,7 @@ from supervisor.distribution.manifest import Descriptor
 from supervisor.distribution.platforms import Platform
 from supervisor.distribution.push import Blob, plan, upload_url
 from supervisor.distribution.reference import parse
-from supervisor.errors import NotFound, Unimplemented, Unknown
+from supervisor.errors import NotFound, PermissionDenied, Unimplemented, Unknown
 
 T = TypeVar("T")
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -214,6 +214,18 @@ def test_an_upload_goes_to_its_location_resolved_with_the_digest_added(location,
 def test_an_upload_without_a_location_is_an_error():
     with pytest.raises(Unknown, match="without a Location"):
         upload_url("http://r/v2/a/blobs/uploads/", "", "sha256:ab")
+
+
+def test_an_upload_opened_over_https_never_continues_in_plain_http():
+    opened = "https://registry.example/v2/a/blobs/uploads/"
+    with pytest.raises(PermissionDenied, match=r"to http://other\.example, not over HTTPS"):
+        upload_url(opened, "http://other.example/upload/1", "sha256:ab")
+    with pytest.raises(PermissionDenied, match="not over HTTPS"):
+        upload_url(opened, "http://registry.example/upload/1", "sha256:ab")
+    assert upload_url(opened, "http://127.0.0.1:5000/u", "sha256:ab").startswith("http://127.")
+    assert upload_url(opened, "https://cdn.example/u?x=1", "sha256:ab") == (
+        "https://cdn.example/u?x=1&digest=sha256%3Aab"
+    )
 
 
 def test_scopes_on_one_repository_are_merged():
