@@ -31,3 +31,19 @@ def test_the_snapshotter_knows_nothing_of_grpc():
 
 def test_errors_import_no_grpc():
     assert "grpc" not in loaded_after("import supervisor.errors")
+
+
+CLIENT_MODULES = (
+    "ctl.commands", "ctl.client", "ctl.images", "ctl.stats", "ctl.system", "ctl.groups",
+    "ctl.completion", "ctl.pull", "ctl.push", "ctl.load", "ctl.save", "ctl.events",
+)  # fmt: skip
+DAEMON_ONLY = ("supervisor.server", "supervisor.services.", "supervisor.runtime",
+               "supervisor.metadata", "supervisor.content", "supervisor.diff", "snapshotter",
+               "shim", "aiohttp")  # fmt: skip
+
+
+def test_the_clients_commands_load_none_of_the_daemons_machinery():
+    """ctl shares only the API stubs and pure helpers (references, manifests, digests)."""
+    modules = loaded_after("; ".join(f"import {m}" for m in CLIENT_MODULES))
+    assert set(CLIENT_MODULES) <= modules
+    assert not {m for m in modules if m.startswith(DAEMON_ONLY)}
