@@ -130,7 +130,7 @@ class _Stdio:
             src = os.open(path, os.O_RDONLY)
             self._files.append(src)
             while chunk := os.read(src, 65536):
-                os.write(dst, chunk)
+                _write_all(dst, chunk)
 
         thread = threading.Thread(target=copy, daemon=True)
         thread.start()
@@ -140,7 +140,7 @@ class _Stdio:
         fd = os.open(path, os.O_WRONLY)  # returns once the shim has opened its end
         with contextlib.suppress(OSError):
             while chunk := os.read(0, 65536):
-                os.write(fd, chunk)
+                _write_all(fd, chunk)
         self.stdin_closed = True
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -156,6 +156,13 @@ class _Stdio:
             with contextlib.suppress(OSError):
                 os.close(fd)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`: a write to a pipe or terminal may take only part of it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 @contextlib.contextmanager
@@ -240,11 +247,10 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
         waiter = client.tasks.Wait.future(tpb.WaitRequest(container_id=cid), metadata=client.md)
         with _raw_terminal(args.tty and args.interactive):
             client.tasks.Start(tpb.StartRequest(container_id=cid), metadata=client.md)
-            if args.tty:
-                _resize(client, cid)
             forward = _forward_signals(client, cid) if not args.tty else None
-            status = int(waiter.result().exit_status)
-            stdio.wait()
+            with _follow_resizes(client, cid) if args.tty else contextlib.nullcontext():
+                status = int(waiter.result().exit_status)
+                stdio.wait()
         if forward is not None:
             forward()
     finally:
@@ -254,14 +260,33 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
     return status
 
 
+def _terminal_size() -> os.terminal_size:
+    """The size of the terminal ctrctl runs on (not $COLUMNS/$LINES, which size output)."""
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            return os.get_terminal_size(fd)
+    return shutil.get_terminal_size()
+
+
 def _resize(client: Client, cid: str, exec_id: str = "") -> None:
-    size = shutil.get_terminal_size()
+    size = _terminal_size()
     with contextlib.suppress(grpc.RpcError):
         client.tasks.ResizePty(
             tpb.ResizePtyRequest(container_id=cid, exec_id=exec_id, width=size.columns,
                                  height=size.lines),
             metadata=client.md,
         )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _follow_resizes(client: Client, cid: str, exec_id: str = "") -> Iterator[None]:
+    """Give the container's terminal our size now and whenever ours changes (SIGWINCH)."""
+    previous = signal.signal(signal.SIGWINCH, lambda *_: _resize(client, cid, exec_id))
+    try:
+        _resize(client, cid, exec_id)
+        yield
+    finally:
+        signal.signal(signal.SIGWINCH, previous)
 
 
 def _forward_signals(client: Client, cid: str) -> Any:
@@ -506,10 +531,9 @@ def cmd_exec(client: Client, args: argparse.Namespace) -> int:
                 details = e.details() or ""
                 print(f"ctrctl: {details}", file=sys.stderr)
                 return 127 if "not found" in details or "no such file" in details else 126
-            if args.tty:
-                _resize(client, cid, exec_id)
-            status = int(waiter.result().exit_status)
-            stdio.wait()
+            with _follow_resizes(client, cid, exec_id) if args.tty else contextlib.nullcontext():
+                status = int(waiter.result().exit_status)
+                stdio.wait()
         client.tasks.DeleteProcess(
             tpb.DeleteProcessRequest(container_id=cid, exec_id=exec_id), metadata=client.md
         )

@@ -119,3 +119,34 @@ def test_run_pulls_a_missing_image_first_unless_told_never(ctrd, busybox_image):
     missing = ctrctl(ctrd, "run", "--rm", busybox_image.ref.replace("busybox", "nothing"), "true")
     assert missing.returncode == 125
     assert missing.stderr.splitlines()[-1].endswith("not found"), missing.stderr
+
+
+def test_run_and_exec_on_a_terminal(ctrd, busybox_image):
+    from tests.support.terminal import run_in_pty
+
+    ref = pull(ctrd, busybox_image)
+    client = [sys.executable, "-m", "ctl", "--address", ctrd.address]
+    out, status = run_in_pty(
+        [*client, "run", "--rm", "-it", ref, "sh"],
+        typed=b"tty; sleep 1; stty size; echo typed-$((6*7)); exit 4\r",
+    )
+    text = out.decode(errors="replace")
+    assert status == 4, text
+    assert "/dev/pts/0" in text
+    assert "30 100" in text  # the terminal's size, through ResizePty
+    assert "typed-42" in text
+
+    assert ctrctl(ctrd, "run", "-d", "--name", "t", ref, "sleep", "1000").returncode == 0
+    out, status = run_in_pty(
+        [*client, "exec", "-it", "t", "sh"],
+        typed=b"tty; stty size; sleep 2; stty size; exit 5\r",
+        resize_to=(40, 120),
+        resize_after=1.0,
+    )
+    text = out.decode(errors="replace")
+    assert status == 5, text
+    assert "/dev/pts/" in text
+    assert "30 100\r\n" in text, text
+    assert text.index("30 100") < text.index("40 120")  # resized as it ran: ctrctl followed
+    assert ctrctl(ctrd, "rm", "-f", "t").returncode == 0
+    assert ctrd.ctr("containers", "ls", "-q").stdout.split() == []

@@ -10,14 +10,9 @@ of either daemon included.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
-import select
 import signal
-import struct
 import subprocess
-import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +28,7 @@ from supervisor.api.containerd.types.task import task_pb2 as types_pb
 from tests.conftest import Ctrd
 from tests.support.dockerd import DOCKER, Dockerd
 from tests.support.tasks import pid_gone, wait_for
+from tests.support.terminal import run_in_pty
 
 pytestmark = pytest.mark.integration
 
@@ -207,50 +203,17 @@ def _cpu_weight(cid: str) -> int:
 
 
 def test_run_interactive_in_a_pseudo_terminal(dockerd):
-    out, status = _in_pty(
-        dockerd, ["run", "--rm", "-it", *NONE, "busybox", "sh"],
+    out, status = run_in_pty(
+        [DOCKER, "run", "--rm", "-it", *NONE, "busybox", "sh"],
         typed=b"tty; sleep 1; stty size; echo typed-$((6*7)); exit 4\r",
-    )  # fmt: skip
+        env=dockerd.cli_env(),
+    )
     assert status == 4, out
     text = out.decode(errors="replace")
     assert "/dev/pts/0" in text
     assert "30 100" in text  # the CLI's terminal size, through ResizePty
     assert "typed-42" in text
     assert dockerd.docker("ps", "-aq").stdout == ""
-
-
-def _in_pty(engine: Dockerd, args: list[str], typed: bytes) -> tuple[bytes, int]:
-    """Run the docker CLI on a pseudo-terminal of 30 rows and 100 columns; type `typed` once
-    it has started the container; its output and exit status."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    proc = subprocess.Popen(
-        [DOCKER, *args], stdin=slave, stdout=slave, stderr=slave, env=engine.cli_env(),
-        start_new_session=True,
-    )  # fmt: skip
-    os.close(slave)
-    out = b""
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    data = os.read(master, 4096)
-                except OSError:  # EIO: the CLI exited and nothing is left
-                    break
-                if not data:
-                    break
-                out += data
-            if typed and b"#" in out:  # the shell's prompt: the container is up
-                os.write(master, typed)
-                typed = b""
-        return out, proc.wait(timeout=10)
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_build_cp_diff_and_commit_run_their_containers_here(dockerd, short_tmp):
