@@ -386,16 +386,23 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    from ctl.events import parse_time
     from supervisor.api.ctrd.services.logs.v1 import logs_pb2, logs_pb2_grpc
 
     cid = client.resolve(args.container)
     request = logs_pb2.ReadRequest(container_id=cid, follow=args.follow)
     if args.tail not in (None, "all"):
         request.tail = int(args.tail)
+    if args.since:
+        request.since.FromNanoseconds(parse_time(args.since))
+    if args.until:
+        request.until.FromNanoseconds(parse_time(args.until))
     stub = logs_pb2_grpc.LogsStub(client.channel)
     try:
         for entry in stub.Read(request, metadata=client.md):
             stream = sys.stdout.buffer if entry.stream == "stdout" else sys.stderr.buffer
+            if args.timestamps:  # docker's: RFC 3339 with nanoseconds, then a space
+                stream.write(_rfc3339_nano(entry.time.ToNanoseconds()).encode() + b" ")
             stream.write(entry.data)
             stream.flush()
     except grpc.RpcError as e:
@@ -404,6 +411,22 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
                 f"{args.container} has no log: only detached containers keep one"
             ) from None
         raise
+    return 0
+
+
+def _rfc3339_nano(ns: int) -> str:
+    seconds, fraction = divmod(ns, 10**9)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
+
+
+def cmd_wait(client: Client, args: argparse.Namespace) -> int:
+    """docker's `wait`: block until each container's task has stopped; print its status."""
+    for name in args.containers:
+        cid = client.resolve(name)
+        if client.task(cid) is None:
+            raise NotFound(f"container {name} is not running: it has no task to wait for")
+        answer = client.tasks.Wait(tpb.WaitRequest(container_id=cid), metadata=client.md)
+        print(answer.exit_status, flush=True)
     return 0
 
 

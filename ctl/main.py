@@ -33,7 +33,7 @@ EXIT_CLIENT_ERROR = 125  # docker's code for an error of the client itself
 # not built at all (a `run` starts ~30 ms sooner on a busy machine).
 OWN_COMMANDS = frozenset(
     ("version", "events", "pull", "run", "create", "start", "pause", "unpause", "inspect", "ps",
-     "logs", "stop", "restart", "kill", "rm", "exec", "container")
+     "logs", "stop", "restart", "kill", "rm", "exec", "container", "wait")
 )  # fmt: skip
 GLOBAL_OPTIONS_WITH_VALUES = frozenset(("--address", "-a", "--namespace", "-n"))
 
@@ -185,7 +185,14 @@ def _container_commands(commands: Any, grouped: bool = False) -> None:
     logs = commands.add_parser("logs", help="a detached container's output")
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--tail", default="all", help="lines from the end (default all)")
+    logs.add_argument("--since", metavar="TIME", help="from this time on (as `events`)")
+    logs.add_argument("--until", metavar="TIME", help="before this time")
+    logs.add_argument("-t", "--timestamps", action="store_true", help="show each entry's time")
     logs.add_argument("container")
+    wait = commands.add_parser(
+        "wait", help="wait until containers stop, then print their exit codes"
+    )
+    wait.add_argument("containers", nargs="+")
     for name, text in (
         ("stop", "stop containers (their stop signal, then SIGKILL)"),
         ("restart", "restart containers (stop, then start again, output to their log)"),
@@ -215,7 +222,7 @@ CONTAINER_COMMANDS = {
     "run": "cmd_run", "create": "cmd_create", "start": "cmd_start", "ps": "cmd_ps",
     "logs": "cmd_logs", "stop": "cmd_stop", "restart": "cmd_restart", "kill": "cmd_kill",
     "rm": "cmd_rm", "pause": "cmd_pause", "unpause": "cmd_pause", "exec": "cmd_exec",
-    "inspect": "cmd_inspect",
+    "inspect": "cmd_inspect", "wait": "cmd_wait",
 }  # fmt: skip
 
 

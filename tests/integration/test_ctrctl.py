@@ -150,3 +150,28 @@ def test_run_and_exec_on_a_terminal(ctrd, busybox_image):
     assert text.index("30 100") < text.index("40 120")  # resized as it ran: ctrctl followed
     assert ctrctl(ctrd, "rm", "-f", "t").returncode == 0
     assert ctrd.ctr("containers", "ls", "-q").stdout.split() == []
+
+
+def test_logs_with_times_and_wait_for_the_exit(ctrd, busybox_image):
+    import datetime as dt
+    import time
+
+    ref = pull(ctrd, busybox_image)
+    started = ctrctl(
+        ctrd, "run", "-d", "--name", "w", ref, "sh", "-c", "echo one; sleep 2; echo two; exit 6"
+    )
+    assert started.returncode == 0, started.stderr
+    waited = ctrctl(ctrd, "wait", "w")
+    assert (waited.returncode, waited.stdout) == (0, "6\n"), waited.stderr
+    stamped = ctrctl(ctrd, "logs", "-t", "w").stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in stamped] == ["one", "two"]
+    first, second = (dt.datetime.fromisoformat(line.split(" ")[0][:26] + "+00:00")
+                     for line in stamped)  # fmt: skip
+    assert 1.5 < (second - first).total_seconds() < 5
+    middle = (first + (second - first) / 2).isoformat().replace("+00:00", "Z")
+    assert ctrctl(ctrd, "logs", "--since", middle, "w").stdout == "two\n"
+    assert ctrctl(ctrd, "logs", "--until", middle, "w").stdout == "one\n"
+    assert ctrctl(ctrd, "logs", "--since", str(time.time() + 60), "w").stdout == ""
+    assert ctrctl(ctrd, "rm", "w").returncode == 0
+    nobody = ctrctl(ctrd, "wait", "w")
+    assert (nobody.returncode, nobody.stderr.strip()) == (125, "ctrctl: No such container: w")
