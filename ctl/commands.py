@@ -386,7 +386,7 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
-    from ctl.events import parse_time
+    from ctl.times import parse_time, rfc3339_nano
     from supervisor.api.ctrd.services.logs.v1 import logs_pb2, logs_pb2_grpc
 
     cid = client.resolve(args.container)
@@ -402,7 +402,7 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
         for entry in stub.Read(request, metadata=client.md):
             stream = sys.stdout.buffer if entry.stream == "stdout" else sys.stderr.buffer
             if args.timestamps:  # docker's: RFC 3339 with nanoseconds, then a space
-                stream.write(_rfc3339_nano(entry.time.ToNanoseconds()).encode() + b" ")
+                stream.write(rfc3339_nano(entry.time.ToNanoseconds()).encode() + b" ")
             stream.write(entry.data)
             stream.flush()
     except grpc.RpcError as e:
@@ -412,11 +412,6 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
             ) from None
         raise
     return 0
-
-
-def _rfc3339_nano(ns: int) -> str:
-    seconds, fraction = divmod(ns, 10**9)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
 
 
 def cmd_wait(client: Client, args: argparse.Namespace) -> int:

@@ -12,44 +12,14 @@ import argparse
 import datetime as dt
 import itertools
 import json
-import re
 import time
 from typing import Any
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+from ctl.times import BadTime, parse_time
+
+__all__ = ["BadTime", "build_filters", "format_event", "parse_time", "run"]
+
 _ALIASES = {"container": "event.container_id", "type": "topic"}
-
-
-class BadTime(ValueError):
-    pass
-
-
-def parse_time(text: str, now: float | None = None) -> int:
-    """Nanoseconds since the epoch for a docker-style TIME."""
-    now = time.time() if now is None else now
-    text = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        seconds, _, fraction = text.partition(".")
-        return int(seconds) * 10**9 + int((fraction + "0" * 9)[:9])
-    pos, total = 0, 0.0
-    for match in _DURATION.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    else:
-        if pos == len(text) and pos:
-            return int((now - total) * 1e9)
-    try:
-        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadTime(
-            f'"{text}" is not a time: use RFC 3339, Unix seconds or a duration like 10m'
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return int(parsed.timestamp()) * 10**9 + parsed.microsecond * 1000
 
 
 def build_filters(given: list[str], namespace: str | None) -> list[str]:

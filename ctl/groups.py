@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -22,8 +21,6 @@ if TYPE_CHECKING:
 
 SNAPSHOTTER = "overlayfs"  # ctl.client's default (not imported here: it brings grpc)
 EXPIRE_LABEL = "containerd.io/gc.expire"  # what the garbage collector reads on a lease
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def _handler(parser: argparse.ArgumentParser, function: str) -> None:
@@ -160,22 +157,6 @@ def parse_labels(words: Iterable[str]) -> dict[str, str]:
 
 def format_labels(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go duration (`90s`, `1h30m`); a bare number is seconds."""
-    text = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    pos, total = 0, 0.0
-    for match in _DURATION.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if not text or pos != len(text):
-        raise ValueError(f'"{text}" is not a duration: use 30m, 24h, 1h30m')
-    return total
 
 
 def _seconds(timestamp: Any) -> float:
@@ -416,6 +397,8 @@ def leases_create(client: Client, args: argparse.Namespace) -> int:
     from supervisor.api.containerd.services.leases.v1 import leases_pb2 as lpb
 
     labels = parse_labels(args.label)
+    from ctl.times import parse_duration
+
     expires = parse_duration(args.expires)
     if expires > 0:
         when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires)

@@ -237,18 +237,13 @@ def _usage(client: Client, key: str, cache: dict[str, int | None]) -> int | None
 
 
 def _parse_time(text: str) -> float:
-    """RFC 3339 with up to nanoseconds (Go writes 9 digits; Python reads 6)."""
-    import datetime as dt
-    import re
+    """Seconds since the epoch of an RFC 3339 time, 0 if it is none."""
+    from ctl.times import parse_rfc3339
 
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text.strip()).replace("Z", "+00:00")
     try:
-        parsed = dt.datetime.fromisoformat(text)
+        return parse_rfc3339(text).timestamp()
     except ValueError:
         return 0.0
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.timestamp()
 
 
 def all_images(client: Client) -> list[ImageInfo]:
