@@ -232,18 +232,52 @@ def _start_task(
     client.tasks.Create(request, metadata=client.md)
 
 
+class _CannotRun(Exception):
+    """The runtime could not start the process: docker's 126 (it cannot be executed) or 127
+    (it is not there)."""
+
+    def __init__(self, error: grpc.RpcError) -> None:
+        self.details = (error.details() if isinstance(error, grpc.Call) else "") or str(error)
+        super().__init__(self.details)
+        missing = "not found" in self.details or "no such file" in self.details
+        self.status = 127 if missing else 126
+
+
+def _runtime_refused(error: grpc.RpcError) -> bool:
+    """Whether a task or process failed to start because of the command it was given."""
+    details = (error.details() if isinstance(error, grpc.Call) else "") or ""
+    return "exec: " in details or "executable file not found" in details
+
+
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
     if args.detach and args.rm:
         raise ValueError("--rm cannot be used with -d here: a detached container is kept")
     cid = _create(client, args)
+    try:
+        status = _run(client, cid, args)
+    except _CannotRun as e:
+        print(f"ctrctl: {e.details}", file=sys.stderr)
+        status = e.status
+    except BaseException:
+        if args.rm:  # whatever went wrong, --rm leaves nothing behind (as docker's)
+            with contextlib.suppress(Exception):
+                client.remove(cid)
+        raise
+    if args.rm:
+        client.remove(cid)
+    return status
+
+
+def _run(client: Client, cid: str, args: argparse.Namespace) -> int:
+    """Start the container's task, attached to ours unless detached; its exit status."""
     if args.detach:
-        _start_task(client, cid, None, args.tty)
+        _create_task(client, cid, None, args.tty)
         client.tasks.Start(tpb.StartRequest(container_id=cid), metadata=client.md)
         print(cid)
         return 0
     stdio = _Stdio(args.interactive, args.tty)
     try:
-        _start_task(client, cid, stdio, args.tty)
+        _create_task(client, cid, stdio, args.tty)
         waiter = client.tasks.Wait.future(tpb.WaitRequest(container_id=cid), metadata=client.md)
         with _raw_terminal(args.tty and args.interactive):
             client.tasks.Start(tpb.StartRequest(container_id=cid), metadata=client.md)
@@ -255,9 +289,16 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
             forward()
     finally:
         stdio.close()
-    if args.rm:
-        client.remove(cid)
     return status
+
+
+def _create_task(client: Client, cid: str, stdio: _Stdio | None, tty: bool) -> None:
+    try:
+        _start_task(client, cid, stdio, tty)
+    except grpc.RpcError as e:
+        if _runtime_refused(e):
+            raise _CannotRun(e) from None
+        raise
 
 
 def _terminal_size() -> os.terminal_size:
@@ -546,9 +587,9 @@ def cmd_exec(client: Client, args: argparse.Namespace) -> int:
                 client.tasks.DeleteProcess(
                     tpb.DeleteProcessRequest(container_id=cid, exec_id=exec_id), metadata=client.md
                 )
-                details = e.details() or ""
-                print(f"ctrctl: {details}", file=sys.stderr)
-                return 127 if "not found" in details or "no such file" in details else 126
+                refused = _CannotRun(e)
+                print(f"ctrctl: {refused.details}", file=sys.stderr)
+                return refused.status
             with _follow_resizes(client, cid, exec_id) if args.tty else contextlib.nullcontext():
                 status = int(waiter.result().exit_status)
                 stdio.wait()

@@ -175,3 +175,17 @@ def test_logs_with_times_and_wait_for_the_exit(ctrd, busybox_image):
     assert ctrctl(ctrd, "rm", "w").returncode == 0
     nobody = ctrctl(ctrd, "wait", "w")
     assert (nobody.returncode, nobody.stderr.strip()) == (125, "ctrctl: No such container: w")
+
+
+def test_a_command_that_cannot_run_exits_126_or_127_and_rm_leaves_nothing(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    missing = ctrctl(ctrd, "run", "--rm", ref, "no-such-command")
+    assert missing.returncode == 127, missing.stderr
+    assert 'exec: "no-such-command": executable file not found' in missing.stderr
+    not_executable = ctrctl(ctrd, "run", "--rm", ref, "/etc/motd")
+    assert not_executable.returncode == 126, not_executable.stderr
+    assert ctrctl(ctrd, "ps", "-a", "-q").stdout.split() == []  # --rm removed both
+    kept = ctrctl(ctrd, "run", "-d", "--name", "kept", ref, "no-such-command")
+    assert kept.returncode == 127
+    assert ctrctl(ctrd, "ps", "-a", "-q").stdout.split() == ["kept"]  # as docker: no --rm
+    assert ctrctl(ctrd, "rm", "kept").returncode == 0
