@@ -59,6 +59,10 @@ def normalize(name: str) -> str:
         return name  # not a reference: looked up as it is, and not found
 
 
+class Conflict(Exception):
+    """The name asked for is taken (docker's "Conflict")."""
+
+
 class Client:
     def __init__(self, address: str, namespace: str) -> None:
         self.channel = grpc.insecure_channel(f"unix:{address}")
@@ -209,6 +213,11 @@ class Client:
         self, image_name: str, options: oci.RunOptions, name: str = "", runtime: str = ""
     ) -> str:
         """Make a container (record, spec, snapshot) for an image; its id."""
+        if name and self._container_exists(name):
+            raise Conflict(
+                f'the container name "{name}" is already in use: remove that container'
+                f" (ctrctl rm {name}) or choose another name"
+            )
         image = self.image(image_name)
         manifest, config = self.image_config(image)
         chain = self.unpack(manifest, config)
@@ -249,6 +258,15 @@ class Client:
             self._remove_snapshot(cid)
             raise
         return cid
+
+    def _container_exists(self, cid: str) -> bool:
+        try:
+            self.containers.Get(cpb.GetContainerRequest(id=cid), metadata=self.md)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
 
     def _spec(
         self, cid: str, chain: str, image_config: dict[str, Any], options: oci.RunOptions,

@@ -345,6 +345,9 @@ def cmd_start(client: Client, args: argparse.Namespace) -> int:
     for name in args.containers:
         cid = client.resolve(name)
         task = client.task(cid)
+        if task is not None and task.status in (task_types.RUNNING, task_types.PAUSED):
+            print(name)  # already started: nothing to do, as docker's
+            continue
         if task is None or task.status == task_types.STOPPED:
             _new_task(client, cid, task)
         client.tasks.Start(tpb.StartRequest(container_id=cid), metadata=client.md)
@@ -553,6 +556,11 @@ def cmd_pause(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_exec(client: Client, args: argparse.Namespace) -> int:
     cid = client.resolve(args.container)
+    task = client.task(cid)
+    if task is not None and task.status == task_types.PAUSED:
+        raise ValueError(f"container {args.container} is paused: unpause it first")
+    if task is None or task.status != task_types.RUNNING:
+        raise ValueError(f"container {args.container} is not running")
     container = client.containers.Get(_get(cid), metadata=client.md).container
     process = json.loads(container.spec.value)["process"]
     process["args"] = args.cmd
@@ -604,9 +612,22 @@ def cmd_exec(client: Client, args: argparse.Namespace) -> int:
 def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
-    out = []
+    out: list[dict[str, Any]] = []
     for name in args.containers:
-        cid = client.resolve(name)
+        try:
+            cid = client.resolve(name)
+        except NotFound as e:  # docker's inspect looks at images next
+            if not str(e).startswith("No such container"):
+                raise
+            from ctl.images import inspect_images
+
+            try:
+                out += inspect_images(client, [name])
+            except NotFound as missing:
+                if str(missing).startswith("No such image"):
+                    raise NotFound(f"No such object: {name}") from None
+                raise
+            continue
         container = client.containers.Get(_get(cid), metadata=client.md).container
         spec = json.loads(container.spec.value or b"{}")
         runtime = container.runtime.name

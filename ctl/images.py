@@ -313,9 +313,15 @@ def _rfc3339(seconds: float) -> str:
 
 
 def inspect(client: Client, args: argparse.Namespace) -> int:
+    print(json.dumps(inspect_images(client, args.images), indent=2))
+    return 0
+
+
+def inspect_images(client: Client, names: list[str]) -> list[dict[str, Any]]:
+    """`image inspect`'s objects for the images these names or ID prefixes give."""
     usage: dict[str, int | None] = {}
     out = []
-    for name in args.images:
+    for name in names:
         for image in client.find_images(name):
             info = inspect_image(client, image, usage)
             out.append(
@@ -334,8 +340,7 @@ def inspect(client: Client, args: argparse.Namespace) -> int:
                     "rootfs": {"chainIds": list(info.chain)},
                 }
             )
-    print(json.dumps(out, indent=2))
-    return 0
+    return out
 
 
 def tag(client: Client, args: argparse.Namespace) -> int:

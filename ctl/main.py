@@ -173,7 +173,7 @@ def _container_commands(commands: Any, grouped: bool = False) -> None:
         ("start", "start containers"),
         ("pause", "pause containers"),
         ("unpause", "unpause containers"),
-        ("inspect", "show containers as JSON"),
+        ("inspect", "show containers (or images) as JSON"),
     ):
         commands.add_parser(name, help=text).add_argument("containers", nargs="+")
     ps = commands.add_parser(

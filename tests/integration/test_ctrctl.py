@@ -189,3 +189,32 @@ def test_a_command_that_cannot_run_exits_126_or_127_and_rm_leaves_nothing(ctrd, 
     assert kept.returncode == 127
     assert ctrctl(ctrd, "ps", "-a", "-q").stdout.split() == ["kept"]  # as docker: no --rm
     assert ctrctl(ctrd, "rm", "kept").returncode == 0
+
+
+def test_names_start_exec_and_inspect_behave_as_dockers(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    assert ctrctl(ctrd, "run", "-d", "--name", "n1", ref, "sleep", "1000").returncode == 0
+    taken = ctrctl(ctrd, "run", "-d", "--name", "n1", ref, "true")
+    assert taken.returncode == 125
+    assert 'the container name "n1" is already in use' in taken.stderr
+    again = ctrctl(ctrd, "start", "n1")  # running already: nothing to do
+    assert (again.returncode, again.stdout) == (0, "n1\n"), again.stderr
+    assert ctrctl(ctrd, "pause", "n1").returncode == 0
+    paused = ctrctl(ctrd, "exec", "n1", "true")
+    assert (paused.returncode, paused.stderr.strip()) == (
+        125, "ctrctl: container n1 is paused: unpause it first"
+    )  # fmt: skip
+    assert ctrctl(ctrd, "unpause", "n1").returncode == 0
+    assert ctrctl(ctrd, "stop", "-t", "0", "n1").returncode == 0
+    stopped = ctrctl(ctrd, "exec", "n1", "true")
+    assert stopped.stderr.strip() == "ctrctl: container n1 is not running"
+    [image] = json.loads(ctrctl(ctrd, "inspect", ref).stdout)  # not a container: an image
+    assert image["name"] == ref
+    assert image["target"]["digest"] == busybox_image.digest
+    nothing = ctrctl(ctrd, "inspect", "nothing-here")
+    assert (nothing.returncode, nothing.stderr.strip()) == (
+        125, "ctrctl: No such object: nothing-here"
+    )  # fmt: skip
+    assert ctrctl(ctrd, "rm", "n1").returncode == 0
+    keys = [line.split()[0] for line in ctrd.ctr("snapshots", "ls").stdout.splitlines()[1:]]
+    assert "n1" not in keys  # its snapshot went with it
