@@ -395,12 +395,56 @@ def _quoted(command: str, width: int = 20) -> str:
     return json.dumps(cut(command, width), ensure_ascii=False)
 
 
+PS_FILTERS = ("id", "name", "label", "status", "exited", "ancestor")
+
+
+def _ps_filters(given: list[str]) -> dict[str, list[str]]:
+    """docker's `ps --filter`s by key; a key given twice matches either value."""
+    by_key: dict[str, list[str]] = {}
+    for text in given:
+        key, sep, value = text.partition("=")
+        if not sep or key not in PS_FILTERS:
+            raise ValueError(
+                f'invalid filter "{text}": use KEY=VALUE with KEY one of {", ".join(PS_FILTERS)}'
+            )
+        by_key.setdefault(key, []).append(value)
+    return by_key
+
+
+def _ps_matches(row: dict[str, Any], labels: Any, filters: dict[str, list[str]]) -> bool:
+    from ctl.client import normalize
+
+    def one(key: str, value: str) -> bool:
+        if key == "id":
+            return str(row["id"]).startswith(value)
+        if key == "name":
+            return value in row["name"] or value in row["id"]
+        if key == "label":
+            name, sep, wanted = value.partition("=")
+            return name in labels and (not sep or str(labels[name]) == wanted)
+        if key == "status":
+            return str(row["state"]) == value
+        if key == "exited":
+            return row["exitCode"] is not None and str(row["exitCode"]) == value
+        return str(row["image"]) in (value, normalize(value))  # ancestor
+
+    return all(any(one(key, v) for v in values) for key, values in filters.items())
+
+
 def cmd_ps(client: Client, args: argparse.Namespace) -> int:
     now = time.time()
+    filters = _ps_filters(args.filter)
+    last = 1 if args.latest else args.last
+    everything = args.all or last > 0 or "status" in filters or "exited" in filters
     rows = []
-    for container in client.list_containers():
+    containers = sorted(
+        client.list_containers(),
+        key=lambda c: (c.created_at.seconds, c.created_at.nanos),
+        reverse=True,  # the newest first, as docker lists them
+    )
+    for container in containers[:last] if last > 0 else containers:
         task = client.task(container.id)
-        if not args.all and (task is None or task.status == task_types.STOPPED):
+        if not everything and (task is None or task.status == task_types.STOPPED):
             continue
         spec = json.loads(container.spec.value or b"{}")
         command = " ".join(spec.get("process", {}).get("args", []))
@@ -412,18 +456,22 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
             "exitCode": task.exit_status if task is not None and state == "exited" else None,
             "name": container.labels.get(NAME_LABEL, ""),
         }  # fmt: skip
+        if not _ps_matches(row, container.labels, filters):
+            continue
         row["createdSince"] = ago(container.created_at.seconds, now)
         rows.append(row)
+    ident = (lambda cid: cid) if args.no_trunc else short
     if args.quiet:
         for row in rows:
-            print(short(row["id"]))
+            print(ident(row["id"]))
     elif args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
+        width = 1 << 20 if args.no_trunc else 20
         table(
             ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"],
-            [[short(r["id"]), r["image"], _quoted(r["command"]), r["createdSince"], r["status"],
-              r["name"]] for r in rows],
+            [[ident(r["id"]), r["image"], _quoted(r["command"], width), r["createdSince"],
+              r["status"], r["name"]] for r in rows],
             shrink=(1, 2, 5),
         )  # fmt: skip
     return 0

@@ -182,6 +182,15 @@ def _container_commands(commands: Any, grouped: bool = False) -> None:
     ps.add_argument("-a", "--all", action="store_true", help="also stopped ones")
     ps.add_argument("-q", "--quiet", action="store_true", help="ids only")
     ps.add_argument("--format", choices=["table", "json"], default="table")
+    ps.add_argument(
+        "-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+        help="id, name, label (KEY or KEY=VALUE), status (created, running, paused, exited),"
+        " exited (a code), ancestor (an image); a key repeated: either value",
+    )  # fmt: skip
+    ps.add_argument("-n", "--last", type=int, default=0, metavar="N",
+                    help="the N last created (in any state)")  # fmt: skip
+    ps.add_argument("-l", "--latest", action="store_true", help="the last created")
+    ps.add_argument("--no-trunc", action="store_true", help="do not shorten ids and commands")
     logs = commands.add_parser("logs", help="a detached container's output")
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--tail", default="all", help="lines from the end (default all)")

@@ -218,3 +218,34 @@ def test_names_start_exec_and_inspect_behave_as_dockers(ctrd, busybox_image):
     assert ctrctl(ctrd, "rm", "n1").returncode == 0
     keys = [line.split()[0] for line in ctrd.ctr("snapshots", "ls").stdout.splitlines()[1:]]
     assert "n1" not in keys  # its snapshot went with it
+
+
+def test_ps_filters_newest_first_and_no_trunc(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    for name, command in (("f-ok", "true"), ("f-bad", "exit 3"), ("f-up", "sleep 1000")):
+        ran = ctrctl(ctrd, "run", "-d", "--name", name, ref, "sh", "-c", command)
+        assert ran.returncode == 0, ran.stderr
+    for name in ("f-ok", "f-bad"):
+        ctrctl(ctrd, "wait", name)
+
+    def ids(*args: str) -> list[str]:
+        listed = ctrctl(ctrd, "ps", "-q", *args)
+        assert listed.returncode == 0, listed.stderr
+        return listed.stdout.split()
+
+    assert ids("-a") == ["f-up", "f-bad", "f-ok"]  # the newest first
+    assert ids() == ["f-up"]
+    assert ids("-f", "status=exited") == ["f-bad", "f-ok"]
+    assert ids("-f", "exited=3") == ["f-bad"]
+    assert ids("-a", "-f", "name=f-o", "-f", "name=f-u") == ["f-up", "f-ok"]  # either name
+    assert ids("-f", "status=exited", "-f", "name=f-ok") == ["f-ok"]  # both keys
+    assert ids("-a", "-f", f"ancestor={ref}") == ["f-up", "f-bad", "f-ok"]
+    assert ids("-a", "-f", "label=ctrctl.name=f-up") == ["f-up"]
+    assert ids("-l") == ["f-up"]
+    assert ids("-n", "2") == ["f-up", "f-bad"]
+    wide = ctrctl(ctrd, "ps", "--no-trunc").stdout
+    assert '"sh -c sleep 1000"' in wide
+    bad = ctrctl(ctrd, "ps", "-f", "colour=red")
+    assert bad.returncode == 125
+    assert 'invalid filter "colour=red"' in bad.stderr
+    assert ctrctl(ctrd, "rm", "-f", "f-ok", "f-bad", "f-up").returncode == 0
