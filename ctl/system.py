@@ -277,7 +277,10 @@ def gather(client: Client) -> dict[str, Any]:
         return [p for p in plugins if p.type == kind]
 
     snapshotters = [p.id for p in of_type("io.containerd.snapshotter.v1")]
-    root_dirs = {p.id: p.exports["root"] for p in plugins if "root" in p.exports}
+    runtime = next(iter(of_type("io.containerd.runtime.v2")), None)
+    dirs = {
+        key: runtime.exports[key] for key in ("root", "state") if runtime and key in runtime.exports
+    }
     from ctl.client import RUNTIME, SNAPSHOTTER
 
     info: dict[str, Any] = {
@@ -296,7 +299,8 @@ def gather(client: Client) -> dict[str, Any]:
         "defaultRuntime": "runc",
         "snapshotters": snapshotters,
         "defaultSnapshotter": SNAPSHOTTER,
-        **({"rootDirs": root_dirs} if root_dirs else {}),
+        **({"rootDir": dirs["root"]} if "root" in dirs else {}),
+        **({"stateDir": dirs["state"]} if "state" in dirs else {}),
     }
     info.update(host())
     return info
@@ -385,7 +389,8 @@ def info(client: Client, args: argparse.Namespace) -> int:
         f" Total Memory: {bytes_size(data['memory'])}",
         f" Name: {data['name']}",
         f" ID: {data['uuid']}",
-        *(f" Root Dir ({k}): {v}" for k, v in data.get("rootDirs", {}).items()),
+        *([f" Root Dir: {data['rootDir']}"] if "rootDir" in data else []),
+        *([f" State Dir: {data['stateDir']}"] if "stateDir" in data else []),
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

@@ -122,6 +122,8 @@ def test_system_info_df_and_prune(ctrd, busybox_image, busybox2_image):
         " Namespace: default",
         " Default Snapshotter: overlayfs",
         " Cgroup Driver: cgroupfs",
+        f" Root Dir: {ctrd.root}",
+        f" State Dir: {ctrd.state}",
     ):
         assert line in text.splitlines(), text
     data = json.loads(ctrctl(ctrd, "system", "info", "--format", "json").stdout)
