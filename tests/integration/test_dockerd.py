@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,6 +243,33 @@ def test_build_cp_diff_and_commit_run_their_containers_here(dockerd, short_tmp):
     assert d.docker("run", "--rm", *NONE, "snap", "cat", "/f.txt").stdout == "copied\n"
     d.docker("rm", "-f", "box")
     d.docker("rmi", "mine", "snap")
+
+
+def test_docker_load_takes_what_ctrctl_save_writes_and_the_other_way(ctrd, dockerd, short_tmp):
+    """The archives of both are interchangeable: docker's own save, ctrctl's save (OCI layout
+    and docker-save in one) loaded by the other, and run there."""
+    from tests.support import images
+
+    def ctrctl(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "ctl", "--address", ctrd.address, *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    source = images.oci_archive(images.busybox2_image(), short_tmp / "bb2.tar", "bb2:1")
+    ctrctl("load", "-i", str(source))
+    ctrctl("save", "-o", str(short_tmp / "saved.tar"), "bb2:1")
+    loaded = dockerd.docker("load", "-i", str(short_tmp / "saved.tar")).stdout
+    assert "Loaded image: bb2:1" in loaded
+    extra = dockerd.docker("run", "--rm", *NONE, "bb2:1", "cat", "/etc/extra").stdout
+    assert extra == images.EXTRA.decode()
+
+    dockerd.docker("save", "-o", str(short_tmp / "docker.tar"), "busybox:latest")
+    assert "Loaded image: busybox:latest" in ctrctl("load", "-i", str(short_tmp / "docker.tar"))
+    assert ctrctl("run", "--rm", "busybox", "echo", "from-docker") == "from-docker\n"
+    dockerd.docker("rmi", "bb2:1")
 
 
 def test_an_oom_kill_is_reported(dockerd):
