@@ -1,9 +1,11 @@
 """ctrctl's container commands, with docker's options, output and exit codes.
 
-`run` attaches to the container's stdio through FIFOs it makes (like ctr) unless detached:
-a detached container's output goes to the log its shim keeps (`ctrd-log://`), which `logs`
-reads. `run` exits with the container's status; ctrctl's own errors exit 125, a command that
-cannot be executed 126, one that is not found 127 (docker's codes).
+`run` attaches to the container's stdio through FIFOs it makes (like ctr) unless detached.
+Either way the container's output goes to the log its shim keeps (`ctrd-log://`), which `logs`
+reads, as docker keeps it; attached, the shim copies each stream to its FIFO as well
+(`ctrd-log://?tee=FIFO`). A terminal's output goes to its FIFO only. `run` exits with the
+container's status; ctrctl's own errors exit 125, a command that cannot be executed 126, one
+that is not found 127 (docker's codes).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import grpc
 from google.protobuf import any_pb2
@@ -221,14 +224,20 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
 def _start_task(
     client: Client, cid: str, stdio: _Stdio | None, tty: bool, log: bool = True
 ) -> None:
-    """Create the container's task: on `stdio`'s FIFOs, else on its log (or no stdio)."""
+    """Create the container's task: on its log, copied to `stdio`'s FIFOs when attached (as
+    docker, ctrd keeps the output of attached containers too), else on its log alone (or no
+    stdio); a terminal's output goes to its FIFO only."""
     rootfs = client.rootfs(cid)
     request = tpb.CreateTaskRequest(container_id=cid, rootfs=rootfs, terminal=tty)
     if stdio is None:
         if log:
             request.stdout = request.stderr = LOG_URI
-    else:
+    elif tty:
         request.stdin, request.stdout, request.stderr = stdio.stdin, stdio.stdout, stdio.stderr
+    else:
+        request.stdin = stdio.stdin
+        request.stdout = f"{LOG_URI}?{urlencode({'tee': stdio.stdout})}"
+        request.stderr = f"{LOG_URI}?{urlencode({'tee': stdio.stderr})}"
     client.tasks.Create(request, metadata=client.md)
 
 
@@ -500,7 +509,7 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.NOT_FOUND:
             raise NotFound(
-                f"{args.container} has no log: only detached containers keep one"
+                f"{args.container} has no log: its task was not started by ctrctl"
             ) from None
         raise
     return 0

@@ -11,6 +11,12 @@ end of output without one). When a write would take the file past `max-size`, th
 rotated: `path` becomes `path.1`, `path.1` becomes `path.2` ..., keeping `max-files` files in
 all (1: the file is emptied instead). Nothing is lost at exit: the pipes are read until every
 writer (the process and any child it left) has closed them.
+
+A stream's URI may also name a FIFO, `...&tee=/path/fifo`: what the stream writes is then both
+logged and copied there, as it comes, for a client attached to the container (docker keeps the
+logs of attached containers too). The copy keeps the pace of its reader: while the FIFO is
+full the pump reads no more from the process, which then blocks, as a process writing into the
+FIFO itself would; the stream ends once the FIFO has taken everything.
 """
 
 from __future__ import annotations
@@ -41,6 +47,14 @@ def parse(uri: str) -> tuple[str, int, int]:
     if max_size < 0 or max_files < 1:
         raise ValueError(f'"{uri}": max-size must be >= 0 and max-files >= 1')
     return parts.path, max_size, max_files
+
+
+def tee_of(uri: str) -> str:
+    """The FIFO a `ctrd-log://` stream URI also copies to, or ""."""
+    path = dict(parse_qsl(urlsplit(uri).query)).get("tee", "")
+    if path and not path.startswith("/"):
+        raise ValueError(f'"{uri}": tee must be an absolute path')
+    return path
 
 
 def _timestamp(now_ns: int) -> str:
@@ -106,7 +120,8 @@ class LogFile:
 
 
 class Pump:
-    """Read one stream's pipe (non-blocking) into the log, line by line, until EOF."""
+    """Read one stream's pipe (non-blocking) into the log, line by line, until EOF; with a
+    `tee` fd, copy what is read there too, reading on only once it has taken it all."""
 
     def __init__(
         self,
@@ -115,6 +130,8 @@ class Pump:
         stream: str,
         log: LogFile,
         done: Callable[[], None],
+        tee: int = -1,
+        want_write: Callable[[int, Callable[[], None] | None], None] | None = None,
     ) -> None:
         self._want = want
         self.fd = fd
@@ -122,6 +139,10 @@ class Pump:
         self._log = log
         self._done = done
         self._pending = b""
+        self._tee = tee
+        self._want_write = want_write
+        self._unsent = bytearray()  # read, logged, not yet taken by the tee
+        self._eof = False
         self.finished = False
         os.set_blocking(fd, False)
         want(fd, self._read)
@@ -134,8 +155,13 @@ class Pump:
         except OSError:  # EIO from a pty master: no writer left
             data = b""
         if not data:
-            self.finish()
+            self._eof = True
+            self._want(self.fd, None)
+            if not self._unsent:
+                self.finish()
             return
+        if self._tee >= 0:
+            self._unsent += data
         data = self._pending + data
         cut = data.rfind(b"\n") + 1
         if not cut and len(data) >= PIECE:
@@ -143,12 +169,41 @@ class Pump:
         self._pending = data[cut:]
         if cut:
             self._log.write(self.stream, data[:cut])
+        if self._unsent:
+            self._send()
+
+    def _send(self) -> None:
+        """Give the tee what it takes; while it holds back, read nothing more."""
+        assert self._want_write is not None
+        try:
+            written = os.write(self._tee, self._unsent)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # nobody can read it any more: only the log goes on
+            written = len(self._unsent)
+            self._tee = -1
+        del self._unsent[:written]
+        if self._unsent:
+            self._want(self.fd, None)
+            self._want_write(self._tee, self._send)
+            return
+        if self._tee >= 0:
+            self._want_write(self._tee, None)
+        if self._eof:
+            self.finish()
+        elif not self.finished:
+            self._want(self.fd, self._read)
 
     def finish(self) -> None:
+        """The end of the stream (or of the shim's interest in it): what is pending goes to
+        the log, what the tee has not taken is dropped."""
         if self.finished:
             return
         self.finished = True
         self._want(self.fd, None)
+        if self._tee >= 0 and self._want_write is not None:
+            self._want_write(self._tee, None)
+        self._unsent.clear()
         if self._pending:
             self._log.write(self.stream, self._pending)
             self._pending = b""

@@ -12,6 +12,9 @@ in the pipe when the process is reaped, and nothing can be lost. The shim opens
   process exits, so the process never gets EPIPE when a client goes away (like containerd, the
   pipe then fills and blocks the writer until a client reads again);
 - `file:///path`: the file, appended to (created 0640 with its directories);
+- `ctrd-log:///path?max-size=N&max-files=N[&tee=/fifo]` (stdout and stderr both): pipes the
+  shim reads into a log it keeps (`logfile`), each stream copied to its `tee` FIFO as well
+  when a client is attached;
 - `binary:///path?k=v`: a logging program started with the process's stdout and stderr on its
   fds 3 and 4 and a readiness pipe on fd 5 (it closes it when ready), as containerd does;
 - "": /dev/null.
@@ -30,6 +33,7 @@ import fcntl
 import os
 import selectors
 import socket
+import stat
 import struct
 import termios
 from collections.abc import Callable
@@ -299,15 +303,36 @@ class Io:
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
             self.own(read_end)
             self._given.append(self.own(write_end))
-            self._pumps.append(
-                logfile.Pump(self._want_read, read_end, stream, self._log, self._log_done)
-            )
+            tee = logfile.tee_of(self.stdout if stream == "stdout" else self.stderr)
+            tee_fd = -1
+            if tee:  # a client is attached too: its FIFO, never blocking the shim
+                tee_fd = self.own(os.open(tee, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
+                if not stat.S_ISFIFO(os.fstat(tee_fd).st_mode):
+                    raise ValueError(f'tee "{tee}" is not a FIFO')
+            pump = logfile.Pump(
+                self._want_read, read_end, stream, self._log, self._stream_done(tee_fd),
+                tee=tee_fd, want_write=self._want_write,
+            )  # fmt: skip
+            self._pumps.append(pump)
             ends.append(write_end)
         self.done = False
         return ends[0], ends[1]
 
     def _want_read(self, fd: int, read: Callback | None) -> None:
         self.reactor.want(fd, read=read)
+
+    def _want_write(self, fd: int, write: Callback | None) -> None:
+        self.reactor.want(fd, write=write)
+
+    def _stream_done(self, tee: int) -> Callback:
+        """What ends a logged stream: its tee FIFO closes (the attached client's EOF)."""
+
+        def done() -> None:
+            if tee >= 0:
+                self._close(tee)
+            self._log_done()
+
+        return done
 
     def _log_done(self) -> None:
         self._log_open -= 1

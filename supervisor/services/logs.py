@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import grpc
 
@@ -47,13 +48,18 @@ class Logs:
         return self.root / namespace / cid / FILE
 
     def resolve(self, namespace: str, cid: str, uri: str) -> str:
-        """The concrete URI for a stdio path: "ctrd-log://" names this container's log."""
-        if uri.rstrip("/") != f"{logfile.SCHEME}:":
+        """The concrete URI for a stdio path: "ctrd-log://" names this container's log, and
+        "ctrd-log://?tee=/fifo" the same log with the stream also copied to that FIFO."""
+        parts = urlsplit(uri)
+        if parts.scheme != logfile.SCHEME or parts.netloc or parts.path.strip("/"):
             return uri
-        return (
-            f"{logfile.SCHEME}://{self.path(namespace, cid)}"
-            f"?max-size={self.max_size}&max-files={self.max_files}"
-        )
+        query = [("max-size", str(self.max_size)), ("max-files", str(self.max_files))]
+        tee = dict(parse_qsl(parts.query)).get("tee", "")
+        if tee:
+            if not tee.startswith("/"):
+                raise InvalidArgument(f'"{uri}": tee must be an absolute path')
+            query.append(("tee", tee))
+        return f"{logfile.SCHEME}://{self.path(namespace, cid)}?{urlencode(query)}"
 
     def remove(self, namespace: str, cid: str) -> None:
         """A container's logs go with it."""

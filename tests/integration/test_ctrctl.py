@@ -249,3 +249,16 @@ def test_ps_filters_newest_first_and_no_trunc(ctrd, busybox_image):
     assert bad.returncode == 125
     assert 'invalid filter "colour=red"' in bad.stderr
     assert ctrctl(ctrd, "rm", "-f", "f-ok", "f-bad", "f-up").returncode == 0
+
+
+def test_an_attached_container_keeps_its_log_too(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    ran = ctrctl(ctrd, "run", "--name", "att", ref, "sh", "-c", "echo out; echo err >&2; exit 2")
+    assert (ran.returncode, ran.stdout, ran.stderr) == (2, "out\n", "err\n")
+    logged = ctrctl(ctrd, "logs", "att")
+    assert (logged.stdout, logged.stderr) == ("out\n", "err\n")
+    assert ctrctl(ctrd, "rm", "att").returncode == 0
+
+    big = ctrctl(ctrd, "run", "--rm", ref, "seq", "1", "200000")  # ~1.3 MB: the FIFO fills
+    assert big.returncode == 0, big.stderr
+    assert big.stdout.split() == [str(n) for n in range(1, 200001)]

@@ -87,3 +87,38 @@ def test_a_log_is_rotated_by_size_and_nothing_is_lost_at_exit(ctrd, busybox_imag
     numbers = [int(d) for d in lines]
     assert numbers == list(range(numbers[0], 100001))  # what is kept has no gap
     ctrd.ctr("tasks", "rm", "r1")
+
+
+def test_a_tee_fifo_gets_the_output_the_log_keeps(ctrd, busybox_image, short_tmp):
+    import os
+
+    ref = pull(ctrd, busybox_image)
+    fifo = short_tmp / "out"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+
+    def reader() -> None:
+        with open(fifo, "rb") as f:  # EOF once the shim closed it: the stream ended
+            got.append(f.read())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    run(ctrd, "-d", "--log-uri", f"ctrd-log://?tee={fifo}", ref, "t1", "sh", "-c", "echo teed")
+    thread.join(30)
+    assert got == [b"teed\n"]  # ctr's --log-uri names it for stdout and stderr alike
+    wait_for(lambda: read(ctrd, "t1") == [("stdout", b"teed\n")])
+    ctrd.ctr("tasks", "rm", "t1")
+    ctrd.ctr("containers", "rm", "t1")
+
+
+def test_a_tee_that_is_no_fifo_is_refused_and_never_written(ctrd, busybox_image, short_tmp):
+    ref = pull(ctrd, busybox_image)
+    regular = short_tmp / "not-a-fifo"
+    regular.write_bytes(b"")
+    made = run(ctrd, "-d", "--log-uri", f"ctrd-log://?tee={regular}", ref, "t2", "echo", "x",
+               check=False)  # fmt: skip
+    assert made.returncode != 0
+    assert "is not a FIFO" in made.stderr
+    assert regular.read_bytes() == b""
+    assert ctrd.ctr("tasks", "ls", "-q").stdout.split() == []
+    ctrd.ctr("containers", "rm", "t2")

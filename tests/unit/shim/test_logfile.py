@@ -65,3 +65,68 @@ def test_a_uri_names_the_path_and_limits():
         "/var/log/c.json", 100, 2,
     )  # fmt: skip
     assert logfile.parse("ctrd-log:///a") == ("/a", 0, 1)
+
+
+def test_a_tee_gets_every_byte_and_holds_the_stream_back_while_full(tmp_path: Path):
+    """The source pipe stops being read while the tee is full, and nothing is lost."""
+    import contextlib
+    import os
+
+    from shim.stdio import Reactor
+
+    reactor = Reactor()
+    src_r, src_w = os.pipe()
+    tee_r, tee_w = os.pipe()
+    for fd in (src_w, tee_w, tee_r):
+        os.set_blocking(fd, False)
+    log = logfile.LogFile(str(tmp_path / "log.json"), 0, 1)
+    ended: list[bool] = []
+    pump = logfile.Pump(
+        lambda fd, cb: reactor.want(fd, read=cb), src_r, "stdout", log,
+        lambda: ended.append(True), tee=tee_w,
+        want_write=lambda fd, cb: reactor.want(fd, write=cb),
+    )  # fmt: skip
+    data = b"".join(b"line %d\n" % n for n in range(100_000))  # ~790 kB: both pipes fill
+    sent, received = 0, bytearray()
+
+    def step(read_tee: bool) -> None:
+        nonlocal sent
+        if sent < len(data):
+            with contextlib.suppress(BlockingIOError):
+                sent += os.write(src_w, data[sent : sent + 65536])
+            if sent == len(data):
+                os.close(src_w)
+        reactor.poll(0)
+        if read_tee:
+            with contextlib.suppress(BlockingIOError):
+                received.extend(os.read(tee_r, 65536))
+
+    for _ in range(200):  # nobody reads the tee: it fills, then the source pipe does
+        step(read_tee=False)
+    assert sent < len(data)  # the process would be blocked now, as on a full FIFO
+    held = sent
+    for _ in range(50):
+        step(read_tee=False)
+    assert sent == held
+    for _ in range(100_000):  # a reader comes: everything flows, to the end
+        step(read_tee=True)
+        if ended:
+            break
+    assert ended == [True]
+    assert pump.finished
+    with contextlib.suppress(BlockingIOError):
+        received.extend(os.read(tee_r, 1 << 20))
+    assert bytes(received) == data
+    log.close()
+    assert "".join(e["log"] for e in entries(tmp_path / "log.json")).encode() == data
+    for fd in (src_r, tee_r, tee_w):
+        os.close(fd)
+
+
+def test_a_tee_must_be_an_absolute_path():
+    assert logfile.tee_of("ctrd-log:///l/log.json?max-size=1&tee=/run/x/stdout") == (
+        "/run/x/stdout"
+    )
+    assert logfile.tee_of("ctrd-log:///l/log.json") == ""
+    with pytest.raises(ValueError, match="tee must be an absolute path"):
+        logfile.tee_of("ctrd-log:///l/log.json?tee=relative")
