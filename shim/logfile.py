@@ -181,6 +181,7 @@ class Pump:
             written = 0
         except OSError:  # nobody can read it any more: only the log goes on
             written = len(self._unsent)
+            self._want_write(self._tee, None)
             self._tee = -1
         del self._unsent[:written]
         if self._unsent:

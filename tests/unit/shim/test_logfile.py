@@ -130,3 +130,32 @@ def test_a_tee_must_be_an_absolute_path():
     assert logfile.tee_of("ctrd-log:///l/log.json") == ""
     with pytest.raises(ValueError, match="tee must be an absolute path"):
         logfile.tee_of("ctrd-log:///l/log.json?tee=relative")
+
+
+def test_a_tee_nobody_can_read_is_dropped_and_the_log_goes_on(tmp_path: Path):
+    import os
+
+    from shim.stdio import Reactor
+
+    reactor = Reactor()
+    src_r, src_w = os.pipe()
+    tee_r, tee_w = os.pipe()
+    os.close(tee_r)  # the client went away: writes to its end fail (EPIPE)
+    os.set_blocking(tee_w, False)
+    log = logfile.LogFile(str(tmp_path / "log.json"), 0, 1)
+    ended: list[bool] = []
+    logfile.Pump(
+        lambda fd, cb: reactor.want(fd, read=cb), src_r, "stdout", log,
+        lambda: ended.append(True), tee=tee_w,
+        want_write=lambda fd, cb: reactor.want(fd, write=cb),
+    )  # fmt: skip
+    os.write(src_w, b"one\ntwo\n")
+    os.close(src_w)
+    for _ in range(20):
+        reactor.poll(0)
+    assert ended == [True]
+    assert reactor.selector.get_map() == {}  # nothing left to watch: no busy loop
+    log.close()
+    assert [e["log"] for e in entries(tmp_path / "log.json")] == ["one\n", "two\n"]
+    os.close(src_r)
+    os.close(tee_w)
