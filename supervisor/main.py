@@ -32,11 +32,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run(cfg: config_mod.Config) -> None:
     from supervisor.server import Daemon  # after logging is configured
 
-    daemon = await Daemon.start(cfg)
+    # Handled before the socket listens: a client may stop the daemon as soon as it answers,
+    # and it must then stop as it always does (its zygote too), not die of the signal.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    daemon = await Daemon.start(cfg)
     try:
         await stop.wait()
     finally:

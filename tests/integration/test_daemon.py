@@ -90,6 +90,29 @@ def test_sigterm_stops_cleanly_and_removes_the_socket(ctrd):
     assert ctrd.stop(signal.SIGINT) == 0
 
 
+def test_sigterm_as_soon_as_it_answers_still_stops_cleanly_zygote_and_all(short_tmp):
+    import time
+
+    address = str(short_tmp / "s.sock")
+    argv = [sys.executable, "-m", "supervisor", "--root", str(short_tmp / "root"),
+            "--state", str(short_tmp / "state"), "--address", address]  # fmt: skip
+    for _ in range(3):
+        daemon = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(address)
+                    break
+                except OSError:
+                    time.sleep(0.002)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0  # stopped as it always does, not killed by the signal
+    time.sleep(0.5)  # a zygote it left would be serving its socket still
+    assert not (short_tmp / "state" / "zygote.sock").exists()
+    assert not (short_tmp / "state" / "zygote.pid").exists()
+
+
 def test_a_second_daemon_on_the_same_root_refuses_to_start(ctrd, short_tmp):
     other = subprocess.run(
         [sys.executable, "-m", "supervisor", "--root", str(ctrd.root),
