@@ -73,6 +73,12 @@ class ShimClient:
             raise errors.Unavailable(f"shim {self.name}: {method}: {e}") from None
         finally:
             self._calls.pop(ident, None)
+            # The connection may have ended (failing this call's future) while the request was
+            # still being written, or the caller gave up: either way nobody awaits it now.
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()
 
     @property
     def closed_reason(self) -> str | None:

@@ -119,3 +119,34 @@ def test_connecting_to_no_shim_is_unavailable(tmp_path):
             await ShimClient.connect(str(tmp_path / "none.sock"), "ghost")
 
     asyncio.run(main())
+
+
+def test_a_connection_ending_while_a_request_is_written_leaves_no_stray_future(tmp_path):
+    """The call fails with Unavailable, and its future's exception is retrieved: asyncio has
+    nothing to report as "never retrieved" (the daemon's log must not show it)."""
+    import gc
+
+    reported: list[dict[str, object]] = []
+
+    async def shim(reader, writer):
+        await reader.read()
+
+    async def scenario(client: ShimClient) -> None:
+        def report(_: object, context: dict[str, object]) -> None:
+            if "never retrieved" in str(context.get("message")):
+                reported.append(context)
+
+        asyncio.get_running_loop().set_exception_handler(report)
+
+        async def drain_as_the_connection_ends() -> None:
+            client._end("connection closed")  # the reader saw the end meanwhile
+            raise ConnectionResetError("reset by peer")
+
+        client._writer.drain = drain_as_the_connection_ends  # type: ignore[method-assign]
+        with pytest.raises(Unavailable, match="state: reset by peer"):
+            await client.call("state")
+        gc.collect()
+        await asyncio.sleep(0)
+
+    run(tmp_path, shim, scenario)
+    assert reported == []
