@@ -161,24 +161,12 @@ class PullService(pb_grpc.PullServicer):
 
     async def Pull(self, request: pb.PullRequest, context: Context) -> AsyncIterator[Any]:
         ns = rpc.namespace(context)
-        queue: asyncio.Queue[pb.PullProgress | None] = asyncio.Queue()
 
-        async def work() -> None:
-            try:
-                await self._pull(ns, request, queue.put_nowait)
-            finally:
-                queue.put_nowait(None)
+        async def work(emit: Emit) -> None:
+            await self._pull(ns, request, emit)
 
-        task = asyncio.create_task(work(), name="pull")
-        try:
-            while (message := await queue.get()) is not None:
-                yield message
-            await task  # raises what the pull raised
-        finally:
-            if not task.done():
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, CtrdError):
-                await task
+        async for message in rpc.emitted(work, "pull"):
+            yield message
 
     # -- the pull ------------------------------------------------------------------------------
 

@@ -14,8 +14,6 @@ taken. supervisor.distribution (aiohttp) is imported inside the handler, as pull
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -26,7 +24,7 @@ import structlog
 from supervisor.api.ctrd.services.images.v1 import push_pb2 as pb
 from supervisor.api.ctrd.services.images.v1 import push_pb2_grpc as pb_grpc
 from supervisor.config import RegistryConfig
-from supervisor.errors import CtrdError, InvalidArgument, NotFound
+from supervisor.errors import InvalidArgument, NotFound
 from supervisor.metadata.content import ContentStore
 from supervisor.metadata.images import Image, ImageStore
 from supervisor.services import rpc
@@ -82,24 +80,12 @@ class PushService(pb_grpc.PushServicer):
 
     async def Push(self, request: pb.PushRequest, context: Context) -> AsyncIterator[Any]:
         ns = rpc.namespace(context)
-        queue: asyncio.Queue[pb.PushProgress | None] = asyncio.Queue()
 
-        async def work() -> None:
-            try:
-                await self._push(ns, request, queue.put_nowait)
-            finally:
-                queue.put_nowait(None)
+        async def work(emit: Emit) -> None:
+            await self._push(ns, request, emit)
 
-        task = asyncio.create_task(work(), name="push")
-        try:
-            while (message := await queue.get()) is not None:
-                yield message
-            await task  # raises what the push raised
-        finally:
-            if not task.done():
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, CtrdError):
-                await task
+        async for message in rpc.emitted(work, "push"):
+            yield message
 
     async def _push(self, ns: str, request: pb.PushRequest, emit: Emit) -> None:
         from supervisor.distribution import platforms, reference

@@ -9,10 +9,12 @@ of reads a second and their log lines would drown the ones worth reading.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -43,6 +45,35 @@ def namespace(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 def lease(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return header(context, LEASE_HEADER) or None
+
+
+T = TypeVar("T")
+
+
+async def emitted(
+    work: Callable[[Callable[[T], None]], Awaitable[None]], name: str
+) -> AsyncIterator[T]:
+    """What `work` emits, as it emits it, for a server-streaming RPC: `work` runs as a task of
+    its own (so a slow client never holds it up), its error ends the stream, and a client
+    that goes away cancels it."""
+    queue: asyncio.Queue[T | None] = asyncio.Queue()
+
+    async def run() -> None:
+        try:
+            await work(queue.put_nowait)
+        finally:
+            queue.put_nowait(None)
+
+    task = asyncio.create_task(run(), name=name)
+    try:
+        while (message := await queue.get()) is not None:
+            yield message
+        await task  # raises what the work raised
+    finally:
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, CtrdError):
+            await task
 
 
 class _Outcome:
