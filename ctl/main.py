@@ -286,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(e, grpc.RpcError) and isinstance(e, grpc.Call):
             message = e.details() or e.code().name
-            if e.code() == grpc.StatusCode.UNAVAILABLE:
+            # UNAVAILABLE is also ctrd's word for a registry it cannot reach (pull, push):
+            # then its message says so, and ctrd itself is fine.
+            from_registry = "registry" in message or "token server" in message
+            if e.code() == grpc.StatusCode.UNAVAILABLE and not from_registry:
                 message = f"cannot reach ctrd at {args.address}: is it running? ({message})"
         else:
             message = str(e)

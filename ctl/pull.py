@@ -30,10 +30,6 @@ LABELS = {
 BAR = 40
 
 
-class PullError(Exception):
-    """The pull failed in ctrd; the message is ctrd's."""
-
-
 def short(digest: str) -> str:
     return digest.partition(":")[2][:12] or digest
 
@@ -103,21 +99,11 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     with grpc.insecure_channel(f"unix:{args.address}") as channel:
         stub = pb_grpc.PullStub(channel)
         metadata = (("containerd-namespace", args.namespace),)
-        try:
-            for message in stub.Pull(request, metadata=metadata):
-                if message.image:
-                    last = message
-                else:
-                    display.update(message)
-        except grpc.RpcError as e:
-            # A registry that cannot be reached is UNAVAILABLE too: say what ctrd said, not
-            # that ctrd is down (ctrctl's generic message for UNAVAILABLE).
-            details = e.details() if isinstance(e, grpc.Call) else ""
-            if not (isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.UNAVAILABLE):
-                raise
-            if "registry" not in (details or ""):
-                raise
-            raise PullError(details or "") from None
+        for message in stub.Pull(request, metadata=metadata):
+            if message.image:
+                last = message
+            else:
+                display.update(message)
     if last is None:
         raise RuntimeError("the pull ended without naming the image")
     out.write(f"Digest: {last.digest}\n")

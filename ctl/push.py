@@ -28,10 +28,6 @@ LABELS = {
 }
 
 
-class PushError(Exception):
-    """The push failed in ctrd; the message is ctrd's."""
-
-
 def add_parsers(commands: Any) -> None:
     push = commands.add_parser(
         "push",
@@ -90,21 +86,11 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     with grpc.insecure_channel(f"unix:{args.address}") as channel:
         stub = pb_grpc.PushStub(channel)
         metadata = (("containerd-namespace", args.namespace),)
-        try:
-            for message in stub.Push(request, metadata=metadata):
-                if message.status == "done":
-                    last = message
-                elif shown(message):
-                    display.update(message)
-        except grpc.RpcError as e:
-            # A registry that cannot be reached is UNAVAILABLE too: say what ctrd said, not
-            # that ctrd is down (ctrctl's generic message for UNAVAILABLE).
-            details = (e.details() if isinstance(e, grpc.Call) else "") or ""
-            if not (isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.UNAVAILABLE):
-                raise
-            if "registry" not in details and "token server" not in details:
-                raise
-            raise PushError(details) from None
+        for message in stub.Push(request, metadata=metadata):
+            if message.status == "done":
+                last = message
+            elif shown(message):
+                display.update(message)
     if last is None:
         raise RuntimeError("the push ended without naming what it pushed")
     pushed = reference.parse(last.image)
