@@ -51,6 +51,10 @@ class NotFound(Exception):
     """What the user named does not exist (ctrctl says so and exits 125)."""
 
 
+class ImageNotFound(NotFound):
+    """No image of that name in the namespace (`run` may pull it)."""
+
+
 def normalize(name: str) -> str:
     """docker's short names: `busybox` → `docker.io/library/busybox:latest`."""
     try:
@@ -92,7 +96,7 @@ class Client:
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND:
                     raise
-        raise NotFound(f'image "{name}" not found: pull or load it first')
+        raise ImageNotFound(f'image "{name}" not found: pull or load it first')
 
     def read(self, digest: str) -> bytes:
         request = contentpb.ReadContentRequest(digest=digest)

@@ -28,7 +28,7 @@ import grpc
 from google.protobuf import any_pb2
 
 from ctl import spec as oci
-from ctl.client import NAME_LABEL, Client, NotFound, short
+from ctl.client import NAME_LABEL, Client, ImageNotFound, NotFound, short
 from ctl.table import ago, cut, human_duration, table
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
 from supervisor.api.containerd.types.task import task_pb2 as task_types
@@ -192,26 +192,27 @@ def _exit_code(client: Client, cid: str, exec_id: str = "") -> int:
 
 
 def _create(client: Client, args: argparse.Namespace) -> str:
-    _pull_if_wanted(client, args)
-    return client.create(args.image, run_options(args), args.name or "", args.runtime or "")
-
-
-def _pull_if_wanted(client: Client, args: argparse.Namespace) -> None:
     """docker's `--pull`: `missing` (the default) pulls an image not here yet, saying so first;
     `always` pulls every time; `never` leaves a missing image a "not found" error. The pull's
     progress goes to stderr, so that stdout is the container's alone."""
-    if args.pull == "never":
-        return
-    if args.pull == "missing":
-        try:
-            client.image(args.image)
-            return
-        except NotFound:
-            print(f"Unable to find image '{args.image}' locally", file=sys.stderr, flush=True)
+    options, name, runtime = run_options(args), args.name or "", args.runtime or ""
+    if args.pull == "always":
+        _pull(client, args.image)
+    try:
+        return client.create(args.image, options, name, runtime)
+    except ImageNotFound:
+        if args.pull != "missing":
+            raise
+    print(f"Unable to find image '{args.image}' locally", file=sys.stderr, flush=True)
+    _pull(client, args.image)
+    return client.create(args.image, options, name, runtime)
+
+
+def _pull(client: Client, image: str) -> None:
     from ctl import pull
 
     request = argparse.Namespace(
-        address=client.address, namespace=client.namespace, image=args.image, platform=None
+        address=client.address, namespace=client.namespace, image=image, platform=None
     )
     pull.run(request, out=sys.stderr)
 
