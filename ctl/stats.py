@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -83,7 +84,9 @@ def top(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+@functools.cache
 def _boot_time() -> float:
+    """When the host booted (read once: `ps` asks for every container)."""
     with open("/proc/stat") as f:
         for line in f:
             if line.startswith("btime "):
