@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import signal
 import sys
 
@@ -27,6 +28,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--version", "-v", action="store_true", help="print the version")
     return parser.parse_args(argv)
+
+
+# glibc's malloc gives each block over its mmap threshold (128 KiB at first) a mapping of its
+# own, unmapped again at free, and hands the heap's free top back past a trim threshold. gRPC
+# and protobuf allocate each message anew, so every 1 MiB chunk of an upload faulted in 256
+# fresh pages: ~450,000 page faults and over 1 s of CPU per GiB ingested. Fixed thresholds keep
+# blocks up to 4 MiB on the heap and up to 16 MiB of it free for reuse.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 4 << 20
+TRIM_THRESHOLD = 16 << 20
+
+
+def tune_malloc() -> bool:
+    """Set glibc's thresholds (see above); False where malloc is not glibc's."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
 
 
 async def run(cfg: config_mod.Config) -> None:
@@ -60,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ctrd: {e.detail}", file=sys.stderr)
         return 2
     log_mod.configure(cfg.debug.level, cfg.debug.format)
+    tune_malloc()
     try:
         asyncio.run(run(cfg))
     except CtrdError as e:
