@@ -4,6 +4,8 @@ A port of containerd's content testsuite (design notes, conformance-suites.md §
 and run against:
 
 - `local`: `LocalStore` on a temporary directory: the bytes only, no labels, no namespaces;
+- `local-direct`: the same with the page cache bypassed after 8 KiB in stages of 12 KiB (the
+  daemon's 64 MiB and 8 MiB, scaled down so that these small blobs cross both);
 - `namespaced`: `ContentStore` over a `Database` in a temporary directory, built as the daemon
   builds it (shared sharing policy);
 - `remote`: `RemoteStore` over gRPC to a live daemon (the `ctrd` fixture).
@@ -13,6 +15,7 @@ Which case runs where is explicit in each case's parametrization, never a runtim
 | cases | implementations | why |
 | --- | --- | --- |
 | Writer, UpdateStatus, CommitExists, Resume, Resume*, SmallBlob, CommitErrorState | all | |
+| (ours) an open writer's staged bytes in the store's statuses | local-direct | |
 | Labels | namespaced, remote | the local store keeps no labels (its Update is checked apart) |
 | CrossNamespaceShare, CrossNamespaceAppend | namespaced, remote | namespaces live above local |
 | (ours) list, status, abort, delete round trip | all | |
@@ -47,6 +50,7 @@ from supervisor.api.containerd.services.content.v1 import content_pb2 as pb
 from supervisor.api.containerd.services.content.v1 import content_pb2_grpc as pb_grpc
 from supervisor.api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from supervisor.client.content import RemoteStore
+from supervisor.content import local
 from supervisor.content.local import LocalStore
 from supervisor.content.protocol import Info, Status, Store, Writer
 from supervisor.errors import (
@@ -111,15 +115,26 @@ async def remote_stores(address: str) -> AsyncIterator[Stores]:
         yield lambda ns=NS: RemoteStore(channel, ns)
 
 
-ALL = ["local", "namespaced", pytest.param("remote", marks=pytest.mark.integration)]
+ALL = [
+    "local",
+    "local-direct",
+    "namespaced",
+    pytest.param("remote", marks=pytest.mark.integration),
+]
 WITH_LABELS = ["namespaced", pytest.param("remote", marks=pytest.mark.integration)]
 WITH_NAMESPACES = WITH_LABELS
 
 
 @pytest.fixture
-def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Subject:
+def subject(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Subject:
     name = request.param
     if name == "local":
+        return Subject(name, False, lambda: local_stores(tmp_path))
+    if name == "local-direct":
+        monkeypatch.setattr(local, "DIRECT_AFTER", 8 << 10)
+        monkeypatch.setattr(local, "DIRECT_STAGE", 12 << 10)
         return Subject(name, False, lambda: local_stores(tmp_path))
     if name == "namespaced":
         return Subject(name, True, lambda: namespaced_stores(tmp_path))
@@ -653,6 +668,29 @@ def test_ingests_and_blobs_are_listed_aborted_and_deleted(subject: Subject):
         with pytest.raises(NotFound):
             await store.delete(digest)
         assert await store.list() == []
+
+    subject.run(scenario)
+
+
+@pytest.mark.parametrize("subject", ["local-direct"], indirect=True)
+def test_statuses_count_the_bytes_an_open_writer_still_stages(subject: Subject):
+    async def scenario(stores: Stores) -> None:
+        store = stores()
+        assert isinstance(store, LocalStore)
+        data, digest = content(30 << 10)  # 8 KiB cached, a 12 KiB stage written, 10 KiB staged
+        writer = await store.writer("staged", total=len(data), expected=digest)
+        await write_in_chunks(writer, data, 1000)
+        assert (await writer.status()).offset == len(data)
+        file = store.ingest_dir("staged") / "data"
+        assert file.stat().st_size < len(data)  # the stage is not in the file yet
+        assert (await store.status("staged")).offset == len(data)
+        assert [s.offset for s in await store.list_statuses()] == [len(data)]
+        await writer.close()
+        assert file.read_bytes() == data  # closing puts the staged bytes in the file
+
+        writer = await store.writer("staged", total=len(data), expected=digest)
+        assert await writer.commit(len(data), digest) == digest
+        assert await read_all(store, digest) == data
 
     subject.run(scenario)
 
