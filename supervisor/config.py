@@ -29,7 +29,6 @@ Unknown keys are an error that names them: a typo should not silently fall back 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -138,6 +137,8 @@ def load(path: str | None) -> Config:
     """Read a config file; None means the defaults."""
     if path is None:
         return Config()
+    import tomllib  # only with a file: a default start need not load the parser
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)

@@ -32,7 +32,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,7 +444,7 @@ class TaskManager:
         await asyncio.to_thread(bundle.create, spec, mounts)
         task: Task | None = None
         try:
-            source = f"shim:{uuid.uuid4().hex}"
+            source = f"shim:{os.urandom(16).hex()}"
             await asyncio.to_thread((bundle.path / RUNTIME).write_text, runtime.to_json())
             await asyncio.to_thread((bundle.path / INSTANCE).write_text, source)
             await asyncio.to_thread(os.makedirs, runtime.root, 0o711, True)

@@ -33,8 +33,6 @@ from supervisor.api.containerd.services.diff.v1 import diff_pb2_grpc as pb_grpc
 from supervisor.api.containerd.types import descriptor_pb2
 from supervisor.content.local import LocalStore
 from supervisor.content.protocol import Info
-from supervisor.diff.apply import Directory, OverlayUpper, apply_layer, target_from_mounts
-from supervisor.diff.walk import diff_directories
 from supervisor.errors import AlreadyExists, InvalidArgument, Unimplemented
 from supervisor.metadata.content import ContentStore
 from supervisor.services import rpc
@@ -102,6 +100,8 @@ class DiffService(pb_grpc.DiffServicer):
         store = self._content(rpc.namespace(context), rpc.lease(context))
         digest = request.diff.digest
         await store.info(digest)
+        from supervisor.diff.apply import Directory, OverlayUpper, apply_layer, target_from_mounts
+
         target = target_from_mounts([mount_from_pb(m) for m in request.mounts])
         if isinstance(target, Directory):
             self._confine(target.path)
@@ -138,6 +138,8 @@ class DiffService(pb_grpc.DiffServicer):
         )
 
     def _write_diff(self, left: list[Mount], right: list[Mount], work: Path) -> str:
+        from supervisor.diff.walk import diff_directories
+
         with (
             temp_mount(left, self._scratch) as lower,
             temp_mount(right, self._scratch) as upper,

@@ -47,7 +47,6 @@ from supervisor.api.ctrd.services.images.v1 import pull_pb2_grpc as pb_grpc
 from supervisor.config import RegistryConfig
 from supervisor.content.local import LocalStore
 from supervisor.content.protocol import Info
-from supervisor.diff.apply import apply_layer, target_from_mounts
 from supervisor.errors import (
     AlreadyExists,
     CtrdError,
@@ -411,6 +410,8 @@ class _Pull:
         chain: str,
         parent: str,
     ) -> None:
+        from supervisor.diff.apply import apply_layer, target_from_mounts
+
         key = f"extract-{n}-{secrets.token_hex(6)} {chain}"
         mounts = await snapshots.prepare(key, parent)
         try:

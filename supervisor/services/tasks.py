@@ -23,7 +23,6 @@ from supervisor.api.containerd.types import metrics_pb2
 from supervisor.api.containerd.types.task import task_pb2 as types_pb
 from supervisor.events import pack
 from supervisor.metadata.containers import ContainerStore
-from supervisor.runtime import metrics
 from supervisor.runtime.manager import Exit, Task, TaskManager
 from supervisor.services import rpc
 from supervisor.services.logs import Logs
@@ -249,6 +248,8 @@ class TasksService(pb_grpc.TasksServicer):
         return empty_pb2.Empty()
 
     async def Metrics(self, request: pb.MetricsRequest, context: Context) -> Any:
+        from supervisor.runtime import metrics  # cgroup parsing: not needed to start
+
         ns = rpc.namespace(context)
         selected = filters.parse_all(list(request.filters))
         out = []
