@@ -10,7 +10,14 @@ and wait until the stream has delivered it, so `/tasks/start` always precedes `/
 and a client that saw Delete return has seen `/tasks/delete` published.
 
 Wait is answered from the exits the stream delivered, so it may be called before Start, and a
-Wait that returns has had its `/tasks/exit` published.
+Wait that returns has had its `/tasks/exit` published. The init process's state (created,
+running, paused, stopped) is known from those events too, so listing tasks asks no shim.
+
+At a restart each live shim's task is rebuilt from the shim's journal on disk, before the
+daemon serves; the shim is attached in the background, from the journal's last record on, and
+calls on the task wait for that. A shim holds an exclusive lock on its journal while it lives,
+so one that died while no daemon ran is told apart at once, and its task buried before the
+daemon serves.
 
 Events recovered at a restart (what the shims journaled while no daemon ran, above all exits)
 are published before the daemon serves, when nobody can be subscribed. A client that was
@@ -27,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -41,6 +49,7 @@ import structlog
 from google.protobuf import message as pb_message
 
 from shim import protocol, zygote
+from shim.journal import FILENAME as JOURNAL
 from shim.journal import JournalError
 from shim.journal import read as journal_read
 from snapshotter.protocol import Mount
@@ -74,6 +83,10 @@ _EVENTS: dict[str, type[pb_message.Message]] = {
     "/tasks/paused": events_pb.TaskPaused,
     "/tasks/resumed": events_pb.TaskResumed,
 }
+
+
+# What the init process is after each event that changes it (its exit aside).
+_INIT_STATUS = {"/tasks/start": "running", "/tasks/paused": "paused", "/tasks/resumed": "running"}
 
 
 def event_message(topic: str, event: dict[str, Any]) -> pb_message.Message:
@@ -134,8 +147,14 @@ class Task:
     _deletion: asyncio.Future[dict[str, Any]] | None = None
     deleted_in_journal: bool = False
     runtime: Runtime | None = None  # None: the daemon's default, under its state dir
+    status: str = ""  # the init process's, as its events tell: created, running, paused...
+    # After a restart the task is known from its journal at once and its shim is attached
+    # behind it: calls wait for that.
+    attaching: asyncio.Future[None] | None = None
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        if self.attaching is not None and not self.attaching.done():
+            await asyncio.shield(self.attaching)
         if self.dead or self.client is None:
             return self._dead_call(method, params or {})
         if method == "state" and self.client.closed_reason is not None:
@@ -158,6 +177,16 @@ class Task:
         if method == "delete":
             return {"pid": exit_.pid, "exit_status": exit_.status, "exited_at": exit_.at}
         raise errors.FailedPrecondition(f'task "{self.id}" is stopped: its shim is gone')
+
+    def init_state(self) -> dict[str, Any]:
+        """The init process's state as the events published tell it, without asking the shim:
+        every change of it (create, start, pause, resume, exit) is an event of its own."""
+        exit_ = self.exits.get("")
+        if exit_ is not None:
+            return self._state("", exit_, "stopped")
+        # A shim that died a moment ago is being buried: the init still counts as running.
+        status = "running" if self.dead else self.status or "unknown"
+        return self._state("", Exit(self.pid, 0, 0), status)
 
     def _state(self, exec_id: str, exit_: Exit, status: str) -> dict[str, Any]:
         return {
@@ -250,6 +279,9 @@ class Runtime:
             return None
 
 
+_Records = list[protocol.Event] | None
+
+
 def _journal(path: Path) -> list[protocol.Event]:
     """What a dead shim journaled (nothing if it never wrote its journal)."""
     try:
@@ -257,6 +289,30 @@ def _journal(path: Path) -> list[protocol.Event]:
     except (OSError, JournalError) as e:
         log.warning("journal_unreadable", path=str(path), error=str(e))
         return []
+
+
+def _live_journal(path: Path) -> list[protocol.Event] | None:
+    """The journal of a shim that is alive, or None: its shim is gone, or it cannot be read.
+
+    A shim holds an exclusive flock on its journal for as long as it lives (the kernel drops
+    it when the shim dies, however it dies), so a lock that can be taken means a dead shim.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return journal_read(path)
+            except (OSError, JournalError):
+                return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> str:
@@ -284,6 +340,7 @@ class TaskManager:
         self._zygote_lock = asyncio.Lock()
         self._stopping = False
         self._background: set[asyncio.Task[None]] = set()
+        self._attaching: set[asyncio.Task[None]] = set()  # shims of loaded tasks, being attached
         self._warming: asyncio.Task[None] | None = None
         self._recovering = False  # load() is publishing what happened while no daemon ran
         self._recovered: builtins.list[tuple[str, str, events_pb2.Envelope]] = []
@@ -355,6 +412,9 @@ class TaskManager:
         self._stopping = True
         if self._warming is not None:
             await self._warming
+        for attach in list(self._attaching):
+            attach.cancel()
+        await asyncio.gather(*self._attaching, return_exceptions=True)
         for task in list(self._tasks.values()):
             task._let_go("the daemon is stopping")
             await self._close(task)
@@ -549,6 +609,9 @@ class TaskManager:
         elif event.topic == "/tasks/create":
             task.pid = int(event.event.get("pid", 0))
             task.io = dict(event.event.get("io") or {})
+            task.status = "created"
+        elif event.topic in _INIT_STATUS:
+            task.status = _INIT_STATUS[event.topic]
 
     # -- restarts and dead shims ------------------------------------------------------------
 
@@ -570,17 +633,18 @@ class TaskManager:
             ms = round((time.monotonic() - started) * 1000, 1)
             log.info("tasks_loaded", count=len(self._tasks), ms=ms)
 
-    def _scan_bundles(self) -> builtins.list[tuple[Path, str, str, str, str]]:
-        """Every bundle with its instance, dead record, address and runtime (one pass, on a
-        thread)."""
+    def _scan_bundles(self) -> builtins.list[tuple[Path, str, str, str, str, _Records]]:
+        """Every bundle with its instance, dead record, address, runtime and, for a live
+        shim's, its journal (None when unreadable) (one pass, on a thread)."""
         root = self.state / "tasks"
         if not root.is_dir():
             return []
 
-        def entry(path: Path) -> tuple[Path, str, str, str, str]:
+        def entry(path: Path) -> tuple[Path, str, str, str, str, _Records]:
             files = (INSTANCE, DEAD, "address", RUNTIME)
             instance, dead, address, runtime = (_read(path / name) for name in files)
-            return path, instance, dead, address, runtime
+            records = _live_journal(path / JOURNAL) if instance and not dead else None
+            return path, instance, dead, address, runtime, records
 
         return [entry(path) for path in sorted(p for p in root.glob("*/*") if p.is_dir())]
 
@@ -591,6 +655,7 @@ class TaskManager:
         dead: str,
         address: str,
         runtime: str,
+        records: _Records,
         published: dict[str, int],
     ) -> None:
         namespace, cid = path.parent.name, path.name
@@ -611,6 +676,21 @@ class TaskManager:
             task.last_seq = task.published
             self._tasks[(namespace, cid)] = task
             return
+        if records is not None:
+            # What the shim journaled is on disk: the task is known from it at once, and its
+            # shim attached behind it (from the last of these records on).
+            for record in records:
+                await self._take(task, record)
+            if task.pid and not task.deleted_in_journal:
+                self._tasks[(namespace, cid)] = task
+                task.attaching = asyncio.get_running_loop().create_future()
+                attach = asyncio.create_task(
+                    self._attach(task, address), name=f"attach {namespace}/{cid}"
+                )
+                self._attaching.add(attach)
+                attach.add_done_callback(self._attaching.discard)
+                return
+            # Never created, or deleted already: asked below (the replay skips what was taken).
         try:
             task.client = await ShimClient.connect(
                 address.removeprefix("unix://"), f"{namespace}/{cid}"
@@ -629,6 +709,25 @@ class TaskManager:
             await self._bury(task)
             return
         self._tasks[(namespace, cid)] = task
+
+    async def _attach(self, task: Task, address: str) -> None:
+        """Connect to the shim of a task loaded from its journal and follow its events past
+        what the journal held; a shim that is gone is buried (its task stopped)."""
+        assert task.attaching is not None
+        try:
+            try:
+                task.client = await ShimClient.connect(
+                    address.removeprefix("unix://"), f"{task.namespace}/{task.id}"
+                )
+                await self._subscribe(task, after=task.last_seq)
+            except errors.CtrdError as e:
+                log.info("shim_gone", ns=task.namespace, id=task.id, error=str(e))
+                if not self._stopping:
+                    await self._bury(task)
+        except Exception:
+            log.exception("attach_failed", ns=task.namespace, id=task.id)
+        finally:
+            task.attaching.set_result(None)
 
     def _keep_live(self, topic: str) -> bool:
         """Whether a live exit (or OOM) joins the recovered events: shortly after a restart
@@ -681,7 +780,7 @@ class TaskManager:
         if task.client is not None:
             await task.client.close()
             task.client = None
-        records = await asyncio.to_thread(_journal, task.bundle.path / "events.journal")
+        records = await asyncio.to_thread(_journal, task.bundle.path / JOURNAL)
         if not task.pid and not any(r.topic == "/tasks/create" for r in records):
             # The task was never created (the daemon died during Tasks.Create): nothing ran,
             # nothing exited; no task, and no event, remains.

@@ -78,7 +78,9 @@ class TasksService(pb_grpc.TasksServicer):
         return self._manager.get(rpc.namespace(context), cid)
 
     async def _process(self, task: Task, exec_id: str) -> types_pb.Process:
-        state = await task.call("state", {"exec_id": exec_id})
+        # The init's state is known from its events (listing 1000 tasks asks no shim); an
+        # exec's is the shim's.
+        state = task.init_state() if not exec_id else await task.call("state", {"exec_id": exec_id})
         status = _STATUS.get(state["status"], types_pb.UNKNOWN)
         exit_ = task.exits.get(exec_id)
         if exit_ is None and status == types_pb.STOPPED:

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from supervisor.api.containerd.types.task.task_pb2 import RUNNING, STOPPED
 from tests.conftest import Ctrd
 from tests.integration.test_tasks import pull, run, wait_for
 
@@ -153,6 +154,53 @@ def test_a_shim_that_died_after_its_container_keeps_the_true_status(ctrd, busybo
         stub.Delete(tasks_pb2.DeleteTaskRequest(container_id="done"), metadata=md).exit_status == 5
     )
     assert len(logged_exits(ctrd, "done")) == 1
+
+
+def test_a_shim_killed_while_the_daemon_was_down_is_stopped_in_the_first_listing(
+    ctrd, busybox_image
+):
+    # A live shim holds a lock on its journal: the restarted daemon tells the dead one apart
+    # before it serves, and never lists its task RUNNING.
+    ref = pull(ctrd, busybox_image)
+    run(ctrd, "-d", ref, "alive", "sleep", "1000")
+    run(ctrd, "-d", ref, "orphaned", "sleep", "1000")
+    pid = int(tasks(ctrd)["orphaned"][0])
+    ctrd.stop(signal.SIGKILL)
+    os.kill(shim_pid(ctrd, "orphaned"), signal.SIGKILL)
+    logged = len(ctrd.log().splitlines())
+    ctrd.start()
+    stub = ctrd.stub(tasks_pb2_grpc.TasksStub)
+    md = (("containerd-namespace", "default"),)
+    first = stub.List(tasks_pb2.ListTasksRequest(), metadata=md).tasks  # at once, not via ctr
+    assert {t.id: t.status for t in first} == {"alive": RUNNING, "orphaned": STOPPED}
+    # Buried before the daemon served at all, not soon after.
+    lines = ctrd.log().splitlines()[logged:]
+    events = [json.loads(line).get("event") for line in lines if line.startswith("{")]
+    assert events.index("shim_buried") < events.index("ctrd_started")
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5)  # its container was killed
+    deleted = stub.Delete(tasks_pb2.DeleteTaskRequest(container_id="orphaned"), metadata=md)
+    assert deleted.exit_status == 137
+    ctrd.ctr("tasks", "rm", "-f", "alive")
+
+
+def test_a_shim_that_does_not_answer_holds_up_no_listing(ctrd, busybox_image):
+    # containerd asks every shim for its state on each Tasks.List, so one stuck shim stalls
+    # `ctr tasks ls` for everyone. ctrd lists from the events its shims reported.
+    ref = pull(ctrd, busybox_image)
+    run(ctrd, "-d", ref, "stuck", "sleep", "1000")
+    run(ctrd, "-d", ref, "fine", "sleep", "1000")
+    ctrd.ctr("tasks", "pause", "fine")
+    stuck = shim_pid(ctrd, "stuck")
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        listed = tasks(ctrd)
+        assert time.monotonic() - start < 5
+        assert (listed["stuck"][1], listed["fine"][1]) == ("RUNNING", "PAUSED")
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    for cid in ("stuck", "fine"):
+        ctrd.ctr("tasks", "rm", "-f", cid)
 
 
 def ctrctl(ctrd: Ctrd, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
