@@ -62,7 +62,7 @@ from supervisor.services.logs import Logs, LogsService
 from supervisor.services.namespaces import NamespacesService
 from supervisor.services.pull import PullService
 from supervisor.services.push import PushService
-from supervisor.services.rpc import Interceptor
+from supervisor.services.rpc import Registrar
 from supervisor.services.snapshots import SnapshotsService
 from supervisor.services.tasks import TasksService
 from supervisor.services.version import IntrospectionService, Plugin, VersionService
@@ -210,7 +210,6 @@ class Daemon:
             return SnapshotStore(db, snapshotters[name], name, ns, lease, gc.mark_dirty)
 
         server = grpc.aio.server(
-            interceptors=[Interceptor()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -284,8 +283,9 @@ class Daemon:
                 PushService(content, lambda ns: ImageStore(db, ns), config.registry),
             ),
         ]
+        registrar = Registrar(server)
         for add, servicer in services:
-            add(servicer, server)
+            add(servicer, registrar)
         try:
             old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
             try:

@@ -1,6 +1,6 @@
 """What every RPC shares: the namespace header, error mapping and the one log line per call.
 
-`Interceptor` wraps each handler so that a typed `CtrdError` becomes its status code, a method
+`Registrar` wraps each handler so that a typed `CtrdError` becomes its status code, a method
 not implemented yet answers UNIMPLEMENTED, an unexpected exception is logged with its traceback
 and answered UNKNOWN, and every call ends with one `rpc` log line (method, ns, code, ms).
 Successful calls are logged at debug level, failed ones at info: a busy daemon serves thousands
@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import structlog
@@ -84,42 +84,64 @@ class _Outcome:
         self.error = ""
 
 
-class Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method: str = details.method
-        ns = ""
-        for key, value in details.invocation_metadata or ():
-            if key == NAMESPACE_HEADER:
-                ns = value if isinstance(value, str) else value.decode()
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, method, ns), **kwargs
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _unary(handler.stream_unary, method, ns), **kwargs
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, method, ns), **kwargs
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _streaming(handler.stream_stream, method, ns), **kwargs
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    GenericHandler = grpc.GenericRpcHandler[Any, Any]
+
+
+class Registrar:
+    """The server as the generated `add_*Servicer_to_server` functions see it: each method's
+    handler is wrapped once, as it is registered. (An interceptor would build the wrapped
+    handler on every call: ~0.1 ms of a call's ~0.8 ms.)"""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[GenericHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_Generic(h) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Handler]) -> None:
+        self._server.add_registered_method_handlers(  # type: ignore[attr-defined]
+            service, {name: wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
         )
 
 
-def _unary(behavior: Callable[..., Any], method: str, ns: str) -> Callable[..., Any]:
+class _Generic(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """A generic handler whose methods' handlers are wrapped, each the first time it is used."""
+
+    def __init__(self, inner: GenericHandler) -> None:
+        self._inner = inner
+        self._wrapped: dict[str, Handler | None] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> Handler | None:
+        method: str = details.method
+        if method not in self._wrapped:
+            handler = self._inner.service(details)
+            self._wrapped[method] = None if handler is None else wrap(method, handler)
+        return self._wrapped[method]
+
+
+def wrap(method: str, handler: Handler) -> Handler:
+    """The handler with errors mapped to status codes and one log line per call."""
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, method), **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, method), **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _streaming(handler.unary_stream, method), **kwargs
+        )
+    assert handler.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(
+        _streaming(handler.stream_stream, method), **kwargs
+    )
+
+
+def _unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         outcome = _Outcome()
         start = time.monotonic()
@@ -132,12 +154,12 @@ def _unary(behavior: Callable[..., Any], method: str, ns: str) -> Callable[..., 
             await _abort(e, context, outcome, method)
             raise
         finally:
-            _log(method, ns, outcome, start, context)
+            _log(method, outcome, start, context)
 
     return call
 
 
-def _streaming(behavior: Callable[..., Any], method: str, ns: str) -> Callable[..., Any]:
+def _streaming(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         outcome = _Outcome()
         start = time.monotonic()
@@ -152,7 +174,7 @@ def _streaming(behavior: Callable[..., Any], method: str, ns: str) -> Callable[.
             await _abort(e, context, outcome, method)
             raise
         finally:
-            _log(method, ns, outcome, start, context)
+            _log(method, outcome, start, context)
 
     return call
 
@@ -186,7 +208,6 @@ async def _abort(
 
 def _log(
     method: str,
-    ns: str,
     outcome: _Outcome,
     start: float,
     context: grpc.aio.ServicerContext[Any, Any],
@@ -195,6 +216,7 @@ def _log(
     if outcome.code == grpc.StatusCode.OK and context.code() not in (None, grpc.StatusCode.OK):
         outcome.code = context.code()
     code = outcome.code.name
+    ns = header(context, NAMESPACE_HEADER) or ""
     if outcome.code == grpc.StatusCode.OK:
         log.debug("rpc", method=method, ns=ns, code=code, ms=ms)
     else:
