@@ -15,20 +15,29 @@ memory and CPU), after a warm-up `ctr run --rm … true` and a baseline of the d
   namespaces, mounts) but also whatever else the host did meanwhile;
 - remove: `ctr tasks rm -f` (SIGKILL, wait, delete) then `ctr containers rm`, by batches.
 
+With the host's KSM running (/sys/kernel/mm/ksm/run, which ctrd's set-up turns on), ctrd's
+shims offer the pages they copy from their zygote to it (shim/memory.py; containerd's do not).
+Merging takes a few full scans of ksmd, so memory is measured once the count of merged pages
+has stopped growing over two full scans (at most `--ksm-wait` seconds), for both daemons alike;
+the time that took and ksmd's CPU meanwhile are shown.
+
 Rounds (`--rounds`) alternate the daemons' order; the table shows medians over rounds.
 
     python3 bench/density.py [-n 100] [--parallel 1] [--rounds 1] [--settle 5]
-                             [--daemons ctrd,containerd]
+                             [--ksm-wait 600] [--daemons ctrd,containerd]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import procs
 from common import (
@@ -65,6 +74,8 @@ class Result:
     after: Footprint
     host_drop: int  # MemAvailable before - after, bytes
     remove_wall: float
+    ksm_wait: float  # seconds until KSM had merged what it would (0: KSM off)
+    ksmd_cpu: float  # ksmd's CPU meanwhile, % of one core
 
     def rows(self) -> dict[str, float]:
         n = self.n
@@ -86,6 +97,8 @@ class Result:
             "daemon RSS growth (MiB)": growth.rss / MIB,
             "total PSS per container (MiB)": total / n / MIB,
             "host MemAvailable drop per container (MiB, noisy)": self.host_drop / n / MIB,
+            "KSM: wait until merged (s)": self.ksm_wait,
+            "KSM: ksmd CPU meanwhile (% of a core)": self.ksmd_cpu,
             "remove: wall (s)": self.remove_wall,
         }
 
@@ -96,6 +109,39 @@ def footprint(daemon: Daemon) -> Footprint:
     inside = procs.descendants(table, shims) - shims
     own = ({daemon.proc.pid} | procs.descendants(table, [daemon.proc.pid])) - shims - inside
     return Footprint(procs.memory(shims), procs.memory(inside), procs.memory(own))
+
+
+KSM = Path("/sys/kernel/mm/ksm")
+
+
+def _ksm(name: str) -> int:
+    return int((KSM / name).read_text())
+
+
+def _ksmd_seconds() -> float:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "ksmd":
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def ksm_settle(limit: float) -> tuple[float, float]:
+    """Wait until KSM merges no more pages over two full scans (at most `limit` s); the time
+    waited and ksmd's CPU meanwhile (% of one core). (0, 0) when KSM is off."""
+    if not (KSM / "run").exists() or (KSM / "run").read_text().strip() != "1":
+        return 0.0, 0.0
+    start, cpu = time.monotonic(), _ksmd_seconds()
+    scans, sharing = _ksm("full_scans"), _ksm("pages_sharing")
+    while time.monotonic() - start < limit:
+        time.sleep(2)
+        if _ksm("full_scans") >= scans + 2:
+            if _ksm("pages_sharing") <= sharing:
+                break
+            scans, sharing = _ksm("full_scans"), _ksm("pages_sharing")
+    waited = time.monotonic() - start
+    return waited, 100 * (_ksmd_seconds() - cpu) / waited
 
 
 def running_tasks(daemon: Daemon) -> int:
@@ -116,6 +162,7 @@ def measure(daemon: Daemon, image: str, args: argparse.Namespace) -> Result:
     print(f"{daemon.name}: starting {args.n} containers", flush=True)
     wall, latencies = start_sleepers(daemon, image, args.n, args.parallel)
     settle(args.settle)
+    ksm_wait, ksmd_cpu = ksm_settle(args.ksm_wait)
     after, drop = footprint(daemon), available - procs.mem_available()
     running = running_tasks(daemon)
     print(f"{daemon.name}: {running} running; removing them", flush=True)
@@ -126,7 +173,10 @@ def measure(daemon: Daemon, image: str, args: argparse.Namespace) -> Result:
     wait_gone(shims, 30)  # untimed: shims exit (and init reaps them) after their delete
     if left := running_tasks(daemon):
         print(f"{daemon.name}: {left} tasks still running after removal")
-    return Result(args.n, running, wall, statistics.median(latencies), before, after, drop, removed)
+    return Result(
+        args.n, running, wall, statistics.median(latencies), before, after, drop, removed,
+        ksm_wait, ksmd_cpu,
+    )  # fmt: skip
 
 
 def _cell(value: float, unit: bool) -> str:
@@ -161,6 +211,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before measuring")
     parser.add_argument("--daemons", type=parse_daemons, default=DAEMONS)
+    parser.add_argument(
+        "--ksm-wait", type=float, default=600, help="at most this long for KSM to merge (s)"
+    )
     args = parser.parse_args()
 
     results: dict[str, list[Result]] = {}

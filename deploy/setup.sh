@@ -54,3 +54,16 @@ python3 -m compileall -q supervisor shim snapshotter ctl >/dev/null
 # The quick start's image (README): busybox from busybox-static, built offline, for
 # `ctrctl load -i /var/lib/ctrd/images/busybox.tar`.
 python3 deploy/busybox-image.py /var/lib/ctrd/images/busybox.tar >/dev/null
+# Kernel same-page merging: the shims offer the pages they copy from their zygote to KSM,
+# which folds the identical copies of every shim into one (~2.2 MB saved per container; see
+# shim/memory.py). KSM merges only memory that opted in. At the kernel's default rate (100 pages
+# per 20 ms, ~0.6% of one core) the shims of 100 new containers are merged within a few
+# minutes; `echo 1000 > /sys/kernel/mm/ksm/pages_to_scan` does it in seconds for ~6-8% of a
+# core. Kept across reboots by a tmpfiles.d entry.
+if [[ -w /sys/kernel/mm/ksm/run ]]; then
+    echo 1 >/sys/kernel/mm/ksm/run
+    if [[ -d /etc/tmpfiles.d ]]; then
+        printf '%s\n' '# ctrd: merge the identical pages of its shims (shim/memory.py)' \
+            'w /sys/kernel/mm/ksm/run - - - - 1' >/etc/tmpfiles.d/ctrd-ksm.conf
+    fi
+fi

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from shim import journal, oom, protocol, runc, stdio
+from shim import journal, memory, oom, protocol, runc, stdio
 from shim.protocol import Request
 
 CREATED, RUNNING, PAUSED, STOPPED = "created", "running", "paused", "stopped"
@@ -489,6 +489,7 @@ class Shim:
             self.runtime.run(["start", self.config.id])
             process.status = RUNNING
             seq = self.emit("/tasks/start", {"container_id": self.config.id, "pid": process.pid})
+            memory.mark_mergeable()  # what this shim mapped since its fork: see shim.memory
             return {"pid": process.pid, "seq": seq}
         assert self.init is not None
         if self.init.status != RUNNING:

@@ -26,7 +26,7 @@ import time
 import traceback
 from typing import Any
 
-from shim import protocol, task
+from shim import memory, protocol, task
 
 SOCKET = "zygote.sock"
 PID_FILE = "zygote.pid"
@@ -101,6 +101,7 @@ class Zygote:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         gc.collect()
         gc.freeze()
+        memory.mark_mergeable()  # the shims inherit the mark: see shim.memory
         while True:
             conn, _ = self.listener.accept()
             with conn:

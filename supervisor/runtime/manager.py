@@ -48,7 +48,7 @@ from typing import Any
 import structlog
 from google.protobuf import message as pb_message
 
-from shim import protocol, zygote
+from shim import memory, protocol, zygote
 from shim.journal import FILENAME as JOURNAL
 from shim.journal import JournalError
 from shim.journal import read as journal_read
@@ -378,6 +378,8 @@ class TaskManager:
         """Make sure, in the background, that a zygote running this code serves the state
         dir: the daemon need not wait for it to answer (the first spawn waits for it)."""
         self._warming = asyncio.create_task(self._warm(), name="zygote")
+        if memory.ksm_running() is False:
+            log.info("ksm_off", hint="echo 1 > /sys/kernel/mm/ksm/run merges the shims' pages")
 
     async def _warm(self) -> None:
         async with self._zygote_lock:
