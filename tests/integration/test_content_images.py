@@ -332,6 +332,37 @@ def test_an_interrupted_ingest_resumes_after_a_restart(ctrd, md):
     assert digest_of(ctrd.ctr("content", "get", digest).stdout.encode("latin-1")) == digest
 
 
+def test_a_large_upload_interrupted_past_the_page_cache_limit_resumes_whole(ctrd, md):
+    # Past 64 MiB the daemon writes around the page cache in 8 MiB stages; an upload that
+    # stops anywhere keeps every byte it sent, in order, for the next writer.
+    data = os.urandom((75 << 20) + 12345)
+    digest = digest_of(data)
+    sent = (73 << 20) + 777  # 64 MiB cached, one 8 MiB stage written direct, a ragged tail
+    chunk = 1 << 20
+
+    def writes(start: int, end: int, action: int) -> list[content_pb2.WriteContentRequest]:
+        return [
+            content_pb2.WriteContentRequest(
+                action=action, ref="big", total=len(data), expected=digest,
+                offset=at, data=data[at : min(at + chunk, end)],
+            )
+            for at in range(start, end, chunk)
+        ]  # fmt: skip
+
+    content = ctrd.stub(content_pb2_grpc.ContentStub)
+    list(content.Write(iter(writes(0, sent, content_pb2.WRITE)), metadata=md()))
+    status = content.Status(content_pb2.StatusRequest(ref="big"), metadata=md()).status
+    assert status.offset == sent
+    ctrd.restart()
+    content = ctrd.stub(content_pb2_grpc.ContentStub)
+    rest = writes(sent, len(data), content_pb2.WRITE)
+    rest[-1].action = content_pb2.COMMIT
+    replies = list(content.Write(iter(rest), metadata=md()))
+    assert (replies[-1].offset, replies[-1].digest) == (len(data), digest)
+    got = ctrd.ctr("content", "get", digest, timeout=120).stdout.encode("latin-1")
+    assert got == data
+
+
 def test_blob_files_are_read_only_and_ingests_leave_no_partial_blob(ctrd, md):
     data = os.urandom(100_000)
     digest = digest_of(data)
