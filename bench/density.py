@@ -24,7 +24,8 @@ the time that took and ksmd's CPU meanwhile are shown.
 Rounds (`--rounds`) alternate the daemons' order; the table shows medians over rounds.
 
     python3 bench/density.py [-n 100] [--parallel 1] [--rounds 1] [--settle 5]
-                             [--ksm-wait 600] [--daemons ctrd,containerd]
+                             [--ksm-wait 600] [--ksm-pages-to-scan N]
+                             [--daemons ctrd,containerd]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,7 +216,30 @@ def main() -> None:
     parser.add_argument(
         "--ksm-wait", type=float, default=600, help="at most this long for KSM to merge (s)"
     )
+    parser.add_argument(
+        "--ksm-pages-to-scan", type=int, default=0,
+        help="KSM's rate for this run (pages per 20 ms; the host's is restored after)",
+    )  # fmt: skip
     args = parser.parse_args()
+    with _ksm_rate(args.ksm_pages_to_scan):
+        run(args)
+
+
+@contextlib.contextmanager
+def _ksm_rate(pages: int) -> Iterator[None]:
+    if not pages:
+        yield
+        return
+    knob = KSM / "pages_to_scan"
+    old = knob.read_text()
+    knob.write_text(str(pages))
+    try:
+        yield
+    finally:
+        knob.write_text(old)
+
+
+def run(args: argparse.Namespace) -> None:
 
     results: dict[str, list[Result]] = {}
     with scratch_dir("ctrd-bench-density-") as scratch, daemons(scratch, args.daemons) as running:
