@@ -111,13 +111,15 @@ class _Generic(grpc.GenericRpcHandler):  # type: ignore[type-arg]
 
     def __init__(self, inner: GenericHandler) -> None:
         self._inner = inner
-        self._wrapped: dict[str, Handler | None] = {}
+        self._wrapped: dict[str, Handler] = {}  # only methods it has: any name may be asked
 
     def service(self, details: grpc.HandlerCallDetails) -> Handler | None:
         method: str = details.method
         if method not in self._wrapped:
             handler = self._inner.service(details)
-            self._wrapped[method] = None if handler is None else wrap(method, handler)
+            if handler is None:
+                return None
+            self._wrapped[method] = wrap(method, handler)
         return self._wrapped[method]
 
 

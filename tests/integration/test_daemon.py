@@ -242,3 +242,14 @@ def test_version_rpc_reports_the_commit_it_runs_from(ctrd):
     answer = ctrd.stub(version_pb2_grpc.VersionStub).Version(empty_pb2.Empty())
     assert answer.version == "0.1.0"
     assert answer.revision == head
+
+
+def test_methods_the_daemon_does_not_have_are_unimplemented_however_many(ctrd):
+    # Unknown names are answered, never remembered: a client asking for made-up methods
+    # gets UNIMPLEMENTED each time and the daemon goes on serving.
+    for n in range(200):
+        call = ctrd.channel.unary_unary(f"/containerd.services.nope.v1.Nope/Call{n}")
+        with pytest.raises(grpc.RpcError) as raised:
+            call(b"", timeout=5)
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "Server:" in ctrd.ctr("version").stdout
