@@ -523,7 +523,6 @@ class _DataFile:
             return
         self._stages = [mmap.mmap(-1, DIRECT_STAGE), mmap.mmap(-1, DIRECT_STAGE)]
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ingest-direct")
-        self._staged = 0
 
     def _write_stage(self) -> None:
         """Hand the full stage to the writing thread and fill the other one meanwhile."""
@@ -539,15 +538,17 @@ class _DataFile:
         view = memoryview(stage)
         assert self._direct is not None
         while view:
-            try:
-                written = os.pwrite(self._direct, view, offset)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                # Opened, but its writes refused (alignment): through the cache after all.
-                # The descriptor appends, and the file ends at `offset` (one write at a time).
-                self._direct_refused = True
+            if self._direct_refused:  # the descriptor appends; the file ends at `offset`
                 written = os.write(self._fd, view)
+            else:
+                try:
+                    written = os.pwrite(self._direct, view, offset)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    # Opened, but its writes refused (alignment): through the cache from now.
+                    self._direct_refused = True
+                    continue
             view = view[written:]
             offset += written
 
