@@ -486,7 +486,7 @@ class Shim:
                 f"process {process.exec_id or self.config.id} is {process.status}, not created"
             )
         if process is self.init:
-            self.runtime.run(["start", self.config.id])
+            self.runtime.start(self.config.id, process.pid)
             process.status = RUNNING
             seq = self.emit("/tasks/start", {"container_id": self.config.id, "pid": process.pid})
             memory.mark_mergeable()  # what this shim mapped since its fork: see shim.memory
@@ -635,12 +635,14 @@ class Shim:
         if any(p.status in (RUNNING, PAUSED) for p in self.execs.values()):
             raise _precondition("cannot delete a task while its execs run")
         if process.status == CREATED:
-            with contextlib.suppress(runc.RuntimeFailed):
-                self.runtime.run(["delete", "--force", self.config.id])
+            # Never started: its `runc init` is our child and waits alone in its container
+            # (runc's `delete --force` would kill it too, then sleep 100 ms before looking).
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
             self._wait_for_init(process)
         self.deleted = True
         with contextlib.suppress(runc.RuntimeFailed):
-            self.runtime.run(["delete", "--force", self.config.id])
+            self.runtime.delete(self.config.id)
 
         def deleted() -> dict[str, Any]:
             seq = self.emit(
@@ -655,7 +657,7 @@ class Shim:
         return self._after_drain(process, answer, deleted)
 
     def _wait_for_init(self, process: Process) -> None:
-        """A created init was killed by `delete --force`: reap it (it is our child)."""
+        """A created init was killed: reap it (it is our child)."""
         self._reap()
         deadline = time.monotonic() + 5
         while process.status != STOPPED and time.monotonic() < deadline:

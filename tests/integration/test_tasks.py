@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import time
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from tests.conftest import Ctrd
 from tests.support.registry import PushedImage
+from tests.support.tasks import cgroups_of, logging_runc
 
 
 def pull(ctrd: Ctrd, image: PushedImage, ns: str = "default") -> str:
@@ -379,3 +382,50 @@ def test_an_oom_kill_is_an_event(ctrd, busybox_image):
     topics = [line.split()[5] for line in out.splitlines() if line.split()[4:5] == ["default"]]
     assert "/tasks/oom" in topics, out
     assert topics.index("/tasks/oom") < topics.index("/tasks/delete")
+
+
+def test_the_shim_starts_and_deletes_a_runc_container_itself(ctrd, busybox_image, tmp_path):
+    """`runc start` and `runc delete` of a stopped container only touch files: the shim does
+    them itself, and leaves what runc would (no state, no cgroup)."""
+    ref = pull(ctrd, busybox_image)
+    runc, log = logging_runc(tmp_path / "bin")
+    result = run(ctrd, "--rm", "--runc-binary", str(runc), ref, "own", "sh", "-c", "echo ran")
+    assert result.stdout == "ran\n"
+    assert log.read_text().split() == ["create"]
+    assert not (ctrd.state / "runc" / "default" / "own").exists()
+    assert cgroups_of("default", "own") == []
+
+    run(ctrd, "-d", "--runc-binary", str(runc), ref, "own2", "sleep", "1000")
+    assert cgroups_of("default", "own2")  # what the delete below must remove
+    ctrd.ctr("tasks", "kill", "-s", "KILL", "own2")
+    wait_for(lambda: "STOPPED" in ctrd.ctr("tasks", "ls").stdout)
+    ctrd.ctr("tasks", "rm", "own2")
+    ctrd.ctr("containers", "rm", "own2")
+    assert log.read_text().split() == ["create", "create", "kill"]
+    assert not (ctrd.state / "runc" / "default" / "own2").exists()
+    assert cgroups_of("default", "own2") == []
+
+
+def test_a_poststop_hook_is_left_to_runc_delete(ctrd, busybox_image, tmp_path):
+    """What more than removing is asked of a delete is runc's: its poststop hook runs."""
+    ref = pull(ctrd, busybox_image)
+    runc, log = logging_runc(tmp_path / "bin")
+    marker = tmp_path / "poststop-ran"
+    ctrd.ctr("containers", "create", ref, "hooked", "true")
+    spec = json.loads(ctrd.ctr("containers", "info", "hooked").stdout)["Spec"]
+    ctrd.ctr("containers", "rm", "hooked")
+    spec["hooks"] = {"poststop": [{"path": "/bin/sh", "args": ["sh", "-c", f"echo $$ > {marker}"]}]}
+    # With a spec file, ctr takes no image: the root is a directory of busybox's.
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+    (rootfs / "bin" / "true").symlink_to("busybox")
+    spec["root"] = {"path": str(rootfs), "readonly": True}
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    # ctr run without --rm deletes the task (not the container) once it exited.
+    run(ctrd, "--runc-binary", str(runc), "--config", str(spec_file), "hooked")
+    assert marker.exists()
+    assert log.read_text().split() == ["create", "delete"]  # started by the shim
+    ctrd.ctr("containers", "rm", "hooked")
+    assert cgroups_of("default", "hooked") == []

@@ -19,10 +19,20 @@ import grpc
 import pytest
 from google.protobuf import any_pb2
 
+from supervisor.api.containerd.runc.options import oci_pb2
 from supervisor.api.containerd.services.containers.v1 import containers_pb2
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as pb
 from supervisor.api.containerd.types.task import task_pb2 as types_pb
-from tests.support.tasks import Api, Subscription, code_of, exit_filter, pid_gone, wait_for
+from tests.support.tasks import (
+    Api,
+    Subscription,
+    cgroups_of,
+    code_of,
+    exit_filter,
+    logging_runc,
+    pid_gone,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -548,3 +558,27 @@ def test_shim_does_not_leak_sockets(api, ctrd):
     api.remove("socks")
     assert os.listdir(ctrd.state / "s") == []
     wait_for(lambda: pid_gone(shim), 5, f"shim {shim} exited")
+
+
+def test_deleting_a_task_never_started_needs_no_runc(api, ctrd, tmp_path):
+    """The shim kills a created init itself and removes what runc made: runc's own
+    `delete --force` would wait 100 ms before it looks whether the init died."""
+    runc, log = logging_runc(tmp_path / "bin")
+    api.container("unstarted", *SLEEP)
+    options = any_pb2.Any(
+        type_url="containerd.runc.v1.Options",
+        value=oci_pb2.Options(binary_name=str(runc)).SerializeToString(),
+    )
+    created = api.tasks.Create(
+        pb.CreateTaskRequest(
+            container_id="unstarted", rootfs=api.rootfs("unstarted"), options=options
+        ),
+        metadata=api.md,
+        timeout=20,
+    )
+    assert cgroups_of(NS, "unstarted")
+    assert api.delete("unstarted").exit_status == 128 + signal.SIGKILL
+    assert pid_gone(created.pid)
+    assert log.read_text().split() == ["create"]
+    assert not (ctrd.state / "runc" / NS / "unstarted").exists()
+    assert cgroups_of(NS, "unstarted") == []

@@ -381,3 +381,28 @@ class Api:
                 os.close(fd)
         self._fds.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def logging_runc(directory: Path) -> tuple[Path, Path]:
+    """A `runc` that notes each command it is asked (`create`, `start`...) and runs the real
+    one: (its path, its log)."""
+    real = shutil.which("runc")
+    assert real is not None
+    directory.mkdir()
+    log = directory / "commands"
+    wrapper = directory / "runc"  # named runc: the shim does runc's file-only commands itself
+    commands = " ".join(("create", "start", "delete", "kill", "state", "ps", "exec"))
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'for arg in "$@"; do\n'
+        f"  case $arg in {commands.replace(' ', '|')}) echo $arg >> {log}; break;; esac\n"
+        "done\n"
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper, log
+
+
+def cgroups_of(ns: str, cid: str) -> list[Path]:
+    """The container's cgroup directories (ctr puts them at /<ns>/<id>) in every hierarchy."""
+    return [p for p in Path("/sys/fs/cgroup").glob(f"*/{ns}/{cid}") if p.exists()]

@@ -1,0 +1,178 @@
+"""The shim's own `runc start` and `runc delete` (shim.runc), on real FIFOs and directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shim import runc
+
+
+def runtime(root: Path, binary: str = "/usr/sbin/runc") -> runc.Runtime:
+    return runc.Runtime(binary, str(root), str(root), lambda pid, status: None)
+
+
+def state(**changes: Any) -> dict[str, Any]:
+    """A runc state.json of a stopped container whose init (pid 1's start time) is long gone."""
+    base: dict[str, Any] = {
+        "init_process_pid": 999_999_999,
+        "init_process_start": 1,
+        "cgroup_paths": {},
+        "intel_rdt_path": "",
+        "config": {
+            "namespaces": [{"type": "NEWPID", "path": ""}, {"type": "NEWNET", "path": ""}],
+            "Hooks": None,
+            "cgroups": {"path": "/ns/c"},
+        },
+    }
+    config = changes.pop("config", {})
+    base.update(changes)
+    base["config"].update(config)
+    return base
+
+
+def write_state(root: Path, cid: str, content: dict[str, Any]) -> Path:
+    directory = root / cid
+    directory.mkdir(parents=True)
+    (directory / runc.STATE).write_text(json.dumps(content))
+    return directory
+
+
+# --- start: the exec FIFO --------------------------------------------------------------------
+
+
+def fifo_writer(fifo: Path, data: str, then: str = "") -> subprocess.Popen[bytes]:
+    """What `runc init` does: open the FIFO for writing (blocking until a reader comes), write
+    its byte, then go on (`then`) with the FIFO open until it exits (as an exec closes it)."""
+    code = (
+        f"import os, time\nfd = os.open({str(fifo)!r}, os.O_WRONLY)\n"
+        f"os.write(fd, {data!r}.encode())\n{then}"
+    )
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_start_reads_the_inits_byte_and_removes_the_fifo(tmp_path):
+    fifo = tmp_path / "c1" / runc.EXEC_FIFO
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    init = fifo_writer(fifo, "0", then="time.sleep(0.3)")
+    began = time.monotonic()
+    runtime(tmp_path).start("c1", init.pid)
+    # Not before the writer closed its end (the exec, for runc's init).
+    assert time.monotonic() - began >= 0.25
+    assert not fifo.exists()
+    assert init.wait(5) == 0
+
+
+def test_start_of_an_init_that_died_before_writing_fails(tmp_path):
+    fifo = tmp_path / "c2" / runc.EXEC_FIFO
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    dead = subprocess.Popen(["true"])
+    time.sleep(0.2)  # a zombie now: not reaped until the end
+    try:
+        with pytest.raises(runc.RuntimeFailed, match="already dead"):
+            runtime(tmp_path).start("c2", dead.pid)
+        assert fifo.exists()
+    finally:
+        dead.wait()
+
+
+def test_start_without_a_fifo_is_runcs_to_answer(tmp_path):
+    """No FIFO (not created, or started already): runc itself runs, and says why."""
+    fake = tmp_path / "runc"
+    fake.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/asked"\n')
+    fake.chmod(0o755)
+    runtime(tmp_path, str(fake)).start("c3", os.getpid())
+    assert (tmp_path / "asked").read_text().split()[-2:] == ["start", "c3"]
+
+
+def test_crun_starts_itself(tmp_path):
+    """crun reads and writes its FIFO the other way round: its own command always runs."""
+    fifo = tmp_path / "c4" / runc.EXEC_FIFO
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    fake = tmp_path / "crun"
+    fake.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/asked"\n')
+    fake.chmod(0o755)
+    runtime(tmp_path, str(fake)).start("c4", os.getpid())
+    assert (tmp_path / "asked").read_text().split()[-2:] == ["start", "c4"]
+    assert fifo.exists()
+
+
+# --- delete: cgroups and state ---------------------------------------------------------------
+
+
+def test_delete_removes_the_cgroups_and_the_state(tmp_path):
+    cgroups = {name: tmp_path / "cg" / name / "ns" / "c" for name in ("memory", "pids", "")}
+    for path in cgroups.values():
+        path.mkdir(parents=True)
+    content = state(cgroup_paths={k: str(v) for k, v in cgroups.items()})
+    directory = write_state(tmp_path / "root", "c", content)
+    runtime(tmp_path / "root").delete("c")
+    assert not directory.exists()
+    assert not any(path.exists() for path in cgroups.values())
+    assert all(path.parent.exists() for path in cgroups.values())  # only the container's own
+
+
+@pytest.mark.parametrize(
+    ("why", "changes"),
+    [
+        ("the host's pid namespace", {"config": {"namespaces": [{"type": "NEWNET", "path": ""}]}}),
+        (
+            "another container's pid namespace",
+            {"config": {"namespaces": [{"type": "NEWPID", "path": "/proc/1/ns/pid"}]}},
+        ),
+        ("a poststop hook", {"config": {"Hooks": {"poststop": [{"path": "/bin/true"}]}}}),
+        ("an Intel RDT group", {"intel_rdt_path": "/sys/fs/resctrl/c"}),
+        ("systemd cgroups", {"config": {"cgroups": {"systemd": True}}}),
+        ("an init still running", {"init_process_pid": os.getpid(), "init_process_start": None}),
+    ],
+)
+def test_delete_leaves_to_runc_what_is_more_than_removal(tmp_path, why, changes):
+    content = state(**changes)
+    if content["init_process_start"] is None:
+        with open(f"/proc/{os.getpid()}/stat") as f:
+            content["init_process_start"] = int(f.read().rsplit(")", 1)[1].split()[19])
+    directory = write_state(tmp_path / "root", "c", content)
+    fake = tmp_path / "runc"
+    fake.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/asked"\n')
+    fake.chmod(0o755)
+    runtime(tmp_path / "root", str(fake)).delete("c")
+    assert (tmp_path / "asked").read_text().split()[-3:] == ["delete", "--force", "c"], why
+    assert directory.exists(), why
+
+
+def test_a_cgroup_that_will_not_go_is_left_to_runcs_retries(tmp_path):
+    busy = tmp_path / "cg" / "memory" / "c"
+    (busy / "child").mkdir(parents=True)  # not empty: rmdir fails, as with a live process
+    directory = write_state(tmp_path / "root", "c", state(cgroup_paths={"memory": str(busy)}))
+    fake = tmp_path / "runc"
+    fake.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/asked"\n')
+    fake.chmod(0o755)
+    runtime(tmp_path / "root", str(fake)).delete("c")
+    assert (tmp_path / "asked").read_text().split()[-3:] == ["delete", "--force", "c"]
+    assert directory.exists()
+
+
+def test_alive_knows_zombies_and_reused_pids():
+    child = subprocess.Popen(["sleep", "10"])
+    try:
+        with open(f"/proc/{child.pid}/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19])
+        assert runc._alive(child.pid, started)
+        assert not runc._alive(child.pid, started + 1)  # another process with the same pid
+        child.send_signal(signal.SIGKILL)
+        time.sleep(0.2)
+        assert not runc._alive(child.pid)  # a zombie until reaped
+    finally:
+        child.wait()
+    assert not runc._alive(child.pid)
