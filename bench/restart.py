@@ -56,6 +56,7 @@ from common import (
     import_busybox,
     parse_daemons,
     remove_containers,
+    run,
     scratch_dir,
     sleeper_ids,
     spawn_containerd,
@@ -124,7 +125,7 @@ def _accepts(address: str) -> bool:
 def list_tasks(daemon: Daemon) -> Listing | None:
     """`ctr tasks ls` of `NAMESPACE`, or None when the daemon does not answer."""
     try:
-        result = subprocess.run(
+        result = run(
             ["ctr", "-a", daemon.address, "-n", NAMESPACE, "tasks", "ls"],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip

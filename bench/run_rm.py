@@ -32,6 +32,7 @@ from common import (
     daemons,
     import_busybox,
     parse_daemons,
+    run,
     scratch_dir,
 )
 
@@ -68,7 +69,7 @@ class Runtime:
     def run(self, cid: str, check: bool = True) -> tuple[float, subprocess.CompletedProcess[bytes]]:
         argv = [self.name, "--root", str(self.root), "run", "-b", str(self.bundle), cid]
         start = time.perf_counter()
-        result = subprocess.run(
+        result = run(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             timeout=60, check=False,
         )  # fmt: skip
@@ -102,7 +103,7 @@ def ctr_run_rm(daemon: Daemon, image: str, cid: str) -> float:
 def ctrctl_run_rm(daemon: Daemon, image: str) -> float:
     """ctrd's own client, Python start-up and all: `ctrctl run --rm IMG true`."""
     start = time.perf_counter()
-    subprocess.run(
+    run(
         [sys.executable, "-m", "ctl", "--address", daemon.address, "--namespace", NAMESPACE,
          "run", "--rm", image, "true"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True, timeout=120, cwd=REPO,
@@ -112,7 +113,7 @@ def ctrctl_run_rm(daemon: Daemon, image: str) -> float:
 
 def client_start(argv: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, stdout=subprocess.DEVNULL, check=True, timeout=60, cwd=REPO)
+    run(argv, stdout=subprocess.DEVNULL, check=True, timeout=60, cwd=REPO)
     return time.perf_counter() - start
 
 
