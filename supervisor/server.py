@@ -2,6 +2,12 @@
 
 `Daemon.start` takes the root's lock, opens the metadata, builds the stores and services and
 serves them on the unix socket; `Daemon.stop` undoes it in reverse. Nothing registers itself.
+
+What a restarted daemon needs to answer for its tasks (the task manager, the containers' and
+events' records) is built before it serves. Everything else is imported and built the first
+time a call needs it (`Deferred` services, `Parts`), and the collector's first run waits a
+moment (as containerd's `startup_delay`): the daemon answers `Tasks.List` after a restart
+before it has imported a snapshotter, the content store or the registry client.
 """
 
 from __future__ import annotations
@@ -9,20 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import socket
 import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2_grpc
 
-from snapshotter.native import NativeSnapshotter
-from snapshotter.overlay import OverlaySnapshotter
 from supervisor.api.containerd.services.containers.v1 import containers_pb2_grpc
 from supervisor.api.containerd.services.content.v1 import content_pb2_grpc
 from supervisor.api.containerd.services.diff.v1 import diff_pb2_grpc
@@ -38,38 +43,29 @@ from supervisor.api.ctrd.services.events.v1 import log_pb2_grpc
 from supervisor.api.ctrd.services.images.v1 import pull_pb2_grpc, push_pb2_grpc
 from supervisor.api.ctrd.services.logs.v1 import logs_pb2_grpc
 from supervisor.config import Config
-from supervisor.content.local import LocalStore
 from supervisor.errors import FailedPrecondition
 from supervisor.eventlog import EventLog
 from supervisor.events import Exchange
 from supervisor.metadata.containers import ContainerStore
-from supervisor.metadata.content import ContentStore
 from supervisor.metadata.db import Database
-from supervisor.metadata.gc import Collector
-from supervisor.metadata.images import ImageStore
-from supervisor.metadata.leases import LeaseStore
-from supervisor.metadata.namespaces import NamespaceStore
-from supervisor.metadata.snapshots import SnapshotStore
 from supervisor.runtime.manager import TaskManager
-from supervisor.services.containers import ContainersService
-from supervisor.services.content import ContentService
-from supervisor.services.diff import DiffService
-from supervisor.services.eventlog import EventLogService
-from supervisor.services.events import EventsService
-from supervisor.services.images import ImagesService
-from supervisor.services.leases import LeasesService
 from supervisor.services.logs import Logs, LogsService
-from supervisor.services.namespaces import NamespacesService
-from supervisor.services.pull import PullService
-from supervisor.services.push import PushService
-from supervisor.services.rpc import Registrar
-from supervisor.services.snapshots import SnapshotsService
+from supervisor.services.rpc import Deferred, Registrar
 from supervisor.services.tasks import TasksService
 from supervisor.services.version import IntrospectionService, Plugin, VersionService
+
+if TYPE_CHECKING:
+    from snapshotter.native import NativeSnapshotter
+    from snapshotter.overlay import OverlaySnapshotter
+    from supervisor.content.local import LocalStore
+    from supervisor.metadata.content import ContentStore
+    from supervisor.metadata.gc import Collector
+    from supervisor.metadata.snapshots import SnapshotStore
 
 log = structlog.get_logger("ctrd")
 
 MAX_MESSAGE = 16 << 20  # containerd's limit both ways
+GC_STARTUP_DELAY = 0.1  # seconds before the collector's first run (containerd's default)
 PLATFORM = ("linux", {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, "unknown"))
 
 
@@ -162,6 +158,57 @@ def plugins(root: Path, state: Path) -> list[Plugin]:
     ]
 
 
+class Parts:
+    """The stores the services share and the collector, each built the first time it is needed
+    (their modules are imported then)."""
+
+    def __init__(self, root: Path, db: Database, gc_interval: float) -> None:
+        self.root = root
+        self.db = db
+        self.gc_interval = gc_interval
+
+    @functools.cached_property
+    def blobs(self) -> LocalStore:
+        from supervisor.content.local import LocalStore
+
+        return LocalStore(self.root / "content")
+
+    @functools.cached_property
+    def snapshotters(self) -> dict[str, OverlaySnapshotter | NativeSnapshotter]:
+        from snapshotter.native import NativeSnapshotter
+        from snapshotter.overlay import OverlaySnapshotter
+
+        return {
+            "overlayfs": OverlaySnapshotter(self.root / "snapshots" / "overlayfs"),
+            "native": NativeSnapshotter(self.root / "snapshots" / "native"),
+        }
+
+    @functools.cached_property
+    def gc(self) -> Collector:
+        from supervisor.metadata.gc import Collector
+
+        return Collector(self.db, self.blobs, self.snapshotters, interval=self.gc_interval)
+
+    def built_snapshotters(self) -> list[OverlaySnapshotter | NativeSnapshotter]:
+        return list(self.__dict__.get("snapshotters", {}).values())
+
+    def content(self, ns: str, lease: str | None) -> ContentStore:
+        from supervisor.metadata.content import ContentStore
+
+        return ContentStore(self.db, self.blobs, ns, lease, on_delete=self.gc.mark_dirty)
+
+    def snapshots(self, ns: str, lease: str | None, name: str) -> SnapshotStore:
+        from supervisor.metadata.snapshots import SnapshotStore
+
+        return SnapshotStore(self.db, self.snapshotters[name], name, ns, lease, self.gc.mark_dirty)
+
+
+async def collect_later(parts: Parts, delay: float) -> None:
+    """The collector's runs, from `delay` seconds on (see the module's doc)."""
+    await asyncio.sleep(delay)
+    await parts.gc.run()
+
+
 @dataclass
 class Daemon:
     config: Config
@@ -169,7 +216,7 @@ class Daemon:
     db: Database
     server: grpc.aio.Server
     gc_task: asyncio.Task[None]
-    snapshotters: dict[str, OverlaySnapshotter | NativeSnapshotter]
+    parts: Parts
     tasks: TaskManager
     events: Exchange
 
@@ -194,20 +241,85 @@ class Daemon:
             lock.release()
             raise
         events = Exchange(event_log)
-        blobs = LocalStore(root / "content")
-        snapshotters: dict[str, OverlaySnapshotter | NativeSnapshotter] = {
-            "overlayfs": OverlaySnapshotter(root / "snapshots" / "overlayfs"),
-            "native": NativeSnapshotter(root / "snapshots" / "native"),
-        }
-        gc = Collector(db, blobs, snapshotters, interval=config.gc.interval)
+        parts = Parts(root, db, config.gc.interval)
         tasks = TaskManager(state, address, events, config.runtime.binary)
         logs = Logs(root / "logs", config.logs.max_size, config.logs.max_files)
 
-        def content(ns: str, lease: str | None) -> ContentStore:
-            return ContentStore(db, blobs, ns, lease, on_delete=gc.mark_dirty)
+        def containers(ns: str) -> ContainerStore:
+            return ContainerStore(db, ns)
 
-        def snapshots(ns: str, lease: str | None, name: str) -> SnapshotStore:
-            return SnapshotStore(db, snapshotters[name], name, ns, lease, gc.mark_dirty)
+        # The services a restart's first calls do not need, built at their first call.
+        def namespaces_service() -> Any:
+            from supervisor.metadata.namespaces import NamespaceStore
+            from supervisor.services.namespaces import NamespacesService
+
+            return NamespacesService(NamespaceStore(db), events)
+
+        def content_service() -> Any:
+            from supervisor.services.content import ContentService
+
+            return ContentService(parts.content, events)
+
+        def images_service() -> Any:
+            from supervisor.metadata.images import ImageStore
+            from supervisor.services.images import ImagesService
+
+            return ImagesService(lambda ns: ImageStore(db, ns), events, parts.gc)
+
+        def leases_service() -> Any:
+            from supervisor.metadata.leases import LeaseStore
+            from supervisor.services.leases import LeasesService
+
+            return LeasesService(lambda ns: LeaseStore(db, ns), parts.gc)
+
+        def containers_service() -> Any:
+            from supervisor.services.containers import ContainersService
+
+            return ContainersService(containers, events, parts.gc, tasks.exists, logs.remove)
+
+        def snapshots_service() -> Any:
+            from supervisor.services.snapshots import SnapshotsService
+
+            return SnapshotsService(parts.snapshots, frozenset(parts.snapshotters), events)
+
+        def diff_service() -> Any:
+            from supervisor.services.diff import DiffService
+
+            roots = [s.root for s in parts.snapshotters.values()]
+            return DiffService(parts.content, parts.blobs, roots, root / "tmpmounts")
+
+        def events_service() -> Any:
+            from supervisor.services.events import EventsService
+
+            return EventsService(events, tasks.recovered_events)
+
+        def event_log_service() -> Any:
+            from supervisor.services.eventlog import EventLogService
+
+            return EventLogService(events)
+
+        def pull_service() -> Any:
+            from supervisor.metadata.images import ImageStore
+            from supervisor.metadata.leases import LeaseStore
+            from supervisor.services.pull import PullService
+
+            return PullService(
+                parts.content,
+                parts.snapshots,
+                frozenset(parts.snapshotters),
+                lambda ns: ImageStore(db, ns),
+                lambda ns: LeaseStore(db, ns),
+                parts.blobs,
+                events,
+                parts.gc,
+                config.registry,
+            )
+
+        def push_service() -> Any:
+            from supervisor.metadata.images import ImageStore
+            from supervisor.services.push import PushService
+
+            return PushService(parts.content, lambda ns: ImageStore(db, ns), config.registry)
 
         server = grpc.aio.server(
             options=[
@@ -226,62 +338,21 @@ class Daemon:
                 IntrospectionService(plugins(root, state), server_uuid(root)),
             ),
             (
-                namespaces_pb2_grpc.add_NamespacesServicer_to_server,
-                NamespacesService(NamespaceStore(db), events),
-            ),
-            (content_pb2_grpc.add_ContentServicer_to_server, ContentService(content, events)),
-            (
-                images_pb2_grpc.add_ImagesServicer_to_server,
-                ImagesService(lambda ns: ImageStore(db, ns), events, gc),
-            ),
-            (
-                leases_pb2_grpc.add_LeasesServicer_to_server,
-                LeasesService(lambda ns: LeaseStore(db, ns), gc),
-            ),
-            (
-                containers_pb2_grpc.add_ContainersServicer_to_server,
-                ContainersService(
-                    lambda ns: ContainerStore(db, ns), events, gc, tasks.exists, logs.remove
-                ),
-            ),
-            (
-                snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
-                SnapshotsService(snapshots, frozenset(snapshotters), events),
-            ),
-            (
-                diff_pb2_grpc.add_DiffServicer_to_server,
-                DiffService(
-                    content, blobs, [s.root for s in snapshotters.values()], root / "tmpmounts"
-                ),
-            ),
-            (
                 tasks_pb2_grpc.add_TasksServicer_to_server,
-                TasksService(tasks, lambda ns: ContainerStore(db, ns), logs),
+                TasksService(tasks, containers, logs),
             ),
             (logs_pb2_grpc.add_LogsServicer_to_server, LogsService(logs, tasks.running)),
-            (
-                events_pb2_grpc.add_EventsServicer_to_server,
-                EventsService(events, tasks.recovered_events),
-            ),
-            (log_pb2_grpc.add_EventLogServicer_to_server, EventLogService(events)),
-            (
-                pull_pb2_grpc.add_PullServicer_to_server,
-                PullService(
-                    content,
-                    snapshots,
-                    frozenset(snapshotters),
-                    lambda ns: ImageStore(db, ns),
-                    lambda ns: LeaseStore(db, ns),
-                    blobs,
-                    events,
-                    gc,
-                    config.registry,
-                ),
-            ),
-            (
-                push_pb2_grpc.add_PushServicer_to_server,
-                PushService(content, lambda ns: ImageStore(db, ns), config.registry),
-            ),
+            (namespaces_pb2_grpc.add_NamespacesServicer_to_server, Deferred(namespaces_service)),
+            (content_pb2_grpc.add_ContentServicer_to_server, Deferred(content_service)),
+            (images_pb2_grpc.add_ImagesServicer_to_server, Deferred(images_service)),
+            (leases_pb2_grpc.add_LeasesServicer_to_server, Deferred(leases_service)),
+            (containers_pb2_grpc.add_ContainersServicer_to_server, Deferred(containers_service)),
+            (snapshots_pb2_grpc.add_SnapshotsServicer_to_server, Deferred(snapshots_service)),
+            (diff_pb2_grpc.add_DiffServicer_to_server, Deferred(diff_service)),
+            (events_pb2_grpc.add_EventsServicer_to_server, Deferred(events_service)),
+            (log_pb2_grpc.add_EventLogServicer_to_server, Deferred(event_log_service)),
+            (pull_pb2_grpc.add_PullServicer_to_server, Deferred(pull_service)),
+            (push_pb2_grpc.add_PushServicer_to_server, Deferred(push_service)),
         ]
         registrar = Registrar(server)
         for add, servicer in services:
@@ -303,9 +374,9 @@ class Daemon:
             await event_log.close()
             lock.release()
             raise
-        gc_task = asyncio.create_task(gc.run(), name="gc")
+        gc_task = asyncio.create_task(collect_later(parts, GC_STARTUP_DELAY), name="gc")
         log.info("ctrd_started", address=address, root=str(root), state=str(state), pid=os.getpid())
-        return cls(config, lock, db, server, gc_task, snapshotters, tasks, events)
+        return cls(config, lock, db, server, gc_task, parts, tasks, events)
 
     async def stop(self) -> None:
         log.info("ctrd_stopping")
@@ -314,7 +385,7 @@ class Daemon:
         self.gc_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.gc_task
-        for snapshotter in self.snapshotters.values():
+        for snapshotter in self.parts.built_snapshotters():
             await snapshotter.close()
         await self.db.close()
         if self.events.log is not None:

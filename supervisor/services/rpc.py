@@ -106,6 +106,33 @@ class Registrar:
         )
 
 
+class Deferred:
+    """A servicer built by `build` at its first call (and its modules imported then).
+
+    The generated `add_*Servicer_to_server` take each method of the servicer as they register
+    it: here each is a stand-in that, when called, builds the servicer once and calls its
+    method, which returns what the real one does (a coroutine or an async iterator).
+    """
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._servicer: Any = None
+
+    def servicer(self) -> Any:
+        if self._servicer is None:
+            self._servicer = self._build()
+        return self._servicer
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            return getattr(self.servicer(), name)(request, context)
+
+        return call
+
+
 class _Generic(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """A generic handler whose methods' handlers are wrapped, each the first time it is used."""
 

@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -74,7 +75,12 @@ def test_plugins_export_the_directories_of_the_stores(ctrd):
         },
         ("io.containerd.runtime.v2", "task"): {"root": str(ctrd.root), "state": str(ctrd.state)},
     }
+    # The stores are built at their first use, or by the collector's first run at the latest.
+    deadline = time.monotonic() + 5
+    while not (ctrd.root / "content" / "blobs").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert (ctrd.root / "content" / "blobs").is_dir()
+    assert (ctrd.root / "snapshots" / "overlayfs").is_dir()
 
 
 def test_socket_is_mode_0660(ctrd):
@@ -176,8 +182,18 @@ def test_config_file_sets_root_state_and_address(short_tmp, make_ctrd):
 def test_every_rpc_is_logged_once_with_method_namespace_code_and_duration(ctrd):
     ctrd.ctr("namespaces", "ls", ns="logged")
     ctrd.ctr("namespaces", "create", "bad!name", check=False)
-    lines = [json.loads(line) for line in ctrd.log().splitlines() if line.startswith("{")]
-    rpcs = [line for line in lines if line["event"] == "rpc"]
+
+    def rpcs_logged() -> list[dict[str, object]]:
+        lines = [json.loads(line) for line in ctrd.log().splitlines() if line.startswith("{")]
+        return [line for line in lines if line["event"] == "rpc"]
+
+    # A failed call's line is written as its status goes out: it may follow ctr's exit.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        rpcs = rpcs_logged()
+        if any(str(r["method"]).endswith("Namespaces/Create") for r in rpcs):
+            break
+        time.sleep(0.02)
     listed = [r for r in rpcs if r["method"].endswith("Namespaces/List")]
     assert len(listed) == 1
     assert listed[0]["ns"] == "logged"
