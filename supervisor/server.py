@@ -368,6 +368,7 @@ class Daemon:
             await tasks.start()
             await tasks.load()
             await server.start()
+            tasks.serving()
         except BaseException:
             await server.stop(None)
             await db.close()

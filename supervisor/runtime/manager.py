@@ -258,6 +258,7 @@ def socket_path(state: Path, address: str, namespace: str, cid: str) -> str:
 INSTANCE = "instance"  # a bundle's file naming its shim for the event log
 DEAD = "dead.json"  # a bundle whose shim died: its task's last state
 RUNTIME = "runtime.json"  # a bundle's runtime: binary and state root, for burying its task
+ATTACH_AT_ONCE = 8  # shims attached at once after a restart
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,32 @@ def _live_journal(path: Path) -> list[protocol.Event] | None:
         os.close(fd)
 
 
+def _read_file(path: str) -> str:
+    """A small file's text, stripped; "" if it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace").strip()
+
+
+def _subdirectories(path: str) -> list[str]:
+    """The directories in `path`, sorted by name (none if it is not there)."""
+    try:
+        with os.scandir(path) as entries:
+            return sorted(e.path for e in entries if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text().strip()
@@ -341,6 +368,10 @@ class TaskManager:
         self._stopping = False
         self._background: set[asyncio.Task[None]] = set()
         self._attaching: set[asyncio.Task[None]] = set()  # shims of loaded tasks, being attached
+        # Loaded tasks' shims are attached once the daemon serves, a few at a time: their
+        # events can wait a moment (the shims journal them), the first calls should not.
+        self._serving = asyncio.Event()
+        self._attach_slots = asyncio.Semaphore(ATTACH_AT_ONCE)
         self._warming: asyncio.Task[None] | None = None
         self._recovering = False  # load() is publishing what happened while no daemon ran
         self._recovered: builtins.list[tuple[str, str, events_pb2.Envelope]] = []
@@ -597,6 +628,10 @@ class TaskManager:
                 )
                 envelope.timestamp.FromNanoseconds(event.time_ns)
                 self._recovered.append((task.namespace, task.id, envelope))
+        self._apply_state(task, event)
+
+    def _apply_state(self, task: Task, event: protocol.Event) -> None:
+        """What one shim event changes of the task's state."""
         if event.topic == "/tasks/exit":
             task._exited(
                 str(event.event.get("exec_id") or ""),
@@ -638,17 +673,25 @@ class TaskManager:
     def _scan_bundles(self) -> builtins.list[tuple[Path, str, str, str, str, _Records]]:
         """Every bundle with its instance, dead record, address, runtime and, for a live
         shim's, its journal (None when unreadable) (one pass, on a thread)."""
-        root = self.state / "tasks"
-        if not root.is_dir():
-            return []
+        # Plain os calls: with hundreds of bundles, pathlib and the exceptions of files that
+        # are not there were half the daemon's time to its first answer after a restart.
+        root = os.path.join(self.state, "tasks")
 
-        def entry(path: Path) -> tuple[Path, str, str, str, str, _Records]:
-            files = (INSTANCE, DEAD, "address", RUNTIME)
-            instance, dead, address, runtime = (_read(path / name) for name in files)
-            records = _live_journal(path / JOURNAL) if instance and not dead else None
-            return path, instance, dead, address, runtime, records
+        def entry(directory: str) -> tuple[Path, str, str, str, str, _Records]:
+            present = set(os.listdir(directory))
+            instance, dead, address, runtime = (
+                _read_file(os.path.join(directory, name)) if name in present else ""
+                for name in (INSTANCE, DEAD, "address", RUNTIME)
+            )
+            records = None
+            if instance and not dead and JOURNAL in present:
+                records = _live_journal(Path(directory, JOURNAL))
+            return Path(directory), instance, dead, address, runtime, records
 
-        return [entry(path) for path in sorted(p for p in root.glob("*/*") if p.is_dir())]
+        found = []
+        for namespace in _subdirectories(root):
+            found += [entry(bundle) for bundle in _subdirectories(namespace)]
+        return found
 
     async def _load(
         self,
@@ -682,7 +725,13 @@ class TaskManager:
             # What the shim journaled is on disk: the task is known from it at once, and its
             # shim attached behind it (from the last of these records on).
             for record in records:
-                await self._take(task, record)
+                if record.seq == task.last_seq + 1 and record.seq <= task.published:
+                    # Published by a previous daemon: only the state, and nobody waits yet.
+                    if record.topic in _EVENTS:
+                        self._apply_state(task, record)
+                    task.last_seq = record.seq
+                else:
+                    await self._take(task, record)
             if task.pid and not task.deleted_in_journal:
                 self._tasks[(namespace, cid)] = task
                 task.attaching = asyncio.get_running_loop().create_future()
@@ -717,19 +766,25 @@ class TaskManager:
         what the journal held; a shim that is gone is buried (its task stopped)."""
         assert task.attaching is not None
         try:
-            try:
-                task.client = await ShimClient.connect(
-                    address.removeprefix("unix://"), f"{task.namespace}/{task.id}"
-                )
-                await self._subscribe(task, after=task.last_seq)
-            except errors.CtrdError as e:
-                log.info("shim_gone", ns=task.namespace, id=task.id, error=str(e))
-                if not self._stopping:
-                    await self._bury(task)
+            await self._serving.wait()
+            async with self._attach_slots:
+                try:
+                    task.client = await ShimClient.connect(
+                        address.removeprefix("unix://"), f"{task.namespace}/{task.id}"
+                    )
+                    await self._subscribe(task, after=task.last_seq)
+                except errors.CtrdError as e:
+                    log.info("shim_gone", ns=task.namespace, id=task.id, error=str(e))
+                    if not self._stopping:
+                        await self._bury(task)
         except Exception:
             log.exception("attach_failed", ns=task.namespace, id=task.id)
         finally:
             task.attaching.set_result(None)
+
+    def serving(self) -> None:
+        """The daemon serves: attach the shims of the tasks `load` found."""
+        self._serving.set()
 
     def _keep_live(self, topic: str) -> bool:
         """Whether a live exit (or OOM) joins the recovered events: shortly after a restart
