@@ -17,7 +17,9 @@ For each daemon in turn (the other one idle):
    from just before the kill until now (`ctrctl events --since --until`); containerd has none.
    Each of the K should be published exactly once. The status Tasks.Wait and Tasks.Delete
    (over gRPC) give for each of the K: the true one is 137 (SIGKILL);
-5. every task and container is removed. At the end (or on Ctrl-C) the daemons are stopped and
+5. with `--restarts R`, R-1 more restarts (SIGKILL, 1 s down, nothing else killed), timed to
+   the N-K listed RUNNING: their median, since one restart's time varies by tens of percent;
+6. every task and container is removed. At the end (or on Ctrl-C) the daemons are stopped and
    what they left is killed by pid and unmounted (see common.py).
 
 What the restarted daemon logged of warnings and errors (and Python tracebacks), removal
@@ -25,7 +27,7 @@ included, is shown (ctrd logs at `--ctrd-log-level`, info by default); `--logs D
 daemons' logs.
 
     python3 bench/restart.py [-n 100] [-k 10] [--down 5] [--wait 30] [--listen 3]
-                             [--parallel 1] [--daemons ctrd,containerd]
+                             [--parallel 1] [--restarts 1] [--daemons ctrd,containerd]
                              [--ctrd-log-level info] [--logs DIR]
 """
 
@@ -38,6 +40,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -91,6 +94,7 @@ class Recovery:
     waited: dict[str, str]  # container id -> Tasks.Wait's exit status, or the gRPC error
     deleted: dict[str, str]  # ... Tasks.Delete's
     warnings: list[str]  # the restarted daemon's warning and error log lines, removal included
+    again: list[float]  # further restarts (`--restarts`): seconds to the N-K listed RUNNING
 
     def rows(self) -> dict[str, float | None]:
         k, logged = self.killed, self.logged or Counter()
@@ -102,6 +106,10 @@ class Recovery:
             "restart: first answer (s)": self.answered,
             "restart: N-K listed RUNNING (s)": self.survivors_running,
             "restart: and the K listed STOPPED (s)": self.complete,
+            f"restarts 2..{len(self.again) + 1}: N-K RUNNING, median (s)": (
+                statistics.median(self.again) if self.again else None
+            ),
+            "  min (s)": min(self.again) if self.again else None,
             "K listed STOPPED at the end": self.killed_last["STOPPED"],
             "K exits published live (ctr events)": sum(self.live[c] > 0 for c in k),
             "K exits in the event log": in_log,
@@ -321,6 +329,7 @@ def measure(daemon: Daemon, image: str, args: argparse.Namespace) -> Recovery:
     live = exits_in(listener.read_text(errors="replace").splitlines(), killed)
     logged = logged_exits(daemon, since, killed) if daemon.name == "ctrd" else None
     waited, deleted = wait_and_delete(daemon, killed)
+    again = [restart_again(daemon, survivors, args) for _ in range(args.restarts - 1)]
 
     print(f"{daemon.name}: removing the containers", flush=True)
     shims = procs.shims_of(procs.table(), daemon.address, daemon.base)
@@ -332,8 +341,27 @@ def measure(daemon: Daemon, image: str, args: argparse.Namespace) -> Recovery:
     return Recovery(
         args.n, tuple(killed), wall, watch.answered, watch.survivors_running, watch.complete,
         watch.killed_then or Counter(), watch.killed_last or Counter(), live, logged,
-        waited, deleted, warnings,
+        waited, deleted, warnings, again,
     )  # fmt: skip
+
+
+def restart_again(daemon: Daemon, survivors: Sequence[str], args: argparse.Namespace) -> float:
+    """SIGKILL the daemon and start it again at once: seconds until the N-K are RUNNING."""
+    os.kill(daemon.proc.pid, signal.SIGKILL)
+    daemon.proc.wait()
+    time.sleep(1)
+    spawned = time.perf_counter()
+    respawn(daemon, args.ctrd_log_level)
+    watch = Watch()
+    try:
+        watch_recovery(watch, daemon, spawned, survivors, [], args.wait, daemon.base / "again.out")
+    finally:
+        if watch.events is not None:
+            watch.events.terminate()
+            watch.events.wait()
+    if watch.complete is None:
+        sys.exit(f"{daemon.name}: the survivors were not all RUNNING {args.wait} s after a restart")
+    return watch.complete
 
 
 def _cell(value: float | None, unit: bool) -> str:
@@ -392,6 +420,9 @@ def main() -> None:
         "--listen", type=float, default=3.0, help="seconds ctr events listens after the restart"
     )
     parser.add_argument("--parallel", type=int, default=1, help="ctr run -d at once")
+    parser.add_argument(
+        "--restarts", type=int, default=1, help="restarts in all (the later ones kill nothing)"
+    )
     parser.add_argument("--daemons", type=parse_daemons, default=DAEMONS)
     parser.add_argument("--ctrd-log-level", default="info")
     parser.add_argument("--logs", type=Path, help="keep the daemons' logs in this directory")
