@@ -31,6 +31,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from supervisor import digests, filters
 from supervisor.content.protocol import Info, Status
@@ -126,9 +127,26 @@ class LocalStore:
             raise NotFound(f"content digest {digest}") from None
 
     async def read(self, digest: str, offset: int = 0, size: int = 0) -> AsyncIterator[bytes]:
-        path = self.blob_path(digest)
+        # The open and the first chunk in one trip to a thread: most reads are of a manifest,
+        # an index or a config, a few KiB read whole (a client reads several for each run).
+        f, chunk, end = await asyncio.to_thread(self._open_at, digest, offset, size)
         try:
-            f = await asyncio.to_thread(open, path, "rb")
+            position = offset
+            while chunk:
+                position += len(chunk)
+                yield chunk
+                if position >= end:
+                    break
+                chunk = await asyncio.to_thread(
+                    os.pread, f.fileno(), min(READ_CHUNK, end - position), position
+                )
+        finally:
+            f.close()
+
+    def _open_at(self, digest: str, offset: int, size: int) -> tuple[BinaryIO, bytes, int]:
+        """The blob open, its first chunk from `offset`, and where the read ends."""
+        try:
+            f = open(self.blob_path(digest), "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:
             raise NotFound(f"content digest {digest}") from None
         try:
@@ -136,17 +154,11 @@ class LocalStore:
             if offset < 0 or offset > length:
                 raise OutOfRange(f"read offset {offset} of content {digest} (size {length})")
             end = length if size <= 0 else min(length, offset + size)
-            position = offset
-            while position < end:
-                chunk = await asyncio.to_thread(
-                    os.pread, f.fileno(), min(READ_CHUNK, end - position), position
-                )
-                if not chunk:
-                    break
-                position += len(chunk)
-                yield chunk
-        finally:
+            first = os.pread(f.fileno(), min(READ_CHUNK, end - offset), offset) if end else b""
+        except BaseException:
             f.close()
+            raise
+        return f, first, end
 
     # -- ingests -----------------------------------------------------------------------------
 
