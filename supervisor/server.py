@@ -204,9 +204,16 @@ class Parts:
 
 
 async def collect_later(parts: Parts, delay: float) -> None:
-    """The collector's runs, from `delay` seconds on (see the module's doc)."""
+    """The collector's runs, from `delay` seconds on (see the module's doc). Stores that cannot
+    be built (a root the daemon may not write, say) are logged, as each call to a service that
+    needs them fails with the reason, and the daemon goes on serving the rest."""
     await asyncio.sleep(delay)
-    await parts.gc.run()
+    try:
+        collector = parts.gc
+    except Exception:
+        log.exception("gc_unavailable")
+        return
+    await collector.run()
 
 
 @dataclass
