@@ -313,17 +313,7 @@ def measure(daemon: Daemon, image: str, args: argparse.Namespace) -> Recovery:
 
     log_size = daemon_log(daemon).stat().st_size
     listener = daemon.base / "events.out"
-    spawned = time.perf_counter()
-    respawn(daemon, args.ctrd_log_level)
-    watch = Watch()
-    try:
-        watch_recovery(watch, daemon, spawned, survivors, killed, args.wait, listener)
-        if watch.events is not None:
-            time.sleep(max(0.0, watch.listening + args.listen - time.perf_counter()))
-    finally:
-        if watch.events is not None:
-            watch.events.terminate()
-            watch.events.wait()
+    watch = respawn_and_watch(daemon, survivors, killed, args, listener, args.listen)
     if watch.answered is None:
         sys.exit(f"{daemon.name} did not answer within {args.wait} s after its restart")
     live = exits_in(listener.read_text(errors="replace").splitlines(), killed)
@@ -345,20 +335,31 @@ def measure(daemon: Daemon, image: str, args: argparse.Namespace) -> Recovery:
     )  # fmt: skip
 
 
+def respawn_and_watch(
+    daemon: Daemon, survivors: Sequence[str], killed: Sequence[str],
+    args: argparse.Namespace, listener: Path, listen: float = 0.0,
+) -> Watch:  # fmt: skip
+    """Start the daemon again and watch it recover; `ctr events` listens `listen` s more."""
+    spawned = time.perf_counter()
+    respawn(daemon, args.ctrd_log_level)
+    watch = Watch()
+    try:
+        watch_recovery(watch, daemon, spawned, survivors, killed, args.wait, listener)
+        if watch.events is not None:
+            time.sleep(max(0.0, watch.listening + listen - time.perf_counter()))
+    finally:
+        if watch.events is not None:
+            watch.events.terminate()
+            watch.events.wait()
+    return watch
+
+
 def restart_again(daemon: Daemon, survivors: Sequence[str], args: argparse.Namespace) -> float:
     """SIGKILL the daemon and start it again at once: seconds until the N-K are RUNNING."""
     os.kill(daemon.proc.pid, signal.SIGKILL)
     daemon.proc.wait()
     time.sleep(1)
-    spawned = time.perf_counter()
-    respawn(daemon, args.ctrd_log_level)
-    watch = Watch()
-    try:
-        watch_recovery(watch, daemon, spawned, survivors, [], args.wait, daemon.base / "again.out")
-    finally:
-        if watch.events is not None:
-            watch.events.terminate()
-            watch.events.wait()
+    watch = respawn_and_watch(daemon, survivors, [], args, daemon.base / "again.out")
     if watch.complete is None:
         sys.exit(f"{daemon.name}: the survivors were not all RUNNING {args.wait} s after a restart")
     return watch.complete
