@@ -316,7 +316,7 @@ def _live_journal(path: Path) -> list[protocol.Event] | None:
         os.close(fd)
 
 
-def _read_file(path: str) -> str:
+def _read(path: str | Path) -> str:
     """A small file's text, stripped; "" if it cannot be read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -340,13 +340,6 @@ def _subdirectories(path: str) -> list[str]:
             return sorted(e.path for e in entries if e.is_dir(follow_symlinks=False))
     except OSError:
         return []
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
 
 
 class TaskManager:
@@ -680,7 +673,7 @@ class TaskManager:
         def entry(directory: str) -> tuple[Path, str, str, str, str, _Records]:
             present = set(os.listdir(directory))
             instance, dead, address, runtime = (
-                _read_file(os.path.join(directory, name)) if name in present else ""
+                _read(os.path.join(directory, name)) if name in present else ""
                 for name in (INSTANCE, DEAD, "address", RUNTIME)
             )
             records = None
