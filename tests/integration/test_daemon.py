@@ -76,11 +76,11 @@ def test_plugins_export_the_directories_of_the_stores(ctrd):
         ("io.containerd.runtime.v2", "task"): {"root": str(ctrd.root), "state": str(ctrd.state)},
     }
     # The stores are built at their first use, or by the collector's first run at the latest.
+    stores = [ctrd.root / "content" / "blobs", ctrd.root / "snapshots" / "overlayfs"]
     deadline = time.monotonic() + 5
-    while not (ctrd.root / "content" / "blobs").is_dir() and time.monotonic() < deadline:
+    while not all(d.is_dir() for d in stores) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert (ctrd.root / "content" / "blobs").is_dir()
-    assert (ctrd.root / "snapshots" / "overlayfs").is_dir()
+    assert [d for d in stores if not d.is_dir()] == []
 
 
 def test_socket_is_mode_0660(ctrd):
