@@ -14,8 +14,9 @@ The plan for the process (issue 5), so that the pieces fit:
 - A shim: its own session, child subreaper, cwd = bundle; renames itself so `ps` shows
   `shim <namespace> <id> <daemon address>`; listens on `<state>/s/<sha256(ns/id)>` (unix socket
   paths are limited to 107 bytes) and writes that address and its pid into the bundle.
-- It runs `runc create` (crun when the runtime options or config ask) and does runc's start
-  and its delete of a stopped container itself where they only touch files (`runc`), opens the
+- It runs `runc create` (crun when the runtime options or config ask) and does runc's start,
+  its delete of a stopped container and its kill of the init itself where they only touch files
+  or send one signal (`runc`), opens the
   client's stdio FIFOs without blocking on an absent reader, copies pty output through the
   console socket, reaps every child, and journals each exit (128+signal for signals) with
   `journal.Journal.append` *before* it answers a wait or sends the event.

@@ -20,6 +20,11 @@ a Go program each time (~8 ms apiece here, a tenth of a short container's whole 
   none of its processes outlives its init), no poststop hook, no Intel RDT group and cgroupfs
   cgroups; and only once its init is reaped.
 
+- `runc kill` without `--all` sends the signal to the container's init, once it has checked
+  that the init still runs. `kill` does that when the init is running or created but not paused
+  (runc also thaws a paused container for SIGKILL); the init is the shim's child, so its pid
+  cannot be reused before the shim reaps it.
+
 Anything else (crun, which uses its FIFO the other way round; a state this code does not know;
 a cgroup that will not go at once) is left to the runtime's own command, which also retries.
 """
@@ -133,6 +138,16 @@ class Runtime:
         """Delete the container `cid`, whose init has been reaped (see the module's doc)."""
         if not (self._is_runc and self._destroy(cid)):
             self.run(["delete", "--force", cid])
+
+    def kill(self, cid: str, sig: int, *, all: bool, pid: int, paused: bool) -> None:
+        """Signal the container `cid` whose init is `pid`: its init, or with `all` every process
+        in its cgroup (see the module's doc). RuntimeFailed if the init no longer runs."""
+        if all or paused or not self._is_runc:
+            self.run(["kill", *(["--all"] if all else []), cid, str(sig)])
+        elif not _alive(pid):
+            raise RuntimeFailed("container not running")
+        else:
+            os.kill(pid, sig)
 
     @property
     def _is_runc(self) -> bool:

@@ -557,9 +557,14 @@ class Shim:
         if process.status == STOPPED:
             raise _not_found("process already finished")
         if process is self.init:
-            args = ["kill", *(["--all"] if params.get("all") else []), self.config.id, str(sig)]
             try:
-                self.runtime.run(args)
+                self.runtime.kill(
+                    self.config.id,
+                    sig,
+                    all=bool(params.get("all")),
+                    pid=process.pid,
+                    paused=process.status == PAUSED,
+                )
             except runc.RuntimeFailed as e:
                 self._reap()
                 if (

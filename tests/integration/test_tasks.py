@@ -384,9 +384,10 @@ def test_an_oom_kill_is_an_event(ctrd, busybox_image):
     assert topics.index("/tasks/oom") < topics.index("/tasks/delete")
 
 
-def test_the_shim_starts_and_deletes_a_runc_container_itself(ctrd, busybox_image, tmp_path):
-    """`runc start` and `runc delete` of a stopped container only touch files: the shim does
-    them itself, and leaves what runc would (no state, no cgroup)."""
+def test_the_shim_starts_kills_and_deletes_a_runc_container_itself(ctrd, busybox_image, tmp_path):
+    """`runc start`, `runc kill` of the init and `runc delete` of a stopped container only touch
+    files or send a signal: the shim does them itself, and leaves what runc would (no state, no
+    cgroup). A kill of every process is runc's."""
     ref = pull(ctrd, busybox_image)
     runc, log = logging_runc(tmp_path / "bin")
     result = run(ctrd, "--rm", "--runc-binary", str(runc), ref, "own", "sh", "-c", "echo ran")
@@ -401,9 +402,16 @@ def test_the_shim_starts_and_deletes_a_runc_container_itself(ctrd, busybox_image
     wait_for(lambda: "STOPPED" in ctrd.ctr("tasks", "ls").stdout)
     ctrd.ctr("tasks", "rm", "own2")
     ctrd.ctr("containers", "rm", "own2")
-    assert log.read_text().split() == ["create", "create", "kill"]
+    assert log.read_text().split() == ["create", "create"]
     assert not (ctrd.state / "runc" / "default" / "own2").exists()
     assert cgroups_of("default", "own2") == []
+
+    run(ctrd, "-d", "--runc-binary", str(runc), ref, "own3", "sleep", "1000")
+    ctrd.ctr("tasks", "kill", "--all", "-s", "KILL", "own3")
+    wait_for(lambda: "STOPPED" in ctrd.ctr("tasks", "ls").stdout)
+    ctrd.ctr("tasks", "rm", "own3")
+    ctrd.ctr("containers", "rm", "own3")
+    assert log.read_text().split() == ["create", "create", "create", "kill"]
 
 
 def test_a_poststop_hook_is_left_to_runc_delete(ctrd, busybox_image, tmp_path):

@@ -1,4 +1,5 @@
-"""The shim's own `runc start` and `runc delete` (shim.runc), on real FIFOs and directories."""
+"""The shim's own `runc start`, `runc delete` and `runc kill` (shim.runc), on real FIFOs,
+directories and processes."""
 
 from __future__ import annotations
 
@@ -37,6 +38,14 @@ def state(**changes: Any) -> dict[str, Any]:
     base.update(changes)
     base["config"].update(config)
     return base
+
+
+def noting_runtime(directory: Path, name: str = "runc") -> tuple[Path, Path]:
+    """A runtime binary that only notes its arguments: (its path, the file it notes them in)."""
+    fake = directory / name
+    fake.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/asked"\n')
+    fake.chmod(0o755)
+    return fake, directory / "asked"
 
 
 def write_state(root: Path, cid: str, content: dict[str, Any]) -> Path:
@@ -88,11 +97,9 @@ def test_start_of_an_init_that_died_before_writing_fails(tmp_path):
 
 def test_start_without_a_fifo_is_runcs_to_answer(tmp_path):
     """No FIFO (not created, or started already): runc itself runs, and says why."""
-    fake = tmp_path / "runc"
-    fake.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/asked"\n')
-    fake.chmod(0o755)
+    fake, asked = noting_runtime(tmp_path)
     runtime(tmp_path, str(fake)).start("c3", os.getpid())
-    assert (tmp_path / "asked").read_text().split()[-2:] == ["start", "c3"]
+    assert asked.read_text().split()[-2:] == ["start", "c3"]
 
 
 def test_crun_starts_itself(tmp_path):
@@ -100,11 +107,9 @@ def test_crun_starts_itself(tmp_path):
     fifo = tmp_path / "c4" / runc.EXEC_FIFO
     fifo.parent.mkdir()
     os.mkfifo(fifo)
-    fake = tmp_path / "crun"
-    fake.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/asked"\n')
-    fake.chmod(0o755)
+    fake, asked = noting_runtime(tmp_path, "crun")
     runtime(tmp_path, str(fake)).start("c4", os.getpid())
-    assert (tmp_path / "asked").read_text().split()[-2:] == ["start", "c4"]
+    assert asked.read_text().split()[-2:] == ["start", "c4"]
     assert fifo.exists()
 
 
@@ -143,11 +148,9 @@ def test_delete_leaves_to_runc_what_is_more_than_removal(tmp_path, why, changes)
         with open(f"/proc/{os.getpid()}/stat") as f:
             content["init_process_start"] = int(f.read().rsplit(")", 1)[1].split()[19])
     directory = write_state(tmp_path / "root", "c", content)
-    fake = tmp_path / "runc"
-    fake.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/asked"\n')
-    fake.chmod(0o755)
+    fake, asked = noting_runtime(tmp_path)
     runtime(tmp_path / "root", str(fake)).delete("c")
-    assert (tmp_path / "asked").read_text().split()[-3:] == ["delete", "--force", "c"], why
+    assert asked.read_text().split()[-3:] == ["delete", "--force", "c"], why
     assert directory.exists(), why
 
 
@@ -155,11 +158,9 @@ def test_a_cgroup_that_will_not_go_is_left_to_runcs_retries(tmp_path):
     busy = tmp_path / "cg" / "memory" / "c"
     (busy / "child").mkdir(parents=True)  # not empty: rmdir fails, as with a live process
     directory = write_state(tmp_path / "root", "c", state(cgroup_paths={"memory": str(busy)}))
-    fake = tmp_path / "runc"
-    fake.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/asked"\n')
-    fake.chmod(0o755)
+    fake, asked = noting_runtime(tmp_path)
     runtime(tmp_path / "root", str(fake)).delete("c")
-    assert (tmp_path / "asked").read_text().split()[-3:] == ["delete", "--force", "c"]
+    assert asked.read_text().split()[-3:] == ["delete", "--force", "c"]
     assert directory.exists()
 
 
@@ -176,3 +177,53 @@ def test_alive_knows_zombies_and_reused_pids():
     finally:
         child.wait()
     assert not runc._alive(child.pid)
+
+
+# --- kill: the init ----------------------------------------------------------------------------
+
+
+def test_kill_signals_a_running_init_itself(tmp_path):
+    fake, asked = noting_runtime(tmp_path)
+    init = subprocess.Popen(["sleep", "100"])
+    try:
+        runtime(tmp_path, str(fake)).kill(
+            "c", signal.SIGTERM, all=False, pid=init.pid, paused=False
+        )
+        assert init.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        init.kill()
+        init.wait()
+    assert not asked.exists()
+
+
+def test_kill_of_an_init_that_no_longer_runs_fails_as_runcs(tmp_path):
+    fake, asked = noting_runtime(tmp_path)
+    init = subprocess.Popen(["true"])
+    init.wait()
+    with pytest.raises(runc.RuntimeFailed, match="container not running"):
+        runtime(tmp_path, str(fake)).kill(
+            "c", signal.SIGKILL, all=False, pid=init.pid, paused=False
+        )
+    assert not asked.exists()
+
+
+@pytest.mark.parametrize(
+    ("why", "name", "all", "paused", "expected"),
+    [
+        ("every process in the cgroup", "runc", True, False, ["kill", "--all", "c", "9"]),
+        ("runc thaws a paused container for SIGKILL", "runc", False, True, ["kill", "c", "9"]),
+        ("crun", "crun", False, False, ["kill", "c", "9"]),
+    ],
+)
+def test_kill_leaves_to_the_runtime_what_is_more_than_a_signal(
+    tmp_path, why, name, all, paused, expected
+):
+    fake, asked = noting_runtime(tmp_path, name)
+    init = subprocess.Popen(["sleep", "100"])
+    try:
+        runtime(tmp_path, str(fake)).kill("c", signal.SIGKILL, all=all, pid=init.pid, paused=paused)
+        assert init.poll() is None, why
+    finally:
+        init.kill()
+        init.wait()
+    assert asked.read_text().split()[-len(expected) :] == expected, why
