@@ -157,6 +157,29 @@ class Pipe:
         else:
             self._set_read(True)
 
+    def end_after_pending(self) -> None:
+        """The source gets nothing more: copy what it holds now and what is buffered, then end.
+
+        A client writes its input before it calls CloseIO, so that input is in the FIFO by
+        then, however far behind the copy is.
+        """
+        if self.finished or self._eof:
+            return
+        self._set_read(False)
+        while True:
+            try:
+                data = os.read(self.src, CHUNK)
+            except OSError:  # EAGAIN: all read
+                break
+            if not data:
+                break
+            self._buffer += data
+        self._eof = True
+        if self._buffer:
+            self._write()  # ends once the buffer is written
+        else:
+            self._finish()
+
     def stop(self) -> None:
         """Stop copying now (what is buffered is dropped)."""
         if not self.finished:
@@ -238,6 +261,7 @@ class Io:
         self._out_fd = -1
         self._in_fd = -1
         self._pipe_r = self._pipe_w = -1  # the process's stdin pipe, without a terminal
+        self._stdin_closed = False  # CloseIO came
         self._log: logfile.LogFile | None = None  # the shim's own log (ctrd-log://)
         self._log_open = 0
         self._pumps: list[logfile.Pump] = []
@@ -279,7 +303,7 @@ class Io:
             self.own(self._pipe_w)
             os.set_blocking(self._pipe_w, False)
             self._in_fd = stdin
-            self._pipes.append(Pipe(self.reactor, stdin, self._pipe_w, self._input_done))
+            self._copy_stdin(self._pipe_w)
             stdin = read_end
         if self.stdout.startswith("binary://"):
             out, err = _start_logger(self.stdout, namespace, cid, self)
@@ -353,13 +377,13 @@ class Io:
                 logfile.Pump(self._want_read, master, "stdout", self._log, self._log_done)
             )
             if self._in_fd >= 0:
-                self._pipes.append(Pipe(self.reactor, self._in_fd, master, self._input_done))
+                self._copy_stdin(master)
             return
         if self._out_fd < 0:
             self._out_fd = self.own(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
         self._pipes.append(Pipe(self.reactor, master, self._out_fd, self._output_done))
         if self._in_fd >= 0:
-            self._pipes.append(Pipe(self.reactor, self._in_fd, master, self._input_done))
+            self._copy_stdin(master)
 
     def resize(self, width: int, height: int) -> None:
         self.size = (width, height)
@@ -367,14 +391,21 @@ class Io:
             fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
     def close_stdin(self) -> None:
-        """The client will send no more input."""
+        """The client will send no more input: what it sent is delivered, then the end of it
+        (with a terminal whose console has not come yet, once it comes)."""
+        self._stdin_closed = True
         for pipe in self._pipes:
             if pipe.src == self._in_fd:
-                pipe.stop()
-        if self._in_fd >= 0:
-            self._close(self._in_fd)
-            self._in_fd = -1
-        self._input_done()
+                pipe.end_after_pending()  # and `_input_done` once it ends
+                return
+        if not (self.terminal and self.master < 0):
+            self._input_done()
+
+    def _copy_stdin(self, dst: int) -> None:
+        pipe = Pipe(self.reactor, self._in_fd, dst, self._input_done)
+        self._pipes.append(pipe)
+        if self._stdin_closed:
+            pipe.end_after_pending()
 
     def _input_done(self) -> None:
         if self._in_fd >= 0:
