@@ -10,7 +10,12 @@ in the pipe when the process is reaped, and nothing can be lost. The shim opens
 - stdout and stderr: the client's FIFO read-write, which never blocks or fails even when no
   client reads (a write-only open would fail with ENXIO), and which the shim keeps until the
   process exits, so the process never gets EPIPE when a client goes away (like containerd, the
-  pipe then fills and blocks the writer until a client reads again);
+  pipe then fills and blocks the writer until a client reads again). But first the shim waits,
+  up to READER_WAIT, for the client's reading end: ctr and docker open it on a thread of their
+  own, which may not have run yet, and a FIFO's contents go with its last open end, so output
+  written before the reader came and let go of by the shim at the exit would be lost (the
+  client, told of the exit, stops waiting for its open). containerd's shim waits for the reader
+  without a limit, in Create;
 - `file:///path`: the file, appended to (created 0640 with its directories);
 - `ctrd-log:///path?max-size=N&max-files=N[&tee=/fifo]` (stdout and stderr both): pipes the
   shim reads into a log it keeps (`logfile`), each stream copied to its `tee` FIFO as well
@@ -36,12 +41,14 @@ import socket
 import stat
 import struct
 import termios
+import time
 from collections.abc import Callable
 from urllib.parse import parse_qsl, urlsplit
 
 from shim import logfile
 
 CHUNK = 1 << 16
+READER_WAIT = 1.0  # seconds an output FIFO may wait for its client's reading end
 Callback = Callable[[], None]
 
 
@@ -204,9 +211,28 @@ def _open_output(uri: str, namespace: str, cid: str, io: Io) -> int:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         return io.own(os.open(parts.path, flags, 0o640))
     if parts.scheme in ("", "fifo"):
-        path = parts.path if parts.scheme else uri
-        return io.own(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+        return io.own(_open_fifo(parts.path if parts.scheme else uri, io.reader_deadline))
     raise ValueError(f'unsupported stdio URI "{uri}"')
+
+
+def _open_fifo(path: str, deadline: float) -> int:
+    """An output FIFO, read-write, once its reader is there or at `deadline` (see the module's
+    doc). A write-only open without blocking succeeds only when there is a reader; it is held
+    until the read-write one is open, since a reader it woke would otherwise see an end of file
+    as it closes."""
+    probe = -1
+    while probe < 0:
+        try:
+            probe = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno != errno.ENXIO or time.monotonic() >= deadline:
+                break  # no reader yet: the read-write open below says what else is wrong
+            time.sleep(0.002)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    finally:
+        if probe >= 0:
+            os.close(probe)
 
 
 def _start_logger(uri: str, namespace: str, cid: str, io: Io) -> tuple[int, int]:
@@ -269,6 +295,7 @@ class Io:
         self.done = not terminal  # pass-through needs no draining
         self._on_done: list[Callback] = []
         self.size: tuple[int, int] | None = None
+        self.reader_deadline = time.monotonic() + READER_WAIT  # shared by stdout and stderr
         try:
             self.fds = self._open(namespace, cid)
         except BaseException:

@@ -8,12 +8,15 @@ everything else goes through the Tasks, Containers, Snapshots and Events stubs i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -83,6 +86,57 @@ def test_container_output_through_a_fifo(api):
     assert api.wait("out").exit_status == 0
     assert out.text() == "kingkoye\n"
     api.delete("out")
+
+
+def late_reader(fifo: Path, delay: float) -> tuple[threading.Thread, list[bytes]]:
+    """A client's reading end of `fifo`, opened on a thread of its own after `delay` (ctr and
+    docker open theirs on a goroutine, which may run late): what it reads, once it ends."""
+    os.mkfifo(fifo, 0o600)
+    received: list[bytes] = []
+
+    def read() -> None:
+        time.sleep(delay)
+        with open(fifo, "rb") as f:  # blocks until the shim holds its end
+            received.append(f.read())
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, received
+
+
+def unblock(fifo: Path) -> None:
+    """Wake a reader still waiting to open `fifo` (it then reads an end of file)."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_output_waits_for_a_reader_that_opens_late(api):
+    """A FIFO's contents go with its last open end: had the shim let go of its end at the exit
+    before the client opened its own, the output would be lost."""
+    api.container("late", "echo", "late-but-there")
+    fifo = api.dir / "late-stdout"
+    thread, received = late_reader(fifo, 0.3)
+    try:
+        api.create("late", stdout=str(fifo))
+        api.start("late")
+        assert api.wait("late").exit_status == 0
+        thread.join(10)
+        assert received == [b"late-but-there\n"]
+    finally:
+        unblock(fifo)
+    api.delete("late")
+
+
+def test_output_does_not_wait_long_for_a_reader_that_never_comes(api):
+    api.container("noreader", "sh", "-c", "echo lost; exit 4")
+    fifo = api.dir / "noreader-stdout"
+    os.mkfifo(fifo, 0o600)
+    started = time.monotonic()
+    api.create("noreader", stdout=str(fifo))
+    assert time.monotonic() - started < 5
+    api.start("noreader")
+    assert api.wait("noreader").exit_status == 4
+    api.delete("noreader")
 
 
 def test_container_output_to_a_file(api):
