@@ -362,6 +362,8 @@ def test_a_shims_event_stream_resumes_from_a_sequence_number(ctrd, busybox_image
         exit_ = messages[2]
         assert isinstance(exit_, protocol.Event)
         assert (exit_.seq, exit_.topic, exit_.event["exit_status"]) == (3, "/tasks/exit", 137)
+    # This connection may hear of the exit before the daemon's own does.
+    wait_for(lambda: "STOPPED" in ctrd.ctr("tasks", "ls").stdout)
     ctrd.ctr("tasks", "rm", "ev")
 
 
