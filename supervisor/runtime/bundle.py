@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +42,11 @@ class Bundle:
         identifiers.validate(cid)
         return cls(state / "tasks" / namespace / cid, namespace, cid)
 
-    def create(self, spec: bytes, mounts: Sequence[Mount]) -> None:
-        """Write the spec and mount the root filesystem (blocking; run it on a thread).
+    def create(
+        self, spec: bytes, mounts: Sequence[Mount], records: Mapping[str, str] | None = None
+    ) -> None:
+        """Write the spec and `records` (file name -> text) and mount the root filesystem
+        (blocking; run it on a thread).
 
         With no mounts the spec's `root.path` is used as it is (dockerd mounts its own rootfs).
         """
@@ -60,6 +63,8 @@ class Bundle:
             raise AlreadyExists(f'bundle for task "{self.id}"') from None
         try:
             (self.path / CONFIG).write_bytes(spec)
+            for name, text in (records or {}).items():
+                (self.path / name).write_text(text)
             if mounts:
                 self.rootfs.mkdir(mode=0o711)
                 mount_all(mounts, self.rootfs)

@@ -527,13 +527,15 @@ class TaskManager:
         runtime: Runtime,
     ) -> Task:
         bundle = Bundle.at(self.state, namespace, cid)
-        await asyncio.to_thread(bundle.create, spec, mounts)
+        source = f"shim:{os.urandom(16).hex()}"
+
+        def prepare() -> None:  # one trip to a thread
+            os.makedirs(runtime.root, 0o711, exist_ok=True)
+            bundle.create(spec, mounts, {RUNTIME: runtime.to_json(), INSTANCE: source})
+
+        await asyncio.to_thread(prepare)
         task: Task | None = None
         try:
-            source = f"shim:{os.urandom(16).hex()}"
-            await asyncio.to_thread((bundle.path / RUNTIME).write_text, runtime.to_json())
-            await asyncio.to_thread((bundle.path / INSTANCE).write_text, source)
-            await asyncio.to_thread(os.makedirs, runtime.root, 0o711, True)
             config = {
                 "namespace": namespace,
                 "id": cid,

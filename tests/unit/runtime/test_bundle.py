@@ -45,10 +45,20 @@ def test_create_writes_the_spec_and_mounts_the_rootfs_delete_undoes_it(tmp_path,
     bundle.delete()  # again: nothing to do
 
 
+def test_records_are_written_beside_the_spec(tmp_path):
+    bundle = Bundle.at(tmp_path / "state", "default", "c5")
+    bundle.create(SPEC, [], {"instance": "shim:1", "runtime.json": "{}"})
+    assert (bundle.path / "instance").read_text() == "shim:1"
+    assert (bundle.path / "runtime.json").read_text() == "{}"
+    bundle.delete()
+
+
 def test_a_failed_mount_leaves_nothing(tmp_path):
     bundle = Bundle.at(tmp_path / "state", "default", "c2")
     with pytest.raises(MountError):
-        bundle.create(SPEC, [Mount("bind", str(tmp_path / "missing"), ("rbind",))])
+        bundle.create(
+            SPEC, [Mount("bind", str(tmp_path / "missing"), ("rbind",))], {"instance": "shim:2"}
+        )
     assert not bundle.path.exists()
 
 
