@@ -56,6 +56,9 @@ class EventsService(pb_grpc.EventsServicer):
         subscription = self._exchange.subscription(selected)
         backlog = [e for e in self._backlog() if selected.matches(envelope_adaptor(e))]
         try:
+            # The headers tell the client it is subscribed: what is published from now on
+            # reaches it (without them, it could only guess when that is).
+            await context.send_initial_metadata(())
             for envelope in backlog:
                 yield envelope
             while (item := await subscription.queue.get()) is not None:

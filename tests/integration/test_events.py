@@ -27,7 +27,7 @@ class Subscription:
         self.call = stub.Subscribe(events_pb2.SubscribeRequest(filters=filters))
         self.thread = threading.Thread(target=self._collect, daemon=True)
         self.thread.start()
-        time.sleep(0.3)  # let the server register the subscriber
+        self.call.initial_metadata()  # sent once the daemon has registered the subscriber
 
     def _collect(self) -> None:
         try:

@@ -129,7 +129,7 @@ class Subscription:
         self._call = stub.Subscribe(events_pb2.SubscribeRequest(filters=filters))
         self._thread = threading.Thread(target=self._collect, daemon=True)
         self._thread.start()
-        time.sleep(0.3)  # let the server register the subscriber
+        self._call.initial_metadata()  # sent once the daemon has registered the subscriber
 
     def _collect(self) -> None:
         with contextlib.suppress(grpc.RpcError):

@@ -48,9 +48,16 @@ async def next_envelope(stream: AsyncIterator[Any]) -> events_pb2.Envelope:
     return envelope
 
 
+class HeadersOnly:
+    """What Subscribe asks of its call's context here: to send the headers."""
+
+    async def send_initial_metadata(self, metadata: object) -> None:
+        pass
+
+
 def subscribe(service: EventsService, *filter_: str) -> AsyncIterator[Any]:
     request = events_pb2.SubscribeRequest(filters=list(filter_))
-    return service.Subscribe(request, None)  # type: ignore[arg-type]
+    return service.Subscribe(request, HeadersOnly())  # type: ignore[arg-type]
 
 
 def test_a_late_subscriber_gets_the_recovered_events_then_live_ones(tmp_path):
