@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
+import structlog
 from google.protobuf import empty_pb2
 
 from supervisor import filters, identifiers
@@ -20,6 +21,8 @@ from supervisor.api.containerd.services.events.v1 import events_pb2_grpc as pb_g
 from supervisor.errors import InvalidArgument, Unavailable
 from supervisor.events import QUEUE_LIMIT, Exchange, envelope_adaptor, validate_topic
 from supervisor.services import rpc
+
+log = structlog.get_logger("ctrd.events")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -59,6 +62,7 @@ class EventsService(pb_grpc.EventsServicer):
             # The headers tell the client it is subscribed: what is published from now on
             # reaches it (without them, it could only guess when that is).
             await context.send_initial_metadata(())
+            log.debug("events_subscribed", filters=list(request.filters))
             for envelope in backlog:
                 yield envelope
             while (item := await subscription.queue.get()) is not None:

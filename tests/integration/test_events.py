@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import threading
 import time
 
@@ -14,6 +12,7 @@ from google.protobuf import any_pb2
 from supervisor.api.containerd.events import namespace_pb2
 from supervisor.api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
 from supervisor.api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
+from tests.support.tasks import CtrEvents
 
 pytestmark = pytest.mark.integration
 
@@ -99,16 +98,12 @@ def test_filters_select_by_topic_namespace_and_event_field(ctrd, md):
 
 
 def test_ctr_events_prints_what_happens(ctrd, md):
-    proc = subprocess.Popen(
-        ["ctr", "-a", ctrd.address, "events"], stdout=subprocess.PIPE, text=True
-    )
+    events = CtrEvents(ctrd)
     try:
-        time.sleep(0.5)
         create_image(ctrd, md, "seen:1")
-        time.sleep(0.5)
+        events.wait_for_topic("/images/create")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=10)
+        out = events.stop()
     assert "default /images/create" in out
     assert '"name":"seen:1"' in out.replace(" ", "")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.conftest import Ctrd
 from tests.support.registry import PushedImage
-from tests.support.tasks import cgroups_of, logging_runc
+from tests.support.tasks import CtrEvents, cgroups_of, logging_runc
 
 
 def pull(ctrd: Ctrd, image: PushedImage, ns: str = "default") -> str:
@@ -200,18 +200,13 @@ def test_runtime_option_names_the_runtime(ctrd, busybox_image):
 
 def test_events_show_a_run_in_order_with_one_exit(ctrd, busybox_image):
     ref = pull(ctrd, busybox_image)
-    events = subprocess.Popen(
-        ["ctr", "-a", ctrd.address, "events"], stdout=subprocess.PIPE, text=True
-    )
+    events = CtrEvents(ctrd)
     try:
-        time.sleep(0.5)
         run(ctrd, "--rm", ref, "e1", "echo", "hi")
-        time.sleep(0.5)
+        events.wait_for_topic("/containers/delete")
     finally:
-        events.terminate()
-        out, _ = events.communicate(timeout=10)
-    # "<date> <time> +0000 UTC <namespace> <topic> <event as JSON>"
-    topics = [line.split()[5] for line in out.splitlines() if line.split()[4:5] == ["default"]]
+        out = events.stop()
+    topics = events.topics()
     tasks = [t for t in topics if t.startswith("/tasks/")]
     assert tasks == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"], out
     assert topics.index("/containers/create") < topics.index("/tasks/create")
@@ -369,19 +364,15 @@ def test_a_shims_event_stream_resumes_from_a_sequence_number(ctrd, busybox_image
 
 def test_an_oom_kill_is_an_event(ctrd, busybox_image):
     ref = pull(ctrd, busybox_image)
-    events = subprocess.Popen(
-        ["ctr", "-a", ctrd.address, "events"], stdout=subprocess.PIPE, text=True
-    )
+    events = CtrEvents(ctrd)
     try:
-        time.sleep(0.5)
         result = run(ctrd, "--rm", "--memory-limit", str(16 << 20), ref, "oom",
                      "tail", "/dev/zero", check=False)  # fmt: skip
-        time.sleep(0.5)
+        events.wait_for_topic("/containers/delete")
     finally:
-        events.terminate()
-        out, _ = events.communicate(timeout=10)
+        out = events.stop()
     assert result.returncode == 137, result.stderr
-    topics = [line.split()[5] for line in out.splitlines() if line.split()[4:5] == ["default"]]
+    topics = events.topics()
     assert "/tasks/oom" in topics, out
     assert topics.index("/tasks/oom") < topics.index("/tasks/delete")
 

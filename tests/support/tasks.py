@@ -18,6 +18,7 @@ import os
 import select
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -37,7 +38,7 @@ from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as pb
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc
 from supervisor.api.containerd.types import mount_pb2
 from supervisor.api.containerd.types.task import task_pb2 as types_pb
-from tests.conftest import Ctrd, ns_metadata
+from tests.conftest import Ctrd, ns_metadata, require_binary
 
 SNAPSHOTTER = "overlayfs"
 PROCESS_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
@@ -118,6 +119,53 @@ class Output:
             self._thread.join(5)
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+class CtrEvents:
+    """The real `ctr events` against a daemon, its lines collected on a thread; ready once
+    the daemon has registered its subscription (its log says so)."""
+
+    def __init__(self, ctrd: Ctrd) -> None:
+        subscribed = ctrd.log().count('"events_subscribed"')
+        self.lines: list[str] = []
+        self._proc = subprocess.Popen(
+            [require_binary("ctr"), "-a", ctrd.address, "events"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        try:
+            wait_for(
+                lambda: ctrd.log().count('"events_subscribed"') > subscribed,
+                timeout=10, what="ctr events subscribed",
+            )  # fmt: skip
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.lines.append(line)
+
+    def topics(self, ns: str = "default") -> list[str]:
+        """The topics printed so far in `ns` (a line: "<date> <time> +0000 UTC <ns> <topic>
+        <event as JSON>")."""
+        return [
+            fields[5] for fields in (line.split() for line in self.lines) if fields[4:5] == [ns]
+        ]
+
+    def wait_for_topic(self, topic: str, timeout: float = 10) -> None:
+        wait_for(lambda: topic in self.topics(), timeout=timeout, what=f"event {topic}")
+
+    def stop(self) -> str:
+        """Stop ctr; everything it printed."""
+        self._proc.terminate()
+        self._proc.wait(10)
+        self._thread.join(10)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        return "".join(self.lines)
 
 
 class Subscription:
