@@ -141,10 +141,10 @@ class Zygote:
             try:
                 conn.close()
                 self.listener.close()
-                os.setsid()
                 # A session leader opening a terminal would make it its controlling one: the
                 # shim never opens one (a console's master fd comes over a socket).
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.setsid()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the zygote ignores it
             except BaseException:
                 with contextlib.suppress(BaseException):
                     traceback.print_exc()

@@ -60,6 +60,8 @@ if TYPE_CHECKING:
     from supervisor.content.local import LocalStore
     from supervisor.metadata.content import ContentStore
     from supervisor.metadata.gc import Collector
+    from supervisor.metadata.images import ImageStore
+    from supervisor.metadata.leases import LeaseStore
     from supervisor.metadata.snapshots import SnapshotStore
 
 log = structlog.get_logger("ctrd")
@@ -190,12 +192,23 @@ class Parts:
         return Collector(self.db, self.blobs, self.snapshotters, interval=self.gc_interval)
 
     def built_snapshotters(self) -> list[OverlaySnapshotter | NativeSnapshotter]:
+        """The snapshotters, if something built them (a cached property lives in __dict__)."""
         return list(self.__dict__.get("snapshotters", {}).values())
 
     def content(self, ns: str, lease: str | None) -> ContentStore:
         from supervisor.metadata.content import ContentStore
 
         return ContentStore(self.db, self.blobs, ns, lease, on_delete=self.gc.mark_dirty)
+
+    def images(self, ns: str) -> ImageStore:
+        from supervisor.metadata.images import ImageStore
+
+        return ImageStore(self.db, ns)
+
+    def leases(self, ns: str) -> LeaseStore:
+        from supervisor.metadata.leases import LeaseStore
+
+        return LeaseStore(self.db, ns)
 
     def snapshots(self, ns: str, lease: str | None, name: str) -> SnapshotStore:
         from supervisor.metadata.snapshots import SnapshotStore
@@ -268,16 +281,14 @@ class Daemon:
             return ContentService(parts.content, events)
 
         def images_service() -> Any:
-            from supervisor.metadata.images import ImageStore
             from supervisor.services.images import ImagesService
 
-            return ImagesService(lambda ns: ImageStore(db, ns), events, parts.gc)
+            return ImagesService(parts.images, events, parts.gc)
 
         def leases_service() -> Any:
-            from supervisor.metadata.leases import LeaseStore
             from supervisor.services.leases import LeasesService
 
-            return LeasesService(lambda ns: LeaseStore(db, ns), parts.gc)
+            return LeasesService(parts.leases, parts.gc)
 
         def containers_service() -> Any:
             from supervisor.services.containers import ContainersService
@@ -306,16 +317,14 @@ class Daemon:
             return EventLogService(events)
 
         def pull_service() -> Any:
-            from supervisor.metadata.images import ImageStore
-            from supervisor.metadata.leases import LeaseStore
             from supervisor.services.pull import PullService
 
             return PullService(
                 parts.content,
                 parts.snapshots,
                 frozenset(parts.snapshotters),
-                lambda ns: ImageStore(db, ns),
-                lambda ns: LeaseStore(db, ns),
+                parts.images,
+                parts.leases,
                 parts.blobs,
                 events,
                 parts.gc,
@@ -323,10 +332,9 @@ class Daemon:
             )
 
         def push_service() -> Any:
-            from supervisor.metadata.images import ImageStore
             from supervisor.services.push import PushService
 
-            return PushService(parts.content, lambda ns: ImageStore(db, ns), config.registry)
+            return PushService(parts.content, parts.images, config.registry)
 
         server = grpc.aio.server(
             options=[
