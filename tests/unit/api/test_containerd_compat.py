@@ -63,7 +63,6 @@ EXCLUDED_PACKAGES = {
     "containerd.services.events.ttrpc.v1": "ttrpc event forwarding used by shims",
     "containerd.task.v2": "runtime v2 shim task API (ttrpc)",
     "containerd.runtime.linux.shim.v1": "runtime v1 shim API",
-    "containerd.linux.runc": "runtime v1 runctypes options",
     "containerd.plugin": "fieldpath protoc plugin (option extensions, no messages)",
 }
 
