@@ -2,11 +2,13 @@
 # Install everything ctrd and its tests need on a Debian 12 machine, as root:
 # the OCI runtimes, containerd's ctr client (the compatibility test), a registry for the tests,
 # busybox for test images, containerd's API protos (the wire-compatibility test), and ctrd
-# itself with its dev extra, editable from this checkout.
+# itself with its dev extra, editable from this checkout, in a virtual environment of its own
+# (/opt/ctrd) with `ctrd` and `ctrctl` linked into /usr/local/bin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
+    python3 python3-venv                     # Debian's Python: ctrd's venv is made from it (below)
     runc crun                                # OCI runtimes
     containerd                               # for the real `ctr` client only; never started
     docker-registry                          # a real registry on 127.0.0.1 for the tests
@@ -43,17 +45,32 @@ if command -v systemctl >/dev/null; then
     done
 fi
 
+# ctrd runs from a virtual environment of its own, made from Debian's interpreter by its full
+# path: Debian's python3 refuses `pip install` outside a venv (PEP 668,
+# externally-managed-environment), and the python3 first on the PATH may be another one (pyenv's,
+# a user's), which can be upgraded or removed under the venv, or not be there for systemd at all.
+# /usr/bin/python3 stays as long as the python3 package does. A venv made from another Python
+# (or whose Python went away) is made again.
+venv=/opt/ctrd
+python=$venv/bin/python
+if ! grep -qx 'home = /usr/bin' "$venv/pyvenv.cfg" 2>/dev/null || ! "$python" -c '' 2>/dev/null; then
+    /usr/bin/python3 -m venv --clear "$venv"
+fi
 # editable_mode=compat: a plain path entry in a .pth file, where the default installs an import
 # hook that every Python start (ctrctl's too) pays ~12 ms to load.
-python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]' \
+"$python" -m pip install --quiet --disable-pip-version-check -e '.[dev]' \
     --config-settings editable_mode=compat
+# On the PATH (before /usr/bin in Debian's default PATH): the venv's entry points, whose #! line
+# names the venv's interpreter, which the daemon then uses for its shims (sys.executable).
+ln -sfn "$venv/bin/ctrd" /usr/local/bin/ctrd
+ln -sfn "$venv/bin/ctrctl" /usr/local/bin/ctrctl
 # Byte-compile our packages now: the daemon starts faster (it matters on a restart, when every
 # client waits), and so do the shims' zygote and ctrctl, even where PYTHONDONTWRITEBYTECODE
 # keeps Python from writing the caches itself.
-python3 -m compileall -q supervisor shim snapshotter ctl >/dev/null
+"$python" -m compileall -q supervisor shim snapshotter ctl >/dev/null
 # The quick start's image (README): busybox from busybox-static, built offline, for
 # `ctrctl load -i /var/lib/ctrd/images/busybox.tar`.
-python3 deploy/busybox-image.py /var/lib/ctrd/images/busybox.tar >/dev/null
+"$python" deploy/busybox-image.py /var/lib/ctrd/images/busybox.tar >/dev/null
 # Kernel same-page merging: the shims offer the pages they copy from their zygote to KSM,
 # which folds the identical copies of every shim into one (~2.2 MB saved per container; see
 # shim/memory.py). KSM merges only memory that opted in. At the kernel's default rate (100 pages
@@ -67,3 +84,12 @@ if [[ -w /sys/kernel/mm/ksm/run ]]; then
             'w /sys/kernel/mm/ksm/run - - - - 1' >/etc/tmpfiles.d/ctrd-ksm.conf
     fi
 fi
+# An earlier set-up installed ctrd into whatever python3 came first on the PATH; where that
+# Python's own `ctrd` or `ctrctl` (a pyenv shim, say) still comes before /usr/local/bin, say so.
+for cmd in ctrd ctrctl; do
+    found=$(command -v "$cmd" || true)
+    if [[ $found != "/usr/local/bin/$cmd" ]]; then
+        echo "setup.sh: note: \`$cmd\` on your PATH is $found, not /usr/local/bin/$cmd (ctrd's venv);" \
+            "uninstall ctrd from that Python or put /usr/local/bin first" >&2
+    fi
+done

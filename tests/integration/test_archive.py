@@ -280,7 +280,7 @@ def test_the_quick_start(ctrd, short_tmp):
     [block] = re.findall(r"```sh\n(.*?)```", section, re.S)
     steps = block.splitlines()
     [archive] = re.findall(r"ctrctl load -i (\S+)", block)
-    assert f"python3 deploy/busybox-image.py {archive}" in setup
+    assert f"deploy/busybox-image.py {archive}" in setup
     assert "./deploy/setup.sh && ctrd" in readme
     built = short_tmp / "images" / "busybox.tar"
     made = subprocess.run(
