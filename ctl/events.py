@@ -48,30 +48,23 @@ def build_filters(given: list[str], namespace: str | None) -> list[str]:
 
 
 def format_event(envelope: Any) -> str:
-    from google.protobuf import json_format
+    """One event as a line: time, namespace, topic, and the event as JSON. An event whose
+    type no message of ours has (or whose bytes do not parse) is shown raw, never dropped."""
+    from supervisor import anys
 
-    # Importing the event messages registers them, so that `unpack` finds their types.
-    from supervisor.api.containerd.events import (  # noqa: F401
-        container_pb2,
-        content_pb2,
-        image_pb2,
-        namespace_pb2,
-        snapshot_pb2,
-        task_pb2,
-    )
-    from supervisor.api.containerd.services.images.v1 import images_pb2  # noqa: F401
-    from supervisor.events import unpack
-
-    stamp = envelope.timestamp.ToDatetime(tzinfo=dt.UTC)
-    nanos = envelope.timestamp.nanos
-    when = stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
-    payload = unpack(envelope.event)
-    body = (
-        json.dumps(json_format.MessageToDict(payload), separators=(",", ":"), sort_keys=True)
-        if payload is not None
-        else envelope.event.type_url
-    )
+    when = _when(envelope.timestamp)
+    body = json.dumps(anys.content(envelope.event), separators=(",", ":"), sort_keys=True)
     return f"{when} {envelope.namespace} {envelope.topic} {body}"
+
+
+def _when(timestamp: Any) -> str:
+    """RFC 3339 with nanoseconds; seconds since the epoch for a time Python cannot show."""
+    try:
+        stamp: dt.datetime = timestamp.ToDatetime(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):
+        return f"{timestamp.seconds}.{timestamp.nanos:09d}"  # e.g. year 10000 and later
+    nanos: int = timestamp.nanos
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -205,13 +205,17 @@ def machine_memory() -> int:
     return 0
 
 
-def decode(data: Any, system: int, host_memory: int) -> Sample:
-    """A Sample from a Metric's data (an Any of cgroups v1 or v2 Metrics)."""
-    online = os.sysconf("SC_NPROCESSORS_ONLN")
-    if data.type_url.endswith("cgroups.v2.Metrics"):
-        from supervisor.api.io.containerd.cgroups.v2 import metrics_pb2 as v2
+def decode(data: Any, system: int, host_memory: int) -> Sample | None:
+    """A Sample from a Metric's data (an Any of cgroups v1 or v2 Metrics); None for data of
+    another type or that does not parse (that container is left out, not the command ended)."""
+    from supervisor import anys
+    from supervisor.api.io.containerd.cgroups.v1 import metrics_pb2 as v1
+    from supervisor.api.io.containerd.cgroups.v2 import metrics_pb2 as v2
 
-        m2 = v2.Metrics.FromString(data.value)
+    metrics = anys.unpack(data)
+    online = os.sysconf("SC_NPROCESSORS_ONLN")
+    if isinstance(metrics, v2.Metrics):
+        m2 = metrics
         usage = m2.memory.usage
         inactive = m2.memory.inactive_file
         return Sample(
@@ -226,9 +230,9 @@ def decode(data: Any, system: int, host_memory: int) -> Sample:
             net_rx=0,
             net_tx=0,
         )
-    from supervisor.api.io.containerd.cgroups.v1 import metrics_pb2 as v1
-
-    m1 = v1.Metrics.FromString(data.value)
+    if not isinstance(metrics, v1.Metrics):
+        return None
+    m1 = metrics
     usage = m1.memory.usage.usage
     inactive = m1.memory.total_inactive_file
     entries = m1.blkio.io_service_bytes_recursive
@@ -303,6 +307,8 @@ def sample(client: Client, targets: list[Target]) -> dict[str, Sample]:
         if metric.id not in wanted:
             continue
         reading = decode(metric.data, system, host_memory)
+        if reading is None:
+            continue
         if not (reading.net_rx or reading.net_tx):
             task = client.task(metric.id)
             if task is not None and task.pid:

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
-from google.protobuf import any_pb2, message, symbol_database, timestamp_pb2
+from google.protobuf import any_pb2, message, timestamp_pb2
 
-from supervisor import filters, identifiers
+from supervisor import anys, filters, identifiers
 from supervisor.api.containerd.services.events.v1 import events_pb2
 from supervisor.errors import InvalidArgument
 from supervisor.eventlog import EventLog, Logged
@@ -166,17 +166,9 @@ def envelope_adaptor(envelope: events_pb2.Envelope) -> filters.Adaptor:
 
 
 def unpack(packed: any_pb2.Any) -> message.Message | None:
-    """The event inside an Any, when its type is one we know; None otherwise."""
-    try:
-        cls = symbol_database.Default().GetSymbol(packed.type_url.rpartition("/")[2])
-    except KeyError:
-        return None
-    payload: message.Message = cls()
-    try:
-        payload.ParseFromString(packed.value)
-    except message.DecodeError:
-        return None
-    return payload
+    """The event inside an Any, when its type is a message we know (any of our API's,
+    whichever modules were imported first) and its bytes parse; None otherwise."""
+    return anys.unpack(packed)
 
 
 def field_value(msg: message.Message, path: tuple[str, ...]) -> str | None:
