@@ -668,7 +668,7 @@ def cmd_exec(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
+    from supervisor import anys
 
     out: list[dict[str, Any]] = []
     for name in args.containers:
@@ -687,12 +687,12 @@ def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
                 raise
             continue
         container = client.containers.Get(_get(cid), metadata=client.md).container
-        spec = json.loads(container.spec.value or b"{}")
-        runtime = container.runtime.name
-        for packed in ("spec", "runtime", "extensions"):  # Anys of types only ctrd knows
-            container.ClearField(packed)
-        info = json_format.MessageToDict(container)
-        info["spec"], info["runtime"] = spec, runtime
+        # Anys of any type (ctr's, dockerd's, made-up ones) decode or show raw, never fail.
+        info = anys.message_to_json(container)
+        info["spec"] = anys.content(container.spec) if container.HasField("spec") else {}
+        info["runtime"] = container.runtime.name
+        if container.runtime.HasField("options"):
+            info["runtimeOptions"] = anys.to_json(container.runtime.options)
         task = client.task(cid)
         if task is not None:
             info["state"] = {
