@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
     python3 python3-venv                     # Debian's Python: ctrd's venv is made from it (below)
+    ca-certificates                          # pip in the venv reaches PyPI over HTTPS (Debian's CA store)
     runc crun                                # OCI runtimes
     containerd                               # for the real `ctr` client only; never started
     docker-registry                          # a real registry on 127.0.0.1 for the tests
