@@ -14,12 +14,15 @@ class CtrdError(Exception):
 
     kind = "unknown"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, plain: bool = False) -> None:
+        """`plain`: the message is the detail alone, for the few errors containerd words
+        without its suffix (`status.Errorf(codes.NotFound, "task %v not found", id)`)."""
         super().__init__(detail)
         self.detail = detail
+        self.plain = plain
 
     def __str__(self) -> str:
-        return f"{self.detail}: {self.kind}"
+        return self.detail if self.plain else f"{self.detail}: {self.kind}"
 
 
 class NotFound(CtrdError):
