@@ -85,10 +85,7 @@ class DirectorySnapshotter:
             with self._store.read() as tx:
                 record = tx.get(key)
                 if record.kind not in (Kind.ACTIVE, Kind.VIEW):
-                    raise FailedPrecondition(
-                        f"snapshot {key} is {record.kind.name.lower()}: only active and view "
-                        "snapshots have mounts"
-                    )
+                    raise FailedPrecondition(f"requested snapshot {key} not active or view")
                 return self._mounts(record, tx.parent_ids(record))
 
         return await asyncio.to_thread(mounts)

@@ -146,7 +146,7 @@ class WriteTx(ReadTx):
             if parent_record is None:
                 raise NotFound(f"parent snapshot {parent}")
             if parent_record.kind != Kind.COMMITTED:
-                raise InvalidArgument(f"parent {parent} is not a committed snapshot")
+                raise InvalidArgument(f'parent "{parent}" is not committed snapshot')
         (id_,) = self._conn.execute(
             "UPDATE sequence SET value = value + 1 WHERE name = 'snapshots' RETURNING value"
         ).fetchone()
@@ -165,9 +165,7 @@ class WriteTx(ReadTx):
         if self.find(name) is not None:
             raise AlreadyExists(f"snapshot {name}")
         if record.kind != Kind.ACTIVE:
-            raise FailedPrecondition(
-                f"snapshot {key} is {record.kind.name.lower()}, only an active one can be committed"
-            )
+            raise FailedPrecondition(f'snapshot "{key}" is not active')
         return record
 
     def commit(
@@ -202,7 +200,7 @@ class WriteTx(ReadTx):
     def remove(self, key: str) -> Record:
         record = self.get(key)
         if self.has_children(key):
-            raise FailedPrecondition(f"cannot remove snapshot {key} with child")
+            raise FailedPrecondition("cannot remove snapshot with child")
         self._conn.execute("DELETE FROM snapshots WHERE key = ?", (key,))
         return record
 

@@ -43,11 +43,13 @@ def info_adaptor(info: Info) -> filters.Adaptor:
     )
 
 
-def next_sequence(conn: sqlite3.Connection, name: str) -> int:
+def next_sequence(conn: sqlite3.Connection, name: str, start: str = "") -> int:
+    """The next value of the sequence `name`; a new sequence continues sequence `start`'s."""
     conn.execute(
-        "INSERT INTO sequences (name, value) VALUES (?, 1) "
+        "INSERT INTO sequences (name, value) "
+        "VALUES (?, 1 + coalesce((SELECT value FROM sequences WHERE name = ?), 0)) "
         "ON CONFLICT (name) DO UPDATE SET value = value + 1",
-        (name,),
+        (name, start),
     )
     (value,) = conn.execute("SELECT value FROM sequences WHERE name = ?", (name,)).fetchone()
     return int(value)
@@ -76,6 +78,29 @@ class SnapshotStore:
     def lease_type(self) -> str:
         return f"snapshots/{self.snapshotter}"
 
+    def _next_backend_key(self, conn: sqlite3.Connection, key: str) -> str:
+        """`<namespace>/<seq>/<key>`, seq counting per namespace and snapshotter as containerd's
+        does (its words name these keys). Databases from before counted per snapshotter only:
+        a namespace's own count starts where that one is, so no key is made twice."""
+        seq = next_sequence(
+            conn, f"snapshots/{self.snapshotter}/{self.ns}", start=f"snapshots/{self.snapshotter}"
+        )
+        return f"{self.ns}/{seq}/{key}"
+
+    def _has_bucket(self, conn: sqlite3.Connection) -> bool:
+        """Whether containerd would have this namespace's bucket for this snapshotter: made by
+        the first prepare or view that got past its checks, kept until the namespace goes."""
+        return bool(
+            conn.execute(
+                "SELECT 1 FROM sequences WHERE name = ?",
+                (f"snapshots/{self.snapshotter}/{self.ns}",),
+            ).fetchone()
+            or conn.execute(
+                "SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? LIMIT 1",
+                (self.ns, self.snapshotter),
+            ).fetchone()
+        )
+
     def _row(self, conn: sqlite3.Connection, key: str) -> tuple[Info, str]:
         row = conn.execute(
             "SELECT backend_key, parent, kind, labels, created_at, updated_at FROM snapshots "
@@ -83,7 +108,7 @@ class SnapshotStore:
             (self.ns, self.snapshotter, key),
         ).fetchone()
         if row is None:
-            raise NotFound(f'snapshot "{key}"')
+            raise NotFound(f"snapshot {key} does not exist")
         backend_key, parent, kind, labels, created, updated = row
         return Info(key, Kind(kind), parent, json.loads(labels), created, updated), backend_key
 
@@ -128,7 +153,9 @@ class SnapshotStore:
     async def mounts(self, key: str) -> builtins.list[Mount]:
         info, backend_key = await self.db.read(lambda conn: self._row(conn, key))
         if info.kind == Kind.COMMITTED:
-            raise FailedPrecondition(f'snapshot "{key}" is committed: it has no mounts')
+            raise FailedPrecondition(
+                f"failed to get active mount: requested snapshot {backend_key} not active or view"
+            )
         return await self.backend.mounts(backend_key)
 
     async def prepare(
@@ -148,7 +175,7 @@ class SnapshotStore:
             raise InvalidArgument("snapshot key must not be empty")
         labels = identifiers.validate_labels(labels)
 
-        def reserve(conn: sqlite3.Connection) -> tuple[str, str]:
+        def reserve(conn: sqlite3.Connection) -> tuple[str, str, Kind]:
             exists = conn.execute(
                 "SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
                 (self.ns, self.snapshotter, key),
@@ -161,20 +188,27 @@ class SnapshotStore:
                 ).fetchone()
             if exists:
                 leases.attach(conn, self.ns, self.lease, self.lease_type, target or key)
-                return "", ""
-            parent_backend = ""
+                return "", "", Kind.COMMITTED
+            parent_backend, parent_kind = "", Kind.COMMITTED
             if parent:
-                info, parent_backend = self._row(conn, parent)
-                if info.kind != Kind.COMMITTED:
-                    raise InvalidArgument(f'parent "{parent}" is not a committed snapshot')
+                try:
+                    info, parent_backend = self._row(conn, parent)
+                except NotFound:
+                    raise NotFound(f"parent snapshot {parent} does not exist") from None
+                parent_kind = info.kind
             ensure(conn, self.ns)
-            seq = next_sequence(conn, f"snapshots/{self.snapshotter}")
-            return f"{self.ns}/{seq}/{key}", parent_backend
+            return self._next_backend_key(conn, key), parent_backend, parent_kind
 
         async with self.db.mutation():
-            backend_key, parent_backend = await self.db.write(reserve)
+            backend_key, parent_backend, parent_kind = await self.db.write(reserve)
             if not backend_key:
                 raise AlreadyExists(f'snapshot "{key}"')
+            if parent_kind != Kind.COMMITTED:
+                # containerd's backend refuses it, after the key's number is taken.
+                raise InvalidArgument(
+                    f'failed to create snapshot: parent "{parent_backend}" is not committed '
+                    "snapshot"
+                )
             make = self.backend.prepare if kind == Kind.ACTIVE else self.backend.view
             mounts = await make(backend_key, parent_backend, backend_labels(labels))
             now = time.time_ns()
@@ -203,16 +237,20 @@ class SnapshotStore:
         labels = identifiers.validate_labels(labels or {})
 
         def reserve(conn: sqlite3.Connection) -> tuple[Info, str, str]:
-            info, backend_key = self._row(conn, key)
-            if info.kind != Kind.ACTIVE:
-                raise FailedPrecondition(f'snapshot "{key}" is not active: it cannot be committed')
+            # containerd's checks, in its order and words.
+            if not self._has_bucket(conn):
+                raise NotFound(f'can not find snapshotter "{self.snapshotter}"')
             if conn.execute(
                 "SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
                 (self.ns, self.snapshotter, name),
             ).fetchone():
                 raise AlreadyExists(f'snapshot "{name}"')
-            seq = next_sequence(conn, f"snapshots/{self.snapshotter}")
-            return info, backend_key, f"{self.ns}/{seq}/{name}"
+            info, backend_key = self._row(conn, key)
+            if info.kind != Kind.ACTIVE:
+                raise FailedPrecondition(
+                    f'failed to commit snapshot: snapshot "{backend_key}" is not active'
+                )
+            return info, backend_key, self._next_backend_key(conn, name)
 
         async with self.db.mutation():
             info, backend_key, backend_name = await self.db.write(reserve)
@@ -250,7 +288,7 @@ class SnapshotStore:
                 "LIMIT 1",
                 (self.ns, self.snapshotter, key),
             ).fetchone():
-                raise FailedPrecondition(f'cannot remove snapshot "{key}" with child')
+                raise FailedPrecondition("cannot remove snapshot with child")
             conn.execute(
                 "DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
                 (self.ns, self.snapshotter, key),

@@ -53,7 +53,7 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
         if not snapshotter:
             raise InvalidArgument("snapshotter argument missing")
         if snapshotter not in self._snapshotters:
-            raise InvalidArgument(f'snapshotter not loaded: "{snapshotter}"')
+            raise InvalidArgument(f"snapshotter not loaded: {snapshotter}")
         return self._store(rpc.namespace(context), rpc.lease(context), snapshotter)
 
     async def Prepare(self, request: pb.PrepareSnapshotRequest, context: Context) -> Any:

@@ -108,7 +108,7 @@ def test_ctr_snapshot_commands(ctrd, busybox_image, short_tmp):
     ctrd.ctr("snapshots", "rm", "tapsnap-c")
     missing = ctrd.ctr("snapshots", "rm", "does-not-exist", check=False)
     assert missing.returncode == 1
-    assert 'snapshot "does-not-exist": not found' in missing.stderr
+    assert "snapshot does-not-exist does not exist: not found" in missing.stderr
 
 
 def test_snapshots_are_per_namespace(ctrd, busybox_image):
