@@ -108,6 +108,12 @@ class NamespaceStore:
                     f"SELECT 1 FROM {table} WHERE namespace = ? LIMIT 1", (name,)
                 ).fetchone()
             ]
+            snapshotters = conn.execute(
+                "SELECT DISTINCT snapshotter FROM snapshots WHERE namespace = ? "
+                "ORDER BY snapshotter",
+                (name,),
+            )
+            held += [f'snapshots on "{snapshotter}" snapshotter' for (snapshotter,) in snapshotters]
             if held:
                 raise FailedPrecondition(
                     f'namespace "{name}" must be empty, but it still has {", ".join(held)}'

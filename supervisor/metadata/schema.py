@@ -109,11 +109,11 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 # The objects whose presence keeps a namespace from being deleted, as (table, what to call them
-# in the error). Leases and ingests do not count, as in containerd. Later migrations add theirs.
+# in the error), in containerd's order; snapshots come after them, named per snapshotter
+# (`supervisor.metadata.namespaces`). Leases and ingests do not count, as in containerd.
 NAMESPACE_CONTENTS: tuple[tuple[str, str], ...] = (
     ("images", "images"),
     ("blobs", "blobs"),
-    ("snapshots", "snapshots"),
     ("containers", "containers"),
 )
 
