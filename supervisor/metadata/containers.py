@@ -39,21 +39,33 @@ class Container:
     updated_at: int = 0
 
 
-def validate(c: Container) -> Container:
-    identifiers.validate(c.id)
-    identifiers.validate_labels(c.labels)
-    if not c.runtime_name:
-        raise InvalidArgument(f'container "{c.id}": runtime name must be set')
-    if c.spec is None:
-        raise InvalidArgument(f'container "{c.id}": spec must be set')
-    if c.snapshot_key and not c.snapshotter:
-        raise InvalidArgument(
-            f'container "{c.id}": snapshotter must be set if a snapshot key is set'
-        )
-    for name in c.extensions:
-        if not name:
-            raise InvalidArgument(f'container "{c.id}": extension names must not be empty')
+def validate(c: Container, failure: str) -> Container:
+    """containerd's checks of a container to store, in its order and words; the error reads
+    `<failure>: <what is wrong>` (`create container failed validation: ...`)."""
+    try:
+        _check(c)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{failure}: {e.detail}") from None
     return c
+
+
+def _check(c: Container) -> None:
+    try:
+        identifiers.validate(c.id)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"container.ID: {e.detail}") from None
+    if any(not name for name in c.extensions):
+        raise InvalidArgument("container.Extension keys must not be zero-length")
+    try:
+        identifiers.validate_labels(c.labels)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"containers.Labels: {e.detail}") from None
+    if not c.runtime_name:
+        raise InvalidArgument("container.Runtime.Name must be set")
+    if c.spec is None:
+        raise InvalidArgument("container.Spec must be set")
+    if c.snapshot_key and not c.snapshotter:
+        raise InvalidArgument("container.Snapshotter must be set if container.SnapshotKey is set")
 
 
 def _adaptor(c: Container) -> filters.Adaptor:
@@ -122,13 +134,27 @@ class ContainerStore:
         self._db = db
         self._ns = ns
 
-    def _get(self, conn: sqlite3.Connection, cid: str) -> Container:
+    def _find(self, conn: sqlite3.Connection, cid: str) -> Container | None:
         row = conn.execute(
             f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? AND id = ?", (self._ns, cid)
         ).fetchone()
-        if row is None:
-            raise NotFound(f'container "{cid}"')
-        return _from_row(row)
+        return None if row is None else _from_row(row)
+
+    def _get(self, conn: sqlite3.Connection, cid: str) -> Container:
+        found = self._find(conn, cid)
+        if found is None:
+            raise NotFound(f'container "{cid}" in namespace "{self._ns}"')
+        return found
+
+    def _missing(self, conn: sqlite3.Connection, doing: str, cid: str, words: str) -> NotFound:
+        """containerd's words for a container an update or delete does not find: `words`, or,
+        when the namespace holds no container at all (containerd has no bucket for them
+        there), words that name the namespace."""
+        if conn.execute(
+            "SELECT 1 FROM containers WHERE namespace = ? LIMIT 1", (self._ns,)
+        ).fetchone():
+            return NotFound(words)
+        return NotFound(f'cannot {doing} container "{cid}" in namespace "{self._ns}"')
 
     def _put(self, conn: sqlite3.Connection, c: Container) -> None:
         conn.execute(
@@ -151,7 +177,9 @@ class ContainerStore:
 
     async def create(self, c: Container) -> Container:
         now = time.time_ns()
-        c = validate(replace(c, created_at=now, updated_at=now))
+        c = validate(
+            replace(c, created_at=now, updated_at=now), "create container failed validation"
+        )
 
         def create(conn: sqlite3.Connection) -> Container:
             ensure(conn, self._ns)
@@ -168,8 +196,10 @@ class ContainerStore:
         identifiers.validate(c.id)
 
         def update(conn: sqlite3.Connection) -> Container:
-            current = self._get(conn, c.id)
-            new = validate(apply_paths(current, c, paths))
+            current = self._find(conn, c.id)
+            if current is None:
+                raise self._missing(conn, "update", c.id, f'container "{c.id}"')
+            new = validate(apply_paths(current, c, paths), "update failed validation")
             self._put(conn, new)
             return new
 
@@ -181,7 +211,7 @@ class ContainerStore:
                 "DELETE FROM containers WHERE namespace = ? AND id = ?", (self._ns, cid)
             )
             if cur.rowcount == 0:
-                raise NotFound(f'container "{cid}"')
+                raise self._missing(conn, "delete", cid, f"container {cid}")
 
         await self._db.write(delete)
 
@@ -190,9 +220,9 @@ def apply_paths(current: Container, requested: Container, paths: Sequence[str]) 
     """containerd's container field masks; no paths replaces the mutable fields."""
     if not paths:
         if requested.snapshotter != current.snapshotter:
-            raise InvalidArgument(f'container "{current.id}": snapshotter is immutable')
+            raise InvalidArgument("container.Snapshotter field is immutable")
         if requested.runtime_name != current.runtime_name:
-            raise InvalidArgument(f'container "{current.id}": runtime name is immutable')
+            raise InvalidArgument("container.Runtime.Name field is immutable")
         paths = ["labels", "spec", "extensions", "image", "snapshotkey"]
     new = current
     label_paths = [p for p in paths if p == "labels" or p.startswith("labels.")]
@@ -217,5 +247,5 @@ def apply_paths(current: Container, requested: Container, paths: Sequence[str]) 
         elif path == "snapshotkey":
             new = replace(new, snapshot_key=requested.snapshot_key)
         else:
-            raise InvalidArgument(f'cannot update "{path}" field on container "{current.id}"')
+            raise InvalidArgument(f'cannot update "{path}" field on "{current.id}"')
     return replace(new, extensions=extensions, updated_at=time.time_ns())
