@@ -4,9 +4,9 @@ An Any names its type by URL; containerd writes the bare message name
 (`containerd.runc.v1.Options`), others prefix a host (`type.googleapis.com/...`), and the
 OCI types containerd's typeurl marshals as JSON live under `types.containerd.io/`
 (`types.containerd.io/opencontainers/runtime-spec/1/Spec`). A type resolves through
-protobuf's default descriptor pool; a name it lacks makes every message of our API (and the
-well-known types) get imported once, so a type resolves whichever modules the caller
-happened to import first.
+protobuf's default descriptor pool; a name it lacks gets the modules of its package
+imported, then, if need be, every module of our API and the well-known types, so a type
+resolves whichever modules the caller happened to import first.
 
 Rendering to JSON never raises (events, inspect and the like must show what they cannot
 decode, not die on it):
@@ -45,40 +45,67 @@ _WELL_KNOWN = (
     "wrappers_pb2",
 )  # fmt: skip
 
+# Packages whose generated modules are not (only) in the directory their name spells.
+_PACKAGE_DIRS = {
+    "containerd.runc.v1": ("containerd/runc/options",),
+    "containerd.services.images.v1": ("containerd/services/images/v1", "containerd/events"),
+    "containerd.v1.types": ("containerd/types/task",),
+    "runtimeoptions.v1": ("containerd/pkg/runtimeoptions/v1",),
+}
+
+_imported: set[Path] = set()
 _imported_all = False
 _holding_any: dict[str, bool] = {}
 
 
 def message_class(type_url: str) -> type[message.Message] | None:
-    """The message class an Any's type URL names, or None when no message has that name."""
+    """The message class an Any's type URL names, or None when no message has that name.
+
+    A name the pool lacks first has its package's modules imported (a few ms), then, when
+    that is not enough, every module of our API and the well-known types (~20 ms, once)."""
     name = type_url.rpartition("/")[2]
-    if not name:
-        return None
-    pool = descriptor_pool.Default()
+    found = _find(name)
+    if found is None and _import_package(name.rpartition(".")[0]):
+        found = _find(name)
+    if found is None and _import_all():
+        found = _find(name)
+    return None if found is None else message_factory.GetMessageClass(found)
+
+
+def _find(name: str) -> descriptor.Descriptor | None:
     try:
-        found = pool.FindMessageTypeByName(name)
+        return descriptor_pool.Default().FindMessageTypeByName(name)
     except (KeyError, TypeError, ValueError):
-        if not _import_all():
-            return None
-        try:
-            found = pool.FindMessageTypeByName(name)
-        except (KeyError, TypeError, ValueError):
-            return None
-    return message_factory.GetMessageClass(found)
+        return None
+
+
+def _import_package(package: str) -> bool:
+    """Import the generated modules of a proto package; False when none was new."""
+    if not package or not all(part.isidentifier() for part in package.split(".")):
+        return False
+    dirs = _PACKAGE_DIRS.get(package, (package.replace(".", "/"),))
+    return _import_files([p for d in dirs for p in sorted((_API_DIR / d).glob("*_pb2.py"))])
 
 
 def _import_all() -> bool:
-    """Import every generated message module once; False when that was done before."""
+    """Import every generated module and the well-known types, once; False after that."""
     global _imported_all
     if _imported_all:
         return False
     _imported_all = True
     for name in _WELL_KNOWN:
         importlib.import_module(f"google.protobuf.{name}")
-    for path in sorted(_API_DIR.rglob("*_pb2.py")):
+    _import_files(sorted(_API_DIR.rglob("*_pb2.py")))
+    return True
+
+
+def _import_files(paths: list[Path]) -> bool:
+    new = [path for path in paths if path not in _imported]
+    for path in new:
         parts = path.relative_to(_API_DIR).with_suffix("").parts
         importlib.import_module(".".join((__package__ or "supervisor", "api", *parts)))
-    return True
+        _imported.add(path)
+    return bool(new)
 
 
 def unpack(packed: any_pb2.Any) -> message.Message | None:

@@ -60,6 +60,16 @@ def test_every_message_of_our_api_resolves_in_a_process_that_imported_none_of_th
     assert json.loads(out.stdout) == []
 
 
+def test_every_message_of_our_api_is_found_among_its_packages_modules():
+    """So that a type is found by importing a few modules, not all of them."""
+    pool = descriptor_pool.Default()
+    for name in our_message_names():
+        desc = pool.FindMessageTypeByName(name)
+        package = desc.file.package
+        dirs = anys._PACKAGE_DIRS.get(package, (package.replace(".", "/"),))
+        assert Path(desc.file.name).parent.as_posix() in dirs, name
+
+
 def test_every_message_of_our_api_shows_with_its_type():
     for name in our_message_names():
         packed = any_pb2.Any(type_url=name, value=b"")
