@@ -7,6 +7,7 @@ digits as docker makes them; a unique prefix of an id names the container, as in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -227,21 +228,36 @@ class Client:
         chain = self.unpack(manifest, config)
         cid = name or secrets.token_hex(32)
         image_config = config.get("config", {}) or {}
-        rootfs_needed = bool(options.user or image_config.get("User"))
-        spec = self._spec(cid, chain, image_config, options, rootfs_needed)
-        self.snapshots.Prepare(
-            spb.PrepareSnapshotRequest(snapshotter=SNAPSHOTTER, key=cid, parent=chain),
-            metadata=self.md,
-        )
-        runtime_options = runc_pb.Options(binary_name=runtime) if runtime else runc_pb.Options()
-        labels = {
-            "io.containerd.image.config.stop-signal": image_config.get("StopSignal") or "SIGTERM"
-        }
+        if not options.hostname and options.network != "host":
+            options = dataclasses.replace(options, hostname=cid[:12])  # as dockerd names it
+        labels = oci.container_labels(image_config, options)
         if name:
             labels[NAME_LABEL] = name
+        # Under a lease until the container holds the snapshot, as containerd's client does:
+        # the collector would take a snapshot nothing refers to yet.
+        lease = self._lease()
+        try:
+            mounts = self.snapshots.Prepare(
+                spb.PrepareSnapshotRequest(snapshotter=SNAPSHOTTER, key=cid, parent=chain),
+                metadata=(*self.md, ("containerd-lease", lease)),
+            ).mounts
+            try:
+                spec = self._spec(cid, mounts, image_config, options)
+                self._create(cid, image.name, labels, runtime, spec)
+            except BaseException:
+                self._remove_snapshot(cid)
+                raise
+        finally:
+            self.leases.Delete(lpb.DeleteRequest(id=lease), metadata=self.md)
+        return cid
+
+    def _create(
+        self, cid: str, image: str, labels: dict[str, str], runtime: str, spec: dict[str, Any]
+    ) -> None:
+        runtime_options = runc_pb.Options(binary_name=runtime) if runtime else runc_pb.Options()
         container = cpb.Container(
             id=cid,
-            image=image.name,
+            image=image,
             labels=labels,
             runtime=cpb.Container.Runtime(
                 name=RUNTIME,
@@ -254,14 +270,7 @@ class Client:
             snapshotter=SNAPSHOTTER,
             snapshot_key=cid,
         )
-        try:
-            self.containers.Create(
-                cpb.CreateContainerRequest(container=container), metadata=self.md
-            )
-        except grpc.RpcError:
-            self._remove_snapshot(cid)
-            raise
-        return cid
+        self.containers.Create(cpb.CreateContainerRequest(container=container), metadata=self.md)
 
     def _container_exists(self, cid: str) -> bool:
         try:
@@ -273,20 +282,15 @@ class Client:
         return True
 
     def _spec(
-        self, cid: str, chain: str, image_config: dict[str, Any], options: oci.RunOptions,
-        rootfs_needed: bool,
+        self, cid: str, mounts: Sequence[Any], image_config: dict[str, Any],
+        options: oci.RunOptions,
     ) -> dict[str, Any]:  # fmt: skip
-        if not rootfs_needed:
-            return oci.generate(self.namespace, cid, image_config, options)
-        # Users are names in the image's /etc/passwd: look at them through a read-only view.
+        """The spec, with the user resolved in the image's /etc/passwd and /etc/group as dockerd
+        does it (also without a user: root's groups count): read in the container's own
+        snapshot, mounted for the while."""
         from snapshotter.mount import mount_all, unmount
         from snapshotter.protocol import Mount
 
-        view = f"ctrctl-view-{secrets.token_hex(6)}"
-        mounts = self.snapshots.View(
-            spb.ViewSnapshotRequest(snapshotter=SNAPSHOTTER, key=view, parent=chain),
-            metadata=self.md,
-        ).mounts
         target = Path(tempfile.mkdtemp(prefix="ctrctl-rootfs-"))
         try:
             mount_all([Mount(m.type, m.source, tuple(m.options)) for m in mounts], target)
@@ -296,7 +300,6 @@ class Client:
                 unmount(target)
         finally:
             os.rmdir(target)
-            self._remove_snapshot(view)
 
     def _remove_snapshot(self, key: str) -> None:
         try:

@@ -71,8 +71,9 @@ def _env(values: list[str], files: list[str]) -> list[str]:
         with open(path) as f:
             env += [line.strip() for line in f if line.strip() and not line.startswith("#")]
     env += values
-    # docker's `-e NAME`: the value from ctrctl's own environment (dropped when unset).
-    return [e if "=" in e else f"{e}={os.environ[e]}" for e in env if "=" in e or e in os.environ]
+    # docker's `-e NAME`: the value from ctrctl's own environment; when unset there, the bare
+    # NAME goes on and unsets NAME in the container (the image's too), as with docker.
+    return [e if "=" in e or e not in os.environ else f"{e}={os.environ[e]}" for e in env]
 
 
 def _memory(text: str | None) -> int | None:
@@ -88,9 +89,7 @@ def _memory(text: str | None) -> int | None:
 def run_options(args: argparse.Namespace) -> oci.RunOptions:
     return oci.RunOptions(
         args=args.cmd,
-        entrypoint=None
-        if args.entrypoint is None
-        else ([args.entrypoint] if args.entrypoint else []),
+        entrypoint=None if args.entrypoint is None else [args.entrypoint],  # "": docker's [""]
         env=_env(args.env, args.env_file),
         workdir=args.workdir or "",
         user=args.user or "",
@@ -103,6 +102,8 @@ def run_options(args: argparse.Namespace) -> oci.RunOptions:
         network="host" if args.network == "host" else "",
         mounts=_mounts(args.volume, args.mount),
         privileged=args.privileged,
+        stop_signal=args.stop_signal or "",
+        stop_timeout=args.stop_timeout,
     )
 
 
@@ -534,8 +535,10 @@ def cmd_stop(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop(client: Client, cid: str, timeout: float) -> None:
-    """The container's stop signal, then SIGKILL after `timeout` seconds; returns once dead."""
+def _stop(client: Client, cid: str, timeout: float | None) -> None:
+    """The container's stop signal, then SIGKILL after `timeout` seconds (None: the
+    container's own stop timeout, 10 s by default; negative: no SIGKILL), as dockerd stops a
+    container; returns once it is dead."""
     task = client.task(cid)
     if task is None or task.status not in (task_types.RUNNING, task_types.PAUSED):
         return
@@ -543,11 +546,11 @@ def _stop(client: Client, cid: str, timeout: float) -> None:
     if task.status == task_types.PAUSED:
         client.tasks.Resume(tpb.ResumeTaskRequest(container_id=cid), metadata=client.md)
     container = client.containers.Get(_get(cid), metadata=client.md).container
-    stop = container.labels.get("io.containerd.image.config.stop-signal", "SIGTERM")
-    sig = getattr(signal, stop if stop.startswith("SIG") else f"SIG{stop}", signal.SIGTERM)
-    _kill(client, cid, int(sig), all_=False)
+    sig, own_timeout = oci.stop_settings(container.labels)
+    timeout = own_timeout if timeout is None else timeout
+    _kill(client, cid, sig, all_=False)
     try:
-        waiter.result(timeout=timeout)
+        waiter.result(timeout=timeout if timeout >= 0 else None)
     except grpc.FutureTimeoutError:
         _kill(client, cid, int(signal.SIGKILL), all_=True)
         waiter.result(timeout=30)
@@ -571,12 +574,8 @@ def _kill(client: Client, cid: str, sig: int, all_: bool) -> None:
 
 
 def cmd_kill(client: Client, args: argparse.Namespace) -> int:
-    sig = args.signal.upper()
-    number = (
-        int(sig)
-        if sig.isdigit()
-        else int(getattr(signal, sig if sig.startswith("SIG") else "SIG" + sig))
-    )
+    """docker's kill: SIGKILL unless told (never the stop signal, which is `stop`'s)."""
+    number = oci.parse_signal(args.signal)
     for name in args.containers:
         cid = client.resolve(name)
         client.tasks.Kill(tpb.KillRequest(container_id=cid, signal=number), metadata=client.md)

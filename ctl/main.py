@@ -140,7 +140,7 @@ def _run_options(command: argparse.ArgumentParser) -> None:
     add("--mount", action="append", default=[], metavar="type=bind,source=..,target=..")
     add("-w", "--workdir")
     add("-u", "--user")
-    add("--entrypoint")
+    add("--entrypoint", help='replaces the image\'s ENTRYPOINT and CMD ("": neither)')
     add("--hostname")
     add("--memory", "-m", metavar="BYTES", help="memory limit (k, m, g suffixes)")
     add("--cpus", type=float)
@@ -149,6 +149,17 @@ def _run_options(command: argparse.ArgumentParser) -> None:
     add("--network", "--net", choices=["host", "none", "default"], default="default")
     add("--privileged", action="store_true")
     add("--runtime", help="runc (default) or crun, or a path")
+    add(
+        "--stop-signal",
+        metavar="SIGNAL",
+        help="what `stop` sends first (default: the image's StopSignal, else SIGTERM)",
+    )
+    add(
+        "--stop-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="how long `stop` waits before SIGKILL (default 10; -1: forever)",
+    )
     add(
         "--pull",
         choices=["missing", "always", "never"],
@@ -207,7 +218,10 @@ def _container_commands(commands: Any, grouped: bool = False) -> None:
         ("restart", "restart containers (stop, then start again, output to their log)"),
     ):
         stop = commands.add_parser(name, help=text, description=text)
-        stop.add_argument("-t", "--time", type=float, default=10.0, help="seconds before SIGKILL")
+        stop.add_argument(
+            "-t", "--time", type=float, default=None,
+            help="seconds before SIGKILL (default: the container's --stop-timeout, else 10)",
+        )  # fmt: skip
         stop.add_argument("containers", nargs="+")
     kill = commands.add_parser("kill", help="signal containers")
     kill.add_argument("-s", "--signal", default="KILL")

@@ -9,17 +9,38 @@ read back with `ctr containers info`) hold the same spec:
    mounts, masked and read-only paths, NOFILE 1024, a deny-all device cgroup, and the
    cgroupsPath `/<namespace>/<id>`; then the default unix devices allowed in the cgroup;
 2. the given env, then extra mounts;
-3. the image config: env merged over the image's Env (or the default PATH), args, cwd, and
-   the user resolved against the image's /etc/passwd and /etc/group with additional gids;
-4. read-only root, cwd, TTY (terminal + TERM=xterm appended), privileged (all current
+3. the image config merged with the command line (env, args, cwd, user: docker's rules,
+   below);
+4. read-only root, hostname, TTY (terminal), privileged (all current
    capabilities, no masked or read-only paths, writable /sys, all devices), host network (no
-   network namespace, host /etc/hosts and /etc/resolv.conf, HOSTNAME), annotations, cpu
-   quota, pids and memory limits.
+   network namespace, host /etc/hosts and /etc/resolv.conf, the host's name as HOSTNAME),
+   annotations, cpu quota, pids and memory limits.
 
-Where ctrctl differs from ctr it follows docker, on purpose: args replace the image's Cmd and
-keep its Entrypoint (ctr replaces the whole command line), an entrypoint may be given, the user
-may be given (ctr has no --user for run), and a container without any command is refused here
-rather than by runc at start.
+Where ctrctl differs from ctr it follows Docker Engine 20.10, on purpose: the image config
+and the command line are merged by dockerd's rules (daemon/commit.go `merge`, then
+`mergeAndVerifyConfig`, then the spec's process at start), not by WithImageConfig's:
+
+- command: args replace the image's Cmd and keep its Entrypoint; `--entrypoint X` replaces
+  the Entrypoint and drops the image's Cmd (args follow X); `--entrypoint ""` (the CLI's
+  Entrypoint `[""]`) drops both; an Entrypoint that is exactly `[""]`, given or from the image
+  (`ENTRYPOINT [""]`, `umoci config --config.entrypoint ''`), is then no entrypoint at all;
+  nothing left to run is refused with docker's words, "No command specified";
+- env: the given env, then the image's variables it does not name, replaced into or appended
+  to the defaults `PATH=<default>`, `HOSTNAME=<hostname>` (when there is one) and, with a TTY,
+  `TERM=xterm`; a bare `KEY` given unsets KEY (docker's CLI sends one when KEY is unset in its
+  own environment); runc keeps a repeated key's first position and last value;
+- cwd: `-w`, else the image's WorkingDir, cleaned as Go's filepath.Clean, else `/`; a relative
+  `-w` is refused with docker's words (a relative WorkingDir of the image is left for runc
+  to refuse, as under docker); a missing one is made by runc at start, as dockerd makes it;
+- user: runc's GetExecUser over the image's /etc/passwd and /etc/group, which dockerd uses:
+  "name" or "uid" takes the uid and gid of its passwd entry (a uid without one: gid 0), and
+  the groups listing the entry's name after it as additional gids; with ":group" the gid is
+  that group's (or the number given) and the only additional one; docker's errors for names
+  that are not there ("unable to find user xyz: no matching entries in passwd file");
+- stop: `container_labels` keeps the stop signal (`--stop-signal`, else the image's
+  StopSignal, else SIGTERM) in containerd's own label `io.containerd.image.config.stop-signal`
+  (which ctr's `tasks kill` reads too) and `--stop-timeout` in `ctrctl.stop-timeout`, where
+  `ctrctl stop` and `restart` find them, as dockerd keeps both in its container config.
 
 The host is read only when asked for: /proc/self/status for --privileged capabilities, /dev for
 --privileged devices, the hostname for host networking. The image's root filesystem is read
@@ -33,9 +54,10 @@ import json
 import os
 import posixpath
 import re
+import signal
 import socket
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +109,12 @@ HOST_FILES = ("/etc/hosts", "/etc/resolv.conf")  # bind-mounted read-only with h
 NETWORKS = ("", "host", "none")
 # getDevices skips these directories of /dev, and /dev/console.
 _SKIPPED_DEV_DIRS = frozenset({"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"})
-_MAX_ID = 2**32 - 1
+_MAX_ID = 2**31 - 1  # runc's libcontainer/user: ids go from 0 to MaxInt32
+NO_COMMAND = "No command specified"  # dockerd's words
+STOP_SIGNAL_LABEL = "io.containerd.image.config.stop-signal"  # containerd's (WithImageStopSignal)
+STOP_TIMEOUT_LABEL = "ctrctl.stop-timeout"
+DEFAULT_STOP_SIGNAL = "SIGTERM"
+DEFAULT_STOP_TIMEOUT = 10  # seconds, as dockerd's
 
 
 @dataclass(frozen=True)
@@ -95,9 +122,10 @@ class RunOptions:
     """What `ctrctl run/create` takes beyond the image; defaults change nothing."""
 
     args: Sequence[str] = ()  # overrides the image's Cmd (docker semantics)
-    entrypoint: Sequence[str] | None = None  # overrides the image's Entrypoint; [] clears it
-    # KEY=VALUE added to or replacing the image's. A bare KEY is dropped, as by ctr (its
-    # WithEnv applies before the image's Env); docker's `-e KEY` is for the caller to resolve.
+    # None: the image's. Given, it drops the image's Cmd too; [""] (docker's `--entrypoint ""`)
+    # leaves only the args.
+    entrypoint: Sequence[str] | None = None
+    # KEY=VALUE added to or replacing the image's; a bare KEY unsets KEY (docker's merge).
     env: Sequence[str] = ()
     workdir: str = ""
     user: str = ""  # "name", "uid", "name:group", "uid:gid", "uid:group", "name:gid"
@@ -111,6 +139,8 @@ class RunOptions:
     mounts: Sequence[Mapping[str, Any]] = ()  # extra OCI mounts, after the default ones
     privileged: bool = False
     annotations: Mapping[str, str] = field(default_factory=dict)
+    stop_signal: str = ""  # kept in a label (container_labels), not in the spec
+    stop_timeout: int | None = None  # seconds; kept in a label too
 
 
 @dataclass(frozen=True)
@@ -138,14 +168,14 @@ def generate(
     spec = default_spec(namespace, container_id)
     process, linux = spec["process"], spec["linux"]
     linux["resources"]["devices"].extend(default_unix_devices())
-    env = merge_env([], options.env)
     spec["mounts"].extend(_mount(m) for m in options.mounts)
 
-    # WithImageConfig, with docker's rules for what the caller overrides.
-    env = merge_env(_strings(image_config, "Env") or [DEFAULT_PATH_ENV], env)
-    args = command(image_config, options)
-    process["args"] = args
-    process["cwd"] = options.workdir or _string(image_config, "WorkingDir") or "/"
+    # The image config merged with the command line, by dockerd's rules.
+    host_network = options.network == "host"
+    hostname = options.hostname or (socket.gethostname() if host_network else "")
+    env = docker_env(_strings(image_config, "Env"), options.env, hostname, options.tty)
+    process["args"] = command(image_config, options)
+    process["cwd"] = clean_path(options.workdir or _string(image_config, "WorkingDir")) or "/"
     user = resolve_user(options.user or _string(image_config, "User"), rootfs)
     process["user"] = {
         "uid": user.uid,
@@ -159,16 +189,14 @@ def generate(
         spec["hostname"] = options.hostname
     if options.tty:
         process["terminal"] = True
-        env.append("TERM=xterm")  # appended, not merged: as WithTTY does
     if options.privileged:
         _make_privileged(spec)
-    if options.network == "host":
+    if host_network:
         linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] != "network"]
         spec["mounts"].extend(
             {"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro"]}
             for path in HOST_FILES
         )
-        env = merge_env(env, [f"HOSTNAME={options.hostname or socket.gethostname()}"])
     if options.annotations:
         spec["annotations"] = dict(options.annotations)
     resources = linux["resources"]
@@ -192,7 +220,11 @@ def _check(options: RunOptions) -> None:
     if options.network not in NETWORKS:
         raise ValueError(f"unknown network mode {options.network!r}: use host, none or nothing")
     if options.workdir and not options.workdir.startswith("/"):
-        raise ValueError(f"the working directory {options.workdir!r} must be an absolute path")
+        raise ValueError(
+            f"the working directory '{options.workdir}' is invalid, it needs to be an absolute path"
+        )  # dockerd's words
+    if options.stop_signal:
+        parse_signal(options.stop_signal)
     for name in ("memory", "pids_limit", "cpus"):
         value = getattr(options, name)
         if value is not None and value < 0:
@@ -244,8 +276,8 @@ def default_unix_devices() -> list[dict[str, Any]]:
 
 
 def merge_env(defaults: Sequence[str], overrides: Sequence[str]) -> list[str]:
-    """containerd's replaceOrAppendEnvValues: an override replaces the default of its key or
-    is appended; an override without `=` unsets its key."""
+    """ReplaceOrAppendEnvValues (dockerd's, and containerd's copy): an override replaces the
+    default of its key or is appended; an override without `=` unsets its key."""
     results: list[str] = list(defaults)
     index = {entry.split("=", 1)[0]: i for i, entry in enumerate(results)}
     for value in overrides:
@@ -261,19 +293,98 @@ def merge_env(defaults: Sequence[str], overrides: Sequence[str]) -> list[str]:
     return [entry for entry in results if entry]
 
 
+def docker_env(
+    image_env: Sequence[str], given: Sequence[str], hostname: str = "", tty: bool = False
+) -> list[str]:
+    """The process's env as dockerd makes it: `merge` puts the given variables first, then
+    the image's that they do not name; CreateDaemonEnvironment replaces or appends those into
+    the defaults (PATH, HOSTNAME when there is a hostname, TERM with a TTY)."""
+    named = {entry.split("=", 1)[0] for entry in given}
+    config_env = [*given, *(e for e in image_env if e.split("=", 1)[0] not in named)]
+    defaults = [DEFAULT_PATH_ENV]
+    if hostname:
+        defaults.append(f"HOSTNAME={hostname}")
+    if tty:
+        defaults.append("TERM=xterm")
+    return merge_env(defaults, config_env)
+
+
 def command(image_config: Mapping[str, Any], options: RunOptions) -> list[str]:
-    """Entrypoint + Cmd with docker's overrides: args replace Cmd; an entrypoint replaces the
-    image's Entrypoint and drops its Cmd."""
-    if options.entrypoint is not None:
-        entrypoint, cmd = list(options.entrypoint), []
-    else:
-        entrypoint, cmd = _strings(image_config, "Entrypoint"), _strings(image_config, "Cmd")
-    if options.args:
-        cmd = list(options.args)
+    """The process's args by dockerd's `merge` and `mergeAndVerifyConfig`.
+
+    Without a given entrypoint, the image's Cmd fills in for missing args and the image's
+    Entrypoint is kept; a given one (even `[""]`) takes neither. An Entrypoint of exactly
+    `[""]` is then none. Nothing to run: ValueError(NO_COMMAND).
+    """
+    entrypoint = None if options.entrypoint is None else list(options.entrypoint)
+    cmd = list(options.args)
+    if not entrypoint:
+        if not cmd:
+            cmd = _strings(image_config, "Cmd")
+        if entrypoint is None:
+            entrypoint = _strings(image_config, "Entrypoint")
+    if entrypoint == [""]:
+        entrypoint = []
     args = entrypoint + cmd
     if not args:
-        raise ValueError("no command: the image has no Entrypoint or Cmd and none was given")
+        raise ValueError(NO_COMMAND)
     return args
+
+
+def clean_path(path: str) -> str:
+    """Go's filepath.Clean for a non-empty path (dockerd cleans WorkingDir at start); "" stays."""
+    if not path:
+        return ""
+    cleaned = posixpath.normpath(path)
+    return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
+
+
+def container_labels(image_config: Mapping[str, Any], options: RunOptions) -> dict[str, str]:
+    """The labels that keep what `stop` needs: the stop signal (given, the image's, or
+    SIGTERM) and a given stop timeout."""
+    signal_name = options.stop_signal or _string(image_config, "StopSignal")
+    labels = {STOP_SIGNAL_LABEL: signal_name or DEFAULT_STOP_SIGNAL}
+    if options.stop_timeout is not None:
+        labels[STOP_TIMEOUT_LABEL] = str(options.stop_timeout)
+    return labels
+
+
+def parse_signal(text: str) -> int:
+    """docker's signal.ParseSignal: a positive number, or a name with or without SIG, in
+    any case (RTMIN+n and RTMAX-n too). ValueError with docker's words otherwise."""
+    number = _atoi(text)
+    if number is not None:
+        if number <= 0:
+            raise ValueError(f"Invalid signal: {text}")
+        return number
+    name = text.upper().removeprefix("SIG")
+    realtime = re.fullmatch(r"RTMIN(\+[0-9]+)?|RTMAX(-[0-9]+)?", name)
+    if realtime is not None:
+        above_min, below_max = realtime.groups()
+        value = (
+            signal.SIGRTMIN + int(above_min or 0)
+            if name.startswith("RTMIN")
+            else (signal.SIGRTMAX + int(below_max or 0))
+        )
+        if signal.SIGRTMIN <= value <= signal.SIGRTMAX:
+            return int(value)
+        raise ValueError(f"Invalid signal: {text}")
+    found = getattr(signal.Signals, f"SIG{name}", None) if name.isalnum() else None
+    if found is None:
+        raise ValueError(f"Invalid signal: {text}")
+    return int(found)
+
+
+def stop_settings(labels: Mapping[str, str]) -> tuple[int, float]:
+    """(signal, timeout in seconds) for `stop`, from a container's labels: what
+    container_labels kept, else SIGTERM (a signal that does not parse too, as dockerd's
+    StopSignal) and 10 s."""
+    try:
+        number = parse_signal(labels.get(STOP_SIGNAL_LABEL) or DEFAULT_STOP_SIGNAL)
+    except ValueError:
+        number = int(signal.SIGTERM)
+    kept = _atoi(labels.get(STOP_TIMEOUT_LABEL, ""))
+    return number, float(DEFAULT_STOP_TIMEOUT if kept is None else kept)
 
 
 def _make_privileged(spec: dict[str, Any]) -> None:
@@ -383,56 +494,60 @@ class _GroupEntry:
 
 
 def resolve_user(user: str, rootfs: Path | None) -> User:
-    """The uid, gid and additional gids of `user` in the image, as WithImageConfig finds them.
+    """The uid, gid and additional gids of `user` in the image, as dockerd finds them (runc's
+    libcontainer/user GetExecUser, over the image's /etc/passwd and /etc/group).
 
-    WithUser: "uid" takes the gid of its passwd entry, or 0 without one (WithUserID); "name"
-    must have a passwd entry (WithUsername); in "a:b" names are looked up and numbers taken as
-    they are. Then WithAdditionalGIDs: the groups listing the user (found by uid when given as
-    a number) as a member, other than its own group, after the primary gid. No user is root.
+    `user` is "user[:group]" (fields past the second are ignored). The user is a passwd
+    entry, by uid when it is a number, by name otherwise, root's (uid 0) when empty; a number
+    without an entry is that uid with gid 0, a name without one an error. The entry's gid is
+    the gid unless a group is given: then it is that group's (by gid when a number, else by
+    name; a number without an entry is that gid, a name without one an error). The
+    additional gids are the gid, then, only without a group, the groups listing the matched
+    entry's name (dockerd 20.10 puts the gid first, as runc does not).
     """
     db = _UserDB(rootfs)
-    if not user:
-        uid, gid = 0, 0
-        return User(uid, gid, _with_primary(gid, db.supplementary_groups("root")))
-    parts = user.split(":")
-    if len(parts) == 1:
-        number = _atoi(user)
-        if number is None:
-            entry = db.user(lambda u: u.name == user, f"user {user!r}")
-            uid, gid = entry.uid, entry.gid
-        else:
-            uid = _id(number, user)
-            found = db.find_user(lambda u: u.uid == uid)
-            gid = found.gid if found is not None else 0
-    elif len(parts) == 2:
-        name, group = parts
-        uid_number, gid_number = _atoi(name), _atoi(group)
-        uid = _id(uid_number, user) if uid_number is not None else 0
-        gid = _id(gid_number, user) if gid_number is not None else 0
-        if uid_number is None and name:
-            uid = db.user(lambda u: u.name == name, f"user {name!r}").uid
-        if gid_number is None and group:
-            gid = db.group(lambda g: g.name == group, f"group {group!r}").gid
+    user_arg, _, rest = user.partition(":")
+    group_arg = rest.partition(":")[0]
+    uid_arg, gid_arg = _atoi(user_arg), _atoi(group_arg)
+
+    def wanted(entry: _PasswdEntry) -> bool:
+        if not user_arg:
+            return entry.uid == 0
+        return entry.uid == uid_arg if uid_arg is not None else entry.name == user_arg
+
+    found = next((u for u in db.users() or [] if wanted(u)), None)
+    uid, gid, matched = 0, 0, ""
+    if found is not None:
+        uid, gid, matched = found.uid, found.gid, found.name
+    elif user_arg:
+        if uid_arg is None:
+            raise ValueError(f"unable to find user {user_arg}: no matching entries in passwd file")
+        uid = _id(uid_arg)
+    groups = (db.groups() or []) if group_arg or matched else []
+    if not group_arg:
+        return User(uid, gid, (gid, *(g.gid for g in groups if matched in g.members)))
+
+    def wanted_group(entry: _GroupEntry) -> bool:
+        return entry.gid == gid_arg if gid_arg is not None else entry.name == group_arg
+
+    group = next((g for g in groups if wanted_group(g)), None)
+    if group is not None:
+        gid = group.gid
+    elif gid_arg is None:
+        raise ValueError(f"unable to find group {group_arg}: no matching entries in group file")
     else:
-        raise ValueError(f"invalid user {user!r}: use name, uid, name:group or uid:gid")
-    owner = db.find_user(lambda u: u.uid == uid)
-    groups = db.supplementary_groups(owner.name) if owner is not None else []
-    return User(uid, gid, _with_primary(gid, groups))
-
-
-def _with_primary(gid: int, groups: Sequence[int]) -> tuple[int, ...]:
-    """ensureAdditionalGids: the primary gid is among the additional ones, first if added."""
-    return tuple(groups) if gid in groups else (gid, *groups)
+        gid = _id(gid_arg)
+    return User(uid, gid, (gid,))
 
 
 def _atoi(text: str) -> int | None:
-    """Go's strconv.Atoi, which WithUser uses to tell ids from names."""
+    """Go's strconv.Atoi, which GetExecUser uses to tell ids from names."""
     return int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else None
 
 
-def _id(number: int, user: str) -> int:
+def _id(number: int) -> int:
     if not 0 <= number <= _MAX_ID:
-        raise ValueError(f"invalid user {user!r}: ids go from 0 to {_MAX_ID}")
+        raise ValueError(f"uids and gids must be in range 0-{_MAX_ID}")  # runc's ErrRange
     return number
 
 
@@ -475,30 +590,6 @@ class _UserDB:
                 members = tuple(fields[3].split(",")) if fields[3] else ()
                 out.append(_GroupEntry(fields[0], _int(fields[2]), members))
         return out
-
-    def find_user(self, match: Callable[[_PasswdEntry], bool]) -> _PasswdEntry | None:
-        return next((u for u in self.users() or [] if match(u)), None)
-
-    def user(self, match: Callable[[_PasswdEntry], bool], what: str) -> _PasswdEntry:
-        users = self.users()
-        if users is None:
-            raise ValueError(f"{what} not found: the image has no /etc/passwd")
-        found = next((u for u in users if match(u)), None)
-        if found is None:
-            raise ValueError(f"{what} not found in the image's /etc/passwd")
-        return found
-
-    def group(self, match: Callable[[_GroupEntry], bool], what: str) -> _GroupEntry:
-        groups = self.groups()
-        if groups is None:
-            raise ValueError(f"{what} not found: the image has no /etc/group")
-        found = next((g for g in groups if match(g)), None)
-        if found is None:
-            raise ValueError(f"{what} not found in the image's /etc/group")
-        return found
-
-    def supplementary_groups(self, username: str) -> list[int]:
-        return [g.gid for g in self.groups() or [] if g.name != username and username in g.members]
 
 
 def _int(text: str) -> int:

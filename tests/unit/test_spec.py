@@ -1,9 +1,12 @@
-"""ctl.spec: the OCI spec ctrctl sends, built by containerd 1.6's client rules (`ctr run`)."""
+"""ctl.spec: the OCI spec ctrctl sends, built as `ctr run` builds it, with the image config
+and the command line merged by Docker Engine 20.10's rules."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 from pathlib import Path
 
@@ -17,12 +20,17 @@ from ctl.spec import (
     RunOptions,
     User,
     capabilities_from_bitmap,
+    clean_path,
+    container_labels,
     current_capabilities,
+    docker_env,
     encode,
     generate,
     merge_env,
+    parse_signal,
     resolve_user,
     scoped_path,
+    stop_settings,
 )
 
 PASSWD = """\
@@ -99,66 +107,92 @@ def test_the_spec_is_json_and_encodes_compactly():
     assert b" " not in encode(s).replace(b"PATH=", b"")
 
 
-# --- env ---------------------------------------------------------------------------------
+# --- env: dockerd's merge ------------------------------------------------------------------
 
 
-def test_default_path_only_when_the_image_has_no_env():
+def test_default_path_when_the_image_names_none():
     assert spec(config={"Cmd": ["sh"]})["process"]["env"] == [DEFAULT_PATH_ENV]
     assert spec(config={"Cmd": ["sh"], "Env": None})["process"]["env"] == [DEFAULT_PATH_ENV]
+    assert spec(config={"Cmd": ["sh"], "Env": []})["process"]["env"] == [DEFAULT_PATH_ENV]
+    # An image Env without PATH still gets the default one (containerd's rule gave none).
+    assert spec(config={"Cmd": ["sh"], "Env": ["A=1"]})["process"]["env"] == [
+        DEFAULT_PATH_ENV, "A=1",
+    ]  # fmt: skip
     assert spec()["process"]["env"] == ["PATH=/bin", "LANG=C"]
 
 
-def test_given_env_replaces_the_images_in_place_appends_new_and_drops_bare_keys():
-    env = spec(RunOptions(env=("NEW=1", "PATH=/usr/bin", "LANG")))["process"]["env"]
-    assert env == ["PATH=/usr/bin", "LANG=C", "NEW=1"]  # as ctr: a bare key unsets nothing
+def test_given_env_comes_first_then_the_images_it_does_not_name():
+    env = spec(RunOptions(env=("NEW=1", "LANG=en", "B=2")), config={**BUSYBOX})["process"]["env"]
+    assert env == ["PATH=/bin", "NEW=1", "LANG=en", "B=2"]
+    given_path = spec(RunOptions(env=("PATH=/x",)), config={"Cmd": ["sh"]})["process"]["env"]
+    assert given_path == ["PATH=/x"]
 
 
-def test_given_env_replaces_the_default_path_too():
-    env = spec(RunOptions(env=("PATH=/x",)), config={"Cmd": ["sh"]})["process"]["env"]
-    assert env == ["PATH=/x"]
+def test_a_bare_key_unsets_the_images_variable_and_the_defaults():
+    assert spec(RunOptions(env=("LANG",)))["process"]["env"] == ["PATH=/bin"]
+    assert spec(RunOptions(env=("PATH", "X")))["process"]["env"] == ["LANG=C"]
 
 
-def test_merge_env_is_containerds_replace_or_append():
+def test_hostname_and_tty_are_defaults_the_env_can_replace():
+    env = spec(RunOptions(hostname="box", tty=True))["process"]["env"]
+    assert env == ["PATH=/bin", "HOSTNAME=box", "TERM=xterm", "LANG=C"]
+    env = spec(RunOptions(hostname="box", tty=True, env=("TERM=vt100", "HOSTNAME=h")))
+    assert env["process"]["env"] == ["PATH=/bin", "HOSTNAME=h", "TERM=vt100", "LANG=C"]
+
+
+def test_docker_env_repeats_stay_for_runc_to_fold():
+    # dockerd leaves a repeated key twice (runc keeps its first place and last value).
+    assert docker_env([], ["A=1", "A=2"]) == [DEFAULT_PATH_ENV, "A=1", "A=2"]
+
+
+def test_merge_env_is_replace_or_append():
     assert merge_env(["A=1", "B=2"], ["B=3", "C=4", "A", "D"]) == ["B=3", "C=4"]
     assert merge_env([], ["A=1", "A=2"]) == ["A=1", "A=2"]  # no defaults: nothing to replace
     assert merge_env(["A=1"], ["A=x=y"]) == ["A=x=y"]
 
 
-def test_an_empty_image_env_still_gets_the_default_path():
-    assert spec(config={"Cmd": ["sh"], "Env": []})["process"]["env"] == [DEFAULT_PATH_ENV]
-
-
-# --- entrypoint, cmd, args, cwd ----------------------------------------------------------
+# --- entrypoint, cmd, args: dockerd's merge ---------------------------------------------------
 
 IMAGE = {"Entrypoint": ["/entry", "-v"], "Cmd": ["serve", "--port=80"]}
+EMPTY_ENTRYPOINT = {"Entrypoint": [""], "Cmd": ["echo", "from-cmd"]}
 
 
 @pytest.mark.parametrize(
-    ("options", "args"),
+    ("options", "config", "args"),
     [
-        (RunOptions(), ["/entry", "-v", "serve", "--port=80"]),
-        (RunOptions(args=("run", "x")), ["/entry", "-v", "run", "x"]),
-        (RunOptions(entrypoint=("/other",)), ["/other"]),
-        (RunOptions(entrypoint=("/other",), args=("a",)), ["/other", "a"]),
-        (RunOptions(entrypoint=(), args=("sh",)), ["sh"]),
+        (RunOptions(), IMAGE, ["/entry", "-v", "serve", "--port=80"]),
+        (RunOptions(args=("run", "x")), IMAGE, ["/entry", "-v", "run", "x"]),
+        (RunOptions(entrypoint=("/other",)), IMAGE, ["/other"]),
+        (RunOptions(entrypoint=("/other",), args=("a",)), IMAGE, ["/other", "a"]),
+        (RunOptions(entrypoint=("",), args=("sh",)), IMAGE, ["sh"]),
+        (RunOptions(), EMPTY_ENTRYPOINT, ["echo", "from-cmd"]),
+        (RunOptions(args=("cat", "/etc/motd")), EMPTY_ENTRYPOINT, ["cat", "/etc/motd"]),
+        (RunOptions(entrypoint=("echo",)), EMPTY_ENTRYPOINT, ["echo"]),
+        (RunOptions(), {"Entrypoint": ["/e"]}, ["/e"]),
+        (RunOptions(args=("ls",)), {}, ["ls"]),
+        (RunOptions(), {"Entrypoint": ["", "x"], "Cmd": ["y"]}, ["", "x", "y"]),
     ],
-    ids=["image", "args-replace-cmd", "entrypoint-drops-cmd", "entrypoint-and-args", "cleared"],
-)
-def test_args_follow_dockers_override_rules(options, args):
-    assert spec(options, config=IMAGE)["process"]["args"] == args
-
-
-def test_cmd_alone_and_args_alone():
-    assert spec()["process"]["args"] == ["sh"]
-    assert spec(RunOptions(args=("ls",)), config={})["process"]["args"] == ["ls"]
+    ids=[
+        "image", "args-replace-cmd", "entrypoint-drops-cmd", "entrypoint-and-args",
+        "empty-entrypoint-flag", "image-empty-entrypoint", "image-empty-entrypoint-args",
+        "entrypoint-over-empty", "entrypoint-alone", "args-alone", "only-exactly-empty",
+    ],
+)  # fmt: skip
+def test_args_follow_dockers_merge(options, config, args):
+    assert spec(options, config=config)["process"]["args"] == args
 
 
 @pytest.mark.parametrize(
     ("options", "config"),
-    [(RunOptions(), {}), (RunOptions(entrypoint=()), {"Entrypoint": ["/e"], "Cmd": ["x"]})],
+    [
+        (RunOptions(), {}),
+        (RunOptions(), {"Entrypoint": [""], "Cmd": None}),
+        (RunOptions(entrypoint=("",)), {"Entrypoint": ["/e"], "Cmd": ["x"]}),
+    ],
+    ids=["neither", "image-empty-entrypoint-alone", "empty-entrypoint-flag-alone"],
 )
-def test_no_command_at_all_is_refused(options, config):
-    with pytest.raises(ValueError, match="no command"):
+def test_no_command_at_all_is_refused_in_dockers_words(options, config):
+    with pytest.raises(ValueError, match=r"^No command specified$"):
         spec(options, config=config)
 
 
@@ -167,15 +201,31 @@ def test_image_config_of_the_wrong_shape_is_refused():
         spec(config={"Cmd": "sh"})
 
 
-def test_cwd_from_option_then_image_then_root():
+# --- cwd ----------------------------------------------------------------------------------
+
+
+def test_cwd_from_option_then_image_then_root_cleaned_as_go_does():
     assert spec(config={"Cmd": ["sh"], "WorkingDir": "/srv"})["process"]["cwd"] == "/srv"
     options = RunOptions(workdir="/tmp")
     assert spec(options, config={"Cmd": ["sh"], "WorkingDir": "/srv"})["process"]["cwd"] == "/tmp"
-    with pytest.raises(ValueError, match="absolute"):
+    assert spec()["process"]["cwd"] == "/"
+    assert spec(RunOptions(workdir="//a/./b/../c/"))["process"]["cwd"] == "/a/c"
+    # The image's relative WorkingDir is left for runc to refuse, as under dockerd.
+    assert spec(config={"Cmd": ["sh"], "WorkingDir": "srv/"})["process"]["cwd"] == "srv"
+
+
+def test_a_relative_workdir_is_refused_in_dockers_words():
+    message = "the working directory 'tmp' is invalid, it needs to be an absolute path"
+    with pytest.raises(ValueError, match=f"^{message}$"):
         spec(RunOptions(workdir="tmp"))
 
 
-# --- users -------------------------------------------------------------------------------
+def test_clean_path_is_gos_filepath_clean():
+    cases = {"/": "/", "//": "/", "/a//b/": "/a/b", "a/../..": "..", "./x": "x", "": ""}
+    assert {path: clean_path(path) for path in cases} == cases
+
+
+# --- users: runc's GetExecUser, as dockerd uses it -----------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -184,32 +234,36 @@ def test_cwd_from_option_then_image_then_root():
         ("", User(0, 0, (0, 10))),  # root, with the groups listing root
         ("root", User(0, 0, (0, 10))),
         ("www-data", User(33, 33, (33, 50))),
-        ("www-data:www-data", User(33, 33, (33, 50))),
-        ("1001:www-data", User(1001, 33, (33,))),
-        ("www-data:1002", User(33, 1002, (1002, 50))),
-        ("1001:1002", User(1001, 1002, (1002,))),
-        ("33", User(33, 33, (33, 50))),  # a uid with a passwd entry takes its gid
-        ("1001", User(1001, 0, (0,))),  # without one: gid 0, as WithUserID
+        ("33", User(33, 33, (33, 50))),  # a uid with a passwd entry: by the entry's name
+        ("1001", User(1001, 0, (0,))),  # without one: gid 0, no groups
         ("daemon", User(1, 1, (1, 50))),
-        ("33:daemon", User(33, 1, (1, 50))),
+        ("www-data:", User(33, 33, (33, 50))),  # an empty group is none
+        # A group given: that gid, and no supplementary groups.
+        ("www-data:www-data", User(33, 33, (33,))),
+        ("1001:www-data", User(1001, 33, (33,))),
+        ("www-data:1002", User(33, 1002, (1002,))),
+        ("1001:1002", User(1001, 1002, (1002,))),
+        ("33:daemon", User(33, 1, (1,))),
+        (":staff", User(0, 50, (50,))),  # no user: root's entry
+        ("www-data:staff:extra", User(33, 50, (50,))),  # fields past the group are ignored
     ],
 )
-def test_users_resolve_as_containerd_does(rootfs, user, expected):
+def test_users_resolve_as_dockerd_does(rootfs, user, expected):
     assert resolve_user(user, rootfs) == expected
 
 
 @pytest.mark.parametrize(
     ("user", "message"),
     [
-        ("nobody", "user 'nobody' not found in the image's /etc/passwd"),
-        ("nobody:1", "user 'nobody' not found"),
-        ("1:nogroup", "group 'nogroup' not found in the image's /etc/group"),
-        ("a:b:c", "invalid user"),
-        ("4294967296", "ids go from 0"),
+        ("nobody", "unable to find user nobody: no matching entries in passwd file"),
+        ("nobody:1", "unable to find user nobody: no matching entries in passwd file"),
+        ("1:nogroup", "unable to find group nogroup: no matching entries in group file"),
+        ("2147483648", "uids and gids must be in range 0-2147483647"),
+        ("1:-1", "uids and gids must be in range 0-2147483647"),
     ],
 )
-def test_unknown_users_and_groups_are_refused_clearly(rootfs, user, message):
-    with pytest.raises(ValueError, match=message):
+def test_unknown_users_and_groups_are_refused_in_dockers_words(rootfs, user, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         resolve_user(user, rootfs)
 
 
@@ -217,10 +271,17 @@ def test_without_passwd_or_group_files_only_numbers_resolve(tmp_path):
     assert resolve_user("1001", tmp_path) == User(1001, 0, (0,))
     assert resolve_user("1001:1002", tmp_path) == User(1001, 1002, (1002,))
     assert resolve_user("", None) == User(0, 0, (0,))
-    with pytest.raises(ValueError, match="has no /etc/passwd"):
+    with pytest.raises(ValueError, match="unable to find user www-data"):
         resolve_user("www-data", tmp_path)
-    with pytest.raises(ValueError, match="has no /etc/group"):
+    with pytest.raises(ValueError, match="unable to find group www-data"):
         resolve_user("1:www-data", None)
+
+
+def test_a_group_listing_the_user_by_its_own_gid_repeats_it_as_dockerd_does(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("app:x:1000:1000::/:/bin/sh\n")
+    (tmp_path / "etc" / "group").write_text("app:x:1000:app\nstaff:x:50:app\n")
+    assert resolve_user("app", tmp_path) == User(1000, 1000, (1000, 1000, 50))
 
 
 def test_the_given_user_overrides_the_images(rootfs):
@@ -252,7 +313,7 @@ def test_malformed_lines_read_as_runc_reads_them(tmp_path):
     (tmp_path / "etc" / "passwd").write_text("\n  odd:x:notanumber\n\nshort\n")
     (tmp_path / "etc" / "group").write_text("g:x:7:odd\n")
     assert resolve_user("odd", tmp_path) == User(0, 0, (0, 7))
-    assert resolve_user("short", tmp_path) == User(0, 0, (0, 7))
+    assert resolve_user("short", tmp_path) == User(0, 0, (0,))
 
 
 @given(st.text(alphabet="0123456789:+-abwdt_ ", max_size=12))
@@ -262,8 +323,8 @@ def test_any_user_string_resolves_or_raises_value_error(user):
         got = resolve_user(user, root)
     except ValueError:
         return
-    assert 0 <= got.uid < 2**32
-    assert got.gid in got.additional_gids
+    assert 0 <= got.uid < 2**31
+    assert got.additional_gids[0] == got.gid
 
 
 # --- resources, tty, hostname, read-only, mounts, annotations ----------------------------
@@ -280,10 +341,10 @@ def test_memory_cpus_and_pids_limits():
         spec(RunOptions(memory=-1))
 
 
-def test_tty_sets_terminal_and_appends_term():
-    process = spec(RunOptions(tty=True, env=("TERM=vt100",)))["process"]
+def test_tty_sets_terminal_and_term_among_the_defaults():
+    process = spec(RunOptions(tty=True))["process"]
     assert process["terminal"] is True
-    assert process["env"] == ["PATH=/bin", "LANG=C", "TERM=vt100", "TERM=xterm"]  # as WithTTY
+    assert process["env"] == ["PATH=/bin", "TERM=xterm", "LANG=C"]
 
 
 def test_hostname_read_only_annotations():
@@ -323,9 +384,10 @@ def test_host_network_as_ctr_net_host():
         {"destination": "/etc/resolv.conf", "type": "bind", "source": "/etc/resolv.conf",
          "options": ["rbind", "ro"]},
     ]  # fmt: skip
-    assert s["process"]["env"] == ["PATH=/bin", "LANG=C", f"HOSTNAME={socket.gethostname()}"]
+    assert s["process"]["env"] == ["PATH=/bin", f"HOSTNAME={socket.gethostname()}", "LANG=C"]
+    assert spec(RunOptions(network="host", hostname="box"))["process"]["env"][1] == "HOSTNAME=box"
     named = spec(RunOptions(network="host", hostname="box", env=("HOSTNAME=x",)))
-    assert named["process"]["env"] == ["PATH=/bin", "LANG=C", "HOSTNAME=box"]
+    assert named["process"]["env"] == ["PATH=/bin", "HOSTNAME=x", "LANG=C"]  # the env wins
 
 
 def test_unknown_network_mode_is_refused():
@@ -368,3 +430,40 @@ def test_current_capabilities_read_capeff(tmp_path):
     status = tmp_path / "status"
     status.write_text("Name:\tx\nCapPrm:\t0000000000000001\nCapEff:\t0000000000200001\n")
     assert current_capabilities(str(status)) == ["CAP_CHOWN", "CAP_SYS_ADMIN"]
+
+
+# --- stop signal and timeout ---------------------------------------------------------------
+
+
+def test_stop_signal_label_is_the_given_then_the_images_then_sigterm():
+    label = "io.containerd.image.config.stop-signal"
+    assert container_labels({}, RunOptions()) == {label: "SIGTERM"}
+    assert container_labels({"StopSignal": "SIGUSR1"}, RunOptions()) == {label: "SIGUSR1"}
+    given = RunOptions(stop_signal="QUIT", stop_timeout=3)
+    assert container_labels({"StopSignal": "SIGUSR1"}, given) == {
+        label: "QUIT", "ctrctl.stop-timeout": "3",
+    }  # fmt: skip
+
+
+def test_stop_settings_read_the_labels_with_dockers_defaults():
+    label = "io.containerd.image.config.stop-signal"
+    assert stop_settings({}) == (signal.SIGTERM, 10.0)
+    assert stop_settings({label: "usr2", "ctrctl.stop-timeout": "-1"}) == (signal.SIGUSR2, -1.0)
+    assert stop_settings({label: "SIGNONSENSE"}) == (signal.SIGTERM, 10.0)  # as dockerd's
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("SIGUSR1", 10), ("usr1", 10), ("9", 9), ("KILL", 9), ("RTMIN", signal.SIGRTMIN),
+     ("RTMIN+2", signal.SIGRTMIN + 2), ("SIGRTMAX-1", signal.SIGRTMAX - 1)],
+)  # fmt: skip
+def test_signals_parse_as_dockers(text, number):
+    assert parse_signal(text) == number
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "", "SIG", "FOO", "RTMIN-1", "RTMAX+1", "TERM "])
+def test_bad_signals_are_refused_in_dockers_words(text):
+    with pytest.raises(ValueError, match=f"^Invalid signal: {re.escape(text)}$"):
+        parse_signal(text)
+    with pytest.raises(ValueError, match="Invalid signal"):
+        spec(RunOptions(stop_signal=text or "x y"))
