@@ -4,6 +4,11 @@
 midnight UTC; a time without a zone is UTC), Unix seconds with an optional fraction, or a Go
 duration (`90s`, `10m`, `1h30m`) meaning that long before now. Without `--since` only new
 events show; with `--until` the command stops once the log is read up to then.
+
+Each event is a line: time, namespace, topic and the event as JSON (supervisor.anys): Anys
+inside it decoded with their `"@type"`, and an event or Any of a type no message of ours has
+shown raw, `{"type_url": ..., "value": base64}`, as ctr shows an Any it does not decode
+(ctr itself skips such events; ctrctl never drops or dies on one).
 """
 
 from __future__ import annotations
