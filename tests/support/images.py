@@ -513,3 +513,17 @@ def oci_archive(target: Image | Index, path: Path, ref_name: str) -> Path:
 def docker_archive(image: Image, path: Path, repo_tag: str) -> Path:
     path.write_bytes(archive_tar(docker_archive_files(image, repo_tag)))
     return path
+
+
+def docker_archive_of(tagged: Mapping[str, Image], path: Path) -> Path:
+    """One `docker save` archive holding every image of `tagged` (repo:tag -> image), as
+    `docker save a b` writes it: the blobs of all, one manifest.json entry each."""
+    files: dict[str, bytes] = {}
+    manifest: list[Any] = []
+    for repo_tag, image in tagged.items():
+        one = docker_archive_files(image, repo_tag)
+        manifest += json.loads(one.pop("manifest.json"))
+        files.update(one)
+    files["manifest.json"] = canonical_json(manifest)
+    path.write_bytes(archive_tar(files))
+    return path
