@@ -20,7 +20,7 @@ import grpc
 import structlog
 
 from supervisor import errgrpc, headers, identifiers
-from supervisor.errors import CtrdError, FailedPrecondition
+from supervisor.errors import CtrdError, FailedPrecondition, InvalidArgument
 
 NAMESPACE_HEADER = headers.NAMESPACE
 LEASE_HEADER = headers.LEASE
@@ -40,7 +40,10 @@ def namespace(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     ns = header(context, NAMESPACE_HEADER)
     if not ns:
         raise FailedPrecondition("namespace is required")
-    return identifiers.validate(ns)
+    try:
+        return identifiers.validate(ns)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"namespace validation: {e.detail}") from None
 
 
 def lease(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:

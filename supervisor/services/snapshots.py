@@ -13,7 +13,7 @@ from supervisor.api.containerd.events import snapshot_pb2 as events_pb2
 from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
 from supervisor.api.containerd.types import mount_pb2
-from supervisor.errors import InvalidArgument
+from supervisor.errors import CtrdError, InvalidArgument, Unknown
 from supervisor.events import Exchange
 from supervisor.metadata.snapshots import SnapshotStore
 from supervisor.services import rpc
@@ -49,12 +49,15 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
         self._snapshotters = snapshotters
         self._events = events
 
-    def _for(self, snapshotter: str, context: Context) -> SnapshotStore:
+    def _for_snapshotter(self, snapshotter: str) -> Callable[[str, str | None], SnapshotStore]:
         if not snapshotter:
             raise InvalidArgument("snapshotter argument missing")
         if snapshotter not in self._snapshotters:
             raise InvalidArgument(f"snapshotter not loaded: {snapshotter}")
-        return self._store(rpc.namespace(context), rpc.lease(context), snapshotter)
+        return lambda ns, lease: self._store(ns, lease, snapshotter)
+
+    def _for(self, snapshotter: str, context: Context) -> SnapshotStore:
+        return self._for_snapshotter(snapshotter)(rpc.namespace(context), rpc.lease(context))
 
     async def Prepare(self, request: pb.PrepareSnapshotRequest, context: Context) -> Any:
         store = self._for(request.snapshotter, context)
@@ -106,7 +109,14 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
     async def List(
         self, request: pb.ListSnapshotsRequest, context: Context
     ) -> AsyncIterator[pb.ListSnapshotsResponse]:
-        infos = await self._for(request.snapshotter, context).list(list(request.filters))
+        store = self._for_snapshotter(request.snapshotter)
+        try:
+            infos = await store(rpc.namespace(context), rpc.lease(context)).list(
+                list(request.filters)
+            )
+        except CtrdError as e:
+            # containerd's List hands its store's error back unconverted: UNKNOWN, words whole.
+            raise Unknown(str(e), plain=True) from None
         for start in range(0, len(infos), LIST_BATCH):
             yield pb.ListSnapshotsResponse(
                 info=[info_to_pb(i) for i in infos[start : start + LIST_BATCH]]
