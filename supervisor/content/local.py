@@ -409,9 +409,7 @@ class LocalWriter:
                     hasher.update(block)
             digest = f"{algorithm}:{hasher.hexdigest()}"
         if expected and expected != digest:
-            raise FailedPrecondition(
-                f'"{self._ref}" failed digest validation: {digest} != {expected}'
-            )
+            raise FailedPrecondition(f"unexpected commit digest {digest}, expected {expected}")
         target = self._store.blob_path(digest)
         if target.exists():
             shutil.rmtree(self._dir, ignore_errors=True)

@@ -69,7 +69,7 @@ def test_ingest_with_a_wrong_digest_fails_and_publishes_nothing(ctrd):
         input=data, check=False,
     )  # fmt: skip
     assert result.returncode != 0
-    assert "failed digest validation" in result.stderr
+    assert f"unexpected commit digest {digest_of(data)}, expected {wrong}" in result.stderr
     assert '"badref"' in result.stderr
     assert content_digests(ctrd) == set()
     assert not blob_on_disk(ctrd, digest_of(data))
