@@ -122,8 +122,8 @@ def clear_stale_socket(address: str) -> None:
 
 def plugins(root: Path, state: Path) -> list[Plugin]:
     """What `ctr plugins ls` shows; the exports name each store's directory, as containerd's."""
-    grpc_services = (
-        "containers", "content", "diff", "events", "images", "introspection",
+    grpc_services = (  # in containerd's order; healthcheck is grpc.health.v1
+        "introspection", "containers", "content", "diff", "events", "healthcheck", "images",
         "leases", "namespaces", "snapshots", "tasks", "version",
     )  # fmt: skip
     return [
