@@ -6,6 +6,11 @@ reads, as docker keeps it; attached, the shim copies each stream to its FIFO as 
 (`ctrd-log://?tee=FIFO`). A terminal's output goes to its FIFO only. `run` exits with the
 container's status; ctrctl's own errors exit 125, a command that cannot be executed 126, one
 that is not found 127 (docker's codes).
+
+`stop` and `restart` send the container's stop signal and wait its stop timeout before
+SIGKILL, both kept in the container's labels at create (`--stop-signal`, else the image's
+StopSignal, else SIGTERM; `--stop-timeout`, else 10 s: ctl.spec's container_labels); `-t`
+overrides the timeout, -1 waits for good. `kill` sends SIGKILL unless told, as docker's.
 """
 
 from __future__ import annotations
