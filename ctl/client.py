@@ -8,6 +8,7 @@ digits as docker makes them; a unique prefix of an id names the container, as in
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import secrets
@@ -287,13 +288,19 @@ class Client:
     ) -> dict[str, Any]:  # fmt: skip
         """The spec, with the user resolved in the image's /etc/passwd and /etc/group as dockerd
         does it (also without a user: root's groups count): read in the container's own
-        snapshot, mounted for the while."""
-        from snapshotter.mount import mount_all, unmount
+        snapshot, mounted for the while. A ctrctl that may not mount (not root, yet allowed on
+        ctrd's socket) runs a container without a user as root with no other groups."""
+        from snapshotter.mount import MountError, mount_all, unmount
         from snapshotter.protocol import Mount
 
         target = Path(tempfile.mkdtemp(prefix="ctrctl-rootfs-"))
         try:
-            mount_all([Mount(m.type, m.source, tuple(m.options)) for m in mounts], target)
+            try:
+                mount_all([Mount(m.type, m.source, tuple(m.options)) for m in mounts], target)
+            except MountError as e:
+                if e.errno != errno.EPERM or options.user or image_config.get("User"):
+                    raise
+                return oci.generate(self.namespace, cid, image_config, options)
             try:
                 return oci.generate(self.namespace, cid, image_config, options, target)
             finally:

@@ -331,3 +331,22 @@ def test_a_bad_stop_signal_is_refused_before_anything_runs(engines):
     assert "Invalid signal: BOGUS" in docker.stderr
     assert "Invalid signal: BOGUS" in ours.stderr
     assert engines.ctrctl("ps", "-aq").stdout == ""
+
+
+def test_a_ctrctl_that_may_not_mount_runs_a_container_without_a_user_as_plain_root(engines):
+    """Without CAP_SYS_ADMIN ctrctl cannot look into the image: a container without a user
+    still runs (as root, without root's other groups); one that needs a user is refused."""
+    unprivileged = ("setpriv", "--bounding-set=-sys_admin", "--", sys.executable, "-m", "ctl")
+
+    def ctrctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*unprivileged, "--address", engines.ctrd.address, "run", "--rm", *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    plain = ctrctl("users")
+    assert (plain.returncode, plain.stdout) == (0, "uid=0(root) gid=0(root) groups=0(root)\n")
+    as_app = ctrctl("-u", "app", "users")
+    assert as_app.returncode == 125
+    assert "Operation not permitted" in as_app.stderr
+    assert engines.ctrctl("ps", "-aq").stdout == ""
