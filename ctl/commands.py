@@ -382,8 +382,19 @@ def _new_task(client: Client, cid: str, old: Any | None) -> None:
         client.tasks.Delete(tpb.DeleteTaskRequest(container_id=cid), metadata=client.md)
         _start_task(client, cid, None, old.terminal, log=bool(old.stdout or old.stderr))
         return
-    spec = json.loads(client.containers.Get(_get(cid), metadata=client.md).container.spec.value)
-    _start_task(client, cid, None, bool(spec.get("process", {}).get("terminal")))
+    process = _process(client.containers.Get(_get(cid), metadata=client.md).container)
+    _start_task(client, cid, None, bool(process.get("terminal")))
+
+
+def _process(container: Any) -> dict[str, Any]:
+    """The process of a container's OCI spec; {} when its spec is not one ctrctl can read (a
+    client may store any type there: ps must still list the container)."""
+    try:
+        spec = json.loads(container.spec.value or b"{}")
+    except ValueError:
+        return {}
+    process = spec.get("process") if isinstance(spec, dict) else None
+    return process if isinstance(process, dict) else {}
 
 
 def _get(cid: str) -> Any:
@@ -462,8 +473,7 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
         task = client.task(container.id)
         if not everything and (task is None or task.status == task_types.STOPPED):
             continue
-        spec = json.loads(container.spec.value or b"{}")
-        command = " ".join(spec.get("process", {}).get("args", []))
+        command = " ".join(map(str, _process(container).get("args", [])))
         state = STATUS.get(task.status, "unknown") if task is not None else "created"
         row: dict[str, Any] = {
             "id": container.id, "image": container.image, "command": command,
@@ -624,7 +634,9 @@ def cmd_exec(client: Client, args: argparse.Namespace) -> int:
     if task is None or task.status != task_types.RUNNING:
         raise ValueError(f"container {args.container} is not running")
     container = client.containers.Get(_get(cid), metadata=client.md).container
-    process = json.loads(container.spec.value)["process"]
+    process = _process(container)
+    if not process:
+        raise ValueError(f"container {args.container} has no OCI process spec to exec from")
     process["args"] = args.cmd
     process["terminal"] = args.tty
     if args.workdir:

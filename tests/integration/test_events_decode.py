@@ -193,6 +193,11 @@ def test_ctrctl_inspect_shows_containers_of_ctr_dockerd_and_of_unknown_types(
     assert info["spec"] == {"type_url": MADE_UP, "value": "/wA="}
     assert info["extensions"] == {"made-up": {"type_url": MADE_UP, "value": "AQI="}}
     assert info["runtimeOptions"]["@type"] == "containerd.linux.runc.RuncOptions"
+    # ps lists a container whose spec is no OCI spec too (its command left blank).
+    listed = ctrctl(ctrd, "ps", "-a", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["id"]: row for row in json.loads(listed.stdout)}
+    assert (rows["by-stub"]["command"], rows["by-ctr"]["command"]) == ("", "true")
     [info] = json.loads(shown["by-docker"].stdout)
     assert info["spec"]["process"]["args"] == ["sleep", "1000"]
     assert info["runtimeOptions"]["root"] == str(dockerd.exec_root / "runtime-runc")
