@@ -167,7 +167,7 @@ class ContainerStore:
         return await self._db.read(lambda conn: self._get(conn, cid))
 
     async def list(self, filter_texts: Sequence[str] = ()) -> builtins.list[Container]:
-        selected = filters.parse_all(filter_texts)
+        selected = filters.parse_all_wrapped(filter_texts)
         rows = await self._db.read(
             lambda conn: conn.execute(
                 f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? ORDER BY id", (self._ns,)

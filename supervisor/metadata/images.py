@@ -108,7 +108,7 @@ class ImageStore:
         return await self._db.read(lambda conn: self._get(conn, name))
 
     async def list(self, filter_texts: Sequence[str] = ()) -> builtins.list[Image]:
-        selected = filters.parse_all(filter_texts)
+        selected = filters.parse_all_wrapped(filter_texts)
         rows = await self._db.read(
             lambda conn: conn.execute(
                 f"SELECT {_COLUMNS} FROM images WHERE namespace = ? ORDER BY name", (self._ns,)

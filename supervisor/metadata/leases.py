@@ -127,7 +127,7 @@ class LeaseStore:
         await self._db.write(delete)
 
     async def list(self, filter_texts: Sequence[str] = ()) -> builtins.list[Lease]:
-        selected = filters.parse_all(filter_texts)
+        selected = filters.parse_all_wrapped(filter_texts)
 
         def list_(conn: sqlite3.Connection) -> builtins.list[Lease]:
             rows = conn.execute(

@@ -82,7 +82,7 @@ class IntrospectionService(ipb_grpc.IntrospectionServicer):
         self._uuid = uuid
 
     async def Plugins(self, request: ipb.PluginsRequest, context: Context) -> Any:
-        selected = filters.parse_all(request.filters)
+        selected = filters.parse_all_wrapped(request.filters)
         return ipb.PluginsResponse(
             plugins=[
                 ipb.Plugin(
