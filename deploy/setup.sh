@@ -15,6 +15,7 @@ packages=(
     docker-registry                          # a real registry on 127.0.0.1 for the tests
     busybox-static                           # the tests build their images from it
     docker.io                                # dockerd + docker CLI on ctrd (never started as a service)
+    procps                                   # ps, which dockerd runs for `docker top`
     golang-github-containerd-containerd-dev  # containerd's protos, compared with ours
     git
 )
