@@ -30,8 +30,8 @@ from typing import Any, NamedTuple
 
 from shim import journal, memory, oom, protocol, runc, stdio
 from shim.protocol import Request
+from shim.states import CREATED, PAUSED, RUNNING, STOPPED, refusal
 
-CREATED, RUNNING, PAUSED, STOPPED = "created", "running", "paused", "stopped"
 DRAIN_TIMEOUT = 10.0  # how long a delete waits for a terminal's output to drain
 FLUSH_TIMEOUT = 5.0  # how long an exiting shim tries to deliver what it has to send
 PID_FILE = "init.pid"
@@ -61,6 +61,14 @@ def _not_found(what: str) -> ShimError:
 
 def _precondition(what: str) -> ShimError:
     return ShimError(protocol.FAILED_PRECONDITION, what)
+
+
+def _refuse(process: Process, is_init: bool, operation: str) -> None:
+    """Raise containerd's words (code UNKNOWN, as its shim's) if the process's state refuses
+    the operation (`shim.states`)."""
+    words = refusal(is_init, process.status, operation)
+    if words is not None:
+        raise ShimError(protocol.UNKNOWN, words)
 
 
 class Process:
@@ -406,7 +414,7 @@ class Shim:
                 raise _not_found(f'task "{self.config.id}" not found')
             return self.init
         if exec_id not in self.execs:
-            raise _not_found(f'process "{exec_id}" of task "{self.config.id}" not found')
+            raise _not_found(f"process does not exist {exec_id}")  # containerd's words
         return self.execs[exec_id]
 
     def _io(self, params: dict[str, Any]) -> stdio.Io:
@@ -445,7 +453,10 @@ class Shim:
                 console, path = self._console()
                 args += ["--console-socket", path]
             args.append(self.config.id)
-            self.runtime.run(args, stdio=io.fds)
+            try:
+                self.runtime.run(args, stdio=io.fds)
+            except runc.RuntimeFailed as e:
+                raise runc.RuntimeFailed(f"OCI runtime create failed: {e}") from None
             io.runtime_started()
             pid = int(_read(pid_file))
             if console is not None:
@@ -481,10 +492,7 @@ class Shim:
 
     def do_start(self, params: dict[str, Any], *_: object) -> Any:
         process = self._process(params)
-        if process.status != CREATED:
-            raise _precondition(
-                f"process {process.exec_id or self.config.id} is {process.status}, not created"
-            )
+        _refuse(process, process is self.init, "start")
         if process is self.init:
             self.runtime.start(self.config.id, process.pid)
             process.status = RUNNING
@@ -506,7 +514,13 @@ class Shim:
                 console, path = self._console()
                 args += ["--console-socket", path]
             args.append(self.config.id)
-            self.runtime.run(args, stdio=process.io.fds)
+            try:
+                self.runtime.run(args, stdio=process.io.fds)
+            except runc.RuntimeFailed as e:
+                # Nothing ran: its client's readers get their EOF now (ctr waits for them
+                # before it reports the failure), and the exec stays created, as containerd's.
+                process.io.close()
+                raise runc.RuntimeFailed(f"OCI runtime exec failed: {e}") from None
             process.io.runtime_started()
             process.pid = int(_read(pid_file))
             if console is not None:
@@ -529,12 +543,11 @@ class Shim:
         exec_id = params.get("exec_id") or ""
         if self.init is None or self.deleted:
             raise _not_found(f'task "{self.config.id}" not found')
-        if self.init.status not in (CREATED, RUNNING):
-            raise _precondition(f"cannot exec in a {self.init.status} state")
         if not exec_id:
-            raise ShimError(protocol.INVALID_ARGUMENT, "exec id must not be empty")
-        if exec_id in self.execs:
-            raise ShimError(protocol.ALREADY_EXISTS, f"id {exec_id}: already exists")
+            raise ShimError(protocol.INVALID_ARGUMENT, "exec id cannot be empty")
+        if exec_id in self.execs:  # containerd reserves the id before it asks the state
+            raise ShimError(protocol.ALREADY_EXISTS, f"id {exec_id}")
+        _refuse(self.init, True, "exec")
         spec = params.get("spec")
         if not isinstance(spec, dict):
             raise ShimError(protocol.INVALID_ARGUMENT, "exec spec must be a JSON object")
@@ -547,7 +560,9 @@ class Shim:
 
     def do_pids(self, params: dict[str, Any], *_: object) -> Any:
         self._process({})
+        # A stopped container's runc lists `null`: no processes, as containerd answers.
         pids = json.loads(self.runtime.run(["ps", "--format", "json", self.config.id]) or b"[]")
+        pids = pids or []
         execs = {p.pid: p.exec_id for p in self.execs.values() if p.status == RUNNING}
         return [{"pid": pid, "exec_id": execs.get(pid, "")} for pid in pids]
 
@@ -576,7 +591,7 @@ class Shim:
                 raise
         else:
             if process.status == CREATED:
-                raise _precondition(f"process {process.exec_id} is not started")
+                raise _precondition("process not created")
             try:
                 os.kill(process.pid, sig)
             except ProcessLookupError:
@@ -585,8 +600,10 @@ class Shim:
 
     def do_resize_pty(self, params: dict[str, Any], *_: object) -> Any:
         process = self._process(params)
+        self._reap()  # an exec that has exited is stopped, and refuses (containerd's words)
+        _refuse(process, process is self.init, "resize")
         if not process.io.terminal:
-            raise _precondition("process has no terminal")
+            return {}  # containerd: nothing to resize, and no error
         process.io.resize(int(params.get("width") or 0), int(params.get("height") or 0))
         return {}
 
@@ -598,24 +615,21 @@ class Shim:
 
     def do_pause(self, params: dict[str, Any], *_: object) -> Any:
         process = self._process({})
-        if process.status != RUNNING:
-            raise _precondition(f"cannot pause a {process.status} task")
+        _refuse(process, True, "pause")
         self.runtime.run(["pause", self.config.id])
         process.status = PAUSED
         return {"seq": self.emit("/tasks/paused", {"container_id": self.config.id})}
 
     def do_resume(self, params: dict[str, Any], *_: object) -> Any:
         process = self._process({})
-        if process.status != PAUSED:
-            raise _precondition(f"cannot resume a {process.status} task")
+        _refuse(process, True, "resume")
         self.runtime.run(["resume", self.config.id])
         process.status = RUNNING
         return {"seq": self.emit("/tasks/resumed", {"container_id": self.config.id})}
 
     def do_update(self, params: dict[str, Any], *_: object) -> Any:
         process = self._process({})
-        if process.status == STOPPED:
-            raise _precondition("cannot update a stopped task")
+        _refuse(process, True, "update")
         resources = json.dumps(params.get("resources") or {}).encode()
         self.runtime.run(["update", "--resources", "-", self.config.id], input=resources)
         return {}
@@ -629,8 +643,7 @@ class Shim:
 
     def do_delete(self, params: dict[str, Any], answer: Callable[[Any], None], *_: object) -> Any:
         process = self._process(params)
-        if process.status in (RUNNING, PAUSED):
-            raise _precondition(f"cannot delete a {process.status} process")
+        _refuse(process, process is self.init, "delete")
         if process is not self.init:
             del self.execs[process.exec_id]
             if process.status == CREATED:  # never started: nothing ran, nothing exited
@@ -652,7 +665,8 @@ class Shim:
         def deleted() -> dict[str, Any]:
             seq = self.emit(
                 "/tasks/delete",
-                {"container_id": self.config.id, "id": self.config.id, **process.exit_info()},
+                # containerd's shim leaves the event's `id` empty for the init.
+                {"container_id": self.config.id, **process.exit_info()},
             )
             for p in self.execs.values():
                 p.io.close()

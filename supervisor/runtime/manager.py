@@ -137,6 +137,9 @@ class Task:
     last_seq: int = 0  # the last shim event applied
     published: int = 0  # the last shim event published (by this daemon or a previous one)
     exits: dict[str, Exit] = field(default_factory=dict)
+    # Execs whose start failed: they never ran, and waiting on them returns at once with a
+    # zero status and time, as containerd's shim answers (no `/tasks/exit` is published).
+    unstarted: dict[str, Exit] = field(default_factory=dict)
     _exit_waiters: dict[str, list[asyncio.Future[Exit]]] = field(default_factory=dict)
     _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
     _consumer: asyncio.Task[None] | None = None
@@ -219,6 +222,8 @@ class Task:
         """The exit of a process (init: exec_id ""), once its `/tasks/exit` is published."""
         if exec_id in self.exits:
             return self.exits[exec_id]
+        if exec_id in self.unstarted:
+            return self.unstarted[exec_id]
         if self.gone is not None:
             raise errors.Unavailable(f"task {self.id}: {self.gone}")
         future: asyncio.Future[Exit] = asyncio.get_running_loop().create_future()
@@ -236,6 +241,13 @@ class Task:
             if not future.done():
                 future.set_result(exit_)
 
+    def start_failed(self, exec_id: str) -> None:
+        """An exec's start failed: whoever waits for it, or will, gets a zero exit."""
+        self.unstarted[exec_id] = Exit(0, 0, 0)
+        for future in self._exit_waiters.pop(exec_id, []):
+            if not future.done():
+                future.set_result(self.unstarted[exec_id])
+
     def _let_go(self, why: str) -> None:
         """The daemon stops watching this task: whoever waits gets Unavailable."""
         self.gone = why
@@ -247,6 +259,7 @@ class Task:
 
     def forget_exec(self, exec_id: str) -> None:
         self.exits.pop(exec_id, None)
+        self.unstarted.pop(exec_id, None)
 
 
 def socket_path(state: Path, address: str, namespace: str, cid: str) -> str:
@@ -463,7 +476,8 @@ class TaskManager:
     def get(self, namespace: str, cid: str) -> Task:
         task = self._tasks.get((namespace, cid))
         if task is None:
-            raise errors.NotFound(f'no running task found: task "{cid}"')
+            # containerd's words, without its suffix; ctr adds "no running task found: ".
+            raise errors.NotFound(f"task {cid} not found", plain=True)
         return task
 
     def list(self, namespace: str) -> list[Task]:
@@ -497,7 +511,7 @@ class TaskManager:
         if runtime_root and not os.path.isabs(runtime_root):
             raise errors.InvalidArgument(f'runtime root "{runtime_root}" is not an absolute path')
         if self.exists(namespace, cid):
-            raise errors.AlreadyExists(f'task "{cid}" already exists')
+            raise errors.AlreadyExists(f"task {cid}")  # containerd: "task c1: already exists"
         self._creating.add(key)
         chosen = Runtime(
             runtime or self.runtime,
@@ -557,7 +571,10 @@ class TaskManager:
                 {"type": m.type, "source": m.source, "target": "", "options": list(m.options)}
                 for m in mounts
             ]
-            result = await task.call_seen("create", params)
+            try:
+                result = await task.call_seen("create", params)
+            except errors.CtrdError as e:  # containerd's runtime manager words it so
+                raise type(e)(f"failed to create shim task: {e.detail}") from None
             task.pid = int(result["pid"])
         except BaseException:
             if task is not None:
@@ -943,7 +960,7 @@ class TaskManager:
                 task,
                 protocol.Event(
                     task.last_seq + 1, "/tasks/delete",
-                    {"container_id": cid, "id": cid, **result}, time.time_ns(),
+                    {"container_id": cid, **result}, time.time_ns(),
                 ),
             )  # fmt: skip
         else:

@@ -23,6 +23,7 @@ from supervisor.api.containerd.types import metrics_pb2
 from supervisor.api.containerd.types.task import task_pb2 as types_pb
 from supervisor.events import pack
 from supervisor.metadata.containers import ContainerStore
+from supervisor.runtime import shimnames
 from supervisor.runtime.manager import Exit, Task, TaskManager
 from supervisor.services import rpc
 from supervisor.services.logs import Logs
@@ -109,6 +110,8 @@ class TasksService(pb_grpc.TasksServicer):
             raise errors.Unimplemented("checkpoint restore needs CRIU, which is not installed")
         if container.spec is None:
             raise errors.InvalidArgument(f'container "{container.id}" has no spec')
+        if why := shimnames.problem(container.runtime_name):
+            raise errors.Unknown(why)
         binary, runtime_root = _runc_options(
             request.options if request.HasField("options") else None,
             any_pb2.Any(type_url=container.runtime_options[0], value=container.runtime_options[1])
@@ -137,14 +140,27 @@ class TasksService(pb_grpc.TasksServicer):
 
     async def Start(self, request: pb.StartRequest, context: Context) -> Any:
         task = self._task(context, request.container_id)
-        result = await task.call_seen("start", {"exec_id": request.exec_id})
+        try:
+            result = await task.call_seen("start", {"exec_id": request.exec_id})
+        except errors.CtrdError:
+            if request.exec_id and await self._never_started(task, request.exec_id):
+                task.start_failed(request.exec_id)
+            raise
         return pb.StartResponse(pid=result["pid"])
+
+    @staticmethod
+    async def _never_started(task: Task, exec_id: str) -> bool:
+        """Whether an exec whose start just failed is still only created (its runtime failed)."""
+        try:
+            state = await task.call("state", {"exec_id": exec_id})
+        except errors.CtrdError:
+            return False
+        return bool(state["status"] == "created")
 
     async def Delete(self, request: pb.DeleteTaskRequest, context: Context) -> Any:
         ns = rpc.namespace(context)
         result = await self._manager.delete(ns, request.container_id)
-        return pb.DeleteResponse(
-            id=request.container_id,
+        return pb.DeleteResponse(  # no id: containerd's names none for a task
             pid=result["pid"],
             exit_status=result["exit_status"],
             exited_at=_timestamp(result["exited_at"]),
@@ -188,9 +204,9 @@ class TasksService(pb_grpc.TasksServicer):
         return empty_pb2.Empty()
 
     async def Exec(self, request: pb.ExecProcessRequest, context: Context) -> Any:
+        if not request.exec_id:  # checked first, in containerd's words
+            raise errors.InvalidArgument("exec id cannot be empty", plain=True)
         task = self._task(context, request.container_id)
-        if not request.exec_id:
-            raise errors.InvalidArgument("exec id must not be empty")
         await task.call_seen(
             "exec",
             {
