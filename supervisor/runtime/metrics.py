@@ -109,6 +109,25 @@ def collect(pid: int) -> any_pb2.Any:
             raise NotFound(f"cgroup of process {pid}")
 
 
+def collect_path(cgroups_path: str) -> any_pb2.Any:
+    """Metrics of the cgroup(s) at an OCI spec's `linux.cgroupsPath` (cgroupfs form, absolute),
+    for a task whose processes have exited: runc keeps its cgroups until the container is
+    deleted, and containerd still answers their metrics. Blocking; NotFound if they are gone."""
+    if not cgroups_path.startswith("/") or ":" in cgroups_path:
+        raise NotFound(f"cgroup {cgroups_path}")  # relative, or systemd's slice:prefix:name
+    own = Path("/proc/self/cgroup").read_text(encoding="utf-8")
+    membership = "\n".join(
+        line.rsplit(":", 1)[0] + ":" + cgroups_path for line in own.splitlines() if line
+    )
+    mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8")
+    match locate(membership, mountinfo):
+        case CgroupV1(directories) if any(d.is_dir() for d in directories.values()):
+            return pack(v1_metrics(directories))
+        case CgroupV2(directory) if directory.is_dir():
+            return pack(v2_metrics(directory))
+    raise NotFound(f"cgroup {cgroups_path}")
+
+
 def pack(metrics: v1.Metrics | v2.Metrics) -> any_pb2.Any:
     """An Any with containerd's bare type URL (`Any.Pack` would add a prefix ctr rejects)."""
     type_url = V1_TYPE_URL if isinstance(metrics, v1.Metrics) else V2_TYPE_URL

@@ -274,10 +274,11 @@ class TasksService(pb_grpc.TasksServicer):
         for task in self._manager.list(ns):
             if not selected.matches(_task_adaptor(task)):
                 continue
-            if "" in task.exits:
-                continue  # stopped: no cgroup left to measure
             try:
-                data = await asyncio.to_thread(metrics.collect, task.pid)
+                if "" in task.exits:  # stopped: its cgroup stays until the task is deleted
+                    data = await asyncio.to_thread(_stopped_metrics, task)
+                else:
+                    data = await asyncio.to_thread(metrics.collect, task.pid)
             except errors.NotFound:
                 continue
             metric = metrics_pb2.Metric(id=task.id, data=data)
@@ -292,6 +293,18 @@ class TasksService(pb_grpc.TasksServicer):
             await task.call("state", {"exec_id": request.exec_id})  # NotFound if no such process
             exit_ = await task.wait(request.exec_id)
         return pb.WaitResponse(exit_status=exit_.status, exited_at=_timestamp(exit_.at))
+
+
+def _stopped_metrics(task: Task) -> any_pb2.Any:
+    """A stopped task's metrics, from the cgroup its spec names (blocking)."""
+    from supervisor.runtime import metrics
+
+    try:
+        spec = json.loads((task.bundle.path / "config.json").read_bytes())
+        path = str(spec["linux"]["cgroupsPath"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise errors.NotFound(f"cgroup of task {task.id}") from None
+    return metrics.collect_path(path)
 
 
 async def _criu_problem() -> str:

@@ -107,6 +107,8 @@ DELETED = (*EXITED, step("tasks", "delete", "t1"))
 
 PID = (r"(?m)^(t1|\d+) +\d+ +", r"\1 <pid> ")  # tasks ls, tasks ps
 PS = (r"(?m)^\d+ ", "<pid> ")
+# The values and the time they were taken, and so the columns' widths.
+METRICS = ((r"\d+", "<n>"), (r" +", " "))
 
 # runc prints why it failed on its stderr, which is the process's: containerd's shim gives
 # runc pipes and copies them only once the process runs; ctrd's passes the client's FIFOs
@@ -148,6 +150,8 @@ CASES = (
          says="cannot resume a stopped container: unknown"),
     Case("resume-paused", ("tasks", "resume", "t1"), setup=PAUSED),
     Case("metrics-no-task", ("tasks", "metrics", "t1"), setup=CONTAINER),
+    Case("metrics-running", ("tasks", "metrics", "t1"), setup=RUNNING, masks=METRICS),
+    Case("metrics-exited", ("tasks", "metrics", "t1"), setup=EXITED, masks=METRICS),
     Case("checkpoint-no-task", ("tasks", "checkpoint", "t1"), setup=CONTAINER),
     Case("checkpoint-exited", ("tasks", "checkpoint", "t1"), setup=EXITED),
     Case("ls-running", ("tasks", "ls"), setup=RUNNING, masks=(PID,)),

@@ -409,3 +409,15 @@ def test_containerds_own_v2_proto_decodes_what_we_pack(tmp_path):
     ours.cpu.usage_usec = 12
     theirs = _containerd_message_class("v2/stats/metrics.proto", "io.containerd.cgroups.v2.Metrics")
     _same_as_containerd_reads_it(metrics.pack(ours).value, ours, theirs)
+
+
+def test_metrics_of_a_cgroup_path_that_is_gone_or_not_cgroupfs_are_not_found():
+    for path in ("/ctrd-test-no-such-cgroup/x", "relative/x", "system.slice:ctrd:x"):
+        with pytest.raises(NotFound):
+            metrics.collect_path(path)
+
+
+def test_metrics_of_a_cgroup_path_read_the_cgroup_it_names():
+    own = Path("/proc/self/cgroup").read_text().splitlines()[0].rsplit(":", 1)[1]
+    assert metrics.collect_path(own).type_url in ("io.containerd.cgroups.v1.Metrics",
+                                          "io.containerd.cgroups.v2.Metrics")  # fmt: skip
