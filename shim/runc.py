@@ -49,18 +49,20 @@ class RuntimeFailed(Exception):
 
 
 def find(binary: str) -> str:
-    """The path of a runtime binary named by name or path; RuntimeFailed if there is none."""
+    """The path of a runtime binary named by name or path; RuntimeFailed if there is none,
+    in the words Go's os/exec gives containerd's shim."""
     if "/" in binary:
-        if os.access(binary, os.X_OK):
+        if os.access(binary, os.X_OK) and not os.path.isdir(binary):
             return binary
-        raise RuntimeFailed(f'runtime "{binary}" is not an executable file')
+        why = "permission denied" if os.path.exists(binary) else "no such file or directory"
+        raise RuntimeFailed(f"fork/exec {binary}: {why}")
     for directory in os.environ.get(
         "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     ).split(":"):
         path = os.path.join(directory or ".", binary)
         if os.access(path, os.X_OK) and not os.path.isdir(path):
             return path
-    raise RuntimeFailed(f'runtime "{binary}" binary not installed: not found in $PATH')
+    raise RuntimeFailed(f'exec: "{binary}": executable file not found in $PATH')
 
 
 class Runtime:

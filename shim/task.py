@@ -442,8 +442,12 @@ class Shim:
     def do_create(self, params: dict[str, Any], *_: object) -> Any:
         if self.init is not None:
             raise ShimError(protocol.ALREADY_EXISTS, f'task "{self.config.id}" already exists')
-        if self._runtime_error:
-            raise runc.RuntimeFailed(self._runtime_error)
+        if self._runtime_error:  # containerd's shim finds no log of runc's either
+            log = os.path.join(self.config.bundle, runc.LOG)
+            raise runc.RuntimeFailed(
+                "OCI runtime create failed: unable to retrieve OCI runtime error "
+                f"(open {log}: no such file or directory): {self._runtime_error}"
+            )
         io = self._io(params)
         pid_file = os.path.join(self.config.bundle, PID_FILE)
         args = ["create", "--bundle", self.config.bundle, "--pid-file", pid_file]
@@ -569,7 +573,8 @@ class Shim:
     def do_kill(self, params: dict[str, Any], *_: object) -> Any:
         process = self._process(params)
         sig = int(params.get("signal") or signal.SIGTERM)
-        if process.status == STOPPED:
+        # A stopped init still takes a kill of all (runc finds nothing to signal), as there.
+        if process.status == STOPPED and not (process is self.init and params.get("all")):
             raise _not_found("process already finished")
         if process is self.init:
             try:

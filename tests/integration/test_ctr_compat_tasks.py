@@ -107,6 +107,8 @@ DELETED = (*EXITED, step("tasks", "delete", "t1"))
 
 PID = (r"(?m)^(t1|\d+) +\d+ +", r"\1 <pid> ")  # tasks ls, tasks ps
 PS = (r"(?m)^\d+ ", "<pid> ")
+# Where each daemon keeps a task's bundle (runc's log.json is named when runc cannot run).
+BUNDLE_LOG = (r"open <base>/\S+/log\.json", "open <bundle>/log.json")
 # The values and the time they were taken, and so the columns' widths.
 METRICS = ((r"\d+", "<n>"), (r" +", " "))
 
@@ -134,6 +136,7 @@ CASES = (
     Case("kill-paused", ("tasks", "kill", "-s", "KILL", "t1"), setup=PAUSED),
     Case("kill-missing-exec", ("tasks", "kill", "--exec-id", "nope", "t1"), setup=RUNNING,
          says="process does not exist nope: not found"),
+    Case("kill-all-exited", ("tasks", "kill", "-a", "t1"), setup=EXITED),
     Case("kill-bad-signal", ("tasks", "kill", "-s", "NOPE", "t1"), setup=RUNNING),
     # --- tasks ps, pause, resume, metrics, checkpoint, ls
     Case("ps-no-task", ("tasks", "ps", "t1"), setup=CONTAINER),
@@ -187,6 +190,11 @@ CASES = (
     Case("run-existing-container", (*RUN_D, "t1", "true"), setup=CONTAINER),
     Case("run-not-found", (*RUN_D, "t1", "/nonexistent"), setup=(IMPORT,), known=RUNC_STDERR,
          says="ctr: failed to create shim task: OCI runtime create failed: runc create failed: "),
+    Case("run-runc-binary-missing", ("run", "-d", "--runc-binary", "nope", *RUN_D[2:], "t1"),
+         setup=(IMPORT,), masks=(BUNDLE_LOG,),
+         says='executable file not found in $PATH: unknown'),
+    Case("run-runc-binary-path-missing", ("run", "-d", "--runc-binary", "/nope", *RUN_D[2:],
+                                          "t1"), setup=(IMPORT,), masks=(BUNDLE_LOG,)),
     Case("run-missing-image", ("run", "-d", "docker.io/library/nope:1", "t1", "true")),
     Case("run-bad-runtime", ("run", "-d", "--runtime", "io.containerd.nope.v1", IMAGE, "t1"),
          setup=(IMPORT,)),
