@@ -157,6 +157,8 @@ CASES = (
     Case("metrics-exited", ("tasks", "metrics", "t1"), setup=EXITED, masks=METRICS),
     Case("checkpoint-no-task", ("tasks", "checkpoint", "t1"), setup=CONTAINER),
     Case("checkpoint-exited", ("tasks", "checkpoint", "t1"), setup=EXITED),
+    Case("checkpoint-running", ("tasks", "checkpoint", "t1"), setup=RUNNING,
+         known="ctrd has no checkpoint (UNIMPLEMENTED); containerd's runc fails on CRIU"),
     Case("ls-running", ("tasks", "ls"), setup=RUNNING, masks=(PID,)),
     Case("ls-paused", ("tasks", "ls"), setup=PAUSED, masks=(PID,)),
     Case("ls-exited", ("tasks", "ls"), setup=EXITED, masks=(PID,)),
@@ -183,6 +185,12 @@ CASES = (
     Case("start-missing", ("tasks", "start", "nope")),
     Case("start-detached", ("tasks", "start", "-d", "--fifo-dir", "{fifo}", "t1"),
          setup=CONTAINER),
+    Case("start-attached", ("tasks", "start", "--fifo-dir", "{fifo}", "t1"),
+         # (containers create takes no --cgroup: both tasks' cgroup is /{ns}/t1, one at a time)
+         setup=(IMPORT, step("containers", "create", IMAGE, "t1", "seq", "3")),
+         calls="unordered"),
+    Case("start-attached-failing", ("tasks", "start", "--fifo-dir", "{fifo}", "t1"),
+         setup=(IMPORT, step("containers", "create", IMAGE, "t1", "false")), calls="unordered"),
     Case("attach-no-task", ("tasks", "attach", "t1"), setup=CONTAINER),
     Case("attach-exited", ("tasks", "attach", "t1"), setup=EXITED),
     # --- run
