@@ -7,10 +7,11 @@ free-form but a key and its value together may not exceed 4096 bytes.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 
-from supervisor.errors import InvalidArgument
+from supervisor.errors import InvalidArgument, Unknown
 
 MAX_LENGTH = 76
 MAX_LABEL_SIZE = 4096
@@ -30,17 +31,34 @@ def validate(name: str) -> str:
 
 
 def validate_label(key: str, value: str) -> None:
-    if not key:
-        raise InvalidArgument("label key must not be empty")
-    size = len(key.encode()) + len(value.encode())
-    if size > MAX_LABEL_SIZE:
+    """containerd's labels.Validate: the size only (see `require_label_keys`)."""
+    encoded = key.encode()
+    if len(encoded) + len(value.encode()) > MAX_LABEL_SIZE:
+        shown = encoded[:10].decode(errors="replace")  # containerd names the key's first bytes
         raise InvalidArgument(
-            f'label "{key}": key and value length ({size} bytes) greater than maximum size '
-            f"({MAX_LABEL_SIZE} bytes)"
+            f"label key and value greater than maximum size ({MAX_LABEL_SIZE} bytes), key: {shown}"
         )
 
 
-def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    for key, value in labels.items():
-        validate_label(key, value)
+def validate_labels(labels: Mapping[str, str], what: str = "") -> dict[str, str]:
+    """The labels, if each is valid; the error's words start with `what: ` when given
+    (containerd's stores name the field: `image.Labels: label key and value ...`)."""
+    try:
+        for key, value in labels.items():
+            validate_label(key, value)
+    except InvalidArgument as e:
+        if what:
+            raise InvalidArgument(f"{what}: {e.detail}") from None
+        raise
     return dict(labels)
+
+
+def require_label_keys(labels: Mapping[str, str], writing: str = "") -> None:
+    """containerd checks no label key for presence: its database refuses an empty one as the
+    labels are written ("key required"), an error it answers UNKNOWN, in the words of the
+    store's write step (`writing: failed to set label ""="v": key required`)."""
+    for key, value in labels.items():
+        if not key:
+            words = f'failed to set label "{key}"={json.dumps(value, ensure_ascii=False)}: '
+            words += "key required"
+            raise Unknown(f"{writing}: {words}" if writing else words, plain=True)

@@ -56,10 +56,7 @@ def _check(c: Container) -> None:
         raise InvalidArgument(f"container.ID: {e.detail}") from None
     if any(not name for name in c.extensions):
         raise InvalidArgument("container.Extension keys must not be zero-length")
-    try:
-        identifiers.validate_labels(c.labels)
-    except InvalidArgument as e:
-        raise InvalidArgument(f"containers.Labels: {e.detail}") from None
+    identifiers.validate_labels(c.labels, "containers.Labels")
     if not c.runtime_name:
         raise InvalidArgument("container.Runtime.Name must be set")
     if c.spec is None:
@@ -157,6 +154,7 @@ class ContainerStore:
         return NotFound(f'cannot {doing} container "{cid}" in namespace "{self._ns}"')
 
     def _put(self, conn: sqlite3.Connection, c: Container) -> None:
+        identifiers.require_label_keys(c.labels, f'failed to write container "{c.id}"')
         conn.execute(
             f"INSERT OR REPLACE INTO containers (namespace, {_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

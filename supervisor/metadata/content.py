@@ -83,8 +83,9 @@ class ContentStore:
         def update(conn: sqlite3.Connection) -> Info:
             current = self._row(conn, info.digest)
             labels = identifiers.validate_labels(
-                apply_label_mask(current.labels, info.labels, paths)
+                apply_label_mask(current.labels, info.labels, paths), "info.Labels"
             )
+            identifiers.require_label_keys(labels, f"writing labels for info {info.digest}")
             now = time.time_ns()
             conn.execute(
                 "UPDATE blobs SET labels = ?, updated_at = ? WHERE namespace = ? AND digest = ?",
@@ -302,7 +303,7 @@ class NamespacedWriter:
     async def commit(
         self, size: int, expected: str, labels: Mapping[str, str] | None = None
     ) -> str:
-        labels = identifiers.validate_labels(labels or {})
+        labels = identifiers.validate_labels(labels or {}, "info.Labels")
         async with self._store.db.mutation():  # the collector must not run in between
             if self._backend is None:
                 assert self._shared is not None

@@ -53,7 +53,7 @@ def _adaptor(image: Image) -> filters.Adaptor:
 def validate(image: Image) -> Image:
     if not image.name:
         raise InvalidArgument("image name must not be empty")
-    identifiers.validate_labels(image.labels)
+    identifiers.validate_labels(image.labels, "image.Labels")
     if not image.target.digest:
         raise InvalidArgument(f'image "{image.name}": target digest must be set')
     digests.validate(image.target.digest)
@@ -94,6 +94,7 @@ class ImageStore:
         return _from_row(row)
 
     def _put(self, conn: sqlite3.Connection, image: Image) -> None:
+        identifiers.require_label_keys(image.labels, f"writing labels for image {image.name}")
         conn.execute(
             f"INSERT OR REPLACE INTO images (namespace, {_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -100,7 +100,8 @@ class LeaseStore:
         # allows any non-empty id.
         if not lease_id:
             raise InvalidArgument("lease id must be provided")
-        labels = identifiers.validate_labels(labels)
+        identifiers.require_label_keys(labels)
+        labels = dict(labels)  # of any size: containerd checks no lease label's
         lease = Lease(lease_id, time.time_ns(), labels)
 
         def create(conn: sqlite3.Connection) -> Lease:

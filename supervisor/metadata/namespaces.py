@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from supervisor import identifiers
-from supervisor.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from supervisor.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unknown
 from supervisor.metadata.db import Database
 from supervisor.metadata.schema import NAMESPACE_CONTENTS, NAMESPACE_DISPOSABLE
 
@@ -24,6 +24,13 @@ from supervisor.metadata.schema import NAMESPACE_CONTENTS, NAMESPACE_DISPOSABLE
 class Namespace:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def _require_label_keys(labels: Mapping[str, str]) -> None:
+    """containerd's namespaces store writes labels with no words of its own around the
+    database's refusal of an empty key (see `identifiers.require_label_keys`)."""
+    if "" in labels:
+        raise Unknown("key required", plain=True)
 
 
 def ensure(conn: sqlite3.Connection, name: str) -> None:
@@ -58,7 +65,7 @@ class NamespaceStore:
 
     async def create(self, name: str, labels: Mapping[str, str]) -> Namespace:
         identifiers.validate(name)
-        labels = identifiers.validate_labels(labels)
+        labels = identifiers.validate_labels(labels, "namespace.Labels")
 
         def create(conn: sqlite3.Connection) -> Namespace:
             try:
@@ -68,6 +75,7 @@ class NamespaceStore:
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f'namespace "{name}"') from None
+            _require_label_keys(labels)
             return Namespace(name, labels)
 
         return await self._db.write(create)
@@ -86,7 +94,12 @@ class NamespaceStore:
             ).fetchone()
             current: dict[str, str] = json.loads(current_json)
             new = apply_label_mask(current, labels, paths)
-            identifiers.validate_labels(new)
+            try:
+                identifiers.validate_labels(new, "namespace.Labels")
+            except InvalidArgument as e:
+                # containerd's Update hands its store's label error back unconverted: UNKNOWN
+                raise Unknown(str(e), plain=True) from None
+            _require_label_keys(new)
             conn.execute(
                 "UPDATE namespaces SET labels = ? WHERE name = ?",
                 (json.dumps(new, sort_keys=True), name),

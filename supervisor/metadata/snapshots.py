@@ -126,8 +126,9 @@ class SnapshotStore:
         def update(conn: sqlite3.Connection) -> tuple[Info, str, dict[str, str]]:
             current, backend_key = self._row(conn, info.name)
             labels = identifiers.validate_labels(
-                apply_label_mask(current.labels, info.labels, paths)
+                apply_label_mask(current.labels, info.labels, paths), "info.Labels"
             )
+            identifiers.require_label_keys(labels, "failed to read labels")  # (sic)
             now = time.time_ns()
             conn.execute(
                 "UPDATE snapshots SET labels = ?, updated_at = ? "
@@ -173,7 +174,7 @@ class SnapshotStore:
     ) -> builtins.list[Mount]:
         if not key:
             raise InvalidArgument("snapshot key must not be empty")
-        labels = identifiers.validate_labels(labels)
+        labels = identifiers.validate_labels(labels, "info.Labels")
 
         def reserve(conn: sqlite3.Connection) -> tuple[str, str, Kind]:
             exists = conn.execute(
@@ -234,7 +235,7 @@ class SnapshotStore:
     async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
         if not name:
             raise InvalidArgument("snapshot name must not be empty")
-        labels = identifiers.validate_labels(labels or {})
+        labels = identifiers.validate_labels(labels or {}, "info.Labels")
 
         def reserve(conn: sqlite3.Connection) -> tuple[Info, str, str]:
             # containerd's checks, in its order and words.

@@ -80,6 +80,8 @@ PREPARE_COMMIT = (step("snapshots", "prepare", "a"), step("snapshots", "commit",
 LEASE = step("leases", "create", "--id", "l1")
 CONTAINER = (IMPORT, step("containers", "create", IMAGE, "c1"))
 
+LONG_LABEL = "k=" + "v" * 4100  # past containerd's 4096 bytes for a label
+
 # ctr version prints the server's version and revision, and warns when they are not its own:
 # ctrd is not containerd 1.6.20, and says so.
 VERSION_MASKS = (
@@ -258,6 +260,40 @@ CASES = (
     Case("images-tag-bad-name", ("images", "tag", IMAGE, "Bad Name"), setup=(IMPORT,)),
     Case("images-label", ("images", "label", IMAGE, "a=b"), setup=(IMPORT,)),
     Case("images-ls-quiet", ("images", "ls", "-q"), setup=(IMPORT,)),
+    # --- identifiers and labels each store checks
+    Case("leases-create-bad-id", ("leases", "create", "--id", "Bad/Id")),
+    Case("leases-create-long-label", ("leases", "create", "--id", "l1", LONG_LABEL)),
+    Case("namespaces-label-long", ("namespaces", "label", "{ns}", LONG_LABEL),
+         setup=(step("namespaces", "create", "{ns}"),)),
+    Case("namespaces-create-long-label", ("namespaces", "create", "{ns}-new", LONG_LABEL)),
+    Case("content-label-long", ("content", "label", CONFIG_DIGEST, LONG_LABEL),
+         setup=CONFIG_ONLY),
+    Case("images-label-long", ("images", "label", IMAGE, LONG_LABEL), setup=(IMPORT_PLAIN,)),
+    Case("containers-label-long", ("containers", "label", "c1", LONG_LABEL),
+         setup=(step("containers", "create", "--rootfs", "/", "c1"),)),
+    Case("containers-create-long-label", ("containers", "create", "--label", LONG_LABEL,
+                                          "--rootfs", "/", "c1")),
+    Case("snapshots-label-long", ("snapshots", "label", "a", LONG_LABEL),
+         setup=(step("snapshots", "prepare", "a"),)),
+    Case("snapshots-label-empty-key", ("snapshots", "label", "a", "=x"),
+         setup=(step("snapshots", "prepare", "a"),)),
+    Case("containers-create-unknown-snapshotter", ("containers", "create", "--snapshotter",
+                                                   "nope", IMAGE, "c1"), setup=(IMPORT,)),
+    Case("images-unmount-missing", ("images", "unmount", "{base}/not-mounted")),
+    Case("snapshots-unpack-missing", ("snapshots", "unpack", MISSING_DIGEST)),
+    # ctr writes the diff's gzip stream out: compressors differ byte for byte (Go's and zlib)
+    Case("snapshots-diff-empty", ("snapshots", "diff", "b"),
+         setup=(*PREPARE_COMMIT, step("snapshots", "prepare", "b", "c")),
+         masks=((r"(?s)(--- output\n)?.+", "<gzip stream>"),)),
+    Case("content-label-empty-key", ("content", "label", CONFIG_DIGEST, "=x"),
+         setup=CONFIG_ONLY),
+    Case("images-label-empty-key", ("images", "label", IMAGE, "=x"), setup=(IMPORT_PLAIN,)),
+    Case("containers-label-empty-key", ("containers", "label", "c1", "=x"),
+         setup=(step("containers", "create", "--rootfs", "/", "c1"),)),
+    Case("namespaces-label-empty-key", ("namespaces", "label", "{ns}", "=x"),
+         setup=(step("namespaces", "create", "{ns}"),)),
+    Case("namespaces-create-empty-key", ("namespaces", "create", "{ns}-new", "=x")),
+    Case("leases-create-empty-key", ("leases", "create", "--id", "l1", "=x")),
     # --- filters: containerd's parser and its words, wrapped as each call wraps them
     Case("images-ls-bad-filter", ("images", "ls", "name==")),
     Case("images-ls-empty-filter", ("images", "ls", "")),
