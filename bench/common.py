@@ -176,25 +176,12 @@ def start_ctrd(base: Path, log_level: str = "warning") -> Daemon:
 def spawn_containerd(base: Path, mount_ns_of: int | None = None) -> subprocess.Popen[bytes]:
     """containerd on `base`, not waited for, in a new private mount namespace with its own /run,
     or, given `mount_ns_of`, in that process's (a surviving shim's, after a restart: its socket
-    is in that /run). The pid is containerd's: unshare, sh and nsenter exec it."""
-    base.mkdir(parents=True, exist_ok=True)
-    address = str(base / "containerd.sock")
-    config = base / "config.toml"
-    if mount_ns_of is None:
-        config.write_text(
-            f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'[grpc]\naddress = "{address}"\n[ttrpc]\naddress = "{address}.ttrpc"\n'
-            '[debug]\naddress = ""\nlevel = "warn"\n'
-        )
-        private_run = 'mount -t tmpfs tmpfs /run && mkdir /run/containerd && exec "$@"'
-        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", private_run,
-                "sh", "containerd", "--config", str(config)]  # fmt: skip
-    else:
-        argv = ["nsenter", f"--mount=/proc/{mount_ns_of}/ns/mnt", "--",
-                "containerd", "--config", str(config)]  # fmt: skip
-    with open(base / "containerd.log", "ab" if mount_ns_of else "wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True)
+    is in that /run). The pid is containerd's. The tests start theirs the same way."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from tests.support import containerd
+
+    return containerd.spawn(base, mount_ns_of)
 
 
 def start_containerd(base: Path) -> Daemon | None:
