@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import compat, images
+from tests.support.registry import PushedImage
 
 pytestmark = pytest.mark.integration
 
@@ -328,3 +329,30 @@ def test_ctr_says_what_containerd_says(both: compat.Both, archive: Path, case: C
         both.setup(*expand(setup.args), ns=expand((setup.ns,))[0] or ns, input=setup.input)
     pair = both.ctr(*expand(case.command), ns=case.ns or ns, input=case.input, masks=case.masks)
     compat.assert_same(pair, case.calls)
+
+
+# ctr's progress display polls the content store every 100 ms while a pull runs (Info,
+# ListStatuses) and prints sizes, rates and times: how many polls and what they saw depend on
+# how long each step took, so they are left out (and the order in which the layer and config
+# rows appear); the fetch, unpack and image calls are compared as a multiset.
+PULL_POLLS = ("Content/Info", "Content/ListStatuses")
+PULL_MASKS = (
+    (r'(?m)^time="<time>" level=error msg="failed to get content info".*\n', ""),
+    (r"(?m)^elapsed: .*\n", "elapsed: <progress>\n"),
+    (r"(?m)^done: .*$", "done: <time>"),
+    (r"(?m)^(\S+:) +(\S+) +\|.*\|.*$", r"\1 \2"),
+    # the layers and the config are fetched at once: the display lists them as they start
+    (r"(?m)^(layer|config)-sha256:\S+ done\n", ""),
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "ref"),
+    [("pull", "{registry}/library/busybox:latest"), ("pull-missing", "{registry}/library/nope:1")],
+)
+def test_ctr_pull_from_a_registry_says_what_containerd_says(
+    both: compat.Both, busybox_image: PushedImage, name: str, ref: str
+) -> None:
+    ref = ref.replace("{registry}", busybox_image.ref.split("/", 1)[0])
+    pair = both.ctr("images", "pull", "--plain-http", ref, ns=f"compat-{name}", masks=PULL_MASKS)
+    compat.assert_same(pair, "unordered", ignoring=PULL_POLLS)
