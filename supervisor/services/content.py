@@ -4,12 +4,15 @@
 the first message must name a ref; a message naming an expected digest that already exists
 ends the session with AlreadyExists (clients treat it as success); WRITE at a non-zero offset
 must be at the current offset (OutOfRange otherwise), at offset zero it restarts the ingest;
-COMMIT verifies and publishes, and its reply is sent twice.
+COMMIT verifies and publishes, and its reply is sent twice. containerd fills one reply message
+for the whole session, so a reply keeps what an earlier one said (the STAT's times and total,
+the last digest) unless the current message changes it: ours does the same.
 
 One difference, for speed: containerd's WRITE replies carry the digest of the bytes so far;
-ours leave it empty, because the chunk is still being hashed while its reply goes out (the
-client sends the next chunk meanwhile). STAT and COMMIT replies always carry it. containerd's
-client keeps the last non-empty digest it was sent, so nothing it does changes.
+ours carry it only once the declared total is written (the blob is whole: the commit would
+wait for its hash anyway), because a chunk is still being hashed while its reply goes out (the
+client sends the next chunk meanwhile). containerd's client keeps the last non-empty digest it
+was sent, so nothing it does changes.
 """
 
 from __future__ import annotations
@@ -121,10 +124,11 @@ class ContentService(pb_grpc.ContentServicer):
             raise InvalidArgument("first message must have a reference")
         ref, total, expected = request.ref, request.total, request.expected
         writer = await store.writer(ref, total, expected)
+        msg = pb.WriteContentResponse()  # one for the session, as containerd's
         try:
             while True:
                 status = await writer.status()
-                msg = pb.WriteContentResponse(action=request.action, offset=status.offset)
+                msg.action, msg.offset = request.action, status.offset
                 if request.expected:
                     expected = request.expected
                     try:
@@ -161,13 +165,19 @@ class ContentService(pb_grpc.ContentServicer):
                     if request.action == pb.COMMIT:
                         await writer.commit(total, expected, dict(request.labels))
                         msg.digest = await writer.digest()
-                yield msg
+                    elif total > 0 and msg.offset == total:
+                        msg.digest = await writer.digest()
+                    else:
+                        msg.digest = ""  # not known yet (see the module's doc), never stale
+                reply = pb.WriteContentResponse()
+                reply.CopyFrom(msg)  # the session's message changes after it is sent
+                yield reply
                 if request.action == pb.COMMIT:
-                    yield msg  # containerd answers a commit twice; clients read the first
+                    yield reply  # containerd answers a commit twice; clients read the first
                     return
                 request = await anext(iterator, None)
                 if request is None:
-                    yield msg
+                    yield reply
                     return
         finally:
             await writer.close()

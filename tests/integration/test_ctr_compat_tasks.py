@@ -367,3 +367,45 @@ def test_task_events_carry_containerds_fields(both: compat.Both, archives: dict[
         seen[side.name] = text
     assert seen["ctrd"] == seen["containerd"]
     assert f'{ns} /tasks/delete {{"container_id":"e1","pid":<pid>,"exit_status":3,' in seen["ctrd"]
+
+
+def _write_session(tap: str, ns: str, ref: str, data: bytes) -> list[str]:
+    """A Content/Write session as ctr's import drives it (STAT declaring the total, WRITE,
+    COMMIT at the offset reached); the replies, their times masked."""
+    import grpc
+
+    from supervisor.api.containerd.services.content.v1 import content_pb2 as cpb
+    from supervisor.api.containerd.services.content.v1 import content_pb2_grpc as cpb_grpc
+
+    requests = [
+        cpb.WriteContentRequest(action=cpb.STAT, ref=ref, total=len(data)),
+        cpb.WriteContentRequest(action=cpb.WRITE, offset=0, data=data),
+        cpb.WriteContentRequest(action=cpb.COMMIT, total=len(data), offset=len(data)),
+    ]
+    with grpc.insecure_channel(f"unix://{tap}") as channel:
+        replies = cpb_grpc.ContentStub(channel).Write(
+            iter(requests), metadata=[("containerd-namespace", ns)], timeout=30
+        )
+        out = []
+        for reply in replies:
+            for stamp in (reply.started_at, reply.updated_at):
+                if stamp.seconds:
+                    stamp.seconds, stamp.nanos = 1, 0
+            out.append(str(reply).replace("\n", " "))
+        return out
+
+
+def test_content_write_replies_are_containerds_when_the_blob_is_in_another_namespace(
+    both: compat.Both,
+) -> None:
+    """ctr's import writes each blob of an archive in a Write session; the replies (offsets,
+    total, times, digest) are containerd's, whether the blob exists in another namespace or
+    nowhere yet."""
+    data = b"a layer that both namespaces import\n" * 10
+    seen = {}
+    for side in both.sides:
+        seen[side.name] = [
+            _write_session(side.tap, "tasks-write-a", "import-blob", data),
+            _write_session(side.tap, "tasks-write-b", "import-blob", data),
+        ]
+    assert seen["ctrd"] == seen["containerd"]
