@@ -4,7 +4,8 @@ For filesystems overlay cannot use (or kernels without it). Prepare and View cop
 parent's `fs` into the new snapshot's own (`snapshotter.fsutil.copy_tree`: owners, modes,
 xattrs, hard links and devices kept, extents shared where the filesystem can); a snapshot
 without a parent starts as an empty 0755 directory. Mounts are always one bind of the
-snapshot's own fs: `rw,rbind` for Active, `ro,rbind` for View. Usage of an Active snapshot
+snapshot's own fs: `rbind,rw` for Active, `rbind,ro` for View (containerd's native order;
+its overlay's binds say `rw,rbind`). Usage of an Active snapshot
 (and what Commit stores) is the whole tree's, as containerd's native snapshotter reports it.
 
 The copy runs inside the metastore's write transaction (as containerd's does), so a parent
@@ -35,4 +36,4 @@ class NativeSnapshotter(DirectorySnapshotter):
 
     def _mounts(self, record: Record, parent_ids: Sequence[int]) -> builtins.list[Mount]:
         mode = "rw" if record.kind == Kind.ACTIVE else "ro"
-        return [Mount("bind", str(self.fs_dir(record.id)), (mode, "rbind"))]
+        return [Mount("bind", str(self.fs_dir(record.id)), ("rbind", mode))]  # containerd's order

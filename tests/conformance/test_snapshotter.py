@@ -1062,17 +1062,17 @@ def test_native_snapshots_are_copies_bind_mounted(snapshotter: Subject):
         snapshots = h.root / "snapshots"
         assert (mode(h.root), mode(snapshots)) == (0o700, 0o700)
         mounts = await h.sn.prepare("a", "", gc_root())
-        assert mounts == [Mount("bind", str(snapshots / "1" / "fs"), ("rw", "rbind"))]
+        assert mounts == [Mount("bind", str(snapshots / "1" / "fs"), ("rbind", "rw"))]
         assert entries(snapshots / "1") == {"fs"}
         ops = [create_dir("/d", 0o750), chown("/d", 7, 8), create_file("/d/f", "x", 0o4755),
                link("/d/f", "/d/g"), symlink("f", "/d/s")]  # fmt: skip
         await apply_to(snapshots / "1" / "fs", ops)
         await h.sn.commit("c", "a", gc_root())
         assert await h.sn.view("v", "c", gc_root()) == [
-            Mount("bind", str(snapshots / "2" / "fs"), ("ro", "rbind"))
+            Mount("bind", str(snapshots / "2" / "fs"), ("rbind", "ro"))
         ]
         assert await h.sn.prepare("b", "c", gc_root()) == [
-            Mount("bind", str(snapshots / "3" / "fs"), ("rw", "rbind"))
+            Mount("bind", str(snapshots / "3" / "fs"), ("rbind", "rw"))
         ]
         copy = snapshots / "3" / "fs"
         assert tree(copy) == tree(snapshots / "1" / "fs")

@@ -28,6 +28,7 @@ IMAGE = "docker.io/library/compat:1"
 CONFIG_DIGEST = images.busybox_image().config_descriptor.digest
 MISSING_IMAGE = "docker.io/library/nope:1"
 LAYER_DIGEST = images.busybox_image().layers[0].descriptor.digest
+MANIFEST_DIGEST = images.busybox_image().digest
 MISSING_DIGEST = "sha256:" + "0" * 64
 
 
@@ -89,8 +90,10 @@ VERSION_MASKS = (
     (r"(?m)^(  (Version|Revision):).*\n(?=  (Revision|UUID))", r"\1 <server>\n"),
     (r"(?m)^WARNING: (version|revision) mismatch\n", ""),
 )
-# Where each daemon keeps a snapshot's directories is its own; the numbers in them are not.
-SNAPSHOT_DIR_MASKS = ((r"<base>/root/\S*?snapshots/\d+/", "<snapshots>/N/"),)
+# Where each daemon keeps a snapshot's directories is its own (the numbers in them, and ctrd
+# keeps a native snapshot in an fs/ of its directory as it does an overlay one); the shapes
+# of the mounts (types, options, which parts are fs/ and work/) are compared.
+SNAPSHOT_DIR_MASKS = ((r"<base>/root/\S*?snapshots/\d+(/fs)?\b", "<snapshot>"),)
 # ctr prints a label command's result in Go's map order, which is random: the gc.root label
 # ctr or the case set goes, so that one label is left.
 LABELLED_MASKS = ((r"(?m)^(.*?),?containerd\.io/gc\.root=[^,\n]*,?", r"\1"),)
@@ -295,6 +298,41 @@ CASES = (
          setup=(step("namespaces", "create", "{ns}"),)),
     Case("namespaces-create-empty-key", ("namespaces", "create", "{ns}-new", "=x")),
     Case("leases-create-empty-key", ("leases", "create", "--id", "l1", "=x")),
+    # --- and more
+    Case("content-rm-two-one-missing", ("content", "rm", MISSING_DIGEST, CONFIG_DIGEST),
+         setup=CONFIG_ONLY),
+    Case("content-label-remove", ("content", "label", CONFIG_DIGEST, "containerd.io/gc.root="),
+         setup=CONFIG_ONLY),
+    Case("content-fetch-missing", ("content", "fetch", "--plain-http", "127.0.0.1:9/x/y:1")),
+    Case("images-check-missing-manifest", ("images", "check"),
+         setup=(IMPORT_PLAIN, step("content", "rm", MANIFEST_DIGEST))),
+    Case("images-label-remove", ("images", "label", IMAGE, "a="),
+         setup=(IMPORT_PLAIN, step("images", "label", IMAGE, "a=b"))),
+    Case("containers-label-remove", ("containers", "label", "c1", "a="),
+         setup=(step("containers", "create", "--label", "a=b", "--rootfs", "/", "c1"),)),
+    Case("containers-create-native", ("containers", "create", "--snapshotter", "native",
+                                      IMAGE, "c1"), setup=(IMPORT,)),
+    Case("containers-create-existing-rootfs", ("containers", "create", "--rootfs", "/", "c1"),
+         setup=(step("containers", "create", "--rootfs", "/", "c1"),)),
+    Case("snapshots-commit-existing-name-missing-key", ("snapshots", "commit", "c", "nope"),
+         setup=PREPARE_COMMIT),
+    Case("snapshots-view-active-parent", ("snapshots", "view", "v", "a"),
+         setup=(step("snapshots", "prepare", "a"),)),
+    Case("snapshots-native-prepare", ("snapshots", "--snapshotter", "native", "prepare",
+                                      "--mounts", "b", "c"),
+         setup=(step("snapshots", "--snapshotter", "native", "prepare", "a"),
+                step("snapshots", "--snapshotter", "native", "commit", "c", "a")),
+         masks=SNAPSHOT_DIR_MASKS),
+    Case("snapshots-native-rm-with-child", ("snapshots", "--snapshotter", "native", "rm", "c"),
+         setup=(step("snapshots", "--snapshotter", "native", "prepare", "a"),
+                step("snapshots", "--snapshotter", "native", "commit", "c", "a"),
+                step("snapshots", "--snapshotter", "native", "view", "v", "c"))),
+    Case("namespaces-label-remove", ("namespaces", "label", "{ns}", "a="),
+         setup=(step("namespaces", "create", "{ns}", "a=b"),)),
+    Case("namespaces-rm-two", ("namespaces", "rm", "{ns}-x", "{ns}-y"),
+         setup=(step("namespaces", "create", "{ns}-x"), step("namespaces", "create", "{ns}-y"))),
+    Case("leases-rm-with-resources", ("leases", "rm", "l1"),
+         setup=(LEASE,)),
     # --- filters: containerd's parser and its words, wrapped as each call wraps them
     Case("images-ls-bad-filter", ("images", "ls", "name==")),
     Case("images-ls-empty-filter", ("images", "ls", "")),
