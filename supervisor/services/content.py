@@ -9,10 +9,12 @@ for the whole session, so a reply keeps what an earlier one said (the STAT's tim
 the last digest) unless the current message changes it: ours does the same.
 
 One difference, for speed: containerd's WRITE replies carry the digest of the bytes so far;
-ours carry it only once the declared total is written (the blob is whole: the commit would
-wait for its hash anyway), because a chunk is still being hashed while its reply goes out (the
-client sends the next chunk meanwhile). containerd's client keeps the last non-empty digest it
-was sent, so nothing it does changes.
+when the client declared a total, ours carry it only once that total is written (the blob is
+whole: the commit would wait for its hash anyway), because a chunk is still being hashed while
+its reply goes out (the client sends the next chunk meanwhile). containerd's client keeps the
+last non-empty digest it was sent, so nothing it does changes. Without a declared total every
+reply carries the digest, as containerd's: a client that commits with the digest it was told
+(`ctr content edit`) must be told it.
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ class ContentService(pb_grpc.ContentServicer):
                     if request.action == pb.COMMIT:
                         await writer.commit(total, expected, dict(request.labels))
                         msg.digest = await writer.digest()
-                    elif total > 0 and msg.offset == total:
+                    elif total <= 0 or msg.offset == total:
                         msg.digest = await writer.digest()
                     else:
                         msg.digest = ""  # not known yet (see the module's doc), never stale

@@ -1,7 +1,14 @@
-"""containerd.services.leases.v1.Leases over the namespaced lease store."""
+"""containerd.services.leases.v1.Leases over the namespaced lease store.
+
+A Create without an id gets a random one, as containerd's service gives it (`ctr leases
+create` sends none unless told one).
+"""
 
 from __future__ import annotations
 
+import base64
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +25,12 @@ from supervisor.services.convert import timestamp
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+def random_id(now_ns: int) -> str:
+    """containerd's random lease id: the clock's nanoseconds within its second, then three
+    random bytes in URL-safe base64 (`586133961-QIg-`)."""
+    return f"{now_ns % 1_000_000_000}-{base64.urlsafe_b64encode(os.urandom(3)).decode()}"
+
+
 def lease_to_pb(lease: Lease) -> pb.Lease:
     return pb.Lease(id=lease.id, created_at=timestamp(lease.created_at), labels=dict(lease.labels))
 
@@ -31,7 +44,8 @@ class LeasesService(pb_grpc.LeasesServicer):
         return self._store(rpc.namespace(context))
 
     async def Create(self, request: pb.CreateRequest, context: Context) -> Any:
-        lease = await self._for(context).create(request.id, dict(request.labels))
+        lease_id = request.id or random_id(time.time_ns())
+        lease = await self._for(context).create(lease_id, dict(request.labels))
         return pb.CreateResponse(lease=lease_to_pb(lease))
 
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> Any:

@@ -61,7 +61,7 @@ class Case:
     setup: tuple[Step, ...] = ()
     masks: tuple[compat.Mask, ...] = ()
     calls: compat.CallOrder = "ordered"
-    ns: str = ""  # the namespace ctr names in `command`, when not the case's own
+    ns: str | None = None  # the namespace ctr names in `command`, when not the case's own
     input: bytes | None = None
 
 
@@ -333,6 +333,16 @@ CASES = (
          setup=(step("namespaces", "create", "{ns}-x"), step("namespaces", "create", "{ns}-y"))),
     Case("leases-rm-with-resources", ("leases", "rm", "l1"),
          setup=(LEASE,)),
+    # --- no namespace at all
+    *(Case(f"no-namespace-{group}", (group, "ls"), ns="")
+      for group in ("images", "containers", "content", "snapshots", "leases")),
+    Case("no-namespace-namespaces-ls", ("namespaces", "ls"), ns=""),
+    # --- ctr content edit: the editor leaves the blob as it was, or there is no blob
+    Case("content-edit-unchanged", ("content", "edit", "--editor", "true", CONFIG_DIGEST),
+         setup=CONFIG_ONLY),
+    Case("content-edit-missing", ("content", "edit", "--editor", "true", MISSING_DIGEST)),
+    Case("leases-create-random-id", ("leases", "create"),
+         masks=((r"(?m)^\S+$", "<random id>"),)),
     # --- filters: containerd's parser and its words, wrapped as each call wraps them
     Case("images-ls-bad-filter", ("images", "ls", "name==")),
     Case("images-ls-empty-filter", ("images", "ls", "")),
@@ -365,7 +375,12 @@ def test_ctr_says_what_containerd_says(both: compat.Both, archive: Path, case: C
 
     for setup in case.setup:
         both.setup(*expand(setup.args), ns=expand((setup.ns,))[0] or ns, input=setup.input)
-    pair = both.ctr(*expand(case.command), ns=case.ns or ns, input=case.input, masks=case.masks)
+    pair = both.ctr(
+        *expand(case.command),
+        ns=ns if case.ns is None else case.ns,
+        input=case.input,
+        masks=case.masks,
+    )
     compat.assert_same(pair, case.calls)
 
 
