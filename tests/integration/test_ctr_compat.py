@@ -409,3 +409,35 @@ def test_ctr_pull_from_a_registry_says_what_containerd_says(
     ref = ref.replace("{registry}", busybox_image.ref.split("/", 1)[0])
     pair = both.ctr("images", "pull", "--plain-http", ref, ns=f"compat-{name}", masks=PULL_MASKS)
     compat.assert_same(pair, "unordered", ignoring=PULL_POLLS)
+
+
+def test_ctr_push_to_a_registry_says_what_containerd_says(
+    both: compat.Both, archive: Path, busybox_image: PushedImage
+) -> None:
+    ns = "compat-push"
+    target = busybox_image.ref.split("/", 1)[0] + "/compat/pushed:1"
+    both.setup("images", "import", "--no-unpack", str(archive), ns=ns)
+    both.setup("images", "tag", IMAGE, target, ns=ns)
+    # the first push of each uploads what the registry lacks, which depends on who was first
+    both.setup("images", "push", "--plain-http", target, ns=ns)
+    again = both.ctr("images", "push", "--plain-http", target, ns=ns, masks=PULL_MASKS)
+    compat.assert_same(again, "unordered", ignoring=PULL_POLLS)
+    missing = both.ctr("images", "push", "--plain-http", target + "-nope", ns=ns)
+    compat.assert_same(missing)
+
+
+def test_ctr_images_mount_and_unmount_say_what_containerd_says(
+    both: compat.Both, archive: Path
+) -> None:
+    ns = "compat-mount"
+    both.setup("images", "import", str(archive), ns=ns)
+    for side in both.sides:
+        (side.base / "mnt").mkdir(exist_ok=True)
+    try:
+        mounted = both.ctr("images", "mount", IMAGE, "{base}/mnt", ns=ns, masks=SNAPSHOT_DIR_MASKS)
+        compat.assert_same(mounted)
+        again = both.ctr("images", "mount", IMAGE, "{base}/mnt", ns=ns)
+        compat.assert_same(again)
+    finally:
+        unmounted = both.ctr("images", "unmount", "{base}/mnt", ns=ns)
+    compat.assert_same(unmounted)
