@@ -390,7 +390,8 @@ def test_ctr_says_what_containerd_says(both: compat.Both, archive: Path, case: C
 # rows appear); the fetch, unpack and image calls are compared as a multiset.
 PULL_POLLS = ("Content/Info", "Content/ListStatuses")
 PULL_MASKS = (
-    (r'(?m)^time="<time>" level=error msg="failed to get content info".*\n', ""),
+    # a poll the end of the pull cancels says so, or not, as the timing falls
+    (r'(?m)^time="<time>" level=error msg=".*" error="context canceled"\n', ""),
     (r"(?m)^elapsed: .*\n", "elapsed: <progress>\n"),
     (r"(?m)^done: .*$", "done: <time>"),
     (r"(?m)^(\S+:) +(\S+) +\|.*\|.*$", r"\1 \2"),
