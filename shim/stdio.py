@@ -16,6 +16,12 @@ in the pipe when the process is reaped, and nothing can be lost. The shim opens
   written before the reader came and let go of by the shim at the exit would be lost (the
   client, told of the exit, stops waiting for its open). containerd's shim waits for the reader
   without a limit, in Create;
+- but a FIFO for stderr gets a pipe in between, which the shim copies into the FIFO only once
+  the runtime has started the process: the runtime's own stderr is the process's, and when it
+  fails it says why there (and to the shim, through its log). containerd's shim copies through
+  pipes too, from the same moment, so a client never sees the runtime's words on its stderr;
+  the copy ends at the pipe's end of file (every writer gone), and only then does `Io.done`
+  hold, so what was written last is delivered;
 - `file:///path`: the file, appended to (created 0640 with its directories);
 - `ctrd-log:///path?max-size=N&max-files=N[&tee=/fifo]` (stdout and stderr both): pipes the
   shim reads into a log it keeps (`logfile`), each stream copied to its `tee` FIFO as well
@@ -292,6 +298,7 @@ class Io:
         self._log_open = 0
         self._pumps: list[logfile.Pump] = []
         self._given: list[int] = []  # fds only the process must hold, once it runs
+        self._err_r = self._err_fifo = -1  # stderr's pipe and its FIFO (see the module's doc)
         self.done = not terminal  # pass-through needs no draining
         self._on_done: list[Callback] = []
         self.size: tuple[int, int] | None = None
@@ -343,7 +350,18 @@ class Io:
             err = out
         else:
             err = _open_output(self.stderr, namespace, cid, self)
+        if urlsplit(self.stderr).scheme in ("", "fifo") and self.stderr:
+            err = self._through_pipe(err)
         return (stdin, out, err)
+
+    def _through_pipe(self, fifo: int) -> int:
+        """The end of a new pipe the process writes stderr to; copied into `fifo` from
+        `runtime_started` on (see the module's doc)."""
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        self._err_r, self._err_fifo = self.own(read_end), fifo
+        self._given.append(self.own(write_end))
+        self.done = False
+        return write_end
 
     def _open_log(self, uri: str) -> tuple[int, int]:
         """Pipes into the shim's log file for stdout and stderr; the ends the process gets."""
@@ -466,12 +484,33 @@ class Io:
         for fd in self._given:
             self._close(fd)
         self._given.clear()
+        if self._err_r >= 0 and not any(p.src == self._err_r for p in self._pipes):
+            os.set_blocking(self._err_r, False)
+            os.set_blocking(self._err_fifo, False)
+            self._pipes.append(Pipe(self.reactor, self._err_r, self._err_fifo, self._err_done))
+
+    def _err_done(self) -> None:
+        """stderr's copy ended (every writer gone, or its FIFO failed): the output is done."""
+        for fd in (self._err_r, self._err_fifo):
+            self._close(fd)
+        self._err_r = self._err_fifo = -1
+        self._output_done()
 
     def process_exited(self) -> None:
         """Close the shim's copies of the pass-through fds: the readers get EOF. A log is
         read on until its pipes' EOF (what the process wrote last is still in them)."""
-        if not self.terminal and self._log is None:
+        if self.terminal or self._log is not None:
+            return
+        if self._err_r < 0 or not any(p.src == self._err_r for p in self._pipes):
             self.close()
+            return
+        # Everything but stderr's copy, which ends at its end of file (`_err_done`).
+        for pipe in [p for p in self._pipes if p.src != self._err_r]:
+            pipe.stop()
+            self._pipes.remove(pipe)
+        for fd in set(self._owned) - {self._err_r, self._err_fifo}:
+            self._close(fd)
+        self._in_fd = self._pipe_r = self._pipe_w = -1
 
     def _close(self, fd: int) -> None:
         self.reactor.forget(fd)
@@ -496,6 +535,7 @@ class Io:
                 os.close(fd)
         self._owned.clear()
         self._in_fd = self._out_fd = self.master = self._pipe_r = self._pipe_w = -1
+        self._err_r = self._err_fifo = -1
         if not self.done:
             self._output_done()
 

@@ -116,3 +116,60 @@ def test_closeio_before_the_console_comes_delivers_the_input_once_it_does(fifo, 
         os.close(client)
         os.close(slave)
         io.close()
+
+
+def _client_reader(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+
+
+def _read_now(fd: int) -> bytes:
+    with contextlib.suppress(BlockingIOError):
+        return os.read(fd, 1 << 16)
+    return b""
+
+
+def test_what_the_runtime_says_on_stderr_before_it_fails_never_reaches_the_client(
+    tmp_path, reactor
+):
+    path = tmp_path / "stderr"
+    os.mkfifo(path)
+    client = _client_reader(path)
+    io = stdio.Io(reactor, "", "", str(path), False, "ns", "c")
+    try:
+        os.write(io.fds[2], b"exec failed: unable to start container process\n")  # runc's words
+        reactor.poll(0.05)
+        io.close()  # the runtime failed: the shim lets go of the process's stdio
+        assert _read_now(client) == b""
+    finally:
+        os.close(client)
+
+
+def test_stderr_reaches_the_client_once_the_process_runs_and_io_is_done_at_its_end(
+    tmp_path, reactor
+):
+    path = tmp_path / "stderr"
+    os.mkfifo(path)
+    client = _client_reader(path)
+    io = stdio.Io(reactor, "", "", str(path), False, "ns", "c")
+    process_end = os.dup(io.fds[2])  # what the runtime hands the process
+    try:
+        io.runtime_started()
+        os.write(process_end, b"last words\n")
+        io.process_exited()  # reaped before the shim copied its last words
+        assert not io.done
+        os.close(process_end)
+        process_end = -1
+        received = bytearray()
+
+        def copied() -> bool:
+            received.extend(_read_now(client))
+            return io.done
+
+        until(reactor, copied)
+        received.extend(_read_now(client))
+        assert bytes(received) == b"last words\n"
+    finally:
+        if process_end >= 0:
+            os.close(process_end)
+        os.close(client)
+        io.close()
