@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from supervisor import filters, identifiers
 from supervisor.errors import AlreadyExists, InvalidArgument, NotFound
 from supervisor.metadata.db import Database
-from supervisor.metadata.namespaces import apply_label_mask, ensure
+from supervisor.metadata.namespaces import apply_label_mask, ensure, kept_labels
 
 Opaque = tuple[str, bytes]  # an Any: (type URL, serialized value)
 
@@ -175,9 +175,8 @@ class ContainerStore:
 
     async def create(self, c: Container) -> Container:
         now = time.time_ns()
-        c = validate(
-            replace(c, created_at=now, updated_at=now), "create container failed validation"
-        )
+        c = replace(c, labels=kept_labels(c.labels), created_at=now, updated_at=now)
+        c = validate(c, "create container failed validation")
 
         def create(conn: sqlite3.Connection) -> Container:
             ensure(conn, self._ns)

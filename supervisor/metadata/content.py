@@ -35,7 +35,7 @@ from supervisor.errors import (
 )
 from supervisor.metadata import leases
 from supervisor.metadata.db import Database
-from supervisor.metadata.namespaces import apply_label_mask, ensure
+from supervisor.metadata.namespaces import apply_label_mask, ensure, kept_labels
 
 INGEST_EXPIRY_NS = 24 * 3600 * 1_000_000_000  # an ingest without a lease lives a day
 
@@ -303,7 +303,7 @@ class NamespacedWriter:
     async def commit(
         self, size: int, expected: str, labels: Mapping[str, str] | None = None
     ) -> str:
-        labels = identifiers.validate_labels(labels or {}, "info.Labels")
+        labels = kept_labels(identifiers.validate_labels(labels or {}, "info.Labels"))
         async with self._store.db.mutation():  # the collector must not run in between
             if self._backend is None:
                 assert self._shared is not None

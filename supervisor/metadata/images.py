@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from supervisor import digests, filters, identifiers
 from supervisor.errors import AlreadyExists, InvalidArgument, NotFound
 from supervisor.metadata.db import Database
-from supervisor.metadata.namespaces import apply_label_mask, ensure
+from supervisor.metadata.namespaces import apply_label_mask, ensure, kept_labels
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,9 @@ class ImageStore:
 
     async def create(self, image: Image) -> Image:
         now = time.time_ns()
-        image = validate(replace(image, created_at=now, updated_at=now))
+        image = validate(
+            replace(image, labels=kept_labels(image.labels), created_at=now, updated_at=now)
+        )
 
         def create(conn: sqlite3.Connection) -> Image:
             ensure(conn, self._ns)

@@ -21,7 +21,7 @@ from datetime import datetime
 from supervisor import digests, filters, identifiers
 from supervisor.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
 from supervisor.metadata.db import Database
-from supervisor.metadata.namespaces import ensure
+from supervisor.metadata.namespaces import ensure, kept_labels
 
 EXPIRE_LABEL = "containerd.io/gc.expire"
 FLAT_LABEL = "containerd.io/gc.flat"
@@ -101,7 +101,7 @@ class LeaseStore:
         if not lease_id:
             raise InvalidArgument("lease id must be provided")
         identifiers.require_label_keys(labels)
-        labels = dict(labels)  # of any size: containerd checks no lease label's
+        labels = kept_labels(labels)  # of any size: containerd checks no lease label's
         lease = Lease(lease_id, time.time_ns(), labels)
 
         def create(conn: sqlite3.Connection) -> Lease:

@@ -65,7 +65,7 @@ class NamespaceStore:
 
     async def create(self, name: str, labels: Mapping[str, str]) -> Namespace:
         identifiers.validate(name)
-        labels = identifiers.validate_labels(labels, "namespace.Labels")
+        labels = kept_labels(identifiers.validate_labels(labels, "namespace.Labels"))
 
         def create(conn: sqlite3.Connection) -> Namespace:
             try:
@@ -138,6 +138,12 @@ class NamespaceStore:
         await self._db.write(delete)
 
 
+def kept_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """What containerd's stores keep of some labels: those with a value (they write no label
+    whose value is empty, and answer with what they wrote)."""
+    return {key: value for key, value in labels.items() if value}
+
+
 def apply_label_mask(
     current: Mapping[str, str], requested: Mapping[str, str], paths: Sequence[str]
 ) -> dict[str, str]:
@@ -146,11 +152,11 @@ def apply_label_mask(
     With no paths at all every label is replaced by the requested ones.
     """
     if not paths:
-        return dict(requested)
+        return kept_labels(requested)
     new = dict(current)
     for path in paths:
         if path == "labels":
-            new = dict(requested)
+            new = kept_labels(requested)
         elif path.startswith("labels."):
             key = path[len("labels.") :]
             if key in requested and requested[key] != "":

@@ -25,7 +25,7 @@ from supervisor import filters, identifiers
 from supervisor.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from supervisor.metadata import leases
 from supervisor.metadata.db import Database
-from supervisor.metadata.namespaces import apply_label_mask, ensure
+from supervisor.metadata.namespaces import apply_label_mask, ensure, kept_labels
 
 BACKEND_LABEL_PREFIX = "containerd.io/snapshot/"
 REF_LABEL = "containerd.io/snapshot.ref"
@@ -174,7 +174,7 @@ class SnapshotStore:
     ) -> builtins.list[Mount]:
         if not key:
             raise InvalidArgument("snapshot key must not be empty")
-        labels = identifiers.validate_labels(labels, "info.Labels")
+        labels = kept_labels(identifiers.validate_labels(labels, "info.Labels"))
 
         def reserve(conn: sqlite3.Connection) -> tuple[str, str, Kind]:
             exists = conn.execute(
@@ -235,7 +235,7 @@ class SnapshotStore:
     async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
         if not name:
             raise InvalidArgument("snapshot name must not be empty")
-        labels = identifiers.validate_labels(labels or {}, "info.Labels")
+        labels = kept_labels(identifiers.validate_labels(labels or {}, "info.Labels"))
 
         def reserve(conn: sqlite3.Connection) -> tuple[Info, str, str]:
             # containerd's checks, in its order and words.
