@@ -351,6 +351,8 @@ class Io:
         else:
             err = _open_output(self.stderr, namespace, cid, self)
         if urlsplit(self.stderr).scheme in ("", "fifo") and self.stderr:
+            if err == out:  # the copy's end must be its own (it is made non-blocking)
+                err = self.own(os.open(f"/proc/self/fd/{out}", os.O_RDWR | os.O_CLOEXEC))
             err = self._through_pipe(err)
         return (stdin, out, err)
 

@@ -173,3 +173,16 @@ def test_stderr_reaches_the_client_once_the_process_runs_and_io_is_done_at_its_e
             os.close(process_end)
         os.close(client)
         io.close()
+
+
+def test_stdout_stays_blocking_when_stderr_names_the_same_fifo(tmp_path, reactor):
+    path = tmp_path / "output"
+    os.mkfifo(path)
+    client = _client_reader(path)
+    io = stdio.Io(reactor, "", str(path), str(path), False, "ns", "c")
+    try:
+        io.runtime_started()  # the stderr copy starts: its end of the FIFO is non-blocking
+        assert os.get_blocking(io.fds[1])  # the process's stdout is not
+    finally:
+        os.close(client)
+        io.close()
