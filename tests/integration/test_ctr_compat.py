@@ -417,14 +417,23 @@ PUSH_MASKS = ((r"(?m)^(.*\|.*\|.*|elapsed: .*)\n", ""),)
 
 
 @pytest.mark.parametrize(
-    ("name", "ref"),
-    [("pull", "{registry}/library/busybox:latest"), ("pull-missing", "{registry}/library/nope:1")],
-)
-def test_ctr_pull_from_a_registry_says_what_containerd_says(
-    both: compat.Both, busybox_image: PushedImage, name: str, ref: str
+    ("name", "command"),
+    [
+        ("pull", ("images", "pull", "--plain-http", "{registry}/library/busybox:latest")),
+        ("pull-missing", ("images", "pull", "--plain-http", "{registry}/library/nope:1")),
+        ("fetch", ("content", "fetch", "--plain-http", "{registry}/library/busybox:latest")),
+        ("fetch-object", ("content", "fetch-object", "--plain-http",
+                          "{registry}/library/busybox:latest")),
+        ("fetch-object-missing", ("content", "fetch-object", "--plain-http",
+                                  "{registry}/library/busybox@" + MISSING_DIGEST)),
+    ],
+)  # fmt: skip
+def test_ctr_fetches_from_a_registry_saying_what_containerd_says(
+    both: compat.Both, busybox_image: PushedImage, name: str, command: tuple[str, ...]
 ) -> None:
-    ref = ref.replace("{registry}", busybox_image.ref.split("/", 1)[0])
-    pair = both.ctr("images", "pull", "--plain-http", ref, ns=f"compat-{name}", masks=PULL_MASKS)
+    registry = busybox_image.ref.split("/", 1)[0]
+    args = [arg.replace("{registry}", registry) for arg in command]
+    pair = both.ctr(*args, ns=f"compat-{name}", masks=(*PULL_MASKS, *PUSH_MASKS))
     compat.assert_same(pair, "unordered", ignoring=PULL_POLLS)
 
 
