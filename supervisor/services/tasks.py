@@ -75,8 +75,19 @@ class TasksService(pb_grpc.TasksServicer):
         self._containers: Any = containers  # Callable[[str], ContainerStore]
         self._criu: str | None = None  # why CRIU cannot checkpoint here ("" if it can)
 
-    def _task(self, context: Context, cid: str) -> Task:
-        return self._manager.get(rpc.namespace(context), cid)
+    async def _task(self, context: Context, cid: str) -> Task:
+        ns = rpc.namespace(context)
+        try:
+            return self._manager.get(ns, cid)
+        except errors.NotFound:
+            await self._no_container(ns, cid)
+            raise
+
+    async def _no_container(self, ns: str, cid: str) -> None:
+        """containerd looks a task's container up first: without one, its words are the
+        container store's (NotFound), not "task x not found"."""
+        store: ContainerStore = self._containers(ns)
+        await store.get(cid)
 
     async def _process(self, task: Task, exec_id: str) -> types_pb.Process:
         # The init's state is known from its events (listing 1000 tasks asks no shim); an
@@ -139,7 +150,7 @@ class TasksService(pb_grpc.TasksServicer):
         return self._logs.resolve(namespace, cid, uri) if self._logs is not None else uri
 
     async def Start(self, request: pb.StartRequest, context: Context) -> Any:
-        task = self._task(context, request.container_id)
+        task = await self._task(context, request.container_id)
         try:
             result = await task.call_seen("start", {"exec_id": request.exec_id})
         except errors.CtrdError:
@@ -159,6 +170,8 @@ class TasksService(pb_grpc.TasksServicer):
 
     async def Delete(self, request: pb.DeleteTaskRequest, context: Context) -> Any:
         ns = rpc.namespace(context)
+        if not self._manager.exists(ns, request.container_id):
+            await self._no_container(ns, request.container_id)
         result = await self._manager.delete(ns, request.container_id)
         return pb.DeleteResponse(  # no id: containerd's names none for a task
             pid=result["pid"],
@@ -167,7 +180,7 @@ class TasksService(pb_grpc.TasksServicer):
         )
 
     async def DeleteProcess(self, request: pb.DeleteProcessRequest, context: Context) -> Any:
-        task = self._task(context, request.container_id)
+        task = await self._task(context, request.container_id)
         if not request.exec_id:
             raise errors.InvalidArgument("exec id is required (delete the task instead)")
         result = await task.call("delete", {"exec_id": request.exec_id})
@@ -180,7 +193,7 @@ class TasksService(pb_grpc.TasksServicer):
         )
 
     async def Get(self, request: pb.GetRequest, context: Context) -> Any:
-        task = self._task(context, request.container_id)
+        task = await self._task(context, request.container_id)
         return pb.GetResponse(process=await self._process(task, request.exec_id))
 
     async def List(self, request: pb.ListTasksRequest, context: Context) -> Any:
@@ -197,7 +210,7 @@ class TasksService(pb_grpc.TasksServicer):
         return pb.ListTasksResponse(tasks=processes)
 
     async def Kill(self, request: pb.KillRequest, context: Context) -> Any:
-        task = self._task(context, request.container_id)
+        task = await self._task(context, request.container_id)
         await task.call(
             "kill", {"exec_id": request.exec_id, "signal": request.signal, "all": request.all}
         )
@@ -206,7 +219,7 @@ class TasksService(pb_grpc.TasksServicer):
     async def Exec(self, request: pb.ExecProcessRequest, context: Context) -> Any:
         if not request.exec_id:  # checked first, in containerd's words
             raise errors.InvalidArgument("exec id cannot be empty", plain=True)
-        task = self._task(context, request.container_id)
+        task = await self._task(context, request.container_id)
         await task.call_seen(
             "exec",
             {
@@ -221,7 +234,7 @@ class TasksService(pb_grpc.TasksServicer):
         return empty_pb2.Empty()
 
     async def ResizePty(self, request: pb.ResizePtyRequest, context: Context) -> Any:
-        task = self._task(context, request.container_id)
+        task = await self._task(context, request.container_id)
         await task.call(
             "resize_pty",
             {"exec_id": request.exec_id, "width": request.width, "height": request.height},
@@ -229,20 +242,20 @@ class TasksService(pb_grpc.TasksServicer):
         return empty_pb2.Empty()
 
     async def CloseIO(self, request: pb.CloseIORequest, context: Context) -> Any:
-        task = self._task(context, request.container_id)
+        task = await self._task(context, request.container_id)
         await task.call("close_io", {"exec_id": request.exec_id, "stdin": request.stdin})
         return empty_pb2.Empty()
 
     async def Pause(self, request: pb.PauseTaskRequest, context: Context) -> Any:
-        await self._task(context, request.container_id).call_seen("pause")
+        await (await self._task(context, request.container_id)).call_seen("pause")
         return empty_pb2.Empty()
 
     async def Resume(self, request: pb.ResumeTaskRequest, context: Context) -> Any:
-        await self._task(context, request.container_id).call_seen("resume")
+        await (await self._task(context, request.container_id)).call_seen("resume")
         return empty_pb2.Empty()
 
     async def ListPids(self, request: pb.ListPidsRequest, context: Context) -> Any:
-        task = self._task(context, request.container_id)
+        task = await self._task(context, request.container_id)
         processes = []
         for entry in await task.call("pids"):
             info = types_pb.ProcessInfo(pid=entry["pid"])
@@ -252,7 +265,7 @@ class TasksService(pb_grpc.TasksServicer):
         return pb.ListPidsResponse(processes=processes)
 
     async def Checkpoint(self, request: pb.CheckpointTaskRequest, context: Context) -> Any:
-        self._task(context, request.container_id)
+        await self._task(context, request.container_id)
         if self._criu is None:
             self._criu = await _criu_problem()
         if self._criu:
@@ -260,7 +273,7 @@ class TasksService(pb_grpc.TasksServicer):
         raise errors.Unimplemented("checkpoint is not supported yet (CRIU works here)")
 
     async def Update(self, request: pb.UpdateTaskRequest, context: Context) -> Any:
-        task = self._task(context, request.container_id)
+        task = await self._task(context, request.container_id)
         resources = _json_any(request.resources, "resources")
         await task.call("update", {"resources": resources})
         return empty_pb2.Empty()
@@ -287,7 +300,7 @@ class TasksService(pb_grpc.TasksServicer):
         return pb.MetricsResponse(metrics=out)
 
     async def Wait(self, request: pb.WaitRequest, context: Context) -> Any:
-        task = self._task(context, request.container_id)
+        task = await self._task(context, request.container_id)
         exit_: Exit | None = task.exits.get(request.exec_id)
         if exit_ is None:
             await task.call("state", {"exec_id": request.exec_id})  # NotFound if no such process

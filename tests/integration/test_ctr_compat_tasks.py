@@ -405,3 +405,50 @@ def test_content_write_replies_are_containerds_when_the_blob_is_in_another_names
             _write_session(side.tap, "tasks-write-b", "import-blob", data),
         ]
     assert seen["ctrd"] == seen["containerd"]
+
+
+def _task_calls(tap: str, ns: str, cid: str) -> list[str]:
+    """Every Tasks call on one container id; each answer's code and words."""
+    import grpc
+
+    from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
+    from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc as tpb_grpc
+
+    calls = [
+        ("Get", tpb.GetRequest(container_id=cid)),
+        ("Start", tpb.StartRequest(container_id=cid)),
+        ("Kill", tpb.KillRequest(container_id=cid, signal=9)),
+        ("Delete", tpb.DeleteTaskRequest(container_id=cid)),
+        ("DeleteProcess", tpb.DeleteProcessRequest(container_id=cid, exec_id="x")),
+        ("Pause", tpb.PauseTaskRequest(container_id=cid)),
+        ("Resume", tpb.ResumeTaskRequest(container_id=cid)),
+        ("ListPids", tpb.ListPidsRequest(container_id=cid)),
+        ("ResizePty", tpb.ResizePtyRequest(container_id=cid, width=80, height=24)),
+        ("CloseIO", tpb.CloseIORequest(container_id=cid, stdin=True)),
+        ("Wait", tpb.WaitRequest(container_id=cid)),
+        ("Exec", tpb.ExecProcessRequest(container_id=cid)),  # no exec id
+        ("Exec", tpb.ExecProcessRequest(container_id=cid, exec_id="x")),
+    ]
+    out = []
+    with grpc.insecure_channel(f"unix://{tap}") as channel:
+        stub = tpb_grpc.TasksStub(channel)
+        for method, request in calls:
+            try:
+                getattr(stub, method)(request, metadata=[("containerd-namespace", ns)], timeout=10)
+                out.append(f"{method} OK")
+            except grpc.RpcError as e:
+                out.append(f"{method} {e.code().name} {e.details()}")
+    return out
+
+
+def test_tasks_calls_without_a_task_answer_as_containerd_does(
+    both: compat.Both, archives: dict[str, Path]
+) -> None:
+    """Through the API, not only ctr (which looks the container up first): a missing container
+    is the container store's NotFound, a container without a task is "task x not found"."""
+    ns = "tasks-api-no-task"
+    for setup in CONTAINER:
+        _build(both, Step(_expand(setup.args, ns, archives), setup.until), ns)
+    seen = {side.name: (_task_calls(side.tap, ns, "nope"), _task_calls(side.tap, ns, "t1"))
+            for side in both.sides}  # fmt: skip
+    assert seen["ctrd"] == seen["containerd"]
