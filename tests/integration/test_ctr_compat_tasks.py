@@ -452,3 +452,60 @@ def test_tasks_calls_without_a_task_answer_as_containerd_does(
     seen = {side.name: (_task_calls(side.tap, ns, "nope"), _task_calls(side.tap, ns, "t1"))
             for side in both.sides}  # fmt: skip
     assert seen["ctrd"] == seen["containerd"]
+
+
+def _exec_calls(tap: str, ns: str, cid: str) -> list[str]:
+    """The Tasks calls that name a process of a running task: one that does not exist, then
+    one added but not started (ResizePty and CloseIO take it, Kill refuses it)."""
+    import grpc
+    from google.protobuf import any_pb2
+
+    from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
+    from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc as tpb_grpc
+
+    spec = any_pb2.Any(
+        type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
+        value=b'{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}',
+    )
+    missing = [
+        ("Get", tpb.GetRequest(container_id=cid, exec_id="nope")),
+        ("Start", tpb.StartRequest(container_id=cid, exec_id="nope")),
+        ("Kill", tpb.KillRequest(container_id=cid, exec_id="nope", signal=9)),
+        ("DeleteProcess", tpb.DeleteProcessRequest(container_id=cid, exec_id="nope")),
+        ("ResizePty", tpb.ResizePtyRequest(container_id=cid, exec_id="nope", width=80)),
+        ("CloseIO", tpb.CloseIORequest(container_id=cid, exec_id="nope", stdin=True)),
+        ("Wait", tpb.WaitRequest(container_id=cid, exec_id="nope")),
+    ]
+    added = [
+        ("Exec", tpb.ExecProcessRequest(container_id=cid, exec_id="x", spec=spec)),
+        ("Exec", tpb.ExecProcessRequest(container_id=cid, exec_id="x", spec=spec)),
+        ("ResizePty", tpb.ResizePtyRequest(container_id=cid, exec_id="x", width=80)),
+        ("CloseIO", tpb.CloseIORequest(container_id=cid, exec_id="x", stdin=True)),
+        ("Kill", tpb.KillRequest(container_id=cid, exec_id="x", signal=9)),
+        ("DeleteProcess", tpb.DeleteProcessRequest(container_id=cid, exec_id="x")),
+        ("Resume", tpb.ResumeTaskRequest(container_id=cid)),
+        ("Start", tpb.StartRequest(container_id=cid)),
+    ]
+    out = []
+    with grpc.insecure_channel(f"unix://{tap}") as channel:
+        stub = tpb_grpc.TasksStub(channel)
+        for method, request in missing + added:
+            try:
+                getattr(stub, method)(request, metadata=[("containerd-namespace", ns)], timeout=10)
+                out.append(f"{method} OK")
+            except grpc.RpcError as e:
+                out.append(f"{method} {e.code().name} {e.details()}")
+    return out
+
+
+def test_process_calls_on_a_running_task_answer_as_containerd_does(
+    both: compat.Both, archives: dict[str, Path]
+) -> None:
+    ns = "tasks-api-processes"
+    try:
+        for setup in RUNNING:
+            _build(both, Step(_expand(setup.args, ns, archives), setup.until), ns)
+        seen = {side.name: _exec_calls(side.tap, ns, "t1") for side in both.sides}
+        assert seen["ctrd"] == seen["containerd"]
+    finally:
+        _clean(both, ns)
