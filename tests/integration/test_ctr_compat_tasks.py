@@ -44,10 +44,14 @@ def both() -> Iterator[compat.Both]:
         finally:
             for side in pair.sides:
                 _remove_cgroups(side.base)
+            # Containers made by `containers create` are in ctr's default cgroup, /<ns>/<id>.
+            for ns in [f"tasks-{case.name}" for case in CASES] + ["tasks-api-no-task"]:
+                _remove_cgroups(Path("/", ns))
 
 
 def _remove_cgroups(base: Path) -> None:
-    """The cgroup directories `--cgroup {base}/...` left (runc removes only each leaf)."""
+    """The cgroup directories under `base` that the tests' containers left (runc removes only
+    each leaf): only empty ones go."""
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
         if fields[fields.index("-") + 1] not in ("cgroup", "cgroup2"):
