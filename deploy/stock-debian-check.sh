@@ -138,9 +138,18 @@ cleanup() {
     if [[ -n $inner ]] && kill -0 "$inner" 2>/dev/null; then kill -TERM "$inner"; fi
     left=$(namespace_pids)
     if [[ -n $left ]]; then
-        say "stopping what still runs in the new root: $(echo $left)"
+        say "stopping what still runs in the new root: ${left//$'\n'/ }"
+        # Their cgroups (a killed container's are not removed by its runtime), but never this
+        # script's own: rmdir takes only an empty cgroup, in every hierarchy where it is one.
+        local cgroups
+        cgroups=$(for pid in $left; do cut -d: -f3- "/proc/$pid/cgroup" 2>/dev/null; done |
+            sort -u | grep -vxF -f <(cut -d: -f3- /proc/self/cgroup) | grep -vx /)
         for pid in $left; do kill -KILL "$pid" 2>/dev/null; done
         for _ in $(seq 100); do [[ -z $(namespace_pids) ]] && break; sleep 0.1; done
+        local path
+        for path in $cgroups; do
+            rmdir /sys/fs/cgroup/*"$path" /sys/fs/cgroup"$path" 2>/dev/null
+        done
     fi
     if [[ -n $(namespace_pids) ]]; then
         say "processes of the new root would not stop; $work is left in place"
