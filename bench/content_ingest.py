@@ -3,7 +3,7 @@
 The floor is hashing the file (`openssl dgst -sha256`) plus writing it durably
 (`dd … conv=fsync`), run one after the other. Usage:
 
-    python3 bench/content_ingest.py [--size-mib 1024] [--runs 3] [--settle 15]
+    /opt/ctrd/bin/python bench/content_ingest.py [--size-mib 1024] [--runs 3] [--settle 15]
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ the time that took and ksmd's CPU meanwhile are shown.
 
 Rounds (`--rounds`) alternate the daemons' order; the table shows medians over rounds.
 
-    python3 bench/density.py [-n 100] [--parallel 1] [--rounds 1] [--settle 5]
+    /opt/ctrd/bin/python bench/density.py [-n 100] [--parallel 1] [--rounds 1] [--settle 5]
                              [--ksm-wait 600] [--ksm-pages-to-scan N]
                              [--daemons ctrd,containerd]
 """

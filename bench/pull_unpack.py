@@ -4,7 +4,7 @@ The image is built here: 10 layers, ~200 MB uncompressed, ~20,000 files, later l
 and rewriting files of earlier ones. Each run starts every daemon on a fresh root, so every pull
 is cold; runs alternate between ctrd and containerd and the filesystem settles between them.
 
-    python3 bench/pull_unpack.py [--runs 3] [--settle 20] [--layers 10] [--files 2000]
+    /opt/ctrd/bin/python bench/pull_unpack.py [--runs 3] [--settle 20] [--layers 10] [--files 2000]
 """
 
 from __future__ import annotations

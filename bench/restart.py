@@ -26,7 +26,7 @@ What the restarted daemon logged of warnings and errors (and Python tracebacks),
 included, is shown (ctrd logs at `--ctrd-log-level`, info by default); `--logs DIR` keeps both
 daemons' logs.
 
-    python3 bench/restart.py [-n 100] [-k 10] [--down 5] [--wait 30] [--listen 3]
+    /opt/ctrd/bin/python bench/restart.py [-n 100] [-k 10] [--down 5] [--wait 30] [--listen 3]
                              [--parallel 1] [--restarts 1] [--daemons ctrd,containerd]
                              [--ctrd-log-level info] [--logs DIR]
 """

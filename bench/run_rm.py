@@ -10,7 +10,7 @@ after a few warm-up runs each. The floor is the OCI runtime alone, `runc run` of
 (the same busybox rootfs, `runc spec` with args ["true"], no terminal), and `crun run` where
 crun works (crun 1.8 refuses a hybrid cgroup layout: then it is reported unavailable).
 
-    python3 bench/run_rm.py [--runs 30] [--warmup 3] [--daemons ctrd,containerd]
+    /opt/ctrd/bin/python bench/run_rm.py [--runs 30] [--warmup 3] [--daemons ctrd,containerd]
 """
 
 from __future__ import annotations
