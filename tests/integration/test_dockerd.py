@@ -27,7 +27,7 @@ from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2, snaps
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from supervisor.api.containerd.types.task import task_pb2 as types_pb
 from tests.conftest import Ctrd
-from tests.support.dockerd import DOCKER, Dockerd
+from tests.support.dockerd import DOCKER, Dockerd, running
 from tests.support.tasks import pid_gone, wait_for
 from tests.support.terminal import run_in_pty
 
@@ -49,22 +49,9 @@ def dockerd_lr(ctrd: Ctrd, short_tmp: Path) -> Iterator[Dockerd]:
 
 
 def _engine(ctrd: Ctrd, short_tmp: Path, live_restore: bool) -> Iterator[Dockerd]:
-    base = short_tmp / "docker"
-    base.mkdir()
-    engine = Dockerd(base, ctrd.address, live_restore=live_restore)
-    try:
-        engine.start()
-        engine.load_busybox()
+    with running(short_tmp / "docker", ctrd.address, live_restore=live_restore) as engine:
         yield engine
-    finally:
-        if engine.proc is not None:
-            left = engine.docker("ps", "-aq", check=False).stdout.split()
-            if left:  # stopped here, fast: dockerd's own shutdown would give each 10 s
-                engine.docker("rm", "-f", *left, check=False)
-        status = engine.stop()
-        engine.cleanup()
-        assert engine.mounts() == []
-    assert status == 0, engine.log()[-4000:]
+    assert engine.mounts() == []
 
 
 def status_of(engine: Dockerd, name: str) -> str:

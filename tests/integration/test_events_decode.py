@@ -25,7 +25,7 @@ from supervisor.api.containerd.services.containers.v1 import containers_pb2, con
 from supervisor.api.ctrd.services.events.v1 import log_pb2, log_pb2_grpc
 from tests.conftest import Ctrd, require_binary
 from tests.integration.test_tasks import pull, run
-from tests.support.dockerd import Dockerd
+from tests.support.dockerd import Dockerd, running
 
 pytestmark = pytest.mark.integration
 
@@ -35,21 +35,8 @@ NONE = ("--network", "none")
 
 @pytest.fixture
 def dockerd(ctrd: Ctrd, short_tmp: Path) -> Iterator[Dockerd]:
-    base = short_tmp / "docker"
-    base.mkdir()
-    engine = Dockerd(base, ctrd.address)
-    try:
-        engine.start()
-        engine.load_busybox()
+    with running(short_tmp / "docker", ctrd.address) as engine:
         yield engine
-    finally:
-        if engine.proc is not None:
-            left = engine.docker("ps", "-aq", check=False).stdout.split()
-            if left:
-                engine.docker("rm", "-f", *left, check=False)
-        status = engine.stop()
-        engine.cleanup()
-    assert status == 0, engine.log()[-4000:]
 
 
 def ctrctl(ctrd: Ctrd, *args: str, ns: str = "default") -> subprocess.CompletedProcess[str]:

@@ -109,10 +109,7 @@ def engines() -> Iterator[Engines]:
         assert loaded.returncode == 0, loaded.stderr
         yield engines
     finally:
-        if docker.proc is not None:
-            left = docker.docker("ps", "-aq", check=False).stdout.split()
-            if left:
-                docker.docker("rm", "-f", *left, check=False)
+        docker.remove_all()
         docker.stop()
         docker.cleanup()
         status = daemon.stop()
