@@ -1,0 +1,336 @@
+"""ctrd's own nftables table: rendered from a frozen model, applied in one atomic transaction.
+
+Two halves. `render` is pure: from the networks and the published ports it writes the whole of
+ctrd's table (default `inet ctrd`) as one nft script that first creates the table, deletes it and
+creates it again with every chain and rule. Applied, that script is one kernel transaction: the
+old table is replaced whole or not at all, and applying it twice leaves one copy of each rule.
+`run` is the thin I/O shell: it hands a script to Debian's `libnftables.so.1` in-process (no
+`nft` binary, no python3-nftables) and raises `NftError` carrying nft's own error text.
+
+Invariants the rendered table keeps (the shape of netavark's `inet netavark` and docker 29's
+`docker-bridges`, notes §6.3/§6.4):
+- It only ever touches ctrd's table. Base chains have policy accept, so the host's other traffic
+  and the host's own tables and policies are never changed; `drop` rules always name a ctrd
+  bridge. (An `accept` here does not override another table's `drop`: every base chain on a hook
+  runs.)
+- forward: established/related accept; an `--internal` network drops whatever leaves its bridge
+  for another interface and whatever enters it from one; traffic DNATed to a published port is
+  accepted (from other hosts, the host, other bridges); anything else entering a bridge from
+  elsewhere is dropped (another ctrd network, or a host routing to an unpublished port); traffic
+  leaving a non-internal bridge is accepted.
+- nat: a non-internal subnet is masqueraded when it leaves by another interface. Each publish is a
+  DNAT in prerouting (`fib daddr type local`, so other hosts and containers) and in output (the
+  host itself, 127.0.0.1 included). DNATed traffic sent back into a bridge it came from is
+  masqueraded (hairpin: the reply must come back through the host to be un-NATed; the veth
+  bridge port also needs hairpin mode so the bridge sends a frame back out its own port).
+- 127.0.0.1: a packet from 127.0.0.1 DNATed to a container is routed out a bridge only when the
+  bridge has `net.ipv4.conf.<bridge>.route_localnet=1`; it is then masqueraded to the bridge's
+  address (a container cannot answer 127.0.0.1). route_localnet would also let a container
+  reach the host's 127.0.0.0/8 services through its gateway, so a raw prerouting rule drops
+  anything entering a bridge with a 127.0.0.0/8 destination. Setting the sysctl is the caller's
+  job (the bridge's owner), not this module's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import json
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from supervisor.errors import Internal, InvalidArgument
+
+DEFAULT_TABLE = "ctrd"
+FAMILY = "inet"
+
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ 16 with the NUL
+_TABLE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+_LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+
+
+# --- the model ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Network:
+    """A ctrd bridge network as the firewall sees it."""
+
+    name: str
+    bridge: str
+    subnet: ipaddress.IPv4Network
+    internal: bool = False
+
+
+@dataclass(frozen=True)
+class Publish:
+    """One published port of one endpoint: `host_ip` None means every host address."""
+
+    network: str
+    proto: Literal["tcp", "udp"]
+    host_ip: ipaddress.IPv4Address | None
+    host_port: int
+    container_ip: ipaddress.IPv4Address
+    container_port: int
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """Everything the table is rendered from. `table` is overridable so tests never clash."""
+
+    networks: tuple[Network, ...] = ()
+    publishes: tuple[Publish, ...] = ()
+    table: str = DEFAULT_TABLE
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One chain of the rendered table; `base` is its `type ... hook ... priority ...` or None."""
+
+    name: str
+    base: str | None
+    rules: tuple[str, ...]
+
+
+# --- rendering (pure) -----------------------------------------------------------------------
+
+
+def render(ruleset: Ruleset) -> str:
+    """The nft script that replaces ctrd's table with exactly what `ruleset` says."""
+    _validate(ruleset)
+    ref = f"{FAMILY} {ruleset.table}"
+    lines = [f"table {ref}", f"delete table {ref}", f"table {ref} {{"]
+    for chain in chains(ruleset):
+        lines.append(f"\tchain {chain.name} {{")
+        if chain.base is not None:
+            lines.append(f"\t\t{chain.base}; policy accept;")
+        lines.extend(f"\t\t{rule}" for rule in chain.rules)
+        lines.append("\t}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def delete_script(table: str = DEFAULT_TABLE) -> str:
+    """A script that removes the table whether or not it exists."""
+    _check_table(table)
+    return f"table {FAMILY} {table}\ndelete table {FAMILY} {table}\n"
+
+
+def chains(ruleset: Ruleset) -> tuple[Chain, ...]:
+    """The chains of the table, in the order they are written."""
+    nets = ruleset.networks
+    return (
+        Chain("forward", "type filter hook forward priority filter", tuple(_forward(nets))),
+        Chain("prerouting_raw", "type filter hook prerouting priority raw", tuple(_raw(nets))),
+        Chain(
+            "prerouting",
+            "type nat hook prerouting priority dstnat",
+            ("fib daddr type local jump publish",),
+        ),
+        # nft 1.0.6 names `dstnat` only on prerouting; -100 is its value.
+        Chain(
+            "output", "type nat hook output priority -100", ("fib daddr type local jump publish",)
+        ),
+        Chain("publish", None, tuple(_dnat(p) for p in ruleset.publishes)),
+        Chain(
+            "postrouting", "type nat hook postrouting priority srcnat", tuple(_postrouting(nets))
+        ),
+    )
+
+
+def _forward(nets: tuple[Network, ...]) -> Iterator[str]:
+    yield "ct state established,related accept"
+    for net in nets:
+        br = _q(net.bridge)
+        if net.internal:
+            yield f"iifname {br} oifname != {br} drop"
+            yield f"oifname {br} iifname != {br} drop"
+    # Every bridge's inbound rules come before any outbound accept: an accept of "leaving
+    # bridge A" placed before "entering bridge B: drop" would let A reach B.
+    for net in nets:
+        br = _q(net.bridge)
+        yield f"iifname {br} oifname {br} accept"  # same network (seen only with br_netfilter)
+        if not net.internal:
+            yield f"oifname {br} ct status dnat accept"  # published ports
+            yield f"oifname {br} drop"  # other networks, unpublished ports
+    for net in nets:
+        if not net.internal:
+            yield f"iifname {_q(net.bridge)} accept"  # outbound
+
+
+def _raw(nets: tuple[Network, ...]) -> Iterator[str]:
+    for net in nets:
+        yield f"iifname {_q(net.bridge)} ip daddr {_LOOPBACK} drop"
+
+
+def _postrouting(nets: tuple[Network, ...]) -> Iterator[str]:
+    for net in nets:
+        br = _q(net.bridge)
+        if net.internal:
+            continue  # nothing leaves it and nothing is published on it
+        yield f"ip saddr {net.subnet} oifname != {br} masquerade"
+        yield f"oifname {br} ip saddr {_LOOPBACK} masquerade"  # the host through 127.0.0.1
+        yield f"oifname {br} iifname {br} ct status dnat masquerade"  # hairpin
+
+
+def _dnat(pub: Publish) -> str:
+    match = f"ip daddr {pub.host_ip}" if pub.host_ip is not None else "meta nfproto ipv4"
+    return (
+        f"{match} {pub.proto} dport {pub.host_port} "
+        f"dnat ip to {pub.container_ip}:{pub.container_port}"
+    )
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+def _validate(ruleset: Ruleset) -> None:
+    _check_table(ruleset.table)
+    by_name: dict[str, Network] = {}
+    bridges: set[str] = set()
+    for net in ruleset.networks:
+        if not _IFNAME.match(net.bridge):
+            raise InvalidArgument(f"bridge name {net.bridge!r} is not an interface name")
+        if net.name in by_name or net.bridge in bridges:
+            raise InvalidArgument(f"network {net.name!r} or its bridge is listed twice")
+        by_name[net.name] = net
+        bridges.add(net.bridge)
+    seen: set[tuple[str, ipaddress.IPv4Address | None, int]] = set()
+    for pub in ruleset.publishes:
+        target = by_name.get(pub.network)
+        if target is None:
+            raise InvalidArgument(f"publish on unknown network {pub.network!r}")
+        if target.internal:
+            raise InvalidArgument(f"network {target.name!r} is internal: nothing can be published")
+        if pub.container_ip not in target.subnet:
+            raise InvalidArgument(f"{pub.container_ip} is not in {target.name!r} ({target.subnet})")
+        if pub.proto not in ("tcp", "udp"):
+            raise InvalidArgument(f"protocol {pub.proto!r} cannot be published")
+        for port in (pub.host_port, pub.container_port):
+            if not 0 < port < 65536:
+                raise InvalidArgument(f"port {port} is out of range")
+        key = (pub.proto, pub.host_ip, pub.host_port)
+        if key in seen:
+            raise InvalidArgument(f"{pub.host_ip or '*'}:{pub.host_port}/{pub.proto} twice")
+        seen.add(key)
+
+
+def _check_table(table: str) -> None:
+    if not _TABLE.match(table):
+        raise InvalidArgument(f"table name {table!r} is not a plain identifier")
+
+
+# --- applying (libnftables through ctypes) --------------------------------------------------
+
+
+class NftError(Internal):
+    """nft refused a script; the message is nft's own error text."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, plain=True)
+
+
+_CTX_DEFAULT = 0
+_OUTPUT_JSON = 1 << 4
+
+_lib: ctypes.CDLL | None = None
+_lib_lock = threading.Lock()
+
+
+def _libnftables() -> ctypes.CDLL:
+    """Load libnftables.so.1 once and declare the few functions used, with exact C types."""
+    global _lib
+    with _lib_lock:
+        if _lib is None:
+            lib = ctypes.CDLL("libnftables.so.1", use_errno=True)
+            ctx = ctypes.c_void_p
+            _declare(lib, "nft_ctx_new", ctx, [ctypes.c_uint32])
+            _declare(lib, "nft_ctx_free", None, [ctx])
+            _declare(lib, "nft_ctx_set_dry_run", None, [ctx, ctypes.c_bool])
+            _declare(lib, "nft_ctx_output_set_flags", None, [ctx, ctypes.c_uint])
+            _declare(lib, "nft_ctx_buffer_output", ctypes.c_int, [ctx])
+            _declare(lib, "nft_ctx_buffer_error", ctypes.c_int, [ctx])
+            _declare(lib, "nft_ctx_get_output_buffer", ctypes.c_char_p, [ctx])
+            _declare(lib, "nft_ctx_get_error_buffer", ctypes.c_char_p, [ctx])
+            _declare(lib, "nft_run_cmd_from_buffer", ctypes.c_int, [ctx, ctypes.c_char_p])
+            _lib = lib
+        return _lib
+
+
+def _declare(lib: ctypes.CDLL, name: str, restype: Any, argtypes: list[Any]) -> None:
+    fn = getattr(lib, name)
+    fn.restype = restype
+    fn.argtypes = argtypes
+
+
+def run(script: str, *, dry_run: bool = False, json_output: bool = False) -> str:
+    """Run an nft script as one transaction and return what nft printed.
+
+    `dry_run` only parses and evaluates it (nothing in the kernel changes); `json_output`
+    makes list commands print JSON. A fresh context per call: a context is not thread-safe,
+    and creating one costs well under a millisecond.
+    """
+    lib = _libnftables()
+    ctx = lib.nft_ctx_new(_CTX_DEFAULT)
+    if not ctx:
+        raise NftError("nft_ctx_new failed")
+    try:
+        lib.nft_ctx_set_dry_run(ctx, dry_run)
+        lib.nft_ctx_output_set_flags(ctx, _OUTPUT_JSON if json_output else 0)
+        if lib.nft_ctx_buffer_output(ctx) != 0 or lib.nft_ctx_buffer_error(ctx) != 0:
+            raise NftError("nft: cannot buffer output")
+        rc = lib.nft_run_cmd_from_buffer(ctx, script.encode())
+        out = _text(lib.nft_ctx_get_output_buffer(ctx))
+        if rc != 0:
+            err = _text(lib.nft_ctx_get_error_buffer(ctx)).strip()
+            raise NftError(err or f"nft failed with status {rc}")
+        return out
+    finally:
+        lib.nft_ctx_free(ctx)
+
+
+def _text(raw: object) -> str:
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else ""
+
+
+def apply(ruleset: Ruleset) -> None:
+    """Replace ctrd's table with the rendered ruleset, atomically."""
+    run(render(ruleset))
+
+
+def check(ruleset: Ruleset) -> None:
+    """Have nft parse and evaluate the rendered ruleset without touching the kernel."""
+    run(render(ruleset), dry_run=True)
+
+
+def delete(table: str = DEFAULT_TABLE) -> None:
+    """Remove the table if it exists."""
+    run(delete_script(table))
+
+
+def list_tables() -> frozenset[tuple[str, str]]:
+    """Every table in the kernel (of this network namespace), as (family, name)."""
+    return frozenset(
+        (t["family"], t["name"]) for t in _objects(run("list tables", json_output=True), "table")
+    )
+
+
+def table_exists(table: str = DEFAULT_TABLE) -> bool:
+    """Whether ctrd's table is there: it vanishes when someone flushes the ruleset."""
+    return (FAMILY, table) in list_tables()
+
+
+def list_table(table: str = DEFAULT_TABLE) -> dict[str, Any]:
+    """The table as nft's JSON (`{"nftables": [...]}`)."""
+    _check_table(table)
+    parsed: dict[str, Any] = json.loads(run(f"list table {FAMILY} {table}", json_output=True))
+    return parsed
+
+
+def _objects(text: str, kind: str) -> Iterable[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(text).get("nftables", [])
+    return [item[kind] for item in items if kind in item]
