@@ -106,6 +106,41 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (namespace, id)
     ) WITHOUT ROWID;
     """,
+    # 5: container networks and their endpoints. An endpoint row is the address lease: an
+    # address is in use exactly while its row exists. `last_address` is where the next dynamic
+    # pick starts (round-robin, `supervisor.network.ipam`).
+    """
+    CREATE TABLE networks (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        driver TEXT NOT NULL,
+        subnet TEXT NOT NULL,
+        gateway TEXT NOT NULL,
+        ip_range TEXT NOT NULL DEFAULT '',
+        internal INTEGER NOT NULL DEFAULT 0,
+        mtu INTEGER NOT NULL DEFAULT 0,
+        labels TEXT NOT NULL DEFAULT '{}',
+        options TEXT NOT NULL DEFAULT '{}',
+        last_address TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, id),
+        UNIQUE (namespace, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE endpoints (
+        namespace TEXT NOT NULL,
+        network TEXT NOT NULL,
+        container TEXT NOT NULL,
+        address TEXT NOT NULL,
+        mac TEXT NOT NULL DEFAULT '',
+        aliases TEXT NOT NULL DEFAULT '[]',
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, network, container),
+        UNIQUE (namespace, network, address),
+        FOREIGN KEY (namespace, network) REFERENCES networks(namespace, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX endpoints_by_container ON endpoints (namespace, container);
+    """,
 )
 
 # The objects whose presence keeps a namespace from being deleted, as (table, what to call them
@@ -115,6 +150,7 @@ NAMESPACE_CONTENTS: tuple[tuple[str, str], ...] = (
     ("images", "images"),
     ("blobs", "blobs"),
     ("containers", "containers"),
+    ("networks", "networks"),  # ctrd's own: containerd has none
 )
 
 # What goes with a namespace when it is deleted, children first.

@@ -1,0 +1,223 @@
+"""The network store on a real SQLite database: durable, transactional address leases."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from supervisor.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from supervisor.metadata.db import Database
+from supervisor.metadata.namespaces import NamespaceStore
+from supervisor.network import store as store_mod
+from supervisor.network.store import NetworkRequest, NetworkStore, SqliteNetworkStore
+
+addr = IPv4Address
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def opened(tmp_path: Path, ns: str = "default") -> tuple[Database, NetworkStore]:
+    db = await Database.open(tmp_path / "meta.db")
+    return db, SqliteNetworkStore(db, ns)
+
+
+def test_create_picks_a_subnet_avoiding_the_host_and_other_networks(tmp_path: Path):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        try:
+            host = [IPv4Network("172.17.0.0/16"), IPv4Network("172.19.0.53/32")]
+            first = await store.create(NetworkRequest("n1", "one"), host)
+            assert first.config.subnet == IPv4Network("172.18.0.0/16")
+            assert first.config.gateway == addr("172.18.0.1")
+            # other namespaces share the host: their subnets are avoided too
+            other = SqliteNetworkStore(db, "other")
+            second = await other.create(NetworkRequest("n2", "one"), host)
+            assert second.config.subnet == IPv4Network("172.20.0.0/16")
+            assert await store.get("one") == first
+            assert await store.get("n1") == first
+            assert [n.name for n in await store.list()] == ["one"]
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_create_refuses_duplicates_and_overlaps(tmp_path: Path):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        try:
+            await store.create(NetworkRequest("n1", "one", subnet="10.1.0.0/16"))
+            with pytest.raises(AlreadyExists, match="network with name one"):
+                await store.create(NetworkRequest("n2", "one", subnet="10.2.0.0/16"))
+            with pytest.raises(AlreadyExists, match="network with id n1"):
+                await store.create(NetworkRequest("n1", "two", subnet="10.2.0.0/16"))
+            with pytest.raises(FailedPrecondition, match="Pool overlaps"):
+                await store.create(NetworkRequest("n3", "three", subnet="10.1.2.0/24"))
+            with pytest.raises(InvalidArgument, match="need a subnet"):
+                await store.create(NetworkRequest("n4", "four", gateway="10.9.0.1"))
+            with pytest.raises(InvalidArgument, match="mtu"):
+                await store.create(NetworkRequest("n5", "five", mtu=70000))
+            assert [n.id for n in await store.list()] == ["n1"]
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_addresses_are_leased_round_robin_and_a_released_one_is_not_reused_at_once(
+    tmp_path: Path,
+):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        try:
+            await store.create(NetworkRequest("n1", "net", subnet="10.0.0.0/29"))
+            a = await store.attach("net", "a")
+            b = await store.attach("net", "b")
+            assert (a.address, b.address) == (addr("10.0.0.2"), addr("10.0.0.3"))
+            await store.detach("net", "a")
+            c = await store.attach("net", "c")
+            assert c.address == addr("10.0.0.4")
+            await store.attach("net", "d")  # .5
+            await store.attach("net", "e")  # .6
+            wrapped = await store.attach("net", "f")
+            assert wrapped.address == addr("10.0.0.2")  # after the top, the freed one
+            with pytest.raises(FailedPrecondition, match="no available addresses"):
+                await store.attach("net", "g")
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_the_round_robin_cursor_survives_a_reopen(tmp_path: Path):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        await store.create(NetworkRequest("n1", "net", subnet="10.0.0.0/24"))
+        await store.attach("net", "a")
+        await store.detach("net", "a")
+        await db.close()
+        db, store = await opened(tmp_path)
+        try:
+            assert (await store.attach("net", "b")).address == addr("10.0.0.3")
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_concurrent_attachments_get_unique_addresses(tmp_path: Path):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        try:
+            await store.create(NetworkRequest("n1", "net", subnet="10.0.0.0/24"))
+            got = await asyncio.gather(*(store.attach("net", f"c{i}") for i in range(60)))
+            addresses = [e.address for e in got]
+            assert len(set(addresses)) == 60
+            assert {e.address for e in await store.endpoints("net")} == set(addresses)
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_a_static_address_is_checked_and_refused_when_taken(tmp_path: Path):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        try:
+            await store.create(
+                NetworkRequest("n1", "net", subnet="10.0.0.0/24", ip_range="10.0.0.128/25")
+            )
+            fixed = await store.attach("net", "a", addr("10.0.0.9"), mac="02:42:0a:00:00:09")
+            assert fixed.address == addr("10.0.0.9")
+            with pytest.raises(AlreadyExists, match="Address already in use"):
+                await store.attach("net", "b", addr("10.0.0.9"))
+            with pytest.raises(AlreadyExists, match="endpoint of container"):
+                await store.attach("net", "a")
+            with pytest.raises(InvalidArgument, match="out of range"):
+                await store.attach("net", "b", addr("10.0.1.9"))
+            # a static pick does not move the cursor; dynamic ones stay in the range
+            assert (await store.attach("net", "b")).address == addr("10.0.0.128")
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_a_crash_inside_the_transaction_leaves_nothing(tmp_path: Path, monkeypatch):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        try:
+            await store.create(NetworkRequest("n1", "net", subnet="10.0.0.0/24"))
+            real = store_mod.ipam.next_address
+
+            def crash_after_pick(*args, **kwargs):
+                real(*args, **kwargs)
+                raise RuntimeError("crash between the pick and the insert")
+
+            monkeypatch.setattr(store_mod.ipam, "next_address", crash_after_pick)
+            with pytest.raises(RuntimeError):
+                await store.attach("net", "a")
+            monkeypatch.setattr(store_mod.ipam, "next_address", real)
+            assert await store.endpoints() == []
+            # the cursor did not move either: the first address is still the next one
+            assert (await store.attach("net", "a")).address == addr("10.0.0.2")
+
+            def half(conn: sqlite3.Connection) -> None:
+                conn.execute("DELETE FROM endpoints")
+                raise RuntimeError("crash in the middle of a release")
+
+            with pytest.raises(RuntimeError):
+                await db.write(half)
+            assert [e.container for e in await store.endpoints()] == ["a"]
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_release_container_frees_its_addresses_on_every_network(tmp_path: Path):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        try:
+            await store.create(NetworkRequest("n1", "one", subnet="10.1.0.0/24"))
+            await store.create(NetworkRequest("n2", "two", subnet="10.2.0.0/24"))
+            await store.attach("one", "a", aliases=["web"])
+            await store.attach("two", "a")
+            await store.attach("two", "b")
+            released = await store.release_container("a")
+            assert sorted(str(e.address) for e in released) == ["10.1.0.2", "10.2.0.2"]
+            assert released[0].aliases == ("web",)
+            assert [e.container for e in await store.endpoints()] == ["b"]
+            with pytest.raises(NotFound):
+                await store.detach("one", "a")
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_a_network_with_endpoints_or_a_namespace_with_networks_is_not_deleted(tmp_path: Path):
+    async def scenario():
+        db, store = await opened(tmp_path, "ns1")
+        try:
+            await store.create(NetworkRequest("n1", "net", subnet="10.1.0.0/24"))
+            await store.attach("net", "a")
+            with pytest.raises(FailedPrecondition, match="has active endpoints"):
+                await store.delete("net")
+            with pytest.raises(FailedPrecondition, match="still has networks"):
+                await NamespaceStore(db).delete("ns1")
+            await store.detach("net", "a")
+            await store.delete("net")
+            with pytest.raises(NotFound):
+                await store.get("net")
+            await NamespaceStore(db).delete("ns1")
+        finally:
+            await db.close()
+
+    run(scenario())
