@@ -1,0 +1,175 @@
+"""ctrd's nftables table in the real kernel: applied, listed back, replaced atomically, deleted,
+and a published port reached from the host (127.0.0.1 included) through kernel DNAT.
+
+Every test uses a table named after its pid so it cannot clash with ctrd's or anyone's, removes
+it in a `finally`, and checks that the host's other tables are the same before and after.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+import pytest
+
+from supervisor.network import nft
+
+PID = os.getpid()
+TABLE = f"ctrdtest_{PID}"
+NET = nft.Network("t", f"ctrdt{PID % 100000}", IPv4Network(f"10.252.{PID % 250}.0/24"))
+CTR = NET.subnet[2]
+
+
+def publish(host_port: int, container_port: int, host_ip: str | None = None) -> nft.Publish:
+    ip = IPv4Address(host_ip) if host_ip is not None else None
+    return nft.Publish(NET.name, "tcp", ip, host_port, CTR, container_port)
+
+
+def rules(listing: dict[str, Any], chain: str) -> list[dict[str, Any]]:
+    return [
+        item["rule"]
+        for item in listing["nftables"]
+        if "rule" in item and item["rule"]["chain"] == chain
+    ]
+
+
+@pytest.fixture
+def table() -> Iterator[str]:
+    before = nft.list_tables()
+    assert ("inet", TABLE) not in before
+    try:
+        yield TABLE
+    finally:
+        nft.delete(TABLE)
+        assert nft.list_tables() == before
+
+
+def test_applied_table_lists_back_with_every_rendered_rule(table: str) -> None:
+    ruleset = nft.Ruleset((NET,), (publish(18080, 80),), table=table)
+    nft.apply(ruleset)
+    listing = nft.list_table(table)
+    for chain in nft.chains(ruleset):
+        assert len(rules(listing, chain.name)) == len(chain.rules), chain.name
+    assert nft.table_exists(table)
+
+
+def test_applying_a_new_version_replaces_the_table_whole_without_duplicates(table: str) -> None:
+    first = nft.Ruleset((NET,), (publish(18080, 80), publish(18081, 81)), table=table)
+    second = nft.Ruleset((NET,), (publish(18090, 90, "127.0.0.1"),), table=table)
+    nft.apply(first)
+    nft.apply(first)
+    assert len(rules(nft.list_table(table), "publish")) == 2
+    nft.apply(second)
+    dnat = rules(nft.list_table(table), "publish")
+    assert len(dnat) == 1
+    assert "18090" in str(dnat[0])
+    assert "18080" not in str(dnat)
+    total = sum(len(c.rules) for c in nft.chains(second))
+    assert len([i for i in nft.list_table(table)["nftables"] if "rule" in i]) == total
+
+
+def test_a_refused_script_leaves_the_previous_table_in_place(table: str) -> None:
+    ruleset = nft.Ruleset((NET,), (publish(18080, 80),), table=table)
+    nft.apply(ruleset)
+    before = nft.list_table(table)
+    broken = nft.render(ruleset).replace("masquerade", "masquerade nonsense", 1)
+    with pytest.raises(nft.NftError):
+        nft.run(broken)
+    assert nft.list_table(table) == before
+
+
+def test_a_deleted_table_is_seen_missing_and_comes_back_when_applied_again(table: str) -> None:
+    ruleset = nft.Ruleset((NET,), table=table)
+    nft.apply(ruleset)
+    nft.delete(table)
+    assert not nft.table_exists(table)
+    nft.apply(ruleset)
+    assert nft.table_exists(table)
+
+
+# --- end to end: a netns behind a veth stands in for a container on a bridge ----------------
+
+SERVER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(8)
+print("ready", flush=True)
+for _ in range(int(sys.argv[2])):
+    c, peer = s.accept()
+    c.sendall(peer[0].encode())
+    c.close()
+"""
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def container() -> Iterator[str]:
+    """A netns `ctrdtns<pid>` with eth0 = CTR/24, its peer on the host named like a bridge
+    (NET.bridge, the gateway address) with route_localnet=1; all of it removed after."""
+    ns = f"ctrdtns{PID}"
+    gateway = NET.subnet[1]
+    ip("netns", "add", ns)
+    try:
+        ip("link", "add", NET.bridge, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        ip("addr", "add", f"{gateway}/24", "dev", NET.bridge)
+        ip("link", "set", NET.bridge, "up")
+        ip("-n", ns, "addr", "add", f"{CTR}/24", "dev", "eth0")
+        ip("-n", ns, "link", "set", "eth0", "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "route", "add", "default", "via", str(gateway))
+        # Our own interface, deleted after: nothing of the host's to restore.
+        with open(f"/proc/sys/net/ipv4/conf/{NET.bridge}/route_localnet", "w") as f:
+            f.write("1")
+        yield ns
+    finally:
+        subprocess.run(["ip", "link", "del", NET.bridge], capture_output=True)
+        ip("netns", "del", ns)
+
+
+def ask(address: str, port: int) -> str:
+    with socket.create_connection((address, port), timeout=5) as conn:
+        return conn.recv(64).decode()
+
+
+def test_published_port_is_reached_from_the_host_and_its_127_0_0_1(
+    table: str, container: str
+) -> None:
+    host_port = 20000 + PID % 20000
+    nft.apply(nft.Ruleset((NET,), (publish(host_port, 8000),), table=table))
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", container, sys.executable, "-c", SERVER, "8000", "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
+        # The host's own address on the bridge: DNAT in output, source kept.
+        assert ask(str(NET.subnet[1]), host_port) == str(NET.subnet[1])
+        # 127.0.0.1: DNAT in output, routed out thanks to route_localnet, masqueraded to the
+        # bridge address since the container cannot answer 127.0.0.1.
+        assert ask("127.0.0.1", host_port) == str(NET.subnet[1])
+        assert server.wait(timeout=5) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+def test_without_the_table_the_published_port_is_not_there(container: str) -> None:
+    """The DNAT above is ctrd's table's doing: without it nothing listens on the host port."""
+    host_port = 20000 + PID % 20000
+    with pytest.raises(ConnectionRefusedError):
+        ask("127.0.0.1", host_port)
