@@ -20,9 +20,11 @@ Invariants the rendered table keeps (the shape of netavark's `inet netavark` and
   leaving a non-internal bridge is accepted.
 - nat: a non-internal subnet is masqueraded when it leaves by another interface. Each publish is a
   DNAT in prerouting (`fib daddr type local`, so other hosts and containers) and in output (the
-  host itself, 127.0.0.1 included). DNATed traffic sent back into a bridge it came from is
-  masqueraded (hairpin: the reply must come back through the host to be un-NATed; the veth
-  bridge port also needs hairpin mode so the bridge sends a frame back out its own port).
+  host itself, 127.0.0.1 included). DNATed traffic from a bridge's subnet sent back into that
+  bridge is masqueraded (hairpin and neighbours: the reply must come back through the host to
+  be un-NATed). It is matched by source subnet: `iifname <bridge>` in postrouting did not
+  catch hairpin traffic on a host with br_netfilter loaded (the end-to-end test shows it). Each veth bridge port also needs hairpin mode
+  (`brport/hairpin_mode=1`), or the bridge never sends a container's frame back to it.
 - 127.0.0.1: a packet from 127.0.0.1 DNATed to a container is routed out a bridge only when the
   bridge has `net.ipv4.conf.<bridge>.route_localnet=1`; it is then masqueraded to the bridge's
   address (a container cannot answer 127.0.0.1). route_localnet would also let a container
@@ -173,7 +175,7 @@ def _postrouting(nets: tuple[Network, ...]) -> Iterator[str]:
             continue  # nothing leaves it and nothing is published on it
         yield f"ip saddr {net.subnet} oifname != {br} masquerade"
         yield f"oifname {br} ip saddr {_LOOPBACK} masquerade"  # the host through 127.0.0.1
-        yield f"oifname {br} iifname {br} ct status dnat masquerade"  # hairpin
+        yield f"oifname {br} ip saddr {net.subnet} ct status dnat masquerade"  # hairpin
 
 
 def _dnat(pub: Publish) -> str:
