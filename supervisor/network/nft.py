@@ -23,8 +23,9 @@ Invariants the rendered table keeps (the shape of netavark's `inet netavark` and
   host itself, 127.0.0.1 included). DNATed traffic from a bridge's subnet sent back into that
   bridge is masqueraded (hairpin and neighbours: the reply must come back through the host to
   be un-NATed). It is matched by source subnet: `iifname <bridge>` in postrouting did not
-  catch hairpin traffic on a host with br_netfilter loaded (the end-to-end test shows it). Each veth bridge port also needs hairpin mode
-  (`brport/hairpin_mode=1`), or the bridge never sends a container's frame back to it.
+  catch hairpin traffic on a host with br_netfilter loaded (the end-to-end test shows it).
+  Each veth bridge port also needs hairpin mode (`brport/hairpin_mode=1`), or the bridge
+  never sends a container's frame back to it.
 - 127.0.0.1: a packet from 127.0.0.1 DNATed to a container is routed out a bridge only when the
   bridge has `net.ipv4.conf.<bridge>.route_localnet=1`; it is then masqueraded to the bridge's
   address (a container cannot answer 127.0.0.1). route_localnet would also let a container
