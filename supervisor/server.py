@@ -42,6 +42,7 @@ from supervisor.api.containerd.services.version.v1 import version_pb2_grpc
 from supervisor.api.ctrd.services.events.v1 import log_pb2_grpc
 from supervisor.api.ctrd.services.images.v1 import pull_pb2_grpc, push_pb2_grpc
 from supervisor.api.ctrd.services.logs.v1 import logs_pb2_grpc
+from supervisor.api.ctrd.services.networks.v1 import networks_pb2_grpc
 from supervisor.config import Config
 from supervisor.errors import FailedPrecondition
 from supervisor.eventlog import EventLog
@@ -336,6 +337,12 @@ class Daemon:
 
             return PushService(parts.content, parts.images, config.registry)
 
+        def networks_service() -> Any:
+            from supervisor.network.store import SqliteNetworkStore
+            from supervisor.services.networks import NetworksService
+
+            return NetworksService(lambda ns: SqliteNetworkStore(db, ns))
+
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -368,6 +375,7 @@ class Daemon:
             (log_pb2_grpc.add_EventLogServicer_to_server, Deferred(event_log_service)),
             (pull_pb2_grpc.add_PullServicer_to_server, Deferred(pull_service)),
             (push_pb2_grpc.add_PushServicer_to_server, Deferred(push_service)),
+            (networks_pb2_grpc.add_NetworksServicer_to_server, Deferred(networks_service)),
         ]
         registrar = Registrar(server)
         for add, servicer in services:

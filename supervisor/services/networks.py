@@ -1,0 +1,184 @@
+"""ctrd.services.networks.v1.Networks over the namespaced network store: the control plane.
+
+A thin translation: each call turns its request into `supervisor.network.store` terms, calls the
+namespace's `NetworkStore` and turns the answer back. The store keeps the rules (names unique
+per namespace, subnets that never overlap, no deletion of a network with endpoints), each change
+in one transaction, so a refused call leaves nothing behind.
+
+A picked subnet also avoids the host's own on-link routes and resolvers
+(`netlink.host_taken_prefixes`, read on a worker thread at each Create without a subnet), minus
+the routes of ctrd's own networks' bridges: those subnets are the store's to account for, and a
+bridge left by a network deleted before its bridge was must not keep the subnet from being used
+again.
+
+Connect and Disconnect change the record only (the endpoint's address lease); wiring the
+container in (bridge, veth, nftables) is the data plane's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+
+from supervisor import filters
+from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
+from supervisor.api.ctrd.services.networks.v1 import networks_pb2_grpc as pb_grpc
+from supervisor.errors import FailedPrecondition, InvalidArgument
+from supervisor.network import ipam
+from supervisor.network.store import Endpoint, Network, NetworkRequest, NetworkStore
+from supervisor.services import rpc
+from supervisor.services.convert import timestamp
+
+Context = grpc.aio.ServicerContext[Any, Any]
+HostTaken = Callable[[], Awaitable[Sequence[IPv4Network]]]
+DRIVERS = frozenset(("bridge",))
+
+
+async def host_taken() -> list[IPv4Network]:
+    """The host's IPv4 on-link routes and resolvers (netlink blocks: a worker thread)."""
+    from supervisor.network import netlink
+
+    found = await asyncio.to_thread(netlink.host_taken_prefixes)
+    return [n for n in found if isinstance(n, IPv4Network)]
+
+
+def not_own(host: Iterable[IPv4Network], own: Iterable[IPv4Network]) -> list[IPv4Network]:
+    """The host's prefixes that are not the subnet of one of ctrd's networks."""
+    mine = set(own)
+    return [prefix for prefix in host if prefix not in mine]
+
+
+def endpoint_to_pb(e: Endpoint, prefixlen: int) -> pb.Endpoint:
+    return pb.Endpoint(
+        container_id=e.container,
+        address=f"{e.address}/{prefixlen}",
+        mac=e.mac,
+        aliases=list(e.aliases),
+    )
+
+
+def network_to_pb(n: Network, endpoints: Iterable[Endpoint] = ()) -> pb.Network:
+    prefixlen = n.config.subnet.prefixlen
+    return pb.Network(
+        id=n.id,
+        name=n.name,
+        driver=n.driver,
+        subnet=str(n.config.subnet),
+        gateway=str(n.config.gateway),
+        ip_range=str(n.config.ip_range or ""),
+        internal=n.internal,
+        labels=dict(n.labels),
+        options=dict(n.options),
+        created_at=timestamp(n.created_at),
+        endpoints=[endpoint_to_pb(e, prefixlen) for e in endpoints],
+        mtu=n.mtu,
+    )
+
+
+def _adaptor(n: Network) -> filters.Adaptor:
+    fields = {
+        "id": n.id,
+        "name": n.name,
+        "driver": n.driver,
+        "subnet": str(n.config.subnet),
+        "internal": "true" if n.internal else "false",
+    }
+    return filters.label_adaptor(fields, dict(n.labels))
+
+
+def request_from_pb(request: pb.CreateNetworkRequest) -> NetworkRequest:
+    driver = request.driver or "bridge"
+    if driver not in DRIVERS:
+        raise InvalidArgument(f'network driver "{driver}" not supported (only bridge)')
+    if not request.name:
+        raise InvalidArgument("network name must be provided")
+    return NetworkRequest(
+        id=request.id or secrets.token_hex(32),
+        name=request.name,
+        driver=driver,
+        subnet=request.subnet,
+        gateway=request.gateway,
+        ip_range=request.ip_range,
+        internal=request.internal,
+        labels=dict(request.labels),
+        options=dict(request.options),
+    )
+
+
+class NetworksService(pb_grpc.NetworksServicer):
+    def __init__(self, store: Callable[[str], NetworkStore], host: HostTaken = host_taken) -> None:
+        self._store = store
+        self._host = host
+
+    def _for(self, context: Context) -> NetworkStore:
+        return self._store(rpc.namespace(context))
+
+    async def _with_endpoints(self, store: NetworkStore, networks: list[Network]) -> Any:
+        by_network: defaultdict[str, list[Endpoint]] = defaultdict(list)
+        for e in await store.endpoints():
+            by_network[e.network].append(e)
+        return [network_to_pb(n, by_network[n.id]) for n in networks]
+
+    async def Create(self, request: pb.CreateNetworkRequest, context: Context) -> Any:
+        store = self._for(context)
+        wanted = request_from_pb(request)
+        taken: Sequence[IPv4Network] = ()
+        if not wanted.subnet:
+            own = [n.config.subnet for n in await store.list()]
+            taken = not_own(await self._host(), own)
+        network = await store.create(wanted, taken)
+        return pb.CreateNetworkResponse(network=network_to_pb(network))
+
+    async def Get(self, request: pb.GetNetworkRequest, context: Context) -> Any:
+        store = self._for(context)
+        network = await store.get(request.ref)
+        endpoints = await store.endpoints(network.id)
+        return pb.GetNetworkResponse(network=network_to_pb(network, endpoints))
+
+    async def List(self, request: pb.ListNetworksRequest, context: Context) -> Any:
+        selected = filters.parse_all(request.filters)
+        store = self._for(context)
+        networks = [n for n in await store.list() if selected.matches(_adaptor(n))]
+        return pb.ListNetworksResponse(networks=await self._with_endpoints(store, networks))
+
+    async def Delete(self, request: pb.DeleteNetworkRequest, context: Context) -> Any:
+        await self._for(context).delete(request.ref)
+        return empty_pb2.Empty()
+
+    async def Prune(self, request: pb.PruneNetworksRequest, context: Context) -> Any:
+        selected = filters.parse_all(request.filters)
+        store = self._for(context)
+        used = {e.network for e in await store.endpoints()}
+        deleted = []
+        for n in await store.list():
+            if n.id in used or not selected.matches(_adaptor(n)):
+                continue
+            try:
+                await store.delete(n.id)
+            except FailedPrecondition:
+                continue  # connected meanwhile: in use, as docker's prune leaves it
+            deleted.append(n.name)
+        return pb.PruneNetworksResponse(deleted=deleted)
+
+    async def Connect(self, request: pb.ConnectRequest, context: Context) -> Any:
+        address: IPv4Address | None = None
+        if request.address:
+            address = ipam.parse_address(request.address)
+        endpoint = await self._for(context).attach(
+            request.network, request.container_id, address, aliases=list(request.aliases)
+        )
+        network = await self._for(context).get(endpoint.network)
+        return pb.ConnectResponse(
+            endpoint=endpoint_to_pb(endpoint, network.config.subnet.prefixlen)
+        )
+
+    async def Disconnect(self, request: pb.DisconnectRequest, context: Context) -> Any:
+        await self._for(context).detach(request.network, request.container_id)
+        return empty_pb2.Empty()
