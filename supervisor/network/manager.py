@@ -1,0 +1,425 @@
+"""The data plane of ctrd's bridge networks: stored networks and endpoints made real in the kernel.
+
+`NetworkManager` is what the daemon owns. It joins the three foundations: the durable store
+(`SqliteNetworkStore`, the address leases), netlink (bridges, namespace pins, veths) and ctrd's
+nftables table. Blocking kernel calls run on worker threads (`asyncio.to_thread`); the event loop
+only waits.
+
+Layout on disk (under the daemon's state dir):
+- `netns/<namespace>/<container>`: the pin of a container's network namespace; its path is what
+  the container's OCI spec names (`linux.namespaces` network `path`).
+- `etc/<namespace>/<container>/hosts` and `resolv.conf`: files to bind-mount into the container.
+
+Names derived, never random, so that a retry or a restart finds what an earlier attempt made:
+- bridge: `br-` + 12 hex of the network id (the id itself when it is hex, as docker's `br-<id>`;
+  a hash of it otherwise), 15 bytes;
+- host end of a veth: `netlink.host_ifname("<namespace>/<network id>/<container>")`, `veth` + 7 hex;
+- MAC: `02:` + 5 bytes of a hash of the same key (locally administered, unicast; stable across
+  reconnects so neighbours' ARP caches stay valid).
+
+Ordering kept for crashes: an address lease is recorded before anything is plumbed, and released
+only after the veth is gone, so an address is never configured on two links. The nft table is
+rebuilt whole from the store after every change (and deleted when no network is left).
+
+Host-wide switch: `net.ipv4.ip_forward=1` is set the first time a bridge is ensured, as dockerd
+does; without it nothing routes between a bridge and the uplink (or published ports). It is
+never turned back off (other programs may rely on it by then).
+
+Limit for now: one network per container (netlink names the peer `eth0` and gives it the default
+route); a second `connect` of the same container is refused with FailedPrecondition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from supervisor.errors import FailedPrecondition
+from supervisor.metadata.db import Database
+from supervisor.network import netlink, nft
+from supervisor.network.store import Endpoint, Network, SqliteNetworkStore
+
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+HOST_RESOLV_CONF = Path("/etc/resolv.conf")
+FALLBACK_RESOLVERS = ("8.8.8.8", "8.8.4.4")  # docker's, when the host has only loopback ones
+
+_HEX12 = re.compile(r"^[0-9a-f]{12}")
+_HOST_VETH = re.compile(r"^veth[0-9a-f]{7}$")  # netlink.host_ifname's pattern
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """What a container's spec needs after `connect`: its namespace pin, and the endpoint."""
+
+    netns: Path
+    endpoint: Endpoint
+    network: Network
+
+
+# --- derivations (pure) ---------------------------------------------------------------------
+
+
+def bridge_name(network_id: str) -> str:
+    """`br-` + 12 hex: the id's own first 12 when it is hex (docker's), else a hash of it."""
+    if _HEX12.match(network_id):
+        return "br-" + network_id[:12]
+    return "br-" + hashlib.sha256(network_id.encode()).hexdigest()[:12]
+
+
+def endpoint_key(ns: str, network_id: str, container: str) -> str:
+    return f"{ns}/{network_id}/{container}"
+
+
+def endpoint_mac(key: str) -> str:
+    """A locally administered unicast MAC (`02:` first byte) derived from the endpoint's key."""
+    digest = hashlib.sha256(key.encode()).digest()[:5]
+    return ":".join(f"{b:02x}" for b in (0x02, *digest))
+
+
+def firewall_network(n: Network) -> nft.Network:
+    return nft.Network(
+        name=n.id, bridge=bridge_name(n.id), subnet=n.config.subnet, internal=n.internal
+    )
+
+
+# --- /etc/hosts and resolv.conf (pure renderers) --------------------------------------------
+
+_HOSTS_HEAD = (
+    "127.0.0.1\tlocalhost",
+    "::1\tlocalhost ip6-localhost ip6-loopback",
+    "fe00::0\tip6-localnet",
+    "ff00::0\tip6-mcastprefix",
+    "ff02::1\tip6-allnodes",
+    "ff02::2\tip6-allrouters",
+)
+
+
+def render_hosts(hostname: str, addresses: Iterable[IPv4Address]) -> str:
+    """Docker's container /etc/hosts: localhost lines, then `<address> <hostname>` per endpoint."""
+    lines = [*_HOSTS_HEAD, *(f"{a}\t{hostname}" for a in addresses)]
+    return "\n".join(lines) + "\n"
+
+
+def render_resolv(host_text: str, source: str = str(HOST_RESOLV_CONF)) -> str:
+    """The host's resolv.conf without the resolvers a container cannot reach (docker's rule).
+
+    Loopback nameservers (127.0.0.0/8, ::1: systemd-resolved's stub, a local dnsmasq) answer in
+    the host's namespace only; IPv6 ones are dropped too (containers have no IPv6 here). When no
+    nameserver is left, Google's two are used, as dockerd does. search/options lines are kept.
+    """
+    kept: list[str] = []
+    servers = 0
+    for line in host_text.splitlines():
+        words = line.split()
+        if words[:1] == ["nameserver"] and len(words) > 1:
+            if not _reachable_resolver(words[1]):
+                continue
+            servers += 1
+        kept.append(line)
+    if servers == 0:
+        kept.extend(f"nameserver {s}" for s in FALLBACK_RESOLVERS)
+    return "\n".join([f"# Based on host file: '{source}'", *kept]) + "\n"
+
+
+def _reachable_resolver(text: str) -> bool:
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    return address.version == 4 and not address.is_loopback
+
+
+def write_in_place(path: Path, text: str) -> None:
+    """Rewrite `path` keeping its inode (a bind mount into a running container pins the inode)."""
+    path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as f:
+        f.seek(0)
+        f.truncate()
+        f.write(text)
+
+
+# --- kernel reads the foundations do not offer ----------------------------------------------
+
+
+def _bridge_ports(bridges: set[str]) -> dict[str, str]:
+    """Host links enslaved to one of `bridges`: {link name: bridge name}."""
+    with IPRoute() as ipr:
+        links = list(ipr.get_links())
+        by_index = {int(link["index"]): str(link.get("ifname")) for link in links}
+        ports = {}
+        for link in links:
+            master = link.get("master")
+            if master is not None and by_index.get(int(master)) in bridges:
+                ports[str(link.get("ifname"))] = by_index[int(master)]
+    return ports
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(value)
+
+
+def _ensure_bridge(n: Network, mtu: int) -> None:
+    bridge = bridge_name(n.id)
+    netlink.ensure_bridge(bridge, f"{n.config.gateway}/{n.config.subnet.prefixlen}", mtu)
+    # 127.0.0.1 publishing: DNATed loopback traffic may leave by this bridge (nft's notes)
+    _write_sysctl(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet", "1")
+
+
+def _is_pinned(pin: Path) -> bool:
+    """Whether `pin` is a mount point: a pin's file is a mount over its parent's filesystem."""
+    return pin.is_file() and os.path.ismount(pin)
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """What `reconcile` removed or released, for the daemon's log and for tests."""
+
+    links_removed: tuple[str, ...] = ()
+    pins_removed: tuple[str, ...] = ()
+    endpoints_released: tuple[str, ...] = ()
+
+
+class NetworkManager:
+    """Bridges, endpoints, /etc files and the firewall table for every namespace's networks."""
+
+    def __init__(self, db: Database, state: Path, table: str = nft.DEFAULT_TABLE) -> None:
+        self._db = db
+        self._state = Path(state)
+        self._table = table
+        self._forwarding = False
+        self._lock = asyncio.Lock()  # one kernel change (and nft rebuild) at a time
+
+    # paths
+
+    def pin_path(self, ns: str, container_id: str) -> Path:
+        return self._state / "netns" / ns / container_id
+
+    def etc_dir(self, ns: str, container_id: str) -> Path:
+        return self._state / "etc" / ns / container_id
+
+    def _store(self, ns: str) -> SqliteNetworkStore:
+        return SqliteNetworkStore(self._db, ns)
+
+    # networks
+
+    async def ensure_network(self, ns: str, name: str) -> Network:
+        """The stored network `name` with its bridge up (address, MTU, route_localnet)."""
+        n = await self._store(ns).get(name)
+        await self._ensure(n)
+        return n
+
+    async def _ensure(self, n: Network) -> int:
+        mtu = n.mtu or await asyncio.to_thread(netlink.uplink_mtu)
+        await asyncio.to_thread(_ensure_bridge, n, mtu)
+        if not self._forwarding:
+            await asyncio.to_thread(_write_sysctl, IP_FORWARD, "1")
+            self._forwarding = True
+        return mtu
+
+    async def remove_network(self, ns: str, name: str) -> None:
+        """Delete the stored network (refused while it has endpoints) and its bridge."""
+        async with self._lock:
+            store = self._store(ns)
+            n = await store.get(name)
+            await store.delete(n.id)
+            await asyncio.to_thread(netlink.remove_bridge, bridge_name(n.id))
+            await self._apply_firewall()
+
+    # endpoints
+
+    async def connect(
+        self,
+        ns: str,
+        container_id: str,
+        network: str,
+        static_ip: IPv4Address | None = None,
+        aliases: Sequence[str] = (),
+    ) -> Attachment:
+        """Lease an address, pin the container's namespace, plug a veth into the bridge."""
+        async with self._lock:
+            store = self._store(ns)
+            n = await store.get(network)
+            others = [e for e in await store.endpoints() if e.container == container_id]
+            if others:
+                raise FailedPrecondition(
+                    f'container "{container_id}" is already on a network: one network per '
+                    "container for now"
+                )
+            mtu = await self._ensure(n)
+            key = endpoint_key(ns, n.id, container_id)
+            endpoint = await store.attach(
+                n.id, container_id, static_ip, endpoint_mac(key), tuple(aliases)
+            )
+            pin = self.pin_path(ns, container_id)
+            try:
+                await asyncio.to_thread(netlink.netns_create, pin)
+                await asyncio.to_thread(
+                    netlink.attach_endpoint,
+                    bridge_name(n.id),
+                    pin,
+                    netlink.host_ifname(key),
+                    endpoint.mac,
+                    f"{endpoint.address}/{n.config.subnet.prefixlen}",
+                    str(n.config.gateway),
+                    mtu,
+                )
+            except BaseException:
+                await asyncio.to_thread(netlink.detach_endpoint, netlink.host_ifname(key))
+                await store.detach(n.id, container_id)
+                raise
+            await self._apply_firewall()
+            return Attachment(pin, endpoint, n)
+
+    async def disconnect(self, ns: str, container_id: str, network: str) -> None:
+        """Unplug the container from `network`; the lease goes after the link. The pin stays."""
+        async with self._lock:
+            store = self._store(ns)
+            n = await store.get(network)
+            key = endpoint_key(ns, n.id, container_id)
+            await asyncio.to_thread(netlink.detach_endpoint, netlink.host_ifname(key))
+            await store.detach(n.id, container_id)
+            await self._apply_firewall()
+
+    async def release(self, ns: str, container_id: str) -> None:
+        """Everything the container had: every endpoint, its leases, its pin and /etc files."""
+        async with self._lock:
+            store = self._store(ns)
+            for e in await store.endpoints():
+                if e.container == container_id:
+                    name = netlink.host_ifname(endpoint_key(ns, e.network, container_id))
+                    await asyncio.to_thread(netlink.detach_endpoint, name)
+            await store.release_container(container_id)
+            pin = self.pin_path(ns, container_id)
+            await asyncio.to_thread(netlink.netns_remove, pin)
+            if pin.parent.is_dir() and not any(pin.parent.iterdir()):
+                await asyncio.to_thread(netlink.netns_release_dir, pin.parent)
+            etc = self.etc_dir(ns, container_id)
+            for f in ("hosts", "resolv.conf"):
+                (etc / f).unlink(missing_ok=True)
+            if etc.exists():
+                etc.rmdir()
+            await self._apply_firewall()
+
+    async def hosts_and_resolv(
+        self, ns: str, container_id: str, hostname: str
+    ) -> tuple[Path, Path]:
+        """Write the container's hosts and resolv.conf (in place); their paths, to bind-mount."""
+        addresses = [
+            e.address for e in await self._store(ns).endpoints() if e.container == container_id
+        ]
+        host_text = await asyncio.to_thread(HOST_RESOLV_CONF.read_text, encoding="utf-8")
+        etc = self.etc_dir(ns, container_id)
+        hosts, resolv = etc / "hosts", etc / "resolv.conf"
+        await asyncio.to_thread(write_in_place, hosts, render_hosts(hostname, addresses))
+        await asyncio.to_thread(write_in_place, resolv, render_resolv(host_text))
+        return hosts, resolv
+
+    # firewall
+
+    async def _networks_everywhere(self) -> list[tuple[str, Network]]:
+        def namespaces(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute("SELECT DISTINCT namespace FROM networks ORDER BY namespace")
+            return [str(ns) for (ns,) in rows]
+
+        found: list[tuple[str, Network]] = []
+        for ns in await self._db.read(namespaces):
+            found.extend((ns, n) for n in await self._store(ns).list())
+        return found
+
+    async def _publishes(self) -> tuple[nft.Publish, ...]:
+        """Published ports of every endpoint. Extension point: none are stored yet."""
+        return ()
+
+    async def _apply_firewall(self) -> None:
+        networks = tuple(firewall_network(n) for _, n in await self._networks_everywhere())
+        publishes = await self._publishes()
+        if not networks and not publishes:
+            await asyncio.to_thread(nft.delete, self._table)
+            return
+        ruleset = nft.Ruleset(networks, publishes, self._table)
+        await asyncio.to_thread(nft.apply, ruleset)
+
+    async def apply_firewall(self) -> None:
+        """Rebuild the nft table from the store (after a firewall reload flushed it, say)."""
+        async with self._lock:
+            await self._apply_firewall()
+
+    # restart
+
+    async def reconcile(self) -> ReconcileReport:
+        """At daemon start: make the kernel match the store, removing only what is ctrd's.
+
+        Rules, in order:
+        1. every stored network's bridge is ensured (a reboot removed them);
+        2. an endpoint whose namespace pin is gone (not a mount point) cannot be plugged again:
+           its veth (if any) is deleted and its lease released;
+        3. an endpoint whose pin is there is re-plugged (idempotent: a veth half-made by a crash
+           is finished);
+        4. a host link is deleted only when its name has ctrd's derived shape (`veth` + 7 hex)
+           AND it is a port of a stored network's bridge AND no stored endpoint derives its
+           name: another program's veths, or ports of other bridges, are never touched;
+        5. a pin under `<state>/netns/<ns>/` with no stored endpoint is removed (caveat: a
+           container disconnected from its only network loses its pin on restart);
+        6. the nft table is rebuilt from the store.
+        """
+        async with self._lock:
+            networks = await self._networks_everywhere()
+            by_id = {n.id: (ns, n) for ns, n in networks}
+            mtus = {n.id: await self._ensure(n) for _, n in networks}
+            released: list[str] = []
+            wanted_links: set[str] = set()
+            wanted_pins: set[Path] = set()
+            for ns in sorted({ns for ns, _ in networks}):
+                store = self._store(ns)
+                for e in await store.endpoints():
+                    key = endpoint_key(ns, e.network, e.container)
+                    pin = self.pin_path(ns, e.container)
+                    if not await asyncio.to_thread(_is_pinned, pin):
+                        await asyncio.to_thread(netlink.detach_endpoint, netlink.host_ifname(key))
+                        await store.detach(e.network, e.container)
+                        released.append(key)
+                        continue
+                    n = by_id[e.network][1]
+                    await asyncio.to_thread(
+                        netlink.attach_endpoint,
+                        bridge_name(n.id),
+                        pin,
+                        netlink.host_ifname(key),
+                        e.mac,
+                        f"{e.address}/{n.config.subnet.prefixlen}",
+                        str(n.config.gateway),
+                        mtus[n.id],
+                    )
+                    wanted_links.add(netlink.host_ifname(key))
+                    wanted_pins.add(pin)
+            bridges = {bridge_name(n.id) for _, n in networks}
+            ports = await asyncio.to_thread(_bridge_ports, bridges)
+            stale_links = sorted(
+                name for name in ports if _HOST_VETH.match(name) and name not in wanted_links
+            )
+            for name in stale_links:
+                await asyncio.to_thread(netlink.detach_endpoint, name)
+            stale_pins = [p for p in self._pins() if p not in wanted_pins]
+            for pin in stale_pins:
+                await asyncio.to_thread(netlink.netns_remove, pin)
+            await self._apply_firewall()
+            return ReconcileReport(
+                tuple(stale_links), tuple(str(p) for p in stale_pins), tuple(released)
+            )
+
+    def _pins(self) -> list[Path]:
+        root = self._state / "netns"
+        if not root.is_dir():
+            return []
+        return sorted(p for d in root.iterdir() if d.is_dir() for p in d.iterdir())

@@ -1,0 +1,193 @@
+"""NetworkManager against the real kernel (root): two namespaces on a bridge, then nothing left.
+
+Each test uses a temporary metadata database, a pid-named nft table (`ctrdt<pid>`), a
+10.1xx.yy.0/24 subnet derived from the pid and checked against the host's prefixes, and pins in
+a temporary state dir. `finally` removes the test's table, bridge, veths and pins whatever
+happened; the tests then assert none of them is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from supervisor.metadata.db import Database
+from supervisor.network import netlink, nft
+from supervisor.network.manager import (
+    NetworkManager,
+    bridge_name,
+    endpoint_key,
+    render_hosts,
+    render_resolv,
+)
+from supervisor.network.store import NetworkRequest, SqliteNetworkStore
+
+NS = "default"
+t = asyncio.to_thread  # pyroute2's sync sockets must not run on the event loop's thread
+
+
+def links() -> set[str]:
+    with IPRoute() as ipr:
+        return {str(link.get("ifname")) for link in ipr.get_links()}
+
+
+def mounts_under(directory: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(str(directory))]
+
+
+def foreign_veth_on(bridge: str) -> None:
+    """Another program's veth pair, one end enslaved to `bridge`, named unlike ctrd's."""
+    pid = os.getpid()
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=f"vo{pid}", kind="veth", peer=f"vp{pid}")
+        foreign = ipr.link_lookup(ifname=f"vo{pid}")[0]
+        ipr.link("set", index=foreign, master=ipr.link_lookup(ifname=bridge)[0])
+
+
+def read(path: str) -> str:
+    return Path(path).read_text()
+
+
+def pings(pin: Path, address: str) -> bool:
+    argv = ["nsenter", f"--net={pin}", "/bin/busybox", "ping", "-c", "1", "-W", "2", address]
+    return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
+
+
+def pid_subnet() -> str:
+    pid = os.getpid()
+    subnet = ipaddress.ip_network(f"10.{150 + pid % 50}.{pid // 50 % 256}.0/24")
+    assert not any(subnet.overlaps(p) for p in netlink.host_taken_prefixes())
+    return str(subnet)
+
+
+@asynccontextmanager
+async def lab(tmp_path: Path) -> AsyncIterator[tuple[NetworkManager, SqliteNetworkStore, str]]:
+    pid = os.getpid()
+    table = f"ctrdt{pid}"
+    net_id = f"ctrdtest{pid}"
+    db = await Database.open(tmp_path / "meta.db")
+    manager = NetworkManager(db, tmp_path / "state", table)
+    store = SqliteNetworkStore(db, NS)
+    subnet = await asyncio.to_thread(pid_subnet)
+    await store.create(NetworkRequest(net_id, "front", subnet=subnet))
+    before = await asyncio.to_thread(links)
+    try:
+        yield manager, store, table
+    finally:
+        await asyncio.to_thread(clean_up, before, net_id, table, tmp_path / "state" / "netns" / NS)
+        await db.close()
+
+
+def clean_up(before: set[str], net_id: str, table: str, pins: Path) -> None:
+    for name in links() - before:
+        if name.startswith("veth"):
+            netlink.detach_endpoint(name)
+    netlink.remove_bridge(bridge_name(net_id))
+    nft.delete(table)
+    if pins.is_dir():
+        for pin in pins.iterdir():
+            netlink.netns_remove(pin)
+        netlink.netns_release_dir(pins)
+
+
+def test_render_hosts_lists_localhost_then_own_addresses():
+    text = render_hosts("web", [ipaddress.IPv4Address("10.1.0.2")])
+    lines = text.splitlines()
+    assert lines[0] == "127.0.0.1\tlocalhost"
+    assert lines[-1] == "10.1.0.2\tweb"
+    assert text.endswith("\n")
+
+
+def test_render_resolv_drops_loopback_and_ipv6_resolvers_keeps_search():
+    host = "nameserver 127.0.0.53\nnameserver 1.1.1.1\nnameserver ::1\nsearch example.org\n"
+    text = render_resolv(host)
+    assert "nameserver 1.1.1.1" in text
+    assert "127.0.0.53" not in text
+    assert "::1" not in text
+    assert "search example.org" in text
+    # nothing reachable left: docker's fallback resolvers
+    only_stub = render_resolv("nameserver 127.0.0.53\noptions edns0\n")
+    assert "nameserver 8.8.8.8" in only_stub
+    assert "options edns0" in only_stub
+
+
+def test_connect_pings_between_containers_then_release_leaves_nothing(tmp_path: Path):
+    async def scenario() -> None:
+        async with lab(tmp_path) as (manager, store, table):
+            a = await manager.connect(NS, "ctr-a", "front")
+            b = await manager.connect(NS, "ctr-b", "front", aliases=["bee"])
+            bridge = bridge_name(a.network.id)
+            assert bridge in (await t(links))
+            assert await t(read, f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet") == "1\n"
+            assert await t(read, "/proc/sys/net/ipv4/ip_forward") == "1\n"
+            assert await t(nft.table_exists, table)
+            assert a.netns == tmp_path / "state" / "netns" / NS / "ctr-a"
+            assert await t(pings, a.netns, str(b.endpoint.address))
+            assert await t(pings, b.netns, str(a.endpoint.address))
+            assert await t(pings, a.netns, str(a.network.config.gateway))
+
+            hosts, resolv = await manager.hosts_and_resolv(NS, "ctr-a", "alpha")
+            assert f"{a.endpoint.address}\talpha" in hosts.read_text().splitlines()
+            assert "127.0.0.1\tlocalhost" in hosts.read_text()
+            assert resolv.read_text().startswith("# Based on host file")
+
+            await manager.disconnect(NS, "ctr-b", "front")
+            assert not (await t(pings, a.netns, str(b.endpoint.address)))
+            host_b = netlink.host_ifname(endpoint_key(NS, a.network.id, "ctr-b"))
+            assert host_b not in (await t(links))
+            await manager.release(NS, "ctr-a")
+            await manager.release(NS, "ctr-b")
+            assert await store.endpoints() == []
+            host_a = netlink.host_ifname(endpoint_key(NS, a.network.id, "ctr-a"))
+            assert host_a not in (await t(links))
+            assert not (tmp_path / "state" / "netns" / NS / "ctr-a").exists()
+            assert not hosts.exists()
+            assert mounts_under(tmp_path) == []
+            await manager.remove_network(NS, "front")
+            assert bridge not in (await t(links))
+            assert not (await t(nft.table_exists, table))
+
+    asyncio.run(scenario())
+
+
+def test_reconcile_removes_ctrd_leftovers_and_keeps_live_endpoints(tmp_path: Path):
+    async def scenario() -> None:
+        async with lab(tmp_path) as (manager, store, table):
+            live = await manager.connect(NS, "live", "front")
+            orphan = await manager.connect(NS, "orphan", "front")
+            gone = await manager.connect(NS, "gone", "front")
+            orphan_link = netlink.host_ifname(endpoint_key(NS, live.network.id, "orphan"))
+            # crash 1: the orphan's row vanished, its veth and pin stayed
+            await store.detach("front", "orphan")
+            # crash 2: the gone container's namespace pin vanished, its row and veth stayed
+            await t(netlink.netns_remove, gone.netns)
+            # someone flushed the firewall
+            await t(nft.delete, table)
+            # another program's veth on our bridge with a name ctrd would never derive
+            await t(foreign_veth_on, bridge_name(live.network.id))
+            try:
+                report = await manager.reconcile()
+                assert report.links_removed == (orphan_link,)
+                assert report.pins_removed == (str(orphan.netns),)
+                assert report.endpoints_released == (endpoint_key(NS, live.network.id, "gone"),)
+                assert orphan_link not in (await t(links))
+                assert f"vo{os.getpid()}" in (await t(links))
+                gone_link = netlink.host_ifname(endpoint_key(NS, live.network.id, "gone"))
+                assert gone_link not in (await t(links))
+                assert [e.container for e in await store.endpoints()] == ["live"]
+                assert await t(nft.table_exists, table)
+                assert await t(pings, live.netns, str(live.network.config.gateway))
+            finally:
+                await t(netlink.detach_endpoint, f"vo{os.getpid()}")
+            await manager.release(NS, "live")
+            assert mounts_under(tmp_path) == []
+
+    asyncio.run(scenario())
