@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ctl.stats",
     "ctl.system",
     "ctl.groups",
+    "ctl.networks",
     "ctl.completion",
     "ctl.push",
     "ctl.archive",

@@ -7,6 +7,8 @@ and namespaces are the data plane's.
 from __future__ import annotations
 
 import ipaddress
+import json
+import re
 
 import grpc
 import pytest
@@ -16,6 +18,7 @@ from supervisor.api.containerd.services.namespaces.v1 import namespaces_pb2_grpc
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2_grpc as pb_grpc
 from tests.conftest import ns_metadata
+from tests.integration.test_ctrctl import ctrctl
 
 
 def stub(ctrd):
@@ -131,3 +134,83 @@ def test_namespaces_are_kept_apart_and_one_with_networks_is_not_deleted(ctrd):
     stub(ctrd).Delete(pb.DeleteNetworkRequest(ref="mine"), metadata=ns_metadata("one"))
     namespaces.Delete(nspb.DeleteNamespaceRequest(name="one"))
     assert names(ctrd, "two") == ["mine"]
+
+
+def test_ctrctl_network_commands_speak_dockers_words(ctrd):
+    made = ctrctl(
+        ctrd,
+        "network",
+        "create",
+        "--subnet",
+        "10.234.0.0/24",
+        "--ip-range",
+        "10.234.0.128/25",
+        "--label",
+        "team=a",
+        "-o",
+        "mtu=1400",
+        "--internal",
+        "net1",
+    )
+    assert made.returncode == 0, made.stderr
+    net_id = made.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", net_id), made.stdout
+    assert ctrctl(ctrd, "network", "create", "net2").returncode == 0
+    listed = ctrctl(ctrd, "network", "ls").stdout.splitlines()
+    assert listed[0].split() == ["NETWORK", "ID", "NAME", "DRIVER", "SCOPE"]
+    assert listed[1].split() == [net_id[:12], "net1", "bridge", "local"]
+    assert len(listed) == 3
+    assert ctrctl(ctrd, "network", "ls", "-q", "--filter", "name=t1").stdout == net_id[:12] + "\n"
+    quiet = ctrctl(ctrd, "network", "ls", "-q", "--no-trunc", "-f", "label=team=a")
+    assert quiet.stdout == net_id + "\n"
+    both = ctrctl(ctrd, "network", "ls", "-q", "-f", "name=net1", "-f", "name=net2")
+    assert len(both.stdout.split()) == 2
+    assert ctrctl(ctrd, "network", "ls", "-q", "-f", "id=" + net_id[:5]).stdout.split() == [
+        net_id[:12]
+    ]
+    bad = ctrctl(ctrd, "network", "ls", "-f", "colour=red")
+    assert bad.returncode != 0
+    assert "invalid filter 'colour'" in bad.stderr
+    rows = [
+        json.loads(line)
+        for line in ctrctl(ctrd, "network", "ls", "--format", "json").stdout.splitlines()
+    ]
+    assert [(r["Name"], r["Scope"], r["Internal"]) for r in rows] == [
+        ("net1", "local", "true"),
+        ("net2", "local", "false"),
+    ]
+
+    [shown] = json.loads(ctrctl(ctrd, "network", "inspect", "net1").stdout)
+    assert shown["Name"] == "net1"
+    assert shown["Id"] == net_id
+    assert (shown["Scope"], shown["Driver"], shown["Internal"]) == ("local", "bridge", True)
+    assert shown["IPAM"] == {
+        "Driver": "default",
+        "Options": {},
+        "Config": [
+            {"Subnet": "10.234.0.0/24", "Gateway": "10.234.0.1", "IPRange": "10.234.0.128/25"}
+        ],
+    }
+    assert (shown["Labels"], shown["Options"], shown["Containers"]) == (
+        {"team": "a"},
+        {"mtu": "1400"},
+        {},
+    )
+    assert shown["Created"].endswith("Z")
+
+    overlap = ctrctl(ctrd, "network", "create", "--subnet", "10.234.0.0/16", "net3")
+    assert overlap.returncode != 0
+    assert "overlap" in overlap.stderr
+    missing = ctrctl(ctrd, "network", "inspect", "net1", "nope")
+    assert missing.returncode == 1
+    assert "No such network: nope" in missing.stderr
+    assert [n["Name"] for n in json.loads(missing.stdout)] == ["net1"]
+
+    removed = ctrctl(ctrd, "network", "rm", "net2", "nope")
+    assert (removed.returncode, removed.stdout) == (1, "net2\n")
+    assert "No such network: nope" in removed.stderr
+    declined = ctrctl(ctrd, "network", "prune", input="n\n")
+    assert "net1" not in declined.stdout
+    pruned = ctrctl(ctrd, "network", "prune", "-f")
+    assert pruned.stdout == "Deleted Networks:\nnet1\n"
+    assert ctrctl(ctrd, "network", "ls", "-q").stdout == ""
