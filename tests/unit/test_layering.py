@@ -35,7 +35,7 @@ def test_errors_import_no_grpc():
 
 CLIENT_MODULES = (
     "ctl.commands", "ctl.client", "ctl.images", "ctl.stats", "ctl.system", "ctl.groups",
-    "ctl.completion", "ctl.pull", "ctl.push", "ctl.load", "ctl.save", "ctl.events",
+    "ctl.completion", "ctl.pull", "ctl.push", "ctl.load", "ctl.save", "ctl.events", "ctl.networks",
 )  # fmt: skip
 DAEMON_ONLY = ("supervisor.server", "supervisor.services.", "supervisor.runtime",
                "supervisor.metadata", "supervisor.content", "supervisor.diff", "snapshotter",
