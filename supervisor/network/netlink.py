@@ -7,10 +7,11 @@ converges on the same state: creating what exists is not an error, removing what
 an error.
 
 Invariants kept here:
-- the calling thread never changes network namespace. Work inside a container's namespace goes
-  through an `IPRoute(netns=path)` socket (pyroute2 forks a helper to open it, so one socket per
-  batch of calls); the one `unshare(CLONE_NEWNET)` (in `netns_create`) runs on a short-lived
-  thread of its own that exits with the namespace pinned.
+- the calling thread never changes network namespace. Work inside a container's namespace runs
+  on a short-lived thread that joins it (setns) and opens a plain netlink socket there
+  (`_in_netns`); pyroute2's `IPRoute(netns=path)` is not used: it forks a helper, and a fork of
+  the daemon (gRPC's threads running) died with SIGSEGV. The one `unshare(CLONE_NEWNET)` (in
+  `netns_create`) likewise runs on a thread of its own that exits with the namespace pinned.
 - a namespace pin is a bind mount of an nsfs file onto a file in a directory that is a shared
   mount of itself (iproute2's layout for /run/netns, under ctrd's own state dir), so that an
   unmount reaches copies made in other mount namespaces.
@@ -30,13 +31,15 @@ import ipaddress
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
 
 IFNAMSIZ = 15
 CONTAINER_IFNAME = "eth0"
@@ -207,16 +210,44 @@ def attach_endpoint(
     address = ipaddress.ip_interface(address_cidr)
     nsfd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with IPRoute() as host, IPRoute(netns=os.fspath(netns_path), flags=0) as inside:
+        with IPRoute() as host:
             bridge_index = _require(host, bridge)
-            _ensure_pair(host, inside, nsfd, host_ifname, mac, mtu)
+            _ensure_pair(host, nsfd, host_ifname, mac, mtu)
             index = _require(host, host_ifname)
             host.link("set", index=index, mtu=mtu, master=bridge_index)
             host.brport("set", index=index, mode=_BRPORT_HAIRPIN)
             host.link("set", index=index, state="up")
-            _configure_inside(inside, mac, address, gateway, mtu)
+        _in_netns(nsfd, lambda inside: _configure_inside(inside, mac, address, gateway, mtu))
     finally:
         os.close(nsfd)
+
+
+def _in_netns(nsfd: int, work: Callable[[IPRoute], T]) -> T:
+    """Run `work` with a netlink socket inside the namespace `nsfd`, on a thread of its own.
+
+    The thread joins the namespace (setns) and opens a plain socket there, so no helper
+    process is forked: pyroute2's `IPRoute(netns=...)` forks one, and a fork of a daemon
+    with gRPC's threads running died with SIGSEGV. The thread ends in that namespace.
+    """
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            if _libc.setns(nsfd, _CLONE_NEWNET) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, f"setns: {os.strerror(code)}")
+            with IPRoute() as inside:
+                result.append(work(inside))
+        except BaseException as e:  # handed to the caller's thread
+            failure.append(e)
+
+    worker = threading.Thread(target=run, name="netns-work")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 def detach_endpoint(host_ifname: str) -> None:
@@ -227,18 +258,18 @@ def detach_endpoint(host_ifname: str) -> None:
             _tolerate(errno.ENODEV, ipr.link, "del", index=index)
 
 
-def _ensure_pair(
-    host: IPRoute, inside: IPRoute, nsfd: int, host_ifname: str, mac: str, mtu: int
-) -> None:
+def _ensure_pair(host: IPRoute, nsfd: int, host_ifname: str, mac: str, mtu: int) -> None:
     host_index = _lookup(host, host_ifname)
-    peer_index = _lookup(inside, CONTAINER_IFNAME)
+    peer_index = _in_netns(nsfd, lambda inside: _lookup(inside, CONTAINER_IFNAME))
     if host_index is not None and peer_index is not None:
         return
     # One end without the other belongs to some other attempt: deleting it deletes its pair.
     if host_index is not None:
         _tolerate(errno.ENODEV, host.link, "del", index=host_index)
     if peer_index is not None:
-        _tolerate(errno.ENODEV, inside.link, "del", index=peer_index)
+        _in_netns(
+            nsfd, lambda inside: _tolerate(errno.ENODEV, inside.link, "del", index=peer_index)
+        )
     host.link(
         "add",
         ifname=host_ifname,
