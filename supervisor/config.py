@@ -82,6 +82,11 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    nft_table: str = "ctrd"  # ctrd's nftables table (inet family); tests name their own
+
+
+@dataclass(frozen=True)
 class Config:
     root: str = "/var/lib/ctrd"
     state: str = "/run/ctrd"
@@ -92,6 +97,7 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
 
     def with_overrides(
         self,

@@ -269,6 +269,11 @@ class Daemon:
         def containers(ns: str) -> ContainerStore:
             return ContainerStore(db, ns)
 
+        def network_manager() -> Any:  # built at the first task that asks for a network
+            from supervisor.network.manager import NetworkManager
+
+            return NetworkManager(db, state, config.network.nft_table)
+
         # The services a restart's first calls do not need, built at their first call.
         def namespaces_service() -> Any:
             from supervisor.metadata.namespaces import NamespaceStore
@@ -361,7 +366,7 @@ class Daemon:
             ),
             (
                 tasks_pb2_grpc.add_TasksServicer_to_server,
-                TasksService(tasks, containers, logs),
+                TasksService(tasks, containers, logs, network_manager),
             ),
             (logs_pb2_grpc.add_LogsServicer_to_server, LogsService(logs, tasks.running)),
             (namespaces_pb2_grpc.add_NamespacesServicer_to_server, Deferred(namespaces_service)),

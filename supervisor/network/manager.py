@@ -34,19 +34,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import IPRoute
 
 from supervisor.errors import FailedPrecondition
 from supervisor.metadata.db import Database
 from supervisor.network import netlink, nft
+from supervisor.network.labels import NETWORKS_LABEL, label_networks
 from supervisor.network.store import Endpoint, Network, SqliteNetworkStore
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
@@ -146,6 +149,30 @@ def write_in_place(path: Path, text: str) -> None:
         f.seek(0)
         f.truncate()
         f.write(text)
+
+
+# --- tasks: a label asks for networks (pure) -----------------------------------------------
+
+
+def spec_with_network(
+    spec: dict[str, Any], netns: Path, hosts: Path, resolv: Path
+) -> dict[str, Any]:
+    """`spec` joined to the pinned namespace, with the generated hosts and resolv.conf mounted."""
+    linux = dict(spec.get("linux") or {})
+    namespaces = [n for n in linux.get("namespaces") or [] if n.get("type") != "network"]
+    linux["namespaces"] = [*namespaces, {"type": "network", "path": str(netns)}]
+    generated = {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
+    mounts = [m for m in spec.get("mounts") or [] if m.get("destination") not in generated]
+    for destination, source in generated.items():
+        mounts.append(
+            {
+                "destination": destination,
+                "type": "bind",
+                "source": str(source),
+                "options": ["rbind", "rprivate", "rw"],
+            }
+        )
+    return {**spec, "linux": linux, "mounts": mounts}
 
 
 # --- kernel reads the foundations do not offer ----------------------------------------------
@@ -295,21 +322,44 @@ class NetworkManager:
         """Everything the container had: every endpoint, its leases, its pin and /etc files."""
         async with self._lock:
             store = self._store(ns)
-            for e in await store.endpoints():
-                if e.container == container_id:
-                    name = netlink.host_ifname(endpoint_key(ns, e.network, container_id))
-                    await asyncio.to_thread(netlink.detach_endpoint, name)
+            mine = [e for e in await store.endpoints() if e.container == container_id]
+            pin, etc = self.pin_path(ns, container_id), self.etc_dir(ns, container_id)
+            if not mine and not pin.exists() and not etc.exists():
+                return  # never networked: no kernel call, no firewall rebuild
+            for e in mine:
+                name = netlink.host_ifname(endpoint_key(ns, e.network, container_id))
+                await asyncio.to_thread(netlink.detach_endpoint, name)
             await store.release_container(container_id)
-            pin = self.pin_path(ns, container_id)
             await asyncio.to_thread(netlink.netns_remove, pin)
             if pin.parent.is_dir() and not any(pin.parent.iterdir()):
                 await asyncio.to_thread(netlink.netns_release_dir, pin.parent)
-            etc = self.etc_dir(ns, container_id)
             for f in ("hosts", "resolv.conf"):
                 (etc / f).unlink(missing_ok=True)
             if etc.exists():
                 etc.rmdir()
             await self._apply_firewall()
+
+    async def prepare_task(
+        self, ns: str, container_id: str, labels: Mapping[str, str], spec: bytes
+    ) -> bytes:
+        """The spec a task is created with: unchanged without the networks label; else the
+        container is connected (one network for now), its hosts and resolv.conf written, and
+        the spec names its namespace pin and mounts the two files."""
+        names = label_networks(labels)
+        if not names:
+            return spec
+        if len(names) > 1:
+            raise FailedPrecondition(f"{NETWORKS_LABEL}: one network per container for now")
+        attachment = await self.connect(ns, container_id, names[0])
+        try:
+            parsed = json.loads(spec)
+            hostname = str(parsed.get("hostname") or container_id[:12])
+            hosts, resolv = await self.hosts_and_resolv(ns, container_id, hostname)
+        except BaseException:
+            await self.release(ns, container_id)
+            raise
+        rewritten = spec_with_network(parsed, attachment.netns, hosts, resolv)
+        return json.dumps(rewritten).encode()
 
     async def hosts_and_resolv(
         self, ns: str, container_id: str, hostname: str

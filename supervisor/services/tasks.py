@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
@@ -23,10 +24,14 @@ from supervisor.api.containerd.types import metrics_pb2
 from supervisor.api.containerd.types.task import task_pb2 as types_pb
 from supervisor.events import pack
 from supervisor.metadata.containers import ContainerStore
+from supervisor.network.labels import label_networks
 from supervisor.runtime import shimnames
 from supervisor.runtime.manager import Exit, Task, TaskManager
 from supervisor.services import rpc
 from supervisor.services.logs import Logs
+
+if TYPE_CHECKING:
+    from supervisor.network.manager import NetworkManager
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -69,8 +74,18 @@ def _json_any(packed: any_pb2.Any, what: str) -> Any:
 
 
 class TasksService(pb_grpc.TasksServicer):
-    def __init__(self, manager: TaskManager, containers: Any, logs: Logs | None = None) -> None:
+    def __init__(
+        self,
+        manager: TaskManager,
+        containers: Any,
+        logs: Logs | None = None,
+        networks: Callable[[], NetworkManager] | None = None,
+    ) -> None:
         self._manager = manager
+        # Joins containers labelled ctrd.io/networks to their network; built at first need
+        # (netlink's import costs a restart ~0.15 s).
+        self._network_factory = networks
+        self._networks: NetworkManager | None = None
         self._logs = logs
         self._containers: Any = containers  # Callable[[str], ContainerStore]
         self._criu: str | None = None  # why CRIU cannot checkpoint here ("" if it can)
@@ -130,21 +145,62 @@ class TasksService(pb_grpc.TasksServicer):
             else None,
         )
         mounts = [Mount(m.type, m.source, tuple(m.options)) for m in request.rootfs]
-        task = await self._manager.create(
+        spec = container.spec[1]
+        networks = self._networks_for(container.labels)
+        if networks is not None:
+            spec = await networks.prepare_task(ns, container.id, container.labels, spec)
+        try:
+            task = await self._create(ns, container.id, spec, mounts, request, binary, runtime_root)
+        except BaseException:
+            if networks is not None:
+                await networks.release(ns, container.id)
+            raise
+        return pb.CreateTaskResponse(container_id=task.id, pid=task.pid)
+
+    async def _create(
+        self,
+        ns: str,
+        cid: str,
+        spec: bytes,
+        mounts: list[Mount],
+        request: pb.CreateTaskRequest,
+        binary: str,
+        runtime_root: str,
+    ) -> Task:
+        return await self._manager.create(
             ns,
-            container.id,
-            container.spec[1],
+            cid,
+            spec,
             mounts,
             {
                 "stdin": request.stdin,
-                "stdout": self._log_uri(ns, container.id, request.stdout),
-                "stderr": self._log_uri(ns, container.id, request.stderr),
+                "stdout": self._log_uri(ns, cid, request.stdout),
+                "stderr": self._log_uri(ns, cid, request.stderr),
                 "terminal": request.terminal,
             },
             request.runtime_path or binary,
             runtime_root,
         )
-        return pb.CreateTaskResponse(container_id=task.id, pid=task.pid)
+
+    def _networks_for(self, labels: Mapping[str, str]) -> NetworkManager | None:
+        """The network manager when the container asks for networks; None otherwise."""
+        if self._network_factory is None or not label_networks(labels):
+            return None
+        if self._networks is None:
+            self._networks = self._network_factory()
+        return self._networks
+
+    async def _release_networks(self, ns: str, cid: str) -> None:
+        """A deleted task's endpoints, leases, pin and /etc files, when its container has any."""
+        if self._network_factory is None:
+            return
+        try:
+            container = await self._containers(ns).get(cid)
+        except errors.NotFound:
+            return
+        networks = self._networks_for(container.labels)
+        if networks is not None:
+            await networks.release(ns, cid)
 
     def _log_uri(self, namespace: str, cid: str, uri: str) -> str:
         return self._logs.resolve(namespace, cid, uri) if self._logs is not None else uri
@@ -173,6 +229,7 @@ class TasksService(pb_grpc.TasksServicer):
         if not self._manager.exists(ns, request.container_id):
             await self._no_container(ns, request.container_id)
         result = await self._manager.delete(ns, request.container_id)
+        await self._release_networks(ns, request.container_id)
         return pb.DeleteResponse(  # no id: containerd's names none for a task
             pid=result["pid"],
             exit_status=result["exit_status"],

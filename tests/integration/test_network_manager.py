@@ -191,3 +191,54 @@ def test_reconcile_removes_ctrd_leftovers_and_keeps_live_endpoints(tmp_path: Pat
             assert mounts_under(tmp_path) == []
 
     asyncio.run(scenario())
+
+
+def test_ctr_run_with_the_networks_label_joins_the_network(make_ctrd, busybox_image, tmp_path):
+    """The real ctr: `--label ctrd.io/networks=front` puts the task on the bridge, with its
+    own /etc/hosts; the task's delete releases its veth, pin and lease."""
+    from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
+    from supervisor.api.ctrd.services.networks.v1 import networks_pb2_grpc as pb_grpc
+    from tests.conftest import ns_metadata
+
+    pid = os.getpid()
+    table = f"ctrdr{pid}"
+    config = tmp_path / "ctrd.toml"
+    config.write_text(f'[network]\nnft_table = "{table}"\n')
+    daemon = make_ctrd()
+    daemon.extra_args = ("--config", str(config))
+    daemon.start()
+    subnet = ipaddress.ip_network(f"10.{100 + pid % 50}.{pid // 50 % 256}.0/24")
+    assert not any(subnet.overlaps(p) for p in netlink.host_taken_prefixes())
+    stub = daemon.stub(pb_grpc.NetworksStub)
+    network = stub.Create(
+        pb.CreateNetworkRequest(name="front", subnet=str(subnet)), metadata=ns_metadata()
+    ).network
+    bridge = bridge_name(network.id)
+    fifo = daemon.fifo_dir()
+    try:
+        daemon.ctr("images", "pull", "--plain-http", busybox_image.ref)
+        label = ("--label", "ctrd.io/networks=front")
+        daemon.ctr(
+            "run", "--fifo-dir", fifo, "-d", *label, busybox_image.ref, "c1", "sleep", "1000"
+        )
+        first = str(subnet.network_address + 2)
+        out = daemon.ctr(
+            "run", "--rm", "--fifo-dir", fifo, *label, busybox_image.ref, "c2",
+            "sh", "-c", f"cat /etc/hosts; ping -c 1 -W 2 {first}",
+        )  # fmt: skip
+        assert f"{subnet.network_address + 3}\tc2" in out.stdout.splitlines()
+        assert "1 packets received" in out.stdout
+        assert bridge in links()
+        assert nft.table_exists(table)
+        pin = daemon.state / "netns" / "default" / "c1"
+        assert pin.exists()
+        daemon.ctr("tasks", "kill", "-s", "KILL", "c1")
+        daemon.ctr("tasks", "rm", "-f", "c1")
+        assert not pin.exists()
+        assert netlink.host_ifname(endpoint_key("default", network.id, "c1")) not in links()
+        assert netlink.host_ifname(endpoint_key("default", network.id, "c2")) not in links()
+        daemon.ctr("containers", "rm", "c1")
+    finally:
+        daemon.stop()
+        netlink.remove_bridge(bridge)
+        nft.delete(table)
