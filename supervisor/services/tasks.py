@@ -146,13 +146,19 @@ class TasksService(pb_grpc.TasksServicer):
         )
         mounts = [Mount(m.type, m.source, tuple(m.options)) for m in request.rootfs]
         spec = container.spec[1]
-        networks = self._networks_for(container.labels)
-        if networks is not None:
-            spec = await networks.prepare_task(ns, container.id, container.labels, spec)
+        # A task that exists already keeps its network: the create below refuses in
+        # containerd's words. Only what this call plugged in is released when it fails.
+        networks = None
+        if not self._manager.exists(ns, container.id):
+            networks = self._networks_for(container.labels)
+        prepared = False
         try:
+            if networks is not None:
+                spec = await networks.prepare_task(ns, container.id, container.labels, spec)
+                prepared = True
             task = await self._create(ns, container.id, spec, mounts, request, binary, runtime_root)
         except BaseException:
-            if networks is not None:
+            if networks is not None and prepared:
                 await networks.release(ns, container.id)
             raise
         return pb.CreateTaskResponse(container_id=task.id, pid=task.pid)

@@ -232,6 +232,11 @@ def test_ctr_run_with_the_networks_label_joins_the_network(make_ctrd, busybox_im
         assert nft.table_exists(table)
         pin = daemon.state / "netns" / "default" / "c1"
         assert pin.exists()
+        # a second task for c1 is refused in containerd's words and leaves c1's network alone
+        again = daemon.ctr("tasks", "start", "--fifo-dir", fifo, "c1", check=False)
+        assert "already exists" in again.stderr
+        assert netlink.host_ifname(endpoint_key("default", network.id, "c1")) in links()
+        assert pin.exists()
         daemon.ctr("tasks", "kill", "-s", "KILL", "c1")
         daemon.ctr("tasks", "rm", "-f", "c1")
         assert not pin.exists()
