@@ -18,8 +18,10 @@ import fcntl
 import functools
 import os
 import socket
+import sqlite3
 import stat
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -230,6 +232,29 @@ async def collect_later(parts: Parts, delay: float) -> None:
     await collector.run()
 
 
+async def reconcile_networks(db: Database, manager: Callable[[], Any]) -> None:
+    """At start, before serving: the kernel made to match the stored networks (bridges, stale
+    veths and pins, the nft table; `NetworkManager.reconcile`). Without networks nothing is
+    loaded. A failure is logged and the daemon serves on: containers without networks work."""
+
+    def any_network(conn: sqlite3.Connection) -> bool:
+        return conn.execute("SELECT 1 FROM networks LIMIT 1").fetchone() is not None
+
+    if not await db.read(any_network):
+        return
+    try:
+        report = await manager().reconcile()
+    except Exception:
+        log.exception("network_reconcile_failed")
+        return
+    log.info(
+        "network_reconciled",
+        links_removed=list(report.links_removed),
+        pins_removed=list(report.pins_removed),
+        endpoints_released=list(report.endpoints_released),
+    )
+
+
 @dataclass
 class Daemon:
     config: Config
@@ -269,7 +294,8 @@ class Daemon:
         def containers(ns: str) -> ContainerStore:
             return ContainerStore(db, ns)
 
-        def network_manager() -> Any:  # built at the first task that asks for a network
+        @functools.cache
+        def network_manager() -> Any:  # one, built at the first task that asks for a network
             from supervisor.network.manager import NetworkManager
 
             return NetworkManager(db, state, config.network.nft_table)
@@ -395,6 +421,7 @@ class Daemon:
             os.chown(address, config.grpc.uid, config.grpc.gid)
             await tasks.start()
             await tasks.load()
+            await reconcile_networks(db, network_manager)
             await server.start()
             tasks.serving()
         except BaseException:

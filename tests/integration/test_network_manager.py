@@ -43,12 +43,13 @@ def mounts_under(directory: Path) -> list[str]:
         return [line.split()[4] for line in f if line.split()[4].startswith(str(directory))]
 
 
-def foreign_veth_on(bridge: str) -> None:
-    """Another program's veth pair, one end enslaved to `bridge`, named unlike ctrd's."""
+def foreign_veth_on(bridge: str, name: str = "", peer: str = "") -> None:
+    """A veth pair not made by ctrd (by default named unlike ctrd's), one end on `bridge`."""
     pid = os.getpid()
+    name, peer = name or f"vo{pid}", peer or f"vp{pid}"
     with IPRoute() as ipr:
-        ipr.link("add", ifname=f"vo{pid}", kind="veth", peer=f"vp{pid}")
-        foreign = ipr.link_lookup(ifname=f"vo{pid}")[0]
+        ipr.link("add", ifname=name, kind="veth", peer=peer)
+        foreign = ipr.link_lookup(ifname=name)[0]
         ipr.link("set", index=foreign, master=ipr.link_lookup(ifname=bridge)[0])
 
 
@@ -237,6 +238,17 @@ def test_ctr_run_with_the_networks_label_joins_the_network(make_ctrd, busybox_im
         assert "already exists" in again.stderr
         assert netlink.host_ifname(endpoint_key("default", network.id, "c1")) in links()
         assert pin.exists()
+        # restart: a ctrd-shaped veth nobody claims is removed, the flushed table comes back,
+        # the running c1 keeps its link and pin
+        stale = f"veth{pid:07x}"[-11:]
+        foreign_veth_on(bridge, stale, f"vq{pid}")
+        nft.delete(table)
+        daemon.restart()
+        assert stale not in links()
+        assert nft.table_exists(table)
+        assert netlink.host_ifname(endpoint_key("default", network.id, "c1")) in links()
+        assert pin.exists()
+        assert "network_reconciled" in daemon.log()
         daemon.ctr("tasks", "kill", "-s", "KILL", "c1")
         daemon.ctr("tasks", "rm", "-f", "c1")
         assert not pin.exists()
@@ -245,5 +257,6 @@ def test_ctr_run_with_the_networks_label_joins_the_network(make_ctrd, busybox_im
         daemon.ctr("containers", "rm", "c1")
     finally:
         daemon.stop()
+        netlink.detach_endpoint(f"veth{pid:07x}"[-11:])
         netlink.remove_bridge(bridge)
         nft.delete(table)
