@@ -26,6 +26,7 @@ from supervisor.network.manager import (
     endpoint_key,
     render_hosts,
     render_resolv,
+    spec_with_network,
 )
 from supervisor.network.store import NetworkRequest, SqliteNetworkStore
 
@@ -260,3 +261,28 @@ def test_ctr_run_with_the_networks_label_joins_the_network(make_ctrd, busybox_im
         netlink.detach_endpoint(f"veth{pid:07x}"[-11:])
         netlink.remove_bridge(bridge)
         nft.delete(table)
+
+
+def test_bridge_names_fit_ifnamsiz_and_follow_dockers_for_hex_ids():
+    assert bridge_name("0123456789abcdef" * 4) == "br-0123456789ab"
+    other = bridge_name("front-net")
+    assert len(other) == 15
+    assert other.startswith("br-")
+    assert other != bridge_name("front-net2")
+
+
+def test_spec_with_network_names_the_pin_and_mounts_the_generated_files():
+    spec = {
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]},
+        "mounts": [{"destination": "/proc", "type": "proc"}],
+    }
+    out = spec_with_network(spec, Path("/s/netns/c1"), Path("/s/h"), Path("/s/r"))
+    assert out["linux"]["namespaces"] == [
+        {"type": "pid"},
+        {"type": "network", "path": "/s/netns/c1"},
+    ]
+    by_destination = {m["destination"]: m for m in out["mounts"]}
+    assert by_destination["/etc/hosts"]["source"] == "/s/h"
+    assert by_destination["/etc/resolv.conf"]["source"] == "/s/r"
+    assert "/proc" in by_destination
+    assert spec["linux"]["namespaces"][1] == {"type": "network"}  # the input is not changed
