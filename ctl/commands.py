@@ -45,6 +45,7 @@ STATUS = {
     task_types.STOPPED: "exited",
 }
 LOG_URI = "ctrd-log://"
+EXIT_MISSING_NETWORK = 125  # docker's, for `--network` naming no network
 PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 
 
@@ -104,7 +105,7 @@ def run_options(args: argparse.Namespace) -> oci.RunOptions:
         memory=_memory(args.memory),
         cpus=args.cpus,
         pids_limit=args.pids_limit,
-        network="host" if args.network == "host" else "",
+        network="" if args.network in ("default", "none") else args.network,
         mounts=_mounts(args.volume, args.mount),
         privileged=args.privileged,
         stop_signal=args.stop_signal or "",
@@ -223,7 +224,26 @@ def _pull(client: Client, image: str) -> None:
     pull.run(request, out=sys.stderr)
 
 
+def missing_network(client: Client, network: str) -> bool:
+    """Whether `--network` names a ctrd network that is not there (docker's error said)."""
+    if not oci.is_named_network(network):
+        return False
+    from supervisor.api.ctrd.services.networks.v1 import networks_pb2, networks_pb2_grpc
+
+    stub = networks_pb2_grpc.NetworksStub(client.channel)
+    try:
+        stub.Get(networks_pb2.GetNetworkRequest(ref=network), metadata=client.md)
+    except grpc.RpcError as e:
+        if not (isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.NOT_FOUND):
+            raise
+        print(f"Error response from daemon: network {network} not found", file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_create(client: Client, args: argparse.Namespace) -> int:
+    if missing_network(client, args.network):
+        return EXIT_MISSING_NETWORK
     print(_create(client, args))
     return 0
 
@@ -268,6 +288,8 @@ def _runtime_refused(error: grpc.RpcError) -> bool:
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
     if args.detach and args.rm:
         raise ValueError("--rm cannot be used with -d here: a detached container is kept")
+    if missing_network(client, args.network):
+        return EXIT_MISSING_NETWORK
     cid = _create(client, args)
     try:
         status = _run(client, cid, args)

@@ -147,7 +147,13 @@ def _run_options(command: argparse.ArgumentParser) -> None:
     add("--cpus", type=float)
     add("--pids-limit", type=int)
     add("--read-only", action="store_true")
-    add("--network", "--net", choices=["host", "none", "default"], default="default")
+    add(
+        "--network",
+        "--net",
+        default="default",
+        metavar="NETWORK",
+        help="host, none, default, or the name of a ctrd network (`ctrctl network create`)",
+    )
     add("--privileged", action="store_true")
     add("--runtime", help="runc (default) or crun, or a path")
     add(

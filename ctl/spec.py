@@ -62,6 +62,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from supervisor.network.labels import NETWORKS_LABEL  # a constant: loads no netlink
+
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 OCI_VERSION = "1.0.2-dev"  # runtime-spec's specs.Version as vendored by containerd 1.6
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -106,7 +108,8 @@ DEFAULT_UNIX_DEVICES: tuple[tuple[int, int | None], ...] = (
     (1, 3), (1, 8), (1, 7), (5, 0), (1, 5), (1, 9), (5, 1), (136, None), (5, 2),
 )  # fmt: skip
 HOST_FILES = ("/etc/hosts", "/etc/resolv.conf")  # bind-mounted read-only with host networking
-NETWORKS = ("", "host", "none")
+NETWORKS = ("", "host", "none")  # modes; any other name is a ctrd network (own namespace)
+NETWORK_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")  # docker's network names
 # getDevices skips these directories of /dev, and /dev/console.
 _SKIPPED_DEV_DIRS = frozenset({"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"})
 _MAX_ID = 2**31 - 1  # runc's libcontainer/user: ids go from 0 to MaxInt32
@@ -135,7 +138,8 @@ class RunOptions:
     memory: int | None = None  # bytes
     cpus: float | None = None
     pids_limit: int | None = None
-    network: str = ""  # "" or "none": own network namespace; "host": the host's
+    network: str = ""  # "" or "none": own network namespace; "host": the host's; else a
+    # ctrd network's name: own namespace too, which the daemon swaps for the network's
     mounts: Sequence[Mapping[str, Any]] = ()  # extra OCI mounts, after the default ones
     privileged: bool = False
     annotations: Mapping[str, str] = field(default_factory=dict)
@@ -217,8 +221,8 @@ def encode(spec: Mapping[str, Any]) -> bytes:
 
 
 def _check(options: RunOptions) -> None:
-    if options.network not in NETWORKS:
-        raise ValueError(f"unknown network mode {options.network!r}: use host, none or nothing")
+    if options.network not in NETWORKS and not NETWORK_NAME.fullmatch(options.network):
+        raise ValueError(f"invalid network name {options.network!r}")
     if options.workdir and not options.workdir.startswith("/"):
         raise ValueError(
             f"the working directory '{options.workdir}' is invalid, it needs to be an absolute path"
@@ -341,12 +345,20 @@ def clean_path(path: str) -> str:
 
 def container_labels(image_config: Mapping[str, Any], options: RunOptions) -> dict[str, str]:
     """The labels that keep what `stop` needs: the stop signal (given, the image's, or
-    SIGTERM) and a given stop timeout."""
+    SIGTERM) and a given stop timeout; and the ctrd network `--network` names, which the
+    daemon's Tasks.Create joins (`ctrd.io/networks`)."""
     signal_name = options.stop_signal or _string(image_config, "StopSignal")
     labels = {STOP_SIGNAL_LABEL: signal_name or DEFAULT_STOP_SIGNAL}
     if options.stop_timeout is not None:
         labels[STOP_TIMEOUT_LABEL] = str(options.stop_timeout)
+    if is_named_network(options.network):
+        labels[NETWORKS_LABEL] = options.network
     return labels
+
+
+def is_named_network(network: str) -> bool:
+    """Whether `--network` names a ctrd network rather than a mode (host, none, default)."""
+    return network not in NETWORKS
 
 
 def parse_signal(text: str) -> int:

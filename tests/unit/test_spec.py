@@ -390,9 +390,19 @@ def test_host_network_as_ctr_net_host():
     assert named["process"]["env"] == ["PATH=/bin", "HOSTNAME=x", "LANG=C"]  # the env wins
 
 
-def test_unknown_network_mode_is_refused():
+def test_an_invalid_network_name_is_refused():
     with pytest.raises(ValueError, match="network"):
-        spec(RunOptions(network="bridge"))
+        spec(RunOptions(network="no such/net"))
+
+
+def test_a_named_network_gets_its_own_namespace_and_the_networks_label():
+    from ctl.spec import container_labels
+
+    s = spec(RunOptions(network="front"))
+    assert {"type": "network"} in s["linux"]["namespaces"]
+    assert container_labels(BUSYBOX, RunOptions(network="front"))["ctrd.io/networks"] == "front"
+    for mode in ("", "host", "none"):
+        assert "ctrd.io/networks" not in container_labels(BUSYBOX, RunOptions(network=mode))
 
 
 # --- privileged --------------------------------------------------------------------------
