@@ -372,7 +372,10 @@ class Daemon:
             from supervisor.network.store import SqliteNetworkStore
             from supervisor.services.networks import NetworksService
 
-            return NetworksService(lambda ns: SqliteNetworkStore(db, ns))
+            async def remove(ns: str, ref: str) -> None:  # the record, the bridge, the rules
+                await network_manager().remove_network(ns, ref)
+
+            return NetworksService(lambda ns: SqliteNetworkStore(db, ns), remove=remove)
 
         server = grpc.aio.server(
             options=[

@@ -38,6 +38,7 @@ from supervisor.services.convert import timestamp
 
 Context = grpc.aio.ServicerContext[Any, Any]
 HostTaken = Callable[[], Awaitable[Sequence[IPv4Network]]]
+Remove = Callable[[str, str], Awaitable[None]]  # (namespace, network id or name)
 DRIVERS = frozenset(("bridge",))
 
 
@@ -113,9 +114,17 @@ def request_from_pb(request: pb.CreateNetworkRequest) -> NetworkRequest:
 
 
 class NetworksService(pb_grpc.NetworksServicer):
-    def __init__(self, store: Callable[[str], NetworkStore], host: HostTaken = host_taken) -> None:
+    def __init__(
+        self,
+        store: Callable[[str], NetworkStore],
+        host: HostTaken = host_taken,
+        remove: Remove | None = None,
+    ) -> None:
+        """`remove(ns, ref)` deletes a network from the store and the kernel (its bridge, the
+        firewall's rules: `NetworkManager.remove_network`); without it only the record goes."""
         self._store = store
         self._host = host
+        self._remove = remove or (lambda ns, ref: store(ns).delete(ref))
 
     def _for(self, context: Context) -> NetworkStore:
         return self._store(rpc.namespace(context))
@@ -149,7 +158,7 @@ class NetworksService(pb_grpc.NetworksServicer):
         return pb.ListNetworksResponse(networks=await self._with_endpoints(store, networks))
 
     async def Delete(self, request: pb.DeleteNetworkRequest, context: Context) -> Any:
-        await self._for(context).delete(request.ref)
+        await self._remove(rpc.namespace(context), request.ref)
         return empty_pb2.Empty()
 
     async def Prune(self, request: pb.PruneNetworksRequest, context: Context) -> Any:
@@ -161,7 +170,7 @@ class NetworksService(pb_grpc.NetworksServicer):
             if n.id in used or not selected.matches(_adaptor(n)):
                 continue
             try:
-                await store.delete(n.id)
+                await self._remove(rpc.namespace(context), n.id)
             except FailedPrecondition:
                 continue  # connected meanwhile: in use, as docker's prune leaves it
             deleted.append(n.name)

@@ -55,8 +55,7 @@ def test_run_on_a_named_network_pings_a_peer_and_a_missing_one_is_refused(
         removed = ctrctl(daemon, "network", "rm", "front")
         assert removed.returncode == 0, removed.stderr
         assert "front" not in ctrctl(daemon, "network", "ls").stdout
-        # the bridge outlives `network rm` for now: Networks.Delete drops only the record
-        # (NetworkManager.remove_network, which removes the bridge too, is not wired in yet)
+        assert bridge not in links()  # the record, the bridge and the table's rules go together
     finally:
         daemon.stop()
         if bridge:
