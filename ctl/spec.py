@@ -358,7 +358,7 @@ def container_labels(image_config: Mapping[str, Any], options: RunOptions) -> di
 
 def is_named_network(network: str) -> bool:
     """Whether `--network` names a ctrd network rather than a mode (host, none, default)."""
-    return network not in NETWORKS
+    return network not in (*NETWORKS, "default")
 
 
 def parse_signal(text: str) -> int:

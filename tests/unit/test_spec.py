@@ -26,6 +26,7 @@ from ctl.spec import (
     docker_env,
     encode,
     generate,
+    is_named_network,
     merge_env,
     parse_signal,
     resolve_user,
@@ -477,3 +478,10 @@ def test_bad_signals_are_refused_in_dockers_words(text):
         parse_signal(text)
     with pytest.raises(ValueError, match="Invalid signal"):
         spec(RunOptions(stop_signal=text or "x y"))
+
+
+def test_network_modes_are_not_network_names() -> None:
+    # `default` is ctrctl's own default value for --network: no lookup of a network so named
+    assert [is_named_network(n) for n in ("default", "host", "none", "", "front")] == [
+        False, False, False, False, True,
+    ]  # fmt: skip
