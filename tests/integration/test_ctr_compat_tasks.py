@@ -111,6 +111,9 @@ DELETED = (*EXITED, step("tasks", "delete", "t1"))
 
 PID = (r"(?m)^(t1|\d+) +\d+ +", r"\1 <pid> ")  # tasks ls, tasks ps
 PS = (r"(?m)^\d+ ", "<pid> ")
+# ctr pads its columns to the widest value: the headers' spacing follows the pids' lengths
+LS_HEADER = (r"(?m)^TASK +PID +STATUS *$", "TASK PID STATUS")
+PS_HEADER = (r"(?m)^PID +INFO *$", "PID INFO")
 # Where each daemon keeps a task's bundle (runc's log.json is named when runc cannot run).
 BUNDLE_LOG = (r"open <base>/\S+/log\.json", "open <bundle>/log.json")
 # The values and the time they were taken, and so the columns' widths.
@@ -141,7 +144,7 @@ CASES = (
     Case("kill-bad-signal", ("tasks", "kill", "-s", "NOPE", "t1"), setup=RUNNING),
     # --- tasks ps, pause, resume, metrics, checkpoint, ls
     Case("ps-no-task", ("tasks", "ps", "t1"), setup=CONTAINER),
-    Case("ps-running", ("tasks", "ps", "t1"), setup=RUNNING, masks=(PS,)),
+    Case("ps-running", ("tasks", "ps", "t1"), setup=RUNNING, masks=(PS, PS_HEADER)),
     Case("ps-exited", ("tasks", "ps", "t1"), setup=EXITED),
     Case("pause-no-task", ("tasks", "pause", "t1"), setup=CONTAINER),
     Case("pause-paused", ("tasks", "pause", "t1"), setup=PAUSED,
@@ -160,9 +163,9 @@ CASES = (
     Case("checkpoint-exited", ("tasks", "checkpoint", "t1"), setup=EXITED),
     Case("checkpoint-running", ("tasks", "checkpoint", "t1"), setup=RUNNING,
          known="ctrd has no checkpoint (UNIMPLEMENTED); containerd's runc fails on CRIU"),
-    Case("ls-running", ("tasks", "ls"), setup=RUNNING, masks=(PID,)),
-    Case("ls-paused", ("tasks", "ls"), setup=PAUSED, masks=(PID,)),
-    Case("ls-exited", ("tasks", "ls"), setup=EXITED, masks=(PID,)),
+    Case("ls-running", ("tasks", "ls"), setup=RUNNING, masks=(PID, LS_HEADER)),
+    Case("ls-paused", ("tasks", "ls"), setup=PAUSED, masks=(PID, LS_HEADER)),
+    Case("ls-exited", ("tasks", "ls"), setup=EXITED, masks=(PID, LS_HEADER)),
     Case("ls-none", ("tasks", "ls")),
     # --- tasks exec
     Case("exec-no-task", ("tasks", "exec", "--exec-id", "e1", "t1", "true"), setup=CONTAINER),
