@@ -56,13 +56,19 @@ def not_own(host: Iterable[IPv4Network], own: Iterable[IPv4Network]) -> list[IPv
     return [prefix for prefix in host if prefix not in mine]
 
 
-def endpoint_to_pb(e: Endpoint, prefixlen: int) -> pb.Endpoint:
-    return pb.Endpoint(
+def endpoint_to_pb(e: Endpoint, prefixlen: int, network: Network | None = None) -> pb.Endpoint:
+    """The endpoint as the API shows it; with its network, that network's id, name and gateway."""
+    message = pb.Endpoint(
         container_id=e.container,
         address=f"{e.address}/{prefixlen}",
         mac=e.mac,
         aliases=list(e.aliases),
+        network_id=e.network,
     )
+    if network is not None:
+        message.network_name = network.name
+        message.gateway = str(network.config.gateway)
+    return message
 
 
 def network_to_pb(n: Network, endpoints: Iterable[Endpoint] = ()) -> pb.Network:
@@ -78,7 +84,7 @@ def network_to_pb(n: Network, endpoints: Iterable[Endpoint] = ()) -> pb.Network:
         labels=dict(n.labels),
         options=dict(n.options),
         created_at=timestamp(n.created_at),
-        endpoints=[endpoint_to_pb(e, prefixlen) for e in endpoints],
+        endpoints=[endpoint_to_pb(e, prefixlen, n) for e in endpoints],
         mtu=n.mtu,
     )
 
@@ -185,9 +191,19 @@ class NetworksService(pb_grpc.NetworksServicer):
         )
         network = await self._for(context).get(endpoint.network)
         return pb.ConnectResponse(
-            endpoint=endpoint_to_pb(endpoint, network.config.subnet.prefixlen)
+            endpoint=endpoint_to_pb(endpoint, network.config.subnet.prefixlen, network)
         )
 
     async def Disconnect(self, request: pb.DisconnectRequest, context: Context) -> Any:
         await self._for(context).detach(request.network, request.container_id)
         return empty_pb2.Empty()
+
+    async def ListEndpoints(self, request: pb.ListEndpointsRequest, context: Context) -> Any:
+        store = self._for(context)
+        networks = {n.id: n for n in await store.list()}
+        found = [
+            endpoint_to_pb(e, networks[e.network].config.subnet.prefixlen, networks[e.network])
+            for e in await store.endpoints()
+            if not request.container_id or e.container == request.container_id
+        ]
+        return pb.ListEndpointsResponse(endpoints=found)

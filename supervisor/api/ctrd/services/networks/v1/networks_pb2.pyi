@@ -10,17 +10,37 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PortMapping(_message.Message):
+    __slots__ = ("protocol", "host_ip", "host_port", "container_port")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    HOST_IP_FIELD_NUMBER: _ClassVar[int]
+    HOST_PORT_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_PORT_FIELD_NUMBER: _ClassVar[int]
+    protocol: str
+    host_ip: str
+    host_port: int
+    container_port: int
+    def __init__(self, protocol: _Optional[str] = ..., host_ip: _Optional[str] = ..., host_port: _Optional[int] = ..., container_port: _Optional[int] = ...) -> None: ...
+
 class Endpoint(_message.Message):
-    __slots__ = ("container_id", "address", "mac", "aliases")
+    __slots__ = ("container_id", "address", "mac", "aliases", "ports", "network_id", "network_name", "gateway")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_NAME_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     address: str
     mac: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, container_id: _Optional[str] = ..., address: _Optional[str] = ..., mac: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
+    ports: _containers.RepeatedCompositeFieldContainer[PortMapping]
+    network_id: str
+    network_name: str
+    gateway: str
+    def __init__(self, container_id: _Optional[str] = ..., address: _Optional[str] = ..., mac: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., network_id: _Optional[str] = ..., network_name: _Optional[str] = ..., gateway: _Optional[str] = ...) -> None: ...
 
 class Network(_message.Message):
     __slots__ = ("id", "name", "driver", "subnet", "gateway", "ip_range", "internal", "labels", "options", "created_at", "endpoints", "mtu")
@@ -173,3 +193,15 @@ class DisconnectRequest(_message.Message):
     network: str
     container_id: str
     def __init__(self, network: _Optional[str] = ..., container_id: _Optional[str] = ...) -> None: ...
+
+class ListEndpointsRequest(_message.Message):
+    __slots__ = ("container_id",)
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
+class ListEndpointsResponse(_message.Message):
+    __slots__ = ("endpoints",)
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    def __init__(self, endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...

@@ -70,6 +70,11 @@ class NetworksStub:
                 request_serializer=ctrd_dot_services_dot_networks_dot_v1_dot_networks__pb2.DisconnectRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListEndpoints = channel.unary_unary(
+                '/ctrd.services.networks.v1.Networks/ListEndpoints',
+                request_serializer=ctrd_dot_services_dot_networks_dot_v1_dot_networks__pb2.ListEndpointsRequest.SerializeToString,
+                response_deserializer=ctrd_dot_services_dot_networks_dot_v1_dot_networks__pb2.ListEndpointsResponse.FromString,
+                _registered_method=True)
 
 
 class NetworksServicer:
@@ -126,6 +131,14 @@ class NetworksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEndpoints(self, request, context):
+        """The endpoints of the namespace (of one container when container_id is given), each with
+        its network and its published ports: what `ctrctl port`, `ps` and `inspect` show.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetworksServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +176,11 @@ def add_NetworksServicer_to_server(servicer, server):
                     servicer.Disconnect,
                     request_deserializer=ctrd_dot_services_dot_networks_dot_v1_dot_networks__pb2.DisconnectRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEndpoints,
+                    request_deserializer=ctrd_dot_services_dot_networks_dot_v1_dot_networks__pb2.ListEndpointsRequest.FromString,
+                    response_serializer=ctrd_dot_services_dot_networks_dot_v1_dot_networks__pb2.ListEndpointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +372,33 @@ class Networks:
             '/ctrd.services.networks.v1.Networks/Disconnect',
             ctrd_dot_services_dot_networks_dot_v1_dot_networks__pb2.DisconnectRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ctrd.services.networks.v1.Networks/ListEndpoints',
+            ctrd_dot_services_dot_networks_dot_v1_dot_networks__pb2.ListEndpointsRequest.SerializeToString,
+            ctrd_dot_services_dot_networks_dot_v1_dot_networks__pb2.ListEndpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,
