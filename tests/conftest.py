@@ -8,9 +8,11 @@ stopped by pid at the end of the test, and a test fails if the daemon did not ex
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -36,12 +38,23 @@ def require_binary(name: str) -> str:
 class Ctrd:
     """A ctrd child process and the ways tests talk to it."""
 
+    _tables = itertools.count()
+
     def __init__(self, base: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.base = base
         self.root = base / "root"
         self.state = base / "state"
         self.address = str(base / "ctrd.sock")
         self.log_path = base / "ctrd.log"
+        self.nft_table = ""
+        if "--config" not in extra_args:
+            # ctrctl's containers join the `bridge` network: each daemon writes an nftables
+            # table of its own, never the host's `inet ctrd` (removed again by cleanup)
+            self.nft_table = f"ctrdt{os.getpid()}_{next(self._tables)}"
+            base.mkdir(parents=True, exist_ok=True)
+            config = base / "ctrd-test.toml"
+            config.write_text(f'[network]\nnft_table = "{self.nft_table}"\n')
+            extra_args = ("--config", str(config), *extra_args)
         self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
@@ -124,6 +137,25 @@ class Ctrd:
         for target in reversed(mounted):
             if target.startswith(str(self.state) + "/"):
                 subprocess.run(["umount", "-l", target], capture_output=True)
+        self.remove_networks()
+
+    def remove_networks(self) -> None:
+        """The bridges of the networks this daemon's database holds, and its nftables table
+        (veths went with their namespaces' pins, unmounted above)."""
+        from supervisor.network import netlink, nft
+        from supervisor.network.manager import bridge_name
+
+        db = self.root / "meta.db"
+        if db.exists():
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                try:
+                    ids = [str(i) for (i,) in conn.execute("SELECT id FROM networks")]
+                except sqlite3.Error:
+                    ids = []
+            for network_id in ids:
+                netlink.remove_bridge(bridge_name(network_id))
+        if self.nft_table:
+            nft.delete(self.nft_table)
 
     def fifo_dir(self) -> str:
         """Where ctr makes its stdio FIFOs: ours, never /run/containerd."""

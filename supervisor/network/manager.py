@@ -37,24 +37,29 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
 
-from supervisor.errors import FailedPrecondition
+from supervisor.errors import AlreadyExists, FailedPrecondition, NotFound
 from supervisor.metadata.db import Database
-from supervisor.network import netlink, nft
-from supervisor.network.labels import NETWORKS_LABEL, label_networks
-from supervisor.network.store import Endpoint, Network, SqliteNetworkStore
+from supervisor.network import ipam, netlink, nft
+from supervisor.network.labels import NetworkSettings
+from supervisor.network.store import Endpoint, Network, NetworkRequest, SqliteNetworkStore
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 FALLBACK_RESOLVERS = ("8.8.8.8", "8.8.4.4")  # docker's, when the host has only loopback ones
+
+DEFAULT_NETWORK = "bridge"  # docker's default network, made per namespace on first use
+DEFAULT_LABEL = "ctrd.io/default-network"
+NetnsOf = Callable[[str], Awaitable[Path | None]]  # a container id -> its task's netns path
 
 _HEX12 = re.compile(r"^[0-9a-f]{12}")
 _HOST_VETH = re.compile(r"^veth[0-9a-f]{7}$")  # netlink.host_ifname's pattern
@@ -107,31 +112,65 @@ _HOSTS_HEAD = (
 )
 
 
-def render_hosts(hostname: str, addresses: Iterable[IPv4Address]) -> str:
-    """Docker's container /etc/hosts: localhost lines, then `<address> <hostname>` per endpoint."""
-    lines = [*_HOSTS_HEAD, *(f"{a}\t{hostname}" for a in addresses)]
+def render_hosts(
+    hostname: str, addresses: Iterable[IPv4Address], extra_hosts: Iterable[str] = ()
+) -> str:
+    """Docker's container /etc/hosts: localhost lines, the `--add-host NAME:IP` entries, then
+    `<address> <hostname>` per endpoint."""
+    extra = []
+    for entry in extra_hosts:
+        name, _, address = entry.partition(":")
+        extra.append(f"{address}\t{name}")
+    lines = [*_HOSTS_HEAD, *extra, *(f"{a}\t{hostname}" for a in addresses)]
     return "\n".join(lines) + "\n"
 
 
-def render_resolv(host_text: str, source: str = str(HOST_RESOLV_CONF)) -> str:
-    """The host's resolv.conf without the resolvers a container cannot reach (docker's rule).
+def render_resolv(
+    host_text: str,
+    source: str = str(HOST_RESOLV_CONF),
+    servers: Sequence[str] = (),
+    search: Sequence[str] = (),
+    options: Sequence[str] = (),
+    embedded: str | None = None,
+) -> str:
+    """A container's resolv.conf, by docker's rules.
 
+    With the embedded resolver (`embedded`, its address): that one nameserver, the host's or
+    the given search domains, and the host's or the given options plus `ndots:0`; the resolver
+    forwards to the given servers, or the host's (loopback ones too).
+
+    Without it: the given servers, else the host's without the ones a container cannot reach.
     Loopback nameservers (127.0.0.0/8, ::1: systemd-resolved's stub, a local dnsmasq) answer in
     the host's namespace only; IPv6 ones are dropped too (containers have no IPv6 here). When no
-    nameserver is left, Google's two are used, as dockerd does. search/options lines are kept.
+    nameserver is left, Google's two are used, as dockerd does. search/options lines are kept
+    unless given.
     """
-    kept: list[str] = []
-    servers = 0
+    host_search: list[str] = []
+    host_options: list[str] = []
+    host_servers: list[str] = []
     for line in host_text.splitlines():
         words = line.split()
-        if words[:1] == ["nameserver"] and len(words) > 1:
-            if not _reachable_resolver(words[1]):
-                continue
-            servers += 1
-        kept.append(line)
-    if servers == 0:
-        kept.extend(f"nameserver {s}" for s in FALLBACK_RESOLVERS)
-    return "\n".join([f"# Based on host file: '{source}'", *kept]) + "\n"
+        if words[:1] == ["nameserver"] and len(words) > 1 and _reachable_resolver(words[1]):
+            host_servers.append(words[1])
+        elif words[:1] == ["search"]:
+            host_search = words[1:]
+        elif words[:1] == ["options"]:
+            host_options = words[1:]
+    chosen_search = list(search) or host_search
+    chosen_options = list(options) or host_options
+    if embedded is not None:
+        nameservers = [embedded]
+        if not any(o.startswith("ndots:") for o in chosen_options):
+            chosen_options = [*chosen_options, "ndots:0"]
+    else:
+        nameservers = list(servers) or host_servers or list(FALLBACK_RESOLVERS)
+    lines = [f"# Based on host file: '{source}'"]
+    lines.extend(f"nameserver {server}" for server in nameservers)
+    if chosen_search and chosen_search != ["."]:
+        lines.append("search " + " ".join(chosen_search))
+    if chosen_options:
+        lines.append("options " + " ".join(chosen_options))
+    return "\n".join(lines) + "\n"
 
 
 def _reachable_resolver(text: str) -> bool:
@@ -155,13 +194,14 @@ def write_in_place(path: Path, text: str) -> None:
 
 
 def spec_with_network(
-    spec: dict[str, Any], netns: Path, hosts: Path, resolv: Path
+    spec: dict[str, Any], netns: Path, hosts: Path | None = None, resolv: Path | None = None
 ) -> dict[str, Any]:
     """`spec` joined to the pinned namespace, with the generated hosts and resolv.conf mounted."""
     linux = dict(spec.get("linux") or {})
     namespaces = [n for n in linux.get("namespaces") or [] if n.get("type") != "network"]
     linux["namespaces"] = [*namespaces, {"type": "network", "path": str(netns)}]
-    generated = {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
+    files = {"/etc/hosts": hosts, "/etc/resolv.conf": resolv}
+    generated = {dest: source for dest, source in files.items() if source is not None}
     mounts = [m for m in spec.get("mounts") or [] if m.get("destination") not in generated]
     for destination, source in generated.items():
         mounts.append(
@@ -225,6 +265,7 @@ class NetworkManager:
         self._state = Path(state)
         self._table = table
         self._forwarding = False
+        self._applied: nft.Ruleset | None = None  # the table as last written
         self._lock = asyncio.Lock()  # one kernel change (and nft rebuild) at a time
 
     # paths
@@ -272,16 +313,20 @@ class NetworkManager:
         network: str,
         static_ip: IPv4Address | None = None,
         aliases: Sequence[str] = (),
+        default_route: bool = True,
     ) -> Attachment:
-        """Lease an address, pin the container's namespace, plug a veth into the bridge."""
+        """Lease an address, pin the container's namespace, plug a veth into the bridge.
+
+        A container may be on several networks: each gets the next free `eth<N>`; only the
+        one connected with `default_route` routes the container out. Already on `network`:
+        AlreadyExists, docker's words."""
         async with self._lock:
             store = self._store(ns)
             n = await store.get(network)
-            others = [e for e in await store.endpoints() if e.container == container_id]
-            if others:
-                raise FailedPrecondition(
-                    f'container "{container_id}" is already on a network: one network per '
-                    "container for now"
+            mine = [e for e in await store.endpoints() if e.container == container_id]
+            if any(e.network == n.id for e in mine):
+                raise AlreadyExists(
+                    f"endpoint with name {container_id} already exists in network {n.name}"
                 )
             mtu = await self._ensure(n)
             key = endpoint_key(ns, n.id, container_id)
@@ -300,6 +345,7 @@ class NetworkManager:
                     f"{endpoint.address}/{n.config.subnet.prefixlen}",
                     str(n.config.gateway),
                     mtu,
+                    default_route,
                 )
             except BaseException:
                 await asyncio.to_thread(netlink.detach_endpoint, netlink.host_ifname(key))
@@ -340,39 +386,110 @@ class NetworkManager:
             await self._apply_firewall()
 
     async def prepare_task(
-        self, ns: str, container_id: str, labels: Mapping[str, str], spec: bytes
+        self,
+        ns: str,
+        container_id: str,
+        labels: Mapping[str, str],
+        spec: bytes,
+        netns_of: NetnsOf | None = None,
     ) -> bytes:
-        """The spec a task is created with: unchanged without the networks label; else the
-        container is connected (one network for now), its hosts and resolv.conf written, and
-        the spec names its namespace pin and mounts the two files."""
-        names = label_networks(labels)
-        if not names:
+        """The spec a task is created with, after the plumbing its labels ask for
+        (`supervisor.network.labels`): unchanged without them. On networks: the container is
+        connected to each (the default `bridge` is made on first use), the first giving the
+        default route, its hosts and resolv.conf are written, and the spec names its namespace
+        pin and mounts the two files. Sharing another container's network (`container:`): the
+        spec names that one's namespace and mounts its files. A failure releases what was
+        made."""
+        settings = NetworkSettings.from_labels(labels)
+        parsed = json.loads(spec)
+        if settings.network_container:
+            return json.dumps(
+                await self._shared_spec(ns, parsed, settings.network_container, netns_of)
+            ).encode()
+        if not settings.networks:
             return spec
-        if len(names) > 1:
-            raise FailedPrecondition(f"{NETWORKS_LABEL}: one network per container for now")
-        attachment = await self.connect(ns, container_id, names[0])
+        static_ip = ipam.parse_address(settings.ip) if settings.ip else None
         try:
-            parsed = json.loads(spec)
+            attachment: Attachment | None = None
+            for position, name in enumerate(settings.networks):
+                if name == DEFAULT_NETWORK:
+                    await self.ensure_default_network(ns)
+                joined = await self.connect(
+                    ns,
+                    container_id,
+                    name,
+                    static_ip if position == 0 else None,
+                    settings.aliases,
+                    default_route=position == 0,
+                )
+                attachment = attachment or joined
+            assert attachment is not None
             hostname = str(parsed.get("hostname") or container_id[:12])
-            hosts, resolv = await self.hosts_and_resolv(ns, container_id, hostname)
+            hosts, resolv = await self.hosts_and_resolv(ns, container_id, hostname, settings)
         except BaseException:
             await self.release(ns, container_id)
             raise
         rewritten = spec_with_network(parsed, attachment.netns, hosts, resolv)
         return json.dumps(rewritten).encode()
 
+    async def _shared_spec(
+        self, ns: str, spec: dict[str, Any], other: str, netns_of: NetnsOf | None
+    ) -> dict[str, Any]:
+        """`spec` joined to container `other`'s network namespace: its pin when it is on ctrd
+        networks (with its hosts and resolv.conf), else its running task's namespace."""
+        pin = self.pin_path(ns, other)
+        if await asyncio.to_thread(_is_pinned, pin):
+            etc = self.etc_dir(ns, other)
+            return spec_with_network(spec, pin, etc / "hosts", etc / "resolv.conf")
+        path = await netns_of(other) if netns_of is not None else None
+        if path is None:
+            raise FailedPrecondition(
+                f"cannot join the network of container {other}: it is not running"
+            )
+        return spec_with_network(spec, path)
+
+    async def ensure_default_network(self, ns: str) -> Network:
+        """The namespace's `bridge` network, made with a picked subnet when it is missing."""
+        store = self._store(ns)
+        try:
+            return await store.get(DEFAULT_NETWORK)
+        except NotFound:
+            pass
+        own = [n.config.subnet for _, n in await self._networks_everywhere()]
+        host = await asyncio.to_thread(netlink.host_taken_prefixes)
+        taken = [p for p in host if isinstance(p, IPv4Network) and p not in own]
+        request = NetworkRequest(
+            id=secrets.token_hex(32), name=DEFAULT_NETWORK, labels={DEFAULT_LABEL: "true"}
+        )
+        try:
+            return await store.create(request, taken)
+        except AlreadyExists:
+            return await store.get(DEFAULT_NETWORK)  # made meanwhile by another task
+
     async def hosts_and_resolv(
-        self, ns: str, container_id: str, hostname: str
+        self,
+        ns: str,
+        container_id: str,
+        hostname: str,
+        settings: NetworkSettings | None = None,
     ) -> tuple[Path, Path]:
         """Write the container's hosts and resolv.conf (in place); their paths, to bind-mount."""
+        settings = settings or NetworkSettings()
         addresses = [
             e.address for e in await self._store(ns).endpoints() if e.container == container_id
         ]
         host_text = await asyncio.to_thread(HOST_RESOLV_CONF.read_text, encoding="utf-8")
         etc = self.etc_dir(ns, container_id)
         hosts, resolv = etc / "hosts", etc / "resolv.conf"
-        await asyncio.to_thread(write_in_place, hosts, render_hosts(hostname, addresses))
-        await asyncio.to_thread(write_in_place, resolv, render_resolv(host_text))
+        hosts_text = render_hosts(hostname, addresses, settings.extra_hosts)
+        resolv_text = render_resolv(
+            host_text,
+            servers=settings.dns,
+            search=settings.dns_search,
+            options=settings.dns_options,
+        )
+        await asyncio.to_thread(write_in_place, hosts, hosts_text)
+        await asyncio.to_thread(write_in_place, resolv, resolv_text)
         return hosts, resolv
 
     # firewall
@@ -391,19 +508,25 @@ class NetworkManager:
         """Published ports of every endpoint. Extension point: none are stored yet."""
         return ()
 
-    async def _apply_firewall(self) -> None:
+    async def _apply_firewall(self, force: bool = False) -> None:
+        """Make ctrd's table what the store says; skipped when that is what was last applied
+        (most connects change no rule: rules name bridges and publishes, not endpoints)."""
         networks = tuple(firewall_network(n) for _, n in await self._networks_everywhere())
         publishes = await self._publishes()
+        ruleset = nft.Ruleset(networks, publishes, self._table)
+        if ruleset == self._applied and not force:
+            return
+        self._applied = None
         if not networks and not publishes:
             await asyncio.to_thread(nft.delete, self._table)
-            return
-        ruleset = nft.Ruleset(networks, publishes, self._table)
-        await asyncio.to_thread(nft.apply, ruleset)
+        else:
+            await asyncio.to_thread(nft.apply, ruleset)
+        self._applied = ruleset
 
     async def apply_firewall(self) -> None:
         """Rebuild the nft table from the store (after a firewall reload flushed it, say)."""
         async with self._lock:
-            await self._apply_firewall()
+            await self._apply_firewall(force=True)
 
     # restart
 
@@ -463,7 +586,7 @@ class NetworkManager:
             stale_pins = [p for p in self._pins() if p not in wanted_pins]
             for pin in stale_pins:
                 await asyncio.to_thread(netlink.netns_remove, pin)
-            await self._apply_firewall()
+            await self._apply_firewall(force=True)
             return ReconcileReport(
                 tuple(stale_links), tuple(str(p) for p in stale_pins), tuple(released)
             )

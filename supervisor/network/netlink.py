@@ -198,13 +198,17 @@ def attach_endpoint(
     address_cidr: str,
     gateway: str,
     mtu: int,
-) -> None:
-    """Plug the namespace at `netns_path` into `bridge`: a veth whose peer is its `eth0`.
+    default_route: bool = True,
+) -> str:
+    """Plug the namespace at `netns_path` into `bridge`: a veth whose peer is its `eth<N>`.
 
     The pair is made in one netlink call with the peer created inside the namespace under its
-    final name (no move, no rename). Host end: MTU, enslaved, hairpin on, up. Inside: `lo` up,
-    `eth0` MTU and MAC, the address, up, default route via `gateway`. A half-made endpoint from
-    an earlier attempt is finished or, when its two ends do not match, remade.
+    final name (no move, no rename): the lowest `eth<N>` free there (eth0 for a first network).
+    Inside, the peer is known by its MAC (derived per endpoint by the caller), so a retry finds
+    it whatever its number. Host end: MTU, enslaved, hairpin on, up. Inside: `lo` up, the
+    peer's MTU and MAC, the address, up, and with `default_route` the default route via
+    `gateway` unless the namespace has one already. A half-made endpoint from an earlier
+    attempt is finished or, when its two ends do not match, remade. Returns the peer's name.
     """
     _check_ifname(host_ifname)
     address = ipaddress.ip_interface(address_cidr)
@@ -217,7 +221,8 @@ def attach_endpoint(
             host.link("set", index=index, mtu=mtu, master=bridge_index)
             host.brport("set", index=index, mode=_BRPORT_HAIRPIN)
             host.link("set", index=index, state="up")
-        _in_netns(nsfd, lambda inside: _configure_inside(inside, mac, address, gateway, mtu))
+        route = gateway if default_route else None
+        return _in_netns(nsfd, lambda inside: _configure_inside(inside, mac, address, route, mtu))
     finally:
         os.close(nsfd)
 
@@ -260,7 +265,7 @@ def detach_endpoint(host_ifname: str) -> None:
 
 def _ensure_pair(host: IPRoute, nsfd: int, host_ifname: str, mac: str, mtu: int) -> None:
     host_index = _lookup(host, host_ifname)
-    peer_index = _in_netns(nsfd, lambda inside: _lookup(inside, CONTAINER_IFNAME))
+    peer_index, peer_name = _in_netns(nsfd, lambda inside: _peer(inside, mac))
     if host_index is not None and peer_index is not None:
         return
     # One end without the other belongs to some other attempt: deleting it deletes its pair.
@@ -275,21 +280,37 @@ def _ensure_pair(host: IPRoute, nsfd: int, host_ifname: str, mac: str, mtu: int)
         ifname=host_ifname,
         kind="veth",
         mtu=mtu,
-        peer={"ifname": CONTAINER_IFNAME, "net_ns_fd": nsfd, "mtu": mtu, "address": mac},
+        peer={"ifname": peer_name, "net_ns_fd": nsfd, "mtu": mtu, "address": mac},
     )
+
+
+def _peer(inside: IPRoute, mac: str) -> tuple[int | None, str]:
+    """The link inside with `mac` (index, name); else (None, the lowest free `eth<N>`)."""
+    names = set()
+    for link in inside.get_links():
+        name = str(link.get("ifname"))
+        if str(link.get("address", "")).lower() == mac.lower() and name.startswith("eth"):
+            return int(link["index"]), name
+        names.add(name)
+    number = 0
+    while f"eth{number}" in names:
+        number += 1
+    return None, f"eth{number}"
 
 
 def _configure_inside(
     inside: IPRoute,
     mac: str,
     address: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
-    gateway: str,
+    gateway: str | None,
     mtu: int,
-) -> None:
+) -> str:
     lo = _require(inside, "lo")
     inside.link("set", index=lo, state="up")
-    eth = _require(inside, CONTAINER_IFNAME)
-    inside.link("set", index=eth, mtu=mtu, address=mac)
+    eth, name = _peer(inside, mac)
+    if eth is None:
+        raise OSError(errno.ENODEV, f"no link with MAC {mac} in the namespace")
+    inside.link("set", index=eth, mtu=mtu)
     _tolerate(
         errno.EEXIST,
         inside.addr,
@@ -299,7 +320,9 @@ def _configure_inside(
         prefixlen=address.network.prefixlen,
     )
     inside.link("set", index=eth, state="up")
-    inside.route("replace", dst="default", gateway=gateway, oif=eth)
+    if gateway is not None:  # added, not replaced: a default route already there is kept
+        _tolerate(errno.EEXIST, inside.route, "add", dst="default", gateway=gateway, oif=eth)
+    return name
 
 
 # --- host facts ------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -24,7 +25,7 @@ from supervisor.api.containerd.types import metrics_pb2
 from supervisor.api.containerd.types.task import task_pb2 as types_pb
 from supervisor.events import pack
 from supervisor.metadata.containers import ContainerStore
-from supervisor.network.labels import label_networks
+from supervisor.network.labels import wants_network
 from supervisor.runtime import shimnames
 from supervisor.runtime.manager import Exit, Task, TaskManager
 from supervisor.services import rpc
@@ -154,7 +155,9 @@ class TasksService(pb_grpc.TasksServicer):
         prepared = False
         try:
             if networks is not None:
-                spec = await networks.prepare_task(ns, container.id, container.labels, spec)
+                spec = await networks.prepare_task(
+                    ns, container.id, container.labels, spec, self._netns_of(ns)
+                )
                 prepared = True
             task = await self._create(ns, container.id, spec, mounts, request, binary, runtime_root)
         except BaseException:
@@ -190,11 +193,22 @@ class TasksService(pb_grpc.TasksServicer):
 
     def _networks_for(self, labels: Mapping[str, str]) -> NetworkManager | None:
         """The network manager when the container asks for networks; None otherwise."""
-        if self._network_factory is None or not label_networks(labels):
+        if self._network_factory is None or not wants_network(labels):
             return None
         if self._networks is None:
             self._networks = self._network_factory()
         return self._networks
+
+    def _netns_of(self, ns: str) -> Callable[[str], Awaitable[Path | None]]:
+        """A container id -> its running task's network namespace (`container:` mode)."""
+
+        async def netns_of(cid: str) -> Path | None:
+            if not self._manager.exists(ns, cid):
+                return None
+            pid = self._manager.get(ns, cid).pid
+            return Path(f"/proc/{pid}/ns/net") if pid else None
+
+        return netns_of
 
     async def _release_networks(self, ns: str, cid: str) -> None:
         """A deleted task's endpoints, leases, pin and /etc files, when its container has any."""

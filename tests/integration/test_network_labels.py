@@ -1,0 +1,72 @@
+"""The labels of `supervisor.network.labels` on containers made by the real `ctr`: the same
+plumbing as ctrctl's flags get, with no ctrd client involved."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from supervisor.network import netlink
+from tests.integration.test_ctrctl import ctrctl
+from tests.integration.test_network_manager import links
+from tests.integration.test_tasks import pull, run, wait_for
+
+
+def exec_in(ctrd, container: str, *command: str) -> str:
+    done = ctrd.ctr("tasks", "exec", "--exec-id", f"x{os.urandom(3).hex()}", container, *command)
+    return done.stdout
+
+
+def test_ctr_labels_join_two_networks_share_a_namespace_and_leave_nothing(ctrd, busybox_image):
+    pid = os.getpid()
+    subnet = ipaddress.ip_network(f"10.{150 + pid % 50}.{(pid // 50 + 7) % 256}.0/24")
+    assert not any(subnet.overlaps(p) for p in netlink.host_taken_prefixes())
+    ref = pull(ctrd, busybox_image)
+    assert ctrctl(ctrd, "network", "create", "--subnet", str(subnet), "two").returncode == 0
+    before = links()
+    run(ctrd, "-d",
+        "--label", "ctrd.io/networks=bridge,two",
+        "--label", "ctrd.io/extra-hosts=db:10.1.2.3,cache:10.1.2.4",
+        "--label", "ctrd.io/dns=192.0.2.53", "--label", "ctrd.io/dns-search=example.test",
+        "--label", "ctrd.io/dns-options=timeout:2",
+        ref, "c1", "sleep", "1000")  # fmt: skip
+    addresses = exec_in(ctrd, "c1", "busybox", "ip", "-4", "-o", "addr")
+    names = {line.split()[1] for line in addresses.splitlines()}
+    assert {"lo", "eth0", "eth1"} <= names, addresses
+    [eth1] = [line.split()[3] for line in addresses.splitlines() if line.split()[1] == "eth1"]
+    assert ipaddress.ip_interface(eth1).network == subnet
+    [eth0] = [line.split()[3] for line in addresses.splitlines() if line.split()[1] == "eth0"]
+    bridge_net = ipaddress.ip_interface(eth0).network
+    routes = exec_in(ctrd, "c1", "busybox", "ip", "route")
+    [default] = [line for line in routes.splitlines() if line.startswith("default")]
+    assert default.split()[2] == str(next(bridge_net.hosts())), routes
+    assert "eth0" in default, routes
+    hosts = exec_in(ctrd, "c1", "cat", "/etc/hosts")
+    assert "10.1.2.3\tdb" in hosts, hosts
+    assert "10.1.2.4\tcache" in hosts, hosts
+    resolv = exec_in(ctrd, "c1", "cat", "/etc/resolv.conf")
+    assert "search example.test" in resolv, resolv
+    assert "timeout:2" in resolv, resolv
+
+    # a second container in the first one's namespace: same links, same files
+    run(ctrd, "-d", "--label", "ctrd.io/network-container=c1", ref, "c2", "sleep", "1000")
+    assert exec_in(ctrd, "c2", "busybox", "ip", "-4", "-o", "addr") == addresses
+    assert exec_in(ctrd, "c2", "cat", "/etc/hosts") == hosts
+    grown = links() - before
+    assert len([name for name in grown if name.startswith("veth")]) == 2, grown
+
+    for name in ("c2", "c1"):
+        ctrd.ctr("tasks", "kill", "-s", "KILL", name)
+        wait_for(lambda n=name: ctrd.ctr("tasks", "delete", n, check=False).returncode == 0)
+    left = links() - before
+    assert not [name for name in left if name.startswith("veth")], left
+    assert not list((ctrd.state / "netns" / "default").glob("*"))
+
+
+def test_a_network_container_that_does_not_run_is_refused(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    ctrd.ctr("containers", "create", ref, "idle", "true")
+    done = run(ctrd, "--rm", "--label", "ctrd.io/network-container=idle", ref, "c3", "true",
+               check=False)  # fmt: skip
+    assert done.returncode != 0
+    assert "cannot join the network of container idle: it is not running" in done.stderr
