@@ -369,13 +369,15 @@ class Daemon:
             return PushService(parts.content, parts.images, config.registry)
 
         def networks_service() -> Any:
+            from supervisor.network.live import LiveNetworks
             from supervisor.network.store import SqliteNetworkStore
             from supervisor.services.networks import NetworksService
 
             async def remove(ns: str, ref: str) -> None:  # the record, the bridge, the rules
                 await network_manager().remove_network(ns, ref)
 
-            return NetworksService(lambda ns: SqliteNetworkStore(db, ns), remove=remove)
+            live = LiveNetworks(containers, network_manager, tasks.exists)
+            return NetworksService(lambda ns: SqliteNetworkStore(db, ns), remove=remove, live=live)
 
         server = grpc.aio.server(
             options=[

@@ -50,7 +50,7 @@ from pyroute2 import IPRoute
 from supervisor.errors import AlreadyExists, FailedPrecondition, NotFound
 from supervisor.metadata.db import Database
 from supervisor.network import ipam, netlink, nft
-from supervisor.network.labels import NetworkSettings
+from supervisor.network.labels import NETWORKS_LABEL, NetworkSettings, label_networks
 from supervisor.network.store import Endpoint, Network, NetworkRequest, SqliteNetworkStore
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
@@ -243,6 +243,19 @@ def _ensure_bridge(n: Network, mtu: int) -> None:
     _write_sysctl(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet", "1")
 
 
+def _named_by_containers(conn: sqlite3.Connection, ns: str, n: Network) -> bool:
+    """Whether a container of `ns` asks for network `n` (its `ctrd.io/networks` label)."""
+    rows = conn.execute(
+        "SELECT labels FROM containers WHERE namespace = ? AND labels LIKE ?",
+        (ns, f"%{NETWORKS_LABEL}%"),
+    )
+    for (text,) in rows:
+        names = label_networks(json.loads(text))
+        if n.name in names or n.id in names:
+            return True
+    return False
+
+
 def _is_pinned(pin: Path) -> bool:
     """Whether `pin` is a mount point: a pin's file is a mount over its parent's filesystem."""
     return pin.is_file() and os.path.ismount(pin)
@@ -296,10 +309,17 @@ class NetworkManager:
         return mtu
 
     async def remove_network(self, ns: str, name: str) -> None:
-        """Delete the stored network (refused while it has endpoints) and its bridge."""
+        """Delete the stored network (refused while it has endpoints or a container, running or
+        not, names it) and its bridge."""
         async with self._lock:
             store = self._store(ns)
             n = await store.get(name)
+            if await self._db.read(lambda conn: _named_by_containers(conn, ns, n)):
+                raise FailedPrecondition(  # docker's words; a stopped container counts too
+                    f"error while removing network: network {n.name} id {n.id} "
+                    "has active endpoints",
+                    plain=True,
+                )
             await store.delete(n.id)
             await asyncio.to_thread(netlink.remove_bridge, bridge_name(n.id))
             await self._apply_firewall()
@@ -491,6 +511,40 @@ class NetworkManager:
         await asyncio.to_thread(write_in_place, hosts, hosts_text)
         await asyncio.to_thread(write_in_place, resolv, resolv_text)
         return hosts, resolv
+
+    # live changes of a container's networks (the Networks service's Connect and Disconnect)
+
+    def is_plumbed(self, ns: str, container_id: str) -> bool:
+        """Whether the container's task runs in a namespace ctrd pinned (so it can be changed
+        live); blocking but cheap (a stat and a mountinfo read)."""
+        return _is_pinned(self.pin_path(ns, container_id))
+
+    async def connect_running(
+        self,
+        ns: str,
+        container_id: str,
+        network: str,
+        static_ip: IPv4Address | None,
+        aliases: Sequence[str],
+        hostname: str,
+        settings: NetworkSettings,
+    ) -> Endpoint:
+        """Plug a running container into one more network (no default route: the first
+        network keeps it, as docker's) and rewrite its /etc/hosts."""
+        if network == DEFAULT_NETWORK:
+            await self.ensure_default_network(ns)
+        attachment = await self.connect(
+            ns, container_id, network, static_ip, aliases, default_route=False
+        )
+        await self.hosts_and_resolv(ns, container_id, hostname, settings)
+        return attachment.endpoint
+
+    async def disconnect_running(
+        self, ns: str, container_id: str, network: str, hostname: str, settings: NetworkSettings
+    ) -> None:
+        """Unplug a running container from one network and rewrite its /etc/hosts."""
+        await self.disconnect(ns, container_id, network)
+        await self.hosts_and_resolv(ns, container_id, hostname, settings)
 
     # firewall
 

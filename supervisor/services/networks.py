@@ -11,8 +11,9 @@ the routes of ctrd's own networks' bridges: those subnets are the store's to acc
 bridge left by a network deleted before its bridge was must not keep the subnet from being used
 again.
 
-Connect and Disconnect change the record only (the endpoint's address lease); wiring the
-container in (bridge, veth, nftables) is the data plane's.
+Connect and Disconnect change the container's `ctrd.io/networks` label and, when its task runs
+on ctrd networks, its plumbing (`supervisor.network.live`); without that wired in (unit tests)
+they change the record only (the endpoint's address lease).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import secrets
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import empty_pb2
@@ -40,6 +41,22 @@ Context = grpc.aio.ServicerContext[Any, Any]
 HostTaken = Callable[[], Awaitable[Sequence[IPv4Network]]]
 Remove = Callable[[str, str], Awaitable[None]]  # (namespace, network id or name)
 DRIVERS = frozenset(("bridge",))
+
+
+class LiveNetworks(Protocol):
+    """Connect and Disconnect of a container (`supervisor.network.live`): its labels changed,
+    and a running one's plumbing too."""
+
+    async def connect(
+        self,
+        ns: str,
+        container_id: str,
+        network: Network,
+        address: IPv4Address | None,
+        aliases: Sequence[str],
+    ) -> Endpoint: ...
+
+    async def disconnect(self, ns: str, container_id: str, network: Network) -> None: ...
 
 
 async def host_taken() -> list[IPv4Network]:
@@ -125,12 +142,14 @@ class NetworksService(pb_grpc.NetworksServicer):
         store: Callable[[str], NetworkStore],
         host: HostTaken = host_taken,
         remove: Remove | None = None,
+        live: LiveNetworks | None = None,
     ) -> None:
         """`remove(ns, ref)` deletes a network from the store and the kernel (its bridge, the
         firewall's rules: `NetworkManager.remove_network`); without it only the record goes."""
         self._store = store
         self._host = host
         self._remove = remove or (lambda ns, ref: store(ns).delete(ref))
+        self._live = live
 
     def _for(self, context: Context) -> NetworkStore:
         return self._store(rpc.namespace(context))
@@ -183,19 +202,32 @@ class NetworksService(pb_grpc.NetworksServicer):
         return pb.PruneNetworksResponse(deleted=deleted)
 
     async def Connect(self, request: pb.ConnectRequest, context: Context) -> Any:
+        ns = rpc.namespace(context)
         address: IPv4Address | None = None
         if request.address:
             address = ipam.parse_address(request.address)
-        endpoint = await self._for(context).attach(
-            request.network, request.container_id, address, aliases=list(request.aliases)
-        )
-        network = await self._for(context).get(endpoint.network)
+        store = self._for(context)
+        network = await store.get(request.network)
+        if self._live is None:  # the record only (no data plane wired: unit tests)
+            endpoint = await store.attach(
+                network.id, request.container_id, address, aliases=list(request.aliases)
+            )
+        else:
+            endpoint = await self._live.connect(
+                ns, request.container_id, network, address, list(request.aliases)
+            )
         return pb.ConnectResponse(
             endpoint=endpoint_to_pb(endpoint, network.config.subnet.prefixlen, network)
         )
 
     async def Disconnect(self, request: pb.DisconnectRequest, context: Context) -> Any:
-        await self._for(context).detach(request.network, request.container_id)
+        ns = rpc.namespace(context)
+        store = self._for(context)
+        if self._live is None:
+            await store.detach(request.network, request.container_id)
+        else:
+            network = await store.get(request.network)
+            await self._live.disconnect(ns, request.container_id, network)
         return empty_pb2.Empty()
 
     async def ListEndpoints(self, request: pb.ListEndpointsRequest, context: Context) -> Any:

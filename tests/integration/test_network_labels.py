@@ -4,6 +4,7 @@ plumbing as ctrctl's flags get, with no ctrd client involved."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 
 from supervisor.network import netlink
@@ -70,3 +71,38 @@ def test_a_network_container_that_does_not_run_is_refused(ctrd, busybox_image):
                check=False)  # fmt: skip
     assert done.returncode != 0
     assert "cannot join the network of container idle: it is not running" in done.stderr
+
+
+def test_connect_and_disconnect_change_a_running_container_at_once(ctrd, busybox_image):
+    from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
+    from supervisor.api.ctrd.services.networks.v1 import networks_pb2_grpc as pb_grpc
+    from tests.conftest import ns_metadata
+
+    pid = os.getpid()
+    subnet = ipaddress.ip_network(f"10.{150 + pid % 50}.{(pid // 50 + 9) % 256}.0/24")
+    ref = pull(ctrd, busybox_image)
+    assert ctrctl(ctrd, "network", "create", "--subnet", str(subnet), "late").returncode == 0
+    run(ctrd, "-d", "--label", "ctrd.io/networks=bridge", ref, "c4", "sleep", "1000")
+    stub = ctrd.stub(pb_grpc.NetworksStub)
+    endpoint = stub.Connect(
+        pb.ConnectRequest(network="late", container_id="c4", aliases=["db"]),
+        metadata=ns_metadata(),
+    ).endpoint
+    assert ipaddress.ip_interface(endpoint.address).network == subnet
+    addresses = exec_in(ctrd, "c4", "busybox", "ip", "-4", "-o", "addr")
+    assert endpoint.address in addresses, addresses
+    hosts = exec_in(ctrd, "c4", "cat", "/etc/hosts")
+    assert f"{endpoint.address.split('/')[0]}\tc4" in hosts, hosts
+    routes = exec_in(ctrd, "c4", "busybox", "ip", "route")
+    assert "eth1" not in next(line for line in routes.splitlines() if "default" in line)
+    listed = stub.ListEndpoints(pb.ListEndpointsRequest(container_id="c4"), metadata=ns_metadata())
+    assert sorted(e.network_name for e in listed.endpoints) == ["bridge", "late"]
+
+    stub.Disconnect(pb.DisconnectRequest(network="late", container_id="c4"), metadata=ns_metadata())
+    addresses = exec_in(ctrd, "c4", "busybox", "ip", "-4", "-o", "addr")
+    assert endpoint.address not in addresses, addresses
+    assert endpoint.address.split("/")[0] not in exec_in(ctrd, "c4", "cat", "/etc/hosts")
+    info = json.loads(ctrd.ctr("containers", "info", "c4").stdout)
+    assert info["Labels"]["ctrd.io/networks"] == "bridge"
+    ctrd.ctr("tasks", "kill", "-s", "KILL", "c4")
+    wait_for(lambda: ctrd.ctr("tasks", "delete", "c4", check=False).returncode == 0)

@@ -101,7 +101,7 @@ def test_bad_creates_are_refused_with_their_codes_and_leave_nothing(ctrd):
     assert create(ctrd, "fourth", subnet="10.233.0.0/24").subnet == "10.233.0.0/24"
 
 
-def test_list_filters_delete_and_prune(ctrd):
+def test_list_filters_delete_and_prune(ctrd, busybox_image):
     create(ctrd, "red", labels={"team": "a"}, internal=True)
     create(ctrd, "blue", labels={"team": "b"})
     create(ctrd, "green")
@@ -113,25 +113,42 @@ def test_list_filters_delete_and_prune(ctrd):
     assert missing[0] == grpc.StatusCode.NOT_FOUND, missing
     stub(ctrd).Delete(pb.DeleteNetworkRequest(ref="green"), metadata=ns_metadata())
     assert names(ctrd) == ["blue", "red"]
+    absent = code_of(
+        lambda: stub(ctrd).Connect(
+            pb.ConnectRequest(network="red", container_id="box"), metadata=ns_metadata()
+        )
+    )
+    assert absent[0] == grpc.StatusCode.NOT_FOUND, absent  # no such container
+    ctrd.ctr("images", "pull", "--plain-http", busybox_image.ref)
+    ctrd.ctr("containers", "create", busybox_image.ref, "box", "true")
     connected = (
         stub(ctrd)
         .Connect(pb.ConnectRequest(network="red", container_id="box"), metadata=ns_metadata())
         .endpoint
     )
-    assert connected.container_id == "box"
-    assert connected.address.endswith("/16")
+    # a stopped container is connected by its label: its address comes when it starts
+    assert (connected.container_id, connected.network_name) == ("box", "red")
+    assert connected.address.startswith("0.0.0.0/")
+    info = json.loads(ctrd.ctr("containers", "info", "box").stdout)
+    assert info["Labels"]["ctrd.io/networks"] == "red"
+    again = code_of(
+        lambda: stub(ctrd).Connect(
+            pb.ConnectRequest(network="red", container_id="box"), metadata=ns_metadata()
+        )
+    )
+    assert again[0] == grpc.StatusCode.ALREADY_EXISTS, again
     in_use = code_of(
         lambda: stub(ctrd).Delete(pb.DeleteNetworkRequest(ref="red"), metadata=ns_metadata())
     )
     assert in_use[0] == grpc.StatusCode.FAILED_PRECONDITION, in_use
-    got = stub(ctrd).Get(pb.GetNetworkRequest(ref="red"), metadata=ns_metadata()).network
-    assert [e.container_id for e in got.endpoints] == ["box"]
     pruned = stub(ctrd).Prune(pb.PruneNetworksRequest(), metadata=ns_metadata())
     assert list(pruned.deleted) == ["blue"]
     assert names(ctrd) == ["red"]
     stub(ctrd).Disconnect(
         pb.DisconnectRequest(network="red", container_id="box"), metadata=ns_metadata()
     )
+    info = json.loads(ctrd.ctr("containers", "info", "box").stdout)
+    assert "ctrd.io/networks" not in info["Labels"]
     assert list(stub(ctrd).Prune(pb.PruneNetworksRequest(), metadata=ns_metadata()).deleted) == [
         "red"
     ]
