@@ -141,6 +141,24 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX endpoints_by_container ON endpoints (namespace, container);
     """,
+    # 6: published ports, one row per host port an endpoint holds (`supervisor.network.ports`):
+    # the actual host port (never 0), host_ip '' for every address. A row lives exactly as long
+    # as its endpoint: the store deletes them together, in one transaction.
+    """
+    CREATE TABLE ports (
+        namespace TEXT NOT NULL,
+        network TEXT NOT NULL,
+        container TEXT NOT NULL,
+        proto TEXT NOT NULL CHECK (proto IN ('tcp', 'udp')),
+        host_ip TEXT NOT NULL DEFAULT '',
+        host_port INTEGER NOT NULL CHECK (host_port BETWEEN 1 AND 65535),
+        container_port INTEGER NOT NULL CHECK (container_port BETWEEN 1 AND 65535),
+        PRIMARY KEY (namespace, network, container, proto, host_ip, host_port),
+        FOREIGN KEY (namespace, network, container)
+            REFERENCES endpoints(namespace, network, container)
+    ) WITHOUT ROWID;
+    CREATE INDEX ports_by_container ON ports (namespace, container);
+    """,
 )
 
 # The objects whose presence keeps a namespace from being deleted, as (table, what to call them

@@ -10,6 +10,12 @@ leaves either all of that or none of it: no address is ever handed out twice or 
 Subnets never overlap across namespaces (they share the host's routing table); names are unique
 per namespace, ids everywhere. A network with endpoints is not deleted, and a namespace with
 networks is not either (`NAMESPACE_CONTENTS`).
+
+An endpoint's published ports are rows of their own (`set_ports`), each the actual host port the
+daemon holds (`supervisor.network.ports.PortReservations`); they go with their endpoint, in the
+same transaction as its address (`detach`, `release_container`). `all_ports` reads every
+namespace's, with the endpoints' addresses: what the firewall's DNAT rules are rebuilt from and
+what a restarted daemon binds again.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from supervisor.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from supervisor.metadata.db import Database
 from supervisor.metadata.namespaces import ensure
 from supervisor.network import ipam
+from supervisor.network.ports import MAX_PORT, MIN_PORT, PortBinding
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,17 @@ class Endpoint:
     aliases: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class PublishedPort:
+    """A host port published for an endpoint, with the endpoint's address (the DNAT target)."""
+
+    namespace: str
+    network: str  # the network's id
+    container: str
+    address: IPv4Address
+    binding: PortBinding
+
+
 class NetworkStore(Protocol):
     """The networks of one namespace and the addresses of their endpoints."""
 
@@ -98,14 +116,26 @@ class NetworkStore(Protocol):
         ...
 
     async def detach(self, network: str, container: str) -> Endpoint:
-        """Release the container's endpoint on `network` and with it its address."""
+        """Release the container's endpoint on `network`, its address and its ports."""
         ...
 
     async def release_container(self, container: str) -> builtins.list[Endpoint]:
-        """Release every endpoint of a container being deleted; returns what was released."""
+        """Release every endpoint (and port) of a container being deleted; returns what was
+        released."""
         ...
 
     async def endpoints(self, network: str | None = None) -> builtins.list[Endpoint]: ...
+
+    async def set_ports(
+        self, network: str, container: str, bindings: Sequence[PortBinding]
+    ) -> None:
+        """Record `bindings` as the published ports of the container's endpoint on `network`
+        (id or name), replacing the ones it had, in one transaction."""
+        ...
+
+    async def ports(self, container: str | None = None) -> builtins.list[PublishedPort]:
+        """The namespace's published ports (one container's when given)."""
+        ...
 
 
 _NETWORK_COLUMNS = (
@@ -327,10 +357,11 @@ class SqliteNetworkStore:
             found = self._endpoints(conn, " AND network = ? AND container = ?", (n.id, container))
             if not found:
                 raise NotFound(f'endpoint of container "{container}" on network {n.name}')
-            conn.execute(
-                "DELETE FROM endpoints WHERE namespace = ? AND network = ? AND container = ?",
-                (self._ns, n.id, container),
-            )
+            for table in ("ports", "endpoints"):  # ports first: they reference the endpoint
+                conn.execute(
+                    f"DELETE FROM {table} WHERE namespace = ? AND network = ? AND container = ?",
+                    (self._ns, n.id, container),
+                )
             return found[0]
 
         return await self._db.write(detach)
@@ -338,10 +369,11 @@ class SqliteNetworkStore:
     async def release_container(self, container: str) -> builtins.list[Endpoint]:
         def release(conn: sqlite3.Connection) -> builtins.list[Endpoint]:
             found = self._endpoints(conn, " AND container = ?", (container,))
-            conn.execute(
-                "DELETE FROM endpoints WHERE namespace = ? AND container = ?",
-                (self._ns, container),
-            )
+            for table in ("ports", "endpoints"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE namespace = ? AND container = ?",
+                    (self._ns, container),
+                )
             return found
 
         return await self._db.write(release)
@@ -353,3 +385,83 @@ class SqliteNetworkStore:
             return self._endpoints(conn, " AND network = ?", (self._find(conn, network).id,))
 
         return await self._db.read(endpoints)
+
+    async def set_ports(
+        self, network: str, container: str, bindings: Sequence[PortBinding]
+    ) -> None:
+        _check_bindings(bindings)
+
+        def set_ports(conn: sqlite3.Connection) -> None:
+            n = self._find(conn, network)
+            if not self._endpoints(conn, " AND network = ? AND container = ?", (n.id, container)):
+                raise NotFound(f'endpoint of container "{container}" on network {n.name}')
+            conn.execute(
+                "DELETE FROM ports WHERE namespace = ? AND network = ? AND container = ?",
+                (self._ns, n.id, container),
+            )
+            for binding in bindings:
+                conn.execute(
+                    f"INSERT INTO ports ({_PORT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    _port_row(self._ns, n.id, container, binding),
+                )
+
+        await self._db.write(set_ports)
+
+    async def ports(self, container: str | None = None) -> builtins.list[PublishedPort]:
+        def ports(conn: sqlite3.Connection) -> builtins.list[PublishedPort]:
+            if container is None:
+                return _published(conn, "p.namespace = ?", (self._ns,))
+            return _published(conn, "p.namespace = ? AND p.container = ?", (self._ns, container))
+
+        return await self._db.read(ports)
+
+
+async def all_ports(db: Database) -> list[PublishedPort]:
+    """Every namespace's published ports with their endpoints' addresses (the whole host's)."""
+    return await db.read(lambda conn: _published(conn, "1", ()))
+
+
+_PORT_COLUMNS = "namespace, network, container, proto, host_ip, host_port, container_port"
+
+
+def _check_bindings(bindings: Sequence[PortBinding]) -> None:
+    """Refuse what the table's constraints would, in words: only actual, distinct host ports."""
+    seen: set[tuple[str, str, int]] = set()
+    for b in bindings:
+        if b.proto not in ("tcp", "udp"):
+            raise InvalidArgument(f"invalid protocol {b.proto!r} of a published port")
+        for port in (b.host_port, b.container_port):
+            if not MIN_PORT <= port <= MAX_PORT:
+                raise InvalidArgument(f"invalid port {port}: it should be within 1-65535")
+        key = (b.proto, str(b.host_ip or ""), b.host_port)
+        if key in seen:
+            raise InvalidArgument(f"host port {b.host_port}/{b.proto} published twice")
+        seen.add(key)
+
+
+def _port_row(
+    ns: str, network: str, container: str, b: PortBinding
+) -> tuple[str, str, str, str, str, int, int]:
+    return ns, network, container, b.proto, str(b.host_ip or ""), b.host_port, b.container_port
+
+
+def _published(conn: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[PublishedPort]:
+    rows = conn.execute(
+        "SELECT p.namespace, p.network, p.container, e.address, "
+        "p.proto, p.host_ip, p.host_port, p.container_port "
+        "FROM ports p JOIN endpoints e USING (namespace, network, container) "
+        f"WHERE {where} "
+        "ORDER BY p.namespace, p.network, p.container, p.container_port, p.proto, "
+        "p.host_ip, p.host_port",
+        args,
+    )
+    return [
+        PublishedPort(
+            ns,
+            network,
+            container,
+            IPv4Address(address),
+            PortBinding(proto, IPv4Address(host_ip) if host_ip else None, host_port, cport),
+        )
+        for ns, network, container, address, proto, host_ip, host_port, cport in rows
+    ]

@@ -10,10 +10,18 @@ from pathlib import Path
 import pytest
 
 from supervisor.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from supervisor.metadata import db as db_mod
+from supervisor.metadata import schema
 from supervisor.metadata.db import Database
 from supervisor.metadata.namespaces import NamespaceStore
 from supervisor.network import store as store_mod
-from supervisor.network.store import NetworkRequest, NetworkStore, SqliteNetworkStore
+from supervisor.network.ports import PortBinding
+from supervisor.network.store import (
+    NetworkRequest,
+    NetworkStore,
+    PublishedPort,
+    SqliteNetworkStore,
+)
 
 addr = IPv4Address
 
@@ -217,6 +225,200 @@ def test_a_network_with_endpoints_or_a_namespace_with_networks_is_not_deleted(tm
             with pytest.raises(NotFound):
                 await store.get("net")
             await NamespaceStore(db).delete("ns1")
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+# --- published ports ---------------------------------------------------------------------------
+
+
+def tcp(host_port: int, container_port: int, host_ip: str | None = None) -> PortBinding:
+    return PortBinding("tcp", addr(host_ip) if host_ip else None, host_port, container_port)
+
+
+def udp(host_port: int, container_port: int, host_ip: str | None = None) -> PortBinding:
+    return PortBinding("udp", addr(host_ip) if host_ip else None, host_port, container_port)
+
+
+async def two_networks(store: NetworkStore) -> None:
+    await store.create(NetworkRequest("n1", "one", subnet="10.1.0.0/24"))
+    await store.create(NetworkRequest("n2", "two", subnet="10.2.0.0/24"))
+    await store.attach("one", "a")  # 10.1.0.2
+    await store.attach("two", "a")  # 10.2.0.2
+    await store.attach("one", "b")  # 10.1.0.3
+
+
+def test_set_ports_records_an_endpoint_s_ports_and_replaces_them(tmp_path: Path):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        try:
+            await two_networks(store)
+            await store.set_ports("one", "a", [tcp(8080, 80), udp(5353, 53, "127.0.0.1")])
+            await store.set_ports("n1", "b", [tcp(8081, 80)])
+            assert await store.ports("a") == [
+                PublishedPort("default", "n1", "a", addr("10.1.0.2"), udp(5353, 53, "127.0.0.1")),
+                PublishedPort("default", "n1", "a", addr("10.1.0.2"), tcp(8080, 80)),
+            ]
+            # replaced, not added to; by name or id
+            await store.set_ports("n1", "a", [tcp(9090, 90)])
+            await store.set_ports("two", "a", [tcp(9091, 90)])
+            assert [(p.network, p.binding) for p in await store.ports("a")] == [
+                ("n1", tcp(9090, 90)),
+                ("n2", tcp(9091, 90)),
+            ]
+            assert [p.container for p in await store.ports()] == ["a", "b", "a"]
+            await store.set_ports("one", "a", [])
+            assert [p.network for p in await store.ports("a")] == ["n2"]
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_set_ports_refuses_a_missing_endpoint_and_bad_bindings_and_keeps_the_old_rows(
+    tmp_path: Path,
+):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        try:
+            await two_networks(store)
+            await store.set_ports("one", "a", [tcp(8080, 80)])
+            with pytest.raises(NotFound, match='endpoint of container "b" on network two'):
+                await store.set_ports("two", "b", [tcp(8081, 80)])
+            with pytest.raises(NotFound):
+                await store.set_ports("three", "a", [tcp(8081, 80)])
+            with pytest.raises(InvalidArgument, match="invalid port 0"):
+                await store.set_ports("one", "a", [tcp(0, 80)])  # the actual port, never 0
+            with pytest.raises(InvalidArgument, match="published twice"):
+                await store.set_ports("one", "a", [tcp(8082, 80), tcp(8082, 81)])
+            assert [p.binding for p in await store.ports()] == [tcp(8080, 80)]
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_detach_and_release_container_take_the_endpoint_s_ports_with_it(tmp_path: Path):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        try:
+            await two_networks(store)
+            await store.set_ports("one", "a", [tcp(8080, 80)])
+            await store.set_ports("two", "a", [udp(8080, 80)])
+            await store.set_ports("one", "b", [tcp(8081, 80)])
+            await store.detach("two", "a")
+            assert [(p.network, p.container) for p in await store.ports()] == [
+                ("n1", "a"),
+                ("n1", "b"),
+            ]
+            await store.attach("two", "a")  # a new endpoint starts with no ports
+            assert [p.network for p in await store.ports("a")] == ["n1"]
+            await store.release_container("a")
+            assert [p.container for p in await store.ports()] == ["b"]
+            # a network whose endpoints are gone can be deleted: no port row holds it
+            await store.detach("one", "b")
+            await store.delete("one")
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_all_ports_reads_every_namespace_with_the_endpoint_addresses(tmp_path: Path):
+    async def scenario():
+        db, store = await opened(tmp_path, "ns1")
+        try:
+            other = SqliteNetworkStore(db, "ns2")
+            await store.create(NetworkRequest("n1", "net", subnet="10.1.0.0/24"))
+            await other.create(NetworkRequest("n2", "net", subnet="10.2.0.0/24"))
+            await store.attach("net", "a")
+            await other.attach("net", "a")
+            await store.set_ports("net", "a", [tcp(8080, 80)])
+            await other.set_ports("net", "a", [tcp(8081, 80, "127.0.0.1")])
+            assert await store_mod.all_ports(db) == [
+                PublishedPort("ns1", "n1", "a", addr("10.1.0.2"), tcp(8080, 80)),
+                PublishedPort("ns2", "n2", "a", addr("10.2.0.2"), tcp(8081, 80, "127.0.0.1")),
+            ]
+            assert [p.namespace for p in await other.ports()] == ["ns2"]
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_ports_survive_a_reopen(tmp_path: Path):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        await two_networks(store)
+        await store.set_ports("one", "a", [tcp(8080, 80, "127.0.0.1")])
+        await db.close()
+        db, store = await opened(tmp_path)
+        try:
+            assert [p.binding for p in await store.ports()] == [tcp(8080, 80, "127.0.0.1")]
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_a_crash_while_replacing_ports_keeps_the_old_ones(tmp_path: Path, monkeypatch):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        try:
+            await two_networks(store)
+            await store.set_ports("one", "a", [tcp(8080, 80), tcp(8081, 81)])
+            real = store_mod._port_row
+            calls = []
+
+            def crash_on_the_second_row(*args):
+                calls.append(args)
+                if len(calls) == 2:
+                    raise RuntimeError("crash between two inserts, after the delete")
+                return real(*args)
+
+            monkeypatch.setattr(store_mod, "_port_row", crash_on_the_second_row)
+            with pytest.raises(RuntimeError):
+                await store.set_ports("one", "a", [tcp(9090, 90), tcp(9091, 91)])
+            monkeypatch.setattr(store_mod, "_port_row", real)
+            assert [p.binding for p in await store.ports()] == [tcp(8080, 80), tcp(8081, 81)]
+
+            def half_detach(conn: sqlite3.Connection) -> None:
+                conn.execute("DELETE FROM ports")
+                raise RuntimeError("crash in the middle of a detach")
+
+            with pytest.raises(RuntimeError):
+                await db.write(half_detach)
+            assert len(await store.ports()) == 2
+            # the schema itself refuses a port row without its endpoint
+            with pytest.raises(sqlite3.IntegrityError):
+                await db.write(
+                    lambda conn: conn.execute(
+                        "INSERT INTO ports VALUES ('default', 'n1', 'zz', 'tcp', '', 1, 1)"
+                    )
+                )
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
+def test_a_database_with_endpoints_from_before_ports_gains_the_table(tmp_path: Path, monkeypatch):
+    async def scenario():
+        # a database written by the ctrd that had networks but no ports (5 migrations)
+        monkeypatch.setattr(db_mod, "MIGRATIONS", schema.MIGRATIONS[:5])
+        db, store = await opened(tmp_path)
+        await store.create(NetworkRequest("n1", "net", subnet="10.1.0.0/24"))
+        await store.attach("net", "a")
+        await db.close()
+        monkeypatch.setattr(db_mod, "MIGRATIONS", schema.MIGRATIONS)
+        db, store = await opened(tmp_path)
+        try:
+            version = await db.read(lambda c: c.execute("PRAGMA user_version").fetchone()[0])
+            assert version == len(schema.MIGRATIONS)
+            await store.set_ports("net", "a", [tcp(8080, 80)])
+            assert [p.address for p in await store.ports()] == [addr("10.1.0.2")]
         finally:
             await db.close()
 
