@@ -25,9 +25,11 @@ Design:
   REFUSED; SERVFAIL when none answers. The query's id and question are kept, and the answer
   goes to the address the query came from, cut to header and question with TC set when it is
   larger than the client's UDP payload (the client then asks again over TCP).
-- Local answers: A for a known name (TTL 600, as docker's records), in `lookup`'s order; AAAA
-  for a known name is NOERROR with no records (the name exists; it has no IPv6 address); PTR
-  from the optional `reverse`. Everything else is forwarded.
+- Local answers: A for a known name (TTL 600, as docker's records), its addresses in a new
+  order each time (dnspython shuffles an rrset as it renders it: round robin between the
+  containers behind an alias, as docker shuffles); AAAA for a known name is NOERROR with no
+  records (the name exists; it has no IPv6 address); PTR from the optional `reverse`.
+  Everything else is forwarded.
 
 Invariants: every socket and task of a listener is closed by `stop` (and all of them by
 `close`); the threads that join namespaces end there and never run anything else; no query
@@ -57,7 +59,7 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dns.asyncquery
 import dns.exception
@@ -318,6 +320,7 @@ class _Listener(asyncio.DatagramProtocol):
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._udp_lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def start(self, udp: socket.socket, tcp: socket.socket) -> None:
         """Serve the two sockets; on failure they are closed."""
@@ -336,27 +339,35 @@ class _Listener(asyncio.DatagramProtocol):
             raise
 
     async def close(self) -> None:
+        """Close both sockets and every connection, cancel what is in flight; wait for all."""
         if self._udp is not None:
-            self._udp.close()
+            self._udp.abort()
         if self._tcp is not None:
             self._tcp.close()
         for writer in self._writers:
-            writer.close()
+            writer.transport.abort()  # a client that reads nothing must not hold the close
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._tcp is not None:
             await self._tcp.wait_closed()
+        if self._udp is not None:
+            await self._udp_lost  # the socket is closed once the transport says it is lost
 
     # UDP (asyncio.DatagramProtocol)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._udp = transport
+        # asyncio's selector transport for datagrams does not derive from DatagramTransport
+        # (Python 3.11), though it is one.
+        self._udp = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self._spawn(self._answer_datagram(data, addr))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._udp_lost.done():
+            self._udp_lost.set_result(None)
 
     def error_received(self, exc: Exception) -> None:
         pass  # an ICMP error for an answer to a client gone: nothing to do
@@ -388,9 +399,9 @@ class _Listener(asyncio.DatagramProtocol):
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass
         finally:
-            writer.close()
             self._writers.discard(writer)
             self._tasks.discard(task)
+            await _closed(writer)
 
     # both
 
@@ -418,6 +429,18 @@ class _Listener(asyncio.DatagramProtocol):
         except dns.exception.DNSException as e:
             log.warning("dns_render_failed", error=repr(e))
             return render(error_answer(parsed, dns.rcode.SERVFAIL), parsed, tcp)
+
+
+async def _closed(writer: asyncio.StreamWriter) -> None:
+    """Close a client's connection and wait until its socket is; a stuck one is aborted."""
+    writer.close()
+    try:
+        async with asyncio.timeout(TCP_IDLE):
+            await writer.wait_closed()
+    except TimeoutError:
+        writer.transport.abort()
+    except OSError:
+        pass
 
 
 class EmbeddedDns:
