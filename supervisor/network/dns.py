@@ -31,10 +31,11 @@ Design:
   records (the name exists; it has no IPv6 address); PTR from the optional `reverse`.
   Everything else is forwarded.
 
-Invariants: every socket and task of a listener is closed by `stop` (and all of them by
-`close`); the threads that join namespaces end there and never run anything else; no query
-is answered from the event loop's caller's code path that could block (a `lookup` is
-synchronous and must be cheap: an in-memory table).
+Invariants: every socket, connection and task of a listener is closed or cancelled, and
+waited for, by `stop` (all listeners' by `close`); a failed `serve` leaves nothing open; the
+threads that join namespaces make the sockets there, end, and run nothing else. Nothing on
+the event loop blocks but reading resolv.conf (a small local file) and `lookup`, which is
+synchronous and must be cheap (an in-memory table).
 
 Limits:
 - The resolver lives in the daemon: while ctrd is down (a restart), names stop resolving in
@@ -344,7 +345,7 @@ class _Listener(asyncio.DatagramProtocol):
             self._udp.abort()
         if self._tcp is not None:
             self._tcp.close()
-        for writer in self._writers:
+        for writer in list(self._writers):
             writer.transport.abort()  # a client that reads nothing must not hold the close
         tasks = list(self._tasks)
         for task in tasks:
@@ -363,7 +364,12 @@ class _Listener(asyncio.DatagramProtocol):
         self._udp = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self._spawn(self._answer_datagram(data, addr))
+        if len(self._tasks) < MAX_IN_FLIGHT:
+            self._spawn(self._answer_datagram(data, addr))
+        elif self._udp is not None:
+            wire = _busy(data)
+            if wire is not None:
+                self._udp.sendto(wire, addr)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._udp_lost.done():
@@ -406,9 +412,6 @@ class _Listener(asyncio.DatagramProtocol):
     # both
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        if len(self._tasks) >= MAX_IN_FLIGHT:
-            work.close()
-            return
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -429,6 +432,14 @@ class _Listener(asyncio.DatagramProtocol):
         except dns.exception.DNSException as e:
             log.warning("dns_render_failed", error=repr(e))
             return render(error_answer(parsed, dns.rcode.SERVFAIL), parsed, tcp)
+
+
+def _busy(data: bytes) -> bytes | None:
+    """The answer to a query that comes when too many are in flight: SERVFAIL, at once."""
+    parsed = parse_query(data)
+    if not isinstance(parsed, dns.message.Message):
+        return parsed
+    return render(error_answer(parsed, dns.rcode.SERVFAIL), parsed, tcp=False)
 
 
 async def _closed(writer: asyncio.StreamWriter) -> None:
@@ -460,11 +471,13 @@ class EmbeddedDns:
     async def serve(
         self, key: str, pin: Path, lookup: Lookup, reverse: Reverse | None = None
     ) -> None:
-        """Answer at 127.0.0.11:53 inside the namespace pinned at `pin` (its `lo` up).
+        """Answer at 127.0.0.11:53 inside the namespace pinned at `pin`.
 
-        Idempotent per key: served already from the same pin, only `lookup` and `reverse` are
-        replaced; from another pin, the old listener is stopped first. OSError when the
-        sockets cannot be made (no such pin, `lo` down, the port taken).
+        Its `lo` must be up for queries to arrive (netlink.attach_endpoint brings it up); while
+        it is down, some kernels refuse the bind (EADDRNOTAVAIL), newer ones bind and nothing
+        arrives. Idempotent per key: served already from the same pin, only `lookup` and
+        `reverse` are replaced; from another pin, the old listener is stopped first. OSError
+        when the sockets cannot be made (no such pin, the port taken); nothing is left open.
         """
         async with self._lock:
             current = self._listeners.get(key)

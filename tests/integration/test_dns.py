@@ -557,3 +557,61 @@ def test_serving_a_missing_pin_is_an_error() -> None:
         assert resolver.serving() == []
 
     run(scenario)
+
+
+def test_ptr_for_a_known_address_over_the_wire(pins: Pins) -> None:
+    pin = pins.make("a")
+    names = {IPv4Address("172.18.0.2"): "web.front"}
+
+    async def scenario() -> None:
+        resolver = edns.EmbeddedDns(upstreams=list, timeout=TIMEOUT)
+        try:
+            await resolver.serve("a", pin, lookup, names.get)
+            reply = await asyncio.to_thread(ask_udp, pin, "2.0.18.172.in-addr.arpa", "PTR")
+        finally:
+            await resolver.close()
+
+        assert addresses(reply) == ["web.front."]
+
+    run(scenario)
+
+
+def test_a_slow_forward_holds_no_other_query_and_too_many_get_servfail_at_once(
+    pins: Pins, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pin = pins.make("a")
+    silent = silent_upstream()
+    monkeypatch.setattr(edns, "MAX_IN_FLIGHT", 2)
+
+    def queries() -> tuple[dns.message.Message, dns.message.Message, int]:
+        slow = dns.message.make_query("example.test", "A")
+        local = dns.message.make_query("web", "A")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(1.5)
+            s.sendto(slow.to_wire(), (edns.LISTEN_ADDRESS, edns.DNS_PORT))
+            s.sendto(local.to_wire(), (edns.LISTEN_ADDRESS, edns.DNS_PORT))
+            first = dns.message.from_wire(s.recv(65535))
+            # Two slow ones in flight now, the limit here: the next query is refused at once.
+            s.sendto(slow.to_wire(), (edns.LISTEN_ADDRESS, edns.DNS_PORT))
+            time.sleep(0.1)
+            s.sendto(local.to_wire(), (edns.LISTEN_ADDRESS, edns.DNS_PORT))
+            busy = dns.message.from_wire(s.recv(65535))
+        return first, busy, local.id
+
+    async def scenario() -> None:
+        resolver = edns.EmbeddedDns(
+            upstreams=lambda: [("127.0.0.1", silent.getsockname()[1])], timeout=3
+        )
+        try:
+            await resolver.serve("a", pin, lookup)
+            first, busy, local_id = await asyncio.to_thread(in_netns, pin, queries)
+        finally:
+            await resolver.close()  # cancels the forwards still waiting on the silent one
+
+        assert (first.id, first.rcode(), addresses(first)) == (local_id, 0, ["172.18.0.2"])
+        assert (busy.id, busy.rcode(), busy.answer) == (local_id, dns.rcode.SERVFAIL, [])
+
+    try:
+        run(scenario)
+    finally:
+        silent.close()
