@@ -474,10 +474,12 @@ class EmbeddedDns:
         """Answer at 127.0.0.11:53 inside the namespace pinned at `pin`.
 
         Its `lo` must be up for queries to arrive (netlink.attach_endpoint brings it up); while
-        it is down, some kernels refuse the bind (EADDRNOTAVAIL), newer ones bind and nothing
-        arrives. Idempotent per key: served already from the same pin, only `lookup` and
-        `reverse` are replaced; from another pin, the old listener is stopped first. OSError
-        when the sockets cannot be made (no such pin, the port taken); nothing is left open.
+        it is down, whether the bind fails depends on the kernel (6.18 binds, and a client's
+        send fails with ENETUNREACH), so no error here is no proof that `lo` is up.
+
+        Idempotent per key: served already from the same pin, only `lookup` and `reverse` are
+        replaced; from another pin, the old listener is stopped first. OSError when the
+        sockets cannot be made (no such pin, the port taken); nothing is left open then.
         """
         async with self._lock:
             current = self._listeners.get(key)
