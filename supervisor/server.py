@@ -265,6 +265,7 @@ class Daemon:
     parts: Parts
     tasks: TaskManager
     events: Exchange
+    networks: Any = None  # the cached NetworkManager factory (built at first need)
 
     @classmethod
     async def start(cls, config: Config) -> Daemon:
@@ -437,7 +438,7 @@ class Daemon:
             raise
         gc_task = asyncio.create_task(collect_later(parts, GC_STARTUP_DELAY), name="gc")
         log.info("ctrd_started", address=address, root=str(root), state=str(state), pid=os.getpid())
-        return cls(config, lock, db, server, gc_task, parts, tasks, events)
+        return cls(config, lock, db, server, gc_task, parts, tasks, events, network_manager)
 
     async def stop(self) -> None:
         log.info("ctrd_stopping")
@@ -448,6 +449,8 @@ class Daemon:
             await self.gc_task
         for snapshotter in self.parts.built_snapshotters():
             await snapshotter.close()
+        if self.networks is not None and self.networks.cache_info().currsize:
+            await self.networks().close()
         await self.db.close()
         if self.events.log is not None:
             await self.events.log.close()

@@ -39,12 +39,14 @@ import os
 import re
 import secrets
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pyroute2 import IPRoute
 
 from supervisor.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -52,11 +54,15 @@ from supervisor.metadata.db import Database
 from supervisor.network import ipam, netlink, nft
 from supervisor.network.labels import NETWORKS_LABEL, NetworkSettings, label_networks
 from supervisor.network.store import Endpoint, Network, NetworkRequest, SqliteNetworkStore
+from supervisor.network.watch import FirewallWatch
+
+log = structlog.get_logger()
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 FALLBACK_RESOLVERS = ("8.8.8.8", "8.8.4.4")  # docker's, when the host has only loopback ones
 
+RESTORE_WINDOW, RESTORE_BURST = 10.0, 3  # more rewrites than that in the window: contested
 DEFAULT_NETWORK = "bridge"  # docker's default network, made per namespace on first use
 DEFAULT_LABEL = "ctrd.io/default-network"
 NetnsOf = Callable[[str], Awaitable[Path | None]]  # a container id -> its task's netns path
@@ -279,6 +285,9 @@ class NetworkManager:
         self._table = table
         self._forwarding = False
         self._applied: nft.Ruleset | None = None  # the table as last written
+        self._shape: tuple[int, int] | None = None  # its (chains, rules) in the kernel then
+        self._watch: FirewallWatch | None = None
+        self._restores: list[float] = []  # when the table was last rewritten for others
         self._lock = asyncio.Lock()  # one kernel change (and nft rebuild) at a time
 
     # paths
@@ -575,7 +584,41 @@ class NetworkManager:
             await asyncio.to_thread(nft.delete, self._table)
         else:
             await asyncio.to_thread(nft.apply, ruleset)
+        self._shape = await asyncio.to_thread(nft.fingerprint, self._table)
         self._applied = ruleset
+        self.watch_firewall()
+
+    async def check_firewall(self) -> bool:
+        """Rewrite ctrd's table when it is not as ctrd last wrote it (someone flushed the
+        ruleset, or the table or a chain of it); True when it had to."""
+        async with self._lock:
+            if self._applied is None:
+                return False
+            shape = await asyncio.to_thread(nft.fingerprint, self._table)
+            if shape == self._shape:
+                return False
+            now = time.monotonic()
+            recent = [t for t in self._restores if now - t < RESTORE_WINDOW]
+            if len(recent) >= RESTORE_BURST:
+                # rewritten again and again: another program (another ctrd on the same table?)
+                # rewrites it too. Wait before answering, never fight in a tight loop.
+                log.error("firewall_contested", table=self._table, found=shape)
+                await asyncio.sleep(RESTORE_WINDOW)
+            log.warning("firewall_restored", table=self._table, found=shape, wanted=self._shape)
+            await self._apply_firewall(force=True)
+            self._restores = [*recent, time.monotonic()][-RESTORE_BURST:]
+            return True
+
+    def watch_firewall(self) -> None:
+        """From now on, rewrite the table whenever another program changes the ruleset."""
+        if self._watch is None:
+            self._watch = FirewallWatch(self.check_firewall)
+            self._watch.start()
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            await self._watch.close()
+            self._watch = None
 
     async def apply_firewall(self) -> None:
         """Rebuild the nft table from the store (after a firewall reload flushed it, say)."""

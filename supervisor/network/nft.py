@@ -334,6 +334,17 @@ def list_table(table: str = DEFAULT_TABLE) -> dict[str, Any]:
     return parsed
 
 
+def fingerprint(table: str = DEFAULT_TABLE) -> tuple[int, int] | None:
+    """(chains, rules) of the table as the kernel has it; None when there is no such table.
+
+    Enough to notice a firewall manager's work: a flushed ruleset removes the table, `flush
+    table` or `flush chain` removes rules, a deleted chain takes its rules with it."""
+    if not table_exists(table):
+        return None
+    items = list_table(table).get("nftables", [])
+    return (sum("chain" in i for i in items), sum("rule" in i for i in items))
+
+
 def _objects(text: str, kind: str) -> Iterable[dict[str, Any]]:
     items: list[dict[str, Any]] = json.loads(text).get("nftables", [])
     return [item[kind] for item in items if kind in item]

@@ -13,6 +13,22 @@ from tests.integration.test_network_manager import links
 from tests.integration.test_tasks import pull, run, wait_for
 
 
+def own_veths(ctrd, container: str) -> set[str]:
+    """The host ends of the container's endpoints, by the names ctrd derives for them."""
+    from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
+    from supervisor.api.ctrd.services.networks.v1 import networks_pb2_grpc as pb_grpc
+    from supervisor.network.manager import endpoint_key
+    from tests.conftest import ns_metadata
+
+    listed = ctrd.stub(pb_grpc.NetworksStub).ListEndpoints(
+        pb.ListEndpointsRequest(container_id=container), metadata=ns_metadata()
+    )
+    return {
+        netlink.host_ifname(endpoint_key("default", e.network_id, container))
+        for e in listed.endpoints
+    }
+
+
 def exec_in(ctrd, container: str, *command: str) -> str:
     done = ctrd.ctr("tasks", "exec", "--exec-id", f"x{os.urandom(3).hex()}", container, *command)
     return done.stdout
@@ -24,7 +40,6 @@ def test_ctr_labels_join_two_networks_share_a_namespace_and_leave_nothing(ctrd, 
     assert not any(subnet.overlaps(p) for p in netlink.host_taken_prefixes())
     ref = pull(ctrd, busybox_image)
     assert ctrctl(ctrd, "network", "create", "--subnet", str(subnet), "two").returncode == 0
-    before = links()
     run(ctrd, "-d",
         "--label", "ctrd.io/networks=bridge,two",
         "--label", "ctrd.io/extra-hosts=db:10.1.2.3,cache:10.1.2.4",
@@ -53,14 +68,15 @@ def test_ctr_labels_join_two_networks_share_a_namespace_and_leave_nothing(ctrd, 
     run(ctrd, "-d", "--label", "ctrd.io/network-container=c1", ref, "c2", "sleep", "1000")
     assert exec_in(ctrd, "c2", "busybox", "ip", "-4", "-o", "addr") == addresses
     assert exec_in(ctrd, "c2", "cat", "/etc/hosts") == hosts
-    grown = links() - before
-    assert len([name for name in grown if name.startswith("veth")]) == 2, grown
+    veths = own_veths(ctrd, "c1")
+    assert len(veths) == 2
+    assert veths <= links()
+    assert own_veths(ctrd, "c2") == set()
 
     for name in ("c2", "c1"):
         ctrd.ctr("tasks", "kill", "-s", "KILL", name)
         wait_for(lambda n=name: ctrd.ctr("tasks", "delete", n, check=False).returncode == 0)
-    left = links() - before
-    assert not [name for name in left if name.startswith("veth")], left
+    assert not veths & links()
     assert not list((ctrd.state / "netns" / "default").glob("*"))
 
 
@@ -106,3 +122,22 @@ def test_connect_and_disconnect_change_a_running_container_at_once(ctrd, busybox
     assert info["Labels"]["ctrd.io/networks"] == "bridge"
     ctrd.ctr("tasks", "kill", "-s", "KILL", "c4")
     wait_for(lambda: ctrd.ctr("tasks", "delete", "c4", check=False).returncode == 0)
+
+
+def test_a_flushed_firewall_table_is_written_again_at_once(ctrd, busybox_image):
+    from supervisor.network import nft
+
+    ref = pull(ctrd, busybox_image)
+    run(ctrd, "-d", "--label", "ctrd.io/networks=bridge", ref, "c5", "sleep", "1000")
+    table = ctrd.nft_table
+    shape = nft.fingerprint(table)
+    assert shape is not None
+    assert shape[1] > 0
+    nft.delete(table)  # as `nft flush ruleset` would, for this table
+    wait_for(lambda: nft.fingerprint(table) == shape, timeout=5)
+    nft.run(f"flush table inet {table}")  # the chains stay, their rules go
+    assert nft.fingerprint(table) != shape
+    wait_for(lambda: nft.fingerprint(table) == shape, timeout=5)
+    assert "firewall_restored" in ctrd.log()
+    ctrd.ctr("tasks", "kill", "-s", "KILL", "c5")
+    wait_for(lambda: ctrd.ctr("tasks", "delete", "c5", check=False).returncode == 0)
