@@ -126,10 +126,10 @@ def upstreams_in(resolv_conf_text: str) -> list[str]:
 
 
 def host_upstreams(resolv_conf: Path = RESOLV_CONF) -> list[str]:
-    """The host's resolvers now (`upstreams_in` of `resolv_conf`; a missing file: 127.0.0.1)."""
+    """The host's resolvers now (`upstreams_in` of `resolv_conf`; no file: 127.0.0.1)."""
     try:
         text = resolv_conf.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
+    except OSError:  # missing or unreadable: glibc then asks the local machine too
         text = ""
     return upstreams_in(text)
 
@@ -417,20 +417,21 @@ class _Listener(asyncio.DatagramProtocol):
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, data: bytes, tcp: bool) -> bytes | None:
+        """The wire to send back for `data`, or None.
+
+        Whatever fails, the client gets SERVFAIL: a bug in `lookup`, in the upstreams' callable
+        or in dnspython must not leave it waiting out its timeout, nor end the listener.
+        """
         parsed = parse_query(data)
         if not isinstance(parsed, dns.message.Message):
             return parsed
         try:
             reply = local_answer(parsed, self.lookup, self.reverse)
-        except Exception as e:  # the caller's table: a bug there must not kill the listener
-            log.warning("dns_lookup_failed", error=repr(e))
-            reply = error_answer(parsed, dns.rcode.SERVFAIL)
-        if reply is None:
-            reply = await self._forwarder.resolve(parsed, tcp)
-        try:
+            if reply is None:
+                reply = await self._forwarder.resolve(parsed, tcp)
             return render(reply, parsed, tcp)
-        except dns.exception.DNSException as e:
-            log.warning("dns_render_failed", error=repr(e))
+        except Exception as e:
+            log.warning("dns_answer_failed", error=repr(e))
             return render(error_answer(parsed, dns.rcode.SERVFAIL), parsed, tcp)
 
 

@@ -615,3 +615,33 @@ def test_a_slow_forward_holds_no_other_query_and_too_many_get_servfail_at_once(
         run(scenario)
     finally:
         silent.close()
+
+
+def test_a_failing_lookup_or_upstream_list_is_servfail_and_the_listener_goes_on(
+    pins: Pins,
+) -> None:
+    pin = pins.make("a")
+
+    def broken_lookup(name: str) -> Sequence[IPv4Address]:
+        if name == "boom":
+            raise RuntimeError("table bug")
+        return lookup(name)
+
+    def broken_upstreams() -> Sequence[edns.Upstream]:
+        raise PermissionError("resolv.conf")
+
+    async def scenario() -> None:
+        resolver = edns.EmbeddedDns(upstreams=broken_upstreams, timeout=TIMEOUT)
+        try:
+            await resolver.serve("a", pin, broken_lookup)
+            boom = await asyncio.to_thread(ask_udp, pin, "boom")
+            forwarded = await asyncio.to_thread(ask_tcp, pin, "example.test")
+            web = await asyncio.to_thread(ask_udp, pin, "web")
+        finally:
+            await resolver.close()
+
+        assert boom.rcode() == dns.rcode.SERVFAIL
+        assert forwarded.rcode() == dns.rcode.SERVFAIL
+        assert addresses(web) == ["172.18.0.2"]
+
+    run(scenario)
