@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from urllib.parse import urlencode
 import grpc
 from google.protobuf import any_pb2
 
+from ctl import netopts, netview
 from ctl import spec as oci
 from ctl.client import NAME_LABEL, Client, ImageNotFound, NotFound, short
 from ctl.table import ago, cut, human_duration, table
@@ -92,6 +94,22 @@ def _memory(text: str | None) -> int | None:
     return int(text)
 
 
+def network_flags(args: argparse.Namespace) -> netopts.NetworkFlags:
+    return netopts.NetworkFlags(
+        network=args.network,
+        publish=args.publish,
+        publish_all=args.publish_all,
+        expose=args.expose,
+        ip=args.ip or "",
+        aliases=args.network_alias,
+        dns=args.dns,
+        dns_search=args.dns_search,
+        dns_options=args.dns_option,
+        extra_hosts=args.add_host,
+        hostname=args.hostname or "",
+    )
+
+
 def run_options(args: argparse.Namespace) -> oci.RunOptions:
     return oci.RunOptions(
         args=args.cmd,
@@ -105,11 +123,29 @@ def run_options(args: argparse.Namespace) -> oci.RunOptions:
         memory=_memory(args.memory),
         cpus=args.cpus,
         pids_limit=args.pids_limit,
-        network="" if args.network in ("default", "none") else args.network,
+        network=args.network,
+        net=network_flags(args),
         mounts=_mounts(args.volume, args.mount),
         privileged=args.privileged,
         stop_signal=args.stop_signal or "",
         stop_timeout=args.stop_timeout,
+    )
+
+
+def _network_options(client: Client, args: argparse.Namespace) -> oci.RunOptions:
+    """The run options once the network flags passed docker's checks (their warnings said on
+    stderr): `container:NAME` becomes `container:ID`, and the container takes that one's
+    hostname, as dockerd gives it."""
+    for warning in netopts.validate(network_flags(args)):
+        print(warning, file=sys.stderr)
+    options = run_options(args)
+    if not netopts.is_container_mode(args.network):
+        return options
+    cid = client.resolve(netopts.container_of(args.network))
+    shared = client.containers.Get(_get(cid), metadata=client.md).container
+    hostname = _spec(shared).get("hostname") or cid[:12]
+    return dataclasses.replace(
+        options, network=netopts.CONTAINER_PREFIX + cid, hostname=str(hostname)
     )
 
 
@@ -198,11 +234,11 @@ def _exit_code(client: Client, cid: str, exec_id: str = "") -> int:
     return int(response.exit_status)
 
 
-def _create(client: Client, args: argparse.Namespace) -> str:
+def _create(client: Client, args: argparse.Namespace, options: oci.RunOptions) -> str:
     """docker's `--pull`: `missing` (the default) pulls an image not here yet, saying so first;
     `always` pulls every time; `never` leaves a missing image a "not found" error. The pull's
     progress goes to stderr, so that stdout is the container's alone."""
-    options, name, runtime = run_options(args), args.name or "", args.runtime or ""
+    name, runtime = args.name or "", args.runtime or ""
     if args.pull == "always":
         _pull(client, args.image)
     try:
@@ -242,9 +278,10 @@ def missing_network(client: Client, network: str) -> bool:
 
 
 def cmd_create(client: Client, args: argparse.Namespace) -> int:
+    options = _network_options(client, args)
     if missing_network(client, args.network):
         return EXIT_MISSING_NETWORK
-    print(_create(client, args))
+    print(_create(client, args, options))
     return 0
 
 
@@ -288,9 +325,10 @@ def _runtime_refused(error: grpc.RpcError) -> bool:
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
     if args.detach and args.rm:
         raise ValueError("--rm cannot be used with -d here: a detached container is kept")
+    options = _network_options(client, args)
     if missing_network(client, args.network):
         return EXIT_MISSING_NETWORK
-    cid = _create(client, args)
+    cid = _create(client, args, options)
     try:
         status = _run(client, cid, args)
     except _CannotRun as e:
@@ -408,14 +446,19 @@ def _new_task(client: Client, cid: str, old: Any | None) -> None:
     _start_task(client, cid, None, bool(process.get("terminal")))
 
 
-def _process(container: Any) -> dict[str, Any]:
-    """The process of a container's OCI spec; {} when its spec is not one ctrctl can read (a
-    client may store any type there: ps must still list the container)."""
+def _spec(container: Any) -> dict[str, Any]:
+    """A container's OCI spec; {} when it is not one ctrctl can read (a client may store any
+    type there: ps must still list the container)."""
     try:
         spec = json.loads(container.spec.value or b"{}")
     except ValueError:
         return {}
-    process = spec.get("process") if isinstance(spec, dict) else None
+    return spec if isinstance(spec, dict) else {}
+
+
+def _process(container: Any) -> dict[str, Any]:
+    """The process of a container's OCI spec; {} when there is none ctrctl can read."""
+    process = _spec(container).get("process")
     return process if isinstance(process, dict) else {}
 
 
@@ -486,6 +529,7 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
     last = 1 if args.latest else args.last
     everything = args.all or last > 0 or "status" in filters or "exited" in filters
     rows = []
+    endpoints = _endpoints_by_container(client)
     containers = sorted(
         client.list_containers(),
         key=lambda c: (c.created_at.seconds, c.created_at.nanos),
@@ -503,6 +547,9 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
             "status": _status(task, now), "pid": task.pid if task is not None else 0,
             "exitCode": task.exit_status if task is not None and state == "exited" else None,
             "name": container.labels.get(NAME_LABEL, ""),
+            "ports": netview.displayable_ports(
+                netview.container_ports(container.labels, endpoints.get(container.id, []))
+            ),
         }  # fmt: skip
         if not _ps_matches(row, container.labels, filters):
             continue
@@ -517,11 +564,53 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
     else:
         width = 1 << 20 if args.no_trunc else 20
         table(
-            ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"],
+            ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
             [[ident(r["id"]), r["image"], _quoted(r["command"], width), r["createdSince"],
-              r["status"], r["name"]] for r in rows],
+              r["status"], r["ports"], r["name"]] for r in rows],
             shrink=(1, 2, 5),
         )  # fmt: skip
+    return 0
+
+
+def _endpoints(client: Client, cid: str = "") -> list[Any]:
+    """The network endpoints of container `cid` (every container's when ""), from one
+    ListEndpoints call; none from a daemon without the networks service."""
+    from supervisor.api.ctrd.services.networks.v1 import networks_pb2, networks_pb2_grpc
+
+    stub = networks_pb2_grpc.NetworksStub(client.channel)
+    request = networks_pb2.ListEndpointsRequest(container_id=cid)
+    try:
+        return list(stub.ListEndpoints(request, metadata=client.md).endpoints)
+    except grpc.RpcError as e:
+        if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return []
+        raise
+
+
+def _endpoints_by_container(client: Client) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {}
+    for endpoint in _endpoints(client):
+        found.setdefault(endpoint.container_id, []).append(endpoint)
+    return found
+
+
+def cmd_port(client: Client, args: argparse.Namespace) -> int:
+    """docker's `port`: a container's published ports, or where one of its ports is."""
+    try:
+        cid = client.resolve(args.container)
+    except NotFound as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    container = client.containers.Get(_get(cid), metadata=client.md).container
+    try:
+        lines = netview.port_lines(
+            container.labels, _endpoints(client, cid), args.container, args.port or ""
+        )
+    except netview.NoPublicPort as e:
+        print(e, file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
     return 0
 
 
@@ -731,6 +820,9 @@ def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
         info["runtime"] = container.runtime.name
         if container.runtime.HasField("options"):
             info["runtimeOptions"] = anys.to_json(container.runtime.options)
+        info["NetworkSettings"] = netview.network_settings(
+            container.labels, _endpoints(client, cid), _host_network(container)
+        )
         task = client.task(cid)
         if task is not None:
             info["state"] = {
@@ -740,3 +832,12 @@ def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
         out.append(info)
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _host_network(container: Any) -> bool:
+    """Whether a container's spec runs it in the host's network namespace."""
+    linux = _spec(container).get("linux")
+    namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
+    if not isinstance(namespaces, list):
+        return False
+    return not any(isinstance(n, dict) and n.get("type") == "network" for n in namespaces)

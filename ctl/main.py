@@ -34,7 +34,7 @@ EXIT_CLIENT_ERROR = 125  # docker's code for an error of the client itself
 # not built at all (a `run` starts ~30 ms sooner on a busy machine).
 OWN_COMMANDS = frozenset(
     ("version", "events", "pull", "run", "create", "start", "pause", "unpause", "inspect", "ps",
-     "logs", "stop", "restart", "kill", "rm", "exec", "container", "wait")
+     "logs", "stop", "restart", "kill", "rm", "exec", "container", "wait", "port")
 )  # fmt: skip
 GLOBAL_OPTIONS_WITH_VALUES = frozenset(("--address", "-a", "--namespace", "-n"))
 
@@ -152,8 +152,50 @@ def _run_options(command: argparse.ArgumentParser) -> None:
         "--net",
         default="default",
         metavar="NETWORK",
-        help="host, none, default, or the name of a ctrd network (`ctrctl network create`)",
+        help="bridge (the default network), host, none, container:NAME, or the name of a ctrd"
+        " network (`ctrctl network create`)",
     )
+    add(
+        "-p",
+        "--publish",
+        action="append",
+        default=[],
+        metavar="[IP:][HOSTPORT:]PORT[/PROTO]",
+        help="publish a container's port(s) to the host (ranges: 8000-8010:80-90)",
+    )
+    add(
+        "-P",
+        "--publish-all",
+        action="store_true",
+        help="publish every exposed port to a free host port",
+    )
+    add(
+        "--expose",
+        action="append",
+        default=[],
+        metavar="PORT[/PROTO]",
+        help="expose a port or a range of ports (published by -P)",
+    )
+    add("--ip", metavar="IPV4", help="the container's address on its network")
+    add(
+        "--network-alias",
+        "--net-alias",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name the container answers to on its network",
+    )
+    add("--dns", action="append", default=[], metavar="IP", help="a DNS server")
+    add("--dns-search", action="append", default=[], metavar="DOMAIN", help="a DNS search domain")
+    add(
+        "--dns-option",
+        "--dns-opt",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="a resolv.conf option",
+    )
+    add("--add-host", action="append", default=[], metavar="HOST:IP", help="a line for /etc/hosts")
     add("--privileged", action="store_true")
     add("--runtime", help="runc (default) or crun, or a path")
     add(
@@ -209,6 +251,11 @@ def _container_commands(commands: Any, grouped: bool = False) -> None:
                     help="the N last created (in any state)")  # fmt: skip
     ps.add_argument("-l", "--latest", action="store_true", help="the last created")
     ps.add_argument("--no-trunc", action="store_true", help="do not shorten ids and commands")
+    port = commands.add_parser(
+        "port", help="list a container's published ports, or where one of its ports is"
+    )
+    port.add_argument("container")
+    port.add_argument("port", nargs="?", metavar="PRIVATE_PORT[/PROTO]")
     logs = commands.add_parser("logs", help="a detached container's output")
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--tail", default="all", help="lines from the end (default all)")
@@ -252,7 +299,7 @@ CONTAINER_COMMANDS = {
     "run": "cmd_run", "create": "cmd_create", "start": "cmd_start", "ps": "cmd_ps",
     "logs": "cmd_logs", "stop": "cmd_stop", "restart": "cmd_restart", "kill": "cmd_kill",
     "rm": "cmd_rm", "pause": "cmd_pause", "unpause": "cmd_pause", "exec": "cmd_exec",
-    "inspect": "cmd_inspect", "wait": "cmd_wait",
+    "inspect": "cmd_inspect", "wait": "cmd_wait", "port": "cmd_port",
 }  # fmt: skip
 
 

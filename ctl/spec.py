@@ -58,11 +58,11 @@ import signal
 import socket
 import stat
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from supervisor.network.labels import NETWORKS_LABEL  # a constant: loads no netlink
+from ctl import netopts
 
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 OCI_VERSION = "1.0.2-dev"  # runtime-spec's specs.Version as vendored by containerd 1.6
@@ -108,7 +108,9 @@ DEFAULT_UNIX_DEVICES: tuple[tuple[int, int | None], ...] = (
     (1, 3), (1, 8), (1, 7), (5, 0), (1, 5), (1, 9), (5, 1), (136, None), (5, 2),
 )  # fmt: skip
 HOST_FILES = ("/etc/hosts", "/etc/resolv.conf")  # bind-mounted read-only with host networking
-NETWORKS = ("", "host", "none")  # modes; any other name is a ctrd network (own namespace)
+# `--network` values that name no ctrd network of their own: "", default and bridge are the
+# default `bridge` network (which the daemon makes), host and none modes; `container:ID` too.
+NETWORKS = ("", "default", "bridge", "host", "none")
 NETWORK_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")  # docker's network names
 # getDevices skips these directories of /dev, and /dev/console.
 _SKIPPED_DEV_DIRS = frozenset({"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"})
@@ -138,8 +140,12 @@ class RunOptions:
     memory: int | None = None  # bytes
     cpus: float | None = None
     pids_limit: int | None = None
-    network: str = ""  # "" or "none": own network namespace; "host": the host's; else a
-    # ctrd network's name: own namespace too, which the daemon swaps for the network's
+    # `--network`: "host" is the host's namespace; anything else gets its own namespace entry,
+    # whose path the daemon puts in when it plumbs the container: "", default or bridge (the
+    # default network), a ctrd network's name, `container:ID` (another container's); none:
+    # an empty namespace.
+    network: str = ""
+    net: netopts.NetworkFlags = field(default_factory=netopts.NetworkFlags)  # -p, --dns...: labels
     mounts: Sequence[Mapping[str, Any]] = ()  # extra OCI mounts, after the default ones
     privileged: bool = False
     annotations: Mapping[str, str] = field(default_factory=dict)
@@ -221,7 +227,8 @@ def encode(spec: Mapping[str, Any]) -> bytes:
 
 
 def _check(options: RunOptions) -> None:
-    if options.network not in NETWORKS and not NETWORK_NAME.fullmatch(options.network):
+    named = NETWORK_NAME.fullmatch(options.network) or netopts.is_container_mode(options.network)
+    if options.network not in NETWORKS and not named:
         raise ValueError(f"invalid network name {options.network!r}")
     if options.workdir and not options.workdir.startswith("/"):
         raise ValueError(
@@ -345,20 +352,23 @@ def clean_path(path: str) -> str:
 
 def container_labels(image_config: Mapping[str, Any], options: RunOptions) -> dict[str, str]:
     """The labels that keep what `stop` needs: the stop signal (given, the image's, or
-    SIGTERM) and a given stop timeout; and the ctrd network `--network` names, which the
-    daemon's Tasks.Create joins (`ctrd.io/networks`)."""
+    SIGTERM) and a given stop timeout; and those asking the daemon's Tasks.Create for the
+    network (ctl.netopts): the network joined (`ctrd.io/networks`, `bridge` by default),
+    or the container whose namespace is shared, the ports published, addresses, DNS."""
     signal_name = options.stop_signal or _string(image_config, "StopSignal")
     labels = {STOP_SIGNAL_LABEL: signal_name or DEFAULT_STOP_SIGNAL}
     if options.stop_timeout is not None:
         labels[STOP_TIMEOUT_LABEL] = str(options.stop_timeout)
-    if is_named_network(options.network):
-        labels[NETWORKS_LABEL] = options.network
+    flags = replace(options.net, network=options.network)
+    shared = options.network.removeprefix(netopts.CONTAINER_PREFIX)
+    labels.update(netopts.labels(flags, image_config, shared))
     return labels
 
 
 def is_named_network(network: str) -> bool:
-    """Whether `--network` names a ctrd network rather than a mode (host, none, default)."""
-    return network not in (*NETWORKS, "default")
+    """Whether `--network` names a ctrd network that must exist: not a mode (host, none,
+    container:), not the default `bridge`, which the daemon makes when first used."""
+    return netopts.is_user_defined(network)
 
 
 def parse_signal(text: str) -> int:

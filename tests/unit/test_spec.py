@@ -402,8 +402,24 @@ def test_a_named_network_gets_its_own_namespace_and_the_networks_label():
     s = spec(RunOptions(network="front"))
     assert {"type": "network"} in s["linux"]["namespaces"]
     assert container_labels(BUSYBOX, RunOptions(network="front"))["ctrd.io/networks"] == "front"
-    for mode in ("", "host", "none"):
+    for mode in ("host", "none", "container:0123"):
         assert "ctrd.io/networks" not in container_labels(BUSYBOX, RunOptions(network=mode))
+
+
+@pytest.mark.parametrize("network", ["", "default", "bridge"])
+def test_the_default_network_is_dockers_bridge_in_its_own_namespace(network):
+    assert container_labels(BUSYBOX, RunOptions(network=network))["ctrd.io/networks"] == "bridge"
+    s = spec(RunOptions(network=network))
+    assert {"type": "network"} in s["linux"]["namespaces"]
+    assert not [m for m in s["mounts"] if m["destination"] in ("/etc/hosts", "/etc/resolv.conf")]
+
+
+def test_container_mode_keeps_its_namespace_entry_and_names_the_shared_container():
+    options = RunOptions(network="container:" + "ab" * 32)
+    assert {"type": "network"} in spec(options)["linux"]["namespaces"]
+    labels = container_labels(BUSYBOX, options)
+    assert labels["ctrd.io/network-container"] == "ab" * 32
+    assert "ctrd.io/networks" not in labels
 
 
 # --- privileged --------------------------------------------------------------------------
@@ -448,9 +464,10 @@ def test_current_capabilities_read_capeff(tmp_path):
 
 def test_stop_signal_label_is_the_given_then_the_images_then_sigterm():
     label = "io.containerd.image.config.stop-signal"
-    assert container_labels({}, RunOptions()) == {label: "SIGTERM"}
-    assert container_labels({"StopSignal": "SIGUSR1"}, RunOptions()) == {label: "SIGUSR1"}
-    given = RunOptions(stop_signal="QUIT", stop_timeout=3)
+    none = RunOptions(network="none")
+    assert container_labels({}, none) == {label: "SIGTERM"}
+    assert container_labels({"StopSignal": "SIGUSR1"}, none) == {label: "SIGUSR1"}
+    given = RunOptions(stop_signal="QUIT", stop_timeout=3, network="none")
     assert container_labels({"StopSignal": "SIGUSR1"}, given) == {
         label: "QUIT", "ctrctl.stop-timeout": "3",
     }  # fmt: skip
@@ -481,7 +498,9 @@ def test_bad_signals_are_refused_in_dockers_words(text):
 
 
 def test_network_modes_are_not_network_names() -> None:
-    # `default` is ctrctl's own default value for --network: no lookup of a network so named
-    assert [is_named_network(n) for n in ("default", "host", "none", "", "front")] == [
-        False, False, False, False, True,
+    # `default` is ctrctl's own default value for --network: no lookup of a network so named;
+    # nor of `bridge`, which the daemon makes when a container first needs it
+    names = ("default", "host", "none", "", "bridge", "container:x", "front")
+    assert [is_named_network(n) for n in names] == [
+        False, False, False, False, False, False, True,
     ]  # fmt: skip
