@@ -645,3 +645,27 @@ def test_a_failing_lookup_or_upstream_list_is_servfail_and_the_listener_goes_on(
         assert addresses(web) == ["172.18.0.2"]
 
     run(scenario)
+
+
+def test_serving_a_key_from_another_pin_moves_its_listener(pins: Pins) -> None:
+    a, b = pins.make("a"), pins.make("b")
+
+    def silent_here() -> None:
+        with pytest.raises(dns.exception.Timeout):
+            dns.query.udp(dns.message.make_query("web", "A"), edns.LISTEN_ADDRESS, timeout=0.5)
+
+    async def scenario() -> None:
+        resolver = edns.EmbeddedDns(upstreams=list, timeout=TIMEOUT)
+        try:
+            await resolver.serve("c", a, lookup)
+            before = open_fds()
+            await resolver.serve("c", b, lookup)  # the container's namespace was made again
+            assert open_fds() == before
+            web = await asyncio.to_thread(ask_udp, b, "web")
+            await asyncio.to_thread(in_netns, a, silent_here)
+        finally:
+            await resolver.close()
+
+        assert addresses(web) == ["172.18.0.2"]
+
+    run(scenario)
