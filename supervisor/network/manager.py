@@ -51,9 +51,16 @@ from pyroute2 import IPRoute
 
 from supervisor.errors import AlreadyExists, FailedPrecondition, NotFound
 from supervisor.metadata.db import Database
-from supervisor.network import ipam, netlink, nft
+from supervisor.network import ipam, netlink, nft, ports
 from supervisor.network.labels import NETWORKS_LABEL, NetworkSettings, label_networks
-from supervisor.network.store import Endpoint, Network, NetworkRequest, SqliteNetworkStore
+from supervisor.network.store import (
+    Endpoint,
+    Network,
+    NetworkRequest,
+    PublishedPort,
+    SqliteNetworkStore,
+    all_ports,
+)
 from supervisor.network.watch import FirewallWatch
 
 log = structlog.get_logger()
@@ -92,6 +99,11 @@ def bridge_name(network_id: str) -> str:
 
 def endpoint_key(ns: str, network_id: str, container: str) -> str:
     return f"{ns}/{network_id}/{container}"
+
+
+def port_owner(ns: str, container_id: str) -> str:
+    """Who holds a container's published host ports in `PortReservations`."""
+    return f"{ns}/{container_id}"
 
 
 def endpoint_mac(key: str) -> str:
@@ -287,6 +299,7 @@ class NetworkManager:
         self._applied: nft.Ruleset | None = None  # the table as last written
         self._shape: tuple[int, int] | None = None  # its (chains, rules) in the kernel then
         self._watch: FirewallWatch | None = None
+        self._reservations = ports.PortReservations()  # the host ports held, by container
         self._restores: list[float] = []  # when the table was last rewritten for others
         self._lock = asyncio.Lock()  # one kernel change (and nft rebuild) at a time
 
@@ -400,11 +413,13 @@ class NetworkManager:
             mine = [e for e in await store.endpoints() if e.container == container_id]
             pin, etc = self.pin_path(ns, container_id), self.etc_dir(ns, container_id)
             if not mine and not pin.exists() and not etc.exists():
+                await self._free_ports(ns, container_id)  # reserved by a failed prepare
                 return  # never networked: no kernel call, no firewall rebuild
             for e in mine:
                 name = netlink.host_ifname(endpoint_key(ns, e.network, container_id))
                 await asyncio.to_thread(netlink.detach_endpoint, name)
             await store.release_container(container_id)
+            await self._free_ports(ns, container_id)
             await asyncio.to_thread(netlink.netns_remove, pin)
             if pin.parent.is_dir() and not any(pin.parent.iterdir()):
                 await asyncio.to_thread(netlink.netns_release_dir, pin.parent)
@@ -436,8 +451,11 @@ class NetworkManager:
                 await self._shared_spec(ns, parsed, settings.network_container, netns_of)
             ).encode()
         if not settings.networks:
-            return spec
+            return spec  # none/host: published ports are dropped, as docker drops them
         static_ip = ipam.parse_address(settings.ip) if settings.ip else None
+        requests = [r for text in settings.ports for r in ports.parse_publish(text)]
+        # held before anything is plumbed: a taken port fails the task with nothing made
+        bindings = self._reservations.reserve(port_owner(ns, container_id), requests)
         try:
             attachment: Attachment | None = None
             for position, name in enumerate(settings.networks):
@@ -453,6 +471,10 @@ class NetworkManager:
                 )
                 attachment = attachment or joined
             assert attachment is not None
+            if bindings:
+                async with self._lock:
+                    await self._store(ns).set_ports(attachment.network.id, container_id, bindings)
+                    await self._apply_firewall()
             hostname = str(parsed.get("hostname") or container_id[:12])
             hosts, resolv = await self.hosts_and_resolv(ns, container_id, hostname, settings)
         except BaseException:
@@ -521,6 +543,16 @@ class NetworkManager:
         await asyncio.to_thread(write_in_place, resolv, resolv_text)
         return hosts, resolv
 
+    async def _free_ports(self, ns: str, container_id: str) -> None:
+        """Close the sockets holding the container's host ports; for UDP ones, forget the
+        kernel's conntrack entries, or a client's datagrams keep going to the old address."""
+        freed = self._reservations.release(port_owner(ns, container_id))
+        for binding in freed:
+            if binding.proto == "udp":
+                await asyncio.to_thread(
+                    ports.flush_udp_conntrack, binding.host_port, binding.host_ip
+                )
+
     # live changes of a container's networks (the Networks service's Connect and Disconnect)
 
     def is_plumbed(self, ns: str, container_id: str) -> bool:
@@ -568,8 +600,22 @@ class NetworkManager:
         return found
 
     async def _publishes(self) -> tuple[nft.Publish, ...]:
-        """Published ports of every endpoint. Extension point: none are stored yet."""
-        return ()
+        """Published ports of every endpoint, of every namespace (the table is host-wide)."""
+        return tuple(
+            nft.Publish(
+                network=p.network,
+                proto=p.binding.proto,
+                host_ip=p.binding.host_ip,
+                host_port=p.binding.host_port,
+                container_ip=p.address,
+                container_port=p.binding.container_port,
+            )
+            for p in await all_ports(self._db)
+        )
+
+    async def published(self, ns: str, container_id: str) -> list[PublishedPort]:
+        """The container's published ports (for ListEndpoints)."""
+        return await self._store(ns).ports(container_id)
 
     async def _apply_firewall(self, force: bool = False) -> None:
         """Make ctrd's table what the store says; skipped when that is what was last applied
@@ -616,6 +662,7 @@ class NetworkManager:
             self._watch.start()
 
     async def close(self) -> None:
+        self._reservations.close()
         if self._watch is not None:
             await self._watch.close()
             self._watch = None
@@ -683,10 +730,25 @@ class NetworkManager:
             stale_pins = [p for p in self._pins() if p not in wanted_pins]
             for pin in stale_pins:
                 await asyncio.to_thread(netlink.netns_remove, pin)
+            await self._restore_ports()
             await self._apply_firewall(force=True)
             return ReconcileReport(
                 tuple(stale_links), tuple(str(p) for p in stale_pins), tuple(released)
             )
+
+    async def _restore_ports(self) -> None:
+        """Hold again the host ports the store records (the sockets died with the last
+        daemon). A port another program took meanwhile stays recorded and published in the
+        firewall (the DNAT still works: it comes before the local socket), and is logged."""
+        by_owner: dict[str, list[ports.PortBinding]] = {}
+        for p in await all_ports(self._db):
+            by_owner.setdefault(port_owner(p.namespace, p.container), []).append(p.binding)
+        for owner, bindings in by_owner.items():
+            for failure in self._reservations.restore(owner, bindings):
+                log.warning(
+                    "published_port_taken", owner=owner, port=failure.binding.host_port,
+                    reason=failure.reason,
+                )  # fmt: skip
 
     def _pins(self) -> list[Path]:
         root = self._state / "netns"

@@ -233,9 +233,22 @@ class NetworksService(pb_grpc.NetworksServicer):
     async def ListEndpoints(self, request: pb.ListEndpointsRequest, context: Context) -> Any:
         store = self._for(context)
         networks = {n.id: n for n in await store.list()}
-        found = [
-            endpoint_to_pb(e, networks[e.network].config.subnet.prefixlen, networks[e.network])
-            for e in await store.endpoints()
-            if not request.container_id or e.container == request.container_id
-        ]
+        published: defaultdict[tuple[str, str], list[pb.PortMapping]] = defaultdict(list)
+        for p in await store.ports(request.container_id or None):
+            published[(p.network, p.container)].append(
+                pb.PortMapping(
+                    protocol=p.binding.proto,
+                    host_ip=str(p.binding.host_ip or ""),
+                    host_port=p.binding.host_port,
+                    container_port=p.binding.container_port,
+                )
+            )
+        found = []
+        for e in await store.endpoints():
+            if request.container_id and e.container != request.container_id:
+                continue
+            n = networks[e.network]
+            message = endpoint_to_pb(e, n.config.subnet.prefixlen, n)
+            message.ports.extend(published[(e.network, e.container)])
+            found.append(message)
         return pb.ListEndpointsResponse(endpoints=found)
