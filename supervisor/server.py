@@ -299,7 +299,7 @@ class Daemon:
         def network_manager() -> Any:  # one, built at the first task that asks for a network
             from supervisor.network.manager import NetworkManager
 
-            return NetworkManager(db, state, config.network.nft_table)
+            return NetworkManager(db, state, config.network.nft_table, watch=True)
 
         # The services a restart's first calls do not need, built at their first call.
         def namespaces_service() -> Any:

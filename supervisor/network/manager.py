@@ -291,11 +291,16 @@ class ReconcileReport:
 class NetworkManager:
     """Bridges, endpoints, /etc files and the firewall table for every namespace's networks."""
 
-    def __init__(self, db: Database, state: Path, table: str = nft.DEFAULT_TABLE) -> None:
+    def __init__(
+        self, db: Database, state: Path, table: str = nft.DEFAULT_TABLE, watch: bool = False
+    ) -> None:
+        """`watch`: rewrite the table when another program changes the ruleset (the daemon's
+        manager does; one made by a test need not)."""
         self._db = db
         self._state = Path(state)
         self._table = table
         self._forwarding = False
+        self._watching = watch
         self._applied: nft.Ruleset | None = None  # the table as last written
         self._shape: tuple[int, int] | None = None  # its (chains, rules) in the kernel then
         self._watch: FirewallWatch | None = None
@@ -632,7 +637,8 @@ class NetworkManager:
             await asyncio.to_thread(nft.apply, ruleset)
         self._shape = await asyncio.to_thread(nft.fingerprint, self._table)
         self._applied = ruleset
-        self.watch_firewall()
+        if self._watching:
+            self.watch_firewall()
 
     async def check_firewall(self) -> bool:
         """Rewrite ctrd's table when it is not as ctrd last wrote it (someone flushed the
