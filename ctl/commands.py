@@ -548,7 +548,9 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
             "exitCode": task.exit_status if task is not None and state == "exited" else None,
             "name": container.labels.get(NAME_LABEL, ""),
             "ports": netview.displayable_ports(
-                netview.container_ports(container.labels, endpoints.get(container.id, []))
+                netview.container_ports(
+                    container.labels, endpoints.get(container.id, []) if _live(task) else []
+                )
             ),
         }  # fmt: skip
         if not _ps_matches(row, container.labels, filters):
@@ -587,6 +589,16 @@ def _endpoints(client: Client, cid: str = "") -> list[Any]:
         raise
 
 
+def _live(task: Any | None) -> bool:
+    """Whether a container's network is shown: while its task runs (or is paused), as docker
+    shows addresses and ports; a stopped task keeps its endpoints until it is deleted."""
+    return task is not None and task.status in (task_types.RUNNING, task_types.PAUSED)
+
+
+def _live_endpoints(client: Client, cid: str) -> list[Any]:
+    return _endpoints(client, cid) if _live(client.task(cid)) else []
+
+
 def _endpoints_by_container(client: Client) -> dict[str, list[Any]]:
     found: dict[str, list[Any]] = {}
     for endpoint in _endpoints(client):
@@ -604,7 +616,7 @@ def cmd_port(client: Client, args: argparse.Namespace) -> int:
     container = client.containers.Get(_get(cid), metadata=client.md).container
     try:
         lines = netview.port_lines(
-            container.labels, _endpoints(client, cid), args.container, args.port or ""
+            container.labels, _live_endpoints(client, cid), args.container, args.port or ""
         )
     except netview.NoPublicPort as e:
         print(e, file=sys.stderr)
@@ -820,10 +832,11 @@ def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
         info["runtime"] = container.runtime.name
         if container.runtime.HasField("options"):
             info["runtimeOptions"] = anys.to_json(container.runtime.options)
-        info["NetworkSettings"] = netview.network_settings(
-            container.labels, _endpoints(client, cid), _host_network(container)
-        )
         task = client.task(cid)
+        info["NetworkSettings"] = netview.network_settings(
+            container.labels, _endpoints(client, cid) if _live(task) else [],
+            _host_network(container),
+        )  # fmt: skip
         if task is not None:
             info["state"] = {
                 "status": STATUS.get(task.status, "unknown"), "pid": task.pid,

@@ -1,8 +1,10 @@
-"""`ctrctl network create|ls|inspect|rm|prune`: ctrd's networks, in docker's words and shapes.
+"""`ctrctl network create|ls|inspect|rm|prune|connect|disconnect`: ctrd's networks, in docker's
+words and shapes.
 
 Talks to ctrd's own `ctrd.services.networks.v1.Networks` service. `ls` prints docker's columns
 (NETWORK ID, NAME, DRIVER, SCOPE) or, with `--format json`, one JSON object per line as docker
-does; `inspect` prints docker's JSON array (IPAM, Containers, ...). docker's `--filter key=value`
+does; `inspect` prints docker's JSON array (IPAM, Containers by id with their names, ...);
+`connect` and `disconnect` take a container by name, id or id prefix. docker's `--filter key=value`
 becomes containerd's filter language for the service: one key given several times matches any
 of its values, different keys must all match (so the service gets every combination, ORed).
 Only `argparse` is imported at the top (ctrctl starts fast).
@@ -57,6 +59,25 @@ def add_parsers(commands: Any) -> None:
     rm = sub.add_parser("rm", aliases=["remove"], help="remove networks")
     rm.add_argument("networks", nargs="+", metavar="NETWORK")
     _handler(rm, "rm")
+    connect = sub.add_parser("connect", help="connect a container to a network")
+    connect.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name the container answers to on the network",
+    )
+    connect.add_argument("--ip", default="", metavar="IPV4", help="the container's address")
+    connect.add_argument("network", metavar="NETWORK")
+    connect.add_argument("container", metavar="CONTAINER")
+    _handler(connect, "connect")
+    disconnect = sub.add_parser("disconnect", help="disconnect a container from a network")
+    disconnect.add_argument(
+        "-f", "--force", action="store_true", help="force the container to disconnect"
+    )
+    disconnect.add_argument("network", metavar="NETWORK")
+    disconnect.add_argument("container", metavar="CONTAINER")
+    _handler(disconnect, "disconnect")
     prune = sub.add_parser("prune", help="remove the networks no container uses")
     prune.add_argument("-f", "--force", action="store_true", help="do not ask")
     _filter_option(prune, "label")
@@ -215,14 +236,16 @@ def ls(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def inspected(n: Any) -> dict[str, Any]:
-    """docker's `network inspect` object for one network."""
+def inspected(n: Any, names: dict[str, str] | None = None) -> dict[str, Any]:
+    """docker's `network inspect` object for one network; `names` maps container ids to
+    their names (a container without one shows its id)."""
+    names = names or {}
     config: dict[str, str] = {"Subnet": n.subnet, "Gateway": n.gateway}
     if n.ip_range:
         config["IPRange"] = n.ip_range
     containers = {
         e.container_id: {
-            "Name": e.container_id,
+            "Name": names.get(e.container_id) or e.container_id,
             "EndpointID": "",
             "MacAddress": e.mac,
             "IPv4Address": e.address,
@@ -262,9 +285,91 @@ def inspect(client: Client, args: argparse.Namespace) -> int:
             print(f"Error: No such network: {name}", file=sys.stderr)
             status = 1
             continue
-        found.append(inspected(reply.network))
-    print(json.dumps(found, indent=4))
+        found.append(reply.network)
+    names = _container_names(client) if any(n.endpoints for n in found) else {}
+    print(json.dumps([inspected(n, names) for n in found], indent=4))
     return status
+
+
+def _container_names(client: Client) -> dict[str, str]:
+    from ctl.client import NAME_LABEL
+
+    return {c.id: c.labels.get(NAME_LABEL, "") for c in client.list_containers()}
+
+
+def _daemon_error(e: Exception, network: str, cid: str) -> int:
+    """A refused connect or disconnect, in docker's words; its exit status (1)."""
+    if not hasattr(e, "details"):
+        raise e
+    message = _plain(_details(e))
+    if _not_found(e):
+        message = (
+            f"container {cid} is not connected to network {network}"
+            if "endpoint" in message
+            else f"network {network} not found"
+        )
+    print(f"Error response from daemon: {message}", file=sys.stderr)
+    return 1
+
+
+# containerd's errdefs words that its errors end with (": not found"), which docker's lack
+_KINDS = ("not found", "already exists", "invalid argument", "failed precondition")
+
+
+def _plain(details: str) -> str:
+    """A daemon error's message without containerd's kind at its end."""
+    for kind in _KINDS:
+        details = details.removesuffix(f": {kind}")
+    return details
+
+
+def _container_id(client: Client, name: str) -> str | None:
+    """The id of container `name` (a name, an id or a prefix); None, docker's error said."""
+    from ctl.client import NotFound
+
+    try:
+        return client.resolve(name)
+    except NotFound as e:
+        print(f"Error response from daemon: {e}", file=sys.stderr)
+        return None
+
+
+def connect(client: Client, args: argparse.Namespace) -> int:
+    """docker's `network connect`: the container gets an endpoint (at once when running)."""
+    from ctl.netopts import check_ip
+    from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
+
+    cid = _container_id(client, args.container)
+    if cid is None:
+        return 1
+    try:
+        address = check_ip(args.ip) if args.ip else ""
+    except ValueError as e:
+        print(f"Error response from daemon: {e}", file=sys.stderr)
+        return 1
+    request = pb.ConnectRequest(
+        network=args.network, container_id=cid, address=address, aliases=args.alias
+    )
+    try:
+        _stub(client).Connect(request, metadata=client.md)
+    except Exception as e:
+        return _daemon_error(e, args.network, cid)
+    return 0
+
+
+def disconnect(client: Client, args: argparse.Namespace) -> int:
+    """docker's `network disconnect` (`-f` is taken: ctrd's disconnect never needs it)."""
+    from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
+
+    cid = _container_id(client, args.container)
+    if cid is None:
+        return 1
+    request = pb.DisconnectRequest(network=args.network, container_id=cid)
+    try:
+        _stub(client).Disconnect(request, metadata=client.md)
+    except Exception as e:
+        return _daemon_error(e, args.network, cid)
+    return 0
 
 
 def rm(client: Client, args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ import ipaddress
 import json
 import os
 
+import pytest
+
 from supervisor.network import netlink, nft
 from supervisor.network.manager import bridge_name, endpoint_key
 from tests.integration.test_ctrctl import ctrctl
@@ -61,3 +63,165 @@ def test_run_on_a_named_network_pings_a_peer_and_a_missing_one_is_refused(
         if bridge:
             netlink.remove_bridge(bridge)
         nft.delete(table)
+
+
+@pytest.fixture
+def networked(make_ctrd, tmp_path):
+    """A daemon with an nftables table of its own, and a /24 no host route overlaps."""
+    pid = os.getpid()
+    table = f"ctrdn{pid}"
+    config = tmp_path / "ctrd.toml"
+    config.write_text(f'[network]\nnft_table = "{table}"\n')
+    daemon = make_ctrd()
+    daemon.extra_args = ("--config", str(config))
+    daemon.nft_table = table  # removed with the daemon's bridges by its cleanup
+    daemon.start()
+    subnet = ipaddress.ip_network(f"10.{100 + pid % 50}.{pid // 50 % 256}.0/24")
+    assert not any(subnet.overlaps(p) for p in netlink.host_taken_prefixes())
+    return daemon, subnet  # make_ctrd stops it and removes its bridges and table
+
+
+def inspect(daemon, name):
+    shown = ctrctl(daemon, "inspect", name)
+    assert shown.returncode == 0, shown.stderr
+    [info] = json.loads(shown.stdout)
+    return info
+
+
+def test_run_flags_reach_the_container_and_inspect_port_and_ps_show_its_network(
+    networked, busybox_image
+):
+    daemon, subnet = networked
+    ref = pull(daemon, busybox_image)
+    assert ctrctl(daemon, "network", "create", "--subnet", str(subnet), "front").returncode == 0
+    fixed = str(subnet.network_address + 10)
+    started = ctrctl(
+        daemon, "run", "-d", "--name", "a", "--network", "front", "--ip", fixed,
+        "--network-alias", "web", "--dns", "192.0.2.53", "--dns-search", "example.com",
+        "--dns-option", "ndots:3", "--add-host", "db:10.9.9.9", "--expose", "7000/udp",
+        ref, "sleep", "1000",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr + daemon.log()[-2000:]
+
+    info = inspect(daemon, "a")
+    labels = info["labels"]
+    assert labels["ctrd.io/networks"] == "front"
+    assert labels["ctrd.io/ip"] == fixed
+    assert labels["ctrd.io/network-aliases"] == "web"
+    settings = info["NetworkSettings"]
+    front = settings["Networks"]["front"]
+    assert front["IPAddress"] == fixed
+    assert front["IPPrefixLen"] == 24
+    assert front["Gateway"] == str(subnet.network_address + 1)
+    assert front["IPAMConfig"] == {"IPv4Address": fixed}
+    assert "web" in front["Aliases"]
+    assert settings["IPAddress"] == ""  # docker fills the top level for the bridge only
+    assert settings["Ports"] == {"7000/udp": None}
+
+    resolv = ctrctl(daemon, "exec", "a", "cat", "/etc/resolv.conf").stdout
+    assert "nameserver 192.0.2.53" in resolv.splitlines()
+    assert "search example.com" in resolv.splitlines()
+    assert "options ndots:3" in resolv.splitlines()
+    hosts = ctrctl(daemon, "exec", "a", "cat", "/etc/hosts").stdout
+    assert ["10.9.9.9", "db"] in [line.split() for line in hosts.splitlines()]
+
+    assert ctrctl(daemon, "port", "a").stdout == ""
+    unpublished = ctrctl(daemon, "port", "a", "7000/udp")
+    assert (unpublished.returncode, unpublished.stderr) == (
+        1, "Error: No public port '7000/udp' published for a\n",
+    )  # fmt: skip
+    missing = ctrctl(daemon, "port", "nothing")
+    assert (missing.returncode, missing.stderr) == (1, "Error: No such container: nothing\n")
+    header, row = ctrctl(daemon, "ps").stdout.splitlines()
+    assert header.split()[-2:] == ["PORTS", "NAMES"]
+    assert row.split()[-2:] == ["7000/udp", "a"]  # exposed, not published: docker's cell
+
+    # stopped: no endpoint, so no ports (as docker's), but the network it is given stays
+    assert ctrctl(daemon, "stop", "-t", "0", "a").returncode == 0
+    stopped = inspect(daemon, "a")["NetworkSettings"]
+    assert stopped["Ports"] == {}
+    assert stopped["Networks"]["front"]["IPAddress"] == ""
+    assert ctrctl(daemon, "rm", "a").returncode == 0
+
+
+def test_the_default_network_is_the_bridge_and_container_mode_shares_it(networked, busybox_image):
+    daemon, _ = networked
+    ref = pull(daemon, busybox_image)
+    started = ctrctl(daemon, "run", "-d", "--name", "b", ref, "sleep", "1000")
+    assert started.returncode == 0, started.stderr + daemon.log()[-2000:]
+    info = inspect(daemon, "b")
+    assert info["labels"]["ctrd.io/networks"] == "bridge"
+    settings = info["NetworkSettings"]
+    assert list(settings["Networks"]) == ["bridge"]
+    bridge = settings["Networks"]["bridge"]
+    assert settings["IPAddress"] == bridge["IPAddress"] != ""
+    assert settings["MacAddress"] == bridge["MacAddress"] != ""
+    assert settings["Gateway"] == bridge["Gateway"] != ""
+    mac = ctrctl(daemon, "exec", "b", "cat", "/sys/class/net/eth0/address").stdout.strip()
+    assert mac == bridge["MacAddress"]
+
+    shared = ctrctl(daemon, "run", "--rm", "--network", "container:b", ref,
+                    "sh", "-c", "cat /sys/class/net/eth0/address; hostname")  # fmt: skip
+    assert shared.returncode == 0, shared.stderr + daemon.log()[-2000:]
+    assert shared.stdout.split() == [mac, started.stdout.strip()[:12]]  # b's hostname, too
+
+    for flags, words in (
+        (("--hostname", "x"), "conflicting options: hostname and the network mode"),
+        (("-p", "80"), "conflicting options: port publishing and the container type network mode"),
+        (("--dns", "1.1.1.1"), "conflicting options: dns and the network mode"),
+    ):
+        refused = ctrctl(daemon, "run", "--rm", "--network", "container:b", *flags, ref, "true")
+        assert (refused.returncode, refused.stderr) == (125, f"ctrctl: {words}\n")
+    missing = ctrctl(daemon, "run", "--rm", "--network", "container:zz", ref, "true")
+    assert (missing.returncode, missing.stderr) == (125, "ctrctl: No such container: zz\n")
+    for flags, words in (
+        (("--ip", "10.0.0.3"), "user specified IP address is supported on user defined networks"
+                               " only"),
+        (("-p", "80/icmp"), "Invalid proto: icmp"),
+        (("--add-host", "db"), 'invalid argument "db" for "--add-host" flag: bad format for'
+                               ' add-host: "db"'),
+    ):  # fmt: skip
+        refused = ctrctl(daemon, "run", "--rm", *flags, ref, "true")
+        assert (refused.returncode, refused.stderr) == (125, f"ctrctl: {words}\n")
+    host = ctrctl(daemon, "run", "--rm", "--network", "host", "-p", "80:80", ref, "true")
+    assert host.returncode == 0, host.stderr
+    assert host.stderr == "WARNING: Published ports are discarded when using host network mode\n"
+    assert ctrctl(daemon, "ps", "-aq").stdout.split() == ["b"]  # nothing else was made
+    assert ctrctl(daemon, "rm", "-f", "b").returncode == 0
+
+
+def test_network_connect_and_disconnect_by_container_name(networked, busybox_image):
+    daemon, subnet = networked
+    ref = pull(daemon, busybox_image)
+    assert ctrctl(daemon, "network", "create", "--subnet", str(subnet), "back").returncode == 0
+    created = ctrctl(daemon, "create", "--name", "c", "--network", "none", ref, "sleep", "1000")
+    assert created.returncode == 0, created.stderr
+
+    joined = ctrctl(daemon, "network", "connect", "--alias", "cee", "back", "c")
+    assert (joined.returncode, joined.stderr) == (0, "")
+    assert inspect(daemon, "c")["labels"]["ctrd.io/networks"] == "back"  # joined at start
+    assert ctrctl(daemon, "start", "c").returncode == 0
+    [network] = json.loads(ctrctl(daemon, "network", "inspect", "back").stdout)
+    [(cid, member)] = network["Containers"].items()
+    assert member["Name"] == "c"
+    assert ipaddress.ip_interface(member["IPv4Address"]).ip in subnet
+    inside = ctrctl(daemon, "exec", "c", "cat", "/sys/class/net/eth0/address").stdout.strip()
+    assert inside == inspect(daemon, "c")["NetworkSettings"]["Networks"]["back"]["MacAddress"]
+
+    for args, words in (
+        (("connect", "nowhere", "c"), "network nowhere not found"),
+        (("connect", "back", "zz"), "No such container: zz"),
+        (("connect", "--ip", "10.0.0.300", "back", "c"), "invalid IPv4 address: 10.0.0.300"),
+    ):
+        refused = ctrctl(daemon, "network", *args)
+        assert (refused.returncode, refused.stderr) == (1, f"Error response from daemon: {words}\n")
+
+    left = ctrctl(daemon, "network", "disconnect", "back", "c")
+    assert (left.returncode, left.stderr) == (0, "")
+    [network] = json.loads(ctrctl(daemon, "network", "inspect", "back").stdout)
+    assert network["Containers"] == {}
+    again = ctrctl(daemon, "network", "disconnect", "-f", "back", "c")
+    assert (again.returncode, again.stderr) == (
+        1, f"Error response from daemon: container {cid} is not connected to network back\n",
+    )  # fmt: skip
+    assert ctrctl(daemon, "rm", "-f", "c").returncode == 0
