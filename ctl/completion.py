@@ -3,7 +3,8 @@
 The script is made by shtab (imported only here) from the argparse tree, so every command,
 subcommand and option completes without a hand-kept list. Arguments that name containers or
 images complete with the names ctrd has, through the unlisted `ctrctl __names` command
-(it honours CTRD_ADDRESS and CTRD_NAMESPACE).
+(it honours CTRD_ADDRESS and CTRD_NAMESPACE); those naming networks with the namespace's
+networks.
 
     source <(ctrctl completion bash)
     ctrctl completion bash > /etc/bash_completion.d/ctrctl
@@ -20,14 +21,17 @@ if TYPE_CHECKING:
 
 CONTAINER_ARGS = frozenset({"container", "containers"})
 IMAGE_ARGS = frozenset({"image", "images", "source"})
+NETWORK_ARGS = frozenset({"network", "networks"})
 
 BASH_PREAMBLE = """
 _ctrctl_containers() { compgen -W "$(ctrctl __names containers 2>/dev/null)" -- "$1"; }
 _ctrctl_images() { compgen -W "$(ctrctl __names images 2>/dev/null)" -- "$1"; }
+_ctrctl_networks() { compgen -W "$(ctrctl __names networks 2>/dev/null)" -- "$1"; }
 """
 ZSH_PREAMBLE = """
 _ctrctl_containers() { compadd -- ${(f)"$(ctrctl __names containers 2>/dev/null)"}; }
 _ctrctl_images() { compadd -- ${(f)"$(ctrctl __names images 2>/dev/null)"}; }
+_ctrctl_networks() { compadd -- ${(f)"$(ctrctl __names networks 2>/dev/null)"}; }
 """
 
 
@@ -41,7 +45,7 @@ def add_parsers(commands: Any) -> None:
     completion.add_argument("shell", choices=["bash", "zsh"])
     completion.set_defaults(handler="ctl.completion:run")
     names = commands.add_parser("__names")  # no help: unlisted, for the scripts only
-    names.add_argument("kind", choices=["containers", "images"])
+    names.add_argument("kind", choices=["containers", "images", "networks"])
     names.set_defaults(handler="ctl.completion:names+client")
 
 
@@ -66,6 +70,8 @@ def _mark(parser: argparse.ArgumentParser) -> None:
             action.complete = {"bash": "_ctrctl_containers", "zsh": "_ctrctl_containers"}  # type: ignore[attr-defined]
         elif not action.option_strings and action.dest in IMAGE_ARGS:
             action.complete = {"bash": "_ctrctl_images", "zsh": "_ctrctl_images"}  # type: ignore[attr-defined]
+        elif action.dest in NETWORK_ARGS:  # `network connect NETWORK` and `run --network`
+            action.complete = {"bash": "_ctrctl_networks", "zsh": "_ctrctl_networks"}  # type: ignore[attr-defined]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
 def names(client: Client, args: argparse.Namespace) -> int:
     if args.kind == "containers":
         found = [c.id for c in client.list_containers()]
+    elif args.kind == "networks":
+        from ctl.networks import list_names
+
+        found = list_names(client)
     else:
         from ctl.images import familiar
 

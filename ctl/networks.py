@@ -200,6 +200,11 @@ def _list(client: Client, filter_words: Iterable[str], keys: Iterable[str]) -> l
     return list(_stub(client).List(request, metadata=client.md).networks)
 
 
+def list_names(client: Client) -> list[str]:
+    """The names of the namespace's networks (shell completion)."""
+    return [n.name for n in _list(client, (), ())]
+
+
 def _go_time(timestamp: Any) -> str:
     """Go's time.String() in UTC, as `docker network ls --format json` shows CreatedAt."""
     import datetime as dt

@@ -194,6 +194,7 @@ def test_network_connect_and_disconnect_by_container_name(networked, busybox_ima
     daemon, subnet = networked
     ref = pull(daemon, busybox_image)
     assert ctrctl(daemon, "network", "create", "--subnet", str(subnet), "back").returncode == 0
+    assert ctrctl(daemon, "__names", "networks").stdout == "back\n"  # shell completion's
     created = ctrctl(daemon, "create", "--name", "c", "--network", "none", ref, "sleep", "1000")
     assert created.returncode == 0, created.stderr
 
