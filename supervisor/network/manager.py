@@ -51,7 +51,7 @@ from pyroute2 import IPRoute
 
 from supervisor.errors import AlreadyExists, FailedPrecondition, NotFound
 from supervisor.metadata.db import Database
-from supervisor.network import ipam, netlink, nft, ports
+from supervisor.network import dns, ipam, netlink, nft, ports
 from supervisor.network.labels import NETWORKS_LABEL, NetworkSettings, label_networks
 from supervisor.network.store import (
     Endpoint,
@@ -74,6 +74,8 @@ DEFAULT_NETWORK = "bridge"  # docker's default network, made per namespace on fi
 DEFAULT_LABEL = "ctrd.io/default-network"
 NetnsOf = Callable[[str], Awaitable[Path | None]]  # a container id -> its task's netns path
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+EXT_SERVERS = "# ExtServers:"
 _HEX12 = re.compile(r"^[0-9a-f]{12}")
 _HOST_VETH = re.compile(r"^veth[0-9a-f]{7}$")  # netlink.host_ifname's pattern
 
@@ -104,6 +106,35 @@ def endpoint_key(ns: str, network_id: str, container: str) -> str:
 def port_owner(ns: str, container_id: str) -> str:
     """Who holds a container's published host ports in `PortReservations`."""
     return f"{ns}/{container_id}"
+
+
+def endpoint_names(container_id: str, name: str, aliases: Iterable[str]) -> tuple[str, ...]:
+    """What an endpoint records as its aliases: the container's name (when it is not its id),
+    then its network aliases, without repeats."""
+    names = [name] if name and name != container_id else []
+    names.extend(a for a in aliases if a not in names and a != container_id)
+    return tuple(names)
+
+
+def dns_names(container_id: str, aliases: Iterable[str]) -> set[str]:
+    """The names an endpoint answers to: its container's id, the short id of a 64-hex id
+    (docker's), and its recorded aliases (the name first); lowercase, as DNS compares."""
+    names = {container_id.lower(), *(a.lower() for a in aliases)}
+    if _HEX64.fullmatch(container_id):
+        names.add(container_id[:12])
+    return names
+
+
+def _ext_servers(resolv: Path) -> list[str]:
+    """The `--dns` servers a container's generated resolv.conf records (`# ExtServers:`)."""
+    try:
+        text = resolv.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith(EXT_SERVERS):
+            return line[len(EXT_SERVERS) :].strip(" []").split()
+    return []
 
 
 def endpoint_mac(key: str) -> str:
@@ -176,10 +207,13 @@ def render_resolv(
             host_options = words[1:]
     chosen_search = list(search) or host_search
     chosen_options = list(options) or host_options
+    ext: list[str] = []
     if embedded is not None:
         nameservers = [embedded]
         if not any(o.startswith("ndots:") for o in chosen_options):
             chosen_options = [*chosen_options, "ndots:0"]
+        if servers:  # where the embedded resolver forwards, read again at a restart
+            ext = [f"{EXT_SERVERS} [{' '.join(servers)}]"]
     else:
         nameservers = list(servers) or host_servers or list(FALLBACK_RESOLVERS)
     lines = [f"# Based on host file: '{source}'"]
@@ -188,6 +222,7 @@ def render_resolv(
         lines.append("search " + " ".join(chosen_search))
     if chosen_options:
         lines.append("options " + " ".join(chosen_options))
+    lines.extend(ext)
     return "\n".join(lines) + "\n"
 
 
@@ -305,6 +340,10 @@ class NetworkManager:
         self._shape: tuple[int, int] | None = None  # its (chains, rules) in the kernel then
         self._watch: FirewallWatch | None = None
         self._reservations = ports.PortReservations()  # the host ports held, by container
+        self._dns: dict[tuple[str, ...], dns.EmbeddedDns] = {}  # by upstreams (() = host's)
+        self._names: dict[str, dict[str, dict[str, list[IPv4Address]]]] = {}  # ns, net, name
+        self._reverse: dict[str, dict[str, dict[IPv4Address, str]]] = {}
+        self._joined: dict[str, dict[str, tuple[str, ...]]] = {}  # ns, container: networks
         self._restores: list[float] = []  # when the table was last rewritten for others
         self._lock = asyncio.Lock()  # one kernel change (and nft rebuild) at a time
 
@@ -423,6 +462,7 @@ class NetworkManager:
             for e in mine:
                 name = netlink.host_ifname(endpoint_key(ns, e.network, container_id))
                 await asyncio.to_thread(netlink.detach_endpoint, name)
+            await self._stop_dns(ns, container_id)
             await store.release_container(container_id)
             await self._free_ports(ns, container_id)
             await asyncio.to_thread(netlink.netns_remove, pin)
@@ -432,6 +472,7 @@ class NetworkManager:
                 (etc / f).unlink(missing_ok=True)
             if etc.exists():
                 etc.rmdir()
+            await self._refresh_names(ns)
             await self._apply_firewall()
 
     async def prepare_task(
@@ -471,11 +512,13 @@ class NetworkManager:
                     container_id,
                     name,
                     static_ip if position == 0 else None,
-                    settings.aliases,
+                    endpoint_names(container_id, settings.name, settings.aliases),
                     default_route=position == 0,
                 )
                 attachment = attachment or joined
             assert attachment is not None
+            await self._refresh_names(ns)
+            await self._serve_dns(ns, container_id, settings.dns)
             if bindings:
                 async with self._lock:
                     await self._store(ns).set_ports(attachment.network.id, container_id, bindings)
@@ -543,10 +586,65 @@ class NetworkManager:
             servers=settings.dns,
             search=settings.dns_search,
             options=settings.dns_options,
+            embedded=dns.LISTEN_ADDRESS,
         )
         await asyncio.to_thread(write_in_place, hosts, hosts_text)
         await asyncio.to_thread(write_in_place, resolv, resolv_text)
         return hosts, resolv
+
+    # names: the embedded DNS
+
+    async def _refresh_names(self, ns: str) -> None:
+        """Rebuild the namespace's name tables from the store: per network, each endpoint's
+        names (its container's id, short id, name and aliases) and address."""
+        endpoints = await self._store(ns).endpoints()
+        networks: dict[str, dict[str, list[IPv4Address]]] = {}
+        reverse: dict[str, dict[IPv4Address, str]] = {}
+        joined: dict[str, list[str]] = {}
+        for e in endpoints:
+            names = networks.setdefault(e.network, {})
+            for name in dns_names(e.container, e.aliases):
+                names.setdefault(name, []).append(e.address)
+            reverse.setdefault(e.network, {})[e.address] = (e.aliases or (e.container,))[0]
+            joined.setdefault(e.container, []).append(e.network)
+        self._names[ns] = networks
+        self._reverse[ns] = reverse
+        self._joined[ns] = {cid: tuple(ids) for cid, ids in joined.items()}
+
+    def _lookup(self, ns: str, container_id: str, name: str) -> list[IPv4Address]:
+        """`name` on the networks `container_id` is on: docker's scoping."""
+        found: list[IPv4Address] = []
+        tables = self._names.get(ns, {})
+        for network_id in self._joined.get(ns, {}).get(container_id, ()):
+            found.extend(tables.get(network_id, {}).get(name, ()))
+        return found
+
+    def _reverse_lookup(self, ns: str, container_id: str, address: IPv4Address) -> str | None:
+        tables = self._reverse.get(ns, {})
+        for network_id in self._joined.get(ns, {}).get(container_id, ()):
+            name = tables.get(network_id, {}).get(address)
+            if name is not None:
+                return name
+        return None
+
+    async def _serve_dns(self, ns: str, container_id: str, servers: Sequence[str]) -> None:
+        """Answer at 127.0.0.11 in the container's namespace, forwarding to `servers` (its
+        `--dns`), else to the host's resolvers."""
+        upstreams = tuple(servers)
+        resolver = self._dns.get(upstreams)
+        if resolver is None:
+            resolver = dns.EmbeddedDns(lambda: upstreams) if upstreams else dns.EmbeddedDns()
+            self._dns[upstreams] = resolver
+        await resolver.serve(
+            port_owner(ns, container_id),
+            self.pin_path(ns, container_id),
+            lambda name: self._lookup(ns, container_id, name),
+            lambda address: self._reverse_lookup(ns, container_id, address),
+        )
+
+    async def _stop_dns(self, ns: str, container_id: str) -> None:
+        for resolver in self._dns.values():
+            await resolver.stop(port_owner(ns, container_id))
 
     async def _free_ports(self, ns: str, container_id: str) -> None:
         """Close the sockets holding the container's host ports; for UDP ones, forget the
@@ -579,9 +677,11 @@ class NetworkManager:
         network keeps it, as docker's) and rewrite its /etc/hosts."""
         if network == DEFAULT_NETWORK:
             await self.ensure_default_network(ns)
+        names = endpoint_names(container_id, settings.name, aliases)
         attachment = await self.connect(
-            ns, container_id, network, static_ip, aliases, default_route=False
+            ns, container_id, network, static_ip, names, default_route=False
         )
+        await self._refresh_names(ns)
         await self.hosts_and_resolv(ns, container_id, hostname, settings)
         return attachment.endpoint
 
@@ -590,6 +690,7 @@ class NetworkManager:
     ) -> None:
         """Unplug a running container from one network and rewrite its /etc/hosts."""
         await self.disconnect(ns, container_id, network)
+        await self._refresh_names(ns)
         await self.hosts_and_resolv(ns, container_id, hostname, settings)
 
     # firewall
@@ -669,6 +770,8 @@ class NetworkManager:
 
     async def close(self) -> None:
         self._reservations.close()
+        for resolver in self._dns.values():
+            await resolver.close()
         if self._watch is not None:
             await self._watch.close()
             self._watch = None
@@ -737,6 +840,12 @@ class NetworkManager:
             for pin in stale_pins:
                 await asyncio.to_thread(netlink.netns_remove, pin)
             await self._restore_ports()
+            for ns in sorted({ns for ns, _ in networks}):
+                await self._refresh_names(ns)
+            for pin in sorted(wanted_pins):
+                ns, container_id = pin.parent.name, pin.name
+                servers = _ext_servers(self.etc_dir(ns, container_id) / "resolv.conf")
+                await self._serve_dns(ns, container_id, servers)
             await self._apply_firewall(force=True)
             return ReconcileReport(
                 tuple(stale_links), tuple(str(p) for p in stale_pins), tuple(released)
