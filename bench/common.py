@@ -153,22 +153,34 @@ def _wait_for_socket(address: str, proc: subprocess.Popen[bytes], log: Path) -> 
 
 
 def spawn_ctrd(
-    base: Path, log_level: str = "warning", append: bool = False
+    base: Path,
+    log_level: str = "warning",
+    append: bool = False,
+    extra_args: Sequence[str] = (),
+    wrapper: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """ctrd on `base`, not waited for; its log goes to base/ctrd.log (appended to on a restart)."""
+    """ctrd on `base`, not waited for; its log goes to base/ctrd.log (appended to on a restart).
+
+    `extra_args` go after ctrd's own (`--config FILE`); `wrapper` comes before the command and
+    must exec it, so that the pid stays ctrd's (`nsenter --net=/proc/PID/ns/net --`)."""
     base.mkdir(parents=True, exist_ok=True)
     with open(base / "ctrd.log", "ab" if append else "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "--root", str(base / "root"),
+            [*wrapper, sys.executable, "-m", "supervisor", "--root", str(base / "root"),
              "--state", str(base / "state"), "--address", str(base / "ctrd.sock"),
-             "--log-level", log_level],
+             "--log-level", log_level, *extra_args],
             stdout=out, stderr=out, cwd=REPO, start_new_session=True,
         )  # fmt: skip
 
 
-def start_ctrd(base: Path, log_level: str = "warning") -> Daemon:
+def start_ctrd(
+    base: Path,
+    log_level: str = "warning",
+    extra_args: Sequence[str] = (),
+    wrapper: Sequence[str] = (),
+) -> Daemon:
     address = str(base / "ctrd.sock")
-    proc = spawn_ctrd(base, log_level)
+    proc = spawn_ctrd(base, log_level, extra_args=extra_args, wrapper=wrapper)
     _wait_or_kill(address, proc, base / "ctrd.log")
     return Daemon("ctrd", address, proc, base)
 
