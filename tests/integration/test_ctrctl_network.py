@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 
 import pytest
 
@@ -12,7 +13,8 @@ from supervisor.network import netlink, nft
 from supervisor.network.manager import bridge_name, endpoint_key
 from tests.integration.test_ctrctl import ctrctl
 from tests.integration.test_network_manager import links
-from tests.integration.test_tasks import pull
+from tests.integration.test_published_ports import SERVE, fetch, free_port
+from tests.integration.test_tasks import pull, wait_for
 
 
 def test_run_on_a_named_network_pings_a_peer_and_a_missing_one_is_refused(
@@ -119,7 +121,7 @@ def test_run_flags_reach_the_container_and_inspect_port_and_ps_show_its_network(
     assert settings["Ports"] == {"7000/udp": None}
 
     resolv = ctrctl(daemon, "exec", "a", "cat", "/etc/resolv.conf").stdout
-    assert "nameserver 192.0.2.53" in resolv.splitlines()
+    assert "# ExtServers: [192.0.2.53]" in resolv.splitlines()  # the embedded DNS forwards
     assert "search example.com" in resolv.splitlines()
     assert "options ndots:3" in resolv.splitlines()
     hosts = ctrctl(daemon, "exec", "a", "cat", "/etc/hosts").stdout
@@ -226,3 +228,82 @@ def test_network_connect_and_disconnect_by_container_name(networked, busybox_ima
         1, f"Error response from daemon: container {cid} is not connected to network back\n",
     )  # fmt: skip
     assert ctrctl(daemon, "rm", "-f", "c").returncode == 0
+
+
+def test_published_ports_serve_and_show_in_port_ps_and_inspect(networked, busybox_image):
+    daemon, _ = networked
+    ref = pull(daemon, busybox_image)
+    loopback_port, any_port = free_port(), free_port()
+    started = ctrctl(
+        daemon, "run", "-d", "--name", "web", "--hostname", "web",
+        "-p", f"127.0.0.1:{loopback_port}:80", "-p", f"published={any_port},target=80",
+        "--expose", "443", ref, "sh", "-c", SERVE,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr + daemon.log()[-2000:]
+    wait_for(lambda: serves(f"http://127.0.0.1:{loopback_port}/", "hello from web\n"))
+    assert fetch(f"http://127.0.0.1:{any_port}/") == "hello from web\n"
+
+    lines = ctrctl(daemon, "port", "web").stdout.splitlines()
+    assert sorted(lines) == [f"80/tcp -> 0.0.0.0:{any_port}",
+                             f"80/tcp -> 127.0.0.1:{loopback_port}"]  # fmt: skip
+    assert sorted(ctrctl(daemon, "port", "web", "80/tcp").stdout.split()) == [
+        f"0.0.0.0:{any_port}", f"127.0.0.1:{loopback_port}",
+    ]  # fmt: skip
+    [row] = json.loads(ctrctl(daemon, "ps", "--format", "json").stdout)
+    assert row["ports"] == (
+        f"443/tcp, 0.0.0.0:{any_port}->80/tcp, 127.0.0.1:{loopback_port}->80/tcp"
+    )
+    assert f"0.0.0.0:{any_port}->80/tcp" in ctrctl(daemon, "ps").stdout
+    ports = inspect(daemon, "web")["NetworkSettings"]["Ports"]
+    assert ports["443/tcp"] is None
+    assert sorted(ports["80/tcp"], key=lambda b: b["HostIp"]) == [
+        {"HostIp": "0.0.0.0", "HostPort": str(any_port)},
+        {"HostIp": "127.0.0.1", "HostPort": str(loopback_port)},
+    ]
+
+    # -P publishes the exposed ports on host ports the daemon picks
+    auto = ctrctl(daemon, "run", "-d", "--name", "auto", "--hostname", "auto", "-P",
+                  "--expose", "80", ref, "sh", "-c", SERVE)  # fmt: skip
+    assert auto.returncode == 0, auto.stderr + daemon.log()[-2000:]
+    [frontend] = ctrctl(daemon, "port", "auto", "80").stdout.split()
+    host_ip, _, host_port = frontend.rpartition(":")
+    assert host_ip == "0.0.0.0"
+    assert int(host_port) > 0
+    wait_for(lambda: serves(f"http://127.0.0.1:{host_port}/", "hello from auto\n"))
+
+    for name in ("web", "auto"):
+        assert ctrctl(daemon, "rm", "-f", name).returncode == 0
+    for port in (loopback_port, any_port, int(host_port)):  # released with the containers
+        with socket.socket() as s:
+            s.bind(("0.0.0.0", port))
+
+
+def serves(url: str, text: str) -> bool:
+    try:
+        return fetch(url) == text
+    except OSError:
+        return False
+
+
+def test_containers_find_each_other_by_name_alias_and_short_id(networked, busybox_image):
+    daemon, subnet = networked
+    ref = pull(daemon, busybox_image)
+    assert ctrctl(daemon, "network", "create", "--subnet", str(subnet), "front").returncode == 0
+    started = ctrctl(daemon, "run", "-d", "--name", "a", "--network", "front",
+                     "--network-alias", "www", ref, "sleep", "1000")  # fmt: skip
+    assert started.returncode == 0, started.stderr + daemon.log()[-2000:]
+    address = inspect(daemon, "a")["NetworkSettings"]["Networks"]["front"]["IPAddress"]
+    unnamed = ctrctl(daemon, "run", "-d", "--network", "front", ref, "sleep", "1000")
+    short_id = unnamed.stdout.strip()[:12]
+    for name in ("a", "www", short_id):
+        pinged = ctrctl(daemon, "run", "--rm", "--network", "front", ref,
+                        "sh", "-c", f"ping -c1 -W2 {name}")  # fmt: skip
+        assert pinged.returncode == 0, pinged.stdout + pinged.stderr
+    pinged = ctrctl(daemon, "run", "--rm", "--network", "front", ref, "sh", "-c", "ping -c1 www")
+    assert pinged.stdout.startswith(f"PING www ({address})")
+    # not from another network (the default bridge)
+    other = ctrctl(daemon, "run", "--rm", ref, "sh", "-c", "ping -c1 -W2 www")
+    assert other.returncode != 0
+    assert "bad address 'www'" in other.stdout + other.stderr
+    for cid in ("a", unnamed.stdout.strip()):
+        assert ctrctl(daemon, "rm", "-f", cid).returncode == 0
