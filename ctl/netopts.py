@@ -15,7 +15,10 @@ them and plumbs the container. This module is pure (no gRPC, no I/O) and owns:
 - the published and exposed ports: `-P` publishes every exposed port (the image's
   `ExposedPorts`, `--expose`'s and `-p`'s), each as `PORT/PROTO` with a host port picked,
   unless `-p` already publishes it; with `--network host` or `none` published ports are
-  dropped, with docker's warning.
+  dropped (under host with docker's warning).
+
+`validate` runs first, before the image is pulled or anything made; `labels` then at create,
+with the image's config.
 
 ctrctl keeps the exposed ports in its own label (`ctrctl.exposed-ports`), where `ps` and
 `inspect` find the ports to show as exposed but not published, as dockerd keeps ExposedPorts.
