@@ -8,10 +8,13 @@ the same run, through their own clients (`docker`, `ctrctl`), each timed end to 
 - `rm -f` of each of those three;
 - `run --rm IMG true` with `--network none` and on the bridge.
 
-Iterations alternate which engine goes first, after a few warm-up ones; each round reports
-medians, and what networking adds over `--network none` (bridge, bridge + two ports) for each
-engine and the ratio of the additions (issue 15's target: ctrd's at most a third of docker's),
-for starts, removals and `run --rm`, and `ctrctl run -d -p` over `docker run -d -p` end to end.
+Each operation is done by both engines in turn before the next (which one goes first flips
+every iteration), after a few warm-up iterations. Each round reports medians, and what
+networking adds over `--network none` (bridge, bridge + two ports) for each engine: the median
+over iterations of the networked operation's time minus the same iteration's `none` one
+(paired, so that the machine's slower moments cancel), and the ratio of the two engines'
+additions (issue 15's target: ctrd's at most a third of docker's), for starts, removals and
+`run --rm`; and `ctrctl run -d -p` over `docker run -d -p` end to end.
 
 Then ctrd's cost per container on one network: `ctrctl run -d IMG sleep 100000` on the default
 bridge until 1, 100, 500 (`--sizes`) containers run; at each size the median time of the runs
@@ -379,31 +382,37 @@ class Round:
         return statistics.median(self.samples[key])
 
 
-def one_iteration(client: Client, tag: str, into: Round | None) -> None:
-    """The eight operations once, in order; recorded into `into` unless warming up."""
-    times: dict[tuple[str, str], float] = {}
+def one_iteration(order: Sequence[Client], tag: str, into: Round | None) -> None:
+    """The eight operations once, each done by every engine in turn before the next one (both
+    see the same moment of a shared, noisy machine). Recorded into `into` unless warming up,
+    with what each networked one took over the same iteration's `none` one (mode `+MODE`)."""
+    times: dict[tuple[str, str, str], float] = {}
     for mode in MODES:
-        times["run -d", mode] = client.run_d(mode, f"net-{mode}-{tag}")
+        for client in order:
+            times[client.name, "run -d", mode] = client.run_d(mode, f"net-{mode}-{tag}")
     for mode in MODES:
-        times["rm -f", mode] = client.rm_f(f"net-{mode}-{tag}")
+        for client in order:
+            times[client.name, "rm -f", mode] = client.rm_f(f"net-{mode}-{tag}")
     for mode in ("none", "bridge"):
-        times["run --rm", mode] = client.run_rm(mode)
-    if into is not None:
-        for (op, mode), value in times.items():
-            into.add((client.name, op, mode), value)
+        for client in order:
+            times[client.name, "run --rm", mode] = client.run_rm(mode)
+    if into is None:
+        return
+    for (name, op, mode), value in times.items():
+        into.add((name, op, mode), value)
+        if mode != "none":
+            into.add((name, op, f"+{mode}"), value - times[name, op, "none"])
 
 
 def measure_rounds(clients: Sequence[Client], args: argparse.Namespace) -> list[Round]:
     for i in range(args.warmup):
-        for client in clients:
-            one_iteration(client, f"warm{i}", None)
+        one_iteration(clients, f"warm{i}", None)
     rounds = []
     for r in range(args.rounds):
         current = Round()
         for i in range(args.runs):
             order = clients if (i + r) % 2 == 0 else clients[::-1]
-            for client in order:
-                one_iteration(client, f"r{r}i{i}", current)
+            one_iteration(order, f"r{r}i{i}", current)
         rounds.append(current)
         print(f"round {r + 1} of {args.rounds} done", flush=True)
     return rounds
@@ -433,16 +442,13 @@ def report_rounds(rounds: list[Round], engines: Sequence[str], args: argparse.Na
     if "docker" not in engines or "ctrd" not in engines:
         return
     print(
-        "\nwhat networking adds over --network none, ms (per round's medians);"
-        " target ctrd/docker <= 0.33"
+        "\nwhat networking adds over --network none, ms: per round, the median of each"
+        " iteration's difference; target ctrd/docker <= 0.33"
     )
     print(f"  {'':<34}{'docker':>14}{'ctrd':>14}{'ctrd/docker':>14}")
     for op, mode in [("run -d", "bridge"), ("run -d", "ports"), ("rm -f", "bridge"),
                      ("rm -f", "ports"), ("run --rm", "bridge")]:  # fmt: skip
-        added = {
-            name: [r.median((name, op, mode)) - r.median((name, op, "none")) for r in rounds]
-            for name in engines
-        }
+        added = {name: [r.median((name, op, f"+{mode}")) for r in rounds] for name in engines}
         ratios = [
             c / d if d > 0 else float("nan")
             for c, d in zip(added["ctrd"], added["docker"], strict=True)
