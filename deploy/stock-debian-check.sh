@@ -56,6 +56,9 @@ inside() {
     hello=$(ctrctl run --rm busybox echo hello) || { cat "$log"; return 1; }
     echo "$hello"
     [[ $loaded == "Loaded image: busybox:latest" && $hello == hello ]]
+    # The run joined the default `bridge` network: its bridge and ctrd's nftables table are in
+    # the host's network namespace (this root shares it), so they are removed, not left behind.
+    ctrctl network rm bridge || { cat "$log"; return 1; }
     # ctrd's shims and their zygote outlive it by design: stop the daemon, then its zygote.
     kill -TERM "$ctrd_pid"
     wait "$ctrd_pid" || { cat "$log"; return 1; }

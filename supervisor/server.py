@@ -232,7 +232,9 @@ async def collect_later(parts: Parts, delay: float) -> None:
     await collector.run()
 
 
-async def reconcile_networks(db: Database, manager: Callable[[], Any]) -> None:
+async def reconcile_networks(
+    db: Database, manager: Callable[[], Any], has_task: Callable[[str, str], bool]
+) -> None:
     """At start, before serving: the kernel made to match the stored networks (bridges, stale
     veths and pins, the nft table; `NetworkManager.reconcile`). Without networks nothing is
     loaded. A failure is logged and the daemon serves on: containers without networks work."""
@@ -243,7 +245,7 @@ async def reconcile_networks(db: Database, manager: Callable[[], Any]) -> None:
     if not await db.read(any_network):
         return
     try:
-        report = await manager().reconcile()
+        report = await manager().reconcile(has_task)
     except Exception:
         log.exception("network_reconcile_failed")
         return
@@ -427,7 +429,7 @@ class Daemon:
             os.chown(address, config.grpc.uid, config.grpc.gid)
             await tasks.start()
             await tasks.load()
-            await reconcile_networks(db, network_manager)
+            await reconcile_networks(db, network_manager, tasks.exists)
             await server.start()
             tasks.serving()
         except BaseException:

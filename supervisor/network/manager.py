@@ -72,6 +72,7 @@ FALLBACK_RESOLVERS = ("8.8.8.8", "8.8.4.4")  # docker's, when the host has only 
 RESTORE_WINDOW, RESTORE_BURST = 10.0, 3  # more rewrites than that in the window: contested
 DEFAULT_NETWORK = "bridge"  # docker's default network, made per namespace on first use
 DEFAULT_LABEL = "ctrd.io/default-network"
+HasTask = Callable[[str, str], bool]  # (namespace, container id): whether a task exists
 NetnsOf = Callable[[str], Awaitable[Path | None]]  # a container id -> its task's netns path
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -783,7 +784,7 @@ class NetworkManager:
 
     # restart
 
-    async def reconcile(self) -> ReconcileReport:
+    async def reconcile(self, has_task: HasTask | None = None) -> ReconcileReport:
         """At daemon start: make the kernel match the store, removing only what is ctrd's.
 
         Rules, in order:
@@ -797,7 +798,12 @@ class NetworkManager:
            name: another program's veths, or ports of other bridges, are never touched;
         5. a pin under `<state>/netns/<ns>/` with no stored endpoint is removed (caveat: a
            container disconnected from its only network loses its pin on restart);
-        6. the nft table is rebuilt from the store.
+        6. with `has_task` (the daemon's task list, loaded before): an endpoint of a container
+           without a task is released like rule 2 (ctrd died between plumbing and the task's
+           creation, or between the task's deletion and the release), and so is its pin;
+        7. /etc files of containers with no pin are removed; published ports are held again
+           and the embedded DNS serves every kept pin;
+        8. the nft table is rebuilt from the store.
         """
         async with self._lock:
             networks = await self._networks_everywhere()
@@ -811,7 +817,8 @@ class NetworkManager:
                 for e in await store.endpoints():
                     key = endpoint_key(ns, e.network, e.container)
                     pin = self.pin_path(ns, e.container)
-                    if not await asyncio.to_thread(_is_pinned, pin):
+                    orphan = has_task is not None and not has_task(ns, e.container)
+                    if orphan or not await asyncio.to_thread(_is_pinned, pin):
                         await asyncio.to_thread(netlink.detach_endpoint, netlink.host_ifname(key))
                         await store.detach(e.network, e.container)
                         released.append(key)
@@ -839,6 +846,12 @@ class NetworkManager:
             stale_pins = [p for p in self._pins() if p not in wanted_pins]
             for pin in stale_pins:
                 await asyncio.to_thread(netlink.netns_remove, pin)
+            await self._release_empty_pin_dirs()
+            for etc in self._etc_dirs():
+                if self.pin_path(etc.parent.name, etc.name) not in wanted_pins:
+                    for f in etc.iterdir():
+                        f.unlink(missing_ok=True)
+                    etc.rmdir()
             await self._restore_ports()
             for ns in sorted({ns for ns, _ in networks}):
                 await self._refresh_names(ns)
@@ -864,6 +877,22 @@ class NetworkManager:
                     "published_port_taken", owner=owner, port=failure.binding.host_port,
                     reason=failure.reason,
                 )  # fmt: skip
+
+    async def _release_empty_pin_dirs(self) -> None:
+        """`netns/<ns>` directories left without a pin stop being mount points (a crash
+        between a pin's removal and its directory's release leaves one)."""
+        root = self._state / "netns"
+        if not root.is_dir():
+            return
+        for directory in sorted(d for d in root.iterdir() if d.is_dir()):
+            if not any(directory.iterdir()):
+                await asyncio.to_thread(netlink.netns_release_dir, directory)
+
+    def _etc_dirs(self) -> list[Path]:
+        root = self._state / "etc"
+        if not root.is_dir():
+            return []
+        return sorted(p for d in root.iterdir() if d.is_dir() for p in d.iterdir() if p.is_dir())
 
     def _pins(self) -> list[Path]:
         root = self._state / "netns"

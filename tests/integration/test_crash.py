@@ -22,6 +22,7 @@ import hashlib
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -34,6 +35,8 @@ from tests.conftest import Ctrd
 
 SEEDS = int(os.environ.get("CTRD_CRASH_SEEDS", "6"))
 NS = "crash"
+# every container on the namespace's default bridge with a published port the daemon picks
+NETWORK_LABELS = ("--label", "ctrd.io/networks=bridge", "--label", "ctrd.io/ports=127.0.0.1::80")
 
 
 def client_loop(ctrd: Ctrd, ref: str, stop: threading.Event) -> None:
@@ -50,7 +53,7 @@ def client_loop(ctrd: Ctrd, ref: str, stop: threading.Event) -> None:
         n += 1
         cid = f"c{n}"
         ctr("images", "pull", "--plain-http", ref)
-        ctr("run", "--fifo-dir", fifo, "-d", ref, cid, "sleep", "1000")
+        ctr("run", "--fifo-dir", fifo, "-d", *NETWORK_LABELS, ref, cid, "sleep", "1000")
         ctr("tasks", "kill", "-s", "KILL", cid)
         ctr("tasks", "rm", "-f", cid)
         ctr("containers", "rm", cid)
@@ -107,9 +110,69 @@ def task_problems(ctrd: Ctrd) -> list[str]:
     problems += [f"a shim serves {s}, which is no listed task" for s in sorted(serving - listed)]
     with open("/proc/self/mounts") as f:
         mounts = [line.split()[1] for line in f if str(ctrd.state) in line.split()[1]]
+    netns = ctrd.state / "netns"
     for target in mounts:
+        if Path(target).is_relative_to(netns):
+            continue  # network namespace pins: network_problems' to check
         if Path(target).parent.name not in listed:
             problems.append(f"mount {target} is no listed task's rootfs")
+    return problems
+
+
+def network_problems(ctrd: Ctrd, listed: set[str]) -> list[str]:
+    """ctrd's network objects against its tasks: every endpoint (address lease), published
+    port, pin, veth and DNAT rule belongs to a listed task, and every such task has them."""
+    from pyroute2 import IPRoute
+
+    from supervisor.network import netlink, nft
+    from supervisor.network.manager import bridge_name, endpoint_key
+
+    problems = []
+    with contextlib.closing(sqlite3.connect(ctrd.root / "meta.db")) as conn:
+        networks = [str(i) for (i,) in conn.execute("SELECT id FROM networks")]
+        endpoints = [(str(n), str(c)) for n, c in conn.execute(
+            "SELECT network, container FROM endpoints WHERE namespace = ?", (NS,))]  # fmt: skip
+        ports = [(str(c), int(p)) for c, p in conn.execute(
+            "SELECT container, host_port FROM ports WHERE namespace = ?", (NS,))]  # fmt: skip
+    owners = {c for _, c in endpoints}
+    problems += [f"endpoint of {c}, which has no task" for c in sorted(owners - listed)]
+    problems += [f"task {t} has no endpoint" for t in sorted(listed - owners)]
+    problems += [f"port {p} of {c}, which has no endpoint" for c, p in ports if c not in owners]
+    pins_dir = ctrd.state / "netns" / NS
+    pins = {p.name for p in pins_dir.iterdir()} if pins_dir.is_dir() else set()
+    problems += [f"pin {p} is no endpoint's" for p in sorted(pins - owners)]
+    with open("/proc/self/mounts") as f:
+        mounted = {line.split()[1] for line in f}
+    unmounted = sorted(p for p in pins if str(pins_dir / p) not in mounted)
+    problems += [f"pin {p} is not mounted" for p in unmounted]
+    if str(pins_dir) in mounted and not pins:
+        problems.append(f"{pins_dir} is still a mount point with no pin in it")
+    problems += [f"endpoint of {c} has no pin" for c in sorted(owners - pins)]
+    bridges = {bridge_name(n) for n in networks}
+    wanted = {netlink.host_ifname(endpoint_key(NS, n, c)) for n, c in endpoints}
+    with IPRoute() as ipr:
+        links = list(ipr.get_links())
+        by_index = {int(link["index"]): str(link.get("ifname")) for link in links}
+        plugged = {
+            str(link.get("ifname"))
+            for link in links
+            if link.get("master") is not None and by_index.get(int(link.get("master"))) in bridges
+        }
+    problems += [f"veth {v} is no endpoint's" for v in sorted(plugged - wanted)]
+    problems += [f"endpoint veth {v} is missing" for v in sorted(wanted - plugged)]
+    dnats = 0
+    if nft.table_exists(ctrd.nft_table):
+        items = nft.list_table(ctrd.nft_table).get("nftables", [])
+        dnats = sum(1 for i in items if i.get("rule", {}).get("chain") == "publish")
+    if dnats != len(ports):
+        problems.append(f"{dnats} DNAT rules for {len(ports)} published ports")
+    for _, port in ports:  # held by the daemon: nobody else can bind it
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                problems.append(f"published port {port} is not held")
+            except OSError:
+                pass
     return problems
 
 
@@ -121,8 +184,8 @@ def test_a_kill_at_any_moment_leaves_a_state_the_next_start_repairs(
     base = short_tmp / f"s{seed}"
     base.mkdir()
     config = base / "config.toml"
-    config.write_text("[gc]\ninterval = 0.3\n")
     ctrd = make_ctrd(base)
+    config.write_text(f'[gc]\ninterval = 0.3\n[network]\nnft_table = "{ctrd.nft_table}"\n')
     ctrd.extra_args = ("--config", str(config))
     ctrd.start()
     stop = threading.Event()
@@ -138,6 +201,8 @@ def test_a_kill_at_any_moment_leaves_a_state_the_next_start_repairs(
     ctrd.start()
     time.sleep(1)  # a collection or two
     problems = blob_problems(ctrd) + snapshot_problems(ctrd) + task_problems(ctrd)
+    listed = set(ctrd.ctr("tasks", "ls", "-q", ns=NS).stdout.split())
+    problems += network_problems(ctrd, listed)
     assert problems == [], f"seed {seed}: {problems}\n{ctrd.log()[-3000:]}"
     # And it goes on working: the leftovers can be cleaned up through the API.
     for cid in ctrd.ctr("tasks", "ls", "-q", ns=NS).stdout.split():
@@ -147,3 +212,4 @@ def test_a_kill_at_any_moment_leaves_a_state_the_next_start_repairs(
     out = subprocess.run(["ctr", "-a", ctrd.address, "-n", NS, "tasks", "ls", "-q"],
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert out.stdout.split() == []
+    assert network_problems(ctrd, set()) == []
