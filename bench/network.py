@@ -14,7 +14,10 @@ networking adds over `--network none` (bridge, bridge + two ports) for each engi
 over iterations of the networked operation's time minus the same iteration's `none` one
 (paired, so that the machine's slower moments cancel), and the ratio of the two engines'
 additions (issue 15's target: ctrd's at most a third of docker's), for starts, removals and
-`run --rm`; and `ctrctl run -d -p` over `docker run -d -p` end to end.
+`run --rm`; and `ctrctl run -d -p` over `docker run -d -p` end to end. With `--with-ctr`, the
+real `ctr` on ctrd does the same, asking for the bridge and the ports by the labels ctrctl sets
+(`ctr run --label ctrd.io/networks=bridge ...`; rm -f is `ctr tasks rm -f` + `containers rm`):
+what the daemon alone adds, without ctrctl's own work around it.
 
 Then ctrd's cost per container on one network: `ctrctl run -d IMG sleep 100000` on the default
 bridge until 1, 100, 500 (`--sizes`) containers run; at each size the median time of the runs
@@ -35,13 +38,14 @@ stopped by pid, shims and anything still inside a namespace killed by pid, ctrd'
 unmounted, the holders killed (their namespaces, bridges, veths and rules go with them).
 
     /opt/ctrd/bin/python bench/network.py [--runs 12] [--rounds 2] [--warmup 2]
-                                          [--sizes 1,100,500] [--probes 12]
+                                          [--sizes 1,100,500] [--probes 12] [--with-ctr]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -52,6 +56,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import procs
 from common import (
@@ -72,6 +77,7 @@ from common import (
 )
 
 sys.path.insert(0, str(REPO))
+from supervisor.network.labels import NETWORKS_LABEL, PORTS_LABEL
 from tests.support import containerd as containerd_support
 from tests.support import dockerd as dockerd_support
 
@@ -194,6 +200,40 @@ class Client:
         return self.time("run", "--rm", *MODE_ARGS[mode], self.image, "true")
 
 
+_RUN_RM_IDS = itertools.count()
+
+
+@dataclass(frozen=True)
+class CtrClient(Client):
+    """The real `ctr` on ctrd, asking for networking by the labels that ctrctl sets: the
+    daemon's share of a networked start or removal, without ctrctl's own work around it."""
+
+    fifo_dir: str = ""
+
+    LABELS: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "none": (),  # ctr's default: a new network namespace with nothing in it
+        "bridge": ("--label", f"{NETWORKS_LABEL}=bridge"),
+        "ports": ("--label", f"{NETWORKS_LABEL}=bridge",
+                  "--label", f"{PORTS_LABEL}=127.0.0.1::80,127.0.0.1::81"),
+    }  # fmt: skip
+
+    def run_d(self, mode: str, name: str) -> float:
+        return self.time(
+            "run", "-d", "--fifo-dir", self.fifo_dir, *self.LABELS[mode], self.image, name,
+            "sleep", "100000",
+        )  # fmt: skip
+
+    def rm_f(self, name: str) -> float:
+        return self.time("tasks", "rm", "-f", name) + self.time("containers", "rm", name)
+
+    def run_rm(self, mode: str) -> float:
+        name = f"net-rm-{next(_RUN_RM_IDS)}"
+        return self.time(
+            "run", "--rm", "--fifo-dir", self.fifo_dir, *self.LABELS[mode], self.image, name,
+            "true",
+        )  # fmt: skip
+
+
 class BridgedDockerd(dockerd_support.Dockerd):
     """The tests' dockerd, but with docker's default networking (docker0, iptables, NAT,
     docker-proxy) and started through `wrapper` (nsenter into its namespaces)."""
@@ -268,6 +308,7 @@ class Ctrd:
     daemon: Daemon
     holder: Netns
     client: Client
+    ctr: CtrClient  # the real ctr, labels and no ctrctl
 
     def objects(self) -> dict[str, float]:
         """Kernel objects in ctrd's namespace, mounts under its directories, processes."""
@@ -304,7 +345,11 @@ def ctrd_engine(base: Path, scratch: Path) -> Iterator[Ctrd]:
         daemon = start_ctrd(base, extra_args=["--config", str(config)], wrapper=holder.enter())
         import_busybox(daemon, scratch)
         argv = (sys.executable, "-m", "ctl", "--address", daemon.address, "--namespace", NAMESPACE)
-        yield Ctrd(daemon, holder, Client("ctrd", argv, IMAGE))
+        ctr = CtrClient(
+            "ctr/ctrd", ("ctr", "-a", daemon.address, "-n", NAMESPACE), IMAGE,
+            fifo_dir=str(daemon.fifo_dir),
+        )  # fmt: skip
+        yield Ctrd(daemon, holder, Client("ctrd", argv, IMAGE), ctr)
     finally:
         with _interrupts_ignored():
             if daemon is not None:
@@ -389,10 +434,14 @@ def one_iteration(order: Sequence[Client], tag: str, into: Round | None) -> None
     times: dict[tuple[str, str, str], float] = {}
     for mode in MODES:
         for client in order:
-            times[client.name, "run -d", mode] = client.run_d(mode, f"net-{mode}-{tag}")
+            times[client.name, "run -d", mode] = client.run_d(
+                mode, f"{client.name.replace('/', '-')}-{mode}-{tag}"
+            )
     for mode in MODES:
         for client in order:
-            times[client.name, "rm -f", mode] = client.rm_f(f"net-{mode}-{tag}")
+            times[client.name, "rm -f", mode] = client.rm_f(
+                f"{client.name.replace('/', '-')}-{mode}-{tag}"
+            )
     for mode in ("none", "bridge"):
         for client in order:
             times[client.name, "run --rm", mode] = client.run_rm(mode)
@@ -445,18 +494,22 @@ def report_rounds(rounds: list[Round], engines: Sequence[str], args: argparse.Na
         "\nwhat networking adds over --network none, ms: per round, the median of each"
         " iteration's difference; target ctrd/docker <= 0.33"
     )
-    print(f"  {'':<34}{'docker':>14}{'ctrd':>14}{'ctrd/docker':>14}")
+    others = [name for name in engines if name != "docker"]
+    print(
+        f"  {'':<34}{'docker':>12}"
+        + "".join(f"{name:>12}{name.split('/')[0] + '/docker':>14}" for name in others)
+    )
     for op, mode in [("run -d", "bridge"), ("run -d", "ports"), ("rm -f", "bridge"),
                      ("rm -f", "ports"), ("run --rm", "bridge")]:  # fmt: skip
         added = {name: [r.median((name, op, f"+{mode}")) for r in rounds] for name in engines}
-        ratios = [
-            c / d if d > 0 else float("nan")
-            for c, d in zip(added["ctrd"], added["docker"], strict=True)
-        ]
-        print(
-            f"  {op + ' ' + MODE_TITLES[mode]:<34}{_cell(added['docker'], _ms):>14}"
-            f"{_cell(added['ctrd'], _ms):>14}{_cell(ratios, lambda v: f'{v:.2f}'):>14}"
-        )
+        line = f"  {op + ' ' + MODE_TITLES[mode]:<34}{_cell(added['docker'], _ms):>12}"
+        for name in others:
+            ratios = [
+                ours / theirs if theirs > 0 else float("nan")
+                for ours, theirs in zip(added[name], added["docker"], strict=True)
+            ]
+            line += f"{_cell(added[name], _ms):>12}{_cell(ratios, lambda v: f'{v:.2f}'):>14}"
+        print(line)
     end_to_end = [
         r.median(("ctrd", "run -d", "ports")) / r.median(("docker", "run -d", "ports"))
         for r in rounds
@@ -583,6 +636,10 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=12, help="run/rm pairs at each size")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds before measuring")
     parser.add_argument("--no-docker", action="store_true", help="ctrd alone")
+    parser.add_argument(
+        "--with-ctr", action="store_true",
+        help="also the real ctr on ctrd, networking by labels (the daemon's share alone)",
+    )  # fmt: skip
     args = parser.parse_args()
     for tool in ("unshare", "nsenter", "ip", "ctr", "containerd", "runc"):
         if not _which(tool):
@@ -597,6 +654,8 @@ def main() -> None:
             what_ports_make(docker)
         ctrd = stack.enter_context(ctrd_engine(scratch / "ctrd", scratch))
         clients.append(ctrd.client)
+        if args.with_ctr:
+            clients.append(ctrd.ctr)
         what_ports_make(ctrd)
         if args.runs > 0:
             rounds = measure_rounds(clients, args)
