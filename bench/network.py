@@ -20,12 +20,13 @@ real `ctr` on ctrd does the same, asking for the bridge and the ports by the lab
 what the daemon alone adds, without ctrctl's own work around it.
 
 Then ctrd's cost per container on one network: `ctrctl run -d IMG sleep 100000` on the default
-bridge until 1, 100, 500 (`--sizes`) containers run; at each size the median time of the runs
-that got there, and of `--probes` more `ctrctl run -d` + `rm -f` pairs on top of them; kernel
-objects per container (links, ctrd's nftables rules, read inside ctrd's namespace by
-netns_objects.py; mounts under ctrd's directories); memory per container (ctrd's RSS growth
-over its baseline, its shims' RSS and PSS, the containers' processes'). Then all are removed
-(timed) and what is left over the baseline is shown: it should be nothing.
+bridge (with `--sizes-mode ports`, each publishing two ports too) until 1, 100, 500 (`--sizes`)
+containers run; at each size the median time of the runs that got there, and of `--probes`
+more `ctrctl run -d` + `rm -f` pairs on top of them; kernel objects per container (links,
+ctrd's nftables rules, read inside ctrd's namespace by netns_objects.py; mounts under ctrd's
+directories); memory per container (ctrd's RSS growth over its baseline, its shims' RSS and
+PSS, the containers' processes'). Then all are removed (timed) and what is left over the
+baseline is shown: it should be nothing.
 
 Isolation: networks are shared ground. dockerd (with its docker0, iptables chains, NAT and
 docker-proxy) and its containerd run inside a network and mount namespace of their own, held
@@ -39,6 +40,7 @@ unmounted, the holders killed (their namespaces, bridges, veths and rules go wit
 
     /opt/ctrd/bin/python bench/network.py [--runs 12] [--rounds 2] [--warmup 2]
                                           [--sizes 1,100,500] [--probes 12] [--with-ctr]
+                                          [--sizes-mode bridge|ports] [--runs 0 --sizes 0]
 """
 
 from __future__ import annotations
@@ -545,14 +547,14 @@ def measure_sizes(ctrd: Ctrd, sizes: Sequence[int], args: argparse.Namespace) ->
     started = 0
     for size in sizes:
         print(f"ctrd: {size} containers on the bridge", flush=True)
-        fill = [client.run_d("bridge", f"fill-{i:04d}") for i in range(started, size)]
+        fill = [client.run_d(args.sizes_mode, f"fill-{i:04d}") for i in range(started, size)]
         started = size
         settle(args.settle)
         objects = ctrd.objects()
         own, shims, inside = ctrd.memory()
         probe_run, probe_rm = [], []
         for i in range(args.probes):
-            probe_run.append(client.run_d("bridge", f"probe-{size}-{i}"))
+            probe_run.append(client.run_d(args.sizes_mode, f"probe-{size}-{i}"))
             probe_rm.append(client.rm_f(f"probe-{size}-{i}"))
         levels.append(Level(size, fill, probe_run, probe_rm, objects, own, shims, inside))
     begin = time.perf_counter()
@@ -560,7 +562,7 @@ def measure_sizes(ctrd: Ctrd, sizes: Sequence[int], args: argparse.Namespace) ->
     removed = time.perf_counter() - begin
     settle(args.settle)
     after = ctrd.objects()
-    report_sizes(levels, base_objects, base_ctrd, after, removed, left)
+    report_sizes(levels, base_objects, base_ctrd, after, removed, left, args.sizes_mode)
 
 
 def report_sizes(
@@ -570,6 +572,7 @@ def report_sizes(
     after: dict[str, float],
     removed: float,
     left: int,
+    mode: str,
 ) -> None:
     rows: dict[str, list[str]] = {}
 
@@ -603,7 +606,10 @@ def report_sizes(
     row("container RSS per container (MiB)",
         [lv.containers.rss / lv.size / MIB for lv in levels], "{:.2f}")  # fmt: skip
     width = max(len(title) for title in rows)
-    print("\nctrd: containers on one network (`ctrctl run -d IMG sleep`, default bridge)")
+    print(
+        f"\nctrd: containers on one network (`ctrctl run -d {' '.join(MODE_ARGS[mode])}"
+        f"{' ' if MODE_ARGS[mode] else ''}IMG sleep`, default bridge)"
+    )
     print(f"  {'containers':<{width}}" + "".join(f"{lv.size:>10}" for lv in levels))
     for title, cells in rows.items():
         print(f"  {title:<{width}}" + "".join(f"{cell:>10}" for cell in cells))
@@ -634,6 +640,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--sizes", type=parse_sizes, default=[1, 100, 500])
     parser.add_argument("--probes", type=int, default=12, help="run/rm pairs at each size")
+    parser.add_argument(
+        "--sizes-mode", choices=("bridge", "ports"), default="bridge",
+        help="the sizes' containers: on the bridge, or with 2 published ports each too",
+    )  # fmt: skip
     parser.add_argument("--settle", type=float, default=2.0, help="seconds before measuring")
     parser.add_argument("--no-docker", action="store_true", help="ctrd alone")
     parser.add_argument(
