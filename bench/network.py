@@ -24,9 +24,9 @@ bridge (with `--sizes-mode ports`, each publishing two ports too) until 1, 100, 
 containers run; at each size the median time of the runs that got there, and of `--probes`
 more `ctrctl run -d` + `rm -f` pairs on top of them; kernel objects per container (links,
 ctrd's nftables rules, read inside ctrd's namespace by netns_objects.py; mounts under ctrd's
-directories); memory per container (ctrd's RSS growth over its baseline, its shims' RSS and
-PSS, the containers' processes'). Then all are removed (timed) and what is left over the
-baseline is shown: it should be nothing.
+directories; ctrd's open files: past 1024, none may reach a select()); memory per container
+(ctrd's RSS growth over its baseline, its shims' RSS and PSS, the containers' processes').
+Then all are removed (timed) and what is left over the baseline is shown: it should be nothing.
 
 Isolation: networks are shared ground. dockerd (with its docker0, iptables chains, NAT and
 docker-proxy) and its containerd run inside a network and mount namespace of their own, held
@@ -273,6 +273,9 @@ def docker_engine(base: Path) -> Iterator[Docker]:
         env = engine.cli_env()
         client = Client("docker", (dockerd_support.DOCKER,), dockerd_support.IMAGE, env)
         yield Docker(holder, client)
+    except Exception:
+        _show_log(engine.log_path)
+        raise
     finally:
         with _interrupts_ignored():
             with contextlib.suppress(Exception):
@@ -320,6 +323,7 @@ class Ctrd:
         )  # fmt: skip
         found: dict[str, float] = json.loads(probe.stdout)
         found["mounts"] = len(mounts_under(self.daemon.base))
+        found["ctrd_fds"] = len(os.listdir(f"/proc/{self.daemon.proc.pid}/fd"))
         table = procs.table()
         shims = procs.shims_of(table, self.daemon.address, self.daemon.base)
         own = procs.descendants(table, [self.daemon.proc.pid]) | shims
@@ -352,6 +356,9 @@ def ctrd_engine(base: Path, scratch: Path) -> Iterator[Ctrd]:
             fifo_dir=str(daemon.fifo_dir),
         )  # fmt: skip
         yield Ctrd(daemon, holder, Client("ctrd", argv, IMAGE), ctr)
+    except Exception:
+        _show_log(base / "ctrd.log")
+        raise
     finally:
         with _interrupts_ignored():
             if daemon is not None:
@@ -359,6 +366,13 @@ def ctrd_engine(base: Path, scratch: Path) -> Iterator[Ctrd]:
             remove_cgroups(NAMESPACE)
             if left := holder.close():
                 print(f"ctrd: killed {left} processes left in its namespace", file=sys.stderr)
+
+
+def _show_log(path: Path, lines: int = 60) -> None:
+    """The end of a daemon's log, before the scratch directory that holds it goes."""
+    with contextlib.suppress(OSError):
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- {path.name} (last {len(tail)} lines) ---", *tail, sep="\n", file=sys.stderr)
 
 
 def _wait_answers(argv: list[str], proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -591,7 +605,7 @@ def report_sizes(
     )
     row("ctrctl rm -f that one (median ms)",
         [statistics.median(lv.probe_rm) * 1000 for lv in levels], "{:.0f}")  # fmt: skip
-    for key in ("links", "veths", "nft_rules", "nft_dnat_rules", "mounts",
+    for key in ("links", "veths", "nft_rules", "nft_dnat_rules", "mounts", "ctrd_fds",
                 "processes"):  # fmt: skip
         row(f"{key.replace('_', ' ')} per container",
             [(lv.objects[key] - base[key]) / lv.size for lv in levels], "{:.2f}")  # fmt: skip
