@@ -38,6 +38,18 @@ def fetch(url: str) -> str:
         return answer.read().decode()
 
 
+def wait_for_page(port: int, text: str) -> None:
+    """Until httpd answers `text` through the port published on 127.0.0.1:`port`."""
+
+    def up() -> bool:
+        try:
+            return fetch(f"http://127.0.0.1:{port}/") == text
+        except OSError:
+            return False
+
+    wait_for(up)
+
+
 def test_httpd_is_reached_through_both_published_ports_from_everywhere(ctrd, busybox_image):
     ref = pull(ctrd, busybox_image)
     loopback_port, any_port = free_port(), free_port()
@@ -45,13 +57,7 @@ def test_httpd_is_reached_through_both_published_ports_from_everywhere(ctrd, bus
     run(ctrd, "-d", "--label", "ctrd.io/networks=bridge", "--label", f"ctrd.io/ports={publish}",
         "--env", "HOSTNAME=web", ref, "web", "sh", "-c", SERVE)  # fmt: skip
 
-    def up() -> bool:
-        try:
-            return fetch(f"http://127.0.0.1:{loopback_port}/") == "hello from web\n"
-        except OSError:
-            return False
-
-    wait_for(up)
+    wait_for_page(loopback_port, "hello from web\n")
     assert fetch(f"http://127.0.0.1:{any_port}/") == "hello from web\n"
     address = host_address()
     assert fetch(f"http://{address}:{any_port}/") == "hello from web\n"
@@ -100,12 +106,6 @@ def test_ports_are_held_again_after_a_restart(ctrd, busybox_image):
         except OSError:
             pass
 
-    def up() -> bool:
-        try:
-            return fetch(f"http://127.0.0.1:{port}/") == "hello from again\n"
-        except OSError:
-            return False
-
-    wait_for(up)
+    wait_for_page(port, "hello from again\n")
     ctrd.ctr("tasks", "kill", "-s", "KILL", "again")
     wait_for(lambda: ctrd.ctr("tasks", "delete", "again", check=False).returncode == 0)
