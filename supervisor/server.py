@@ -232,6 +232,17 @@ async def collect_later(parts: Parts, delay: float) -> None:
     await collector.run()
 
 
+async def prepare_firewall() -> None:
+    """libnftables' one context, made before the tasks' files are opened: its socket must stay
+    below FD_SETSIZE (`nft.prepare`); ~1 ms. Without libnftables, networks fail, not ctrd."""
+    from supervisor.network import nft
+
+    try:
+        nft.prepare()
+    except Exception:
+        log.exception("nft_unavailable")
+
+
 async def reconcile_networks(
     db: Database, manager: Callable[[], Any], has_task: Callable[[str, str], bool]
 ) -> None:
@@ -427,6 +438,7 @@ class Daemon:
                 os.umask(old_umask)
             os.chmod(address, 0o660)
             os.chown(address, config.grpc.uid, config.grpc.gid)
+            await prepare_firewall()
             await tasks.start()
             await tasks.load()
             await reconcile_networks(db, network_manager, tasks.exists)

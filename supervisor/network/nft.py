@@ -242,6 +242,8 @@ _OUTPUT_JSON = 1 << 4
 
 _lib: ctypes.CDLL | None = None
 _lib_lock = threading.Lock()
+_ctx: int | None = None  # the one context (`prepare`)
+_ctx_lock = threading.Lock()
 
 
 def _libnftables() -> ctypes.CDLL:
@@ -270,30 +272,52 @@ def _declare(lib: ctypes.CDLL, name: str, restype: Any, argtypes: list[Any]) -> 
     fn.argtypes = argtypes
 
 
+def prepare() -> None:
+    """Make the one libnftables context now, while the process has few files open.
+
+    libnftables waits on its netlink socket with select(2), which aborts the process (glibc's
+    FD_SETSIZE check) when that socket's descriptor is 1024 or more: a context made by a daemon
+    that already holds a thousand files would kill it. The daemon calls this at start, before it
+    opens its tasks' files; every later command reuses that context (its socket) under a lock.
+    """
+    with _ctx_lock:
+        _context()
+
+
+def _context() -> int:
+    """The shared context (caller holds `_ctx_lock`), made at the first need."""
+    global _ctx
+    if _ctx is None:
+        lib = _libnftables()
+        ctx = lib.nft_ctx_new(_CTX_DEFAULT)
+        if not ctx:
+            raise NftError("nft_ctx_new failed")
+        if lib.nft_ctx_buffer_output(ctx) != 0 or lib.nft_ctx_buffer_error(ctx) != 0:
+            lib.nft_ctx_free(ctx)
+            raise NftError("nft: cannot buffer output")
+        _ctx = int(ctx)
+    return _ctx
+
+
 def run(script: str, *, dry_run: bool = False, json_output: bool = False) -> str:
     """Run an nft script as one transaction and return what nft printed.
 
     `dry_run` only parses and evaluates it (nothing in the kernel changes); `json_output`
-    makes list commands print JSON. A fresh context per call: a context is not thread-safe,
-    and creating one costs well under a millisecond.
+    makes list commands print JSON. One context serves every call, one call at a time (a
+    context is not thread-safe; see `prepare` for why there is only one).
     """
     lib = _libnftables()
-    ctx = lib.nft_ctx_new(_CTX_DEFAULT)
-    if not ctx:
-        raise NftError("nft_ctx_new failed")
-    try:
+    with _ctx_lock:
+        ctx = _context()
         lib.nft_ctx_set_dry_run(ctx, dry_run)
         lib.nft_ctx_output_set_flags(ctx, _OUTPUT_JSON if json_output else 0)
-        if lib.nft_ctx_buffer_output(ctx) != 0 or lib.nft_ctx_buffer_error(ctx) != 0:
-            raise NftError("nft: cannot buffer output")
         rc = lib.nft_run_cmd_from_buffer(ctx, script.encode())
         out = _text(lib.nft_ctx_get_output_buffer(ctx))
-        if rc != 0:
-            err = _text(lib.nft_ctx_get_error_buffer(ctx)).strip()
-            raise NftError(err or f"nft failed with status {rc}")
-        return out
-    finally:
-        lib.nft_ctx_free(ctx)
+        err = _text(lib.nft_ctx_get_error_buffer(ctx)).strip()
+        lib.nft_ctx_set_dry_run(ctx, False)
+    if rc != 0:
+        raise NftError(err or f"nft failed with status {rc}")
+    return out
 
 
 def _text(raw: object) -> str:
@@ -339,9 +363,16 @@ def fingerprint(table: str = DEFAULT_TABLE) -> tuple[int, int] | None:
 
     Enough to notice a firewall manager's work: a flushed ruleset removes the table, `flush
     table` or `flush chain` removes rules, a deleted chain takes its rules with it."""
-    if not table_exists(table):
-        return None
-    items = list_table(table).get("nftables", [])
+    for attempt in range(3):
+        try:
+            items = list_table(table).get("nftables", [])
+            break
+        except NftError:
+            # gone (not an error), or replaced while being listed (ENOENT too): again
+            if not table_exists(table):
+                return None
+            if attempt == 2:
+                raise
     return (sum("chain" in i for i in items), sum("rule" in i for i in items))
 
 

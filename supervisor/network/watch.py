@@ -24,6 +24,7 @@ log = structlog.get_logger()
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
 QUIET = 0.2  # seconds without a notification before checking
+RETRY = 1.0  # seconds before checking again after a failed check
 
 
 class FirewallWatch:
@@ -46,9 +47,13 @@ class FirewallWatch:
 
     def _readable(self) -> None:
         assert self._sock is not None
-        with contextlib.suppress(BlockingIOError, InterruptedError):
+        try:
             while True:  # drain: only the fact of a change matters
                 self._sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            pass  # ENOBUFS: notifications were lost while busy; a check covers them all
         self._wake.set()
 
     async def _run(self) -> None:
@@ -61,6 +66,8 @@ class FirewallWatch:
                 await self._check()
             except Exception:
                 log.exception("firewall_check_failed")
+                # no notification may come again: look once more, a little later
+                asyncio.get_running_loop().call_later(RETRY, self._wake.set)
 
     async def close(self) -> None:
         if self._sock is not None:

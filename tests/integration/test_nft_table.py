@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from supervisor.network import nft
+from tests.conftest import REPO
 
 PID = os.getpid()
 TABLE = f"ctrdtest_{PID}"
@@ -275,3 +277,35 @@ def test_containers_reach_published_ports_through_the_host_but_not_other_network
                 server.wait()
             if server.stdout is not None:
                 server.stdout.close()
+
+
+FD_SCRIPT = """
+import ipaddress, os, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+from supervisor.network import nft
+if sys.argv[1] == "prepared":
+    nft.prepare()
+held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+subnet = ipaddress.IPv4Network("10.98.0.0/24")
+rs = nft.Ruleset((nft.Network("n1", "br-fdtest", subnet),), (), sys.argv[2])
+nft.apply(rs)
+nft.apply(rs)
+nft.delete(sys.argv[2])
+print("ok")
+"""
+
+
+def test_a_context_prepared_early_survives_a_thousand_open_files():
+    """libnftables select()s on its socket: made past fd 1023, glibc aborts the process. The
+    daemon prepares its one context at start, before its tasks' files (nft.prepare)."""
+    table = f"ctrdfd{os.getpid()}"
+    try:
+        prepared = subprocess.run([sys.executable, "-c", FD_SCRIPT, "prepared", table],
+                                  capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+        assert (prepared.returncode, prepared.stdout) == (0, "ok\n"), prepared.stderr
+        late = subprocess.run([sys.executable, "-c", FD_SCRIPT, "late", table],
+                              capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+        assert late.returncode == -signal.SIGABRT, late.stderr
+        assert "FD_SETSIZE" in late.stderr
+    finally:
+        nft.delete(table)
