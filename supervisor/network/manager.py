@@ -32,15 +32,15 @@ route); a second `connect` of the same container is refused with FailedPrecondit
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import json
-import os
 import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -311,8 +311,8 @@ def _named_by_containers(conn: sqlite3.Connection, ns: str, n: Network) -> bool:
 
 
 def _is_pinned(pin: Path) -> bool:
-    """Whether `pin` is a mount point: a pin's file is a mount over its parent's filesystem."""
-    return pin.is_file() and os.path.ismount(pin)
+    """Whether a namespace is mounted on `pin` (netlink's check: one stat each)."""
+    return netlink.is_pinned(pin)
 
 
 @dataclass(frozen=True)
@@ -336,6 +336,8 @@ class NetworkManager:
         self._state = Path(state)
         self._table = table
         self._forwarding = False
+        self._ensured: dict[str, int] = {}  # network id -> MTU, for bridges made or checked
+        self._background: set[asyncio.Task[None]] = set()
         self._watching = watch
         self._applied: nft.Ruleset | None = None  # the table as last written
         self._shape: tuple[int, int] | None = None  # its (chains, rules) in the kernel then
@@ -367,9 +369,14 @@ class NetworkManager:
         await self._ensure(n)
         return n
 
-    async def _ensure(self, n: Network) -> int:
+    async def _ensure(self, n: Network, again: bool = False) -> int:
+        """The network's bridge up (once per daemon life, or `again`); its MTU."""
+        known = self._ensured.get(n.id)
+        if known is not None and not again:
+            return known
         mtu = n.mtu or await asyncio.to_thread(netlink.uplink_mtu)
         await asyncio.to_thread(_ensure_bridge, n, mtu)
+        self._ensured[n.id] = mtu
         if not self._forwarding:
             await asyncio.to_thread(_write_sysctl, IP_FORWARD, "1")
             self._forwarding = True
@@ -388,6 +395,7 @@ class NetworkManager:
                     plain=True,
                 )
             await store.delete(n.id)
+            self._ensured.pop(n.id, None)
             await asyncio.to_thread(netlink.remove_bridge, bridge_name(n.id))
             await self._apply_firewall()
 
@@ -422,8 +430,9 @@ class NetworkManager:
             )
             pin = self.pin_path(ns, container_id)
             try:
+                fresh = not await asyncio.to_thread(_is_pinned, pin)
                 await asyncio.to_thread(netlink.netns_create, pin)
-                await asyncio.to_thread(
+                plug = functools.partial(
                     netlink.attach_endpoint,
                     bridge_name(n.id),
                     pin,
@@ -431,9 +440,15 @@ class NetworkManager:
                     endpoint.mac,
                     f"{endpoint.address}/{n.config.subnet.prefixlen}",
                     str(n.config.gateway),
-                    mtu,
-                    default_route,
+                    default_route=default_route,
+                    fresh=fresh,
                 )
+                try:
+                    await asyncio.to_thread(plug, mtu)
+                except Exception:
+                    # the bridge, checked once per daemon life, may be gone since: again, once
+                    mtu = await self._ensure(n, again=True)
+                    await asyncio.to_thread(functools.partial(plug, fresh=False), mtu)
             except BaseException:
                 await asyncio.to_thread(netlink.detach_endpoint, netlink.host_ifname(key))
                 await store.detach(n.id, container_id)
@@ -460,21 +475,41 @@ class NetworkManager:
             if not mine and not pin.exists() and not etc.exists():
                 await self._free_ports(ns, container_id)  # reserved by a failed prepare
                 return  # never networked: no kernel call, no firewall rebuild
-            for e in mine:
-                name = netlink.host_ifname(endpoint_key(ns, e.network, container_id))
-                await asyncio.to_thread(netlink.detach_endpoint, name)
             await self._stop_dns(ns, container_id)
-            await store.release_container(container_id)
-            await self._free_ports(ns, container_id)
+            # Unpinned, the namespace dies with its last user (the task's processes are gone):
+            # the kernel then deletes its veths. Deleting one is slow (~20 ms of RCU waits), so
+            # it is not waited for here; a background pass deletes whatever is left, and a
+            # restart's reconcile any veth a crash left behind.
             await asyncio.to_thread(netlink.netns_remove, pin)
             if pin.parent.is_dir() and not any(pin.parent.iterdir()):
                 await asyncio.to_thread(netlink.netns_release_dir, pin.parent)
+            await store.release_container(container_id)
+            await self._free_ports(ns, container_id)
+            names = [netlink.host_ifname(endpoint_key(ns, e.network, container_id)) for e in mine]
+            self._in_background(self._detach_all(names))
             for f in ("hosts", "resolv.conf"):
                 (etc / f).unlink(missing_ok=True)
             if etc.exists():
                 etc.rmdir()
             await self._refresh_names(ns)
             await self._apply_firewall()
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _detach_all(self, names: Sequence[str]) -> None:
+        for name in names:
+            try:
+                await asyncio.to_thread(netlink.detach_endpoint, name)
+            except Exception:
+                log.exception("veth_removal_failed", link=name)
+
+    async def settle(self) -> None:
+        """Wait until the background removals started so far are done (tests, shutdown)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def prepare_task(
         self,
@@ -770,6 +805,7 @@ class NetworkManager:
             self._watch.start()
 
     async def close(self) -> None:
+        await self.settle()
         self._reservations.close()
         for resolver in self._dns.values():
             await resolver.close()
@@ -808,7 +844,7 @@ class NetworkManager:
         async with self._lock:
             networks = await self._networks_everywhere()
             by_id = {n.id: (ns, n) for ns, n in networks}
-            mtus = {n.id: await self._ensure(n) for _, n in networks}
+            mtus = {n.id: await self._ensure(n, again=True) for _, n in networks}
             released: list[str] = []
             wanted_links: set[str] = set()
             wanted_pins: set[Path] = set()

@@ -114,7 +114,7 @@ def netns_create(path: str | Path) -> None:
     """
     pin = Path(path)
     _ensure_shared_dir(pin.parent)
-    if _is_pinned(pin):
+    if is_pinned(pin):
         return
     pin.touch(mode=0o444, exist_ok=True)
     failure: list[OSError] = []
@@ -131,7 +131,7 @@ def netns_remove(path: str | Path) -> None:
     The namespace itself dies with its last user (container processes, open fds).
     """
     pin = Path(path)
-    while _is_pinned(pin):
+    while is_pinned(pin):
         if _libc.umount2(os.fsencode(pin), _MNT_DETACH) != 0:
             _raise_errno("umount", pin)
     pin.unlink(missing_ok=True)
@@ -140,9 +140,9 @@ def netns_remove(path: str | Path) -> None:
 def netns_release_dir(directory: str | Path) -> None:
     """Undo the shared self-bind-mount `netns_create` put on `directory` (pins must be gone)."""
     target = os.path.realpath(directory)
-    while target in _mount_points():
-        if _libc.umount2(os.fsencode(target), _MNT_DETACH) != 0:
-            _raise_errno("umount", Path(target))
+    failed = _libc.umount2(os.fsencode(target), _MNT_DETACH) != 0
+    if failed and ctypes.get_errno() != errno.EINVAL:  # EINVAL: not a mount point (any more)
+        _raise_errno("umount", Path(target))
 
 
 def _unshare_and_pin(pin: Path, failure: list[OSError]) -> None:
@@ -169,8 +169,13 @@ def _ensure_shared_dir(directory: Path) -> None:
         _raise_errno("make shared", directory)
 
 
-def _is_pinned(pin: Path) -> bool:
-    return os.path.realpath(pin) in _mount_points()
+def is_pinned(pin: Path) -> bool:
+    """Whether `pin` has a namespace mounted on it: its file is then nsfs's, on another device
+    than its directory (one stat each, not a read of the whole mount table)."""
+    try:
+        return os.stat(pin).st_dev != os.stat(pin.parent).st_dev
+    except FileNotFoundError:
+        return False
 
 
 def _mount_points() -> set[str]:
@@ -199,6 +204,7 @@ def attach_endpoint(
     gateway: str,
     mtu: int,
     default_route: bool = True,
+    fresh: bool = False,
 ) -> str:
     """Plug the namespace at `netns_path` into `bridge`: a veth whose peer is its `eth<N>`.
 
@@ -216,7 +222,7 @@ def attach_endpoint(
     try:
         with IPRoute() as host:
             bridge_index = _require(host, bridge)
-            _ensure_pair(host, nsfd, host_ifname, mac, mtu)
+            _ensure_pair(host, nsfd, host_ifname, mac, mtu, fresh)
             index = _require(host, host_ifname)
             host.link("set", index=index, mtu=mtu, master=bridge_index)
             host.brport("set", index=index, mode=_BRPORT_HAIRPIN)
@@ -263,9 +269,15 @@ def detach_endpoint(host_ifname: str) -> None:
             _tolerate(errno.ENODEV, ipr.link, "del", index=index)
 
 
-def _ensure_pair(host: IPRoute, nsfd: int, host_ifname: str, mac: str, mtu: int) -> None:
+def _ensure_pair(
+    host: IPRoute, nsfd: int, host_ifname: str, mac: str, mtu: int, fresh: bool = False
+) -> None:
     host_index = _lookup(host, host_ifname)
-    peer_index, peer_name = _in_netns(nsfd, lambda inside: _peer(inside, mac))
+    peer_index: int | None
+    if fresh:
+        peer_index, peer_name = None, "eth0"
+    else:
+        peer_index, peer_name = _in_netns(nsfd, lambda inside: _peer(inside, mac))
     if host_index is not None and peer_index is not None:
         return
     # One end without the other belongs to some other attempt: deleting it deletes its pair.

@@ -55,7 +55,7 @@ def test_run_on_a_named_network_pings_a_peer_and_a_missing_one_is_refused(
         veth = netlink.host_ifname(endpoint_key("default", network["Id"], "a"))
         assert {veth, bridge} <= links()
         assert ctrctl(daemon, "rm", "-f", "a").returncode == 0
-        assert veth not in links()
+        wait_for(lambda: veth not in links())  # deleted with its namespace, or in the background
         removed = ctrctl(daemon, "network", "rm", "front")
         assert removed.returncode == 0, removed.stderr
         assert "front" not in ctrctl(daemon, "network", "ls").stdout

@@ -13,7 +13,12 @@ import subprocess
 import threading
 
 from tests.conftest import Ctrd
-from tests.integration.test_crash import NETWORK_LABELS, NS, network_problems
+from tests.integration.test_crash import (
+    NETWORK_LABELS,
+    NS,
+    network_problems,
+    settled_without_problems,
+)
 from tests.integration.test_tasks import pull
 
 CYCLES = 200
@@ -64,7 +69,7 @@ def test_cycles_with_kills_leave_no_network_object_behind(make_ctrd, short_tmp, 
         ctrd.ctr("tasks", "rm", "-f", cid, ns=NS)
     for cid in ctrd.ctr("containers", "ls", "-q", ns=NS).stdout.split():
         ctrd.ctr("containers", "rm", cid, ns=NS)
-    assert network_problems(ctrd, set()) == []
+    settled_without_problems(ctrd)
     with contextlib.closing(sqlite3.connect(ctrd.root / "meta.db")) as conn:
         assert conn.execute("SELECT COUNT(*) FROM endpoints").fetchone() == (0,)
         assert conn.execute("SELECT COUNT(*) FROM ports").fetchone() == (0,)
