@@ -341,6 +341,7 @@ class NetworkManager:
         self._watching = watch
         self._applied: nft.Ruleset | None = None  # the table as last written
         self._shape: tuple[int, int] | None = None  # its (chains, rules) in the kernel then
+        self._wanted: nft.Ruleset | None = None  # the table to keep, once one was written
         self._watch: FirewallWatch | None = None
         self._reservations = ports.PortReservations()  # the host ports held, by container
         self._dns: dict[tuple[str, ...], dns.EmbeddedDns] = {}  # by upstreams (() = host's)
@@ -767,12 +768,13 @@ class NetworkManager:
         ruleset = nft.Ruleset(networks, publishes, self._table)
         if ruleset == self._applied and not force:
             return
-        self._applied = None
+        self._applied = None  # unknown until written; `_wanted` says what to restore
+        self._wanted = ruleset
         if not networks and not publishes:
             await asyncio.to_thread(nft.delete, self._table)
         else:
             await asyncio.to_thread(nft.apply, ruleset)
-        self._shape = await asyncio.to_thread(nft.fingerprint, self._table)
+        self._shape = nft.shape(ruleset)
         self._applied = ruleset
         if self._watching:
             self.watch_firewall()
@@ -781,11 +783,11 @@ class NetworkManager:
         """Rewrite ctrd's table when it is not as ctrd last wrote it (someone flushed the
         ruleset, or the table or a chain of it); True when it had to."""
         async with self._lock:
-            if self._applied is None:
-                return False
+            if self._wanted is None:
+                return False  # nothing written yet
             shape = await asyncio.to_thread(nft.fingerprint, self._table)
-            if shape == self._shape:
-                return False
+            if shape == self._shape and self._applied is not None:
+                return False  # as written (a failed write is retried whatever the shape)
             now = time.monotonic()
             recent = [t for t in self._restores if now - t < RESTORE_WINDOW]
             if len(recent) >= RESTORE_BURST:

@@ -358,6 +358,16 @@ def list_table(table: str = DEFAULT_TABLE) -> dict[str, Any]:
     return parsed
 
 
+def shape(ruleset: Ruleset) -> tuple[int, int] | None:
+    """(chains, rules) the kernel holds once `ruleset` is applied: what `fingerprint` then
+    reads back. Known from the model, so a change made right after ctrd's own write is never
+    mistaken for it. None: an empty ruleset, for which the table is deleted."""
+    if not ruleset.networks and not ruleset.publishes:
+        return None
+    made = chains(ruleset)
+    return (len(made), sum(len(c.rules) for c in made))
+
+
 def fingerprint(table: str = DEFAULT_TABLE) -> tuple[int, int] | None:
     """(chains, rules) of the table as the kernel has it; None when there is no such table.
 

@@ -94,6 +94,7 @@ class Case:
     setup: tuple[Step, ...] = ()
     masks: tuple[compat.Mask, ...] = ()
     calls: compat.CallOrder = "ordered"
+    ignoring: tuple[str, ...] = ()  # calls ctr makes or not by timing, on either daemon
     says: str = ""  # words ctr must print (containerd's), checked on both daemons
     known: str = ""  # a difference not fixed yet: the case is expected to fail, and why
 
@@ -179,8 +180,11 @@ CASES = (
                             "/nonexistent"), setup=RUNNING, calls="unordered",
          says='ctr: OCI runtime exec failed: exec failed: unable to start container process: '
               'exec: "/nonexistent": stat /nonexistent: no such file or directory: unknown'),
+    # ctr's stdin copier closes the exec's stdin when it ends, racing its own exit on the
+    # failed start: CloseIO is sent or not by timing (seen both ways against ctrd)
     Case("exec-bad-cwd", ("tasks", "exec", "--fifo-dir", "{fifo}", "--exec-id", "e1", "--cwd",
-                          "/nope", "t1", "true"), setup=RUNNING, calls="unordered"),
+                          "/nope", "t1", "true"), setup=RUNNING, calls="unordered",
+         ignoring=("Tasks/CloseIO",)),
     Case("exec-no-exec-id", ("tasks", "exec", "t1", "true"), setup=RUNNING),
     # --- tasks start, attach
     Case("start-running", ("tasks", "start", "t1"), setup=RUNNING),
@@ -288,7 +292,7 @@ def test_ctr_says_what_containerd_says(
         for setup in case.setup:
             _build(both, Step(_expand(setup.args, ns, archives), setup.until), setup_ns)
         pair = both.ctr(*_expand(case.command, ns, archives), ns=ns, masks=case.masks)
-        compat.assert_same(pair, case.calls)
+        compat.assert_same(pair, case.calls, case.ignoring)
         if case.says:
             assert case.says in pair.ctrd.output, pair.ctrd.output
     finally:

@@ -59,6 +59,9 @@ def test_applied_table_lists_back_with_every_rendered_rule(table: str) -> None:
     for chain in nft.chains(ruleset):
         assert len(rules(listing, chain.name)) == len(chain.rules), chain.name
     assert nft.table_exists(table)
+    # what the daemon expects to read back, known from the model alone
+    assert nft.fingerprint(table) == nft.shape(ruleset)
+    assert nft.shape(nft.Ruleset(table=table)) is None
 
 
 def test_applying_a_new_version_replaces_the_table_whole_without_duplicates(table: str) -> None:
