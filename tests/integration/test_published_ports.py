@@ -4,8 +4,10 @@ refused before the task starts, and the ports' sockets and rules gone with the c
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
+import sys
 import urllib.request
 
 from pyroute2 import IPRoute
@@ -109,3 +111,58 @@ def test_ports_are_held_again_after_a_restart(ctrd, busybox_image):
     wait_for_page(port, "hello from again\n")
     ctrd.ctr("tasks", "kill", "-s", "KILL", "again")
     wait_for(lambda: ctrd.ctr("tasks", "delete", "again", check=False).returncode == 0)
+
+
+def test_a_published_port_is_reached_from_another_host(ctrd, busybox_image, tmp_path):
+    """Another host: a network namespace of the test's own behind a veth, on a /30 of its own,
+    fetching through the host's address on that link (prerouting's DNAT, then forwarded)."""
+    import os
+
+    from supervisor.network import netlink
+    from tests.integration.test_netlink import in_netns
+
+    pid = os.getpid()
+    link = ipaddress_for(pid)
+    host_end, pin = f"vr{pid % 100000}", tmp_path / "ns" / "remote"
+    ref = pull(ctrd, busybox_image)
+    port = free_port()
+    run(ctrd, "-d", "--label", "ctrd.io/networks=bridge", "--label", f"ctrd.io/ports={port}:80",
+        "--env", "HOSTNAME=far", ref, "far", "sh", "-c", SERVE)  # fmt: skip
+    wait_for_page(port, "hello from far\n")
+    netlink.netns_create(pin)
+    fd = os.open(pin, os.O_RDONLY)
+    try:
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=host_end, kind="veth",
+                     peer={"ifname": "eth0", "net_ns_fd": fd})  # fmt: skip
+            index = ipr.link_lookup(ifname=host_end)[0]
+            ipr.addr("add", index=index, address=str(link[1]), prefixlen=30)
+            ipr.link("set", index=index, state="up")
+        for command in (("ip", "link", "set", "lo", "up"), ("ip", "link", "set", "eth0", "up"),
+                        ("ip", "addr", "add", f"{link[2]}/30", "dev", "eth0")):  # fmt: skip
+            assert in_netns(pin, "busybox", *command).returncode == 0
+        url = f"http://{link[1]}:{port}/"
+        fetcher = (
+            f"import urllib.request as u; print(u.urlopen({url!r}, timeout=5).read().decode())"
+        )
+        got = in_netns(pin, sys.executable, "-c", fetcher)
+        assert got.stdout == "hello from far\n\n", got.stderr
+    finally:
+        os.close(fd)
+        netlink.detach_endpoint(host_end)
+        netlink.netns_remove(pin)
+        netlink.netns_release_dir(pin.parent)
+    ctrd.ctr("tasks", "kill", "-s", "KILL", "far")
+    wait_for(lambda: ctrd.ctr("tasks", "delete", "far", check=False).returncode == 0)
+
+
+def ipaddress_for(pid: int) -> list[ipaddress.IPv4Address]:
+    """A /30 of 10.0.0.0/8 for this test's link, clear of the host's routes."""
+    from supervisor.network import netlink
+
+    for attempt in range(64):
+        n = (pid * 64 + attempt) % (1 << 14)
+        subnet = ipaddress.ip_network(f"10.{200 + n // 4096}.{n // 16 % 256}.{n % 16 * 16}/30")
+        if not any(subnet.overlaps(p) for p in netlink.host_taken_prefixes()):
+            return list(subnet)
+    raise AssertionError("no free /30 for the test's link")
