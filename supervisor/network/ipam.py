@@ -223,3 +223,13 @@ def check_static(
         # libnetwork's ErrIPAlreadyAllocated
         raise AlreadyExists(f"address {address} in {subnet}: Address already in use", plain=True)
     return address
+
+
+def not_own(
+    host: Iterable[IPv4Network | ipaddress.IPv6Network], own: Iterable[IPv4Network]
+) -> list[IPv4Network]:
+    """The host's IPv4 prefixes that are not the subnet of one of ctrd's networks: what a
+    picked subnet must avoid (a bridge of ctrd's own routes its network's subnet, which the
+    store accounts for, and may outlive a deleted network)."""
+    mine = set(own)
+    return [p for p in host if isinstance(p, IPv4Network) and p not in mine]

@@ -42,7 +42,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -310,11 +310,6 @@ def _named_by_containers(conn: sqlite3.Connection, ns: str, n: Network) -> bool:
     return False
 
 
-def _is_pinned(pin: Path) -> bool:
-    """Whether a namespace is mounted on `pin` (netlink's check: one stat each)."""
-    return netlink.is_pinned(pin)
-
-
 @dataclass(frozen=True)
 class ReconcileReport:
     """What `reconcile` removed or released, for the daemon's log and for tests."""
@@ -431,8 +426,7 @@ class NetworkManager:
             )
             pin = self.pin_path(ns, container_id)
             try:
-                fresh = not await asyncio.to_thread(_is_pinned, pin)
-                await asyncio.to_thread(netlink.netns_create, pin)
+                fresh = await asyncio.to_thread(netlink.netns_create, pin)
                 plug = functools.partial(
                     netlink.attach_endpoint,
                     bridge_name(n.id),
@@ -574,7 +568,7 @@ class NetworkManager:
         """`spec` joined to container `other`'s network namespace: its pin when it is on ctrd
         networks (with its hosts and resolv.conf), else its running task's namespace."""
         pin = self.pin_path(ns, other)
-        if await asyncio.to_thread(_is_pinned, pin):
+        if await asyncio.to_thread(netlink.is_pinned, pin):
             etc = self.etc_dir(ns, other)
             return spec_with_network(spec, pin, etc / "hosts", etc / "resolv.conf")
         path = await netns_of(other) if netns_of is not None else None
@@ -593,7 +587,7 @@ class NetworkManager:
             pass
         own = [n.config.subnet for _, n in await self._networks_everywhere()]
         host = await asyncio.to_thread(netlink.host_taken_prefixes)
-        taken = [p for p in host if isinstance(p, IPv4Network) and p not in own]
+        taken = ipam.not_own(host, own)
         request = NetworkRequest(
             id=secrets.token_hex(32), name=DEFAULT_NETWORK, labels={DEFAULT_LABEL: "true"}
         )
@@ -698,7 +692,7 @@ class NetworkManager:
     def is_plumbed(self, ns: str, container_id: str) -> bool:
         """Whether the container's task runs in a namespace ctrd pinned (so it can be changed
         live); blocking but cheap (a stat and a mountinfo read)."""
-        return _is_pinned(self.pin_path(ns, container_id))
+        return netlink.is_pinned(self.pin_path(ns, container_id))
 
     async def connect_running(
         self,
@@ -856,7 +850,7 @@ class NetworkManager:
                     key = endpoint_key(ns, e.network, e.container)
                     pin = self.pin_path(ns, e.container)
                     orphan = has_task is not None and not has_task(ns, e.container)
-                    if orphan or not await asyncio.to_thread(_is_pinned, pin):
+                    if orphan or not await asyncio.to_thread(netlink.is_pinned, pin):
                         await asyncio.to_thread(netlink.detach_endpoint, netlink.host_ifname(key))
                         await store.detach(e.network, e.container)
                         released.append(key)

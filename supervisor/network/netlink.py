@@ -82,16 +82,7 @@ def ensure_bridge(name: str, gateway_cidr: str, mtu: int) -> int:
         if index is None:
             _tolerate(errno.EEXIST, ipr.link, "add", ifname=name, kind="bridge")
             index = _require(ipr, name)
-        ipr.link("set", index=index, mtu=mtu)
-        _tolerate(
-            errno.EEXIST,
-            ipr.addr,
-            "add",
-            index=index,
-            address=str(gateway.ip),
-            prefixlen=gateway.network.prefixlen,
-        )
-        ipr.link("set", index=index, state="up")
+        _address_up(ipr, index, gateway, mtu)
     _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/rp_filter", "2")
     return index
 
@@ -107,15 +98,16 @@ def remove_bridge(name: str) -> None:
 # --- namespace pins --------------------------------------------------------------------------
 
 
-def netns_create(path: str | Path) -> None:
-    """Make a new network namespace pinned at `path` (a file under ctrd's state dir).
+def netns_create(path: str | Path) -> bool:
+    """Make a new network namespace pinned at `path` (a file under ctrd's state dir); True
+    when it was made, False when one was pinned there already (nothing is done then).
 
-    Already pinned: nothing is done. A file left by an interrupted attempt is reused.
+    A file left by an interrupted attempt is reused.
     """
     pin = Path(path)
     _ensure_shared_dir(pin.parent)
     if is_pinned(pin):
-        return
+        return False
     pin.touch(mode=0o444, exist_ok=True)
     failure: list[OSError] = []
     worker = threading.Thread(target=_unshare_and_pin, args=(pin, failure), name="netns-create")
@@ -123,6 +115,7 @@ def netns_create(path: str | Path) -> None:
     worker.join()
     if failure:
         raise failure[0]
+    return True
 
 
 def netns_remove(path: str | Path) -> None:
@@ -296,6 +289,25 @@ def _ensure_pair(
     )
 
 
+def _address_up(
+    ipr: IPRoute,
+    index: int,
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+    mtu: int,
+) -> None:
+    """Link `index` with `mtu`, `address` (already there is fine) and up."""
+    ipr.link("set", index=index, mtu=mtu)
+    _tolerate(
+        errno.EEXIST,
+        ipr.addr,
+        "add",
+        index=index,
+        address=str(address.ip),
+        prefixlen=address.network.prefixlen,
+    )
+    ipr.link("set", index=index, state="up")
+
+
 def _peer(inside: IPRoute, mac: str) -> tuple[int | None, str]:
     """The link inside with `mac` (index, name); else (None, the lowest free `eth<N>`)."""
     names = set()
@@ -322,16 +334,7 @@ def _configure_inside(
     eth, name = _peer(inside, mac)
     if eth is None:
         raise OSError(errno.ENODEV, f"no link with MAC {mac} in the namespace")
-    inside.link("set", index=eth, mtu=mtu)
-    _tolerate(
-        errno.EEXIST,
-        inside.addr,
-        "add",
-        index=eth,
-        address=str(address.ip),
-        prefixlen=address.network.prefixlen,
-    )
-    inside.link("set", index=eth, state="up")
+    _address_up(inside, eth, address, mtu)
     if gateway is not None:  # added, not replaced: a default route already there is kept
         _tolerate(errno.EEXIST, inside.route, "add", dst="default", gateway=gateway, oif=eth)
     return name

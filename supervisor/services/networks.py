@@ -67,12 +67,6 @@ async def host_taken() -> list[IPv4Network]:
     return [n for n in found if isinstance(n, IPv4Network)]
 
 
-def not_own(host: Iterable[IPv4Network], own: Iterable[IPv4Network]) -> list[IPv4Network]:
-    """The host's prefixes that are not the subnet of one of ctrd's networks."""
-    mine = set(own)
-    return [prefix for prefix in host if prefix not in mine]
-
-
 def endpoint_to_pb(e: Endpoint, prefixlen: int, network: Network | None = None) -> pb.Endpoint:
     """The endpoint as the API shows it; with its network, that network's id, name and gateway."""
     message = pb.Endpoint(
@@ -166,7 +160,7 @@ class NetworksService(pb_grpc.NetworksServicer):
         taken: Sequence[IPv4Network] = ()
         if not wanted.subnet:
             own = [n.config.subnet for n in await store.list()]
-            taken = not_own(await self._host(), own)
+            taken = ipam.not_own(await self._host(), own)
         network = await store.create(wanted, taken)
         return pb.CreateNetworkResponse(network=network_to_pb(network))
 

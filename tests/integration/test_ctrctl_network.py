@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from supervisor.network import netlink, nft
+from supervisor.network import netlink
 from supervisor.network.manager import bridge_name, endpoint_key
 from tests.integration.test_ctrctl import ctrctl
 from tests.integration.test_network_manager import links
@@ -17,15 +17,9 @@ from tests.integration.test_published_ports import SERVE, fetch, free_port
 from tests.integration.test_tasks import pull, wait_for
 
 
-def test_run_on_a_named_network_pings_a_peer_and_a_missing_one_is_refused(
-    make_ctrd, busybox_image, tmp_path
-):
+def test_run_on_a_named_network_pings_a_peer_and_a_missing_one_is_refused(make_ctrd, busybox_image):
     pid = os.getpid()
-    table = f"ctrdc{pid}"
-    config = tmp_path / "ctrd.toml"
-    config.write_text(f'[network]\nnft_table = "{table}"\n')
-    daemon = make_ctrd()
-    daemon.extra_args = ("--config", str(config))
+    daemon = make_ctrd()  # with an nftables table of its own (tests/conftest.py)
     daemon.start()
     subnet = ipaddress.ip_network(f"10.{150 + pid % 50}.{pid // 50 % 256}.0/24")
     assert not any(subnet.overlaps(p) for p in netlink.host_taken_prefixes())
@@ -64,19 +58,13 @@ def test_run_on_a_named_network_pings_a_peer_and_a_missing_one_is_refused(
         daemon.stop()
         if bridge:
             netlink.remove_bridge(bridge)
-        nft.delete(table)
 
 
 @pytest.fixture
-def networked(make_ctrd, tmp_path):
+def networked(make_ctrd):
     """A daemon with an nftables table of its own, and a /24 no host route overlaps."""
     pid = os.getpid()
-    table = f"ctrdn{pid}"
-    config = tmp_path / "ctrd.toml"
-    config.write_text(f'[network]\nnft_table = "{table}"\n')
-    daemon = make_ctrd()
-    daemon.extra_args = ("--config", str(config))
-    daemon.nft_table = table  # removed with the daemon's bridges by its cleanup
+    daemon = make_ctrd()  # its own table, removed with its bridges by its cleanup
     daemon.start()
     subnet = ipaddress.ip_network(f"10.{100 + pid % 50}.{pid // 50 % 256}.0/24")
     assert not any(subnet.overlaps(p) for p in netlink.host_taken_prefixes())

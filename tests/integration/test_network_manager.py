@@ -204,11 +204,8 @@ def test_ctr_run_with_the_networks_label_joins_the_network(make_ctrd, busybox_im
     from tests.conftest import ns_metadata
 
     pid = os.getpid()
-    table = f"ctrdr{pid}"
-    config = tmp_path / "ctrd.toml"
-    config.write_text(f'[network]\nnft_table = "{table}"\n')
     daemon = make_ctrd()
-    daemon.extra_args = ("--config", str(config))
+    table = daemon.nft_table  # its own (tests/conftest.py)
     daemon.start()
     subnet = ipaddress.ip_network(f"10.{100 + pid % 50}.{pid // 50 % 256}.0/24")
     assert not any(subnet.overlaps(p) for p in netlink.host_taken_prefixes())

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -20,28 +17,8 @@ from supervisor.api.containerd.services.namespaces.v1 import namespaces_pb2 as n
 from supervisor.api.containerd.services.namespaces.v1 import namespaces_pb2_grpc as nsgrpc
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2_grpc as pb_grpc
-from supervisor.network import nft
-from tests.conftest import Ctrd, ns_metadata
+from tests.conftest import ns_metadata
 from tests.integration.test_ctrctl import ctrctl
-
-
-@pytest.fixture
-def ctrd(short_tmp: Path) -> Iterator[Ctrd]:
-    """A ctrd with an nftables table of this test's own: deleting a network rebuilds the
-    daemon's table from what is left, and the host's `inet ctrd` is not the tests' to touch."""
-    table = f"ctrdn{os.getpid()}"
-    config = short_tmp / "ctrd.toml"
-    config.write_text(f'[network]\nnft_table = "{table}"\n')
-    daemon = Ctrd(short_tmp, ("--config", str(config)))
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        status = daemon.stop()
-        daemon.cleanup()
-        nft.delete(table)
-    assert status == 0, f"ctrd exited with {status}:\n{daemon.log()}"
-    assert "Traceback" not in daemon.log(), daemon.log()[-5000:]
 
 
 def stub(ctrd):
