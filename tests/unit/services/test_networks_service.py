@@ -11,8 +11,9 @@ import pytest
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
 from supervisor.errors import FailedPrecondition, InvalidArgument
 from supervisor.metadata.db import Database
+from supervisor.network.ipam import not_own
 from supervisor.network.store import SqliteNetworkStore
-from supervisor.services.networks import NetworksService, not_own
+from supervisor.services.networks import NetworksService
 
 
 class Context:
