@@ -88,12 +88,14 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def attach(lab: Lab, name: str, host: int) -> tuple[Path, str]:
+    """As the daemon does: the short way when the namespace was just made, else the long."""
     pin = lab.pins / name
-    netlink.netns_create(pin)
+    fresh = netlink.netns_create(pin)
     ifname = netlink.host_ifname(f"{name}-{os.getpid()}")
     netlink.attach_endpoint(
-        lab.bridge, pin, ifname, f"02:00:0a:00:00:{host:02x}", lab.cidr(host), lab.ip(1), MTU
-    )
+        lab.bridge, pin, ifname, f"02:00:0a:00:00:{host:02x}", lab.cidr(host), lab.ip(1), MTU,
+        fresh=fresh,
+    )  # fmt: skip
     return pin, ifname
 
 
@@ -166,6 +168,46 @@ def test_attach_remakes_an_endpoint_whose_peer_is_missing(lab: Lab) -> None:
 
     assert f"{ifname}p" not in links()
     assert pings(pin, lab.ip(1))
+
+
+def test_attach_to_a_new_namespace_replaces_a_host_end_left_by_an_earlier_attempt(
+    lab: Lab,
+) -> None:
+    netlink.ensure_bridge(lab.bridge, lab.cidr(1), MTU)
+    ifname = netlink.host_ifname(f"a-{os.getpid()}")
+    # A crash after the pair was made, whose namespace was then unpinned: here its peer is
+    # left on the host, so that the test sees it go.
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": f"{ifname}p"})
+
+    pin, _ = attach(lab, "a", 10)
+
+    assert f"{ifname}p" not in links()
+    assert (Path("/sys/class/net") / ifname / "brport" / "hairpin_mode").read_text() == "1\n"
+    assert pings(pin, lab.ip(1))
+
+
+def test_a_second_network_is_eth1_without_a_second_default_route(lab: Lab) -> None:
+    netlink.ensure_bridge(lab.bridge, lab.cidr(1), MTU)
+    pin, _ = attach(lab, "a", 10)
+    other = f"{lab.bridge}b"
+    second = ipaddress.ip_network(f"{lab.subnet.network_address + 256}/24")
+    assert not any(second.overlaps(p) for p in netlink.host_taken_prefixes())
+    netlink.ensure_bridge(other, f"{second.network_address + 1}/24", MTU)
+    try:
+        peer = netlink.attach_endpoint(
+            other, pin, netlink.host_ifname(f"a2-{os.getpid()}"), "02:00:0a:00:01:0a",
+            f"{second.network_address + 10}/24", str(second.network_address + 1), MTU,
+            default_route=False,
+        )  # fmt: skip
+
+        assert peer == "eth1"
+        assert sorted(netns_links(pin)) == ["eth0", "eth1", "lo"]
+        routes = in_netns(pin, "ip", "route", "show", "default").stdout.splitlines()
+        assert routes == [f"default via {lab.ip(1)} dev eth0 proto static "]
+        assert pings(pin, str(second.network_address + 1))
+    finally:
+        netlink.remove_bridge(other)
 
 
 def test_netns_pins_are_idempotent_and_leave_nothing_when_removed(lab: Lab) -> None:
