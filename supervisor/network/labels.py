@@ -9,7 +9,11 @@ made by the real `ctr` (`ctr run --label ctrd.io/networks=front ...`) gets exact
 - `ctrd.io/ports` (`-p`, `-P`): docker's `-p` values,
   `[ip:][hostPort[-end]:]containerPort[-end][/tcp|udp]`; without a host port one is picked.
 - `ctrd.io/ip` (`--ip`): an IPv4 address on the first network.
-- `ctrd.io/network-aliases` (`--network-alias`): names the container also answers to.
+- `ctrd.io/network-aliases` (`--network-alias`): names the container also answers to on its
+  first network (docker's `--network-alias` is scoped to the network `run` joins).
+- `ctrd.io/network-aliases.NETWORK` (`network connect --alias`): names it answers to on
+  NETWORK (as named in `ctrd.io/networks`), kept for its next starts, as docker keeps an
+  endpoint's aliases.
 - `ctrd.io/dns`, `ctrd.io/dns-search`, `ctrd.io/dns-options` (`--dns`, `--dns-search`,
   `--dns-option`): resolv.conf's nameservers, search domains and options.
 - `ctrd.io/extra-hosts` (`--add-host`): `NAME:IP` lines added to /etc/hosts.
@@ -29,6 +33,7 @@ NETWORKS_LABEL = "ctrd.io/networks"
 PORTS_LABEL = "ctrd.io/ports"
 IP_LABEL = "ctrd.io/ip"
 ALIASES_LABEL = "ctrd.io/network-aliases"
+NETWORK_ALIASES_PREFIX = ALIASES_LABEL + "."  # + a network's name: its own aliases
 DNS_LABEL = "ctrd.io/dns"
 DNS_SEARCH_LABEL = "ctrd.io/dns-search"
 DNS_OPTIONS_LABEL = "ctrd.io/dns-options"
@@ -47,6 +52,11 @@ def label_list(labels: Mapping[str, str], key: str) -> list[str]:
 def label_networks(labels: Mapping[str, str]) -> list[str]:
     """The networks a container's `ctrd.io/networks` label names, in order, without blanks."""
     return label_list(labels, NETWORKS_LABEL)
+
+
+def network_aliases_label(network: str) -> str:
+    """The label holding the aliases a container was given on `network` by a connect."""
+    return NETWORK_ALIASES_PREFIX + network
 
 
 def wants_network(labels: Mapping[str, str]) -> bool:
@@ -68,6 +78,14 @@ class NetworkSettings:
     extra_hosts: tuple[str, ...] = ()
     network_container: str = ""
     name: str = ""
+    network_aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (network, its aliases)
+
+    def aliases_on(self, network: str) -> tuple[str, ...]:
+        """The aliases the container has on `network`: `--network-alias` ones on the first,
+        and those a connect gave on that network."""
+        first = self.aliases if self.networks[:1] == (network,) else ()
+        given = next((names for net, names in self.network_aliases if net == network), ())
+        return tuple(dict.fromkeys((*first, *given)))
 
     @classmethod
     def from_labels(cls, labels: Mapping[str, str]) -> NetworkSettings:
@@ -82,4 +100,9 @@ class NetworkSettings:
             extra_hosts=tuple(label_list(labels, EXTRA_HOSTS_LABEL)),
             network_container=labels.get(NETWORK_CONTAINER_LABEL, "").strip(),
             name=labels.get(NAME_LABEL, "").strip(),
+            network_aliases=tuple(
+                (key[len(NETWORK_ALIASES_PREFIX) :], tuple(label_list(labels, key)))
+                for key in sorted(labels)
+                if key.startswith(NETWORK_ALIASES_PREFIX)
+            ),
         )
