@@ -1,16 +1,18 @@
 """`ctrctl`: the command line, docker-like: containers, images (pull), events, version.
 
 Global options come before the command, as with docker: `ctrctl --address SOCK version`.
-Imports of gRPC happen inside commands, so `ctrctl --help` starts instantly.
+Imports of gRPC happen inside commands, and only the given command's parser is built
+(`parse_args`), so ctrctl starts quickly; `ctrctl --help` and errors get the whole tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 DEFAULT_ADDRESS = "/run/ctrd/ctrd.sock"
 # Modules that declare more commands: each has `add_parsers(commands)`, only argparse at its
@@ -30,22 +32,45 @@ COMMAND_MODULES: tuple[str, ...] = (
 EXIT_CLIENT_ERROR = 125  # docker's code for an error of the client itself
 
 
-# Commands this module declares itself: when one is asked for, the other modules' parsers are
-# not built at all (a `run` starts ~30 ms sooner on a busy machine).
-OWN_COMMANDS = frozenset(
-    ("version", "events", "pull", "run", "create", "start", "pause", "unpause", "inspect", "ps",
-     "logs", "stop", "restart", "kill", "rm", "exec", "container", "wait", "port")
-)  # fmt: skip
+# Where each command is declared (its aliases too): ctrctl builds the parser of the command it
+# is given alone, not the ~35 of the whole tree (~25 ms). The tree itself is built for
+# `ctrctl --help`, a command it does not know, and anything else the quick path cannot parse.
+COMMAND_HOMES: dict[str, str] = {
+    **dict.fromkeys(
+        ("version", "events", "pull", "run", "create", "start", "pause", "unpause", "inspect",
+         "ps", "port", "logs", "wait", "stop", "restart", "kill", "rm", "exec", "container"),
+        "ctl.main",
+    ),
+    **dict.fromkeys(("images", "rmi", "tag", "image"), "ctl.images"),
+    **dict.fromkeys(("top", "stats"), "ctl.stats"),
+    "system": "ctl.system",
+    **dict.fromkeys(
+        ("content", "snapshots", "snapshot", "leases", "namespaces", "namespace", "ns"),
+        "ctl.groups",
+    ),
+    "network": "ctl.networks",
+    **dict.fromkeys(("completion", "__names"), "ctl.completion"),
+    "push": "ctl.push",
+    **dict.fromkeys(("load", "save"), "ctl.archive"),
+}  # fmt: skip
 GLOBAL_OPTIONS_WITH_VALUES = frozenset(("--address", "-a", "--namespace", "-n"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, parsed by the parser of its command alone when that parses it; else
+    (help, errors, a command line the quick path does not read) by the whole tree, whose
+    output and exit status are the ones the user sees."""
     given = sys.argv[1:] if argv is None else argv
-    return build_parser(only_own=_command_of(given) in OWN_COMMANDS).parse_args(given)
+    command = _command_of(given)
+    if command in COMMAND_HOMES:
+        with contextlib.suppress(_NotQuick):
+            return build_parser(only=command).parse_args(given)
+    return build_parser().parse_args(given)
 
 
 def _command_of(argv: list[str]) -> str | None:
-    """The command word: the first argument that is neither a global option nor its value."""
+    """The command word, when only global options (exactly as spelled by `build_parser`) and
+    their values come before it; None for anything else (`-h`, an abbreviated option...)."""
     skip = False
     for arg in argv:
         if skip:
@@ -54,13 +79,63 @@ def _command_of(argv: list[str]) -> str | None:
             skip = True
         elif not arg.startswith("-"):
             return arg
+        elif not _global_option_with_its_value(arg) and arg != "--debug":
+            return None
     return None
 
 
-def build_parser(only_own: bool = False) -> argparse.ArgumentParser:
+def _global_option_with_its_value(arg: str) -> bool:
+    """`--address=SOCK`, `-aSOCK`, `--namespace=NS`, `-nNS`."""
+    return arg.startswith(("--address=", "--namespace=")) or (
+        len(arg) > 2 and arg[:2] in ("-a", "-n")
+    )
+
+
+class _NotQuick(Exception):
+    """The quick parser could not parse the command line: the whole tree will, or say why."""
+
+
+class _QuickParser(argparse.ArgumentParser):
+    """A parser (and its subparsers) that raises `_NotQuick` where argparse would print an
+    error and exit: the whole tree parses the command line again and says it as always."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _NotQuick(message)
+
+
+class _OneCommand:
+    """The subcommands object when only command `name` is wanted: its parser is built, every
+    other command's declaration goes to a sink that takes any call and keeps nothing."""
+
+    def __init__(self, commands: Any, name: str) -> None:
+        self._commands = commands
+        self._name = name
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if self._name == name or self._name in kwargs.get("aliases", ()):
+            return self._commands.add_parser(name, **kwargs)
+        return _SINK
+
+
+class _Sink:
+    """Stands for an argparse parser nobody will use: every method does nothing and returns it."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self._ignore
+
+    def _ignore(self, *args: Any, **kwargs: Any) -> _Sink:
+        return self
+
+
+_SINK = _Sink()
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command tree (shell completion generates its scripts from it), or with
-    `only_own` just the commands declared here."""
-    parser = argparse.ArgumentParser(prog="ctrctl", description="ctrctl: the ctrd client")
+    `only` the global options and command `only` (a key of COMMAND_HOMES) alone, by a parser
+    that raises `_NotQuick` instead of printing errors."""
+    parser_class = argparse.ArgumentParser if only is None else _QuickParser
+    parser = parser_class(prog="ctrctl", description="ctrctl: the ctrd client")
     parser.add_argument(
         "--address",
         "-a",
@@ -74,7 +149,23 @@ def build_parser(only_own: bool = False) -> argparse.ArgumentParser:
         help="namespace (env CTRD_NAMESPACE, default %(default)s)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = subparsers if only is None else _OneCommand(subparsers, only)
+    if only is None or COMMAND_HOMES[only] == "ctl.main":
+        _own_commands(commands)
+    for module in COMMAND_MODULES:
+        if only is None or COMMAND_HOMES[only] == module:
+            importlib.import_module(module).add_parsers(commands)
+    if "image" in subparsers.choices:
+        # docker's `image pull|push|save|load`: the same commands within the image group
+        images = _subcommands(subparsers.choices["image"])
+        _pull_command(images)
+        for module in ("ctl.push", "ctl.archive"):
+            importlib.import_module(module).add_parsers(images)
+    return parser
+
+
+def _own_commands(commands: Any) -> None:
     commands.add_parser("version", help="show the client and server versions").set_defaults(
         handler="ctl.main:version"
     )
@@ -109,15 +200,6 @@ def build_parser(only_own: bool = False) -> argparse.ArgumentParser:
     )  # fmt: skip
     group = container.add_subparsers(dest="container_command", required=True, metavar="COMMAND")
     _container_commands(group, grouped=True)
-    if not only_own:
-        for module in COMMAND_MODULES:
-            importlib.import_module(module).add_parsers(commands)
-        # docker's `image pull|push|save|load`: the same commands within the image group
-        images = _subcommands(commands.choices["image"])
-        _pull_command(images)
-        for module in ("ctl.push", "ctl.archive"):
-            importlib.import_module(module).add_parsers(images)
-    return parser
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> Any:
@@ -224,21 +306,29 @@ def _run_options(command: argparse.ArgumentParser) -> None:
 def _container_commands(commands: Any, grouped: bool = False) -> None:
     """The container commands, at the top (`ctrctl ps`) or in the container group, where
     `ps` is `ls` (`ctrctl container ls`), as docker has them."""
-    run = commands.add_parser("run", help="create and start a container")
+
+    def add(name: str, key: str = "", **kwargs: Any) -> Any:
+        parser = commands.add_parser(name, **kwargs)
+        function = CONTAINER_COMMANDS[key or name]
+        parser.set_defaults(handler=f"ctl.commands:{function}+client")
+        return parser
+
+    run = add("run", help="create and start a container")
     run.add_argument("-d", "--detach", action="store_true", help="run in the background")
     run.add_argument("--rm", action="store_true", help="remove the container when it exits")
     _run_options(run)
-    _run_options(commands.add_parser("create", help="create a container"))
+    _run_options(add("create", help="create a container"))
     for name, text in (
         ("start", "start containers"),
         ("pause", "pause containers"),
         ("unpause", "unpause containers"),
         ("inspect", "show containers (or images) as JSON"),
     ):
-        commands.add_parser(name, help=text).add_argument("containers", nargs="+")
-    ps = commands.add_parser(
-        "ls" if grouped else "ps", aliases=["ps", "list"] if grouped else [], help="list containers"
-    )
+        add(name, help=text).add_argument("containers", nargs="+")
+    ps = add(
+        "ls" if grouped else "ps", "ps", aliases=["ps", "list"] if grouped else [],
+        help="list containers",
+    )  # fmt: skip
     ps.add_argument("-a", "--all", action="store_true", help="also stopped ones")
     ps.add_argument("-q", "--quiet", action="store_true", help="ids only")
     ps.add_argument("--format", choices=["table", "json"], default="table")
@@ -251,39 +341,35 @@ def _container_commands(commands: Any, grouped: bool = False) -> None:
                     help="the N last created (in any state)")  # fmt: skip
     ps.add_argument("-l", "--latest", action="store_true", help="the last created")
     ps.add_argument("--no-trunc", action="store_true", help="do not shorten ids and commands")
-    port = commands.add_parser(
-        "port", help="list a container's published ports, or where one of its ports is"
-    )
+    port = add("port", help="list a container's published ports, or where one of its ports is")
     port.add_argument("container")
     port.add_argument("port", nargs="?", metavar="PRIVATE_PORT[/PROTO]")
-    logs = commands.add_parser("logs", help="a detached container's output")
+    logs = add("logs", help="a detached container's output")
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--tail", default="all", help="lines from the end (default all)")
     logs.add_argument("--since", metavar="TIME", help="from this time on (as `events`)")
     logs.add_argument("--until", metavar="TIME", help="before this time")
     logs.add_argument("-t", "--timestamps", action="store_true", help="show each entry's time")
     logs.add_argument("container")
-    wait = commands.add_parser(
-        "wait", help="wait until containers stop, then print their exit codes"
-    )
+    wait = add("wait", help="wait until containers stop, then print their exit codes")
     wait.add_argument("containers", nargs="+")
     for name, text in (
         ("stop", "stop containers (their stop signal, then SIGKILL)"),
         ("restart", "restart containers (stop, then start again, output to their log)"),
     ):
-        stop = commands.add_parser(name, help=text, description=text)
+        stop = add(name, help=text, description=text)
         stop.add_argument(
             "-t", "--time", type=float, default=None,
             help="seconds before SIGKILL (default: the container's --stop-timeout, else 10)",
         )  # fmt: skip
         stop.add_argument("containers", nargs="+")
-    kill = commands.add_parser("kill", help="signal containers")
+    kill = add("kill", help="signal containers")
     kill.add_argument("-s", "--signal", default="KILL")
     kill.add_argument("containers", nargs="+")
-    rm = commands.add_parser("rm", help="remove containers")
+    rm = add("rm", help="remove containers")
     rm.add_argument("-f", "--force", action="store_true", help="kill a running one first")
     rm.add_argument("containers", nargs="+")
-    exec_ = commands.add_parser("exec", help="run a command in a running container")
+    exec_ = add("exec", help="run a command in a running container")
     exec_.add_argument("-i", "--interactive", action="store_true")
     exec_.add_argument("-t", "--tty", action="store_true")
     exec_.add_argument("-e", "--env", action="append", default=[])
@@ -291,8 +377,6 @@ def _container_commands(commands: Any, grouped: bool = False) -> None:
     exec_.add_argument("-u", "--user")
     exec_.add_argument("container")
     exec_.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND")
-    for name, function in CONTAINER_COMMANDS.items():
-        commands.choices[name].set_defaults(handler=f"ctl.commands:{function}+client")
 
 
 CONTAINER_COMMANDS = {
