@@ -1,38 +1,46 @@
-"""The data plane of ctrd's bridge networks: stored networks and endpoints made real in the kernel.
+"""The data plane of ctrd's networks: stored networks and endpoints made real in the kernel.
 
-`NetworkManager` is what the daemon owns. It joins the three foundations: the durable store
-(`SqliteNetworkStore`, the address leases), netlink (bridges, namespace pins, veths) and ctrd's
-nftables table. Blocking kernel calls run on worker threads (`asyncio.to_thread`); the event loop
-only waits.
+`NetworkManager` is what the daemon owns. It joins the durable store (`SqliteNetworkStore`, the
+address leases), the network drivers (`supervisor.network.driver`: the kernel side of a network
+and of an endpoint; `bridge` by default, others registered at construction and picked by each
+network's `driver`), the namespace pins, the embedded DNS and ctrd's nftables table. Blocking
+kernel calls run on worker threads (`asyncio.to_thread`); the event loop only waits.
+
+What the manager keeps, whatever the driver: the leases, each container's namespace pin, names
+(DNS, /etc files), the host ports held for published ports, and the nft table (written whole
+from the store, with each network as its driver's `firewall` describes it). A network whose
+driver this daemon does not have (a database written by a newer ctrd, say) is refused with
+FailedPrecondition, and left alone by `reconcile`.
 
 Layout on disk (under the daemon's state dir):
 - `netns/<namespace>/<container>`: the pin of a container's network namespace; its path is what
   the container's OCI spec names (`linux.namespaces` network `path`).
 - `etc/<namespace>/<container>/hosts` and `resolv.conf`: files to bind-mount into the container.
 
-Names derived, never random, so that a retry or a restart finds what an earlier attempt made:
-- bridge: `br-` + 12 hex of the network id (the id itself when it is hex, as docker's `br-<id>`;
-  a hash of it otherwise), 15 bytes;
-- host end of a veth: `netlink.host_ifname("<namespace>/<network id>/<container>")`, `veth` + 7 hex;
-- MAC: `02:` + 5 bytes of a hash of the same key (locally administered, unicast; stable across
-  reconnects so neighbours' ARP caches stay valid).
+An endpoint's MAC is derived, never random: `02:` + 5 bytes of a hash of
+`endpoint_key("<namespace>", "<network id>", "<container>")` (locally administered, unicast;
+stable across reconnects so neighbours' ARP caches stay valid). The bridge driver derives its
+names too (`supervisor.network.bridge`), so a retry or a restart finds what an earlier attempt
+made.
 
-Ordering kept for crashes: an address lease is recorded before anything is plumbed, and released
-only after the veth is gone, so an address is never configured on two links. The nft table is
+Ordering kept for crashes: an address lease is recorded before the driver plugs anything, and
+released only after the driver unplugged it, so an address is never configured on two links.
+The one exception is a container's release: its pin goes first, the namespace dies with the
+task's processes and the kernel deletes its links, so the leases go at once and the driver's
+`detach` runs in the background (a restart's reconcile sweeps what a crash left). A network's
+kernel side is ensured once per daemon life: again when an attach fails (it may have been
+deleted since, then the attach is tried once more) and at every restart. The nft table is
 rebuilt whole from the store after every change (and deleted when no network is left).
 
-Host-wide switch: `net.ipv4.ip_forward=1` is set the first time a bridge is ensured, as dockerd
-does; without it nothing routes between a bridge and the uplink (or published ports). It is
-never turned back off (other programs may rely on it by then).
-
-Limit for now: one network per container (netlink names the peer `eth0` and gives it the default
-route); a second `connect` of the same container is refused with FailedPrecondition.
+A container may be on several networks: each is its own endpoint and lease (the bridge driver
+names the peers `eth0`, `eth1`, ... in the order they are plugged); only the first network
+(the one connected with `default_route`) routes the container out. A second `connect` of the
+same container to the same network is refused with AlreadyExists, docker's words.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import ipaddress
 import json
@@ -41,17 +49,19 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 import structlog
-from pyroute2 import IPRoute
 
 from supervisor.errors import AlreadyExists, FailedPrecondition, NotFound
 from supervisor.metadata.db import Database
 from supervisor.network import dns, ipam, netlink, nft, ports
+from supervisor.network.bridge import BridgeDriver
+from supervisor.network.bridge import bridge_name as bridge_name  # re-exported (tests)
+from supervisor.network.driver import NetworkDriver, Plug, endpoint_key
 from supervisor.network.labels import NETWORKS_LABEL, NetworkSettings, label_networks
 from supervisor.network.store import (
     Endpoint,
@@ -65,7 +75,6 @@ from supervisor.network.watch import FirewallWatch
 
 log = structlog.get_logger()
 
-IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 FALLBACK_RESOLVERS = ("8.8.8.8", "8.8.4.4")  # docker's, when the host has only loopback ones
 
@@ -77,8 +86,6 @@ NetnsOf = Callable[[str], Awaitable[Path | None]]  # a container id -> its task'
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 EXT_SERVERS = "# ExtServers:"
-_HEX12 = re.compile(r"^[0-9a-f]{12}")
-_HOST_VETH = re.compile(r"^veth[0-9a-f]{7}$")  # netlink.host_ifname's pattern
 
 
 @dataclass(frozen=True)
@@ -91,17 +98,6 @@ class Attachment:
 
 
 # --- derivations (pure) ---------------------------------------------------------------------
-
-
-def bridge_name(network_id: str) -> str:
-    """`br-` + 12 hex: the id's own first 12 when it is hex (docker's), else a hash of it."""
-    if _HEX12.match(network_id):
-        return "br-" + network_id[:12]
-    return "br-" + hashlib.sha256(network_id.encode()).hexdigest()[:12]
-
-
-def endpoint_key(ns: str, network_id: str, container: str) -> str:
-    return f"{ns}/{network_id}/{container}"
 
 
 def port_owner(ns: str, container_id: str) -> str:
@@ -142,12 +138,6 @@ def endpoint_mac(key: str) -> str:
     """A locally administered unicast MAC (`02:` first byte) derived from the endpoint's key."""
     digest = hashlib.sha256(key.encode()).digest()[:5]
     return ":".join(f"{b:02x}" for b in (0x02, *digest))
-
-
-def firewall_network(n: Network) -> nft.Network:
-    return nft.Network(
-        name=n.id, bridge=bridge_name(n.id), subnet=n.config.subnet, internal=n.internal
-    )
 
 
 # --- /etc/hosts and resolv.conf (pure renderers) --------------------------------------------
@@ -269,32 +259,7 @@ def spec_with_network(
     return {**spec, "linux": linux, "mounts": mounts}
 
 
-# --- kernel reads the foundations do not offer ----------------------------------------------
-
-
-def _bridge_ports(bridges: set[str]) -> dict[str, str]:
-    """Host links enslaved to one of `bridges`: {link name: bridge name}."""
-    with IPRoute() as ipr:
-        links = list(ipr.get_links())
-        by_index = {int(link["index"]): str(link.get("ifname")) for link in links}
-        ports = {}
-        for link in links:
-            master = link.get("master")
-            if master is not None and by_index.get(int(master)) in bridges:
-                ports[str(link.get("ifname"))] = by_index[int(master)]
-    return ports
-
-
-def _write_sysctl(path: str, value: str) -> None:
-    with open(path, "w", encoding="ascii") as f:
-        f.write(value)
-
-
-def _ensure_bridge(n: Network, mtu: int) -> None:
-    bridge = bridge_name(n.id)
-    netlink.ensure_bridge(bridge, f"{n.config.gateway}/{n.config.subnet.prefixlen}", mtu)
-    # 127.0.0.1 publishing: DNATed loopback traffic may leave by this bridge (nft's notes)
-    _write_sysctl(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet", "1")
+# --- store reads ----------------------------------------------------------------------------
 
 
 def _named_by_containers(conn: sqlite3.Connection, ns: str, n: Network) -> bool:
@@ -320,18 +285,27 @@ class ReconcileReport:
 
 
 class NetworkManager:
-    """Bridges, endpoints, /etc files and the firewall table for every namespace's networks."""
+    """Networks, endpoints, /etc files and the firewall table for every namespace, the kernel
+    side of networks and endpoints done by each network's driver."""
 
     def __init__(
-        self, db: Database, state: Path, table: str = nft.DEFAULT_TABLE, watch: bool = False
+        self,
+        db: Database,
+        state: Path,
+        table: str = nft.DEFAULT_TABLE,
+        watch: bool = False,
+        drivers: Iterable[NetworkDriver] = (),
     ) -> None:
         """`watch`: rewrite the table when another program changes the ruleset (the daemon's
-        manager does; one made by a test need not)."""
+        manager does; one made by a test need not). `drivers`: registered besides `bridge`,
+        by their names (one named `bridge` takes the built-in one's place)."""
         self._db = db
         self._state = Path(state)
         self._table = table
-        self._forwarding = False
-        self._ensured: dict[str, int] = {}  # network id -> MTU, for bridges made or checked
+        self._drivers: dict[str, NetworkDriver] = {BridgeDriver.name: BridgeDriver()}
+        self._drivers.update((d.name, d) for d in drivers)
+        self._ensured: dict[str, int] = {}  # network id -> MTU, for networks made or checked
+        self._networks: dict[str, Network] = {}  # those, by id (a network never changes)
         self._background: set[asyncio.Task[None]] = set()
         self._watching = watch
         self._applied: nft.Ruleset | None = None  # the table as last written
@@ -345,6 +319,25 @@ class NetworkManager:
         self._joined: dict[str, dict[str, tuple[str, ...]]] = {}  # ns, container: networks
         self._restores: list[float] = []  # when the table was last rewritten for others
         self._lock = asyncio.Lock()  # one kernel change (and nft rebuild) at a time
+
+    @property
+    def drivers(self) -> frozenset[str]:
+        """The names of the registered drivers: what a network's `driver` may say."""
+        return frozenset(self._drivers)
+
+    def _driver(self, n: Network) -> NetworkDriver:
+        driver = self._drivers.get(n.driver)
+        if driver is None:
+            raise FailedPrecondition(
+                f'network {n.name} uses driver "{n.driver}", which this daemon does not have'
+            )
+        return driver
+
+    def _firewall(self, n: Network) -> nft.Network | None:
+        """The network as ctrd's table sees it; None when its driver brings its own rules, or
+        is not here (its traffic is then none of this table's business)."""
+        driver = self._drivers.get(n.driver)
+        return None if driver is None else driver.firewall(n)
 
     # paths
 
@@ -360,30 +353,31 @@ class NetworkManager:
     # networks
 
     async def ensure_network(self, ns: str, name: str) -> Network:
-        """The stored network `name` with its bridge up (address, MTU, route_localnet)."""
+        """The stored network `name` with its kernel side up (a bridge: address, MTU,
+        route_localnet)."""
         n = await self._store(ns).get(name)
         await self._ensure(n)
         return n
 
     async def _ensure(self, n: Network, again: bool = False) -> int:
-        """The network's bridge up (once per daemon life, or `again`); its MTU."""
+        """The network's kernel side ensured by its driver (once per daemon life, or `again`);
+        its MTU."""
+        driver = self._driver(n)
         known = self._ensured.get(n.id)
         if known is not None and not again:
             return known
-        mtu = n.mtu or await asyncio.to_thread(netlink.uplink_mtu)
-        await asyncio.to_thread(_ensure_bridge, n, mtu)
+        mtu = await driver.ensure(n)
         self._ensured[n.id] = mtu
-        if not self._forwarding:
-            await asyncio.to_thread(_write_sysctl, IP_FORWARD, "1")
-            self._forwarding = True
+        self._networks[n.id] = n
         return mtu
 
     async def remove_network(self, ns: str, name: str) -> None:
         """Delete the stored network (refused while it has endpoints or a container, running or
-        not, names it) and its bridge."""
+        not, names it) and its kernel side (a bridge)."""
         async with self._lock:
             store = self._store(ns)
             n = await store.get(name)
+            driver = self._driver(n)  # refused before anything goes
             if await self._db.read(lambda conn: _named_by_containers(conn, ns, n)):
                 raise FailedPrecondition(  # docker's words; a stopped container counts too
                     f"error while removing network: network {n.name} id {n.id} "
@@ -392,7 +386,8 @@ class NetworkManager:
                 )
             await store.delete(n.id)
             self._ensured.pop(n.id, None)
-            await asyncio.to_thread(netlink.remove_bridge, bridge_name(n.id))
+            self._networks.pop(n.id, None)
+            await driver.remove(n)
             await self._apply_firewall()
 
     # endpoints
@@ -406,7 +401,8 @@ class NetworkManager:
         aliases: Sequence[str] = (),
         default_route: bool = True,
     ) -> Attachment:
-        """Lease an address, pin the container's namespace, plug a veth into the bridge.
+        """Lease an address, pin the container's namespace, have the network's driver plug
+        the endpoint in.
 
         A container may be on several networks: each gets the next free `eth<N>`; only the
         one connected with `default_route` routes the container out. Already on `network`:
@@ -414,6 +410,7 @@ class NetworkManager:
         async with self._lock:
             store = self._store(ns)
             n = await store.get(network)
+            driver = self._driver(n)
             mine = [e for e in await store.endpoints() if e.container == container_id]
             if any(e.network == n.id for e in mine):
                 raise AlreadyExists(
@@ -427,25 +424,16 @@ class NetworkManager:
             pin = self.pin_path(ns, container_id)
             try:
                 fresh = await asyncio.to_thread(netlink.netns_create, pin)
-                plug = functools.partial(
-                    netlink.attach_endpoint,
-                    bridge_name(n.id),
-                    pin,
-                    netlink.host_ifname(key),
-                    endpoint.mac,
-                    f"{endpoint.address}/{n.config.subnet.prefixlen}",
-                    str(n.config.gateway),
-                    default_route=default_route,
-                    fresh=fresh,
-                )
+                plug = Plug(ns, n, endpoint, pin, mtu, default_route, fresh)
                 try:
-                    await asyncio.to_thread(plug, mtu)
+                    await driver.attach(plug)
                 except Exception:
-                    # the bridge, checked once per daemon life, may be gone since: again, once
+                    # the network's kernel side, checked once per daemon life, may be gone
+                    # since (a bridge deleted by hand): ensured again, and attached once more
                     mtu = await self._ensure(n, again=True)
-                    await asyncio.to_thread(functools.partial(plug, fresh=False), mtu)
+                    await driver.attach(replace(plug, mtu=mtu, fresh=False))
             except BaseException:
-                await asyncio.to_thread(netlink.detach_endpoint, netlink.host_ifname(key))
+                await driver.detach(ns, n, container_id)
                 await store.detach(n.id, container_id)
                 raise
             await self._apply_firewall()
@@ -456,8 +444,7 @@ class NetworkManager:
         async with self._lock:
             store = self._store(ns)
             n = await store.get(network)
-            key = endpoint_key(ns, n.id, container_id)
-            await asyncio.to_thread(netlink.detach_endpoint, netlink.host_ifname(key))
+            await self._driver(n).detach(ns, n, container_id)
             await store.detach(n.id, container_id)
             await self._apply_firewall()
 
@@ -478,10 +465,10 @@ class NetworkManager:
             await asyncio.to_thread(netlink.netns_remove, pin)
             if pin.parent.is_dir() and not any(pin.parent.iterdir()):
                 await asyncio.to_thread(netlink.netns_release_dir, pin.parent)
+            unplug = [self._networks.get(e.network) or await store.get(e.network) for e in mine]
             await store.release_container(container_id)
             await self._free_ports(ns, container_id)
-            names = [netlink.host_ifname(endpoint_key(ns, e.network, container_id)) for e in mine]
-            self._in_background(self._detach_all(names))
+            self._in_background(self._detach_all(ns, container_id, unplug))
             for f in ("hosts", "resolv.conf"):
                 (etc / f).unlink(missing_ok=True)
             if etc.exists():
@@ -494,12 +481,12 @@ class NetworkManager:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _detach_all(self, names: Sequence[str]) -> None:
-        for name in names:
+    async def _detach_all(self, ns: str, container_id: str, networks: Sequence[Network]) -> None:
+        for n in networks:
             try:
-                await asyncio.to_thread(netlink.detach_endpoint, name)
+                await self._driver(n).detach(ns, n, container_id)
             except Exception:
-                log.exception("veth_removal_failed", link=name)
+                log.exception("endpoint_removal_failed", ns=ns, id=container_id, network=n.id)
 
     async def settle(self) -> None:
         """Wait until the background removals started so far are done (tests, shutdown)."""
@@ -757,8 +744,10 @@ class NetworkManager:
     async def _apply_firewall(self, force: bool = False) -> None:
         """Make ctrd's table what the store says; skipped when that is what was last applied
         (most connects change no rule: rules name bridges and publishes, not endpoints)."""
-        networks = tuple(firewall_network(n) for _, n in await self._networks_everywhere())
-        publishes = await self._publishes()
+        found = (self._firewall(n) for _, n in await self._networks_everywhere())
+        networks = tuple(f for f in found if f is not None)
+        ours = {f.name for f in networks}
+        publishes = tuple(p for p in await self._publishes() if p.network in ours)
         ruleset = nft.Ruleset(networks, publishes, self._table)
         if ruleset == self._applied and not force:
             return
@@ -820,14 +809,17 @@ class NetworkManager:
         """At daemon start: make the kernel match the store, removing only what is ctrd's.
 
         Rules, in order:
-        1. every stored network's bridge is ensured (a reboot removed them);
+        1. every stored network's kernel side is ensured by its driver (a reboot removed the
+           bridges); a network whose driver this daemon does not have is logged and left as it
+           is, with its endpoints (their leases, and their pins when pinned);
         2. an endpoint whose namespace pin is gone (not a mount point) cannot be plugged again:
-           its veth (if any) is deleted and its lease released;
+           the driver unplugs it (deletes its veth, if any) and its lease is released;
         3. an endpoint whose pin is there is re-plugged (idempotent: a veth half-made by a crash
            is finished);
-        4. a host link is deleted only when its name has ctrd's derived shape (`veth` + 7 hex)
-           AND it is a port of a stored network's bridge AND no stored endpoint derives its
-           name: another program's veths, or ports of other bridges, are never touched;
+        4. each driver sweeps what it made for its networks that no kept endpoint accounts for
+           (the bridge driver: a host link whose name has ctrd's derived shape, `veth` + 7 hex,
+           AND that is a port of a stored network's bridge AND that no stored endpoint derives:
+           another program's veths, or ports of other bridges, are never touched);
         5. a pin under `<state>/netns/<ns>/` with no stored endpoint is removed (caveat: a
            container disconnected from its only network loses its pin on restart);
         6. with `has_task` (the daemon's task list, loaded before): an endpoint of a container
@@ -839,42 +831,23 @@ class NetworkManager:
         """
         async with self._lock:
             networks = await self._networks_everywhere()
-            by_id = {n.id: (ns, n) for ns, n in networks}
-            mtus = {n.id: await self._ensure(n, again=True) for _, n in networks}
+            usable = [(ns, n) for ns, n in networks if self._has_driver(ns, n)]
+            by_id = {n.id: n for _, n in networks}
+            mtus = {n.id: await self._ensure(n, again=True) for _, n in usable}
             released: list[str] = []
-            wanted_links: set[str] = set()
+            kept: list[Plug] = []
             wanted_pins: set[Path] = set()
             for ns in sorted({ns for ns, _ in networks}):
-                store = self._store(ns)
-                for e in await store.endpoints():
-                    key = endpoint_key(ns, e.network, e.container)
-                    pin = self.pin_path(ns, e.container)
-                    orphan = has_task is not None and not has_task(ns, e.container)
-                    if orphan or not await asyncio.to_thread(netlink.is_pinned, pin):
-                        await asyncio.to_thread(netlink.detach_endpoint, netlink.host_ifname(key))
-                        await store.detach(e.network, e.container)
-                        released.append(key)
-                        continue
-                    n = by_id[e.network][1]
-                    await asyncio.to_thread(
-                        netlink.attach_endpoint,
-                        bridge_name(n.id),
-                        pin,
-                        netlink.host_ifname(key),
-                        e.mac,
-                        f"{e.address}/{n.config.subnet.prefixlen}",
-                        str(n.config.gateway),
-                        mtus[n.id],
-                    )
-                    wanted_links.add(netlink.host_ifname(key))
-                    wanted_pins.add(pin)
-            bridges = {bridge_name(n.id) for _, n in networks}
-            ports = await asyncio.to_thread(_bridge_ports, bridges)
-            stale_links = sorted(
-                name for name in ports if _HOST_VETH.match(name) and name not in wanted_links
-            )
-            for name in stale_links:
-                await asyncio.to_thread(netlink.detach_endpoint, name)
+                gone, plugged, pins = await self._replug(ns, by_id, mtus, has_task)
+                released.extend(gone)
+                kept.extend(plugged)
+                wanted_pins.update(pins)
+            stale_links: list[str] = []
+            for name, driver in self._drivers.items():
+                theirs = [n for _, n in usable if n.driver == name]
+                stale_links.extend(
+                    await driver.sweep(theirs, [p for p in kept if p.network.driver == name])
+                )
             stale_pins = [p for p in self._pins() if p not in wanted_pins]
             for pin in stale_pins:
                 await asyncio.to_thread(netlink.netns_remove, pin)
@@ -893,8 +866,47 @@ class NetworkManager:
                 await self._serve_dns(ns, container_id, servers)
             await self._apply_firewall(force=True)
             return ReconcileReport(
-                tuple(stale_links), tuple(str(p) for p in stale_pins), tuple(released)
+                tuple(sorted(stale_links)), tuple(str(p) for p in stale_pins), tuple(released)
             )
+
+    def _has_driver(self, ns: str, n: Network) -> bool:
+        if n.driver in self._drivers:
+            return True
+        log.error("network_driver_unknown", ns=ns, network=n.id, name=n.name, driver=n.driver)
+        return False
+
+    async def _replug(
+        self,
+        ns: str,
+        by_id: Mapping[str, Network],
+        mtus: Mapping[str, int],
+        has_task: HasTask | None,
+    ) -> tuple[list[str], list[Plug], set[Path]]:
+        """Reconcile's rules 2, 3 and 6 for one namespace's endpoints (`by_id`: every stored
+        network; `mtus`: those ensured): the keys of the endpoints released, the plugs of those
+        kept, the pins kept."""
+        store = self._store(ns)
+        released: list[str] = []
+        kept: list[Plug] = []
+        pins: set[Path] = set()
+        for e in await store.endpoints():
+            n, pin = by_id[e.network], self.pin_path(ns, e.container)
+            if n.id not in mtus:  # a driver this daemon does not have: left as it is
+                if await asyncio.to_thread(netlink.is_pinned, pin):
+                    pins.add(pin)
+                continue
+            driver = self._driver(n)
+            orphan = has_task is not None and not has_task(ns, e.container)
+            if orphan or not await asyncio.to_thread(netlink.is_pinned, pin):
+                await driver.detach(ns, n, e.container)
+                await store.detach(n.id, e.container)
+                released.append(endpoint_key(ns, n.id, e.container))
+                continue
+            plug = Plug(ns, n, e, pin, mtus[n.id])
+            await driver.attach(plug)
+            kept.append(plug)
+            pins.add(pin)
+        return released, kept, pins
 
     async def _restore_ports(self) -> None:
         """Hold again the host ports the store records (the sockets died with the last
