@@ -391,7 +391,12 @@ class Daemon:
                 await network_manager().remove_network(ns, ref)
 
             live = LiveNetworks(containers, network_manager, tasks.exists)
-            return NetworksService(lambda ns: SqliteNetworkStore(db, ns), remove=remove, live=live)
+            return NetworksService(
+                lambda ns: SqliteNetworkStore(db, ns),
+                remove=remove,
+                live=live,
+                drivers=lambda: network_manager().drivers,
+            )
 
         server = grpc.aio.server(
             options=[

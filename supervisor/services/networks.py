@@ -11,6 +11,11 @@ the routes of ctrd's own networks' bridges: those subnets are the store's to acc
 bridge left by a network deleted before its bridge was must not keep the subnet from being used
 again.
 
+A network's driver must be one the network manager has registered (`NetworkManager.drivers`:
+`bridge`, and whatever the daemon registered besides); another is refused with docker's words
+and code (`plugin "X" not found`, NotFound: its API's 404). Without a manager wired in (unit
+tests) only `bridge` is known.
+
 Connect and Disconnect change the container's `ctrd.io/networks` label and, when its task runs
 on ctrd networks, its plumbing (`supervisor.network.live`); without that wired in (unit tests)
 they change the record only (the endpoint's address lease).
@@ -21,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Protocol
 
@@ -31,7 +36,7 @@ from google.protobuf import empty_pb2
 from supervisor import filters
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2_grpc as pb_grpc
-from supervisor.errors import FailedPrecondition, InvalidArgument
+from supervisor.errors import FailedPrecondition, InvalidArgument, NotFound
 from supervisor.network import ipam
 from supervisor.network.store import Endpoint, Network, NetworkRequest, NetworkStore
 from supervisor.services import rpc
@@ -40,7 +45,8 @@ from supervisor.services.convert import timestamp
 Context = grpc.aio.ServicerContext[Any, Any]
 HostTaken = Callable[[], Awaitable[Sequence[IPv4Network]]]
 Remove = Callable[[str, str], Awaitable[None]]  # (namespace, network id or name)
-DRIVERS = frozenset(("bridge",))
+Drivers = Callable[[], Collection[str]]  # the names of the network drivers there are
+BUILT_IN = frozenset(("bridge",))
 
 
 class LiveNetworks(Protocol):
@@ -111,10 +117,12 @@ def _adaptor(n: Network) -> filters.Adaptor:
     return filters.label_adaptor(fields, dict(n.labels))
 
 
-def request_from_pb(request: pb.CreateNetworkRequest) -> NetworkRequest:
+def request_from_pb(
+    request: pb.CreateNetworkRequest, drivers: Collection[str] = BUILT_IN
+) -> NetworkRequest:
     driver = request.driver or "bridge"
-    if driver not in DRIVERS:
-        raise InvalidArgument(f'network driver "{driver}" not supported (only bridge)')
+    if driver not in drivers:  # dockerd's words (its plugin store's), and its 404
+        raise NotFound(f'plugin "{driver}" not found', plain=True)
     if not request.name:
         raise InvalidArgument("network name must be provided")
     return NetworkRequest(
@@ -137,13 +145,16 @@ class NetworksService(pb_grpc.NetworksServicer):
         host: HostTaken = host_taken,
         remove: Remove | None = None,
         live: LiveNetworks | None = None,
+        drivers: Drivers = lambda: BUILT_IN,
     ) -> None:
         """`remove(ns, ref)` deletes a network from the store and the kernel (its bridge, the
-        firewall's rules: `NetworkManager.remove_network`); without it only the record goes."""
+        firewall's rules: `NetworkManager.remove_network`); without it only the record goes.
+        `drivers()`: the drivers a network may name (the manager's registry)."""
         self._store = store
         self._host = host
         self._remove = remove or (lambda ns, ref: store(ns).delete(ref))
         self._live = live
+        self._drivers = drivers
 
     def _for(self, context: Context) -> NetworkStore:
         return self._store(rpc.namespace(context))
@@ -156,7 +167,7 @@ class NetworksService(pb_grpc.NetworksServicer):
 
     async def Create(self, request: pb.CreateNetworkRequest, context: Context) -> Any:
         store = self._for(context)
-        wanted = request_from_pb(request)
+        wanted = request_from_pb(request, self._drivers())
         taken: Sequence[IPv4Network] = ()
         if not wanted.subnet:
             own = [n.config.subnet for n in await store.list()]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
-from supervisor.errors import FailedPrecondition, InvalidArgument
+from supervisor.errors import FailedPrecondition, InvalidArgument, NotFound
 from supervisor.metadata.db import Database
 from supervisor.network.ipam import not_own
 from supervisor.network.store import SqliteNetworkStore
@@ -24,7 +24,7 @@ class Context:
         return self._md
 
 
-def scenario(tmp_path: Path, host: list[str], steps):
+def scenario(tmp_path: Path, host: list[str], steps, drivers=frozenset(("bridge",))):
     async def run():
         db = await Database.open(tmp_path / "meta.db")
         calls = []
@@ -34,7 +34,9 @@ def scenario(tmp_path: Path, host: list[str], steps):
             return [IPv4Network(p) for p in host]
 
         try:
-            service = NetworksService(lambda ns: SqliteNetworkStore(db, ns), host_taken)
+            service = NetworksService(
+                lambda ns: SqliteNetworkStore(db, ns), host_taken, drivers=lambda: drivers
+            )
             return await steps(service), len(calls)
         finally:
             await db.close()
@@ -64,7 +66,7 @@ def test_own_subnets_are_not_counted_as_the_hosts():
 
 def test_bad_requests_are_refused_before_the_store(tmp_path):
     async def steps(service):
-        with pytest.raises(InvalidArgument, match="driver"):
+        with pytest.raises(NotFound, match=r'^plugin "macvlan" not found$'):  # dockerd's 404
             await service.Create(pb.CreateNetworkRequest(name="a", driver="macvlan"), Context())
         with pytest.raises(InvalidArgument, match="name"):
             await service.Create(pb.CreateNetworkRequest(), Context())
@@ -75,3 +77,19 @@ def test_bad_requests_are_refused_before_the_store(tmp_path):
     networks, host_reads = scenario(tmp_path, [], steps)
     assert list(networks) == []
     assert host_reads == 0
+
+
+def test_a_driver_is_one_the_manager_registered_and_another_is_dockers_plugin_not_found(
+    tmp_path,
+):
+    async def steps(service):
+        made = await service.Create(pb.CreateNetworkRequest(name="a", driver="cni"), Context())
+        with pytest.raises(NotFound) as refused:
+            await service.Create(pb.CreateNetworkRequest(name="b", driver="overlay"), Context())
+        listed = (await service.List(pb.ListNetworksRequest(), Context())).networks
+        return made.network.driver, str(refused.value), [n.name for n in listed]
+
+    (driver, refused, names), _ = scenario(tmp_path, [], steps, {"bridge", "cni"})
+    assert driver == "cni"
+    assert refused == 'plugin "overlay" not found'
+    assert names == ["a"]
