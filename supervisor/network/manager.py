@@ -459,9 +459,10 @@ class NetworkManager:
                 return  # never networked: no kernel call, no firewall rebuild
             await self._stop_dns(ns, container_id)
             # Unpinned, the namespace dies with its last user (the task's processes are gone):
-            # the kernel then deletes its veths. Deleting one is slow (~20 ms of RCU waits), so
-            # it is not waited for here; a background pass deletes whatever is left, and a
-            # restart's reconcile any veth a crash left behind.
+            # the kernel then deletes its links (a bridge's veths). Deleting one is slow (~20 ms
+            # of RCU waits), so it is not waited for here; the drivers' detach runs in the
+            # background for whatever is left, and a restart's reconcile sweeps what a crash
+            # left behind.
             await asyncio.to_thread(netlink.netns_remove, pin)
             if pin.parent.is_dir() and not any(pin.parent.iterdir()):
                 await asyncio.to_thread(netlink.netns_release_dir, pin.parent)
