@@ -11,7 +11,6 @@ import dataclasses
 import errno
 import json
 import os
-import secrets
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +68,15 @@ class Conflict(Exception):
     """The name asked for is taken (docker's "Conflict")."""
 
 
+@dataclasses.dataclass(frozen=True)
+class NewContainer:
+    """A container `Client.create` made: its id, and the mounts of its root filesystem (what
+    Tasks.Create takes, as Snapshots.Mounts would give them)."""
+
+    id: str
+    rootfs: tuple[Any, ...]
+
+
 class Client:
     def __init__(self, address: str, namespace: str) -> None:
         self.channel = grpc.insecure_channel(f"unix:{address}")
@@ -89,11 +97,15 @@ class Client:
     # -- images -----------------------------------------------------------------------------
 
     def image(self, name: str) -> ipb.Image:
-        for candidate in dict.fromkeys((name, normalize(name))):
+        """The image named `name` as given, else as docker normalizes it: both asked at once
+        (a short name costs no second round trip), the first found wins."""
+        calls = [
+            self.images.Get.future(ipb.GetImageRequest(name=candidate), metadata=self.md)
+            for candidate in dict.fromkeys((name, normalize(name)))
+        ]
+        for call in calls:
             try:
-                image: ipb.Image = self.images.Get(
-                    ipb.GetImageRequest(name=candidate), metadata=self.md
-                ).image
+                image: ipb.Image = call.result().image
                 return image
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND:
@@ -167,23 +179,22 @@ class Client:
         manifest = self.manifest(image)
         return manifest, json.loads(self.read(manifest["config"]["digest"]))
 
-    def unpack(self, manifest: dict[str, Any], config: dict[str, Any]) -> str:
-        """Unpack the image's layers (what is missing) as ctr does; the top chain id."""
+    def unpack(self, manifest: dict[str, Any], config: dict[str, Any], lease: str = "") -> str:
+        """Unpack the image's layers (what is missing) as ctr does, under `lease` (else one of
+        its own); the top chain id. A top snapshot already there means all of them are (a
+        snapshot's parents stay while it does): one Stat then."""
         diff_ids = config.get("rootfs", {}).get("diff_ids", [])
-        layers = manifest.get("layers", [])
-        parent = ""
-        lease = self._lease()
+        layers = list(zip(manifest.get("layers", []), digests.chain_ids(diff_ids), strict=True))
+        if layers and self._has_snapshot(layers[-1][1]):
+            return str(layers[-1][1])
+        own_lease = not lease
+        lease = lease or self._lease()
         md = (*self.md, ("containerd-lease", lease))
+        parent = ""
         try:
-            for layer, chain in zip(layers, digests.chain_ids(diff_ids), strict=True):
-                try:
-                    self.snapshots.Stat(
-                        spb.StatSnapshotRequest(snapshotter=SNAPSHOTTER, key=chain), metadata=md
-                    )
-                except grpc.RpcError as e:
-                    if e.code() != grpc.StatusCode.NOT_FOUND:
-                        raise
-                    key = f"extract-{secrets.token_hex(6)} {chain}"
+            for layer, chain in layers:
+                if not self._has_snapshot(chain):
+                    key = f"extract-{os.urandom(6).hex()} {chain}"
                     mounts = self.snapshots.Prepare(
                         spb.PrepareSnapshotRequest(snapshotter=SNAPSHOTTER, key=key, parent=parent),
                         metadata=md,
@@ -205,11 +216,23 @@ class Client:
                     )
                 parent = chain
         finally:
-            self.leases.Delete(lpb.DeleteRequest(id=lease), metadata=self.md)
+            if own_lease:
+                self.leases.Delete(lpb.DeleteRequest(id=lease), metadata=self.md)
         return parent
 
+    def _has_snapshot(self, key: str) -> bool:
+        try:
+            self.snapshots.Stat(
+                spb.StatSnapshotRequest(snapshotter=SNAPSHOTTER, key=key), metadata=self.md
+            )
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return False
+        return True
+
     def _lease(self) -> str:
-        lease = f"ctrctl-{secrets.token_hex(8)}"
+        lease = f"ctrctl-{os.urandom(8).hex()}"
         self.leases.Create(lpb.CreateRequest(id=lease), metadata=self.md)
         return lease
 
@@ -217,8 +240,8 @@ class Client:
 
     def create(
         self, image_name: str, options: oci.RunOptions, name: str = "", runtime: str = ""
-    ) -> str:
-        """Make a container (record, spec, snapshot) for an image; its id."""
+    ) -> NewContainer:
+        """Make a container (record, spec, snapshot) for an image."""
         if name and self._container_exists(name):
             raise Conflict(
                 f'the container name "{name}" is already in use: remove that container'
@@ -226,18 +249,18 @@ class Client:
             )
         image = self.image(image_name)
         manifest, config = self.image_config(image)
-        chain = self.unpack(manifest, config)
-        cid = name or secrets.token_hex(32)
+        cid = name or os.urandom(32).hex()
         image_config = config.get("config", {}) or {}
         if not options.hostname and options.network != "host":
             options = dataclasses.replace(options, hostname=cid[:12])  # as dockerd names it
         labels = oci.container_labels(image_config, options)
         if name:
             labels[NAME_LABEL] = name
-        # Under a lease until the container holds the snapshot, as containerd's client does:
-        # the collector would take a snapshot nothing refers to yet.
+        # One lease from the unpack until the container holds its snapshot, as containerd's
+        # client has: the collector would take snapshots nothing refers to yet.
         lease = self._lease()
         try:
+            chain = self.unpack(manifest, config, lease)
             mounts = self.snapshots.Prepare(
                 spb.PrepareSnapshotRequest(snapshotter=SNAPSHOTTER, key=cid, parent=chain),
                 metadata=(*self.md, ("containerd-lease", lease)),
@@ -250,7 +273,7 @@ class Client:
                 raise
         finally:
             self.leases.Delete(lpb.DeleteRequest(id=lease), metadata=self.md)
-        return cid
+        return NewContainer(cid, tuple(mounts))
 
     def _create(
         self, cid: str, image: str, labels: dict[str, str], runtime: str, spec: dict[str, Any]

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -35,7 +35,7 @@ from google.protobuf import any_pb2
 
 from ctl import netopts, netview
 from ctl import spec as oci
-from ctl.client import NAME_LABEL, Client, ImageNotFound, NotFound, short
+from ctl.client import NAME_LABEL, Client, ImageNotFound, NewContainer, NotFound, short
 from ctl.table import ago, cut, human_duration, table
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
 from supervisor.api.containerd.types.task import task_pb2 as task_types
@@ -234,7 +234,7 @@ def _exit_code(client: Client, cid: str, exec_id: str = "") -> int:
     return int(response.exit_status)
 
 
-def _create(client: Client, args: argparse.Namespace, options: oci.RunOptions) -> str:
+def _create(client: Client, args: argparse.Namespace, options: oci.RunOptions) -> NewContainer:
     """docker's `--pull`: `missing` (the default) pulls an image not here yet, saying so first;
     `always` pulls every time; `never` leaves a missing image a "not found" error. The pull's
     progress goes to stderr, so that stdout is the container's alone."""
@@ -281,17 +281,24 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
     options = _network_options(client, args)
     if missing_network(client, args.network):
         return EXIT_MISSING_NETWORK
-    print(_create(client, args, options))
+    print(_create(client, args, options).id)
     return 0
 
 
 def _start_task(
-    client: Client, cid: str, stdio: _Stdio | None, tty: bool, log: bool = True
+    client: Client,
+    cid: str,
+    stdio: _Stdio | None,
+    tty: bool,
+    log: bool = True,
+    rootfs: Sequence[Any] | None = None,
 ) -> None:
     """Create the container's task: on its log, copied to `stdio`'s FIFOs when attached (as
     docker, ctrd keeps the output of attached containers too), else on its log alone (or no
-    stdio); a terminal's output goes to its FIFO only."""
-    rootfs = client.rootfs(cid)
+    stdio); a terminal's output goes to its FIFO only. `rootfs`: the snapshot's mounts when
+    known (a container just made), else asked for."""
+    if rootfs is None:
+        rootfs = client.rootfs(cid)
     request = tpb.CreateTaskRequest(container_id=cid, rootfs=rootfs, terminal=tty)
     if stdio is None:
         if log:
@@ -328,9 +335,10 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
     options = _network_options(client, args)
     if missing_network(client, args.network):
         return EXIT_MISSING_NETWORK
-    cid = _create(client, args, options)
+    created = _create(client, args, options)
+    cid = created.id
     try:
-        status = _run(client, cid, args)
+        status = _run(client, created, args)
     except _CannotRun as e:
         print(f"ctrctl: {e.details}", file=sys.stderr)
         status = e.status
@@ -344,16 +352,17 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
     return status
 
 
-def _run(client: Client, cid: str, args: argparse.Namespace) -> int:
+def _run(client: Client, created: NewContainer, args: argparse.Namespace) -> int:
     """Start the container's task, attached to ours unless detached; its exit status."""
+    cid = created.id
     if args.detach:
-        _create_task(client, cid, None, args.tty)
+        _create_task(client, created, None, args.tty)
         client.tasks.Start(tpb.StartRequest(container_id=cid), metadata=client.md)
         print(cid)
         return 0
     stdio = _Stdio(args.interactive, args.tty)
     try:
-        _create_task(client, cid, stdio, args.tty)
+        _create_task(client, created, stdio, args.tty)
         waiter = client.tasks.Wait.future(tpb.WaitRequest(container_id=cid), metadata=client.md)
         with _raw_terminal(args.tty and args.interactive):
             client.tasks.Start(tpb.StartRequest(container_id=cid), metadata=client.md)
@@ -368,9 +377,9 @@ def _run(client: Client, cid: str, args: argparse.Namespace) -> int:
     return status
 
 
-def _create_task(client: Client, cid: str, stdio: _Stdio | None, tty: bool) -> None:
+def _create_task(client: Client, created: NewContainer, stdio: _Stdio | None, tty: bool) -> None:
     try:
-        _start_task(client, cid, stdio, tty)
+        _start_task(client, created.id, stdio, tty, rootfs=created.rootfs)
     except grpc.RpcError as e:
         if _runtime_refused(e):
             raise _CannotRun(e) from None
