@@ -7,6 +7,9 @@ written, and undone when writing it fails, so a label never names a network a ru
 container was not given; a crash between the two leaves an endpoint that the task's deletion
 releases like any other.
 
+Aliases given at connect are kept in the container's `ctrd.io/network-aliases.NETWORK` label
+(written with the networks label, removed at disconnect), so its next start has them again.
+
 A stopped container's Connect answers an endpoint without an address: it gets one when it
 starts. Connecting a container that runs without ctrd's plumbing (`--network none`, `host`,
 `container:`, no label) is refused, as docker refuses it for host and container modes.
@@ -15,14 +18,19 @@ starts. Connecting a container that runs without ctrd's plumbing (`--network non
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from ipaddress import IPv4Address
 from typing import Any
 
 from supervisor.errors import AlreadyExists, FailedPrecondition
 from supervisor.metadata.containers import Container
-from supervisor.network.labels import NETWORKS_LABEL, NetworkSettings, label_networks
+from supervisor.network.labels import (
+    NETWORKS_LABEL,
+    NetworkSettings,
+    label_networks,
+    network_aliases_label,
+)
 from supervisor.network.manager import NetworkManager
 from supervisor.network.store import Endpoint, Network
 
@@ -70,7 +78,9 @@ class LiveNetworks:
                 ns, container_id, network.name, address, aliases, _hostname(container), settings
             )
         try:
-            await self._set_networks(store, container, [*names, network.name])
+            await self._set_networks(
+                store, container, [*names, network.name], {network.name: tuple(aliases)}
+            )
         except BaseException:
             if live:
                 await self._manager().disconnect(ns, container_id, network.id)
@@ -91,12 +101,26 @@ class LiveNetworks:
             await self._manager().disconnect_running(
                 ns, container_id, network.id, _hostname(container), settings
             )
-        await self._set_networks(store, container, kept)
+        gone = {name: () for name in {network.name, *names} - set(kept)}
+        await self._set_networks(store, container, kept, gone)
 
     @staticmethod
-    async def _set_networks(store: Any, container: Container, names: list[str]) -> None:
+    async def _set_networks(
+        store: Any,
+        container: Container,
+        names: list[str],
+        aliases: Mapping[str, tuple[str, ...]],
+    ) -> None:
+        """The container's networks label set to `names`, and the aliases label of each
+        network of `aliases` set to its aliases (removed when there are none)."""
         labels = {NETWORKS_LABEL: ",".join(names)} if names else {}
-        await store.update(replace(container, labels=labels), [f"labels.{NETWORKS_LABEL}"])
+        paths = [f"labels.{NETWORKS_LABEL}"]
+        for network, given in aliases.items():
+            key = network_aliases_label(network)
+            paths.append(f"labels.{key}")
+            if given:
+                labels[key] = ",".join(given)
+        await store.update(replace(container, labels=labels), paths)
 
 
 def _hostname(container: Container) -> str:

@@ -531,7 +531,7 @@ class NetworkManager:
                     container_id,
                     name,
                     static_ip if position == 0 else None,
-                    endpoint_names(container_id, settings.name, settings.aliases),
+                    endpoint_names(container_id, settings.name, settings.aliases_on(name)),
                     default_route=position == 0,
                 )
                 attachment = attachment or joined

@@ -71,6 +71,12 @@ def networked(make_ctrd):
     return daemon, subnet  # make_ctrd stops it and removes its bridges and table
 
 
+def resolves(daemon, container: str, name: str, cidr: str) -> bool:
+    """Whether `name` resolves to the address of `cidr` through the container's embedded DNS."""
+    asked = ctrctl(daemon, "exec", container, "busybox", "nslookup", name, "127.0.0.11")
+    return asked.returncode == 0 and cidr.split("/")[0] in asked.stdout
+
+
 def inspect(daemon, name):
     shown = ctrctl(daemon, "inspect", name)
     assert shown.returncode == 0, shown.stderr
@@ -198,6 +204,13 @@ def test_network_connect_and_disconnect_by_container_name(networked, busybox_ima
     assert ipaddress.ip_interface(member["IPv4Address"]).ip in subnet
     inside = ctrctl(daemon, "exec", "c", "cat", "/sys/class/net/eth0/address").stdout.strip()
     assert inside == inspect(daemon, "c")["NetworkSettings"]["Networks"]["back"]["MacAddress"]
+    # the alias given at connect is the container's on that network, and stays over a restart
+    assert inspect(daemon, "c")["labels"]["ctrd.io/network-aliases.back"] == "cee"
+    assert resolves(daemon, "c", "cee", member["IPv4Address"])
+    assert ctrctl(daemon, "stop", "-t", "0", "c").returncode == 0
+    assert ctrctl(daemon, "start", "c").returncode == 0
+    [network] = json.loads(ctrctl(daemon, "network", "inspect", "back").stdout)
+    assert resolves(daemon, "c", "cee", network["Containers"][cid]["IPv4Address"])
 
     for args, words in (
         (("connect", "nowhere", "c"), "network nowhere not found"),
@@ -209,6 +222,7 @@ def test_network_connect_and_disconnect_by_container_name(networked, busybox_ima
 
     left = ctrctl(daemon, "network", "disconnect", "back", "c")
     assert (left.returncode, left.stderr) == (0, "")
+    assert "ctrd.io/network-aliases.back" not in inspect(daemon, "c")["labels"]
     [network] = json.loads(ctrctl(daemon, "network", "inspect", "back").stdout)
     assert network["Containers"] == {}
     again = ctrctl(daemon, "network", "disconnect", "-f", "back", "c")
