@@ -24,9 +24,9 @@ from typing import Any
 
 from ctl.netopts import DEFAULT_NETWORK, EXPOSED_LABEL
 from supervisor.network.labels import (
-    ALIASES_LABEL,
     IP_LABEL,
     NETWORK_CONTAINER_LABEL,
+    NetworkSettings,
     label_list,
     label_networks,
 )
@@ -191,7 +191,7 @@ def network_settings(
     given = label_networks(labels)
     for index, name in enumerate(given):
         ip = labels.get(IP_LABEL, "").strip() if index == 0 else ""
-        aliases = label_list(labels, ALIASES_LABEL) if index == 0 else []
+        aliases = list(NetworkSettings.from_labels(labels).aliases_on(name))
         networks[name] = endpoint_settings(by_name.get(name), ip, aliases)
     for name, endpoint in by_name.items():
         if name not in networks:  # connected after create

@@ -134,6 +134,17 @@ def test_network_settings_of_a_stopped_container_keep_what_it_was_given():
     assert settings["Networks"]["front"]["IPAddress"] == ""
 
 
+def test_network_settings_show_the_aliases_a_connect_gave_on_their_network():
+    labels = {
+        "ctrd.io/networks": "front,back",
+        "ctrd.io/network-aliases": "a",
+        "ctrd.io/network-aliases.back": "db",
+    }
+    settings = network_settings(labels, [])
+    assert settings["Networks"]["front"]["Aliases"] == ["a"]
+    assert settings["Networks"]["back"]["Aliases"] == ["db"]
+
+
 def test_network_settings_list_networks_connected_after_create():
     later = endpoint("back", address="10.8.0.3/24")
     settings = network_settings({"ctrd.io/networks": "bridge"}, [WEB, later])
