@@ -2,10 +2,15 @@
 
 Two halves. `render` is pure: from the networks and the published ports it writes the whole of
 ctrd's table (default `inet ctrd`) as one nft script that first creates the table, deletes it and
-creates it again with every chain and rule. Applied, that script is one kernel transaction: the
-old table is replaced whole or not at all, and applying it twice leaves one copy of each rule.
-`run` is the thin I/O shell: it hands a script to Debian's `libnftables.so.1` in-process (no
-`nft` binary, no python3-nftables) and raises `NftError` carrying nft's own error text.
+creates it again with every map, chain and rule. Applied, that script is one kernel transaction:
+the old table is replaced whole or not at all, and applying it twice leaves one copy of each
+rule. `update_script` is the small change: when only published ports differ from the table last
+applied, the `delete element` / `add element` commands that turn one into the other (also one
+transaction, its size the change's, not the table's). `run` is the thin I/O shell: it hands a
+script to Debian's `libnftables.so.1` in-process (no `nft` binary, no python3-nftables) and
+raises `NftError` carrying nft's own error text; `apply` tries the small change first and
+writes the whole table when nft refuses it (say, someone flushed a map: an element to delete is
+gone).
 
 Invariants the rendered table keeps (the shape of netavark's `inet netavark` and docker 29's
 `docker-bridges`, notes §6.3/§6.4):
@@ -18,14 +23,18 @@ Invariants the rendered table keeps (the shape of netavark's `inet netavark` and
   accepted (from other hosts, the host, other bridges); anything else entering a bridge from
   elsewhere is dropped (another ctrd network, or a host routing to an unpublished port); traffic
   leaving a non-internal bridge is accepted.
-- nat: a non-internal subnet is masqueraded when it leaves by another interface. Each publish is a
-  DNAT in prerouting (`fib daddr type local`, so other hosts and containers) and in output (the
-  host itself, 127.0.0.1 included). DNATed traffic from a bridge's subnet sent back into that
-  bridge is masqueraded (hairpin and neighbours: the reply must come back through the host to
-  be un-NATed). It is matched by source subnet: `iifname <bridge>` in postrouting did not
-  catch hairpin traffic on a host with br_netfilter loaded (the end-to-end test shows it).
-  Each veth bridge port also needs hairpin mode (`brport/hairpin_mode=1`), or the bridge
-  never sends a container's frame back to it.
+- nat: a non-internal subnet is masqueraded when it leaves by another interface. Published
+  ports are elements of two maps, not rules: `publish_addr` keyed `ip daddr . meta l4proto . th
+  dport` (a port published on one host address) and `publish_any` keyed `meta l4proto . th
+  dport` (on every host address), each giving the container's `address . port`. Chain `publish`
+  DNATs through them (one address first, so the more specific publish wins), and is jumped to
+  in prerouting (`fib daddr type local`, so other hosts and containers) and in output (the host
+  itself, 127.0.0.1 included). The number of rules does not grow with publishes. DNATed traffic
+  from a bridge's subnet sent back into that bridge is masqueraded (hairpin and neighbours: the
+  reply must come back through the host to be un-NATed). It is matched by source subnet:
+  `iifname <bridge>` in postrouting did not catch hairpin traffic on a host with br_netfilter
+  loaded (the end-to-end test shows it). Each veth bridge port also needs hairpin mode
+  (`brport/hairpin_mode=1`), or the bridge never sends a container's frame back to it.
 - 127.0.0.1: a packet from 127.0.0.1 DNATed to a container is routed out a bridge only when the
   bridge has `net.ipv4.conf.<bridge>.route_localnet=1`; it is then masqueraded to the bridge's
   address (a container cannot answer 127.0.0.1). route_localnet would also let a container
@@ -45,10 +54,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import structlog
+
 from supervisor.errors import Internal, InvalidArgument
+
+log = structlog.get_logger()
 
 DEFAULT_TABLE = "ctrd"
 FAMILY = "inet"
+# the maps of published ports, by the host address they are published on
+PUBLISH_ADDR = "publish_addr"  # one: host address . protocol . host port
+PUBLISH_ANY = "publish_any"  # every one: protocol . host port
+MAPS = (PUBLISH_ADDR, PUBLISH_ANY)
 
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ 16 with the NUL
 _TABLE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -98,6 +115,23 @@ class Chain:
     rules: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Element:
+    """One element of a map, as nft writes it: `key` alone names it (to delete it)."""
+
+    key: str
+    data: str
+
+
+@dataclass(frozen=True)
+class Map:
+    """One named map of the rendered table: its `type` declaration and its elements."""
+
+    name: str
+    type: str
+    elements: tuple[Element, ...]
+
+
 # --- rendering (pure) -----------------------------------------------------------------------
 
 
@@ -106,6 +140,13 @@ def render(ruleset: Ruleset) -> str:
     _validate(ruleset)
     ref = f"{FAMILY} {ruleset.table}"
     lines = [f"table {ref}", f"delete table {ref}", f"table {ref} {{"]
+    for m in maps(ruleset):  # before the rules that name them
+        lines += [f"\tmap {m.name} {{", f"\t\ttype {m.type}"]
+        if m.elements:
+            lines.append("\t\telements = {")
+            lines.extend(f"\t\t\t{e.key} : {e.data}," for e in m.elements)
+            lines.append("\t\t}")
+        lines.append("\t}")
     for chain in chains(ruleset):
         lines.append(f"\tchain {chain.name} {{")
         if chain.base is not None:
@@ -114,6 +155,35 @@ def render(ruleset: Ruleset) -> str:
         lines.append("\t}")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def update_script(previous: Ruleset, ruleset: Ruleset) -> str | None:
+    """The commands that turn the table `previous` rendered into the one `ruleset` renders,
+    when only their publishes differ: elements deleted (by key), then elements added, one
+    transaction. "" when nothing differs; None when more than publishes does (other networks,
+    another table, or no table before): only `render`'s whole table will do."""
+    _validate(ruleset)
+    if (previous.table, previous.networks) != (ruleset.table, ruleset.networks):
+        return None
+    if shape(previous) is None:
+        return None  # that table was deleted, not written
+    # only the publishes that differ are rendered: a thousand unchanged ones cost a set lookup
+    before, after = set(previous.publishes), set(ruleset.publishes)
+    gone = Ruleset(publishes=tuple(p for p in previous.publishes if p not in after))
+    come = Ruleset(publishes=tuple(p for p in ruleset.publishes if p not in before))
+    ref = f"{FAMILY} {ruleset.table}"
+    deletes: list[str] = []
+    adds: list[str] = []
+    # A publish sent elsewhere keeps its key: it is deleted and added again, which the kernel
+    # takes in one transaction (the key is never missing in between).
+    for old, new in zip(maps(gone), maps(come), strict=True):
+        if old.elements:
+            keys = ", ".join(e.key for e in old.elements)
+            deletes.append(f"delete element {ref} {old.name} {{ {keys} }}")
+        if new.elements:
+            items = ", ".join(f"{e.key} : {e.data}" for e in new.elements)
+            adds.append(f"add element {ref} {new.name} {{ {items} }}")
+    return "".join(f"{line}\n" for line in deletes + adds)
 
 
 def delete_script(table: str = DEFAULT_TABLE) -> str:
@@ -137,7 +207,7 @@ def chains(ruleset: Ruleset) -> tuple[Chain, ...]:
         Chain(
             "output", "type nat hook output priority -100", ("fib daddr type local jump publish",)
         ),
-        Chain("publish", None, tuple(_dnat(p) for p in ruleset.publishes)),
+        Chain("publish", None, _DNAT),
         Chain(
             "postrouting", "type nat hook postrouting priority srcnat", tuple(_postrouting(nets))
         ),
@@ -179,11 +249,28 @@ def _postrouting(nets: tuple[Network, ...]) -> Iterator[str]:
         yield f"oifname {br} ip saddr {net.subnet} ct status dnat masquerade"  # hairpin
 
 
-def _dnat(pub: Publish) -> str:
-    match = f"ip daddr {pub.host_ip}" if pub.host_ip is not None else "meta nfproto ipv4"
+# One address's publishes first: a port published on 127.0.0.1 wins over the same port
+# published on every address. `th dport` is the port of whichever protocol the key names.
+_DNAT = (
+    f"dnat ip to ip daddr . meta l4proto . th dport map @{PUBLISH_ADDR}",
+    f"meta nfproto ipv4 dnat ip to meta l4proto . th dport map @{PUBLISH_ANY}",
+)
+_ADDRESS_PORT = "ipv4_addr . inet_service"  # where a publish sends: `dnat ip to` takes both
+
+
+def maps(ruleset: Ruleset) -> tuple[Map, Map]:
+    """The maps of published ports (`PUBLISH_ADDR`, `PUBLISH_ANY`), elements in publish order."""
+    one: list[Element] = []
+    every: list[Element] = []
+    for pub in ruleset.publishes:
+        data = f"{pub.container_ip} . {pub.container_port}"
+        if pub.host_ip is None:
+            every.append(Element(f"{pub.proto} . {pub.host_port}", data))
+        else:
+            one.append(Element(f"{pub.host_ip} . {pub.proto} . {pub.host_port}", data))
     return (
-        f"{match} {pub.proto} dport {pub.host_port} "
-        f"dnat ip to {pub.container_ip}:{pub.container_port}"
+        Map(PUBLISH_ADDR, f"ipv4_addr . inet_proto . inet_service : {_ADDRESS_PORT}", tuple(one)),
+        Map(PUBLISH_ANY, f"inet_proto . inet_service : {_ADDRESS_PORT}", tuple(every)),
     )
 
 
@@ -324,9 +411,21 @@ def _text(raw: object) -> str:
     return raw.decode(errors="replace") if isinstance(raw, bytes) else ""
 
 
-def apply(ruleset: Ruleset) -> None:
-    """Replace ctrd's table with the rendered ruleset, atomically."""
+def apply(ruleset: Ruleset, previous: Ruleset | None = None) -> bool:
+    """Make ctrd's table the rendered ruleset, atomically. With `previous`, the ruleset last
+    applied (and still in the kernel, as far as the caller knows), a change of publishes alone
+    is made element by element; anything else, or a change nft refuses (the table is not what
+    `previous` says: flushed, say), writes the whole table. True when only elements changed."""
+    script = update_script(previous, ruleset) if previous is not None else None
+    if script is not None:
+        try:
+            if script:
+                run(script)
+            return True
+        except NftError as error:
+            log.warning("firewall_update_refused", table=ruleset.table, error=str(error))
     run(render(ruleset))
+    return False
 
 
 def check(ruleset: Ruleset) -> None:

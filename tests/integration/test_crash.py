@@ -121,10 +121,10 @@ def task_problems(ctrd: Ctrd) -> list[str]:
 
 def network_problems(ctrd: Ctrd, listed: set[str]) -> list[str]:
     """ctrd's network objects against its tasks: every endpoint (address lease), published
-    port, pin, veth and DNAT rule belongs to a listed task, and every such task has them."""
+    port, pin, veth and DNAT map element belongs to a listed task, and every such task has them."""
     from pyroute2 import IPRoute
 
-    from supervisor.network import netlink, nft
+    from supervisor.network import netlink, nft, nftshape
     from supervisor.network.manager import bridge_name, endpoint_key
 
     problems = []
@@ -160,12 +160,10 @@ def network_problems(ctrd: Ctrd, listed: set[str]) -> list[str]:
         }
     problems += [f"veth {v} is no endpoint's" for v in sorted(plugged - wanted)]
     problems += [f"endpoint veth {v} is missing" for v in sorted(wanted - plugged)]
-    dnats = 0
-    if nft.table_exists(ctrd.nft_table):
-        items = nft.list_table(ctrd.nft_table).get("nftables", [])
-        dnats = sum(1 for i in items if i.get("rule", {}).get("chain") == "publish")
+    table = nftshape.shape(ctrd.nft_table, nft.MAPS)  # a published port is a map element
+    dnats = 0 if table is None else table.elements
     if dnats != len(ports):
-        problems.append(f"{dnats} DNAT rules for {len(ports)} published ports")
+        problems.append(f"{dnats} DNAT map elements for {len(ports)} published ports")
     for _, port in ports:  # held by the daemon: nobody else can bind it
         with socket.socket() as probe:
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,8 +19,9 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 import pytest
+import structlog
 
-from supervisor.network import nft
+from supervisor.network import nft, nftshape
 from tests.conftest import REPO
 
 PID = os.getpid()
@@ -41,15 +43,21 @@ def rules(listing: dict[str, Any], chain: str) -> list[dict[str, Any]]:
     ]
 
 
+def others() -> frozenset[tuple[str, str]]:
+    """The host's tables but those of daemons other test processes start meanwhile (conftest
+    names them `ctrdt<pid>_<n>`): they come and go on their own."""
+    return frozenset(t for t in nft.list_tables() if not re.match(r"ctrdt\d+_\d+$", t[1]))
+
+
 @pytest.fixture
 def table() -> Iterator[str]:
-    before = nft.list_tables()
+    before = others()
     assert ("inet", TABLE) not in before
     try:
         yield TABLE
     finally:
         nft.delete(TABLE)
-        assert nft.list_tables() == before
+        assert others() == before
 
 
 def test_applied_table_lists_back_with_every_rendered_rule(table: str) -> None:
@@ -64,19 +72,77 @@ def test_applied_table_lists_back_with_every_rendered_rule(table: str) -> None:
     assert nft.shape(nft.Ruleset(table=table)) is None
 
 
+def elements(listing: dict[str, Any], name: str) -> list[Any]:
+    """The elements of one map of a JSON listing, each [key, data] as nft prints them."""
+    (found,) = [i["map"] for i in listing["nftables"] if i.get("map", {}).get("name") == name]
+    return list(found.get("elem", []))
+
+
 def test_applying_a_new_version_replaces_the_table_whole_without_duplicates(table: str) -> None:
     first = nft.Ruleset((NET,), (publish(18080, 80), publish(18081, 81)), table=table)
     second = nft.Ruleset((NET,), (publish(18090, 90, "127.0.0.1"),), table=table)
     nft.apply(first)
     nft.apply(first)
-    assert len(rules(nft.list_table(table), "publish")) == 2
+    assert len(elements(nft.list_table(table), nft.PUBLISH_ANY)) == 2
     nft.apply(second)
-    dnat = rules(nft.list_table(table), "publish")
-    assert len(dnat) == 1
-    assert "18090" in str(dnat[0])
-    assert "18080" not in str(dnat)
+    listing = nft.list_table(table)
+    assert elements(listing, nft.PUBLISH_ANY) == []
+    (dnat,) = elements(listing, nft.PUBLISH_ADDR)
+    assert "18090" in str(dnat)
+    assert "18080" not in str(listing)
     total = sum(len(c.rules) for c in nft.chains(second))
-    assert len([i for i in nft.list_table(table)["nftables"] if "rule" in i]) == total
+    assert len([i for i in listing["nftables"] if "rule" in i]) == total
+
+
+def handles(listing: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """The handle of the table, each map and each rule: a whole rewrite makes a new table."""
+    return [
+        (kind, item[kind].get("chain", item[kind]["name"] if kind == "map" else ""),
+         item[kind]["handle"])
+        for item in listing["nftables"]
+        for kind in ("table", "map", "rule")
+        if kind in item
+    ]  # fmt: skip
+
+
+def test_an_update_nft_refuses_falls_back_to_the_whole_table(table: str) -> None:
+    before = nft.Ruleset((NET,), (publish(18080, 80), publish(18081, 81)), table=table)
+    after = nft.Ruleset((NET,), (publish(18081, 81),), table=table)
+    nft.apply(before)
+    nft.run(f"flush map inet {table} {nft.PUBLISH_ANY}")  # someone else's doing
+    with structlog.testing.capture_logs() as logs:
+        assert not nft.apply(after, previous=before)  # 18080's element is not there to delete
+    assert [e["event"] for e in logs] == ["firewall_update_refused"]
+    (left,) = elements(nft.list_table(table), nft.PUBLISH_ANY)
+    assert "18081" in str(left)
+
+
+def test_an_unchanged_ruleset_with_a_previous_sends_nothing(table: str) -> None:
+    ruleset = nft.Ruleset((NET,), (publish(18080, 80),), table=table)
+    nft.apply(ruleset)
+    nft.delete(table)
+    assert nft.apply(ruleset, previous=ruleset)  # nothing to change: nft is not even asked
+    assert not nft.table_exists(table)
+
+
+def test_shape_counts_what_the_kernel_holds_and_sees_each_kind_of_flush(table: str) -> None:
+    ruleset = nft.Ruleset((NET,), (publish(18080, 80), publish(18081, 81, "127.0.0.1")),
+                          table=table)  # fmt: skip
+    nft.apply(ruleset)
+    rules = sum(len(c.rules) for c in nft.chains(ruleset))
+    assert nftshape.shape(table, nft.MAPS) == nftshape.Shape(6, rules, 2, 2)
+    nft.run(f"flush map inet {table} {nft.PUBLISH_ADDR}")
+    assert nftshape.shape(table, nft.MAPS) == nftshape.Shape(6, rules, 2, 1)
+    nft.run(f"flush chain inet {table} forward")
+    assert nftshape.shape(table, nft.MAPS) == nftshape.Shape(6, rules - 5, 2, 1)
+    nft.run(f"flush table inet {table}")  # rules go, chains and elements stay
+    assert nftshape.shape(table, nft.MAPS) == nftshape.Shape(6, 0, 2, 1)
+    nft.run(f"delete map inet {table} {nft.PUBLISH_ADDR}")  # no rule names it any more
+    assert nftshape.shape(table, nft.MAPS) == nftshape.Shape(6, 0, 1, 1)
+    assert nftshape.table_exists(table)
+    nft.delete(table)
+    assert nftshape.shape(table, nft.MAPS) is None
+    assert not nftshape.table_exists(table)
 
 
 def test_a_refused_script_leaves_the_previous_table_in_place(table: str) -> None:
@@ -172,6 +238,48 @@ def test_published_port_is_reached_from_the_host_and_its_127_0_0_1(
             server.wait()
         if server.stdout is not None:
             server.stdout.close()
+
+
+def test_one_publish_among_a_thousand_changes_as_elements_and_the_ports_answer(
+    table: str, container: str
+) -> None:
+    host = str(NET.subnet[1])  # published on an address of the test's own: nothing else uses it
+    many = tuple(publish(10000 + i, 8000, host) for i in range(1000))
+    before = nft.Ruleset((NET,), many, table=table)
+    after = nft.Ruleset((NET,), (*many[:500], *many[501:], publish(11000, 8000, host)),
+                        table=table)  # fmt: skip
+    nft.apply(before)
+    first = nft.list_table(table)
+    assert nft.apply(after, previous=before)
+    second = nft.list_table(table)
+    assert handles(second) == handles(first)  # the same table, maps and rules: elements only
+    keys = [str(e[0]) for e in elements(second, nft.PUBLISH_ADDR)]
+    assert len(keys) == 1000
+    assert any("11000" in k for k in keys)
+    assert not any("10500" in k for k in keys)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", container, sys.executable, "-c", SERVER, "8000", "3"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
+        assert ask(host, 11000) == host  # the one added
+        assert ask(host, 10000) == host  # ones left alone, either side of the one removed
+        assert ask(host, 10999) == host
+        with pytest.raises(ConnectionRefusedError):
+            ask(host, 10500)
+        assert server.wait(timeout=5) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+    # the control: without `previous`, the same table is written anew (new handles)
+    assert not nft.apply(after)
+    assert handles(nft.list_table(table)) != handles(second)
 
 
 def test_without_the_table_the_published_port_is_not_there(container: str) -> None:

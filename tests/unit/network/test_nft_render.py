@@ -116,10 +116,100 @@ def test_publishes_are_dnat_for_local_destinations_from_outside_and_from_the_hos
     ruleset = nft.Ruleset((WEB,), (WEB_80, WEB_53_LOCAL))
     assert rules_of(ruleset, "prerouting") == ("fib daddr type local jump publish",)
     assert rules_of(ruleset, "output") == ("fib daddr type local jump publish",)
+    # one address's map first: its publish wins over the same port on every address
     assert rules_of(ruleset, "publish") == (
-        "meta nfproto ipv4 tcp dport 8080 dnat ip to 10.251.1.2:80",
-        "ip daddr 127.0.0.1 udp dport 5353 dnat ip to 10.251.1.2:53",
+        "dnat ip to ip daddr . meta l4proto . th dport map @publish_addr",
+        "meta nfproto ipv4 dnat ip to meta l4proto . th dport map @publish_any",
     )
+
+
+def test_publishes_are_map_elements_so_the_rules_do_not_grow_with_them() -> None:
+    one = nft.Ruleset((WEB,), (WEB_80,))
+    many = nft.Ruleset((WEB,), tuple(tcp("web", 9000 + i, "10.251.1.2", 80) for i in range(50)))
+    for chain_one, chain_many in zip(nft.chains(one), nft.chains(many), strict=True):
+        assert chain_one == chain_many
+    assert len(nft.maps(many)[1].elements) == 50
+
+
+def test_maps_key_one_address_publishes_by_address_and_the_others_by_protocol_and_port() -> None:
+    by_addr, by_port = nft.maps(nft.Ruleset((WEB,), (WEB_80, WEB_53_LOCAL)))
+    assert by_addr == nft.Map(
+        "publish_addr",
+        "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
+        (nft.Element("127.0.0.1 . udp . 5353", "10.251.1.2 . 53"),),
+    )
+    assert by_port == nft.Map(
+        "publish_any",
+        "inet_proto . inet_service : ipv4_addr . inet_service",
+        (nft.Element("tcp . 8080", "10.251.1.2 . 80"),),
+    )
+
+
+def test_maps_are_declared_before_the_rules_that_name_them_with_their_elements() -> None:
+    script = nft.render(nft.Ruleset((WEB,), (WEB_80, WEB_53_LOCAL), table=TABLE))
+    assert script.index("map publish_any {") < script.index("chain publish {")
+    assert "\t\t\ttcp . 8080 : 10.251.1.2 . 80,\n" in script
+    assert "\t\t\t127.0.0.1 . udp . 5353 : 10.251.1.2 . 53,\n" in script
+    # an empty map has no `elements` line (nft refuses `elements = { }`)
+    assert script.count("elements = {") == 2
+    assert nft.render(nft.Ruleset((WEB,), table=TABLE)).count("elements") == 0
+
+
+WEB_81 = tcp("web", 8081, "10.251.1.3", 81)
+
+
+def test_a_change_of_publishes_alone_is_element_commands() -> None:
+    before = nft.Ruleset((WEB,), (WEB_80, WEB_53_LOCAL), table=TABLE)
+    after = nft.Ruleset((WEB,), (WEB_80, WEB_81), table=TABLE)
+    assert nft.update_script(before, after) == (
+        f"delete element inet {TABLE} publish_addr {{ 127.0.0.1 . udp . 5353 }}\n"
+        f"add element inet {TABLE} publish_any {{ tcp . 8081 : 10.251.1.3 . 81 }}\n"
+    )
+
+
+def test_a_publish_sent_elsewhere_is_deleted_then_added_in_the_same_script() -> None:
+    moved = tcp("web", 8080, "10.251.1.9", 80)
+    before = nft.Ruleset((WEB,), (WEB_80,), table=TABLE)
+    after = nft.Ruleset((WEB,), (moved,), table=TABLE)
+    assert nft.update_script(before, after) == (
+        f"delete element inet {TABLE} publish_any {{ tcp . 8080 }}\n"
+        f"add element inet {TABLE} publish_any {{ tcp . 8080 : 10.251.1.9 . 80 }}\n"
+    )
+
+
+def test_deletes_come_before_adds_and_several_share_one_command() -> None:
+    before = nft.Ruleset((WEB,), (WEB_80, WEB_81), table=TABLE)
+    after = nft.Ruleset((WEB,), (WEB_53_LOCAL,), table=TABLE)
+    script = nft.update_script(before, after)
+    assert script is not None
+    assert script.splitlines() == [
+        f"delete element inet {TABLE} publish_any {{ tcp . 8080, tcp . 8081 }}",
+        f"add element inet {TABLE} publish_addr {{ 127.0.0.1 . udp . 5353 : 10.251.1.2 . 53 }}",
+    ]
+
+
+def test_the_same_publishes_in_another_order_change_nothing() -> None:
+    before = nft.Ruleset((WEB,), (WEB_80, WEB_81), table=TABLE)
+    assert nft.update_script(before, nft.Ruleset((WEB,), (WEB_81, WEB_80), table=TABLE)) == ""
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        nft.Ruleset((WEB, DB), (WEB_80,), table=TABLE),  # a network went
+        nft.Ruleset((WEB,), (WEB_80,), table="ctrdother"),  # another table
+        nft.Ruleset(table=TABLE),  # no table was written (an empty ruleset deletes it)
+    ],
+    ids=["networks-differ", "table-differs", "no-table-before"],
+)
+def test_more_than_publishes_changed_needs_the_whole_table(before: nft.Ruleset) -> None:
+    assert nft.update_script(before, nft.Ruleset((WEB,), (WEB_81,), table=TABLE)) is None
+
+
+def test_an_element_update_is_validated_as_the_whole_table_is() -> None:
+    before = nft.Ruleset((WEB,), (WEB_80,), table=TABLE)
+    with pytest.raises(InvalidArgument, match="twice"):
+        nft.update_script(before, nft.Ruleset((WEB,), (WEB_80, WEB_80), table=TABLE))
 
 
 @pytest.mark.parametrize(
