@@ -309,7 +309,7 @@ class NetworkManager:
         self._background: set[asyncio.Task[None]] = set()
         self._watching = watch
         self._applied: nft.Ruleset | None = None  # the table as last written
-        self._shape: tuple[int, int] | None = None  # its (chains, rules) in the kernel then
+        self._shape: nft.Shape | None = None  # what the kernel holds then, counted
         self._wanted: nft.Ruleset | None = None  # the table to keep, once one was written
         self._watch: FirewallWatch | None = None
         self._reservations = ports.PortReservations()  # the host ports held, by container
@@ -752,12 +752,15 @@ class NetworkManager:
         ruleset = nft.Ruleset(networks, publishes, self._table)
         if ruleset == self._applied and not force:
             return
+        # a change of publishes alone is made as map elements, unless the table is being
+        # restored (forced): then what the kernel holds is not what was last applied
+        previous = None if force else self._applied
         self._applied = None  # unknown until written; `_wanted` says what to restore
         self._wanted = ruleset
         if not networks and not publishes:
             await asyncio.to_thread(nft.delete, self._table)
         else:
-            await asyncio.to_thread(nft.apply, ruleset)
+            await asyncio.to_thread(nft.apply, ruleset, previous)
         self._shape = nft.shape(ruleset)
         self._applied = ruleset
         if self._watching:

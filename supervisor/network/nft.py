@@ -57,6 +57,8 @@ from typing import Any, Literal
 import structlog
 
 from supervisor.errors import Internal, InvalidArgument
+from supervisor.network import nftshape
+from supervisor.network.nftshape import Shape as Shape  # callers name it nft.Shape
 
 log = structlog.get_logger()
 
@@ -447,42 +449,42 @@ def list_tables() -> frozenset[tuple[str, str]]:
 
 def table_exists(table: str = DEFAULT_TABLE) -> bool:
     """Whether ctrd's table is there: it vanishes when someone flushes the ruleset."""
-    return (FAMILY, table) in list_tables()
+    _check_table(table)
+    return nftshape.table_exists(table)
 
 
 def list_table(table: str = DEFAULT_TABLE) -> dict[str, Any]:
-    """The table as nft's JSON (`{"nftables": [...]}`)."""
+    """The table as nft's JSON (`{"nftables": [...]}`), every element of every map included."""
     _check_table(table)
     parsed: dict[str, Any] = json.loads(run(f"list table {FAMILY} {table}", json_output=True))
     return parsed
 
 
-def shape(ruleset: Ruleset) -> tuple[int, int] | None:
-    """(chains, rules) the kernel holds once `ruleset` is applied: what `fingerprint` then
-    reads back. Known from the model, so a change made right after ctrd's own write is never
-    mistaken for it. None: an empty ruleset, for which the table is deleted."""
+def shape(ruleset: Ruleset) -> Shape | None:
+    """What the kernel holds once `ruleset` is applied, counted as `fingerprint` counts it. Known
+    from the model, so a change made right after ctrd's own write is never mistaken for it.
+    None: an empty ruleset, for which the table is deleted."""
     if not ruleset.networks and not ruleset.publishes:
         return None
     made = chains(ruleset)
-    return (len(made), sum(len(c.rules) for c in made))
+    return Shape(
+        chains=len(made),
+        rules=sum(len(c.rules) for c in made),
+        maps=len(MAPS),
+        elements=len(ruleset.publishes),
+    )
 
 
-def fingerprint(table: str = DEFAULT_TABLE) -> tuple[int, int] | None:
-    """(chains, rules) of the table as the kernel has it; None when there is no such table.
+def fingerprint(table: str = DEFAULT_TABLE) -> Shape | None:
+    """The table's chains, rules, maps of publishes and their elements as the kernel has them;
+    None when there is no such table.
 
     Enough to notice a firewall manager's work: a flushed ruleset removes the table, `flush
-    table` or `flush chain` removes rules, a deleted chain takes its rules with it."""
-    for attempt in range(3):
-        try:
-            items = list_table(table).get("nftables", [])
-            break
-        except NftError:
-            # gone (not an error), or replaced while being listed (ENOENT too): again
-            if not table_exists(table):
-                return None
-            if attempt == 2:
-                raise
-    return (sum("chain" in i for i in items), sum("rule" in i for i in items))
+    table` or `flush chain` removes rules, a deleted chain takes its rules with it, `flush map`
+    removes elements. Counted from netlink dumps (`nftshape`), not from nft's listing, which
+    decodes every element first: ~0.4 ms with 1000 publishes, where the listing took ~25 ms."""
+    _check_table(table)
+    return nftshape.shape(table, MAPS)
 
 
 def _objects(text: str, kind: str) -> Iterable[dict[str, Any]]:
