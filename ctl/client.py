@@ -97,15 +97,11 @@ class Client:
     # -- images -----------------------------------------------------------------------------
 
     def image(self, name: str) -> ipb.Image:
-        """The image named `name` as given, else as docker normalizes it: both asked at once
-        (a short name costs no second round trip), the first found wins."""
-        calls = [
-            self.images.Get.future(ipb.GetImageRequest(name=candidate), metadata=self.md)
-            for candidate in dict.fromkeys((name, normalize(name)))
-        ]
-        for call in calls:
+        for candidate in dict.fromkeys((name, normalize(name))):
             try:
-                image: ipb.Image = call.result().image
+                image: ipb.Image = self.images.Get(
+                    ipb.GetImageRequest(name=candidate), metadata=self.md
+                ).image
                 return image
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND:

@@ -8,6 +8,7 @@ Imports of gRPC happen inside commands, and only the given command's parser is b
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import importlib
 import os
@@ -426,6 +427,38 @@ def version(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line (`argv`, else the process's); its exit status. From the process's
+    own command line, the process ends here (`exit_now`)."""
+    status = _run(argv)
+    if argv is None:
+        exit_now(status)
+    return status
+
+
+def exit_now(status: int) -> None:
+    """End the process with `status`, skipping the interpreter's teardown: after a command, it
+    frees grpc's, asyncio's and protobuf's modules object by object, 20-30 ms of every ctrctl
+    for a process that ends anyway. What a normal exit does for others is done first: stdout
+    and stderr flushed, the atexit functions run. Returns (the normal exit follows) when that
+    cannot be done so: another non-daemon thread still runs (its end is waited for), or a
+    flush fails (a closed pipe: the exit reports it as always)."""
+    threading = sys.modules.get("threading")  # not imported: no thread was started
+    main_thread = threading.main_thread() if threading else None
+    if threading and any(not t.daemon for t in threading.enumerate() if t is not main_thread):
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        return
+    atexit._run_exitfuncs()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)
+
+
+def _run(argv: list[str] | None) -> int:
     args = parse_args(argv)
     try:
         return dispatch(args)

@@ -7,6 +7,8 @@ import argparse
 import contextlib
 import importlib
 import io
+import subprocess
+import sys
 
 import pytest
 
@@ -165,3 +167,34 @@ def test_dockers_groups_name_the_same_commands(grouped, flat, handler):
         in_group.pop(key, None)
         at_top.pop(key, None)
     assert in_group == at_top
+
+
+TEARDOWN_PROBE = """
+import atexit, sys
+from ctl.main import main
+
+class Teardown:
+    def __del__(self):
+        print("teardown ran", flush=True)
+
+probe = Teardown()  # a global of __main__: deleted by the interpreter's teardown
+atexit.register(lambda: print("atexit ran"))
+sys.argv = ["ctrctl", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize(("argv", "status"), [(["completion", "bash"], 0), (["pull", ""], 125)])
+def test_the_command_line_ends_without_the_interpreters_teardown(argv, status):
+    """The teardown costs every ctrctl 20-30 ms; output and atexit functions are not lost."""
+    ran = subprocess.run(
+        [sys.executable, "-c", TEARDOWN_PROBE, "--address", "/nonexistent.sock", *argv],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode == status, ran.stderr
+    whole = subprocess.run(
+        [sys.executable, "-m", "ctl", "--address", "/nonexistent.sock", *argv],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.stdout == whole.stdout + "atexit ran\n"
+    assert ran.stderr == whole.stderr
