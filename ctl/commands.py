@@ -33,10 +33,9 @@ from urllib.parse import urlencode
 import grpc
 from google.protobuf import any_pb2
 
-from ctl import netopts, netview
+from ctl import netopts
 from ctl import spec as oci
 from ctl.client import NAME_LABEL, Client, ImageNotFound, NewContainer, NotFound, short
-from ctl.table import ago, cut, human_duration, table
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
 from supervisor.api.containerd.types.task import task_pb2 as task_types
 
@@ -480,6 +479,7 @@ def _get(cid: str) -> Any:
 def _status(task: Any, now: float) -> str:
     """docker's STATUS: `Up 5 seconds`, `Up 2 minutes (Paused)`, `Exited (3) 1 second ago`."""
     from ctl.stats import process_start
+    from ctl.table import ago, human_duration
 
     if task is None or task.status == task_types.CREATED:
         return "Created"
@@ -493,6 +493,8 @@ def _status(task: Any, now: float) -> str:
 
 def _quoted(command: str, width: int = 20) -> str:
     """docker's COMMAND cell: cut to `width` characters (with "…") and in double quotes."""
+    from ctl.table import cut
+
     return json.dumps(cut(command, width), ensure_ascii=False)
 
 
@@ -533,6 +535,9 @@ def _ps_matches(row: dict[str, Any], labels: Any, filters: dict[str, list[str]])
 
 
 def cmd_ps(client: Client, args: argparse.Namespace) -> int:
+    from ctl import netview
+    from ctl.table import ago, table
+
     now = time.time()
     filters = _ps_filters(args.filter)
     last = 1 if args.latest else args.last
@@ -617,6 +622,8 @@ def _endpoints_by_container(client: Client) -> dict[str, list[Any]]:
 
 def cmd_port(client: Client, args: argparse.Namespace) -> int:
     """docker's `port`: a container's published ports, or where one of its ports is."""
+    from ctl import netview
+
     try:
         cid = client.resolve(args.container)
     except NotFound as e:
@@ -816,6 +823,7 @@ def cmd_exec(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
+    from ctl import netview
     from supervisor import anys
 
     out: list[dict[str, Any]] = []
