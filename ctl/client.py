@@ -355,7 +355,14 @@ class Client:
         return list(self.containers.List(cpb.ListContainersRequest(), metadata=self.md).containers)
 
     def resolve(self, name: str) -> str:
-        """A container's id from its id, name or a unique id prefix."""
+        """A container's id from its id, name or a unique id prefix: an id (or name) is one
+        Get, only a prefix lists the containers (every spec, ~5 KB each)."""
+        try:
+            if self._container_exists(name):
+                return name
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.INVALID_ARGUMENT:  # not an id: maybe a prefix
+                raise
         ids = [c.id for c in self.list_containers()]
         if name in ids:
             return name
@@ -376,9 +383,17 @@ class Client:
                 return None
             raise
 
-    def remove(self, cid: str) -> None:
-        """Delete the container, its stopped task and its snapshot."""
-        if self.task(cid) is not None:
+    def all_tasks(self) -> dict[str, Any]:
+        """Every task of the namespace by container id, from one List (what `task` gives)."""
+        listed = self.tasks.List(tpb.ListTasksRequest(), metadata=self.md).tasks
+        return {process.id: process for process in listed}
+
+    def remove(self, cid: str, has_task: bool | None = None) -> None:
+        """Delete the container, its stopped task and its snapshot; `has_task`: whether it has
+        a task, when the caller knows (None: asked)."""
+        if has_task is None:
+            has_task = self.task(cid) is not None
+        if has_task:
             self.tasks.Delete(tpb.DeleteTaskRequest(container_id=cid), metadata=self.md)
         container = self.containers.Get(cpb.GetContainerRequest(id=cid), metadata=self.md).container
         self.containers.Delete(cpb.DeleteContainerRequest(id=cid), metadata=self.md)

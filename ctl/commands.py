@@ -544,13 +544,14 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
     everything = args.all or last > 0 or "status" in filters or "exited" in filters
     rows = []
     endpoints = _endpoints_by_container(client)
+    tasks = client.all_tasks()
     containers = sorted(
         client.list_containers(),
         key=lambda c: (c.created_at.seconds, c.created_at.nanos),
         reverse=True,  # the newest first, as docker lists them
     )
     for container in containers[:last] if last > 0 else containers:
-        task = client.task(container.id)
+        task = tasks.get(container.id)
         if not everything and (task is None or task.status == task_types.STOPPED):
             continue
         command = " ".join(map(str, _process(container).get("args", [])))
@@ -749,7 +750,7 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> int:
             waiter = client.tasks.Wait.future(tpb.WaitRequest(container_id=cid), metadata=client.md)
             _kill(client, cid, int(signal.SIGKILL), all_=True)
             waiter.result(timeout=30)
-        client.remove(cid)
+        client.remove(cid, has_task=task is not None)
         print(name)
     return 0
 
