@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from tests.conftest import Ctrd
 from tests.integration.test_tasks import pull
@@ -262,3 +263,64 @@ def test_an_attached_container_keeps_its_log_too(ctrd, busybox_image):
     big = ctrctl(ctrd, "run", "--rm", ref, "seq", "1", "200000")  # ~1.3 MB: the FIFO fills
     assert big.returncode == 0, big.stderr
     assert big.stdout.split() == [str(n) for n in range(1, 200001)]
+
+
+def rpc_methods(log: str) -> list[str]:
+    """The methods of the daemon's `rpc` log lines, in order: `Service/Method`."""
+    lines = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
+    return [e["method"].rpartition(".")[2] for e in lines if e.get("event") == "rpc"]
+
+
+def test_a_detached_run_makes_only_the_calls_it_needs(ctrd, busybox_image):
+    """One lease for the unpack check and the snapshot, the top snapshot's Stat for an image
+    already unpacked, the mounts Prepare gave to Tasks.Create: 11 calls, 1 per round trip."""
+    ref = pull(ctrd, busybox_image)
+    before = len(rpc_methods(ctrd.log()))
+    ran = ctrctl(ctrd, "run", "-d", "--name", "lean", "--network", "none", ref, "sleep", "100")
+    assert ran.returncode == 0, ran.stderr
+    try:
+        deadline = time.monotonic() + 10  # the daemon logs a call once it has answered
+        while "Tasks/Start" not in (calls := rpc_methods(ctrd.log())[before:]):
+            assert time.monotonic() < deadline, calls
+            time.sleep(0.05)
+        assert calls == [
+            "Containers/Get",  # --name taken?
+            "Images/Get",
+            "Content/Read",  # the manifest
+            "Content/Read",  # the config
+            "Leases/Create",
+            "Snapshots/Stat",
+            "Snapshots/Prepare",
+            "Containers/Create",
+            "Leases/Delete",
+            "Tasks/Create",
+            "Tasks/Start",
+        ]
+    finally:
+        ctrctl(ctrd, "rm", "-f", "lean")
+
+
+def test_a_detached_run_imports_only_what_it_uses(ctrd, busybox_image):
+    """No other command's module or parser, no generated servicers (the stubs come from the
+    descriptors), no port parser without -p: each import is time every run pays."""
+    ref = pull(ctrd, busybox_image)
+    ran = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ctl", "--address", ctrd.address,
+         "run", "-d", "--name", "light", "--network", "none", ref, "sleep", "100"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    try:
+        assert ran.returncode == 0, ran.stderr
+        imported = {
+            line.rpartition("|")[2].strip()
+            for line in ran.stderr.splitlines()
+            if line.startswith("import time:")
+        }
+        assert {"grpc", "ctl.client", "ctl.spec", "snapshotter.mount"} <= imported
+        assert not {m for m in imported if m.endswith("_pb2_grpc")}
+        others = {"ctl.images", "ctl.stats", "ctl.system", "ctl.groups", "ctl.networks",
+                  "ctl.completion", "ctl.push", "ctl.archive", "ctl.pull", "ctl.netview",
+                  "ctl.table", "supervisor.network.ports"}  # fmt: skip
+        assert not imported & others
+    finally:
+        ctrctl(ctrd, "rm", "-f", "light")
