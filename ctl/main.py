@@ -440,8 +440,11 @@ def exit_now(status: int) -> None:
     frees grpc's, asyncio's and protobuf's modules object by object, 20-30 ms of every ctrctl
     for a process that ends anyway. What a normal exit does for others is done first: stdout
     and stderr flushed, the atexit functions run. Returns (the normal exit follows) when that
-    cannot be done so: another non-daemon thread still runs (its end is waited for), or a
-    flush fails (a closed pipe: the exit reports it as always)."""
+    cannot be done so: another non-daemon thread still runs (its end is waited for), a flush
+    fails (a closed pipe: the exit reports it as always), or a profiler or tracer watches
+    (`python -m cProfile -m ctl ...` writes its figures at the normal exit)."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return
     threading = sys.modules.get("threading")  # not imported: no thread was started
     main_thread = threading.main_thread() if threading else None
     if threading and any(not t.daemon for t in threading.enumerate() if t is not main_thread):

@@ -198,3 +198,14 @@ def test_the_command_line_ends_without_the_interpreters_teardown(argv, status):
     )  # fmt: skip
     assert ran.stdout == whole.stdout + "atexit ran\n"
     assert ran.stderr == whole.stderr
+
+
+def test_a_profiled_ctrctl_exits_normally_and_writes_its_figures(tmp_path):
+    figures = tmp_path / "ctrctl.prof"
+    ran = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(figures), "-m", "ctl",
+         "--address", "/nonexistent.sock", "completion", "bash"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert figures.stat().st_size > 0
