@@ -159,6 +159,22 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX ports_by_container ON ports (namespace, container);
     """,
+    # Health checks (`supervisor.health.store`): one row per container that has a health,
+    # from its task's first start until the container is deleted. The log is JSON,
+    # [[start_ns, end_ns, exit_code, output], ...], the oldest first. No reference to the
+    # namespace: the row goes with its container (the monitor deletes it), never holds a
+    # namespace back.
+    """
+    CREATE TABLE health (
+        namespace TEXT NOT NULL,
+        container TEXT NOT NULL,
+        status TEXT NOT NULL,
+        failing_streak INTEGER NOT NULL DEFAULT 0,
+        started_at INTEGER NOT NULL DEFAULT 0,
+        log TEXT NOT NULL DEFAULT '[]',
+        PRIMARY KEY (namespace, container)
+    ) WITHOUT ROWID;
+    """,
 )
 
 # The objects whose presence keeps a namespace from being deleted, as (table, what to call them
