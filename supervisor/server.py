@@ -42,6 +42,7 @@ from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc
 from supervisor.api.containerd.services.version.v1 import version_pb2_grpc
 from supervisor.api.ctrd.services.events.v1 import log_pb2_grpc
+from supervisor.api.ctrd.services.health.v1 import health_pb2_grpc as ctrd_health_pb2_grpc
 from supervisor.api.ctrd.services.images.v1 import pull_pb2_grpc, push_pb2_grpc
 from supervisor.api.ctrd.services.logs.v1 import logs_pb2_grpc
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2_grpc
@@ -49,6 +50,7 @@ from supervisor.config import Config
 from supervisor.errors import FailedPrecondition
 from supervisor.eventlog import EventLog
 from supervisor.events import Exchange
+from supervisor.health.monitor import HealthMonitor
 from supervisor.metadata.containers import ContainerStore
 from supervisor.metadata.db import Database
 from supervisor.runtime.manager import TaskManager
@@ -279,6 +281,7 @@ class Daemon:
     tasks: TaskManager
     events: Exchange
     networks: Any = None  # the cached NetworkManager factory (built at first need)
+    health: HealthMonitor | None = None  # the containers' health checks
 
     @classmethod
     async def start(cls, config: Config) -> Daemon:
@@ -304,6 +307,7 @@ class Daemon:
         parts = Parts(root, db, config.gc.interval)
         tasks = TaskManager(state, address, events, config.runtime.binary)
         logs = Logs(root / "logs", config.logs.max_size, config.logs.max_files)
+        checks = HealthMonitor(db, events, tasks, state)
 
         def containers(ns: str) -> ContainerStore:
             return ContainerStore(db, ns)
@@ -382,6 +386,11 @@ class Daemon:
 
             return PushService(parts.content, parts.images, config.registry)
 
+        def health_service() -> Any:
+            from supervisor.services.health import HealthService
+
+            return HealthService(checks.store)
+
         def networks_service() -> Any:
             from supervisor.network.live import LiveNetworks
             from supervisor.network.store import SqliteNetworkStore
@@ -431,6 +440,7 @@ class Daemon:
             (pull_pb2_grpc.add_PullServicer_to_server, Deferred(pull_service)),
             (push_pb2_grpc.add_PushServicer_to_server, Deferred(push_service)),
             (networks_pb2_grpc.add_NetworksServicer_to_server, Deferred(networks_service)),
+            (ctrd_health_pb2_grpc.add_HealthServicer_to_server, Deferred(health_service)),
         ]
         registrar = Registrar(server)
         for add, servicer in services:
@@ -447,9 +457,11 @@ class Daemon:
             await tasks.start()
             await tasks.load()
             await reconcile_networks(db, network_manager, tasks.exists)
+            await checks.start()  # follows task events; checks go on for running tasks
             await server.start()
             tasks.serving()
         except BaseException:
+            await checks.stop()
             await server.stop(None)
             await db.close()
             await event_log.close()
@@ -457,10 +469,12 @@ class Daemon:
             raise
         gc_task = asyncio.create_task(collect_later(parts, GC_STARTUP_DELAY), name="gc")
         log.info("ctrd_started", address=address, root=str(root), state=str(state), pid=os.getpid())
-        return cls(config, lock, db, server, gc_task, parts, tasks, events, network_manager)
+        return cls(config, lock, db, server, gc_task, parts, tasks, events, network_manager, checks)
 
     async def stop(self) -> None:
         log.info("ctrd_stopping")
+        if self.health is not None:
+            await self.health.stop()  # before the shims are let go: probes in flight deleted
         await self.tasks.stop()  # first: a Wait in flight fails with UNAVAILABLE
         await self.server.stop(grace=1.0)
         self.gc_task.cancel()

@@ -1,0 +1,164 @@
+"""One run of a container's check: an exec in the container through its shim, as
+`Tasks.Exec` runs one (create, start, wait, delete), with docker's rules for the result.
+
+The probe runs with the container's process settings (user, working directory, environment,
+capabilities: its spec's `process`), the check's argv and no terminal. Its stdout and stderr
+both go to one FIFO the daemon reads as they come, keeping the first OUTPUT_LIMIT bytes and
+discarding the rest, so a probe that writes without end neither blocks nor fills a disk.
+
+A probe still running when the check's timeout has passed since it started is killed
+(SIGKILL) and waited for, and its result is dockerd's: exit code -1, output `Health check
+exceeded timeout (1s)` (with `: ` and what it wrote, when it wrote something). A probe that
+cannot start (no such command, say) is a failure with exit code -1 and the runtime's words.
+Whatever happens, its process is deleted from the shim and its FIFO removed before `run`
+returns, even when the run is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from supervisor import errors
+from supervisor.health.config import HealthConfig, go_duration
+from supervisor.health.state import OUTPUT_LIMIT, Result, cut
+from supervisor.runtime.manager import Task
+
+log = structlog.get_logger("ctrd.health")
+
+CLEANUP_TIMEOUT = 5.0  # seconds to kill and delete a probe once it is given up
+EXEC_PREFIX = "health-"  # the exec ids of probes: `ps`-like listings can tell them apart
+
+
+class _Output:
+    """A FIFO whose first OUTPUT_LIMIT bytes are kept as they arrive; the daemon holds a write
+    end as well, so the reader sees no end of file before the probe has even opened it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data = bytearray()
+        self.truncated = False
+        os.mkfifo(path, 0o600)
+        self._read = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._hold = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._read, self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._read, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                raise
+            if not chunk:
+                return
+            room = OUTPUT_LIMIT - len(self.data)
+            self.data += chunk[: max(room, 0)]
+            self.truncated = self.truncated or len(chunk) > room
+
+    def text(self) -> str:
+        self._drain()
+        return cut(bytes(self.data), self.truncated)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._read)
+        for fd in (self._read, self._hold):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def exec_spec(process: dict[str, Any], argv: tuple[str, ...]) -> dict[str, Any]:
+    """The probe's process: the container's own (user, cwd, env, capabilities...) running
+    `argv` without a terminal."""
+    spec = dict(process)
+    spec["args"] = list(argv)
+    spec["terminal"] = False
+    spec.pop("consoleSize", None)
+    return spec
+
+
+async def run(
+    task: Task, config: HealthConfig, process: dict[str, Any], exec_id: str, fifo_dir: Path
+) -> Result:
+    """Run the check once in `task`'s container; its result."""
+    start = time.time_ns()
+    output = _Output(fifo_dir / f"{exec_id}.out")
+    created = False
+    try:
+        await task.call_seen(
+            "exec",
+            {
+                "exec_id": exec_id,
+                "spec": exec_spec(process, config.argv),
+                "stdin": "",
+                "stdout": str(output.path),
+                "stderr": str(output.path),
+                "terminal": False,
+            },
+        )
+        created = True
+        try:
+            await task.call_seen("start", {"exec_id": exec_id})
+        except errors.CtrdError as e:
+            task.start_failed(exec_id)
+            return Result(start, time.time_ns(), -1, e.detail or str(e))
+        try:
+            exit_ = await asyncio.wait_for(task.wait(exec_id), config.timeout / 1e9)
+        except TimeoutError:
+            await _kill(task, exec_id)
+            return _timed_out(start, config, output.text())
+        await _delete(task, exec_id)  # waits for the output to drain
+        created = False
+        return Result(start, time.time_ns(), exit_.status, output.text())
+    except errors.CtrdError as e:
+        return Result(start, time.time_ns(), -1, e.detail or str(e))
+    finally:
+        if created:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(_cleanup(task, exec_id))
+        output.close()
+
+
+def _timed_out(start: int, config: HealthConfig, written: str) -> Result:
+    message = f"Health check exceeded timeout ({go_duration(config.timeout)})"
+    return Result(start, time.time_ns(), -1, f"{message}: {written}" if written else message)
+
+
+async def _kill(task: Task, exec_id: str) -> None:
+    """SIGKILL a probe and wait for its exit (bounded)."""
+    with contextlib.suppress(errors.CtrdError):
+        await task.call("kill", {"exec_id": exec_id, "signal": signal.SIGKILL, "all": False})
+    with contextlib.suppress(errors.CtrdError, TimeoutError):
+        await asyncio.wait_for(task.wait(exec_id), CLEANUP_TIMEOUT)
+
+
+async def _delete(task: Task, exec_id: str) -> None:
+    with contextlib.suppress(errors.NotFound):
+        await task.call("delete", {"exec_id": exec_id})
+    task.forget_exec(exec_id)
+
+
+async def _cleanup(task: Task, exec_id: str) -> None:
+    """A probe given up (timed out, failed, or its run cancelled): killed if it still runs,
+    then deleted from the shim."""
+    async with asyncio.timeout(CLEANUP_TIMEOUT):
+        if exec_id not in task.exits and exec_id not in task.unstarted:
+            await _kill(task, exec_id)
+        try:
+            await _delete(task, exec_id)
+        except errors.CtrdError as e:
+            log.warning("health_probe_not_deleted", ns=task.namespace, id=task.id, error=str(e))
