@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 import grpc
 from google.protobuf import any_pb2
 
-from ctl import netopts
+from ctl import netopts, secopts
 from ctl import spec as oci
 from ctl.client import NAME_LABEL, Client, ImageNotFound, NewContainer, NotFound, short
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
@@ -110,6 +110,8 @@ def network_flags(args: argparse.Namespace) -> netopts.NetworkFlags:
 
 
 def run_options(args: argparse.Namespace) -> oci.RunOptions:
+    from ctl import healthopts
+
     return oci.RunOptions(
         args=args.cmd,
         entrypoint=None if args.entrypoint is None else [args.entrypoint],  # "": docker's [""]
@@ -128,6 +130,8 @@ def run_options(args: argparse.Namespace) -> oci.RunOptions:
         privileged=args.privileged,
         stop_signal=args.stop_signal or "",
         stop_timeout=args.stop_timeout,
+        health=healthopts.from_args(args),  # the container's own Healthcheck (docker's form)
+        security=secopts.from_args(args),  # docker's safe defaults, tuned by the flags
     )
 
 

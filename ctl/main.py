@@ -281,6 +281,9 @@ def _run_options(command: argparse.ArgumentParser) -> None:
     add("--add-host", action="append", default=[], metavar="HOST:IP", help="a line for /etc/hosts")
     add("--privileged", action="store_true")
     add("--runtime", help="runc (default) or crun, or a path")
+    from ctl import healthopts  # --health-cmd --health-interval ... --no-healthcheck
+
+    healthopts.add_flags(add)
     add(
         "--stop-signal",
         metavar="SIGNAL",
@@ -298,6 +301,9 @@ def _run_options(command: argparse.ArgumentParser) -> None:
         default="missing",
         help="pull the image before creating the container (default: when it is missing)",
     )
+    from ctl import secopts  # --security-opt --cap-add --cap-drop --device --ulimit --init ...
+
+    secopts.add_flags(add)
     add("-i", "--interactive", action="store_true", help="keep stdin open")
     add("-t", "--tty", action="store_true", help="allocate a terminal")
     add("image")

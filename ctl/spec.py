@@ -62,7 +62,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ctl import netopts
+from ctl import netopts, secopts
 
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 OCI_VERSION = "1.0.2-dev"  # runtime-spec's specs.Version as vendored by containerd 1.6
@@ -151,6 +151,10 @@ class RunOptions:
     annotations: Mapping[str, str] = field(default_factory=dict)
     stop_signal: str = ""  # kept in a label (container_labels), not in the spec
     stop_timeout: int | None = None  # seconds; kept in a label too
+    # --health-*: docker's Healthcheck of the container, merged with the image's into a label
+    health: Mapping[str, Any] | None = None
+    # seccomp, capabilities, devices, ulimits, --init...: ctl.secopts (default: ctr's spec)
+    security: secopts.SecurityOptions = field(default_factory=secopts.SecurityOptions)
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,7 @@ def generate(
         resources["memory"] = {"limit": options.memory}
     if env:
         process["env"] = env
+    secopts.apply(spec, options.security, options.privileged, current_capabilities)
     return spec
 
 
@@ -362,6 +367,9 @@ def container_labels(image_config: Mapping[str, Any], options: RunOptions) -> di
     flags = replace(options.net, network=options.network)
     shared = options.network.removeprefix(netopts.CONTAINER_PREFIX)
     labels.update(netopts.labels(flags, image_config, shared))
+    from ctl import healthopts  # the health check's label (ctrd.io/healthcheck)
+
+    labels.update(healthopts.labels(options.health, image_config))
     return labels
 
 
