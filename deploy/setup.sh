@@ -16,6 +16,7 @@ packages=(
     busybox-static                           # the tests build their images from it
     docker.io                                # dockerd + docker CLI on ctrd (never started as a service)
     procps                                   # ps, which dockerd runs for `docker top`
+    tini                                     # ctrctl run --init: /usr/bin/tini-static as PID 1
     libnftables1                             # nftables' library: ctrd writes its own table in-process
     golang-github-containerd-containerd-dev  # containerd's protos, compared with ours
     git
