@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ctl.completion",
     "ctl.push",
     "ctl.archive",
+    "ctl.cp",
 )
 EXIT_CLIENT_ERROR = 125  # docker's code for an error of the client itself
 
@@ -53,6 +54,7 @@ COMMAND_HOMES: dict[str, str] = {
     **dict.fromkeys(("completion", "__names"), "ctl.completion"),
     "push": "ctl.push",
     **dict.fromkeys(("load", "save"), "ctl.archive"),
+    "cp": "ctl.cp",
 }  # fmt: skip
 GLOBAL_OPTIONS_WITH_VALUES = frozenset(("--address", "-a", "--namespace", "-n"))
 

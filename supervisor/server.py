@@ -41,6 +41,7 @@ from supervisor.api.containerd.services.namespaces.v1 import namespaces_pb2_grpc
 from supervisor.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc
 from supervisor.api.containerd.services.version.v1 import version_pb2_grpc
+from supervisor.api.ctrd.services.archive.v1 import archive_pb2_grpc
 from supervisor.api.ctrd.services.events.v1 import log_pb2_grpc
 from supervisor.api.ctrd.services.health.v1 import health_pb2_grpc as ctrd_health_pb2_grpc
 from supervisor.api.ctrd.services.images.v1 import pull_pb2_grpc, push_pb2_grpc
@@ -407,6 +408,14 @@ class Daemon:
                 drivers=lambda: network_manager().drivers,
             )
 
+        def archive_service() -> Any:
+            from supervisor.services.archive import ArchiveService
+
+            async def snapshot_mounts(ns: str, snapshotter: str, key: str) -> Any:
+                return await parts.snapshots(ns, None, snapshotter).mounts(key)
+
+            return ArchiveService(containers, tasks, snapshot_mounts, root / "tmpmounts")
+
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -440,6 +449,7 @@ class Daemon:
             (pull_pb2_grpc.add_PullServicer_to_server, Deferred(pull_service)),
             (push_pb2_grpc.add_PushServicer_to_server, Deferred(push_service)),
             (networks_pb2_grpc.add_NetworksServicer_to_server, Deferred(networks_service)),
+            (archive_pb2_grpc.add_ArchiveServicer_to_server, Deferred(archive_service)),
             (ctrd_health_pb2_grpc.add_HealthServicer_to_server, Deferred(health_service)),
         ]
         registrar = Registrar(server)
