@@ -22,6 +22,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message_factory import GetMessageClass
 
 from ctl import spec as oci
+from ctl import volopts
 from supervisor import digests
 from supervisor.api.containerd.runc.options import oci_pb2 as runc_pb
 from supervisor.api.containerd.services.containers.v1 import containers_pb2 as cpb
@@ -262,6 +263,9 @@ class Client:
         manifest, config = self.image_config(image)
         cid = name or os.urandom(32).hex()
         image_config = config.get("config", {}) or {}
+        if options.storage or image_config.get("Volumes"):  # the image's VOLUMEs, names
+            storage = volopts.complete(options.storage, image_config)
+            options = dataclasses.replace(options, storage=storage)
         if not options.hostname and options.network != "host":
             options = dataclasses.replace(options, hostname=cid[:12])  # as dockerd names it
         labels = oci.container_labels(image_config, options)
@@ -276,11 +280,20 @@ class Client:
                 spb.PrepareSnapshotRequest(snapshotter=SNAPSHOTTER, key=cid, parent=chain),
                 metadata=(*self.md, ("containerd-lease", lease)),
             ).mounts
+            made: list[str] = []
             try:
                 spec = self._spec(cid, mounts, image_config, options)
+                if options.storage:  # the volumes it names, made before it (ctl.volumes)
+                    from ctl import volumes
+
+                    made = volumes.make(self, options.storage)
                 self._create(cid, image.name, labels, runtime, spec)
             except BaseException:
                 self._remove_snapshot(cid)
+                if made:
+                    from ctl import volumes
+
+                    volumes.unmake(self, made)
                 raise
         finally:
             self.leases.Delete(lpb.DeleteRequest(id=lease), metadata=self.md)
@@ -390,17 +403,20 @@ class Client:
         listed = self.tasks.List(tpb.ListTasksRequest(), metadata=self.md).tasks
         return {process.id: process for process in listed}
 
-    def remove(self, cid: str, has_task: bool | None = None) -> None:
+    def remove(self, cid: str, has_task: bool | None = None) -> cpb.Container:
         """Delete the container, its stopped task and its snapshot; `has_task`: whether it has
-        a task, when the caller knows (None: asked)."""
+        a task, when the caller knows (None: asked). The container as it was."""
         if has_task is None:
             has_task = self.task(cid) is not None
         if has_task:
             self.tasks.Delete(tpb.DeleteTaskRequest(container_id=cid), metadata=self.md)
-        container = self.containers.Get(cpb.GetContainerRequest(id=cid), metadata=self.md).container
+        container: cpb.Container = self.containers.Get(
+            cpb.GetContainerRequest(id=cid), metadata=self.md
+        ).container
         self.containers.Delete(cpb.DeleteContainerRequest(id=cid), metadata=self.md)
         if container.snapshot_key:
             self._remove_snapshot(container.snapshot_key)
+        return container
 
     def rootfs(self, cid: str) -> Sequence[Any]:
         container = self.containers.Get(cpb.GetContainerRequest(id=cid), metadata=self.md).container

@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 import grpc
 from google.protobuf import any_pb2
 
-from ctl import netopts, secopts
+from ctl import netopts, secopts, volopts
 from ctl import spec as oci
 from ctl.client import NAME_LABEL, Client, ImageNotFound, NewContainer, NotFound, short
 from supervisor.api.containerd.services.tasks.v1 import tasks_pb2 as tpb
@@ -48,28 +48,6 @@ STATUS = {
 LOG_URI = "ctrd-log://"
 EXIT_MISSING_NETWORK = 125  # docker's, for `--network` naming no network
 PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
-
-
-def _mounts(volumes: list[str], mounts: list[str]) -> list[dict[str, Any]]:
-    out = []
-    for volume in volumes:
-        parts = volume.split(":")
-        if len(parts) not in (2, 3) or not parts[0].startswith("/"):
-            raise ValueError(f'volume "{volume}": give /host/path:/container/path[:ro]')
-        options = ["rbind", "ro" if len(parts) == 3 and parts[2] == "ro" else "rw"]
-        out.append(
-            {"type": "bind", "source": parts[0], "destination": parts[1], "options": options}
-        )
-    for mount in mounts:
-        fields = dict(f.split("=", 1) for f in mount.split(",") if "=" in f)
-        source = fields.get("source") or fields.get("src", "")
-        target = fields.get("target") or fields.get("destination") or fields.get("dst", "")
-        options = ["rbind", "ro" if "readonly" in mount.split(",") else "rw"]
-        out.append(
-            {"type": fields.get("type", "bind"), "source": source, "destination": target,
-             "options": options}
-        )  # fmt: skip
-    return out
 
 
 def _env(values: list[str], files: list[str]) -> list[str]:
@@ -126,7 +104,7 @@ def run_options(args: argparse.Namespace) -> oci.RunOptions:
         pids_limit=args.pids_limit,
         network=args.network,
         net=network_flags(args),
-        mounts=_mounts(args.volume, args.mount),
+        storage=volopts.parse(args.volume, args.mount, args.tmpfs, args.volumes_from),
         privileged=args.privileged,
         stop_signal=args.stop_signal or "",
         stop_timeout=args.stop_timeout,
@@ -142,6 +120,10 @@ def _network_options(client: Client, args: argparse.Namespace) -> oci.RunOptions
     for warning in netopts.validate(network_flags(args)):
         print(warning, file=sys.stderr)
     options = run_options(args)
+    if options.storage.volumes_from:  # what the other containers' mounts bring
+        from ctl import volumes
+
+        options = dataclasses.replace(options, storage=volumes.inherited(client, options.storage))
     if not netopts.is_container_mode(args.network):
         return options
     cid = client.resolve(netopts.container_of(args.network))
@@ -348,11 +330,28 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
     except BaseException:
         if args.rm:  # whatever went wrong, --rm leaves nothing behind (as docker's)
             with contextlib.suppress(Exception):
-                client.remove(cid)
+                _remove(client, cid, volumes=True)
         raise
     if args.rm:
-        client.remove(cid)
+        _remove(client, cid, volumes=True)  # its anonymous volumes too, as docker's --rm
     return status
+
+
+def _remove(client: Client, cid: str, volumes: bool, has_task: bool | None = None) -> None:
+    """Remove the container; with `volumes`, its anonymous volumes too (`rm -v`)."""
+    removed = client.remove(cid, has_task=has_task)
+    if volumes and volopts.VOLUMES_LABEL in removed.labels:
+        from ctl import volumes as volume_calls
+
+        volume_calls.remove_anonymous(client, removed.labels)
+
+
+def _storage_view(client: Client, labels: Any, info: dict[str, Any]) -> None:
+    """docker's `Mounts` and the storage part of its HostConfig, into `inspect`'s `info`."""
+    from ctl import volumes
+
+    info["Mounts"] = volumes.mounts_view(client, labels)
+    info.setdefault("HostConfig", {}).update(volumes.host_config(labels))
 
 
 def _run(client: Client, created: NewContainer, args: argparse.Namespace) -> int:
@@ -754,7 +753,7 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> int:
             waiter = client.tasks.Wait.future(tpb.WaitRequest(container_id=cid), metadata=client.md)
             _kill(client, cid, int(signal.SIGKILL), all_=True)
             waiter.result(timeout=30)
-        client.remove(cid, has_task=task is not None)
+        _remove(client, cid, args.volumes, has_task=task is not None)
         print(name)
     return 0
 
@@ -854,6 +853,7 @@ def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
         info["runtime"] = container.runtime.name
         if container.runtime.HasField("options"):
             info["runtimeOptions"] = anys.to_json(container.runtime.options)
+        _storage_view(client, container.labels, info)  # Mounts, HostConfig's Binds...
         task = client.task(cid)
         info["NetworkSettings"] = netview.network_settings(
             container.labels, _endpoints(client, cid) if _live(task) else [],

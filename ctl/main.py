@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ctl.completion",
     "ctl.push",
     "ctl.archive",
+    "ctl.volumes",
     "ctl.cp",
 )
 EXIT_CLIENT_ERROR = 125  # docker's code for an error of the client itself
@@ -54,6 +55,7 @@ COMMAND_HOMES: dict[str, str] = {
     **dict.fromkeys(("completion", "__names"), "ctl.completion"),
     "push": "ctl.push",
     **dict.fromkeys(("load", "save"), "ctl.archive"),
+    "volume": "ctl.volumes",
     "cp": "ctl.cp",
 }  # fmt: skip
 GLOBAL_OPTIONS_WITH_VALUES = frozenset(("--address", "-a", "--namespace", "-n"))
@@ -222,8 +224,9 @@ def _run_options(command: argparse.ArgumentParser) -> None:
     add("--name", help="the container's name (and id)")
     add("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
     add("--env-file", action="append", default=[], metavar="FILE")
-    add("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]")
-    add("--mount", action="append", default=[], metavar="type=bind,source=..,target=..")
+    from ctl import volopts  # -v --mount --tmpfs --volumes-from
+
+    volopts.add_flags(add)
     add("-w", "--workdir")
     add("-u", "--user")
     add("--entrypoint", help='replaces the image\'s ENTRYPOINT and CMD ("": neither)')
@@ -377,6 +380,7 @@ def _container_commands(commands: Any, grouped: bool = False) -> None:
     kill.add_argument("containers", nargs="+")
     rm = add("rm", help="remove containers")
     rm.add_argument("-f", "--force", action="store_true", help="kill a running one first")
+    rm.add_argument("-v", "--volumes", action="store_true", help="remove its anonymous volumes too")
     rm.add_argument("containers", nargs="+")
     exec_ = add("exec", help="run a command in a running container")
     exec_.add_argument("-i", "--interactive", action="store_true")

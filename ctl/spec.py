@@ -62,7 +62,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ctl import netopts, secopts
+from ctl import netopts, secopts, volopts
 
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 OCI_VERSION = "1.0.2-dev"  # runtime-spec's specs.Version as vendored by containerd 1.6
@@ -155,6 +155,9 @@ class RunOptions:
     health: Mapping[str, Any] | None = None
     # seccomp, capabilities, devices, ulimits, --init...: ctl.secopts (default: ctr's spec)
     security: secopts.SecurityOptions = field(default_factory=secopts.SecurityOptions)
+    # -v, --mount, --tmpfs, --volumes-from (ctl.volopts): binds and tmpfs mounts in the spec,
+    # volumes in the `ctrd.io/volumes` label for the daemon
+    storage: volopts.Storage = field(default_factory=volopts.Storage)
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,7 @@ def generate(
     process, linux = spec["process"], spec["linux"]
     linux["resources"]["devices"].extend(default_unix_devices())
     spec["mounts"].extend(_mount(m) for m in options.mounts)
+    spec["mounts"].extend(volopts.spec_mounts(options.storage))
 
     # The image config merged with the command line, by dockerd's rules.
     host_network = options.network == "host"
@@ -370,6 +374,7 @@ def container_labels(image_config: Mapping[str, Any], options: RunOptions) -> di
     from ctl import healthopts  # the health check's label (ctrd.io/healthcheck)
 
     labels.update(healthopts.labels(options.health, image_config))
+    labels.update(volopts.labels(options.storage))  # ctrd.io/volumes, ctrctl.mounts
     return labels
 
 
