@@ -47,6 +47,7 @@ from supervisor.api.ctrd.services.health.v1 import health_pb2_grpc as ctrd_healt
 from supervisor.api.ctrd.services.images.v1 import pull_pb2_grpc, push_pb2_grpc
 from supervisor.api.ctrd.services.logs.v1 import logs_pb2_grpc
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2_grpc
+from supervisor.api.ctrd.services.volumes.v1 import volumes_pb2_grpc
 from supervisor.config import Config
 from supervisor.errors import FailedPrecondition
 from supervisor.eventlog import EventLog
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
     from supervisor.metadata.images import ImageStore
     from supervisor.metadata.leases import LeaseStore
     from supervisor.metadata.snapshots import SnapshotStore
+    from supervisor.volumes.manager import VolumeManager
 
 log = structlog.get_logger("ctrd")
 
@@ -197,6 +199,14 @@ class Parts:
 
         return Collector(self.db, self.blobs, self.snapshotters, interval=self.gc_interval)
 
+    @functools.cached_property
+    def volumes(self) -> VolumeManager:
+        """The volumes (`supervisor.volumes`): built at the first call or task that names one,
+        or at the start when the root has volumes."""
+        from supervisor.volumes.manager import VolumeManager
+
+        return VolumeManager(self.db, self.root / "volumes", self.root / "volumes" / ".mounts")
+
     def built_snapshotters(self) -> list[OverlaySnapshotter | NativeSnapshotter]:
         """The snapshotters, if something built them (a cached property lives in __dict__)."""
         return list(self.__dict__.get("snapshotters", {}).values())
@@ -269,6 +279,18 @@ async def reconcile_networks(
         pins_removed=list(report.pins_removed),
         endpoints_released=list(report.endpoints_released),
     )
+
+
+async def reconcile_volumes(parts: Parts, tasks: TaskManager) -> None:
+    """At start, before serving, when the root has volumes: mounts made to match the tasks
+    taken back, cut-off copy-ups and removals discarded (`VolumeManager.reconcile`). A failure
+    is logged and the daemon serves on."""
+    if not (parts.root / "volumes").is_dir():
+        return
+    try:
+        await parts.volumes.reconcile([(t.namespace, t.id) for t in tasks.all()])
+    except Exception:
+        log.exception("volume_reconcile_failed")
 
 
 @dataclass
@@ -416,6 +438,11 @@ class Daemon:
 
             return ArchiveService(containers, tasks, snapshot_mounts, root / "tmpmounts")
 
+        def volumes_service() -> Any:
+            from supervisor.services.volumes import VolumesService
+
+            return VolumesService(lambda: parts.volumes)
+
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -434,7 +461,9 @@ class Daemon:
             ),
             (
                 tasks_pb2_grpc.add_TasksServicer_to_server,
-                TasksService(tasks, containers, logs, network_manager),
+                TasksService(
+                    tasks, containers, logs, network_manager, volumes=lambda: parts.volumes
+                ),
             ),
             (logs_pb2_grpc.add_LogsServicer_to_server, LogsService(logs, tasks.running)),
             (namespaces_pb2_grpc.add_NamespacesServicer_to_server, Deferred(namespaces_service)),
@@ -449,6 +478,7 @@ class Daemon:
             (pull_pb2_grpc.add_PullServicer_to_server, Deferred(pull_service)),
             (push_pb2_grpc.add_PushServicer_to_server, Deferred(push_service)),
             (networks_pb2_grpc.add_NetworksServicer_to_server, Deferred(networks_service)),
+            (volumes_pb2_grpc.add_VolumesServicer_to_server, Deferred(volumes_service)),
             (archive_pb2_grpc.add_ArchiveServicer_to_server, Deferred(archive_service)),
             (ctrd_health_pb2_grpc.add_HealthServicer_to_server, Deferred(health_service)),
         ]
@@ -467,6 +497,7 @@ class Daemon:
             await tasks.start()
             await tasks.load()
             await reconcile_networks(db, network_manager, tasks.exists)
+            await reconcile_volumes(parts, tasks)
             await checks.start()  # follows task events; checks go on for running tasks
             await server.start()
             tasks.serving()
@@ -494,6 +525,8 @@ class Daemon:
             await snapshotter.close()
         if self.networks is not None and self.networks.cache_info().currsize:
             await self.networks().close()
+        if "volumes" in self.parts.__dict__:  # built: unmount what no task uses
+            await self.parts.volumes.close()
         await self.db.close()
         if self.events.log is not None:
             await self.events.log.close()

@@ -175,6 +175,20 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (namespace, container)
     ) WITHOUT ROWID;
     """,
+    # Volumes (`supervisor.volumes.store`): docker's volume objects, per namespace. Whether one
+    # is in use is read from the containers' `ctrd.io/volumes` labels, never stored; the data
+    # is under <root>/volumes/<namespace>/<name>/_data. A namespace with volumes is not deleted.
+    """
+    CREATE TABLE volumes (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        name TEXT NOT NULL,
+        driver TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        options TEXT NOT NULL DEFAULT '{}',
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (namespace, name)
+    ) WITHOUT ROWID;
+    """,
 )
 
 # The objects whose presence keeps a namespace from being deleted, as (table, what to call them
@@ -185,6 +199,7 @@ NAMESPACE_CONTENTS: tuple[tuple[str, str], ...] = (
     ("blobs", "blobs"),
     ("containers", "containers"),
     ("networks", "networks"),  # ctrd's own: containerd has none
+    ("volumes", "volumes"),  # ctrd's own, as networks
 )
 
 # What goes with a namespace when it is deleted, children first.

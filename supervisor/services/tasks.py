@@ -30,9 +30,11 @@ from supervisor.runtime import shimnames
 from supervisor.runtime.manager import Exit, Task, TaskManager
 from supervisor.services import rpc
 from supervisor.services.logs import Logs
+from supervisor.volumes.labels import wants_volumes
 
 if TYPE_CHECKING:
     from supervisor.network.manager import NetworkManager
+    from supervisor.volumes.manager import VolumeManager
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -81,12 +83,15 @@ class TasksService(pb_grpc.TasksServicer):
         containers: Any,
         logs: Logs | None = None,
         networks: Callable[[], NetworkManager] | None = None,
+        volumes: Callable[[], VolumeManager] | None = None,
     ) -> None:
         self._manager = manager
         # Joins containers labelled ctrd.io/networks to their network; built at first need
         # (netlink's import costs a restart ~0.15 s).
         self._network_factory = networks
         self._networks: NetworkManager | None = None
+        # Mounts the volumes of containers labelled ctrd.io/volumes (`supervisor.volumes`).
+        self._volume_factory = volumes
         self._logs = logs
         self._containers: Any = containers  # Callable[[str], ContainerStore]
         self._criu: str | None = None  # why CRIU cannot checkpoint here ("" if it can)
@@ -150,10 +155,14 @@ class TasksService(pb_grpc.TasksServicer):
         # A task that exists already keeps its network: the create below refuses in
         # containerd's words. Only what this call plugged in is released when it fails.
         networks = None
+        volumes = None
         if not self._manager.exists(ns, container.id):
             networks = self._networks_for(container.labels)
+            volumes = self._volumes_for(container.labels)
         prepared = False
         try:
+            if volumes is not None:  # apart from the networks': either, both or neither apply
+                spec = await volumes.prepare_task(ns, container.id, container.labels, spec, mounts)
             if networks is not None:
                 spec = await networks.prepare_task(
                     ns, container.id, container.labels, spec, self._netns_of(ns)
@@ -163,6 +172,8 @@ class TasksService(pb_grpc.TasksServicer):
         except BaseException:
             if networks is not None and prepared:
                 await networks.release(ns, container.id)
+            if volumes is not None:
+                await volumes.release(ns, container.id)
             raise
         return pb.CreateTaskResponse(container_id=task.id, pid=task.pid)
 
@@ -222,6 +233,17 @@ class TasksService(pb_grpc.TasksServicer):
         if networks is not None:
             await networks.release(ns, cid)
 
+    def _volumes_for(self, labels: Mapping[str, str]) -> VolumeManager | None:
+        """The volume manager when the container asks for volumes; None otherwise."""
+        if self._volume_factory is None or not wants_volumes(labels):
+            return None
+        return self._volume_factory()
+
+    async def _release_volumes(self, ns: str, cid: str) -> None:
+        """A deleted task's volumes: unmounted once no other task uses them."""
+        if self._volume_factory is not None:
+            await self._volume_factory().release(ns, cid)
+
     def _log_uri(self, namespace: str, cid: str, uri: str) -> str:
         return self._logs.resolve(namespace, cid, uri) if self._logs is not None else uri
 
@@ -250,6 +272,7 @@ class TasksService(pb_grpc.TasksServicer):
             await self._no_container(ns, request.container_id)
         result = await self._manager.delete(ns, request.container_id)
         await self._release_networks(ns, request.container_id)
+        await self._release_volumes(ns, request.container_id)
         return pb.DeleteResponse(  # no id: containerd's names none for a task
             pid=result["pid"],
             exit_status=result["exit_status"],

@@ -1,0 +1,290 @@
+"""Copy-up: a new, empty volume filled with what the image has where it is mounted.
+
+Docker fills a volume mounted over a directory of the image with that directory's content
+before the container starts, when the volume is empty and has never been filled, unless the
+mount says `nocopy`. So does ctrd, from the container's root filesystem as the task will see it
+(its snapshot, mounted read-only for the while, or the root the spec names when the request
+carries no mounts), keeping files, directories, symlinks (as links), hard links (as links),
+devices and fifos, owners, modes, xattrs and times; the directory's own owner and mode go to
+the volume's `_data`, as docker's copy gives them.
+
+Invariants:
+
+- Nothing is read outside the root filesystem: the mount target is resolved inside the root as
+  the kernel would resolve it with that root as `/` (an absolute symlink restarts from the
+  root, `..` stops at it), one component at a time with O_NOFOLLOW from the fd of the one
+  before; the walk below it opens every entry relative to its parent's fd with O_NOFOLLOW and
+  copies a symlink as a symlink, never through it. Nothing is written outside the volume: every
+  entry is created with *at() calls on a directory fd the copy made itself.
+- A copy cut off (the daemon killed, the disk full) is never taken as complete: the marker
+  `copy-up.pending` is written beside `_data` before the first entry, and becomes
+  `copy-up.done` (a rename) only after the copied data is on disk (syncfs). A volume found with
+  a pending marker is emptied and the marker dropped (`discard_pending`, at the daemon's start
+  and before the next copy), so the next container copies again. A volume with `copy-up.done`
+  is never copied into again, even once emptied (docker's "never copied into").
+- `CTRD_TEST_COPYUP_PAUSE` (seconds, tests only): a sleep after each entry copied, so a test
+  can kill the daemon in the middle of a copy.
+
+Blocking: run it on a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+from supervisor.errors import CtrdError, Unknown
+
+PENDING = "copy-up.pending"
+DONE = "copy-up.done"
+PAUSE_ENV = "CTRD_TEST_COPYUP_PAUSE"
+MAX_HOPS = 40  # the kernel's limit of symlinks followed in one lookup
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SKIPPED_XATTRS = ("trusted.", "security.selinux")
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def syncfs(fd: int) -> None:
+    """Commit the filesystem holding `fd` to disk."""
+    if _libc.syncfs(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def open_in_root(root_fd: int, path: str) -> int | None:
+    """An fd of directory `path` resolved inside the root `root_fd` (see the module's doc);
+    None when it does not exist there or is not a directory."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    stack = [os.dup(root_fd)]
+    hops = 0
+    try:
+        while parts:
+            name = parts.pop(0)
+            if name == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            try:
+                st = os.stat(name, dir_fd=stack[-1], follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > MAX_HOPS:
+                    return None
+                link = os.readlink(name, dir_fd=stack[-1])
+                if link.startswith("/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                parts = [p for p in link.split("/") if p not in ("", ".")] + parts
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+            stack.append(os.open(name, _DIR_FLAGS, dir_fd=stack[-1]))
+        return stack.pop()
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
+def is_empty(directory: Path) -> bool:
+    with os.scandir(directory) as entries:
+        return next(entries, None) is None
+
+
+def clear(directory: Path) -> None:
+    """Remove everything inside `directory` (itself stays: it may be a mount point), never
+    following a symlink."""
+    fd = os.open(directory, _DIR_FLAGS)
+    try:
+        for name in os.listdir(fd):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def discard_pending(volume_dir: Path, data: Path) -> bool:
+    """Empty a volume whose copy-up was cut off, and drop its marker; whether there was one."""
+    if not (volume_dir / PENDING).exists():
+        return False
+    clear(data)
+    os.unlink(volume_dir / PENDING)
+    return True
+
+
+def wanted(volume_dir: Path, data: Path) -> bool:
+    """Whether the volume takes a copy: never filled, and empty (a cut-off copy discarded)."""
+    discard_pending(volume_dir, data)
+    return not (volume_dir / DONE).exists() and is_empty(data)
+
+
+def forget(volume_dir: Path) -> None:
+    """The markers of a volume whose data went away (a tmpfs unmounted): it may be filled
+    again."""
+    for name in (PENDING, DONE):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(volume_dir / name)
+
+
+def _write_marker(volume_dir: Path, name: str) -> None:
+    fd = os.open(volume_dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+    _sync_dir(volume_dir)
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, _DIR_FLAGS)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def copy_up(rootfs: Path, target: str, volume_dir: Path, data: Path) -> int:
+    """Fill `data` from `target` inside `rootfs`; the entries copied (0: nothing there)."""
+    root_fd = os.open(rootfs, _DIR_FLAGS & ~os.O_NOFOLLOW)  # the root itself is ours to name
+    try:
+        src = open_in_root(root_fd, target)
+    finally:
+        os.close(root_fd)
+    if src is None:
+        return 0
+    try:
+        dst = os.open(data, _DIR_FLAGS)
+        try:
+            _write_marker(volume_dir, PENDING)
+            try:
+                count = _Copier(dst).tree(src, dst)
+                _metadata(src, dst, os.fstat(src))
+                syncfs(dst)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    discard_pending(volume_dir, data)
+                raise
+        finally:
+            os.close(dst)
+    except CtrdError:
+        raise
+    except OSError as e:
+        raise Unknown(f"copy of {target} into the volume failed: {e}", plain=True) from None
+    finally:
+        os.close(src)
+    os.rename(volume_dir / PENDING, volume_dir / DONE)
+    _sync_dir(volume_dir)
+    return count
+
+
+def _xattrs(src_fd: int, dst_fd: int) -> None:
+    try:
+        names = os.listxattr(src_fd)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return
+        raise
+    for name in names:
+        if name.startswith(_SKIPPED_XATTRS):
+            continue
+        try:
+            os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+
+
+def _metadata(src_fd: int, dst_fd: int, st: os.stat_result) -> None:
+    """Owner, xattrs, mode and times, in that order (chown clears setuid and capabilities)."""
+    os.fchown(dst_fd, st.st_uid, st.st_gid)
+    _xattrs(src_fd, dst_fd)
+    os.fchmod(dst_fd, stat.S_IMODE(st.st_mode))
+    os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+class _Copier:
+    def __init__(self, dst_root: int) -> None:
+        self.dst_root = dst_root
+        self.links: dict[tuple[int, int], str] = {}  # a hard-linked source -> its first copy
+        self.count = 0
+        self.pause = float(os.environ.get(PAUSE_ENV) or 0)
+
+    def tree(self, src: int, dst: int, relative: str = "") -> int:
+        """Copy the entries of directory `src` into directory `dst` (depth first)."""
+        with os.scandir(src) as listing:
+            entries = [(e.name, e.stat(follow_symlinks=False)) for e in listing]
+        for name, st in entries:
+            path = f"{relative}{name}"
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                os.mkdir(name, 0o700, dir_fd=dst)
+                child_src = os.open(name, _DIR_FLAGS, dir_fd=src)
+                try:
+                    child_dst = os.open(name, _DIR_FLAGS, dir_fd=dst)
+                    try:
+                        self.tree(child_src, child_dst, path + "/")
+                        _metadata(child_src, child_dst, st)
+                    finally:
+                        os.close(child_dst)
+                finally:
+                    os.close(child_src)
+            elif (first := self._linked(st)) is not None:
+                os.link(first, name, src_dir_fd=self.dst_root, dst_dir_fd=dst,
+                        follow_symlinks=False)  # fmt: skip
+            elif stat.S_ISREG(mode):
+                self._file(src, dst, name, st)
+                if st.st_nlink > 1:
+                    self.links[(st.st_dev, st.st_ino)] = path
+            elif stat.S_ISLNK(mode):
+                os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+                os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
+                os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst,
+                         follow_symlinks=False)  # fmt: skip
+            else:  # devices, fifos, sockets: made as they are (a node grants nothing itself)
+                os.mknod(name, mode, st.st_rdev, dir_fd=dst)
+                os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
+                os.chmod(name, stat.S_IMODE(mode), dir_fd=dst)
+                os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst,
+                         follow_symlinks=False)  # fmt: skip
+                if st.st_nlink > 1:
+                    self.links[(st.st_dev, st.st_ino)] = path
+            self.count += 1
+            if self.pause:
+                time.sleep(self.pause)
+        return self.count
+
+    def _linked(self, st: os.stat_result) -> str | None:
+        """The copy of an earlier hard link to the same inode, if any (directories and
+        symlinks are copied, never linked)."""
+        if st.st_nlink < 2 or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            return None
+        return self.links.get((st.st_dev, st.st_ino))
+
+    @staticmethod
+    def _file(src: int, dst: int, name: str, st: os.stat_result) -> None:
+        sfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
+        try:
+            dfd = os.open(
+                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                dir_fd=dst,
+            )  # fmt: skip
+            try:
+                offset = 0
+                while offset < st.st_size:
+                    sent = os.sendfile(dfd, sfd, offset, st.st_size - offset)
+                    if sent == 0:
+                        break  # the file shrank meanwhile
+                    offset += sent
+                _metadata(sfd, dfd, st)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
