@@ -4,7 +4,8 @@ The script is made by shtab (imported only here) from the argparse tree, so ever
 subcommand and option completes without a hand-kept list. Arguments that name containers or
 images complete with the names ctrd has, through the unlisted `ctrctl __names` command
 (it honours CTRD_ADDRESS and CTRD_NAMESPACE); those naming networks with the namespace's
-networks.
+networks, those naming volumes (`volume inspect|rm`) with its volumes, `--volumes-from` with
+its containers.
 
     source <(ctrctl completion bash)
     ctrctl completion bash > /etc/bash_completion.d/ctrctl
@@ -22,16 +23,19 @@ if TYPE_CHECKING:
 CONTAINER_ARGS = frozenset({"container", "containers"})
 IMAGE_ARGS = frozenset({"image", "images", "source"})
 NETWORK_ARGS = frozenset({"network", "networks"})
+VOLUME_ARGS = frozenset({"volumes"})  # positionals only: `rm -v` is a flag of that name
 
 BASH_PREAMBLE = """
 _ctrctl_containers() { compgen -W "$(ctrctl __names containers 2>/dev/null)" -- "$1"; }
 _ctrctl_images() { compgen -W "$(ctrctl __names images 2>/dev/null)" -- "$1"; }
 _ctrctl_networks() { compgen -W "$(ctrctl __names networks 2>/dev/null)" -- "$1"; }
+_ctrctl_volumes() { compgen -W "$(ctrctl __names volumes 2>/dev/null)" -- "$1"; }
 """
 ZSH_PREAMBLE = """
 _ctrctl_containers() { compadd -- ${(f)"$(ctrctl __names containers 2>/dev/null)"}; }
 _ctrctl_images() { compadd -- ${(f)"$(ctrctl __names images 2>/dev/null)"}; }
 _ctrctl_networks() { compadd -- ${(f)"$(ctrctl __names networks 2>/dev/null)"}; }
+_ctrctl_volumes() { compadd -- ${(f)"$(ctrctl __names volumes 2>/dev/null)"}; }
 """
 
 
@@ -45,7 +49,7 @@ def add_parsers(commands: Any) -> None:
     completion.add_argument("shell", choices=["bash", "zsh"])
     completion.set_defaults(handler="ctl.completion:run")
     names = commands.add_parser("__names")  # no help: unlisted, for the scripts only
-    names.add_argument("kind", choices=["containers", "images", "networks"])
+    names.add_argument("kind", choices=["containers", "images", "networks", "volumes"])
     names.set_defaults(handler="ctl.completion:names+client")
 
 
@@ -66,10 +70,14 @@ def _mark(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for sub in dict.fromkeys(action.choices.values()):
                 _mark(sub)
-        elif not action.option_strings and action.dest in CONTAINER_ARGS:
+        elif action.dest == "volumes_from" or (
+            not action.option_strings and action.dest in CONTAINER_ARGS
+        ):
             action.complete = {"bash": "_ctrctl_containers", "zsh": "_ctrctl_containers"}  # type: ignore[attr-defined]
         elif not action.option_strings and action.dest in IMAGE_ARGS:
             action.complete = {"bash": "_ctrctl_images", "zsh": "_ctrctl_images"}  # type: ignore[attr-defined]
+        elif not action.option_strings and action.dest in VOLUME_ARGS:
+            action.complete = {"bash": "_ctrctl_volumes", "zsh": "_ctrctl_volumes"}  # type: ignore[attr-defined]
         elif action.dest in NETWORK_ARGS:  # `network connect NETWORK` and `run --network`
             action.complete = {"bash": "_ctrctl_networks", "zsh": "_ctrctl_networks"}  # type: ignore[attr-defined]
 
@@ -86,6 +94,10 @@ def names(client: Client, args: argparse.Namespace) -> int:
         from ctl.networks import list_names
 
         found = list_names(client)
+    elif args.kind == "volumes":
+        from ctl.volumes import list_names as volume_names
+
+        found = volume_names(client)
     else:
         from ctl.images import familiar
 

@@ -5,13 +5,15 @@ namespace, its plugins: runtimes and snapshotters) and reads the host's facts (k
 CPUs, memory, cgroups) locally: ctrctl reaches ctrd through a unix socket, so both run on
 the same machine.
 
-`df` counts four kinds of things in the current namespace:
+`df` counts five kinds of things in the current namespace:
 
 - Images: SIZE is what they hold on disk, each blob and snapshot counted once however many
   images share it (their content blobs and their layers' unpacked snapshots); ACTIVE images
   are used by a container; RECLAIMABLE is what removing the unused ones would free.
 - Containers: SIZE is their writable layers (snapshot usage); ACTIVE ones have a running or
   paused task; RECLAIMABLE is the size of the others.
+- Local Volumes: docker's row; ACTIVE volumes are named by a container (running or not);
+  RECLAIMABLE is what the others hold (a volume with driver options has no size, as in docker).
 - Content: every blob of the content store; ACTIVE blobs belong to an image; RECLAIMABLE is
   what no image holds (the garbage collector takes it unless a lease or label keeps it).
 - Snapshots: every snapshot of the default snapshotter; ACTIVE ones belong to an image or a
@@ -169,6 +171,7 @@ def usage_report(client: Client) -> list[dict[str, Any]]:
             containers_size,
             sum(s for active, s in container_rows if not active),
         ),
+        _volumes_row(client),
         _row(
             "Content",
             len(blobs),
@@ -184,6 +187,13 @@ def usage_report(client: Client) -> list[dict[str, Any]]:
             sum(s for k, s in snapshots.items() if k not in snapshot_active),
         ),
     ]
+
+
+def _volumes_row(client: Client) -> dict[str, Any]:
+    """docker's "Local Volumes" row (ctl.volumes)."""
+    from ctl.volumes import usage_row
+
+    return usage_row(client)
 
 
 def _row(kind: str, total: int, active: int, size: int, reclaimable: int) -> dict[str, Any]:
