@@ -1,5 +1,6 @@
-"""ctrd's nftables table: what the renderer writes for a few models, and that nft's own parser
-accepts it (libnftables in dry-run mode, which changes nothing in the kernel)."""
+"""ctrd's nftables table: what the renderer writes for a few models, the element commands that
+turn one model's table into another's, and that nft's own parser accepts the table
+(libnftables in dry-run mode, which changes nothing in the kernel)."""
 
 from __future__ import annotations
 
