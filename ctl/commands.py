@@ -108,9 +108,17 @@ def run_options(args: argparse.Namespace) -> oci.RunOptions:
         privileged=args.privileged,
         stop_signal=args.stop_signal or "",
         stop_timeout=args.stop_timeout,
+        restart=_restartopts().checked(args),  # the ctrd.io/restart label, docker's rules
         health=healthopts.from_args(args),  # the container's own Healthcheck (docker's form)
         security=secopts.from_args(args),  # docker's safe defaults, tuned by the flags
     )
+
+
+def _restartopts() -> Any:
+    """ctl.restartopts, imported by the commands that use it."""
+    from ctl import restartopts
+
+    return restartopts
 
 
 def _network_options(client: Client, args: argparse.Namespace) -> oci.RunOptions:
@@ -431,6 +439,7 @@ def _forward_signals(client: Client, cid: str) -> Any:
 def cmd_start(client: Client, args: argparse.Namespace) -> int:
     for name in args.containers:
         cid = client.resolve(name)
+        _restartopts().clear_stopped(client, cid)  # its restart policy applies again
         task = client.task(cid)
         if task is not None and task.status in (task_types.RUNNING, task_types.PAUSED):
             print(name)  # already started: nothing to do, as docker's
@@ -553,6 +562,7 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
         key=lambda c: (c.created_at.seconds, c.created_at.nanos),
         reverse=True,  # the newest first, as docker lists them
     )
+    restarts = _restart_states(client, containers)
     for container in containers[:last] if last > 0 else containers:
         task = tasks.get(container.id)
         if not everything and (task is None or task.status == task_types.STOPPED):
@@ -571,6 +581,8 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
                 )
             ),
         }  # fmt: skip
+        if (restart := _restartopts().status(restarts.get(container.id), task, now)) is not None:
+            row["state"], row["status"] = restart  # Restarting (1) 2 seconds ago
         if not _ps_matches(row, container.labels, filters):
             continue
         row["createdSince"] = ago(container.created_at.seconds, now)
@@ -590,6 +602,14 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
             shrink=(1, 2, 5),
         )  # fmt: skip
     return 0
+
+
+def _restart_states(client: Client, containers: Sequence[Any], cid: str = "") -> dict[str, Any]:
+    """The daemon's restart states (one call), when a container has a restart policy."""
+    restartopts = _restartopts()
+    if not any(restartopts.has_policy(c.labels) for c in containers):
+        return {}
+    return dict(restartopts.states(client, cid))
 
 
 def _endpoints(client: Client, cid: str = "") -> list[Any]:
@@ -696,14 +716,15 @@ def cmd_stop(client: Client, args: argparse.Namespace) -> int:
 def _stop(client: Client, cid: str, timeout: float | None) -> None:
     """The container's stop signal, then SIGKILL after `timeout` seconds (None: the
     container's own stop timeout, 10 s by default; negative: no SIGKILL), as dockerd stops a
-    container; returns once it is dead."""
+    container; returns once it is dead. A restart policy is told first (ctl.restartopts)."""
+    container = client.containers.Get(_get(cid), metadata=client.md).container
+    _restartopts().mark_stopped(client, container)  # before the task is looked at
     task = client.task(cid)
     if task is None or task.status not in (task_types.RUNNING, task_types.PAUSED):
         return
     waiter = client.tasks.Wait.future(tpb.WaitRequest(container_id=cid), metadata=client.md)
     if task.status == task_types.PAUSED:
         client.tasks.Resume(tpb.ResumeTaskRequest(container_id=cid), metadata=client.md)
-    container = client.containers.Get(_get(cid), metadata=client.md).container
     sig, own_timeout = oci.stop_settings(container.labels)
     timeout = own_timeout if timeout is None else timeout
     _kill(client, cid, sig, all_=False)
@@ -718,6 +739,7 @@ def cmd_restart(client: Client, args: argparse.Namespace) -> int:
     for name in args.containers:
         cid = client.resolve(name)
         _stop(client, cid, args.time)
+        _restartopts().clear_stopped(client, cid)
         _new_task(client, cid, client.task(cid))
         client.tasks.Start(tpb.StartRequest(container_id=cid), metadata=client.md)
         print(name)
@@ -736,6 +758,9 @@ def cmd_kill(client: Client, args: argparse.Namespace) -> int:
     number = oci.parse_signal(args.signal)
     for name in args.containers:
         cid = client.resolve(name)
+        container = client.containers.Get(_get(cid), metadata=client.md).container
+        if number in (int(signal.SIGKILL), oci.stop_settings(container.labels)[0]):
+            _restartopts().mark_stopped(client, container)  # docker: not restarted after it
         client.tasks.Kill(tpb.KillRequest(container_id=cid, signal=number), metadata=client.md)
         print(name)
     return 0
@@ -751,6 +776,8 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> int:
                     f"cannot remove running container {name}: stop it first, or use -f"
                 )
             waiter = client.tasks.Wait.future(tpb.WaitRequest(container_id=cid), metadata=client.md)
+            container = client.containers.Get(_get(cid), metadata=client.md).container
+            _restartopts().mark_stopped(client, container)  # not restarted under our feet
             _kill(client, cid, int(signal.SIGKILL), all_=True)
             waiter.result(timeout=30)
         _remove(client, cid, args.volumes, has_task=task is not None)
@@ -864,6 +891,8 @@ def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
                 "status": STATUS.get(task.status, "unknown"), "pid": task.pid,
                 "exitCode": task.exit_status,
             }  # fmt: skip
+        restarts = _restart_states(client, [container], cid)
+        _restartopts().inspect_fields(container.labels, restarts.get(cid), info)
         out.append(info)
     print(json.dumps(out, indent=2))
     return 0

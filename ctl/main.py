@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ctl.stats",
     "ctl.system",
     "ctl.groups",
+    "ctl.restartopts",
     "ctl.networks",
     "ctl.completion",
     "ctl.push",
@@ -47,6 +48,7 @@ COMMAND_HOMES: dict[str, str] = {
     **dict.fromkeys(("images", "rmi", "tag", "image"), "ctl.images"),
     **dict.fromkeys(("top", "stats"), "ctl.stats"),
     "system": "ctl.system",
+    "update": "ctl.restartopts",
     **dict.fromkeys(
         ("content", "snapshots", "snapshot", "leases", "namespaces", "namespace", "ns"),
         "ctl.groups",
@@ -299,6 +301,13 @@ def _run_options(command: argparse.ArgumentParser) -> None:
         type=int,
         metavar="SECONDS",
         help="how long `stop` waits before SIGKILL (default 10; -1: forever)",
+    )
+    add(
+        "--restart",
+        default="no",
+        metavar="POLICY",
+        help="no, always, unless-stopped, on-failure[:N]: ctrd starts the container again"
+        " when it exits (docker's rules)",
     )
     add(
         "--pull",

@@ -118,6 +118,7 @@ _MAX_ID = 2**31 - 1  # runc's libcontainer/user: ids go from 0 to MaxInt32
 NO_COMMAND = "No command specified"  # dockerd's words
 STOP_SIGNAL_LABEL = "io.containerd.image.config.stop-signal"  # containerd's (WithImageStopSignal)
 STOP_TIMEOUT_LABEL = "ctrctl.stop-timeout"
+RESTART_LABEL = "ctrd.io/restart"  # the daemon's restart policies (supervisor.restart)
 DEFAULT_STOP_SIGNAL = "SIGTERM"
 DEFAULT_STOP_TIMEOUT = 10  # seconds, as dockerd's
 
@@ -151,6 +152,7 @@ class RunOptions:
     annotations: Mapping[str, str] = field(default_factory=dict)
     stop_signal: str = ""  # kept in a label (container_labels), not in the spec
     stop_timeout: int | None = None  # seconds; kept in a label too
+    restart: str = ""  # docker's --restart, checked (ctl.restartopts): the ctrd.io/restart label
     # --health-*: docker's Healthcheck of the container, merged with the image's into a label
     health: Mapping[str, Any] | None = None
     # seccomp, capabilities, devices, ulimits, --init...: ctl.secopts (default: ctr's spec)
@@ -368,6 +370,8 @@ def container_labels(image_config: Mapping[str, Any], options: RunOptions) -> di
     labels = {STOP_SIGNAL_LABEL: signal_name or DEFAULT_STOP_SIGNAL}
     if options.stop_timeout is not None:
         labels[STOP_TIMEOUT_LABEL] = str(options.stop_timeout)
+    if options.restart:
+        labels[RESTART_LABEL] = options.restart
     flags = replace(options.net, network=options.network)
     shared = options.network.removeprefix(netopts.CONTAINER_PREFIX)
     labels.update(netopts.labels(flags, image_config, shared))

@@ -47,6 +47,7 @@ from supervisor.api.ctrd.services.health.v1 import health_pb2_grpc as ctrd_healt
 from supervisor.api.ctrd.services.images.v1 import pull_pb2_grpc, push_pb2_grpc
 from supervisor.api.ctrd.services.logs.v1 import logs_pb2_grpc
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2_grpc
+from supervisor.api.ctrd.services.restarts.v1 import restarts_pb2_grpc
 from supervisor.api.ctrd.services.volumes.v1 import volumes_pb2_grpc
 from supervisor.config import Config
 from supervisor.errors import FailedPrecondition
@@ -55,6 +56,9 @@ from supervisor.events import Exchange
 from supervisor.health.monitor import HealthMonitor
 from supervisor.metadata.containers import ContainerStore
 from supervisor.metadata.db import Database
+from supervisor.restart.launch import TaskLauncher
+from supervisor.restart.monitor import RestartMonitor
+from supervisor.restart.store import RestartStore
 from supervisor.runtime.manager import TaskManager
 from supervisor.services.logs import Logs, LogsService
 from supervisor.services.rpc import Deferred, Registrar
@@ -305,6 +309,7 @@ class Daemon:
     events: Exchange
     networks: Any = None  # the cached NetworkManager factory (built at first need)
     health: HealthMonitor | None = None  # the containers' health checks
+    restarts: RestartMonitor | None = None  # the containers' restart policies
 
     @classmethod
     async def start(cls, config: Config) -> Daemon:
@@ -430,6 +435,23 @@ class Daemon:
                 drivers=lambda: network_manager().drivers,
             )
 
+        tasks_service = TasksService(
+            tasks, containers, logs, network_manager, volumes=lambda: parts.volumes
+        )
+
+        async def snapshot_mounts(ns: str, snapshotter: str, key: str) -> Any:
+            return await parts.snapshots(ns, None, snapshotter).mounts(key)
+
+        restart_store = RestartStore(db)
+        restarts = RestartMonitor(
+            events, tasks, containers, restart_store, TaskLauncher(tasks_service, snapshot_mounts)
+        )
+
+        def restarts_service() -> Any:
+            from supervisor.services.restarts import RestartsService
+
+            return RestartsService(restart_store, restarts.restarting)
+
         def archive_service() -> Any:
             from supervisor.services.archive import ArchiveService
 
@@ -459,12 +481,7 @@ class Daemon:
                 introspection_pb2_grpc.add_IntrospectionServicer_to_server,
                 IntrospectionService(plugins(root, state), server_uuid(root)),
             ),
-            (
-                tasks_pb2_grpc.add_TasksServicer_to_server,
-                TasksService(
-                    tasks, containers, logs, network_manager, volumes=lambda: parts.volumes
-                ),
-            ),
+            (tasks_pb2_grpc.add_TasksServicer_to_server, tasks_service),
             (logs_pb2_grpc.add_LogsServicer_to_server, LogsService(logs, tasks.running)),
             (namespaces_pb2_grpc.add_NamespacesServicer_to_server, Deferred(namespaces_service)),
             (content_pb2_grpc.add_ContentServicer_to_server, Deferred(content_service)),
@@ -481,6 +498,7 @@ class Daemon:
             (volumes_pb2_grpc.add_VolumesServicer_to_server, Deferred(volumes_service)),
             (archive_pb2_grpc.add_ArchiveServicer_to_server, Deferred(archive_service)),
             (ctrd_health_pb2_grpc.add_HealthServicer_to_server, Deferred(health_service)),
+            (restarts_pb2_grpc.add_RestartsServicer_to_server, Deferred(restarts_service)),
         ]
         registrar = Registrar(server)
         for add, servicer in services:
@@ -499,9 +517,12 @@ class Daemon:
             await reconcile_networks(db, network_manager, tasks.exists)
             await reconcile_volumes(parts, tasks)
             await checks.start()  # follows task events; checks go on for running tasks
+            restarts.follow()  # exits from now on; those the load recovered are boot's
             await server.start()
             tasks.serving()
+            restarts.boot()  # containers to start again (after a reboot too)
         except BaseException:
+            await restarts.stop()
             await checks.stop()
             await server.stop(None)
             await db.close()
@@ -510,10 +531,15 @@ class Daemon:
             raise
         gc_task = asyncio.create_task(collect_later(parts, GC_STARTUP_DELAY), name="gc")
         log.info("ctrd_started", address=address, root=str(root), state=str(state), pid=os.getpid())
-        return cls(config, lock, db, server, gc_task, parts, tasks, events, network_manager, checks)
+        return cls(
+            config, lock, db, server, gc_task, parts, tasks, events, network_manager, checks,
+            restarts,
+        )  # fmt: skip
 
     async def stop(self) -> None:
         log.info("ctrd_stopping")
+        if self.restarts is not None:
+            await self.restarts.stop()  # no restart once the daemon stops (docker's rule)
         if self.health is not None:
             await self.health.stop()  # before the shims are let go: probes in flight deleted
         await self.tasks.stop()  # first: a Wait in flight fails with UNAVAILABLE

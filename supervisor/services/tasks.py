@@ -24,7 +24,7 @@ from supervisor.api.containerd.services.tasks.v1 import tasks_pb2_grpc as pb_grp
 from supervisor.api.containerd.types import metrics_pb2
 from supervisor.api.containerd.types.task import task_pb2 as types_pb
 from supervisor.events import pack
-from supervisor.metadata.containers import ContainerStore
+from supervisor.metadata.containers import Container, ContainerStore
 from supervisor.network.labels import wants_network
 from supervisor.runtime import shimnames
 from supervisor.runtime.manager import Exit, Task, TaskManager
@@ -140,17 +140,38 @@ class TasksService(pb_grpc.TasksServicer):
         container = await store.get(request.container_id)
         if request.checkpoint.digest:
             raise errors.Unimplemented("checkpoint restore needs CRIU, which is not installed")
+        mounts = [Mount(m.type, m.source, tuple(m.options)) for m in request.rootfs]
+        stdio = {
+            "stdin": request.stdin,
+            "stdout": request.stdout,
+            "stderr": request.stderr,
+            "terminal": request.terminal,
+        }
+        options = request.options if request.HasField("options") else None
+        task = await self.create_task(ns, container, mounts, stdio, options, request.runtime_path)
+        return pb.CreateTaskResponse(container_id=task.id, pid=task.pid)
+
+    async def create_task(
+        self,
+        ns: str,
+        container: Container,
+        mounts: list[Mount],
+        stdio: dict[str, Any],
+        options: any_pb2.Any | None = None,
+        runtime_path: str = "",
+    ) -> Task:
+        """What Create does once it has the container: also the restart policies' way to
+        start a container again (`supervisor.restart`), networks and logs alike."""
         if container.spec is None:
             raise errors.InvalidArgument(f'container "{container.id}" has no spec')
         if why := shimnames.problem(container.runtime_name):
             raise errors.Unknown(why)
         binary, runtime_root = _runc_options(
-            request.options if request.HasField("options") else None,
+            options,
             any_pb2.Any(type_url=container.runtime_options[0], value=container.runtime_options[1])
             if container.runtime_options
             else None,
         )
-        mounts = [Mount(m.type, m.source, tuple(m.options)) for m in request.rootfs]
         spec = container.spec[1]
         # A task that exists already keeps its network: the create below refuses in
         # containerd's words. Only what this call plugged in is released when it fails.
@@ -168,14 +189,16 @@ class TasksService(pb_grpc.TasksServicer):
                     ns, container.id, container.labels, spec, self._netns_of(ns)
                 )
                 prepared = True
-            task = await self._create(ns, container.id, spec, mounts, request, binary, runtime_root)
+            task = await self._create(
+                ns, container.id, spec, mounts, stdio, runtime_path or binary, runtime_root
+            )
         except BaseException:
             if networks is not None and prepared:
                 await networks.release(ns, container.id)
             if volumes is not None:
                 await volumes.release(ns, container.id)
             raise
-        return pb.CreateTaskResponse(container_id=task.id, pid=task.pid)
+        return task
 
     async def _create(
         self,
@@ -183,7 +206,7 @@ class TasksService(pb_grpc.TasksServicer):
         cid: str,
         spec: bytes,
         mounts: list[Mount],
-        request: pb.CreateTaskRequest,
+        stdio: dict[str, Any],
         binary: str,
         runtime_root: str,
     ) -> Task:
@@ -193,12 +216,12 @@ class TasksService(pb_grpc.TasksServicer):
             spec,
             mounts,
             {
-                "stdin": request.stdin,
-                "stdout": self._log_uri(ns, cid, request.stdout),
-                "stderr": self._log_uri(ns, cid, request.stderr),
-                "terminal": request.terminal,
+                "stdin": stdio["stdin"],
+                "stdout": self._log_uri(ns, cid, stdio["stdout"]),
+                "stderr": self._log_uri(ns, cid, stdio["stderr"]),
+                "terminal": stdio["terminal"],
             },
-            request.runtime_path or binary,
+            binary,
             runtime_root,
         )
 
@@ -270,14 +293,19 @@ class TasksService(pb_grpc.TasksServicer):
         ns = rpc.namespace(context)
         if not self._manager.exists(ns, request.container_id):
             await self._no_container(ns, request.container_id)
-        result = await self._manager.delete(ns, request.container_id)
-        await self._release_networks(ns, request.container_id)
-        await self._release_volumes(ns, request.container_id)
+        result = await self.delete_task(ns, request.container_id)
         return pb.DeleteResponse(  # no id: containerd's names none for a task
             pid=result["pid"],
             exit_status=result["exit_status"],
             exited_at=_timestamp(result["exited_at"]),
         )
+
+    async def delete_task(self, ns: str, cid: str) -> dict[str, Any]:
+        """What Delete does: the task, then its networks (restarts use it too)."""
+        result = await self._manager.delete(ns, cid)
+        await self._release_networks(ns, cid)
+        await self._release_volumes(ns, cid)
+        return result
 
     async def DeleteProcess(self, request: pb.DeleteProcessRequest, context: Context) -> Any:
         task = await self._task(context, request.container_id)

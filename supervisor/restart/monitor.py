@@ -1,0 +1,312 @@
+"""The restart monitor: acts on containers' task exits by their restart policies (the rules
+are the package's doc; the decisions `policy`'s; the table `store`'s).
+
+It follows `/tasks/start`, `/tasks/exit` and `/containers/delete` on the exchange, one event
+after the other: a start it did not cause is a user's (the count goes back to 0); a deleted
+container's row goes; an init's exit is decided at
+once, and a restart, when there is one, runs as a task of its own: the old task deleted, the
+new one created, the back-off waited out, the labels read again (a user's stop or a changed
+policy calls it off, and the task made for it is deleted), the start. `boot` is what the
+daemon's start does for the containers whose task is stopped or gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import structlog
+
+from supervisor import errors, filters
+from supervisor.api.containerd.events import container_pb2 as container_events
+from supervisor.api.containerd.events import task_pb2 as events_pb
+from supervisor.events import Exchange
+from supervisor.metadata.containers import Container, ContainerStore
+from supervisor.restart import policy
+from supervisor.restart.launch import Launcher
+from supervisor.restart.store import Record, RestartStore
+from supervisor.runtime.manager import Task, TaskManager
+
+log = structlog.get_logger("ctrd.restart")
+
+Key = tuple[str, str]  # namespace, container id
+UNKNOWN_EXIT = 255  # docker's exit code for a container found dead with no exit known
+TOPICS = ('topic=="/tasks/exit"', 'topic=="/tasks/start"', 'topic=="/containers/delete"')
+
+
+def _stopped(task: Task) -> bool:
+    return "" in task.exits or task.dead
+
+
+class RestartMonitor:
+    def __init__(
+        self,
+        exchange: Exchange,
+        tasks: TaskManager,
+        containers: Callable[[str], ContainerStore],
+        store: RestartStore,
+        launcher: Launcher,
+    ) -> None:
+        self._exchange = exchange
+        self._tasks = tasks
+        self._containers = containers
+        self._store = store
+        self._launcher = launcher
+        self._delays: dict[Key, float] = {}  # the last back-off per container (moby's timeout)
+        self._pending: dict[Key, asyncio.Task[None]] = {}  # restarts under way
+        self._own_starts: set[Key] = set()  # starts this monitor makes: not a user's
+        self._follower: asyncio.Task[None] | None = None
+        self._booting: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- life -------------------------------------------------------------------------------
+
+    def follow(self) -> None:
+        """Follow task events from now on (after the tasks were loaded: what the load
+        recovered is `boot`'s)."""
+        subscription = self._exchange.subscription(filters.parse_all(TOPICS))
+
+        async def run() -> None:
+            try:
+                while True:
+                    item = await subscription.queue.get()
+                    if item is None:  # dropped for being too slow: follow again
+                        log.warning("restart_events_dropped")
+                        self._exchange.unsubscribe(subscription)
+                        self.follow()
+                        return
+                    await self._event(item.envelope.namespace, item.envelope.topic,
+                                      item.envelope.event.value)  # fmt: skip
+            finally:
+                self._exchange.unsubscribe(subscription)
+
+        self._follower = asyncio.create_task(run(), name="restart-monitor")
+
+    def boot(self) -> None:
+        """In the background: what a daemon's start does (see the package's doc)."""
+        self._booting = asyncio.create_task(self._boot(), name="restart-boot")
+
+    async def stop(self) -> None:
+        """Stop following and call off the restarts under way (the daemon stops: docker does
+        not restart what exits while it shuts down; a task made and not started yet is
+        started again at the next start, by `boot`)."""
+        self._stopping = True
+        for job in [self._follower, self._booting, *self._pending.values()]:
+            if job is not None:
+                job.cancel()
+        for job in [self._follower, self._booting, *self._pending.values()]:
+            if job is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await job
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def _event(self, ns: str, topic: str, payload: bytes) -> None:
+        try:
+            if topic == "/tasks/start":
+                start = events_pb.TaskStart.FromString(payload)
+                await self._started(ns, start.container_id)
+            elif topic == "/containers/delete":
+                deleted = container_events.ContainerDelete.FromString(payload)
+                self._delays.pop((ns, deleted.id), None)
+                await self._store.delete(ns, deleted.id)
+            else:
+                exit_ = events_pb.TaskExit.FromString(payload)
+                if exit_.id == exit_.container_id:  # the init's, not an exec's
+                    await self._exited(
+                        ns, exit_.container_id, exit_.exit_status, exit_.exited_at.ToNanoseconds()
+                    )
+        except Exception:
+            log.exception("restart_event_failed", ns=ns, topic=topic)
+
+    async def _container(self, ns: str, cid: str) -> Container | None:
+        try:
+            return await self._containers(ns).get(cid)
+        except errors.NotFound:
+            return None
+
+    def _stdio(self, ns: str, cid: str, record: Record) -> Record:
+        """The record with the stdio the container's task has now (if it has one)."""
+        try:
+            io = self._tasks.get(ns, cid).io
+        except errors.NotFound:
+            return record
+        return replace(
+            record,
+            log=bool(io.get("stdout") or io.get("stderr")),
+            terminal=bool(io.get("terminal")),
+        )
+
+    async def _started(self, ns: str, cid: str) -> None:
+        key = (ns, cid)
+        if key in self._own_starts:
+            self._own_starts.discard(key)
+            return
+        container = await self._container(ns, cid)
+        if container is None or policy.of(container.labels).none:
+            return
+        # A user's start: docker's containerStart(reset=true) makes a new restart manager.
+        self._delays.pop(key, None)
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            pending.cancel()
+        record = await self._store.get(ns, cid) or Record()
+        record = replace(record, count=0, started_at=time.time_ns(), restart_at=0)
+        await self._store.put(ns, cid, self._stdio(ns, cid, record))
+
+    async def _exited(self, ns: str, cid: str, status: int, at: int) -> None:
+        key = (ns, cid)
+        pending = self._pending.pop(key, None)
+        if pending is not None:  # the task made for a restart was killed before it started
+            pending.cancel()
+        container, record = await asyncio.gather(self._container(ns, cid), self._store.get(ns, cid))
+        if container is None:
+            return
+        chosen = policy.of(container.labels)
+        if chosen.none and record is None:
+            return
+        record = record or Record()
+        stopped_by_user = policy.manually_stopped(container.labels)
+        ran_for = (at - record.started_at) / 1e9 if record.started_at else policy.GOOD_RUN
+        delay = policy.next_delay(self._delays.get(key, 0.0), ran_for)
+        self._delays[key] = delay
+        restart = (
+            not self._stopping
+            and not stopped_by_user
+            and policy.should_restart(chosen, status, stopped_by_user, record.count)
+        )
+        record = replace(record, exit_status=status, exited_at=at, restart_at=0)
+        if not restart:
+            await self._store.put(ns, cid, record)
+            return
+        restart_at = at + int(delay * 1e9)
+        record = replace(record, count=record.count + 1, restart_at=restart_at)
+        log.info(
+            "restart_scheduled", ns=ns, id=cid, count=record.count, exit_status=status,
+            exited_at=at, ms=round(delay * 1000),
+        )  # fmt: skip
+        self._schedule(ns, container, record)
+
+    def _schedule(self, ns: str, container: Container, record: Record) -> None:
+        key = (ns, container.id)
+        job = asyncio.create_task(self._restart(ns, container, record), name=f"restart {key}")
+        self._pending[key] = job
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if self._pending.get(key) is finished:
+                del self._pending[key]
+
+        job.add_done_callback(done)
+
+    # -- restarting -------------------------------------------------------------------------
+
+    async def _restart(self, ns: str, container: Container, record: Record) -> None:
+        """Delete the old task, make the new one, wait until `record.restart_at`, start it
+        unless the user stopped the container or its policy changed meanwhile."""
+        cid = container.id
+        record = self._stdio(ns, cid, record)
+        try:
+            await asyncio.gather(self._store.put(ns, cid, record), self._delete(ns, cid))
+            task = await self._launcher.create(ns, container, record.log, record.terminal)
+            wait = (record.restart_at - time.time_ns()) / 1e9
+            if wait > 0:
+                await asyncio.sleep(wait)
+            current = await self._container(ns, cid)
+            if current is None:
+                return
+            if policy.manually_stopped(current.labels) or policy.of(current.labels).none:
+                log.info("restart_called_off", ns=ns, id=cid)
+                await self._delete(ns, cid)
+                await self._store.put(ns, cid, replace(record, restart_at=0))
+                return
+            self._own_starts.add((ns, cid))
+            try:
+                await task.call_seen("start", {"exec_id": ""})
+            except BaseException:
+                self._own_starts.discard((ns, cid))
+                raise
+            started = time.time_ns()
+            await self._store.put(ns, cid, replace(record, started_at=started, restart_at=0))
+            log.info(
+                "container_restarted", ns=ns, id=cid, count=record.count, pid=task.pid,
+                started_at=started,
+            )  # fmt: skip
+            await self._stop_if_asked(ns, task)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("restart_failed", ns=ns, id=cid, error=str(e))
+            with contextlib.suppress(Exception):
+                await self._store.put(ns, cid, replace(record, restart_at=0))
+
+    async def _stop_if_asked(self, ns: str, task: Task) -> None:
+        """A user's stop that came while the task was being started found no running task
+        to signal (ctrctl reads the task's state after it writes the label): it is done."""
+        current = await self._container(ns, task.id)
+        if current is not None and policy.manually_stopped(current.labels):
+            with contextlib.suppress(errors.CtrdError):
+                await task.call("kill", {"exec_id": "", "signal": 9, "all": False})
+
+    async def _delete(self, ns: str, cid: str) -> None:
+        """The container's task, if it has one (deleted by someone else: fine)."""
+        if self._tasks.exists(ns, cid):
+            with contextlib.suppress(errors.NotFound):
+                await self._launcher.delete(ns, cid)
+
+    # -- the daemon's start -----------------------------------------------------------------
+
+    async def _boot(self) -> None:
+        try:
+            await self._store.keep_only()
+            for ns in await self._store.namespaces():
+                containers = await self._containers(ns).list()
+                records = await self._store.list(ns)
+                for container in containers:
+                    record = records.get(container.id)
+                    if record is not None and record.started_at:  # docker: started before
+                        await self._boot_one(ns, container, record)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("restart_boot_failed")
+
+    async def _boot_one(self, ns: str, container: Container, record: Record) -> None:
+        chosen = policy.of(container.labels)
+        if chosen.none:
+            return
+        cid = container.id
+        status = record.exit_status if record.exited_at else UNKNOWN_EXIT
+        exited_at = record.exited_at
+        if self._tasks.exists(ns, cid):
+            task = self._tasks.get(ns, cid)
+            ours = task.status == "created" and record.restart_at  # a restart cut short
+            if not _stopped(task) and not ours:
+                return  # alive: its exit is acted on when it comes
+            exit_ = task.exits.get("")
+            if exit_ is not None:
+                status, exited_at = exit_.status, exit_.at
+        stopped_by_user = policy.manually_stopped(container.labels)
+        if not policy.should_restart(chosen, status, stopped_by_user, record.count):
+            await self._store.put(
+                ns, cid, replace(record, exit_status=status, exited_at=exited_at, restart_at=0)
+            )
+            return
+        if stopped_by_user:  # docker's start at boot: no longer stopped by the user
+            await self._containers(ns).update(
+                replace(container, labels={policy.STOPPED_LABEL: ""}),
+                [f"labels.{policy.STOPPED_LABEL}"],
+            )
+            container = await self._containers(ns).get(cid)
+        log.info("restart_at_boot", ns=ns, id=cid, policy=str(chosen), exit_status=status)
+        record = replace(
+            record, count=0, exit_status=status, exited_at=exited_at, restart_at=time.time_ns()
+        )
+        self._schedule(ns, container, record)
+
+    # -- what the service shows -------------------------------------------------------------
+
+    def restarting(self, ns: str, cid: str) -> bool:
+        return (ns, cid) in self._pending
