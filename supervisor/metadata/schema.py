@@ -189,6 +189,26 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (namespace, name)
     ) WITHOUT ROWID;
     """,
+    # Restart policies (`supervisor.restart`): what the daemon keeps of a container whose label
+    # asks for one: restarts since the user last started it, its task's last start and exit
+    # (ns since the epoch; 0: none), when a pending restart starts it (0: none pending), and
+    # the stdio its task had (a restarted task gets the same). No foreign key: a container's
+    # Update replaces its row, which would cascade; the monitor deletes the row with its
+    # container (`/containers/delete`), and at start those of containers that are gone.
+    """
+    CREATE TABLE restarts (
+        namespace TEXT NOT NULL,
+        container TEXT NOT NULL,
+        count INTEGER NOT NULL DEFAULT 0,
+        started_at INTEGER NOT NULL DEFAULT 0,
+        exit_status INTEGER NOT NULL DEFAULT 0,
+        exited_at INTEGER NOT NULL DEFAULT 0,
+        restart_at INTEGER NOT NULL DEFAULT 0,
+        log INTEGER NOT NULL DEFAULT 1,
+        terminal INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (namespace, container)
+    ) WITHOUT ROWID;
+    """,
 )
 
 # The objects whose presence keeps a namespace from being deleted, as (table, what to call them
