@@ -547,7 +547,7 @@ def _ps_matches(row: dict[str, Any], labels: Any, filters: dict[str, list[str]])
 
 
 def cmd_ps(client: Client, args: argparse.Namespace) -> int:
-    from ctl import netview
+    from ctl import healthview, netview
     from ctl.table import ago, table
 
     now = time.time()
@@ -563,6 +563,7 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
         reverse=True,  # the newest first, as docker lists them
     )
     restarts = _restart_states(client, containers)
+    health = healthview.all_health(client, containers)  # one call, when a check is asked for
     for container in containers[:last] if last > 0 else containers:
         task = tasks.get(container.id)
         if not everything and (task is None or task.status == task_types.STOPPED):
@@ -583,6 +584,8 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
         }  # fmt: skip
         if (restart := _restartopts().status(restarts.get(container.id), task, now)) is not None:
             row["state"], row["status"] = restart  # Restarting (1) 2 seconds ago
+        if task is not None and task.status == task_types.RUNNING:
+            row["status"] += healthview.status_suffix(health.get(container.id))
         if not _ps_matches(row, container.labels, filters):
             continue
         row["createdSince"] = ago(container.created_at.seconds, now)
@@ -854,7 +857,7 @@ def cmd_exec(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
-    from ctl import netview
+    from ctl import healthview, netview
     from supervisor import anys
 
     out: list[dict[str, Any]] = []
@@ -886,6 +889,7 @@ def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
             container.labels, _endpoints(client, cid) if _live(task) else [],
             _host_network(container),
         )  # fmt: skip
+        healthview.inspect_fields(client, cid, container.labels, info)  # Config/State health
         if task is not None:
             info["state"] = {
                 "status": STATUS.get(task.status, "unknown"), "pid": task.pid,

@@ -73,8 +73,7 @@ class HealthMonitor:
     async def stop(self) -> None:
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await asyncio.wait({self._runner})
         await asyncio.gather(*(self._stop(key) for key in list(self._checkers)))
 
     def checking(self, namespace: str, cid: str) -> bool:
@@ -154,11 +153,12 @@ class HealthMonitor:
         checker.add_done_callback(done)
 
     async def _stop(self, key: Key) -> None:
+        """Cancel the container's checker and wait for its end (a probe in flight deleted);
+        `asyncio.wait`, not `await`: the caller's own cancellation must not be swallowed."""
         checker = self._checkers.pop(key, None)
         if checker is not None:
             checker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await checker
+            await asyncio.wait({checker})
 
     async def _check(self, key: Key, config: HealthConfig, resumed: bool) -> None:
         try:

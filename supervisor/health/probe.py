@@ -156,7 +156,10 @@ async def _cleanup(task: Task, exec_id: str) -> None:
     """A probe given up (timed out, failed, or its run cancelled): killed if it still runs,
     then deleted from the shim."""
     async with asyncio.timeout(CLEANUP_TIMEOUT):
-        if exec_id not in task.exits and exec_id not in task.unstarted:
+        # Once the init has exited, every exec that ran has its exit (the shim announces
+        # them first): only one that never started has none, and never will.
+        ended = exec_id in task.exits or exec_id in task.unstarted or "" in task.exits
+        if not ended and not task.deleting:
             await _kill(task, exec_id)
         try:
             await _delete(task, exec_id)
