@@ -34,6 +34,7 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from supervisor.archive import paths
 from supervisor.archive.resolve import Root
 from supervisor.diff.tarformat import (
     BLOCKDEV,
@@ -151,7 +152,7 @@ class _Unpacker:
         name = self._options.rename(h.name) if self._options.rename else h.name
         rel = clean_name(name)
         if rel is None:
-            shown = _show(name.rstrip(b"/") or name)
+            shown = paths.clean(_show(name))  # docker cleans the name first
             raise UnpackError(f'"{shown}" is outside of "{_show(self._dest)}"')
         if h.type not in _KNOWN:
             raise UnpackError(f"unhandled tar header type {h.type[0] if h.type else 0}")
@@ -256,15 +257,13 @@ class _Unpacker:
     def _hardlink(self, parent: int, base: bytes, h: Header) -> None:
         name = self._options.rename(h.linkname) if self._options.rename else h.linkname
         rel = clean_name(name)
-        target = _join(self._dest, rel) if rel is not None else b""
         if not rel:
+            target = _lexical(self._dest + b"/" + name)  # docker's Join(dest, linkname)
             raise UnpackError(f'invalid hardlink "{_show(target)}" -> "{_show(h.linkname)}"')
         source_rel, _, source_base = rel.rpartition(b"/")
         source = self._dir(_join(self._dest, source_rel), create=False)
         os.link(source_base, base, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
-        owner = self._owner(h)
-        if owner is not None:
-            os.chown(base, *owner, dir_fd=parent, follow_symlinks=False)
+        self._metadata(parent, base, h, chmod=True)  # docker: lchown, then chmod unless a link
 
     def _node(self, parent: int, base: bytes, h: Header) -> None:
         os.mknod(base, _NODES[h.type] | 0o600, os.makedev(h.devmajor, h.devminor), dir_fd=parent)
@@ -298,7 +297,7 @@ class _Unpacker:
 
     def _remove(self, parent: int, base: bytes, existing: os.stat_result) -> None:
         if stat.S_ISDIR(existing.st_mode):
-            self._forget()
+            self._forget_below(parent)
             shutil.rmtree(base, dir_fd=parent)  # fd-based, never follows a symlink
         else:
             if stat.S_ISLNK(existing.st_mode):

@@ -6,9 +6,11 @@ must never reach the host (a container's `/escape -> /` and `../../..` symlinks,
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +110,118 @@ def test_cp_streams_tar_on_stdout_and_from_stdin(ctrd, busybox_image):
     assert sh(ctrd, "box", "cat /data/in/new") == "new\n"
     onto_file = ctrctl(ctrd, "cp", "-", "box:/data/d/one", input=buffer.getvalue(), check=False)
     assert onto_file.stderr == b'destination "box:/data/d/one" must be a directory\n'
+
+
+def test_cp_with_stopped_containers_sees_their_snapshot_and_bind_mounts(
+    ctrd, busybox_image, short_tmp
+):
+    ref = pull(ctrd, busybox_image)
+    shared = short_tmp / "shared"
+    shared.mkdir()
+    (shared / "on-host").write_text("through the bind\n")
+    ctrctl(ctrd, "run", "--name", "done", "-v", f"{shared}:/mnt", ref, "sh", "-c",
+           "echo made > /made && ln -s / /escape")  # fmt: skip
+    out = short_tmp / "out"
+    out.mkdir()
+    ctrctl(ctrd, "cp", "done:/made", str(out))
+    ctrctl(ctrd, "cp", "done:/mnt/on-host", str(out))
+    assert (out / "made").read_text() == "made\n"
+    assert (out / "on-host").read_text() == "through the bind\n"
+    (out / "back").write_text("back\n")
+    ctrctl(ctrd, "cp", str(out / "back"), "done:/mnt/")  # into the bind: the host sees it
+    assert (shared / "back").read_text() == "back\n"
+    escaped = ctrctl(ctrd, "cp", f"done:/escape{shared}/on-host", str(out / "x"), check=False)
+    assert (
+        escaped.stderr.decode() == f"Error: No such container:path: done:/escape{shared}/on-host\n"
+    )
+    # a container never started: what cp writes into its snapshot is what it starts with
+    ctrctl(ctrd, "create", "--name", "fresh", ref, "sleep", "1000")
+    ctrctl(ctrd, "cp", str(out / "back"), "fresh:/etc/")
+    ctrctl(ctrd, "start", "fresh")
+    assert sh(ctrd, "fresh", "cat /etc/back") == "back\n"
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert "/archive-" not in mounts  # every view was unmounted
+    assert not list((Path(ctrd.root) / "tmpmounts").glob("archive-*"))
+
+
+def test_cp_a_gives_the_containers_user_and_L_follows_links(ctrd, busybox_image, short_tmp):
+    ref = pull(ctrd, busybox_image)
+    started(ctrd, ref, "owned", "-u", "1234:1235")
+    local = short_tmp / "local"
+    local.mkdir()
+    (local / "f").write_text("f\n")
+    os.chown(local / "f", 4321, 4322)
+    os.symlink("f", local / "link")
+    ctrctl(ctrd, "cp", str(local / "f"), "owned:/tmp/plain")
+    ctrctl(ctrd, "cp", "-a", str(local / "f"), "owned:/tmp/archived")
+    ctrctl(ctrd, "cp", str(local / "link"), "owned:/tmp/")
+    ctrctl(ctrd, "cp", str(local / "f"), "owned:/tmp/")  # the link's target
+    ctrctl(ctrd, "cp", "-L", str(local / "link"), "owned:/tmp/followed")
+    seen = sh(ctrd, "owned", "cd /tmp && stat -c '%n %u:%g %F' plain archived link followed")
+    assert seen.splitlines() == [
+        "plain 4321:4322 regular file",  # docker: the tar's owner, without -a
+        "archived 1234:1235 regular file",
+        f"link {os.getuid()}:{os.getgid()} symbolic link",  # as the local link is owned
+        "followed 4321:4322 regular file",
+    ]
+    out = short_tmp / "out"
+    out.mkdir()
+    ctrctl(ctrd, "cp", "owned:/tmp/link", str(out / "as-link"))
+    ctrctl(ctrd, "cp", "-L", "owned:/tmp/link", str(out / "as-file"))
+    assert os.readlink(out / "as-link") == "f"
+    assert (out / "as-file").read_text() == "f\n"
+    assert not (out / "as-file").is_symlink()
+    assert (out / "as-file").stat().st_uid == os.getuid()  # docker's CLI never chowns locally
+
+
+def test_cp_never_reads_or_writes_the_host_through_container_symlinks(
+    ctrd, busybox_image, short_tmp
+):
+    ref = pull(ctrd, busybox_image)
+    started(ctrd, ref, "esc")
+    sh(ctrd, "esc", "ln -s / /escape && mkdir -p /a/b && ln -s ../../.. /a/b/up")
+    victim = short_tmp / "victim"
+    victim.mkdir()
+    (victim / "secret").write_text("host secret\n")
+    probe = short_tmp / f"probe-{os.getpid()}"
+    probe.write_text("probe\n")
+    for source in (f"esc:/escape{victim}/secret", f"esc:/a/b/up/..{victim}/secret"):
+        read = ctrctl(ctrd, "cp", source, str(short_tmp / "stolen"), check=False)
+        assert read.returncode == 1
+        assert read.stderr.decode().startswith("Error: No such container:path: esc:")
+        assert not (short_tmp / "stolen").exists()
+    for destination in (f"esc:/escape{victim}/", f"esc:/a/b/up{victim}/"):
+        wrote = ctrctl(ctrd, "cp", str(probe), destination, check=False)
+        assert wrote.returncode == 1, wrote.stderr
+    # through the links, inside the container: its own / and /tmp
+    ctrctl(ctrd, "cp", str(probe), "esc:/escape")
+    ctrctl(ctrd, "cp", str(probe), "esc:/a/b/up/tmp/")
+    assert sh(ctrd, "esc", f"cat /{probe.name} /tmp/{probe.name}") == "probe\nprobe\n"
+    assert not Path("/tmp", probe.name).exists()
+    # tar streams: `../` names refused; a symlink entry to / is followed inside the container
+    climbing = _tar(("../../x", b"x\n"))
+    refused = ctrctl(ctrd, "cp", "-", "esc:/tmp", input=climbing, check=False)
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        b'Error response from daemon: "../../x" is outside of "/tmp"\n',
+    )
+    linked = _tar(("evil", "/"), (f"evil{victim}/pwned", b"pwned\n"))
+    ctrctl(ctrd, "cp", "-", "esc:/tmp", input=linked)
+    assert sh(ctrd, "esc", f"cat {victim}/pwned") == "pwned\n"
+    assert sorted(os.listdir(victim)) == ["secret"]
+    assert (victim / "secret").read_text() == "host secret\n"
+
+
+def _tar(*entries: tuple[str, bytes | str]) -> bytes:
+    """A tar of files (bytes) and symlinks (str: the target), in order."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in entries:
+            info = tarfile.TarInfo(name)
+            if isinstance(content, str):
+                info.type, info.linkname = tarfile.SYMTYPE, content
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
