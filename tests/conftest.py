@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -282,3 +283,19 @@ def busybox_image(registry: Registry) -> PushedImage:
 def busybox2_image(registry: Registry) -> PushedImage:
     """busybox plus a layer adding /etc/extra and whiting out /etc/motd: `library/busybox2`."""
     return registry.push("library/busybox2", "latest", images.busybox2_image())
+
+
+_TEST_TABLE = re.compile(r"^ctrdt(\d+)(_\d+)?$")  # Ctrd's and the network tests' tables
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remove the nftables tables of test processes that died before their cleanup (a run
+    killed by a timeout): named `ctrdt<pid>...` by these tests, so whose they were is known;
+    a table of a live process is left to it."""
+    from supervisor.network import nft
+
+    nft.prepare()
+    for family, name in nft.list_tables():
+        found = _TEST_TABLE.match(name)
+        if family == nft.FAMILY and found and not Path(f"/proc/{found.group(1)}").exists():
+            nft.delete(name)
