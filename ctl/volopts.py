@@ -43,8 +43,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-VOLUMES_LABEL = "ctrd.io/volumes"
-ANONYMOUS_LABEL = "ctrd.io/anonymous"
+# the daemon's contract (re-exported for ctrctl's other modules)
+from supervisor.volumes.labels import ANONYMOUS_LABEL as ANONYMOUS_LABEL
+from supervisor.volumes.labels import VOLUMES_LABEL as VOLUMES_LABEL
+
 MOUNTS_LABEL = "ctrctl.mounts"
 LOCAL = "local"
 
