@@ -51,9 +51,8 @@ import re
 import stat
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from supervisor import seccomp
 
@@ -78,8 +77,7 @@ _GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})  # strconv.ParseBo
 _GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 
 
-@dataclass(frozen=True)
-class DeviceNode:
+class DeviceNode(NamedTuple):
     """A host device as it is made in the container, with its cgroup permissions."""
 
     path: str  # in the container
@@ -92,15 +90,13 @@ class DeviceNode:
     permissions: str  # "rwm" or part of it
 
 
-@dataclass(frozen=True)
-class Ulimit:
+class Ulimit(NamedTuple):
     name: str  # docker's: nofile, nproc, ...
     soft: int  # -1: unlimited
     hard: int
 
 
-@dataclass(frozen=True)
-class SecurityOptions:
+class SecurityOptions(NamedTuple):
     """What ctrctl adds to ctr's spec; the default adds nothing (ctr's spec stays as is)."""
 
     seccomp: seccomp.Profile | None = None  # None: no filter

@@ -30,11 +30,10 @@ x86_64, arch_prctl on arm64...), so one list serves every architecture.
 from __future__ import annotations
 
 import os
-import platform
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from itertools import repeat
+from typing import Any, NamedTuple
 
 ALLOW = "SCMP_ACT_ALLOW"
 ERRNO = "SCMP_ACT_ERRNO"
@@ -78,25 +77,23 @@ class ProfileError(ValueError):
     """A profile that makes no filter, in docker's words where docker refuses it."""
 
 
-@dataclass(frozen=True)
-class Arg:
-    """A condition on argument `index` (OCI's LinuxSeccompArg)."""
+class Arg(NamedTuple):
+    """A condition on argument number `position` (OCI's LinuxSeccompArg, whose `index` it is)."""
 
-    index: int
+    position: int
     value: int
     op: str
     value_two: int = 0
 
     def to_oci(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"index": self.index, "value": self.value}
+        out: dict[str, Any] = {"index": self.position, "value": self.value}
         if self.value_two:
             out["valueTwo"] = self.value_two
         out["op"] = self.op
         return out
 
 
-@dataclass(frozen=True)
-class Filter:
+class Filter(NamedTuple):
     """docker's `includes`/`excludes`: architectures (GOARCH), capabilities, a kernel."""
 
     arches: tuple[str, ...] = ()
@@ -107,8 +104,7 @@ class Filter:
         return not (self.arches or self.caps or self.min_kernel)
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """Syscalls `names` get `action` (with `errno`), when `args` all hold; the rule counts
     for a container that `includes` describes and `excludes` does not."""
 
@@ -116,17 +112,16 @@ class Rule:
     action: str = ALLOW
     errno: int | None = None
     args: tuple[Arg, ...] = ()
-    includes: Filter = field(default_factory=Filter)
-    excludes: Filter = field(default_factory=Filter)
+    includes: Filter = Filter()
+    excludes: Filter = Filter()
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(NamedTuple):
     default_action: str
     default_errno: int | None = None
     architectures: tuple[str, ...] = ()
     # native seccomp architecture -> the others its machine runs (x86_64 -> x86, x32)
-    arch_map: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    arch_map: tuple[tuple[str, tuple[str, ...]], ...] = ()
     rules: tuple[Rule, ...] = ()
     flags: tuple[str, ...] = ()
 
@@ -297,15 +292,15 @@ def _default_rules() -> tuple[Rule, ...]:
 DEFAULT = Profile(
     default_action=ERRNO,
     default_errno=EPERM,
-    arch_map={
-        "SCMP_ARCH_X86_64": ("SCMP_ARCH_X86", "SCMP_ARCH_X32"),
-        "SCMP_ARCH_AARCH64": ("SCMP_ARCH_ARM",),
-        "SCMP_ARCH_S390X": ("SCMP_ARCH_S390",),
-        "SCMP_ARCH_PPC64LE": (),
-        "SCMP_ARCH_RISCV64": (),
-        "SCMP_ARCH_MIPS64": ("SCMP_ARCH_MIPS", "SCMP_ARCH_MIPS64N32"),
-        "SCMP_ARCH_MIPSEL64": ("SCMP_ARCH_MIPSEL", "SCMP_ARCH_MIPSEL64N32"),
-    },
+    arch_map=(
+        ("SCMP_ARCH_X86_64", ("SCMP_ARCH_X86", "SCMP_ARCH_X32")),
+        ("SCMP_ARCH_AARCH64", ("SCMP_ARCH_ARM",)),
+        ("SCMP_ARCH_S390X", ("SCMP_ARCH_S390",)),
+        ("SCMP_ARCH_PPC64LE", ()),
+        ("SCMP_ARCH_RISCV64", ()),
+        ("SCMP_ARCH_MIPS64", ("SCMP_ARCH_MIPS", "SCMP_ARCH_MIPS64N32")),
+        ("SCMP_ARCH_MIPSEL64", ("SCMP_ARCH_MIPSEL", "SCMP_ARCH_MIPSEL64N32")),
+    ),
     rules=_default_rules(),
 )
 
@@ -315,7 +310,7 @@ DEFAULT = Profile(
 
 def go_arch(machine: str | None = None) -> str:
     """GOARCH for the kernel's machine name (this machine's by default)."""
-    machine = machine or platform.machine()
+    machine = machine or os.uname().machine
     return GO_ARCHES.get(machine, machine)
 
 
@@ -342,8 +337,10 @@ def to_oci(
         out["defaultErrnoRet"] = profile.default_errno
     architectures = list(profile.architectures)
     native = SECCOMP_ARCHES.get(arch)
-    if native is not None and native in profile.arch_map:
-        architectures += [native, *profile.arch_map[native]]
+    for name, others in profile.arch_map:
+        if name == native:
+            architectures += [name, *others]
+            break
     if architectures:
         out["architectures"] = architectures
     if profile.flags:
@@ -397,10 +394,10 @@ def parse(data: object) -> Profile:
         )  # docker's words
     default_action = _text(data, "defaultAction") or ERRNO
     _check_action(default_action)
-    arch_map: dict[str, tuple[str, ...]] = {}
-    for entry in _list(data, "archMap"):
-        entry = _object(entry, "archMap")
-        arch_map[_text(entry, "architecture")] = tuple(_texts(entry, "subArchitectures"))
+    arch_map = tuple(
+        (_text(entry, "architecture"), tuple(_texts(entry, "subArchitectures")))
+        for entry in map(_object, _list(data, "archMap"), repeat("archMap"))
+    )
     return Profile(
         default_action=default_action,
         default_errno=_optional_int(data, "defaultErrnoRet"),
@@ -434,7 +431,7 @@ def _arg(arg: Mapping[str, Any]) -> Arg:
     if op not in OPERATORS:
         raise ProfileError(f"seccomp profile: unknown operator {op!r}")
     return Arg(
-        index=_optional_int(arg, "index") or 0,
+        position=_optional_int(arg, "index") or 0,
         value=_optional_int(arg, "value") or 0,
         op=op,
         value_two=_optional_int(arg, "valueTwo") or 0,

@@ -218,7 +218,7 @@ def test_the_default_profile_parses_back_from_its_docker_form():
         "defaultAction": seccomp.DEFAULT.default_action,
         "defaultErrnoRet": seccomp.DEFAULT.default_errno,
         "archMap": [{"architecture": k, "subArchitectures": list(v)}
-                    for k, v in seccomp.DEFAULT.arch_map.items()],
+                    for k, v in seccomp.DEFAULT.arch_map],
         "syscalls": rules,
     }  # fmt: skip
     assert seccomp.to_oci(seccomp.parse(data), DEFAULT_CAPS, "amd64", (6, 1)) == default()
