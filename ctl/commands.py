@@ -562,8 +562,8 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
         key=lambda c: (c.created_at.seconds, c.created_at.nanos),
         reverse=True,  # the newest first, as docker lists them
     )
-    restarts = _restart_states(client, containers)
     health = healthview.all_health(client, containers)  # one call, when a check is asked for
+    restarts = _restart_states(client, containers)
     for container in containers[:last] if last > 0 else containers:
         task = tasks.get(container.id)
         if not everything and (task is None or task.status == task_types.STOPPED):
@@ -582,10 +582,10 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
                 )
             ),
         }  # fmt: skip
-        if (restart := _restartopts().status(restarts.get(container.id), task, now)) is not None:
-            row["state"], row["status"] = restart  # Restarting (1) 2 seconds ago
         if task is not None and task.status == task_types.RUNNING:
             row["status"] += healthview.status_suffix(health.get(container.id))
+        if (restart := _restartopts().status(restarts.get(container.id), task, now)) is not None:
+            row["state"], row["status"] = restart  # Restarting (1) 2 seconds ago
         if not _ps_matches(row, container.labels, filters):
             continue
         row["createdSince"] = ago(container.created_at.seconds, now)
@@ -772,6 +772,9 @@ def cmd_kill(client: Client, args: argparse.Namespace) -> int:
 def cmd_rm(client: Client, args: argparse.Namespace) -> int:
     for name in args.containers:
         cid = client.resolve(name)
+        if args.force:  # not restarted under our feet, nor while a restart is pending
+            container = client.containers.Get(_get(cid), metadata=client.md).container
+            _restartopts().call_off(client, container)
         task = client.task(cid)
         if task is not None and task.status != task_types.STOPPED:
             if not args.force:
@@ -779,8 +782,6 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> int:
                     f"cannot remove running container {name}: stop it first, or use -f"
                 )
             waiter = client.tasks.Wait.future(tpb.WaitRequest(container_id=cid), metadata=client.md)
-            container = client.containers.Get(_get(cid), metadata=client.md).container
-            _restartopts().mark_stopped(client, container)  # not restarted under our feet
             _kill(client, cid, int(signal.SIGKILL), all_=True)
             waiter.result(timeout=30)
         _remove(client, cid, args.volumes, has_task=task is not None)

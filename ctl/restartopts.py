@@ -133,3 +133,19 @@ def inspect_fields(labels: Any, state: Any | None, info: dict[str, Any]) -> None
     if state is not None and state.restarting:
         shown = info.setdefault("state", {})
         shown.update(status="restarting", restarting=True, exitCode=state.exit_status)
+
+
+def call_off(client: Client, container: Any, timeout: float = 5.0) -> None:
+    """`rm -f`: the user's stop told, then, while the daemon has a restart pending, wait
+    until it has called it off (and deleted the task it made), so that the container's task
+    and record can go."""
+    import time
+
+    if not has_policy(container.labels):
+        return
+    mark_stopped(client, container)
+    deadline = time.monotonic() + timeout
+    while (state := states(client, container.id).get(container.id)) is not None:
+        if not state.restarting or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)

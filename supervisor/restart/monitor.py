@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import structlog
@@ -33,8 +34,31 @@ from supervisor.runtime.manager import Task, TaskManager
 log = structlog.get_logger("ctrd.restart")
 
 Key = tuple[str, str]  # namespace, container id
+
+
+class _Pending:
+    """A restart under way, and how it is called off: `leave` the task it made (someone
+    killed it, or started it), or `delete` it (the user stopped the container, or its policy
+    is `no` now) if it did not start it yet."""
+
+    def __init__(self) -> None:
+        self.job: asyncio.Task[None] | None = None
+        self.called_off = asyncio.Event()
+        self.then = ""  # "leave" or "delete"
+
+    def call_off(self, then: str) -> None:
+        if not self.then:
+            self.then = then
+        self.called_off.set()
+
+
 UNKNOWN_EXIT = 255  # docker's exit code for a container found dead with no exit known
-TOPICS = ('topic=="/tasks/exit"', 'topic=="/tasks/start"', 'topic=="/containers/delete"')
+TOPICS = (
+    'topic=="/tasks/exit"',
+    'topic=="/tasks/start"',
+    'topic=="/containers/update"',
+    'topic=="/containers/delete"',
+)
 
 
 def _stopped(task: Task) -> bool:
@@ -56,7 +80,7 @@ class RestartMonitor:
         self._store = store
         self._launcher = launcher
         self._delays: dict[Key, float] = {}  # the last back-off per container (moby's timeout)
-        self._pending: dict[Key, asyncio.Task[None]] = {}  # restarts under way
+        self._pending: dict[Key, _Pending] = {}  # restarts under way
         self._own_starts: set[Key] = set()  # starts this monitor makes: not a user's
         self._follower: asyncio.Task[None] | None = None
         self._booting: asyncio.Task[None] | None = None
@@ -94,10 +118,11 @@ class RestartMonitor:
         not restart what exits while it shuts down; a task made and not started yet is
         started again at the next start, by `boot`)."""
         self._stopping = True
-        for job in [self._follower, self._booting, *self._pending.values()]:
+        jobs = [self._follower, self._booting, *(p.job for p in self._pending.values())]
+        for job in jobs:
             if job is not None:
                 job.cancel()
-        for job in [self._follower, self._booting, *self._pending.values()]:
+        for job in jobs:
             if job is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await job
@@ -109,6 +134,9 @@ class RestartMonitor:
             if topic == "/tasks/start":
                 start = events_pb.TaskStart.FromString(payload)
                 await self._started(ns, start.container_id)
+            elif topic == "/containers/update":
+                updated = container_events.ContainerUpdate.FromString(payload)
+                self._relabelled(ns, updated.id, updated.labels)
             elif topic == "/containers/delete":
                 deleted = container_events.ContainerDelete.FromString(payload)
                 self._delays.pop((ns, deleted.id), None)
@@ -150,18 +178,16 @@ class RestartMonitor:
             return
         # A user's start: docker's containerStart(reset=true) makes a new restart manager.
         self._delays.pop(key, None)
-        pending = self._pending.pop(key, None)
-        if pending is not None:
-            pending.cancel()
+        if (pending := self._pending.get(key)) is not None:
+            pending.call_off("leave")  # the task it made is the user's now
         record = await self._store.get(ns, cid) or Record()
         record = replace(record, count=0, started_at=time.time_ns(), restart_at=0)
         await self._store.put(ns, cid, self._stdio(ns, cid, record))
 
     async def _exited(self, ns: str, cid: str, status: int, at: int) -> None:
         key = (ns, cid)
-        pending = self._pending.pop(key, None)
-        if pending is not None:  # the task made for a restart was killed before it started
-            pending.cancel()
+        if (pending := self._pending.get(key)) is not None:
+            pending.call_off("leave")  # the task made for it was killed before it started
         container, record = await asyncio.gather(self._container(ns, cid), self._store.get(ns, cid))
         if container is None:
             return
@@ -190,38 +216,59 @@ class RestartMonitor:
         )  # fmt: skip
         self._schedule(ns, container, record)
 
+    def _relabelled(self, ns: str, cid: str, labels: Mapping[str, str]) -> None:
+        """A pending restart is called off at once when the user stops the container (a
+        client waits for that: `restarting` turns false) or its policy becomes `no`."""
+        pending = self._pending.get((ns, cid))
+        if pending is not None and (policy.manually_stopped(labels) or policy.of(labels).none):
+            pending.call_off("delete")
+
     def _schedule(self, ns: str, container: Container, record: Record) -> None:
         key = (ns, container.id)
-        job = asyncio.create_task(self._restart(ns, container, record), name=f"restart {key}")
-        self._pending[key] = job
+        pending = _Pending()
+        pending.job = asyncio.create_task(
+            self._restart(ns, container, record, pending), name=f"restart {key}"
+        )
+        self._pending[key] = pending
 
-        def done(finished: asyncio.Task[None]) -> None:
-            if self._pending.get(key) is finished:
+        def done(_: asyncio.Task[None]) -> None:
+            if self._pending.get(key) is pending:
                 del self._pending[key]
 
-        job.add_done_callback(done)
+        pending.job.add_done_callback(done)
 
     # -- restarting -------------------------------------------------------------------------
 
-    async def _restart(self, ns: str, container: Container, record: Record) -> None:
-        """Delete the old task, make the new one, wait until `record.restart_at`, start it
-        unless the user stopped the container or its policy changed meanwhile."""
+    async def _restart(
+        self, ns: str, container: Container, record: Record, pending: _Pending
+    ) -> None:
+        """Delete the old task, make the new one, wait until `record.restart_at`, start it,
+        unless the restart is called off meanwhile (then the task made is deleted, or left)."""
         cid = container.id
         record = self._stdio(ns, cid, record)
+        task: Task | None = None
+        steps = [time.time_ns()]  # begun, old task deleted, new one made, waited, started
         try:
             await asyncio.gather(self._store.put(ns, cid, record), self._delete(ns, cid))
-            task = await self._launcher.create(ns, container, record.log, record.terminal)
+            steps.append(time.time_ns())
+            if not pending.called_off.is_set():
+                task = await self._launcher.create(ns, container, record.log, record.terminal)
+            steps.append(time.time_ns())
             wait = (record.restart_at - time.time_ns()) / 1e9
-            if wait > 0:
-                await asyncio.sleep(wait)
-            current = await self._container(ns, cid)
-            if current is None:
-                return
-            if policy.manually_stopped(current.labels) or policy.of(current.labels).none:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pending.called_off.wait(), max(wait, 0))
+            steps.append(time.time_ns())
+            if not pending.called_off.is_set():
+                current = await self._container(ns, cid)  # an update's event may lag behind
+                labels = current.labels if current is not None else {policy.STOPPED_LABEL: "x"}
+                self._relabelled(ns, cid, labels)
+            if pending.called_off.is_set():
                 log.info("restart_called_off", ns=ns, id=cid)
-                await self._delete(ns, cid)
-                await self._store.put(ns, cid, replace(record, restart_at=0))
+                if pending.then == "delete" and task is not None and task.status == "created":
+                    await self._delete(ns, cid)
+                await self._not_pending(ns, cid, record)
                 return
+            assert task is not None
             self._own_starts.add((ns, cid))
             try:
                 await task.call_seen("start", {"exec_id": ""})
@@ -229,6 +276,11 @@ class RestartMonitor:
                 self._own_starts.discard((ns, cid))
                 raise
             started = time.time_ns()
+            steps.append(started)
+            log.debug(
+                "restart_steps", ns=ns, id=cid,
+                ms=[round((b - a) / 1e6, 1) for a, b in itertools.pairwise(steps)],
+            )  # fmt: skip
             await self._store.put(ns, cid, replace(record, started_at=started, restart_at=0))
             log.info(
                 "container_restarted", ns=ns, id=cid, count=record.count, pid=task.pid,
@@ -240,7 +292,13 @@ class RestartMonitor:
         except Exception as e:
             log.warning("restart_failed", ns=ns, id=cid, error=str(e))
             with contextlib.suppress(Exception):
-                await self._store.put(ns, cid, replace(record, restart_at=0))
+                await self._not_pending(ns, cid, record)
+
+    async def _not_pending(self, ns: str, cid: str, record: Record) -> None:
+        """No restart pending any more; the rest of the row as others may have written it
+        meanwhile (a user's start, the exit of the task this restart made)."""
+        current = await self._store.get(ns, cid) or record
+        await self._store.put(ns, cid, replace(current, restart_at=0))
 
     async def _stop_if_asked(self, ns: str, task: Task) -> None:
         """A user's stop that came while the task was being started found no running task
