@@ -14,6 +14,10 @@ run), when a caller asks and waits (`images rm --sync`), and on a timer, so that
 lease or an abandoned pull frees disk on an idle host too (containerd only collects after a
 change). A collection holds the database's exclusive mutation lock, so no commit can publish a
 blob between the mark and the removal of its bytes.
+
+Volumes (`supervisor.volumes`) are no part of the graph: the collector never reads their table
+nor their directories, so nothing it does removes one: only the volumes API does, and a
+namespace that holds any is not deleted.
 """
 
 from __future__ import annotations

@@ -342,11 +342,14 @@ class VolumeManager:
                     root.append(await self._rootfs(stack, config, rootfs))
                 if root[0] is None:
                     continue
-                count = await asyncio.to_thread(
+                copied = await asyncio.to_thread(
                     copyup.copy_up, root[0], m.target, paths.directory, paths.data
                 )
-                if count:
-                    log.info("volume_copied_up", ns=ns, name=m.name, id=cid, entries=count)
+                if copied.entries:
+                    log.info(
+                        "volume_copied_up", ns=ns, name=m.name, id=cid, entries=copied.entries,
+                        ms=round(copied.copy_ms, 1), sync_ms=round(copied.sync_ms, 1),
+                    )  # fmt: skip
 
     async def _rootfs(
         self, stack: contextlib.AsyncExitStack, config: dict[str, Any], rootfs: Sequence[Mount]
@@ -461,11 +464,27 @@ class VolumeManager:
             log.info("volume_copy_up_discarded", ns=paths.namespace, name=paths.name)
 
     def _sweep(self, known: set[str]) -> None:
-        """Unmount what is mounted under the root for no volume; empty the trash."""
+        """What a crash left under the root: the rootfs of a copy-up still mounted, a volume
+        whose record went but not its directory (a removal cut off), the trash."""
+        scratch = str(self._scratch) + "/"
         for point in reversed(local.mounted_under(self.root)):
-            if point not in known:
+            if point.startswith(scratch) or (
+                point.endswith("/" + local.DATA) and point not in known
+            ):
                 with contextlib.suppress(CtrdError):
                     unmount(Path(point))
+        if self._scratch.is_dir():
+            for leftover in self._scratch.iterdir():
+                with contextlib.suppress(OSError):
+                    leftover.rmdir()
+        for ns_dir in self.root.iterdir() if self.root.is_dir() else ():
+            if ns_dir.name.startswith(".") or not ns_dir.is_dir():
+                continue
+            for directory in ns_dir.iterdir():
+                if str(directory / local.DATA) not in known:
+                    log.info("volume_directory_removed", ns=ns_dir.name, name=directory.name)
+                    with contextlib.suppress(CtrdError, OSError):
+                        local.remove(local.VolumePaths(self.root, ns_dir.name, directory.name))
         local.empty_trash(self.root)
 
     async def close(self) -> None:

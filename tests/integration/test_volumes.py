@@ -79,6 +79,12 @@ def test_named_volume_keeps_data_across_containers_and_a_sigkill_and_is_not_remo
     ctrd.stop(signal.SIGKILL)
     ctrd.start()
     assert run(ctrd, "--rm", "--label", data, ref, "r2", "cat", "/data/f").stdout == "kept\n"
+    readonly = label({"name": "data", "target": "/data", "readonly": True})
+    denied = run(ctrd, "--rm", "--label", readonly, ref, "ro", "sh", "-c",
+                 "echo no > /data/f", check=False)  # fmt: skip
+    assert denied.returncode != 0
+    assert "Read-only file system" in denied.stderr + denied.stdout
+    assert (Path(made.mountpoint) / "f").read_text() == "kept\n"
 
     # in use while a container names it, running or not; -f does not override that
     ctrd.ctr("containers", "create", "--label", data, ref, "holder", "true")
