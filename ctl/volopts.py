@@ -731,7 +731,15 @@ def labels(storage: Storage) -> dict[str, str]:
     found = {}
     if storage.volumes:
         found[VOLUMES_LABEL] = volume_label(storage)
-    kept = {"points": mount_points(storage), **{k: v for k, v in storage.host.items() if v}}
+    # A volume's point keeps only its Mode: its name and RW are in ctrd.io/volumes (a label
+    # may not pass 4096 bytes, and anonymous names are 64 characters).
+    points = [
+        {"Type": "volume", "Destination": p["Destination"], "Mode": p["Mode"]}
+        if p["Type"] == "volume"
+        else p
+        for p in mount_points(storage)
+    ]
+    kept = {"points": points, **{k: v for k, v in storage.host.items() if v}}
     found[MOUNTS_LABEL] = json.dumps(kept, separators=(",", ":"))
     return found
 
@@ -775,11 +783,24 @@ def label_volumes(labels: Mapping[str, str]) -> list[dict[str, Any]]:
 def points_of(labels: Mapping[str, str]) -> list[dict[str, Any]]:
     """A container's mount points: those ctrctl kept, else its volumes as the label asks
     (a container made by `ctr run --label ctrd.io/volumes=...`)."""
-    points = kept(labels).get("points")
-    if isinstance(points, list):
-        return [p for p in points if isinstance(p, dict) and "Destination" in p]
-    return [
-        {"Type": "volume", "Name": v["name"], "Destination": str(v.get("target", "")),
-         "Driver": LOCAL, "Mode": "", "RW": not v.get("readonly"), "Propagation": ""}
+    volumes = {
+        str(v.get("target", "")): {
+            "Type": "volume", "Name": v["name"], "Destination": str(v.get("target", "")),
+            "Driver": LOCAL, "Mode": "", "RW": not v.get("readonly"), "Propagation": "",
+        }
         for v in label_volumes(labels)
-    ]  # fmt: skip
+    }  # fmt: skip
+    points = kept(labels).get("points")
+    if not isinstance(points, list):
+        return list(volumes.values())
+    shown = []
+    for point in points:
+        if not isinstance(point, dict) or "Destination" not in point:
+            continue
+        if point.get("Type") == "volume":
+            volume = volumes.get(str(point["Destination"]))
+            if volume is not None:
+                shown.append({**volume, "Mode": point.get("Mode", "")})
+        else:
+            shown.append(point)
+    return shown

@@ -189,11 +189,13 @@ def test_volumes_from_tmpfs_and_inspect_mounts(e, tmp_path):
     assert read_only.stdout == "ro\n", read_only.stderr
     assert len(e.volumes()) == 2  # nothing new: src's volumes, still used by src
 
-    sized = e.ctrctl("run", "--rm", *NONE, "--tmpfs", "/scratch:size=64k,mode=1770", BUSYBOX,
+    sized = e.ctrctl("run", "--rm", *NONE, "--tmpfs", "/scratch:size=64k,mode=1770",
+                     "-v", f"{tmp_path}/made/here:/m", BUSYBOX,
                      "sh", "-c", "grep ' /scratch ' /proc/mounts; stat -c %a /scratch")  # fmt: skip
     assert "size=64k" in sized.stdout, sized.stderr
     assert "noexec" in sized.stdout
     assert sized.stdout.splitlines()[-1] == "1770"
+    assert (tmp_path / "made" / "here").is_dir()  # -v makes a missing host directory
 
     [info] = json.loads(e.ok("inspect", "src"))
     mounts = {m["Destination"]: m for m in info["Mounts"]}
