@@ -41,6 +41,10 @@ and the command line are merged by dockerd's rules (daemon/commit.go `merge`, th
   StopSignal, else SIGTERM) in containerd's own label `io.containerd.image.config.stop-signal`
   (which ctr's `tasks kill` reads too) and `--stop-timeout` in `ctrctl.stop-timeout`, where
   `ctrctl stop` and `restart` find them, as dockerd keeps both in its container config.
+- security: dockerd's safe defaults (its seccomp profile, /sys/fs/cgroup read-only, no
+  no-new-privileges, oomScoreAdj 0) and the flags that tune them (--security-opt, --cap-add,
+  --cap-drop, --device, --ulimit, --init, --oom-score-adj, --shm-size) are written last, by
+  ctl.secopts (`RunOptions.security`, whose default leaves ctr's spec as it is).
 
 The host is read only when asked for: /proc/self/status for --privileged capabilities, /dev for
 --privileged devices, the hostname for host networking. The image's root filesystem is read
