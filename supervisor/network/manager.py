@@ -63,6 +63,7 @@ from supervisor.network.bridge import BridgeDriver
 from supervisor.network.bridge import bridge_name as bridge_name  # re-exported (tests)
 from supervisor.network.driver import NetworkDriver, Plug, endpoint_key
 from supervisor.network.labels import NETWORKS_LABEL, NetworkSettings, label_networks
+from supervisor.network.names import NameTables
 from supervisor.network.store import (
     Endpoint,
     Network,
@@ -262,6 +263,17 @@ def spec_with_network(
 # --- store reads ----------------------------------------------------------------------------
 
 
+def _publish(p: PublishedPort) -> nft.Publish:
+    return nft.Publish(
+        network=p.network,
+        proto=p.binding.proto,
+        host_ip=p.binding.host_ip,
+        host_port=p.binding.host_port,
+        container_ip=p.address,
+        container_port=p.binding.container_port,
+    )
+
+
 def _named_by_containers(conn: sqlite3.Connection, ns: str, n: Network) -> bool:
     """Whether a container of `ns` asks for network `n` (its `ctrd.io/networks` label)."""
     rows = conn.execute(
@@ -314,9 +326,10 @@ class NetworkManager:
         self._watch: FirewallWatch | None = None
         self._reservations = ports.PortReservations()  # the host ports held, by container
         self._dns: dict[tuple[str, ...], dns.EmbeddedDns] = {}  # by upstreams (() = host's)
-        self._names: dict[str, dict[str, dict[str, list[IPv4Address]]]] = {}  # ns, net, name
-        self._reverse: dict[str, dict[str, dict[IPv4Address, str]]] = {}
-        self._joined: dict[str, dict[str, tuple[str, ...]]] = {}  # ns, container: networks
+        self._names: dict[str, NameTables] = {}  # by namespace
+        # every namespace's published ports by (namespace, container), as the store holds
+        # them; None until read (then kept in step by each change the manager makes)
+        self._published: dict[tuple[str, str], tuple[nft.Publish, ...]] | None = None
         self._restores: list[float] = []  # when the table was last rewritten for others
         self._lock = asyncio.Lock()  # one kernel change (and nft rebuild) at a time
 
@@ -411,7 +424,7 @@ class NetworkManager:
             store = self._store(ns)
             n = await store.get(network)
             driver = self._driver(n)
-            mine = [e for e in await store.endpoints() if e.container == container_id]
+            mine = await store.endpoints(container=container_id)
             if any(e.network == n.id for e in mine):
                 raise AlreadyExists(
                     f"endpoint with name {container_id} already exists in network {n.name}"
@@ -435,6 +448,7 @@ class NetworkManager:
             except BaseException:
                 await driver.detach(ns, n, container_id)
                 await store.detach(n.id, container_id)
+                await self._reload_ports(ns, container_id)
                 raise
             await self._apply_firewall()
             return Attachment(pin, endpoint, n)
@@ -446,13 +460,14 @@ class NetworkManager:
             n = await store.get(network)
             await self._driver(n).detach(ns, n, container_id)
             await store.detach(n.id, container_id)
+            await self._reload_ports(ns, container_id)
             await self._apply_firewall()
 
     async def release(self, ns: str, container_id: str) -> None:
         """Everything the container had: every endpoint, its leases, its pin and /etc files."""
         async with self._lock:
             store = self._store(ns)
-            mine = [e for e in await store.endpoints() if e.container == container_id]
+            mine = await store.endpoints(container=container_id)
             pin, etc = self.pin_path(ns, container_id), self.etc_dir(ns, container_id)
             if not mine and not pin.exists() and not etc.exists():
                 await self._free_ports(ns, container_id)  # reserved by a failed prepare
@@ -468,13 +483,14 @@ class NetworkManager:
                 await asyncio.to_thread(netlink.netns_release_dir, pin.parent)
             unplug = [self._networks.get(e.network) or await store.get(e.network) for e in mine]
             await store.release_container(container_id)
+            await self._reload_ports(ns, container_id)
             await self._free_ports(ns, container_id)
             self._in_background(self._detach_all(ns, container_id, unplug))
             for f in ("hosts", "resolv.conf"):
                 (etc / f).unlink(missing_ok=True)
             if etc.exists():
                 etc.rmdir()
-            await self._refresh_names(ns)
+            await self._refresh_names(ns, container_id)
             await self._apply_firewall()
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -536,11 +552,12 @@ class NetworkManager:
                 )
                 attachment = attachment or joined
             assert attachment is not None
-            await self._refresh_names(ns)
+            await self._refresh_names(ns, container_id)
             await self._serve_dns(ns, container_id, settings.dns)
             if bindings:
                 async with self._lock:
                     await self._store(ns).set_ports(attachment.network.id, container_id, bindings)
+                    await self._reload_ports(ns, container_id)
                     await self._apply_firewall()
             hostname = str(parsed.get("hostname") or container_id[:12])
             hosts, resolv = await self.hosts_and_resolv(ns, container_id, hostname, settings)
@@ -593,9 +610,7 @@ class NetworkManager:
     ) -> tuple[Path, Path]:
         """Write the container's hosts and resolv.conf (in place); their paths, to bind-mount."""
         settings = settings or NetworkSettings()
-        addresses = [
-            e.address for e in await self._store(ns).endpoints() if e.container == container_id
-        ]
+        addresses = [e.address for e in await self._store(ns).endpoints(container=container_id)]
         host_text = await asyncio.to_thread(HOST_RESOLV_CONF.read_text, encoding="utf-8")
         etc = self.etc_dir(ns, container_id)
         hosts, resolv = etc / "hosts", etc / "resolv.conf"
@@ -613,38 +628,30 @@ class NetworkManager:
 
     # names: the embedded DNS
 
-    async def _refresh_names(self, ns: str) -> None:
-        """Rebuild the namespace's name tables from the store: per network, each endpoint's
-        names (its container's id, short id, name and aliases) and address."""
-        endpoints = await self._store(ns).endpoints()
-        networks: dict[str, dict[str, list[IPv4Address]]] = {}
-        reverse: dict[str, dict[IPv4Address, str]] = {}
-        joined: dict[str, list[str]] = {}
-        for e in endpoints:
-            names = networks.setdefault(e.network, {})
-            for name in dns_names(e.container, e.aliases):
-                names.setdefault(name, []).append(e.address)
-            reverse.setdefault(e.network, {})[e.address] = (e.aliases or (e.container,))[0]
-            joined.setdefault(e.container, []).append(e.network)
-        self._names[ns] = networks
-        self._reverse[ns] = reverse
-        self._joined[ns] = {cid: tuple(ids) for cid, ids in joined.items()}
+    def _tables(self, ns: str) -> NameTables:
+        tables = self._names.get(ns)
+        if tables is None:
+            tables = self._names[ns] = NameTables(lambda e: dns_names(e.container, e.aliases))
+        return tables
+
+    async def _refresh_names(self, ns: str, container_id: str | None = None) -> None:
+        """The namespace's name tables after a change of `container_id`'s endpoints (read
+        again from the store), or rebuilt whole from the store when no container is named or
+        the namespace has no tables yet."""
+        store = self._store(ns)
+        if container_id is None or ns not in self._names:
+            self._tables(ns).rebuild(await store.endpoints())
+            return
+        self._tables(ns).replace(container_id, await store.endpoints(container=container_id))
 
     def _lookup(self, ns: str, container_id: str, name: str) -> list[IPv4Address]:
         """`name` on the networks `container_id` is on: docker's scoping."""
-        found: list[IPv4Address] = []
-        tables = self._names.get(ns, {})
-        for network_id in self._joined.get(ns, {}).get(container_id, ()):
-            found.extend(tables.get(network_id, {}).get(name, ()))
-        return found
+        tables = self._names.get(ns)
+        return tables.lookup(container_id, name) if tables is not None else []
 
     def _reverse_lookup(self, ns: str, container_id: str, address: IPv4Address) -> str | None:
-        tables = self._reverse.get(ns, {})
-        for network_id in self._joined.get(ns, {}).get(container_id, ()):
-            name = tables.get(network_id, {}).get(address)
-            if name is not None:
-                return name
-        return None
+        tables = self._names.get(ns)
+        return tables.reverse(container_id, address) if tables is not None else None
 
     async def _serve_dns(self, ns: str, container_id: str, servers: Sequence[str]) -> None:
         """Answer at 127.0.0.11 in the container's namespace, forwarding to `servers` (its
@@ -700,7 +707,7 @@ class NetworkManager:
         attachment = await self.connect(
             ns, container_id, network, static_ip, names, default_route=False
         )
-        await self._refresh_names(ns)
+        await self._refresh_names(ns, container_id)
         await self.hosts_and_resolv(ns, container_id, hostname, settings)
         return attachment.endpoint
 
@@ -709,7 +716,7 @@ class NetworkManager:
     ) -> None:
         """Unplug a running container from one network and rewrite its /etc/hosts."""
         await self.disconnect(ns, container_id, network)
-        await self._refresh_names(ns)
+        await self._refresh_names(ns, container_id)
         await self.hosts_and_resolv(ns, container_id, hostname, settings)
 
     # firewall
@@ -725,18 +732,24 @@ class NetworkManager:
         return found
 
     async def _publishes(self) -> tuple[nft.Publish, ...]:
-        """Published ports of every endpoint, of every namespace (the table is host-wide)."""
-        return tuple(
-            nft.Publish(
-                network=p.network,
-                proto=p.binding.proto,
-                host_ip=p.binding.host_ip,
-                host_port=p.binding.host_port,
-                container_ip=p.address,
-                container_port=p.binding.container_port,
-            )
-            for p in await all_ports(self._db)
-        )
+        """Published ports of every endpoint, of every namespace (the table is host-wide), in
+        the store's order; read from the store once, then kept in step (`_reload_ports`)."""
+        if self._published is None:
+            found: dict[tuple[str, str], list[nft.Publish]] = {}
+            for p in await all_ports(self._db):
+                found.setdefault((p.namespace, p.container), []).append(_publish(p))
+            self._published = {key: tuple(value) for key, value in found.items()}
+        return tuple(p for key in sorted(self._published) for p in self._published[key])
+
+    async def _reload_ports(self, ns: str, container_id: str) -> None:
+        """Read the container's published ports again after the store changed them."""
+        if self._published is None:
+            return  # read whole at the next need
+        mine = tuple(_publish(p) for p in await self._store(ns).ports(container_id))
+        if mine:
+            self._published[(ns, container_id)] = mine
+        else:
+            self._published.pop((ns, container_id), None)
 
     async def published(self, ns: str, container_id: str) -> list[PublishedPort]:
         """The container's published ports (for ListEndpoints)."""
@@ -834,6 +847,7 @@ class NetworkManager:
         8. the nft table is rebuilt from the store.
         """
         async with self._lock:
+            self._published = None  # endpoints released here take their ports: read again
             networks = await self._networks_everywhere()
             usable = [(ns, n) for ns, n in networks if self._has_driver(ns, n)]
             by_id = {n.id: n for _, n in networks}

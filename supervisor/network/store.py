@@ -124,7 +124,11 @@ class NetworkStore(Protocol):
         released."""
         ...
 
-    async def endpoints(self, network: str | None = None) -> builtins.list[Endpoint]: ...
+    async def endpoints(
+        self, network: str | None = None, container: str | None = None
+    ) -> builtins.list[Endpoint]:
+        """The namespace's endpoints: on `network` (id or name), of `container`, or all."""
+        ...
 
     async def set_ports(
         self, network: str, container: str, bindings: Sequence[PortBinding]
@@ -378,11 +382,17 @@ class SqliteNetworkStore:
 
         return await self._db.write(release)
 
-    async def endpoints(self, network: str | None = None) -> builtins.list[Endpoint]:
+    async def endpoints(
+        self, network: str | None = None, container: str | None = None
+    ) -> builtins.list[Endpoint]:
         def endpoints(conn: sqlite3.Connection) -> builtins.list[Endpoint]:
-            if network is None:
-                return self._endpoints(conn, "", ())
-            return self._endpoints(conn, " AND network = ?", (self._find(conn, network).id,))
+            where = ""
+            args: tuple[str, ...] = ()
+            if network is not None:
+                where, args = " AND network = ?", (self._find(conn, network).id,)
+            if container is not None:
+                where, args = where + " AND container = ?", (*args, container)
+            return self._endpoints(conn, where, args)
 
         return await self._db.read(endpoints)
 
