@@ -101,7 +101,7 @@ class LiveNetworks:
             await self._manager().disconnect_running(
                 ns, container_id, network.id, _hostname(container), settings
             )
-        gone = {name: () for name in {network.name, *names} - set(kept)}
+        gone = dict.fromkeys({network.name, *names} - set(kept), ())
         await self._set_networks(store, container, kept, gone)
 
     @staticmethod
