@@ -4,16 +4,15 @@ bench/network.py runs it inside ctrd's namespace (`nsenter --net=/proc/PID/ns/ne
 bench/netns_objects.py TABLE`), since netlink and nftables answer for the caller's namespace:
 
 - links, and of them veths and bridges (pyroute2, as ctrd's own netlink code);
-- ctrd's nftables table `inet TABLE` (libnftables, through supervisor.network.nft): chains,
-  rules, and the rules with a `dnat` statement (one per published port and hook); all 0
-  when the table is absent.
+- ctrd's nftables table `inet TABLE` (`supervisor.network.nft.fingerprint`, netlink dumps):
+  chains, rules, and the elements of its maps of published ports (one per published port);
+  all 0 when the table is absent.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 from pyroute2 import IPRoute
 
@@ -33,14 +32,13 @@ def links() -> dict[str, int]:
 
 
 def table(name: str) -> dict[str, int]:
-    if not nft.table_exists(name):
-        return {"nft_chains": 0, "nft_rules": 0, "nft_dnat_rules": 0}
-    items: list[dict[str, Any]] = nft.list_table(name).get("nftables", [])
-    rules = [item["rule"] for item in items if "rule" in item]
+    shape = nft.fingerprint(name)
+    if shape is None:
+        return {"nft_chains": 0, "nft_rules": 0, "nft_port_elements": 0}
     return {
-        "nft_chains": sum("chain" in item for item in items),
-        "nft_rules": len(rules),
-        "nft_dnat_rules": sum(any("dnat" in stmt for stmt in rule["expr"]) for rule in rules),
+        "nft_chains": shape.chains,
+        "nft_rules": shape.rules,
+        "nft_port_elements": shape.elements,
     }
 
 

@@ -605,7 +605,7 @@ def report_sizes(
     )
     row("ctrctl rm -f that one (median ms)",
         [statistics.median(lv.probe_rm) * 1000 for lv in levels], "{:.0f}")  # fmt: skip
-    for key in ("links", "veths", "nft_rules", "nft_dnat_rules", "mounts", "ctrd_fds",
+    for key in ("links", "veths", "nft_rules", "nft_port_elements", "mounts", "ctrd_fds",
                 "processes"):  # fmt: skip
         row(f"{key.replace('_', ' ')} per container",
             [(lv.objects[key] - base[key]) / lv.size for lv in levels], "{:.2f}")  # fmt: skip
