@@ -31,7 +31,9 @@ flag does, as Docker Engine 20.10 does it:
   docker-init (Debian's is the same binary): it reaps orphans and forwards signals.
 - `/sys/fs/cgroup`: runc's `cgroup` mount, read-only (read-write with `--privileged`),
   right after /sys, as dockerd mounts it; on cgroup v1 and hybrid hosts runc mounts a tmpfs
-  with the container's own cgroup of each hierarchy bound under it.
+  with the container's own cgroup of each hierarchy bound under it. On a cgroup v2 host the
+  container gets a cgroup namespace of its own, as dockerd's default (`--cgroupns private`
+  there, `host` on v1), so the cgroup2 mount shows its own cgroup as the root.
 - `--oom-score-adj N` (-1000..1000, default 0 as dockerd's). The kernel refuses a process
   without CAP_SYS_RESOURCE an oom_score_adj below the lowest it ever had, and runc, which
   writes it, runs with ctrd's capabilities. ctrctl runs on ctrd's host, usually with the same
@@ -107,6 +109,7 @@ class SecurityOptions(NamedTuple):
     ulimits: tuple[Ulimit, ...] = ()
     init: bool = False
     cgroup_mount: bool = False  # docker's read-only /sys/fs/cgroup
+    cgroup_namespace: bool = False  # a cgroup namespace of its own (docker's on cgroup v2)
     system_paths: bool = True  # False: no masked or read-only paths (systempaths=unconfined)
     oom_score_adj: int | None = None
     shm_size: int | None = None  # bytes
@@ -184,6 +187,7 @@ def from_args(
         ulimits=ulimits,
         init=args.init,
         cgroup_mount=True,
+        cgroup_namespace=unified_cgroups(),
         system_paths=system_paths,
         oom_score_adj=oom_score_adj(args.oom_score_adj, say),
         shm_size=shm_size,
@@ -400,6 +404,11 @@ def oom_score_adj(
     return floor
 
 
+def unified_cgroups(root: str = "/sys/fs/cgroup") -> bool:
+    """Whether the host has cgroup v2 alone (no v1 hierarchies, no hybrid layout)."""
+    return os.path.exists(os.path.join(root, "cgroup.controllers"))
+
+
 def _lowest_oom_score_adj(status: str, own: str) -> int:
     """The lowest oom_score_adj this process knows it may give: any with CAP_SYS_RESOURCE,
     else its own."""
@@ -441,6 +450,9 @@ def apply(
         _add_devices(linux, options.devices)
     if options.cgroup_mount:
         _add_cgroup_mount(spec["mounts"], privileged)
+    namespaces = linux.setdefault("namespaces", [])
+    if options.cgroup_namespace and not any(n.get("type") == "cgroup" for n in namespaces):
+        namespaces.append({"type": "cgroup"})
     if options.shm_size is not None:
         _set_shm_size(spec["mounts"], options.shm_size)
     if not options.system_paths:

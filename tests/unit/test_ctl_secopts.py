@@ -245,3 +245,14 @@ def test_the_security_options_are_values():
     with pytest.raises(AttributeError):
         options().init = True  # type: ignore[misc]
     assert Path(secopts.TINI).name == "tini-static"
+
+
+def test_a_cgroup_namespace_of_its_own_on_cgroup_v2_hosts_only(tmp_path):
+    assert not secopts.unified_cgroups(str(tmp_path))
+    (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
+    assert secopts.unified_cgroups(str(tmp_path))
+    security = options()._replace(cgroup_namespace=True)
+    made = generate("default", "c1", CONFIG, RunOptions(args=["sh"], security=security))
+    assert made["linux"]["namespaces"][-1] == {"type": "cgroup"}
+    here = spec()["linux"]["namespaces"]
+    assert ({"type": "cgroup"} in here) == secopts.unified_cgroups()
