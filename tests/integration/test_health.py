@@ -160,3 +160,18 @@ def test_checks_go_on_after_a_restart_and_no_probe_outlives_its_container(ctrd, 
     count = len(health(ctrd, "kept").log)
     time.sleep(0.4)
     assert len(health(ctrd, "kept").log) == count  # no more probes
+
+
+def test_a_daemon_stopping_mid_probe_deletes_the_probe_and_stops_at_once(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    check = label(["CMD", "sleep", "42.125"], interval=100 * MS, timeout=60_000 * MS)
+    run(ctrd, "-d", "--label", check, ref, "busy", "sleep", "1000")
+    wait_for(lambda: probes_running(ctrd, "42.125"))
+    started = time.monotonic()
+    assert ctrd.stop() == 0
+    assert time.monotonic() - started < 5
+    assert probes_running(ctrd, "42.125") == []  # killed and deleted, the container kept
+    ctrd.start()
+    assert health(ctrd, "busy").status == "starting"
+    wait_for(lambda: probes_running(ctrd, "42.125"))  # and the checks go on
+    ctrd.ctr("tasks", "kill", "-s", "KILL", "busy")
