@@ -34,24 +34,25 @@ Binds, Mounts, Tmpfs, VolumesFrom) in its own label, `ctrctl.mounts`.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
-# the daemon's contract (re-exported for ctrctl's other modules)
-from supervisor.volumes.labels import ANONYMOUS_LABEL as ANONYMOUS_LABEL
-from supervisor.volumes.labels import VOLUMES_LABEL as VOLUMES_LABEL
+# The daemon's contract, supervisor.volumes.labels' names (a test checks they agree; importing
+# that module would define its dataclass in every ctrctl).
+VOLUMES_LABEL = "ctrd.io/volumes"
+ANONYMOUS_LABEL = "ctrd.io/anonymous"
 
 MOUNTS_LABEL = "ctrctl.mounts"
 LOCAL = "local"
 
 NAME_CHARS = "[a-zA-Z0-9][a-zA-Z0-9_.-]"  # docker's names.RestrictedNameChars
-_NAME = re.compile(rf"{NAME_CHARS}+")
+# Patterns as strings: compiled at their first use (re's cache), not at every ctrctl's import.
+_NAME = rf"{NAME_CHARS}+"
 PROPAGATIONS = ("private", "rprivate", "slave", "rslave", "shared", "rshared")
 DEFAULT_PROPAGATION = "rprivate"
 _RW_MODES = ("rw", "ro")
@@ -68,8 +69,8 @@ _FLAGS: dict[str, int] = {
     **dict.fromkeys(("bind", "rbind", "unbindable", "runbindable", *PROPAGATIONS), -1),
 }  # fmt: skip
 _TMPFS_DATA = ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "mpol")
-_SIZE = re.compile(r"[0-9]+[kKmMgGtTpPeE%]?")  # shmem's memparse (and % of RAM for size)
-_RAM = re.compile(r"([0-9]+(?:\.[0-9]+)*) ?([kKmMgGtTpP])?[iI]?[bB]?")  # go-units' sizeRegex
+_SIZE = r"[0-9]+[kKmMgGtTpPeE%]?"  # shmem's memparse (and % of RAM for size)
+_RAM = r"([0-9]+(?:\.[0-9]+)*) ?([kKmMgGtTpP])?[iI]?[bB]?"  # go-units' sizeRegex
 
 
 def add_flags(add: Callable[..., Any]) -> None:
@@ -91,13 +92,19 @@ def add_flags(add: Callable[..., Any]) -> None:
     )  # fmt: skip
 
 
+_NONE: Mapping[str, Any] = MappingProxyType({})
+
+
 class MountError(ValueError):
     """A storage flag docker refuses, in docker's words (ctrctl exits 125)."""
 
 
-@dataclass(frozen=True)
-class VolumeMount:
-    """A volume at `target`: named, or anonymous (`name` "" until `name_anonymous`)."""
+# The values are NamedTuples, not frozen dataclasses: defining five of those took ~10 ms of
+# every ctrctl's start here (dataclasses write their methods with exec).
+
+
+class VolumeMount(NamedTuple):
+    """A volume at `target`: named, or anonymous (`name` "" until `complete` names it)."""
 
     target: str
     name: str = ""
@@ -105,12 +112,11 @@ class VolumeMount:
     readonly: bool = False
     nocopy: bool = False
     mode: str = ""  # docker's Mode in inspect's Mounts
-    driver_opts: Mapping[str, str] = field(default_factory=dict)  # --mount volume-opt
-    labels: Mapping[str, str] = field(default_factory=dict)  # --mount volume-label
+    driver_opts: Mapping[str, str] = _NONE  # --mount volume-opt
+    labels: Mapping[str, str] = _NONE  # --mount volume-label
 
 
-@dataclass(frozen=True)
-class BindMount:
+class BindMount(NamedTuple):
     source: str
     target: str
     readonly: bool = False
@@ -120,16 +126,14 @@ class BindMount:
     make_source: bool = False  # -v makes a missing host directory; --mount refuses it
 
 
-@dataclass(frozen=True)
-class TmpfsMount:
+class TmpfsMount(NamedTuple):
     target: str
     options: tuple[str, ...]  # the OCI mount's options, merged
     readonly: bool = False
     shown: bool = False  # a mount point in inspect's Mounts (--mount type=tmpfs; not --tmpfs)
 
 
-@dataclass(frozen=True)
-class Storage:
+class Storage(NamedTuple):
     """Every mount a container asks for, checked; what the daemon, the spec and inspect get."""
 
     volumes: tuple[VolumeMount, ...] = ()
@@ -139,7 +143,7 @@ class Storage:
     # what they bring (`inherit`), for the paths no flag takes
     inherited: tuple[VolumeMount | BindMount | TmpfsMount, ...] = ()
     # HostConfig as docker's inspect shows it: Binds, Mounts, Tmpfs, VolumesFrom
-    host: Mapping[str, Any] = field(default_factory=dict)
+    host: Mapping[str, Any] = _NONE
 
     def targets(self) -> set[str]:
         mounts: tuple[VolumeMount | BindMount | TmpfsMount, ...] = (
@@ -173,7 +177,7 @@ def check_name(name: str) -> None:
             f"create {name}: volume name is too short, names should be at least two"
             " alphanumeric characters"
         )
-    if not _NAME.fullmatch(name):
+    if not re.fullmatch(_NAME, name):
         raise MountError(
             f'create {name}: "{name}" includes invalid characters for a local volume name, only'
             f' "{NAME_CHARS}" are allowed. If you intended to pass a host directory, use'
@@ -281,25 +285,25 @@ def _parse_bool(text: str) -> bool | None:
 
 def ram_in_bytes(text: str) -> int | None:
     """go-units' RAMInBytes (binary units, case-insensitive, optional `i` and `b`)."""
-    matched = _RAM.fullmatch(text)
+    matched = re.fullmatch(_RAM, text)
     if matched is None or matched.group(1).count(".") > 1:
         return None
     multiplier = 1024 ** (" kmgtp".index(matched.group(2).lower()) if matched.group(2) else 0)
     return int(float(matched.group(1)) * multiplier)
 
 
-@dataclass
 class _MountFields:
     """A `--mount` value's fields as opts.MountOpt collects them."""
 
-    type: str = "volume"
-    source: str = ""
-    target: str = ""
-    readonly: bool = False
-    consistency: str = ""
-    bind: dict[str, Any] | None = None
-    volume: dict[str, Any] | None = None
-    tmpfs: dict[str, int] | None = None
+    def __init__(self) -> None:
+        self.type = "volume"
+        self.source = ""
+        self.target = ""
+        self.readonly = False
+        self.consistency = ""
+        self.bind: dict[str, Any] | None = None
+        self.volume: dict[str, Any] | None = None
+        self.tmpfs: dict[str, int] | None = None
 
     def volume_options(self) -> dict[str, Any]:
         if self.volume is None:
@@ -319,6 +323,8 @@ class _MountFields:
 
 def _csv_fields(value: str) -> list[str]:
     """The fields of a `--mount` value as Go's encoding/csv reads one record."""
+    import csv
+
     try:
         return next(csv.reader([value], strict=True), [""])
     except csv.Error as e:
@@ -523,9 +529,9 @@ def _check_tmpfs_value(option: str) -> None:
     """Values the kernel's tmpfs would refuse at start (runc's `invalid argument`), refused now."""
     key, _, value = option.partition("=")
     fine: Callable[[str], bool] | None = {
-        "size": lambda v: _SIZE.fullmatch(v) is not None,
-        "nr_blocks": lambda v: _SIZE.fullmatch(v) is not None and not v.endswith("%"),
-        "nr_inodes": lambda v: _SIZE.fullmatch(v) is not None and not v.endswith("%"),
+        "size": lambda v: re.fullmatch(_SIZE, v) is not None,
+        "nr_blocks": lambda v: re.fullmatch(_SIZE, v) is not None and not v.endswith("%"),
+        "nr_inodes": lambda v: re.fullmatch(_SIZE, v) is not None and not v.endswith("%"),
         "mode": lambda v: re.fullmatch(r"[0-7]{1,4}", v) is not None,
         "uid": lambda v: v.isdigit() and int(v) < 1 << 32,
         "gid": lambda v: v.isdigit() and int(v) < 1 << 32,
@@ -647,11 +653,10 @@ def complete(
             extra.append(VolumeMount(target, anonymous=True))
             taken.add(target)
     volumes = [
-        replace(v, name=v.name or new_name())
+        v._replace(name=v.name or new_name())
         for v in (*[m for m in extra if isinstance(m, VolumeMount)], *storage.volumes)
     ]
-    return replace(
-        storage,
+    return storage._replace(
         inherited=(),
         volumes=tuple(volumes),
         binds=(*[m for m in extra if isinstance(m, BindMount)], *storage.binds),

@@ -300,8 +300,6 @@ def inherited(client: Client, storage: Storage) -> Storage:
     """`storage` with what its `--volumes-from` containers bring (a later one's mount on the
     same path over an earlier one's, as dockerd's); their names are resolved as everywhere
     (`No such container: X`)."""
-    from dataclasses import replace
-
     from ctl import volopts
     from ctl.commands import _get, _spec
 
@@ -314,7 +312,7 @@ def inherited(client: Client, storage: Storage) -> Storage:
         mounts = [m for m in mounts if isinstance(m, dict)] if isinstance(mounts, list) else []
         for mount in volopts.inherit(volopts.points_of(container.labels), mounts, mode):
             brought[mount.target] = mount
-    return replace(storage, inherited=tuple(brought.values()))
+    return storage._replace(inherited=tuple(brought.values()))
 
 
 def make(client: Client, storage: Storage) -> list[str]:

@@ -293,9 +293,7 @@ def test_volumes_from_brings_volumes_binds_and_tmpfs_read_only_when_asked():
     read_only = volopts.inherit(points, spec, "ro")
     assert all(m.readonly for m in read_only)
     storage = volopts.parse(["mine:/data"], volumes_from=["src:ro"])
-    storage = volopts.complete(
-        volopts.Storage(**{**storage.__dict__, "inherited": tuple(read_only)}), {}, names()
-    )
+    storage = volopts.complete(storage._replace(inherited=tuple(read_only)), {}, names())
     assert [(v.name, v.target, v.readonly) for v in storage.volumes] == [
         ("anon0", "/anon", True),
         ("mine", "/data", False),  # the flag's own mount wins over the inherited one
@@ -368,3 +366,13 @@ def test_ram_in_bytes_as_go_units():
     assert volopts.ram_in_bytes("12") == 12
     for bad in ("abc", "-5", "1.2.3k", "1x", ""):
         assert volopts.ram_in_bytes(bad) is None
+
+
+def test_the_label_names_are_the_daemons():
+    from supervisor.volumes import labels
+
+    assert (volopts.VOLUMES_LABEL, volopts.ANONYMOUS_LABEL) == (
+        labels.VOLUMES_LABEL, labels.ANONYMOUS_LABEL,
+    )  # fmt: skip
+    assert not volopts.Storage()
+    assert volopts.parse(volumes_from=["c"])
