@@ -510,7 +510,7 @@ def _quoted(command: str, width: int = 20) -> str:
     return json.dumps(cut(command, width), ensure_ascii=False)
 
 
-PS_FILTERS = ("id", "name", "label", "status", "exited", "ancestor")
+PS_FILTERS = ("id", "name", "label", "status", "exited", "ancestor", "health")
 
 
 def _ps_filters(given: list[str]) -> dict[str, list[str]]:
@@ -530,6 +530,8 @@ def _ps_matches(row: dict[str, Any], labels: Any, filters: dict[str, list[str]])
     from ctl.client import normalize
 
     def one(key: str, value: str) -> bool:
+        if key == "health":
+            return True  # compared in cmd_ps, with the health the daemon keeps
         if key == "id":
             return str(row["id"]).startswith(value)
         if key == "name":
@@ -552,6 +554,7 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
 
     now = time.time()
     filters = _ps_filters(args.filter)
+    healthview.check_filter(filters.get("health", ()))
     last = 1 if args.latest else args.last
     everything = args.all or last > 0 or "status" in filters or "exited" in filters
     rows = []
@@ -584,6 +587,9 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
         }  # fmt: skip
         if task is not None and task.status == task_types.RUNNING:
             row["status"] += healthview.status_suffix(health.get(container.id))
+        health_status = healthview.filter_status(health.get(container.id))
+        if "health" in filters and health_status not in filters["health"]:
+            continue
         if (restart := _restartopts().status(restarts.get(container.id), task, now)) is not None:
             row["state"], row["status"] = restart  # Restarting (1) 2 seconds ago
         if not _ps_matches(row, container.labels, filters):

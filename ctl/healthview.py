@@ -115,3 +115,18 @@ def inspect_fields(
     found = health_of(client, cid)
     if found is not None:
         info.setdefault("State", {})["Health"] = state_health(found)
+
+
+HEALTH_FILTERS = (STARTING, "healthy", "unhealthy", "none")  # docker's `ps --filter health=`
+
+
+def check_filter(values: Iterable[str]) -> None:
+    """docker's check of `ps --filter health=VALUE`, in dockerd's words."""
+    for value in values:
+        if value not in HEALTH_FILTERS:
+            raise ValueError(f"Unrecognised filter value for health: {value}")
+
+
+def filter_status(health: Any | None) -> str:
+    """What `ps --filter health=` compares: the kept status, `none` without one."""
+    return str(health.status) if health is not None and health.status else "none"

@@ -88,6 +88,11 @@ def test_an_images_healthcheck_turns_healthy_then_unhealthy_in_ps_inspect_and_ev
     assert '"action":"health_status: healthy"' in changes[0]
     assert '"action":"health_status: unhealthy"' in changes[1]
     assert '"containerId":"web"' in changes[1]
+    for value, listed in (("unhealthy", "web\n"), ("healthy", ""), ("none", "")):
+        assert ctrctl(loaded, "ps", "-q", "--filter", f"health={value}").stdout == listed
+    bogus = ctrctl(loaded, "ps", "--filter", "health=sick")
+    assert bogus.returncode == 125
+    assert "Unrecognised filter value for health: sick" in bogus.stderr
     assert ctrctl(loaded, "rm", "-f", "web").returncode == 0
 
 
