@@ -142,6 +142,16 @@ def test_a_named_volume_is_shared_outlives_its_containers_and_is_not_removed_in_
     assert e.ok("volume", "rm", "shared") == "shared\n"
     assert e.volumes() == []
 
+    opts = "volume-opt=type=tmpfs,volume-opt=device=tmpfs,volume-opt=o=size=1m"
+    on_tmpfs = e.ctrctl("run", "--rm", *NONE, "--mount", f"src=tv,dst=/t,{opts},volume-label=k=v",
+                        BUSYBOX, "grep", " /t ", "/proc/mounts")  # fmt: skip
+    assert on_tmpfs.stdout.startswith("tmpfs /t tmpfs rw,"), on_tmpfs.stderr
+    assert "size=1024k" in on_tmpfs.stdout
+    [made] = json.loads(e.ok("volume", "inspect", "tv"))  # made by the run, with its options
+    assert (made["Labels"], made["Options"]) == (
+        {"k": "v"}, {"device": "tmpfs", "o": "size=1m", "type": "tmpfs"},
+    )  # fmt: skip
+
 
 def test_anonymous_volumes_go_with_run_rm_and_rm_v_but_not_with_rm(e):
     ran = e.ctrctl("run", "--rm", *NONE, "-v", "/scratch", "-v", "kept:/k", VOLIMAGE, "sh",
