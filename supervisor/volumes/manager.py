@@ -388,7 +388,10 @@ class VolumeManager:
             }
             for m in sorted(wanted, key=lambda m: m.target.count("/"))
         ]
-        return {**config, "mounts": kept + binds}
+        # docker's order: a mount after those of shallower paths, so that a bind at /srv/conf
+        # stays visible over a volume at /srv; a stable sort keeps the rest as it was
+        mounts = sorted(kept + binds, key=lambda m: _depth(str(m.get("destination", ""))))
+        return {**config, "mounts": mounts}
 
     async def release(self, ns: str, cid: str) -> None:
         """The task `cid` no longer uses its volumes: those no other task uses are unmounted
@@ -491,3 +494,8 @@ class VolumeManager:
         """At the daemon's stop: unmount every volume no task uses (none should be mounted)."""
         for key in [k for k in self._mounted if not self._holders.get(k)]:
             await self._unmount(key)
+
+
+def _depth(path: str) -> int:
+    """How many parts a mount's path has (dockerd sorts its mounts by it)."""
+    return os.path.normpath(path).count("/") if path not in ("", "/") else 0
