@@ -5,8 +5,9 @@ The monitor follows the task events on the exchange (nothing in the task code ca
 - `/tasks/start` of a container with a check (its `ctrd.io/healthcheck` label, `config`):
   the container is `starting` again (failures cleared, the log kept, the start time noted)
   and a checker runs its probes, one every `interval` after the previous one ended;
-- the init's `/tasks/exit`, or `/tasks/delete`: its checker stops (a probe in flight is
-  killed and deleted); the health stays as it was, for `inspect`;
+- `/tasks/exit` or `/tasks/delete` when the task no longer runs (an exec's exit changes
+  nothing): its checker stops (a probe in flight is killed and deleted); the health stays as
+  it was, for `inspect`;
 - `/containers/delete`: the container's health is deleted.
 
 A checker skips its probe while the task is paused and stops when the task no longer runs; a
@@ -106,17 +107,24 @@ class HealthMonitor:
         if event is None or not cid:
             return
         key = (envelope.namespace, str(cid))
-        if envelope.topic == "/tasks/start":
+        # Clients may publish any topic (Events.Publish): each event is checked against the
+        # tasks and containers it speaks of before it is acted on.
+        running = self._tasks.running(*key)
+        if envelope.topic == "/tasks/start" and running:
             at = envelope.timestamp.seconds * 1_000_000_000 + envelope.timestamp.nanos
             await self._started(key, at)
-        elif envelope.topic == "/tasks/exit":
-            if getattr(event, "id", "") in ("", key[1]):  # the init's, not an exec's
-                await self._stop(key)
-        elif envelope.topic == "/tasks/delete":
+        elif envelope.topic in ("/tasks/exit", "/tasks/delete") and not running:
             await self._stop(key)
-        elif envelope.topic == "/containers/delete":
+        elif envelope.topic == "/containers/delete" and not await self._container_exists(key):
             await self._stop(key)
             await self.store.delete(key)
+
+    async def _container_exists(self, key: Key) -> bool:
+        try:
+            await ContainerStore(self._db, key[0]).get(key[1])
+        except errors.NotFound:
+            return False
+        return True
 
     async def _resume(self) -> None:
         """Checks for every running task whose container asks for them (after a restart)."""

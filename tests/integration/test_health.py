@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 
+from supervisor.api.containerd.events import task_pb2 as task_events
+from supervisor.api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
 from supervisor.api.ctrd.services.events.v1 import log_pb2, log_pb2_grpc
 from supervisor.api.ctrd.services.health.v1 import health_pb2, health_pb2_grpc
 from supervisor.events import unpack
@@ -88,6 +90,11 @@ def test_a_labelled_container_turns_healthy_then_unhealthy_with_events(ctrd, bus
     assert healthy.log[-1].output == "fine\n"
     assert healthy.log[-1].end.ToNanoseconds() >= healthy.log[-1].start.ToNanoseconds()
     run(ctrd, "--rm", ref, "noop", "true")  # other containers are not checked
+    forged = events_pb2.PublishRequest(topic="/tasks/exit")
+    forged.event.Pack(task_events.TaskExit(container_id="c1", id="c1", exit_status=1))
+    ctrd.stub(events_pb2_grpc.EventsStub).Publish(forged, metadata=ns_metadata(), timeout=5)
+    last = health(ctrd, "c1").log[-1].start.ToNanoseconds()
+    wait_for(lambda: health(ctrd, "c1").log[-1].start.ToNanoseconds() > last)  # checks go on
     ctrd.ctr("tasks", "exec", "--exec-id", "rm1", "c1", "rm", "/tmp/ok")
     unhealthy = wait_for(status_is(ctrd, "c1", "unhealthy"))
     assert unhealthy.failing_streak == 2
@@ -99,8 +106,7 @@ def test_a_labelled_container_turns_healthy_then_unhealthy_with_events(ctrd, bus
         ("c1", "healthy", "health_status: healthy"),
         ("c1", "unhealthy", "health_status: unhealthy"),
     ]
-    ctrd.ctr("tasks", "kill", "-s", "KILL", "c1")
-    ctrd.ctr("tasks", "delete", "c1")
+    ctrd.ctr("tasks", "delete", "--force", "c1")  # killed, waited for, deleted
     ctrd.ctr("containers", "delete", "c1")
     with_code = None
     try:
@@ -121,8 +127,7 @@ def test_a_probe_past_its_timeout_is_killed_and_fails_in_dockers_words(ctrd, bus
     assert 0.3 <= took < 2
     time.sleep(0.2)
     assert len(probes_running(ctrd, "31.25")) <= 1  # the timed-out one is gone; the next runs
-    ctrd.ctr("tasks", "kill", "-s", "KILL", "slow")
-    ctrd.ctr("tasks", "delete", "slow")
+    ctrd.ctr("tasks", "delete", "--force", "slow")  # killed, waited for, deleted
     assert probes_running(ctrd, "31.25") == []
 
 
@@ -153,8 +158,7 @@ def test_checks_go_on_after_a_restart_and_no_probe_outlives_its_container(ctrd, 
     assert [e[1] for e in health_events(ctrd)] == ["healthy", "unhealthy"]
     ctrd.ctr("tasks", "exec", "--exec-id", "back", "kept", "touch", "/tmp/ok")
     wait_for(lambda: probes_running(ctrd, "0.0731"), timeout=10)  # a probe is running
-    ctrd.ctr("tasks", "kill", "-s", "KILL", "kept")
-    ctrd.ctr("tasks", "delete", "kept")
+    ctrd.ctr("tasks", "delete", "--force", "kept")  # killed, waited for, deleted
     time.sleep(0.3)
     assert probes_running(ctrd, "0.0731") == []
     count = len(health(ctrd, "kept").log)
