@@ -82,6 +82,7 @@ class RestartMonitor:
         self._delays: dict[Key, float] = {}  # the last back-off per container (moby's timeout)
         self._pending: dict[Key, _Pending] = {}  # restarts under way
         self._own_starts: set[Key] = set()  # starts this monitor makes: not a user's
+        self._deciding: set[Key] = set()  # exits being decided: a restart may follow
         self._follower: asyncio.Task[None] | None = None
         self._booting: asyncio.Task[None] | None = None
         self._stopping = False
@@ -144,9 +145,17 @@ class RestartMonitor:
             else:
                 exit_ = events_pb.TaskExit.FromString(payload)
                 if exit_.id == exit_.container_id:  # the init's, not an exec's
-                    await self._exited(
-                        ns, exit_.container_id, exit_.exit_status, exit_.exited_at.ToNanoseconds()
-                    )
+                    key = (ns, exit_.container_id)
+                    self._deciding.add(key)
+                    try:
+                        await self._exited(
+                            ns,
+                            exit_.container_id,
+                            exit_.exit_status,
+                            exit_.exited_at.ToNanoseconds(),
+                        )
+                    finally:
+                        self._deciding.discard(key)
         except Exception:
             log.exception("restart_event_failed", ns=ns, topic=topic)
 
@@ -367,4 +376,6 @@ class RestartMonitor:
     # -- what the service shows -------------------------------------------------------------
 
     def restarting(self, ns: str, cid: str) -> bool:
-        return (ns, cid) in self._pending
+        """Whether a restart is pending, or may be (an exit being decided): a client that
+        stopped the container waits for that to end (`ctrctl rm -f`)."""
+        return (ns, cid) in self._pending or (ns, cid) in self._deciding

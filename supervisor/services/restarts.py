@@ -20,7 +20,7 @@ def state(cid: str, record: Record, restarting: bool) -> pb.RestartState:
     out = pb.RestartState(
         container_id=cid,
         restart_count=record.count,
-        restarting=restarting and bool(record.restart_at),
+        restarting=restarting,
         exited=bool(record.exited_at),
         exit_status=record.exit_status,
     )
@@ -28,7 +28,7 @@ def state(cid: str, record: Record, restarting: bool) -> pb.RestartState:
         out.started_at.FromNanoseconds(record.started_at)
     if record.exited_at:
         out.exited_at.FromNanoseconds(record.exited_at)
-    if out.restarting:
+    if restarting and record.restart_at:
         out.restart_at.FromNanoseconds(record.restart_at)
     return out
 
