@@ -329,25 +329,31 @@ class VolumeManager:
         config: dict[str, Any],
         rootfs: Sequence[Mount],
     ) -> None:
-        """Fill the new, empty volumes from the image, each under its lock; the rootfs is
-        mounted read-only once, only if a volume takes a copy, and unmounted after."""
+        """Fill the new, empty volumes from the image, each under its lock (one at a time, by
+        name: two creates never wait on each other); a volume named at two targets is filled
+        from the first. The rootfs is mounted read-only once, only if a volume takes a copy,
+        and unmounted after."""
+        firsts: dict[str, volume_labels.VolumeMount] = {}
+        for m in copies:
+            firsts.setdefault(m.name, m)
         async with contextlib.AsyncExitStack() as stack:
             root: list[Path | None] = []  # resolved at the first volume that wants a copy
-            for m in copies:
-                paths = self.paths(ns, m.name)
-                await stack.enter_async_context(self._locks[(ns, m.name)])
-                if not await asyncio.to_thread(copyup.wanted, paths.directory, paths.data):
-                    continue
-                if not root:
-                    root.append(await self._rootfs(stack, config, rootfs))
-                if root[0] is None:
-                    continue
-                copied = await asyncio.to_thread(
-                    copyup.copy_up, root[0], m.target, paths.directory, paths.data
-                )
+            for name in sorted(firsts):
+                m = firsts[name]
+                paths = self.paths(ns, name)
+                async with self._locks[(ns, name)]:
+                    if not await asyncio.to_thread(copyup.wanted, paths.directory, paths.data):
+                        continue
+                    if not root:
+                        root.append(await self._rootfs(stack, config, rootfs))
+                    if root[0] is None:
+                        continue
+                    copied = await asyncio.to_thread(
+                        copyup.copy_up, root[0], m.target, paths.directory, paths.data
+                    )
                 if copied.entries:
                     log.info(
-                        "volume_copied_up", ns=ns, name=m.name, id=cid, entries=copied.entries,
+                        "volume_copied_up", ns=ns, name=name, id=cid, entries=copied.entries,
                         ms=round(copied.copy_ms, 1), sync_ms=round(copied.sync_ms, 1),
                     )  # fmt: skip
 

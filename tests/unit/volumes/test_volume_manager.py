@@ -192,3 +192,53 @@ def test_reconcile_finishes_a_cut_off_removal_and_keeps_recorded_volumes(tmp_pat
             await db.close()
 
     run(scenario())
+
+
+def test_prepare_task_binds_the_volumes_and_fills_a_new_one_from_the_root(tmp_path):
+    root = tmp_path / "rootfs"
+    (root / "srv" / "app").mkdir(parents=True)
+    (root / "srv" / "app" / "conf").write_text("config\n")
+    spec = json.dumps({"root": {"path": str(root)}, "mounts": [{"destination": "/srv/app"}]})
+    entries = [
+        {"name": "bb", "target": "/srv/app"},
+        {"name": "aa", "target": "/ro", "readonly": True, "nocopy": True},
+        {"name": "bb", "target": "/srv/again"},  # the same volume twice: filled once
+    ]
+    wanted = json.dumps(entries)
+
+    async def scenario():
+        db, manager = await opened(tmp_path)
+        try:
+            await manager.create("default", "aa")
+            await manager.create("default", "bb")
+            async with asyncio.timeout(10):
+                out = await manager.prepare_task(
+                    "default", "c1", {labels.VOLUMES_LABEL: wanted}, spec.encode(), []
+                )
+                reversed_ = {labels.VOLUMES_LABEL: json.dumps(entries[::-1])}
+                other = await manager.prepare_task("default", "c2", reversed_, spec.encode(), [])
+            data = tmp_path / "volumes" / "default"
+            mounts = json.loads(out)["mounts"]
+            assert mounts == [
+                {"destination": "/ro", "type": "bind", "source": str(data / "aa" / "_data"),
+                 "options": ["rbind", "ro"]},
+                {"destination": "/srv/app", "type": "bind", "source": str(data / "bb" / "_data"),
+                 "options": ["rbind", "rw"]},
+                {"destination": "/srv/again", "type": "bind",
+                 "source": str(data / "bb" / "_data"), "options": ["rbind", "rw"]},
+            ]  # fmt: skip
+            assert sorted(json.loads(other)["mounts"], key=str) == sorted(mounts, key=str)
+            assert (data / "bb" / "_data" / "conf").read_text() == "config\n"
+            assert list((data / "aa" / "_data").iterdir()) == []
+            await manager.release("default", "c1")
+            await manager.release("default", "c2")
+            missing = {labels.VOLUMES_LABEL: json.dumps([{"name": "nope", "target": "/x"}])}
+            with pytest.raises(NotFound) as e:
+                await manager.prepare_task("default", "c3", missing, spec.encode(), [])
+            assert str(e.value) == (
+                'volume "nope" (label ctrd.io/volumes of container "c3"): not found'
+            )
+        finally:
+            await db.close()
+
+    run(scenario())
