@@ -53,7 +53,7 @@ from supervisor.config import Config
 from supervisor.errors import FailedPrecondition
 from supervisor.eventlog import EventLog
 from supervisor.events import Exchange
-from supervisor.health.monitor import HealthMonitor
+from supervisor.health import subscribe as follow_health
 from supervisor.metadata.containers import ContainerStore
 from supervisor.metadata.db import Database
 from supervisor.restart.launch import TaskLauncher
@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from snapshotter.native import NativeSnapshotter
     from snapshotter.overlay import OverlaySnapshotter
     from supervisor.content.local import LocalStore
+    from supervisor.health.monitor import HealthMonitor
     from supervisor.metadata.content import ContentStore
     from supervisor.metadata.gc import Collector
     from supervisor.metadata.images import ImageStore
@@ -236,6 +237,32 @@ class Parts:
         return SnapshotStore(self.db, self.snapshotters[name], name, ns, lease, self.gc.mark_dirty)
 
 
+async def check_health_later(
+    db: Database, events: Exchange, tasks: TaskManager, state: Path, subscription: Any
+) -> HealthMonitor | None:
+    """The containers' health checks, from GC_STARTUP_DELAY on: a restart's first answers do
+    not wait for the monitor's modules, and the task events meanwhile wait in `subscription`
+    (made before serving). A monitor that cannot start is logged; the daemon serves on."""
+    await asyncio.sleep(GC_STARTUP_DELAY)
+    from supervisor.health.monitor import HealthMonitor
+
+    monitor = HealthMonitor(db, events, tasks, state)
+    try:
+        await monitor.start(subscription)
+    except Exception:
+        log.exception("health_checks_unavailable")
+        return None
+    return monitor
+
+
+async def stop_health(starting: asyncio.Task[HealthMonitor | None]) -> None:
+    """Stop the health checks, or their start if it has not happened yet."""
+    starting.cancel()  # nothing if it is done
+    await asyncio.wait({starting})
+    if not starting.cancelled() and (monitor := starting.result()) is not None:
+        await monitor.stop()
+
+
 async def collect_later(parts: Parts, delay: float) -> None:
     """The collector's runs, from `delay` seconds on (see the module's doc). Stores that cannot
     be built (a root the daemon may not write, say) are logged, as each call to a service that
@@ -308,7 +335,7 @@ class Daemon:
     tasks: TaskManager
     events: Exchange
     networks: Any = None  # the cached NetworkManager factory (built at first need)
-    health: HealthMonitor | None = None  # the containers' health checks
+    health: asyncio.Task[HealthMonitor | None] | None = None  # the health checks, starting
     restarts: RestartMonitor | None = None  # the containers' restart policies
 
     @classmethod
@@ -335,7 +362,6 @@ class Daemon:
         parts = Parts(root, db, config.gc.interval)
         tasks = TaskManager(state, address, events, config.runtime.binary)
         logs = Logs(root / "logs", config.logs.max_size, config.logs.max_files)
-        checks = HealthMonitor(db, events, tasks, state)
 
         def containers(ns: str) -> ContainerStore:
             return ContainerStore(db, ns)
@@ -415,9 +441,10 @@ class Daemon:
             return PushService(parts.content, parts.images, config.registry)
 
         def health_service() -> Any:
+            from supervisor.health.store import HealthStore
             from supervisor.services.health import HealthService
 
-            return HealthService(checks.store)
+            return HealthService(HealthStore(db))
 
         def networks_service() -> Any:
             from supervisor.network.live import LiveNetworks
@@ -516,20 +543,22 @@ class Daemon:
             await tasks.load()
             await reconcile_networks(db, network_manager, tasks.exists)
             await reconcile_volumes(parts, tasks)
-            await checks.start()  # follows task events; checks go on for running tasks
+            health_events = follow_health(events)  # task events for the health checks
             restarts.follow()  # exits from now on; those the load recovered are boot's
             await server.start()
             tasks.serving()
             restarts.boot()  # containers to start again (after a reboot too)
         except BaseException:
             await restarts.stop()
-            await checks.stop()
             await server.stop(None)
             await db.close()
             await event_log.close()
             lock.release()
             raise
         gc_task = asyncio.create_task(collect_later(parts, GC_STARTUP_DELAY), name="gc")
+        checks = asyncio.create_task(
+            check_health_later(db, events, tasks, state, health_events), name="health"
+        )
         log.info("ctrd_started", address=address, root=str(root), state=str(state), pid=os.getpid())
         return cls(
             config, lock, db, server, gc_task, parts, tasks, events, network_manager, checks,
@@ -541,7 +570,7 @@ class Daemon:
         if self.restarts is not None:
             await self.restarts.stop()  # no restart once the daemon stops (docker's rule)
         if self.health is not None:
-            await self.health.stop()  # before the shims are let go: probes in flight deleted
+            await stop_health(self.health)  # before the shims are let go: probes deleted
         await self.tasks.stop()  # first: a Wait in flight fails with UNAVAILABLE
         await self.server.stop(grace=1.0)
         self.gc_task.cancel()

@@ -34,11 +34,11 @@ from typing import Any
 
 import structlog
 
-from supervisor import errors, filters
+from supervisor import errors
 from supervisor.api.ctrd.services.health.v1 import health_pb2
 from supervisor.events import Exchange, unpack
 from supervisor.health import config as health_config
-from supervisor.health import probe
+from supervisor.health import probe, subscribe
 from supervisor.health.config import HealthConfig
 from supervisor.health.state import Health, Result, record, started, transition
 from supervisor.health.store import HealthStore, Key
@@ -50,7 +50,6 @@ log = structlog.get_logger("ctrd.health")
 
 TOPIC = "/containers/health"
 ACTION = "health_status"  # dockerd's event action: `health_status: healthy`
-_FOLLOWED = ("/tasks/start", "/tasks/exit", "/tasks/delete", "/containers/delete")
 
 
 class HealthMonitor:
@@ -63,12 +62,12 @@ class HealthMonitor:
         self._checkers: dict[Key, asyncio.Task[None]] = {}
         self._runner: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Follow the task events from now on, and go on with the checks of running tasks."""
+    async def start(self, subscription: Any = None) -> None:
+        """Follow the task events (from `subscription` when one was made earlier, else from
+        now on), and go on with the checks of running tasks."""
+        if subscription is None:
+            subscription = subscribe(self._exchange)
         await asyncio.to_thread(_fresh_directory, self._fifos)
-        subscription = self._exchange.subscription(
-            filters.parse_all(f'topic=="{topic}"' for topic in _FOLLOWED)
-        )
         self._runner = asyncio.create_task(self._run(subscription), name="health")
 
     async def stop(self) -> None:
