@@ -16,9 +16,11 @@ written to the store (what `ctrd.services.health.v1` serves) before the next pro
 change of status is published as a `/containers/health` event (`HealthStatus`, with dockerd's
 action words, `health_status: healthy`).
 
-At start (after the tasks were loaded), checks go on for every running task whose container
-asks for them, from the health the store kept; probes a previous daemon left behind are
-deleted first. The monitor's work is its own asyncio tasks, cancelled and awaited by `stop`.
+At start (the daemon builds the monitor just after it serves, with the events it subscribed
+to before: `supervisor.health.subscribe`), checks go on for every running task whose
+container asks for them, from the health the store kept; probes a previous daemon left behind
+are deleted first. The monitor's work is its own asyncio tasks, cancelled and awaited by
+`stop`.
 """
 
 from __future__ import annotations
