@@ -144,7 +144,7 @@ class RestartMonitor:
                 await self._store.delete(ns, deleted.id)
             else:
                 exit_ = events_pb.TaskExit.FromString(payload)
-                if exit_.id == exit_.container_id:  # the init's, not an exec's
+                if exit_.id == exit_.container_id and self._init_exited(ns, exit_.container_id):
                     key = (ns, exit_.container_id)
                     self._deciding.add(key)
                     try:
@@ -158,6 +158,16 @@ class RestartMonitor:
                         self._deciding.discard(key)
         except Exception:
             log.exception("restart_event_failed", ns=ns, topic=topic)
+
+    def _init_exited(self, ns: str, cid: str) -> bool:
+        """Whether the container's task says its init exited: an exit event a client
+        published (Events.Publish) restarts nothing. The task applies its shim's exit before
+        this monitor sees the event."""
+        try:
+            task = self._tasks.get(ns, cid)
+        except errors.NotFound:
+            return False  # deleted meanwhile: whoever deleted it had the last word
+        return _stopped(task)
 
     async def _container(self, ns: str, cid: str) -> Container | None:
         try:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.conftest import Ctrd
+from tests.conftest import Ctrd, ns_metadata
 from tests.integration.test_ctrctl import ctrctl
 from tests.integration.test_tasks import pull
 
@@ -198,3 +198,19 @@ def test_rm_f_removes_a_container_whose_restart_is_pending(ctrd, busybox_image):
     time.sleep(0.5)
     assert ctrd.ctr("containers", "ls", "-q").stdout.split() == []
     assert ctrd.ctr("tasks", "ls", "-q").stdout.split() == []
+
+
+def test_an_exit_a_client_publishes_restarts_nothing(ctrd, busybox_image):
+    from supervisor.api.containerd.events import task_pb2 as task_events
+    from supervisor.api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
+
+    ref = pull(ctrd, busybox_image)
+    run_d(ctrd, ref, "steady", "always", "sleep", "1000")
+    pid = eventually(lambda: pid_of(ctrd, "steady"))
+    forged = events_pb2.PublishRequest(topic="/tasks/exit")
+    forged.event.Pack(task_events.TaskExit(container_id="steady", id="steady", exit_status=1))
+    ctrd.stub(events_pb2_grpc.EventsStub).Publish(forged, metadata=ns_metadata(), timeout=5)
+    time.sleep(1)
+    shown = inspect(ctrd, "steady")
+    assert (shown["RestartCount"], pid_of(ctrd, "steady")) == (0, pid)
+    assert ctrctl(ctrd, "rm", "-f", "steady").returncode == 0
