@@ -26,10 +26,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from supervisor.health.config import LABEL
+from supervisor.health import LABEL  # the package alone: no dataclass to define
 
 MINIMUM_DURATION = 1_000_000  # ns: dockerd's container.MinimumDuration (1ms)
 CONFLICT = "--no-healthcheck conflicts with --health-* options"
@@ -43,8 +42,9 @@ _UNITS = {
     "m": 60_000_000_000,
     "h": 3_600_000_000_000,
 }
-_NUMBER = re.compile(r"([0-9]*)(\.([0-9]*))?")
-_UNIT = re.compile(r"[^0-9.]*")
+# Compiled at the first duration given (re caches them), not at every ctrctl's import.
+_NUMBER = r"([0-9]*)(\.([0-9]*))?"
+_UNIT = r"[^0-9.]*"
 # docker's JSON names of the config's fields, and the contract's.
 _FIELDS = (
     ("Interval", "interval"),
@@ -54,9 +54,9 @@ _FIELDS = (
 )
 
 
-@dataclass(frozen=True)
-class HealthFlags:
-    """The health flags of `run/create` as given (None: not given)."""
+class HealthFlags(NamedTuple):
+    """The health flags of `run/create` as given (None: not given). A NamedTuple: a frozen
+    dataclass costs every ctrctl its definition at import."""
 
     cmd: str | None = None
     interval: str | None = None
@@ -78,13 +78,13 @@ def parse_duration(text: str) -> int:
         raise ValueError(f"time: invalid duration {quoted}")
     total = 0
     while rest:
-        number = _NUMBER.match(rest)
+        number = re.match(_NUMBER, rest)
         assert number is not None  # it matches the empty string
         whole, fraction = number.group(1), number.group(3) or ""
         if not whole and not fraction:
             raise ValueError(f"time: invalid duration {quoted}")
         rest = rest[number.end() :]
-        unit = _UNIT.match(rest).group(0)  # type: ignore[union-attr]
+        unit = re.match(_UNIT, rest).group(0)  # type: ignore[union-attr]
         if not unit:
             raise ValueError(f"time: missing unit in duration {quoted}")
         if unit not in _UNITS:

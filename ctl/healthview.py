@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from ctl.client import Client, stub
-from supervisor.health.config import LABEL
+from supervisor.health import LABEL  # the package alone: no dataclass to define
 
 STARTING = "starting"
 

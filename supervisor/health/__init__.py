@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from supervisor.events import Exchange
 
+LABEL = "ctrd.io/healthcheck"  # what a container asks for (its contract: `config`)
 FOLLOWED = ("/tasks/start", "/tasks/exit", "/tasks/delete", "/containers/delete")
 
 

@@ -23,7 +23,9 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-LABEL = "ctrd.io/healthcheck"
+from supervisor.health import LABEL
+
+__all__ = ["LABEL", "BadHealthcheck", "HealthConfig", "command", "from_labels", "go_duration"]
 
 SECOND = 1_000_000_000
 DEFAULT_INTERVAL = 30 * SECOND

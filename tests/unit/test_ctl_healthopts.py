@@ -62,7 +62,7 @@ def test_flags_override_the_image_field_by_field():
 def test_no_healthcheck_is_none_and_conflicts_with_the_other_flags():
     assert user_config(HealthFlags(no_healthcheck=True)) == {"Test": ["NONE"]}
     for flags in (HealthFlags(cmd="x"), HealthFlags(interval="1s"), HealthFlags(retries="1")):
-        given = HealthFlags(**{**flags.__dict__, "no_healthcheck": True})
+        given = flags._replace(no_healthcheck=True)
         with pytest.raises(ValueError, match=r"^--no-healthcheck conflicts with --health-\*"):
             user_config(given)
 
