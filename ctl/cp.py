@@ -63,8 +63,9 @@ def add_parsers(commands: Any) -> None:
     cp.add_argument(
         "-L", "--follow-link", action="store_true", help="always follow symbol link in SRC_PATH"
     )
-    cp.add_argument("source", metavar="SRC")
-    cp.add_argument("destination", metavar="DEST")
+    # not `source`: completion takes that name for an image (ctl.completion.IMAGE_ARGS)
+    cp.add_argument("src", metavar="SRC_PATH")
+    cp.add_argument("dest", metavar="DEST_PATH")
     cp.set_defaults(handler="ctl.cp:cmd_cp+client")
 
 
@@ -84,12 +85,12 @@ def cmd_cp(client: Client, args: argparse.Namespace) -> int:
     container = ""
     path = ""
     try:
-        if not args.source:
+        if not args.src:
             raise CpError("source can not be empty")
-        if not args.destination:
+        if not args.dest:
             raise CpError("destination can not be empty")
-        src_container, src_path = split_arg(args.source)
-        dst_container, dst_path = split_arg(args.destination)
+        src_container, src_path = split_arg(args.src)
+        dst_container, dst_path = split_arg(args.dest)
         if src_container and dst_container:
             raise CpError("copying between containers is not supported")
         if not src_container and not dst_container:
@@ -286,6 +287,8 @@ class _Copier:
         options = Options(no_overwrite_dir_non_dir=True, chown=False, rename=rename)
         try:
             unpack(chunks, root, b"/", options)
+            for _ in chunks:  # to the stream's end: the daemon's call ends as it should
+                pass
         except UnpackError as e:
             raise CpError(str(e)) from None
         except OSError as e:

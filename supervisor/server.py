@@ -485,7 +485,9 @@ class Daemon:
             async def snapshot_mounts(ns: str, snapshotter: str, key: str) -> Any:
                 return await parts.snapshots(ns, None, snapshotter).mounts(key)
 
-            return ArchiveService(containers, tasks, snapshot_mounts, root / "tmpmounts")
+            return ArchiveService(
+                containers, tasks, snapshot_mounts, root / "tmpmounts", root / "volumes"
+            )
 
         def volumes_service() -> Any:
             from supervisor.services.volumes import VolumesService

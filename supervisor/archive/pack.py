@@ -18,6 +18,7 @@ import contextlib
 import os
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from supervisor.diff.tarformat import (
     BLOCK,
@@ -34,7 +35,7 @@ from supervisor.diff.tarformat import (
 )
 
 CHUNK = 1 << 18  # what one message of the stream carries, roughly
-_READ = 1 << 20
+_READ = 1 << 18
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CAPABILITY = "security.capability"
@@ -54,7 +55,9 @@ def pack(parent_fd: int, name: bytes, top: bytes) -> Iterator[bytes]:
                 continue
             directory, entry, arcname = item
             child = writer.entry(directory, entry, arcname)
-            if child is not None:
+            if isinstance(child, _Data):
+                yield from writer.data(child)
+            elif child is not None:
                 opened.append(child)
                 pending.append(child)
                 names = sorted(os.fsencode(n) for n in os.listdir(child))
@@ -85,8 +88,9 @@ class _Writer:
         self._out.clear()
         return out
 
-    def entry(self, parent: int, name: bytes, arcname: bytes) -> int | None:
-        """Write one entry; for a directory, return its fd (the caller lists and closes it)."""
+    def entry(self, parent: int, name: bytes, arcname: bytes) -> int | _Data | None:
+        """Write one entry's header; for a directory, return its fd (the caller lists and
+        closes it), for a regular file what to write after it (`data`)."""
         try:
             st = os.lstat(name, dir_fd=parent)
         except FileNotFoundError:
@@ -102,8 +106,8 @@ class _Writer:
                 if first != arcname:
                     self.add(encode(_header(arcname, HARDLINK, st, linkname=first)))
                     return None
-            self._file(parent, name, arcname, st)
-        elif stat.S_ISLNK(mode):
+            return self._file(parent, name, arcname)
+        if stat.S_ISLNK(mode):
             target = os.readlink(name, dir_fd=parent)
             self.add(encode(_header(arcname, SYMLINK, st, linkname=target)))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
@@ -111,27 +115,43 @@ class _Writer:
             self.add(encode(_header(arcname, kind, st)))
         return None  # sockets: nothing
 
-    def _file(self, parent: int, name: bytes, arcname: bytes, st: os.stat_result) -> None:
+    def _file(self, parent: int, name: bytes, arcname: bytes) -> _Data | None:
         fd = os.open(name, _FILE, dir_fd=parent)
         try:
             now = os.fstat(fd)
             if not stat.S_ISREG(now.st_mode):
-                return  # swapped for something else while we looked
+                os.close(fd)
+                return None  # swapped for something else while we looked
             xattrs = {}
             with contextlib.suppress(OSError):
                 xattrs[_CAPABILITY.encode()] = os.getxattr(fd, _CAPABILITY)
-            size = now.st_size
-            self.add(encode(_header(arcname, REGULAR, now, size=size, xattrs=xattrs)))
-            left = size
+            self.add(encode(_header(arcname, REGULAR, now, size=now.st_size, xattrs=xattrs)))
+        except BaseException:
+            os.close(fd)
+            raise
+        return _Data(fd, now.st_size)
+
+    def data(self, file: _Data) -> Iterator[bytes]:
+        """The file's bytes after its header, in chunks; the file is closed at the end."""
+        try:
+            left = file.size
             while left:
-                data = os.read(fd, min(_READ, left))
+                data = os.read(file.fd, min(_READ, left))
                 if not data:
                     break
                 self.add(data)
                 left -= len(data)
-            self.add(bytes(left + (-size % BLOCK)))
+                if self.size >= CHUNK:
+                    yield self.take()
+            self.add(bytes(left + (-file.size % BLOCK)))
         finally:
-            os.close(fd)
+            os.close(file.fd)
+
+
+@dataclass(frozen=True)
+class _Data:
+    fd: int
+    size: int
 
 
 def _header(

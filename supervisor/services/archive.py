@@ -1,13 +1,14 @@
 """ctrd.services.archive.v1: docker's archive API (`ctrctl cp`) over `supervisor.archive`.
 
-Each call finds the container (NotFound, docker's 404 words), decides what its root is made
-of (`_layout`: a task with a mounted bundle rootfs uses it and the spec it was started with;
-otherwise the container's snapshot and spec), mounts that view for the call on a worker thread
-(`view.mounted`), and translates: a missing path is NotFound ("Could not find the file PATH in
-container ID", docker's words), docker's refusals are InvalidArgument with docker's message
-alone, a read-only filesystem is FailedPrecondition. `Get` pulls the tar a chunk at a time
-from its thread, so a slow client holds back the walk rather than the daemon's memory; `Put`
-hands the client's chunks to the extracting thread through a small bounded queue.
+Each call finds the container (NotFound, docker's 404 words), decides what its root is made of
+(`_layout`: a task with a mounted bundle rootfs uses it and the spec it was started with;
+otherwise the container's snapshot, spec and volumes), mounts that view for the call on a
+worker thread (`view.mounted`), and translates: a missing path is NotFound ("Could not find
+the file PATH in container ID", docker's words), docker's refusals are InvalidArgument with
+docker's message alone, a read-only filesystem is FailedPrecondition. `Get` pulls the tar a
+chunk at a time from its thread, so a slow client holds back the walk rather than the
+daemon's memory; `Put` hands the client's chunks to the extracting thread through a small
+bounded queue.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import errno
 import json
 import os
 import queue
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ from supervisor.errors import CtrdError, FailedPrecondition, Internal, InvalidAr
 from supervisor.metadata.containers import ContainerStore
 from supervisor.runtime.manager import TaskManager
 from supervisor.services import rpc
+from supervisor.volumes.labels import VOLUMES_LABEL, wants_volumes
+from supervisor.volumes.labels import parse as parse_volumes
+from supervisor.volumes.local import VolumePaths
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _QUEUE = 8  # chunks of a Put in flight between the stream and the extracting thread
@@ -46,11 +50,13 @@ class ArchiveService(pb_grpc.ArchiveServicer):
         tasks: TaskManager,
         snapshot_mounts: Callable[[str, str, str], Any],
         tmpmounts: Path,
+        volumes_root: Path | None = None,
     ) -> None:
         self._containers = containers
         self._tasks = tasks
         self._snapshot_mounts = snapshot_mounts  # (ns, snapshotter, key) -> awaitable mounts
         self._tmp = tmpmounts
+        self._volumes_root = volumes_root  # <root>/volumes: the volumes' data directories
 
     async def _layout(self, ns: str, cid: str) -> tuple[view.Layout, dict[str, Any]]:
         try:
@@ -68,7 +74,27 @@ class ArchiveService(pb_grpc.ArchiveServicer):
         if not container.snapshot_key or not container.snapshotter:
             raise FailedPrecondition(f'container "{cid}" has no snapshot to copy from or to')
         mounts = await self._snapshot_mounts(ns, container.snapshotter, container.snapshot_key)
-        return view.Layout(None, tuple(mounts), tuple(view.bind_mounts(spec))), spec
+        found = [*view.bind_mounts(spec), *self._volumes(ns, container.labels)]
+        found.sort(key=lambda bind: bind.target.count("/"))  # a parent before what is in it
+        return view.Layout(None, tuple(mounts), tuple(found)), spec
+
+    def _volumes(self, ns: str, labels: Mapping[str, str]) -> list[view.BindMount]:
+        """A stopped container's volumes (label `ctrd.io/volumes`, `supervisor.volumes`): each
+        volume's data directory bound on its target, as Tasks.Create would (a running task's
+        spec has them already). A volume whose data is not there (one mounted only while in
+        use, a tmpfs or NFS one) is left out."""
+        if self._volumes_root is None or not wants_volumes(labels):
+            return []
+        try:
+            wanted = parse_volumes(labels[VOLUMES_LABEL])
+        except CtrdError:
+            return []
+        found = []
+        for volume in wanted:
+            data = VolumePaths(self._volumes_root, ns, volume.name).data
+            if data.is_dir():
+                found.append(view.BindMount(str(data), volume.target, volume.readonly, True))
+        return found
 
     async def Stat(self, request: pb.StatRequest, context: Context) -> pb.StatResponse:
         ns = rpc.namespace(context)
@@ -88,23 +114,25 @@ class ArchiveService(pb_grpc.ArchiveServicer):
         ns = rpc.namespace(context)
         layout, _ = await self._layout(ns, request.container_id)
         produced = _archived(layout, self._tmp, request.path)
+        step: asyncio.Future[ops.PathStat | bytes | None] | None = None
         try:
-            try:
-                found = await asyncio.to_thread(next, produced)
-            except Exception as e:
-                raise _translate(e, request.container_id, request.path) from e
-            assert isinstance(found, ops.PathStat)
-            yield pb.GetResponse(stat=_stat_message(found))
             while True:
+                # shielded: a client that goes away cancels us, not the thread inside the
+                # generator, which must be done before the generator can be closed
+                step = asyncio.ensure_future(asyncio.to_thread(next, produced, None))
                 try:
-                    chunk = await asyncio.to_thread(next, produced, None)
+                    item = await asyncio.shield(step)
                 except Exception as e:
                     raise _translate(e, request.container_id, request.path) from e
-                if chunk is None:
+                if item is None:
                     break
-                assert isinstance(chunk, bytes)
-                yield pb.GetResponse(data=chunk)
+                if isinstance(item, ops.PathStat):
+                    yield pb.GetResponse(stat=_stat_message(item))
+                else:
+                    yield pb.GetResponse(data=item)
         finally:
+            if step is not None and not step.done():
+                await asyncio.wait({step})
             await asyncio.to_thread(produced.close)
 
     async def Put(

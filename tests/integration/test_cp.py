@@ -110,6 +110,21 @@ def test_cp_streams_tar_on_stdout_and_from_stdin(ctrd, busybox_image):
     assert sh(ctrd, "box", "cat /data/in/new") == "new\n"
     onto_file = ctrctl(ctrd, "cp", "-", "box:/data/d/one", input=buffer.getvalue(), check=False)
     assert onto_file.stderr == b'destination "box:/data/d/one" must be a directory\n'
+    # a reader that goes away in the middle: the daemon ends the call cleanly (the fixture
+    # finds no traceback in its log) and unmounts its view
+    sh(ctrd, "box", "dd if=/dev/zero of=/data/big bs=1M count=16 2>/dev/null")
+    with subprocess.Popen(
+        [sys.executable, "-m", "ctl", "--address", ctrd.address, "cp", "box:/data/big", "-"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as reader:  # fmt: skip
+        assert reader.stdout is not None
+        assert len(reader.stdout.read(4096)) == 4096
+        reader.stdout.close()
+        assert reader.wait(timeout=30) != 0
+    # and one that reads it all: a file larger than a message is sent in many
+    whole = ctrctl(ctrd, "cp", "box:/data/big", "-").stdout
+    assert len(whole) == 512 + 16 * 1024 * 1024 + 1024  # header, data, end of archive
+    assert sh(ctrd, "box", "cat /data/d/one") == "one\n"  # the daemon still answers
 
 
 def test_cp_with_stopped_containers_sees_their_snapshot_and_bind_mounts(
@@ -119,12 +134,14 @@ def test_cp_with_stopped_containers_sees_their_snapshot_and_bind_mounts(
     shared = short_tmp / "shared"
     shared.mkdir()
     (shared / "on-host").write_text("through the bind\n")
-    ctrctl(ctrd, "run", "--name", "done", "-v", f"{shared}:/mnt", ref, "sh", "-c",
-           "echo made > /made && ln -s / /escape")  # fmt: skip
+    ctrctl(ctrd, "run", "--name", "done", "-v", f"{shared}:/mnt", "-v", "kept:/vol", ref, "sh",
+           "-c", "echo made > /made && echo in-volume > /vol/v && ln -s / /escape")  # fmt: skip
     out = short_tmp / "out"
     out.mkdir()
     ctrctl(ctrd, "cp", "done:/made", str(out))
     ctrctl(ctrd, "cp", "done:/mnt/on-host", str(out))
+    ctrctl(ctrd, "cp", "done:/vol/v", str(out))  # a named volume (label ctrd.io/volumes)
+    assert (out / "v").read_text() == "in-volume\n"
     assert (out / "made").read_text() == "made\n"
     assert (out / "on-host").read_text() == "through the bind\n"
     (out / "back").write_text("back\n")
