@@ -7,7 +7,8 @@ symlink, `archive` tars the link itself), except that a trailing `/` follows it.
 `link_target` is where it finally leads, resolved inside the root. `extract` resolves the
 whole destination, which must be a directory ("extraction point is not a directory"), and
 refuses a read-only bind mount ("mounted volume is marked read-only") or a read-only root
-outside the binds ("container rootfs is marked read-only"). A missing path is
+outside the binds ("container rootfs is marked read-only"); what the extraction refuses
+is said in docker's words ("Error processing tar file(exit status 1): ..."). A missing path is
 FileNotFoundError, which callers turn into docker's 404.
 
 Blocking: run on a worker thread.
@@ -29,6 +30,7 @@ from supervisor.archive.view import BindMount, mount_of
 EXTRACT_NOT_DIR = "extraction point is not a directory"
 VOLUME_READONLY = "mounted volume is marked read-only"
 ROOTFS_READONLY = "container rootfs is marked read-only"
+TAR_FAILED = "Error processing tar file(exit status 1): "
 
 
 @dataclass(frozen=True)
@@ -120,4 +122,7 @@ def extract(
         no_overwrite_dir_non_dir=no_overwrite_dir_non_dir,
         owner=target.owner if copy_uid_gid else None,
     )
-    unpack(chunks, root, resolved, options)
+    try:
+        unpack(chunks, root, resolved, options)
+    except UnpackError as e:  # docker's daemon untars in a child and says so
+        raise UnpackError(f"{TAR_FAILED}{e}") from None

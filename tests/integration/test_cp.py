@@ -110,6 +110,9 @@ def test_cp_streams_tar_on_stdout_and_from_stdin(ctrd, busybox_image):
     assert sh(ctrd, "box", "cat /data/in/new") == "new\n"
     onto_file = ctrctl(ctrd, "cp", "-", "box:/data/d/one", input=buffer.getvalue(), check=False)
     assert onto_file.stderr == b'destination "box:/data/d/one" must be a directory\n'
+    started(ctrd, ref, "frozen", "--read-only")
+    frozen = ctrctl(ctrd, "cp", "-", "frozen:/", input=buffer.getvalue(), check=False)
+    assert frozen.stderr == b"Error response from daemon: container rootfs is marked read-only\n"
     # a reader that goes away in the middle: the daemon ends the call cleanly (the fixture
     # finds no traceback in its log) and unmounts its view
     sh(ctrd, "box", "dd if=/dev/zero of=/data/big bs=1M count=16 2>/dev/null")
@@ -134,8 +137,9 @@ def test_cp_with_stopped_containers_sees_their_snapshot_and_bind_mounts(
     shared = short_tmp / "shared"
     shared.mkdir()
     (shared / "on-host").write_text("through the bind\n")
-    ctrctl(ctrd, "run", "--name", "done", "-v", f"{shared}:/mnt", "-v", "kept:/vol", ref, "sh",
-           "-c", "echo made > /made && echo in-volume > /vol/v && ln -s / /escape")  # fmt: skip
+    ctrctl(ctrd, "run", "--name", "done", "-v", f"{shared}:/mnt", "-v", f"{shared}:/ro:ro",
+           "-v", "kept:/vol", ref, "sh", "-c",
+           "echo made > /made && echo in-volume > /vol/v && ln -s / /escape")  # fmt: skip
     out = short_tmp / "out"
     out.mkdir()
     ctrctl(ctrd, "cp", "done:/made", str(out))
@@ -147,6 +151,9 @@ def test_cp_with_stopped_containers_sees_their_snapshot_and_bind_mounts(
     (out / "back").write_text("back\n")
     ctrctl(ctrd, "cp", str(out / "back"), "done:/mnt/")  # into the bind: the host sees it
     assert (shared / "back").read_text() == "back\n"
+    read_only = ctrctl(ctrd, "cp", str(out / "made"), "done:/ro/", check=False)
+    assert read_only.stderr == b"Error response from daemon: mounted volume is marked read-only\n"
+    assert not (shared / "made").exists()
     escaped = ctrctl(ctrd, "cp", f"done:/escape{shared}/on-host", str(out / "x"), check=False)
     assert (
         escaped.stderr.decode() == f"Error: No such container:path: done:/escape{shared}/on-host\n"
@@ -220,7 +227,8 @@ def test_cp_never_reads_or_writes_the_host_through_container_symlinks(
     refused = ctrctl(ctrd, "cp", "-", "esc:/tmp", input=climbing, check=False)
     assert (refused.returncode, refused.stderr) == (
         1,
-        b'Error response from daemon: "../../x" is outside of "/tmp"\n',
+        b"Error response from daemon: Error processing tar file(exit status 1):"
+        b' "../../x" is outside of "/tmp"\n',
     )
     linked = _tar(("evil", "/"), (f"evil{victim}/pwned", b"pwned\n"))
     ctrctl(ctrd, "cp", "-", "esc:/tmp", input=linked)
@@ -242,3 +250,49 @@ def _tar(*entries: tuple[str, bytes | str]) -> bytes:
                 info.size = len(content)
                 tar.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
+
+
+def test_cp_says_what_docker_says(ctrd, busybox_image, short_tmp):
+    """The same refusals through docker 20.10's CLI and dockerd (on this ctrd) and through
+    ctrctl: the same words on stderr and the same exit status."""
+    from tests.support.dockerd import running
+
+    ref = pull(ctrd, busybox_image)
+    local = short_tmp / "local"
+    (local / "dir").mkdir(parents=True)
+    (local / "file").write_text("f\n")
+    climbing = _tar(("../../x", b"x\n"))
+    cases: list[tuple[tuple[str, ...], bytes | None]] = [
+        (("cc:/nope", str(local)), None),
+        (("ghost:/etc/passwd", str(local)), None),
+        ((str(local / "dir"), "cc:/tmp/file"), None),
+        ((str(local / "file"), "cc:/tmp/none/"), None),
+        ((str(local / "nope"), "cc:/tmp/"), None),
+        (("cc:/tmp/file", str(local / "x" / "y")), None),
+        (("-", "cc:/tmp/file"), b""),
+        (("cc:/a", "cc:/b"), None),
+        (("a", "b"), None),
+        (("-", "cc:/tmp"), climbing),
+        (("-", "ro:/"), _tar(("x", b"x"))),
+    ]
+    ctrctl(ctrd, "run", "-d", "--name", "cc", ref, "sh", "-c", "echo > /tmp/file; sleep 1000")
+    ctrctl(ctrd, "run", "-d", "--name", "ro", "--read-only", ref, "sleep", "1000")
+    ours = [ctrctl(ctrd, "cp", *args, input=data, check=False) for args, data in cases]
+    with running(short_tmp / "docker", ctrd.address) as engine:
+        engine.docker("run", "-d", "--network", "none", "--name", "cc", "busybox", "sh", "-c",
+                      "echo > /tmp/file; sleep 1000")  # fmt: skip
+        engine.docker("run", "-d", "--network", "none", "--name", "ro", "--read-only", "busybox",
+                      "sleep", "1000")  # fmt: skip
+        theirs = []
+        for args, data in cases:
+            done = subprocess.run(
+                ["/usr/bin/docker", "cp", *args], env=engine.cli_env(), capture_output=True,
+                input=data, stdin=None if data is not None else subprocess.DEVNULL, timeout=60,
+            )  # fmt: skip
+            theirs.append(done)
+        engine.remove_all()
+    for (args, _), mine, docker in zip(cases, ours, theirs, strict=True):
+        assert (mine.returncode, mine.stderr.decode()) == (
+            docker.returncode,
+            docker.stderr.decode(),
+        ), args
