@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -275,9 +276,23 @@ def test_cp_says_what_docker_says(ctrd, busybox_image, short_tmp):
         (("-", "cc:/tmp"), climbing),
         (("-", "ro:/"), _tar(("x", b"x"))),
     ]
+    (local / "tree" / "sub").mkdir(parents=True)
+    (local / "tree" / "sub" / "a").write_text("a\n")
+    os.chmod(local / "tree" / "sub" / "a", 0o640)
+    (local / "owned").write_text("o\n")
+    os.chown(local / "owned", 4321, 4322)
+    os.symlink("owned", local / "link")
     ctrctl(ctrd, "run", "-d", "--name", "cc", ref, "sh", "-c", "echo > /tmp/file; sleep 1000")
     ctrctl(ctrd, "run", "-d", "--name", "ro", "--read-only", ref, "sleep", "1000")
     ours = [ctrctl(ctrd, "cp", *args, input=data, check=False) for args, data in cases]
+
+    def ctrctl_cp(*args: str) -> None:
+        ctrctl(ctrd, "cp", *args)
+
+    def ctrctl_sh(script: str) -> str:
+        return sh(ctrd, "cc", script)
+
+    our_trees = _copies(ctrctl_cp, ctrctl_sh, local, short_tmp / "ours")
     with running(short_tmp / "docker", ctrd.address) as engine:
         engine.docker("run", "-d", "--network", "none", "--name", "cc", "busybox", "sh", "-c",
                       "echo > /tmp/file; sleep 1000")  # fmt: skip
@@ -290,9 +305,50 @@ def test_cp_says_what_docker_says(ctrd, busybox_image, short_tmp):
                 input=data, stdin=None if data is not None else subprocess.DEVNULL, timeout=60,
             )  # fmt: skip
             theirs.append(done)
+
+        def docker_cp(*args: str) -> None:
+            engine.docker("cp", *args)
+
+        def docker_sh(script: str) -> str:
+            return engine.docker("exec", "cc", "sh", "-c", script).stdout
+
+        their_trees = _copies(docker_cp, docker_sh, local, short_tmp / "theirs")
         engine.remove_all()
+    assert our_trees == their_trees
     for (args, _), mine, docker in zip(cases, ours, theirs, strict=True):
         assert (mine.returncode, mine.stderr.decode()) == (
             docker.returncode,
             docker.stderr.decode(),
         ), args
+
+
+def _copies(
+    cp: Callable[..., None], run: Callable[[str], str], local: Path, out: Path
+) -> tuple[list[str], list[str]]:
+    """docker's forms of `cp` both ways; what they made in the container and locally."""
+    run("mkdir -p /tmp/t1 /tmp/t4")
+    cp(str(local / "owned"), "cc:/tmp/t1/")
+    cp(str(local / "owned"), "cc:/tmp/t1/renamed")
+    cp(str(local / "tree"), "cc:/tmp/t2")
+    cp(str(local / "tree"), "cc:/tmp/t1")
+    cp(str(local / "tree") + "/.", "cc:/tmp/t3")
+    cp(str(local / "tree") + "/.", "cc:/tmp/t1")
+    cp(str(local / "link"), "cc:/tmp/t1/")
+    cp("-L", str(local / "link"), "cc:/tmp/t4")
+    cp("-a", str(local / "owned"), "cc:/tmp/t4/archived")
+    inside = run("find /tmp/t1 /tmp/t2 /tmp/t3 /tmp/t4 -exec stat -c '%n %u:%g %F %s %a' {} +")
+    out.mkdir()
+    (out / "c").mkdir()
+    cp("cc:/tmp/t1", str(out / "a"))
+    cp("cc:/tmp/t1/.", str(out / "b"))
+    cp("cc:/tmp/t1", str(out / "c"))
+    cp("cc:/tmp/t1/renamed", str(out / "d"))
+    cp("-L", "cc:/tmp/t1/link", str(out / "e"))
+    cp("cc:/tmp/t1/link", str(out / "f"))
+    cp("cc:/tmp/t1/tree/.", str(out / "c"))
+    outside = []
+    for path in sorted(out.rglob("*")):
+        st = path.lstat()
+        target = os.readlink(path) if path.is_symlink() else ""
+        outside.append(f"{path.relative_to(out)} {st.st_mode:o} {st.st_size} {target}")
+    return sorted(inside.splitlines()), outside
