@@ -74,7 +74,11 @@ def test_named_volume_keeps_data_across_containers_and_a_sigkill_and_is_not_remo
     data = label({"name": "data", "target": "/data"})
     run(ctrd, "--rm", "--label", data, ref, "w1", "sh", "-c", "echo kept > /data/f")
     assert ctrd.ctr("containers", "ls", "-q").stdout.split() == []
-    assert run(ctrd, "--rm", "--label", data, ref, "r1", "cat", "/data/f").stdout == "kept\n"
+    # read back from a new container that also asks for a network: both plumbings apply
+    read = run(ctrd, "--rm", "--label", data, "--label", "ctrd.io/networks=bridge", ref, "r1",
+               "sh", "-c", "cat /data/f; busybox ip -4 -o addr show eth0")  # fmt: skip
+    assert read.stdout.splitlines()[0] == "kept"
+    assert " eth0 " in read.stdout.splitlines()[1]
 
     ctrd.stop(signal.SIGKILL)
     ctrd.start()
