@@ -236,3 +236,21 @@ def test_namespace_with_volumes_is_not_deleted_and_gc_leaves_volumes(ctrd, busyb
 
     volumes(ctrd).Remove(pb.RemoveVolumeRequest(name="kept"), metadata=ns_metadata("volns"))
     ctrd.ctr("namespaces", "rm", "volns")
+
+
+def test_a_bind_volume_writes_to_the_host_directory_and_its_removal_keeps_it(
+    ctrd, busybox_image, short_tmp
+):
+    ref = pull(ctrd, busybox_image)
+    host = short_tmp / "hostdir"
+    host.mkdir()
+    (host / "before").write_text("host\n")
+    made = create(ctrd, "hostbind", type="none", device=str(host), o="bind")
+    mounts = label({"name": "hostbind", "target": "/data"})
+    out = run(ctrd, "--rm", "--label", mounts, ref, "b1", "sh", "-c",
+              "cat /data/before; echo from-container > /data/after").stdout  # fmt: skip
+    assert out == "host\n"  # not empty: no copy-up over the host's files
+    assert (host / "after").read_text() == "from-container\n"
+    assert mounted_under(Path(made.mountpoint)) == []  # unmounted with its last task
+    volumes(ctrd).Remove(pb.RemoveVolumeRequest(name="hostbind"), metadata=ns_metadata())
+    assert sorted(os.listdir(host)) == ["after", "before"]
