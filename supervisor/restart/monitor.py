@@ -1,13 +1,19 @@
 """The restart monitor: acts on containers' task exits by their restart policies (the rules
 are the package's doc; the decisions `policy`'s; the table `store`'s).
 
-It follows `/tasks/start`, `/tasks/exit` and `/containers/delete` on the exchange, one event
-after the other: a start it did not cause is a user's (the count goes back to 0); a deleted
-container's row goes; an init's exit is decided at
-once, and a restart, when there is one, runs as a task of its own: the old task deleted, the
-new one created, the back-off waited out, the labels read again (a user's stop or a changed
-policy calls it off, and the task made for it is deleted), the start. `boot` is what the
-daemon's start does for the containers whose task is stopped or gone.
+It follows `/tasks/start`, `/tasks/exit`, `/containers/update` and `/containers/delete` on the
+exchange, one event after the other:
+- a start it did not cause is a user's: the count goes back to 0;
+- an init's exit, when the task agrees that its init exited (an exit a client publishes
+  restarts nothing), is decided at once; a restart runs as a task of its own: the old task
+  deleted, the new one created, the back-off waited out, the start;
+- an update that stops the container (the manually-stopped label) or sets its policy to `no`
+  calls a pending restart off at once, and the task made for it is deleted unless it was
+  started; the labels are read again before the start too (an update's event may lag);
+- a deleted container's row goes.
+`restarting` (what `Restarts/List` says) covers an exit being decided as well as a pending
+restart: `ctrctl rm -f` waits until it is false, so it never meets a task made under it.
+`boot` is what the daemon's start does for the containers whose task is stopped or gone.
 """
 
 from __future__ import annotations
