@@ -153,19 +153,11 @@ def _users_of(ns: str, conn: sqlite3.Connection) -> dict[str, builtins.list[str]
 
 
 class VolumeManager:
-    def __init__(
-        self,
-        db: Database,
-        root: Path,
-        scratch: Path,
-        task_exists: Callable[[str, str], bool] = lambda ns, cid: False,
-    ) -> None:
-        """`root`: `<ctrd root>/volumes`; `scratch`: where a rootfs is mounted for a copy-up;
-        `task_exists(ns, id)`: whether the daemon holds a task of that container."""
+    def __init__(self, db: Database, root: Path, scratch: Path) -> None:
+        """`root`: `<ctrd root>/volumes`; `scratch`: where a rootfs is mounted for a copy-up."""
         self._db = db
         self.root = root
         self._scratch = scratch
-        self._task_exists = task_exists
         self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._holders: defaultdict[Key, set[str]] = defaultdict(set)  # volume -> task ids
         self._mounted: dict[Key, Mapping[str, str]] = {}  # volume -> its options
@@ -305,6 +297,7 @@ class VolumeManager:
     async def _acquire(self, ns: str, cid: str, volume: Volume) -> None:
         key = (ns, volume.name)
         async with self._locks[key]:
+            await self.store(ns).get(volume.name)  # not removed since it was looked up
             paths = self.paths(ns, volume.name)
             if local.needs_mount(volume.options) and key not in self._mounted:
                 await asyncio.to_thread(self._mount, paths, volume.options)
