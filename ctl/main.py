@@ -25,7 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ctl.stats",
     "ctl.system",
     "ctl.groups",
-    "ctl.restartopts",
+    "ctl.update",
     "ctl.networks",
     "ctl.completion",
     "ctl.push",
@@ -48,7 +48,7 @@ COMMAND_HOMES: dict[str, str] = {
     **dict.fromkeys(("images", "rmi", "tag", "image"), "ctl.images"),
     **dict.fromkeys(("top", "stats"), "ctl.stats"),
     "system": "ctl.system",
-    "update": "ctl.restartopts",
+    "update": "ctl.update",
     **dict.fromkeys(
         ("content", "snapshots", "snapshot", "leases", "namespaces", "namespace", "ns"),
         "ctl.groups",

@@ -1,5 +1,5 @@
-"""Restart policies in ctrctl: `--restart` for run/create, `update --restart`, and what a
-user's stop and start tell the daemon; the count and "Restarting" for `ps` and `inspect`.
+"""Restart policies in ctrctl: `--restart` for run/create (and `update`, ctl.update), and what
+a user's stop and start tell the daemon; the count and "Restarting" for `ps` and `inspect`.
 
 The contract with the daemon is `supervisor.restart`'s: the policy is the container's label
 `ctrd.io/restart` (docker's values, checked here with docker's rules and words, exit 125);
@@ -22,19 +22,6 @@ if TYPE_CHECKING:
 CONFLICT_WITH_RM = "Conflicting options: --restart and --rm"  # docker 20.10's words
 
 
-def add_parsers(commands: Any) -> None:
-    update = commands.add_parser(
-        "update",
-        help="update containers' configuration (their restart policy)",
-        description="Update the configuration of containers, as docker's `update` (the"
-        " restart policy: docker's values, taken at the container's next exit).",
-    )
-    update.add_argument("--restart", metavar="POLICY", help="no, always, unless-stopped,"
-                        " on-failure[:N]")  # fmt: skip
-    update.add_argument("containers", nargs="+", metavar="CONTAINER")
-    update.set_defaults(handler="ctl.restartopts:cmd_update+client")
-
-
 def checked(args: argparse.Namespace) -> str:
     """The label's value for run/create's `--restart` ("" for none); ValueError with docker's
     words for a value docker refuses, or one given with `--rm`."""
@@ -45,19 +32,6 @@ def checked(args: argparse.Namespace) -> str:
     if getattr(args, "rm", False) and not chosen.none:
         raise ValueError(CONFLICT_WITH_RM)
     return "" if chosen.none else str(chosen)
-
-
-def cmd_update(client: Client, args: argparse.Namespace) -> int:
-    if args.restart is None:
-        raise ValueError("you must provide one or more flags when using this command")
-    try:
-        chosen = policy.parse(args.restart)
-    except policy.InvalidPolicy as e:
-        raise ValueError(str(e)) from None
-    for name in args.containers:
-        client.update_labels(client.resolve(name), {policy.LABEL: str(chosen)})
-        print(name)
-    return 0
 
 
 def has_policy(labels: Any) -> bool:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import Ctrd, ns_metadata
@@ -214,3 +215,21 @@ def test_an_exit_a_client_publishes_restarts_nothing(ctrd, busybox_image):
     shown = inspect(ctrd, "steady")
     assert (shown["RestartCount"], pid_of(ctrd, "steady")) == (0, pid)
     assert ctrctl(ctrd, "rm", "-f", "steady").returncode == 0
+
+
+def test_update_sets_limits_on_a_running_container_and_its_next_tasks(ctrd, busybox_image):
+    ref = pull(ctrd, busybox_image)
+    run_d(ctrd, ref, "tight", "no", "sleep", "1000")
+    eventually(lambda: pid_of(ctrd, "tight"))
+    updated = ctrctl(ctrd, "update", "--memory", "64m", "--pids-limit", "50", "tight")
+    assert (updated.returncode, updated.stdout) == (0, "tight\n"), updated.stderr
+    shown = inspect(ctrd, "tight")
+    cgroup = shown["spec"]["linux"]["cgroupsPath"]
+    assert shown["spec"]["linux"]["resources"]["memory"] == {"limit": 64 << 20}
+    v1 = Path(f"/sys/fs/cgroup/pids{cgroup}/pids.max")  # else the unified hierarchy's
+    assert (v1 if v1.exists() else Path(f"/sys/fs/cgroup{cgroup}/pids.max")).read_text() == "50\n"
+    refused = ctrctl(ctrd, "update", "tight")
+    assert (refused.returncode, refused.stderr) == (
+        125, "ctrctl: you must provide one or more flags when using this command\n",
+    )  # fmt: skip
+    assert ctrctl(ctrd, "rm", "-f", "tight").returncode == 0
