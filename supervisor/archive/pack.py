@@ -35,7 +35,7 @@ from supervisor.diff.tarformat import (
 )
 
 CHUNK = 1 << 18  # what one message of the stream carries, roughly
-_READ = 1 << 18
+_READ = 1 << 20  # one read, and one message, of a large file
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CAPABILITY = "security.capability"
@@ -132,15 +132,22 @@ class _Writer:
         return _Data(fd, now.st_size)
 
     def data(self, file: _Data) -> Iterator[bytes]:
-        """The file's bytes after its header, in chunks; the file is closed at the end."""
+        """The file's bytes after its header, in chunks; the file is closed at the end. A
+        large file's reads go out as they are, without a copy into the buffer."""
         try:
             left = file.size
+            direct = file.size >= CHUNK
+            if direct and self._out:
+                yield self.take()
             while left:
                 data = os.read(file.fd, min(_READ, left))
                 if not data:
                     break
-                self.add(data)
                 left -= len(data)
+                if direct:
+                    yield data
+                    continue
+                self.add(data)
                 if self.size >= CHUNK:
                     yield self.take()
             self.add(bytes(left + (-file.size % BLOCK)))
