@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import io
 import os
+import posixpath
 import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ctl.cp import split_arg
 from supervisor.archive import paths
 from supervisor.archive.ops import archive, stat_path
 from supervisor.archive.resolve import open_root, realpath
-from supervisor.archive.unpack import Options, UnpackError, unpack
+from supervisor.archive.unpack import Options, UnpackError, clean_name, unpack
 
 
 def _tar(*entries: tuple[str, bytes | str | None], link: str = "") -> bytes:
@@ -169,3 +172,13 @@ def test_pack_then_unpack_keeps_files_links_and_modes(tmp_path):
     assert (copy / "d" / "sub" / "f").stat().st_mode & 0o7777 == 0o4751
     assert (copy / "d" / "hard").stat().st_ino == (copy / "d" / "sub" / "f").stat().st_ino
     assert os.readlink(copy / "d" / "link") == "/nowhere"
+
+
+@given(st.lists(st.sampled_from(["a", "b", ".", "..", ""]), max_size=8), st.booleans())
+def test_clean_name_is_gos_clean_joined_to_the_destination(parts, absolute):
+    name = ("/" if absolute else "") + "/".join(parts)
+    cleaned = posixpath.normpath(name) if name else "."
+    if cleaned == ".." or cleaned.startswith("../"):
+        assert clean_name(name.encode()) is None
+    else:
+        assert clean_name(name.encode()) == cleaned.lstrip("/").removeprefix(".").encode()
