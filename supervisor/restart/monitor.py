@@ -343,6 +343,8 @@ class RestartMonitor:
 
     async def _boot(self) -> None:
         try:
+            if not await self._store.namespaces():
+                return  # no container was ever started with a policy: no write at each start
             await self._store.keep_only()
             for ns in await self._store.namespaces():
                 containers = await self._containers(ns).list()
