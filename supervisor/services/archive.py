@@ -64,13 +64,15 @@ class ArchiveService(pb_grpc.ArchiveServicer):
         except NotFound:
             raise NotFound(f"No such container: {cid}", plain=True) from None
         spec = _spec(container.spec[1] if container.spec else b"")
-        if self._tasks.exists(ns, cid):
+        try:
             bundle = self._tasks.get(ns, cid).bundle
-            if await asyncio.to_thread(os.path.ismount, bundle.rootfs):
-                started = await asyncio.to_thread(_read_spec, bundle.path / "config.json")
-                spec = started or spec
-                binds = tuple(view.bind_mounts(spec))
-                return view.Layout(bundle.rootfs, binds=binds), spec
+        except NotFound:  # no task (or one still being created): the snapshot
+            bundle = None
+        if bundle is not None and await asyncio.to_thread(os.path.ismount, bundle.rootfs):
+            started = await asyncio.to_thread(_read_spec, bundle.path / "config.json")
+            spec = started or spec
+            binds = tuple(view.bind_mounts(spec))
+            return view.Layout(bundle.rootfs, binds=binds), spec
         if not container.snapshot_key or not container.snapshotter:
             raise FailedPrecondition(f'container "{cid}" has no snapshot to copy from or to')
         mounts = await self._snapshot_mounts(ns, container.snapshotter, container.snapshot_key)
