@@ -30,6 +30,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2_grpc
 
+from supervisor import tmpmounts
 from supervisor.api.containerd.services.containers.v1 import containers_pb2_grpc
 from supervisor.api.containerd.services.content.v1 import content_pb2_grpc
 from supervisor.api.containerd.services.diff.v1 import diff_pb2_grpc
@@ -541,6 +542,7 @@ class Daemon:
             os.chmod(address, 0o660)
             os.chown(address, config.grpc.uid, config.grpc.gid)
             await prepare_firewall()
+            await asyncio.to_thread(tmpmounts.clear, root / "tmpmounts")  # a crash's leftovers
             await tasks.start()
             await tasks.load()
             await reconcile_networks(db, network_manager, tasks.exists)
