@@ -2,7 +2,8 @@
 
 Compiles every ``.proto`` under ``proto/containerd`` (containerd's API) and
 ``proto/io`` (the cgroups metrics packages ``io.containerd.cgroups.*``) and ``proto/ctrd``
-(ctrd's own extensions, package ``ctrd.*``) with the
+(ctrd's own extensions, package ``ctrd.*``) and ``proto/runtime`` (Kubernetes' CRI,
+package ``runtime.v1``) with the
 protoc bundled in grpcio-tools (``python -m grpc_tools.protoc``), so the output
 only depends on the pinned grpcio-tools version, and writes ``*_pb2.py``,
 ``*_pb2.pyi`` and ``*_pb2_grpc.py`` into ``supervisor/api/containerd`` and
@@ -37,7 +38,7 @@ PROTO_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_ROOT.parent
 API_DIR = REPO_ROOT / "supervisor" / "api"
 # Top-level proto package directories; also the only generated subtrees of API_DIR.
-GENERATED_TOPS = ("containerd", "ctrd", "io")
+GENERATED_TOPS = ("containerd", "ctrd", "io", "runtime")
 PYTHON_PACKAGE = "supervisor.api"
 
 _TOPS = "|".join(GENERATED_TOPS)
