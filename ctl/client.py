@@ -90,6 +90,18 @@ def stub(channel: grpc.Channel, module: ModuleType, service: str) -> Any:
     return SimpleNamespace(**calls)
 
 
+def _found(call: Any) -> bool:
+    """Whether a call under way (a gRPC future) finds what it asks for: False when NOT_FOUND;
+    its other errors raised."""
+    try:
+        call.result()
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
 class Client:
     def __init__(self, address: str, namespace: str) -> None:
         self.channel = grpc.insecure_channel(f"unix:{address}")
@@ -109,11 +121,15 @@ class Client:
     # -- images -----------------------------------------------------------------------------
 
     def image(self, name: str) -> ipb.Image:
-        for candidate in dict.fromkeys((name, normalize(name))):
+        """The image `name` (as given, else normalized: `busybox` as docker.io's), both names
+        asked for at once: one round trip, not one per name; the first found wins."""
+        calls = [
+            self.images.Get.future(ipb.GetImageRequest(name=candidate), metadata=self.md)
+            for candidate in dict.fromkeys((name, normalize(name)))
+        ]
+        for call in calls:
             try:
-                image: ipb.Image = self.images.Get(
-                    ipb.GetImageRequest(name=candidate), metadata=self.md
-                ).image
+                image: ipb.Image = call.result().image
                 return image
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.NOT_FOUND:
@@ -253,13 +269,17 @@ class Client:
     def create(
         self, image_name: str, options: oci.RunOptions, name: str = "", runtime: str = ""
     ) -> NewContainer:
-        """Make a container (record, spec, snapshot) for an image."""
-        if name and self._container_exists(name):
-            raise Conflict(
-                f'the container name "{name}" is already in use: remove that container'
-                f" (ctrctl rm {name}) or choose another name"
-            )
-        image = self.image(image_name)
+        """Make a container (record, spec, snapshot) for an image. A name taken is said before
+        anything else (a missing image too), though both are asked for at once."""
+        taken = self._container_get(name) if name else None
+        try:
+            image = self.image(image_name)
+        finally:
+            if taken is not None and _found(taken):
+                raise Conflict(
+                    f'the container name "{name}" is already in use: remove that container'
+                    f" (ctrctl rm {name}) or choose another name"
+                )
         manifest, config = self.image_config(image)
         cid = name or os.urandom(32).hex()
         image_config = config.get("config", {}) or {}
@@ -320,14 +340,12 @@ class Client:
         )
         self.containers.Create(cpb.CreateContainerRequest(container=container), metadata=self.md)
 
+    def _container_get(self, cid: str) -> Any:
+        """Containers.Get of `cid` under way (a future; `_found` tells its answer)."""
+        return self.containers.Get.future(cpb.GetContainerRequest(id=cid), metadata=self.md)
+
     def _container_exists(self, cid: str) -> bool:
-        try:
-            self.containers.Get(cpb.GetContainerRequest(id=cid), metadata=self.md)
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.NOT_FOUND:
-                return False
-            raise
-        return True
+        return _found(self._container_get(cid))
 
     def _spec(
         self, cid: str, mounts: Sequence[Any], image_config: dict[str, Any],

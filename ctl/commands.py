@@ -87,9 +87,29 @@ def network_flags(args: argparse.Namespace) -> netopts.NetworkFlags:
     )
 
 
-def run_options(args: argparse.Namespace) -> oci.RunOptions:
+HEALTH_FLAGS = ("health_cmd", "health_interval", "health_timeout", "health_start_period",
+                "health_retries")  # fmt: skip
+
+
+def _health(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The container's own Healthcheck (docker's form); ctl.healthopts imported only when a
+    health flag is given."""
+    if not args.no_healthcheck and all(getattr(args, f) is None for f in HEALTH_FLAGS):
+        return None
     from ctl import healthopts
 
+    return healthopts.from_args(args)
+
+
+def _restart(args: argparse.Namespace) -> str:
+    """The ctrd.io/restart label's value, docker's rules (ctl.restartopts, imported only when
+    `--restart` asks for a policy)."""
+    if args.restart in ("", "no"):
+        return ""
+    return str(_restartopts().checked(args))
+
+
+def run_options(args: argparse.Namespace) -> oci.RunOptions:
     return oci.RunOptions(
         args=args.cmd,
         entrypoint=None if args.entrypoint is None else [args.entrypoint],  # "": docker's [""]
@@ -108,8 +128,8 @@ def run_options(args: argparse.Namespace) -> oci.RunOptions:
         privileged=args.privileged,
         stop_signal=args.stop_signal or "",
         stop_timeout=args.stop_timeout,
-        restart=_restartopts().checked(args),  # the ctrd.io/restart label, docker's rules
-        health=healthopts.from_args(args),  # the container's own Healthcheck (docker's form)
+        restart=_restart(args),  # the ctrd.io/restart label, docker's rules
+        health=_health(args),  # the container's own Healthcheck (docker's form)
         security=secopts.from_args(args),  # docker's safe defaults, tuned by the flags
     )
 

@@ -202,29 +202,6 @@ def config_of(labels: Mapping[str, str]) -> dict[str, Any] | None:
     return shown
 
 
-def add_flags(add: Any) -> None:
-    """The flags, on `run` and `create` (`add` is the parser's add_argument)."""
-    add("--health-cmd", metavar="COMMAND", help="command to run to check health")
-    add(
-        "--health-interval",
-        metavar="DURATION",
-        help="time between running the check (ms|s|m|h) (default 0s)",
-    )
-    add(
-        "--health-timeout",
-        metavar="DURATION",
-        help="maximum time to allow one check to run (ms|s|m|h) (default 0s)",
-    )
-    add(
-        "--health-start-period",
-        metavar="DURATION",
-        help="start period for the container to initialize before starting health-retries"
-        " countdown (ms|s|m|h) (default 0s)",
-    )
-    add("--health-retries", metavar="N", help="consecutive failures needed to report unhealthy")
-    add("--no-healthcheck", action="store_true", help="disable any container-specified HEALTHCHECK")
-
-
 def from_args(args: Any) -> dict[str, Any] | None:
     """The container's own Healthcheck from parsed `run/create` arguments (`user_config`)."""
     return user_config(

@@ -288,9 +288,26 @@ def _run_options(command: argparse.ArgumentParser) -> None:
     add("--add-host", action="append", default=[], metavar="HOST:IP", help="a line for /etc/hosts")
     add("--privileged", action="store_true")
     add("--runtime", help="runc (default) or crun, or a path")
-    from ctl import healthopts  # --health-cmd --health-interval ... --no-healthcheck
-
-    healthopts.add_flags(add)
+    # The health flags (ctl.healthopts reads them, imported only when one is given)
+    add("--health-cmd", metavar="COMMAND", help="command to run to check health")
+    add(
+        "--health-interval",
+        metavar="DURATION",
+        help="time between running the check (ms|s|m|h) (default 0s)",
+    )
+    add(
+        "--health-timeout",
+        metavar="DURATION",
+        help="maximum time to allow one check to run (ms|s|m|h) (default 0s)",
+    )
+    add(
+        "--health-start-period",
+        metavar="DURATION",
+        help="start period for the container to initialize before starting health-retries"
+        " countdown (ms|s|m|h) (default 0s)",
+    )
+    add("--health-retries", metavar="N", help="consecutive failures needed to report unhealthy")
+    add("--no-healthcheck", action="store_true", help="disable any container-specified HEALTHCHECK")
     add(
         "--stop-signal",
         metavar="SIGNAL",

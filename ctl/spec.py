@@ -379,9 +379,10 @@ def container_labels(image_config: Mapping[str, Any], options: RunOptions) -> di
     flags = replace(options.net, network=options.network)
     shared = options.network.removeprefix(netopts.CONTAINER_PREFIX)
     labels.update(netopts.labels(flags, image_config, shared))
-    from ctl import healthopts  # the health check's label (ctrd.io/healthcheck)
+    if options.health is not None or "Healthcheck" in image_config:
+        from ctl import healthopts  # the health check's label (ctrd.io/healthcheck)
 
-    labels.update(healthopts.labels(options.health, image_config))
+        labels.update(healthopts.labels(options.health, image_config))
     labels.update(volopts.labels(options.storage))  # ctrd.io/volumes, ctrctl.mounts
     return labels
 
