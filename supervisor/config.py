@@ -24,6 +24,14 @@ Layout (every key optional; these are the defaults):
     [registry.mirrors]                # host -> mirrors tried in order before it; none by
     # "docker.io" = ["https://mirror.example.com"]      default (this line is an example)
 
+    [cri]                             # Kubernetes' CRI (runtime.v1) on the same socket
+    enabled = true                    # as containerd's CRI plugin, on unless turned off
+    namespace = "k8s.io"              # where its images (and later pods) live
+    cni_conf_dir = "/etc/cni/net.d"   # pod networking (not loaded yet: NetworkReady false)
+    cni_bin_dir = "/usr/lib/cni"      # Debian's containernetworking-plugins
+    [cri.mirrors]                     # host -> mirrors for PullImage, tried before [registry]'s
+    # "registry.k8s.io" = ["http://127.0.0.1:5000"]    (an example)
+
 Unknown keys are an error that names them: a typo should not silently fall back to a default.
 """
 
@@ -33,6 +41,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from supervisor import identifiers
 from supervisor.errors import InvalidArgument
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -87,6 +96,15 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class CriConfig:
+    enabled: bool = True  # runtime.v1 RuntimeService and ImageService on the daemon's socket
+    namespace: str = "k8s.io"  # the namespace of the CRI's objects, as containerd's
+    mirrors: dict[str, list[str]] = field(default_factory=dict)  # host -> mirror URLs
+    cni_conf_dir: str = "/etc/cni/net.d"
+    cni_bin_dir: str = "/usr/lib/cni"
+
+
+@dataclass(frozen=True)
 class Config:
     root: str = "/var/lib/ctrd"
     state: str = "/run/ctrd"
@@ -98,6 +116,7 @@ class Config:
     logs: LogsConfig = field(default_factory=LogsConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    cri: CriConfig = field(default_factory=CriConfig)
 
     def with_overrides(
         self,
@@ -133,6 +152,15 @@ class Config:
             raise InvalidArgument(
                 "[registry] mirrors must map hosts to lists of URLs, insecure list hosts"
             )
+        if not all(
+            isinstance(urls, list) and all(isinstance(u, str) for u in urls)
+            for urls in self.cri.mirrors.values()
+        ):
+            raise InvalidArgument("[cri] mirrors must map hosts to lists of URLs")
+        try:
+            identifiers.validate(self.cri.namespace)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"[cri] namespace: {e.detail}") from None
         for name, value in (("root", self.root), ("state", self.state)):
             if not Path(value).is_absolute():
                 raise InvalidArgument(f'{name} "{value}" must be an absolute path')

@@ -169,7 +169,24 @@ class PullService(pb_grpc.PullServicer):
 
     # -- the pull ------------------------------------------------------------------------------
 
-    async def _pull(self, ns: str, request: pb.PullRequest, emit: Emit) -> None:
+    async def pull(
+        self,
+        ns: str,
+        request: pb.PullRequest,
+        emit: Emit,
+        settings: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    ) -> None:
+        """A pull for another service (the CRI's PullImage), with its own hosts and
+        credentials (`registry_settings`'s shape) instead of the daemon's."""
+        await self._pull(ns, request, emit, settings)
+
+    async def _pull(
+        self,
+        ns: str,
+        request: pb.PullRequest,
+        emit: Emit,
+        settings: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    ) -> None:
         from supervisor.distribution import platforms, reference
         from supervisor.distribution.registry import Registry
 
@@ -186,7 +203,7 @@ class PullService(pb_grpc.PullServicer):
                 self._content(ns, lease_id),
                 self._snapshots(ns, lease_id, snapshotter) if request.unpack else None,
             )
-            hosts, credentials = self._registry_settings()
+            hosts, credentials = settings or self._registry_settings()
             async with Registry(hosts=hosts, credentials=credentials) as registry:
                 puller = _Pull(registry, ref, stores, self._blobs, emit)
                 target = await puller.run(matcher or platforms.default(), snapshotter)
