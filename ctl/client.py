@@ -7,6 +7,7 @@ digits as docker makes them; a unique prefix of an id names the container, as in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -88,6 +89,12 @@ def stub(channel: grpc.Channel, module: ModuleType, service: str) -> Any:
             _registered_method=True,
         )
     return SimpleNamespace(**calls)
+
+
+def _layers(manifest: dict[str, Any], config: dict[str, Any]) -> list[tuple[Any, str]]:
+    """The image's layers (descriptors), each with its snapshot's chain id, bottom first."""
+    diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+    return list(zip(manifest.get("layers", []), digests.chain_ids(diff_ids), strict=True))
 
 
 def _found(call: Any) -> bool:
@@ -207,8 +214,7 @@ class Client:
         """Unpack the image's layers (what is missing) as ctr does, under `lease` (else one of
         its own); the top chain id. A top snapshot already there means all of them are (a
         snapshot's parents stay while it does): one Stat then."""
-        diff_ids = config.get("rootfs", {}).get("diff_ids", [])
-        layers = list(zip(manifest.get("layers", []), digests.chain_ids(diff_ids), strict=True))
+        layers = _layers(manifest, config)
         if layers and self._has_snapshot(layers[-1][1]):
             return str(layers[-1][1])
         from supervisor.api.containerd.services.diff.v1 import diff_pb2 as dpb
@@ -280,26 +286,31 @@ class Client:
                     f'the container name "{name}" is already in use: remove that container'
                     f" (ctrctl rm {name}) or choose another name"
                 )
-        manifest, config = self.image_config(image)
-        cid = name or os.urandom(32).hex()
-        image_config = config.get("config", {}) or {}
-        if options.storage or image_config.get("Volumes"):  # the image's VOLUMEs, names
-            storage = volopts.complete(options.storage, image_config)
-            options = dataclasses.replace(options, storage=storage)
-        if not options.hostname and options.network != "host":
-            options = dataclasses.replace(options, hostname=cid[:12])  # as dockerd names it
-        labels = oci.container_labels(image_config, options)
+        # One lease from the unpack until the container holds its snapshot, as containerd's
+        # client has: the collector would take snapshots nothing refers to yet. Asked for
+        # while the image's manifest and config are read.
+        lease = f"ctrctl-{os.urandom(8).hex()}"
+        leased = self.leases.Create.future(lpb.CreateRequest(id=lease), metadata=self.md)
+        try:
+            manifest, config = self.image_config(image)
+            cid = name or os.urandom(32).hex()
+            image_config = config.get("config", {}) or {}
+            if options.storage or image_config.get("Volumes"):  # the image's VOLUMEs, names
+                storage = volopts.complete(options.storage, image_config)
+                options = dataclasses.replace(options, storage=storage)
+            if not options.hostname and options.network != "host":
+                options = dataclasses.replace(options, hostname=cid[:12])  # as dockerd names it
+            labels = oci.container_labels(image_config, options)
+        except BaseException:
+            with contextlib.suppress(grpc.RpcError):  # the lease, if made, goes: nothing held
+                leased.result()
+                self.leases.Delete(lpb.DeleteRequest(id=lease), metadata=self.md)
+            raise
+        leased.result()
         if name:
             labels[NAME_LABEL] = name
-        # One lease from the unpack until the container holds its snapshot, as containerd's
-        # client has: the collector would take snapshots nothing refers to yet.
-        lease = self._lease()
         try:
-            chain = self.unpack(manifest, config, lease)
-            mounts = self.snapshots.Prepare(
-                spb.PrepareSnapshotRequest(snapshotter=SNAPSHOTTER, key=cid, parent=chain),
-                metadata=(*self.md, ("containerd-lease", lease)),
-            ).mounts
+            mounts = self._prepare(cid, manifest, config, lease)
             made: list[str] = []
             try:
                 spec = self._spec(cid, mounts, image_config, options)
@@ -339,6 +350,28 @@ class Client:
             snapshot_key=cid,
         )
         self.containers.Create(cpb.CreateContainerRequest(container=container), metadata=self.md)
+
+    def _prepare(
+        self, cid: str, manifest: dict[str, Any], config: dict[str, Any], lease: str
+    ) -> Sequence[Any]:
+        """The container's snapshot on the image's top one: prepared at once, and only when
+        that one is not there (NotFound) is the image unpacked first (`unpack`)."""
+        md = (*self.md, ("containerd-lease", lease))
+        layers = _layers(manifest, config)
+        chain = str(layers[-1][1]) if layers else ""
+        try:
+            return list(self.snapshots.Prepare(
+                spb.PrepareSnapshotRequest(snapshotter=SNAPSHOTTER, key=cid, parent=chain),
+                metadata=md,
+            ).mounts)  # fmt: skip
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND or not chain:
+                raise
+        chain = self.unpack(manifest, config, lease)
+        return list(self.snapshots.Prepare(
+            spb.PrepareSnapshotRequest(snapshotter=SNAPSHOTTER, key=cid, parent=chain),
+            metadata=md,
+        ).mounts)  # fmt: skip
 
     def _container_get(self, cid: str) -> Any:
         """Containers.Get of `cid` under way (a future; `_found` tells its answer)."""
