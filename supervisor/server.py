@@ -495,31 +495,18 @@ class Daemon:
 
             return VolumesService(lambda: parts.volumes)
 
-        def cri_services() -> list[tuple[Any, Any]]:
-            """runtime.v1 (`supervisor.cri`), when `[cri] enabled`, each built at its first call."""
-            if not config.cri.enabled:
-                return []
-            from supervisor.api.runtime.v1 import api_pb2_grpc as cri_grpc
+        def cri_servicers() -> tuple[Any, Any]:
+            """runtime.v1 (`supervisor.cri`): built at the first call to either service."""
+            from supervisor.cri.image_service import ImageService
+            from supervisor.cri.runtime_service import RuntimeService
+            from supervisor.services.version import version
 
-            def runtime_service() -> Any:
-                from supervisor.cri.runtime_service import RuntimeService
-                from supervisor.services.version import version
-
-                return RuntimeService(config.cri, version())
-
-            def image_service() -> Any:
-                from supervisor.cri.image_service import ImageService
-
-                return ImageService(
-                    config.cri, config.registry, parts.images, parts.content,
-                    functools.cache(pull_service), events, lambda: parts.gc,
-                    root / "snapshots" / "overlayfs",
-                )  # fmt: skip
-
-            return [
-                (cri_grpc.add_RuntimeServiceServicer_to_server, Deferred(runtime_service)),
-                (cri_grpc.add_ImageServiceServicer_to_server, Deferred(image_service)),
-            ]
+            images = ImageService(
+                config.cri, config.registry, parts.images, parts.content,
+                functools.cache(pull_service), events, lambda: parts.gc,
+                root / "snapshots" / "overlayfs",
+            )  # fmt: skip
+            return RuntimeService(config.cri, version()), images
 
         server = grpc.aio.server(
             options=[
@@ -555,11 +542,14 @@ class Daemon:
             (archive_pb2_grpc.add_ArchiveServicer_to_server, Deferred(archive_service)),
             (ctrd_health_pb2_grpc.add_HealthServicer_to_server, Deferred(health_service)),
             (restarts_pb2_grpc.add_RestartsServicer_to_server, Deferred(restarts_service)),
-            *cri_services(),
         ]
         registrar = Registrar(server)
         for add, servicer in services:
             add(servicer, registrar)
+        if config.cri.enabled:  # Kubernetes' CRI, imported at its first call
+            from supervisor.cri.serve import LazyCri
+
+            registrar.add_generic_rpc_handlers([LazyCri(cri_servicers)])
         try:
             old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
             try:
