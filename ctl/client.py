@@ -12,9 +12,7 @@ import dataclasses
 import errno
 import json
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any, NamedTuple
 
@@ -95,6 +93,26 @@ def _layers(manifest: dict[str, Any], config: dict[str, Any]) -> list[tuple[Any,
     """The image's layers (descriptors), each with its snapshot's chain id, bottom first."""
     diff_ids = config.get("rootfs", {}).get("diff_ids", [])
     return list(zip(manifest.get("layers", []), digests.chain_ids(diff_ids), strict=True))
+
+
+def _layer_dirs(mounts: Sequence[Any]) -> tuple[str, ...] | None:
+    """The directories of a snapshot's mounts, top first, when ctrctl (as root) can read them
+    as overlayfs merges them: one overlay (its upperdir, then its lowerdirs) or one bind of a
+    directory. None for anything else: then the snapshot is mounted."""
+    if len(mounts) != 1 or os.geteuid() != 0:
+        return None
+    mount = mounts[0]
+    if mount.type == "bind":
+        layers = [mount.source]
+    elif mount.type == "overlay":
+        options = dict(option.partition("=")[::2] for option in mount.options)
+        upper = [options["upperdir"]] if options.get("upperdir") else []
+        layers = [*upper, *options.get("lowerdir", "").split(":")]
+    else:
+        return None
+    if not all(os.path.isabs(d) and "\\" not in d for d in layers):
+        return None  # relative or escaped paths: left to the kernel
+    return tuple(layers)
 
 
 def _found(call: Any) -> bool:
@@ -386,8 +404,15 @@ class Client:
     ) -> dict[str, Any]:  # fmt: skip
         """The spec, with the user resolved in the image's /etc/passwd and /etc/group as dockerd
         does it (also without a user: root's groups count): read in the container's own
-        snapshot, mounted for the while. A ctrctl that may not mount (not root, yet allowed on
+        snapshot, from its layers' directories when it is an overlay or a bind (`_layer_dirs`),
+        else mounted for the while. A ctrctl that may not mount (not root, yet allowed on
         ctrd's socket) runs a container without a user as root with no other groups."""
+        layers = _layer_dirs(mounts)
+        if layers is not None:
+            return oci.generate(self.namespace, cid, image_config, options, layers)
+        import tempfile
+        from pathlib import Path
+
         from snapshotter.mount import MountError, mount_all, unmount
         from snapshotter.protocol import Mount
 

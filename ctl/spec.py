@@ -63,10 +63,16 @@ import socket
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from ctl import netopts, secopts, volopts
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# An image's root filesystem: one directory (a mounted root), or the directories of an
+# overlay's layers, top first, read as overlayfs merges them (`layered_path`).
+RootFS = Union["Path", tuple[str, ...]]
 
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 OCI_VERSION = "1.0.2-dev"  # runtime-spec's specs.Version as vendored by containerd 1.6
@@ -178,12 +184,13 @@ def generate(
     container_id: str,
     image_config: Mapping[str, Any],
     options: RunOptions,
-    rootfs: Path | None = None,
+    rootfs: RootFS | None = None,
 ) -> dict[str, Any]:
     """The spec for container `container_id` of `namespace`, as JSON-ready data.
 
     `image_config` is the `config` object of the image's config JSON; `rootfs` holds the
-    image's root filesystem (None reads as one without /etc/passwd or /etc/group).
+    image's root filesystem, mounted or as its layers (None reads as one without /etc/passwd
+    or /etc/group).
     Raises ValueError for options that make no container: an unknown user or group, no
     command at all, a relative workdir, an unknown network mode, a negative limit.
     """
@@ -476,7 +483,9 @@ def capabilities_from_bitmap(bits: int) -> list[str]:
 
 def current_capabilities(status: str = "/proc/self/status") -> list[str]:
     """The effective capabilities of this process (WithAllCurrentCapabilities)."""
-    for line in Path(status).read_text().splitlines():
+    with open(status) as f:
+        lines = f.read().splitlines()
+    for line in lines:
         key, _, value = line.partition(":")
         if key.strip() == "CapEff":
             return capabilities_from_bitmap(int(value.strip(), 16))
@@ -537,7 +546,7 @@ class _GroupEntry:
     members: tuple[str, ...]
 
 
-def resolve_user(user: str, rootfs: Path | None) -> User:
+def resolve_user(user: str, rootfs: RootFS | None) -> User:
     """The uid, gid and additional gids of `user` in the image, as dockerd finds them (runc's
     libcontainer/user GetExecUser, over the image's /etc/passwd and /etc/group).
 
@@ -599,14 +608,20 @@ class _UserDB:
     """The image's /etc/passwd and /etc/group, parsed as runc's libcontainer/user does
     (numbers that do not parse read as 0; group lines may be comments)."""
 
-    def __init__(self, rootfs: Path | None) -> None:
+    def __init__(self, rootfs: RootFS | None) -> None:
         self.rootfs = rootfs
 
     def _lines(self, name: str) -> Iterator[str] | None:
         if self.rootfs is None:
             return None
+        rootfs = self.rootfs
+        layers = rootfs if isinstance(rootfs, tuple) else (os.fspath(rootfs),)
+        found = layered_path(layers, f"/etc/{name}")
+        if found is None:
+            return None
         try:
-            data = scoped_path(self.rootfs, f"/etc/{name}").read_bytes()
+            with open(found, "rb") as f:
+                data = f.read()
         except (FileNotFoundError, NotADirectoryError):
             return None
         text = data.decode("utf-8", "surrogateescape")
@@ -644,6 +659,18 @@ def _int(text: str) -> int:
 def scoped_path(root: Path, path: str) -> Path:
     """`path` inside `root` with symlinks resolved as if `root` were `/` (continuity's
     fs.RootPath): a link can never lead out of the image."""
+    return root.joinpath(*_scoped_parts((os.fspath(root),), path))
+
+
+def layered_path(layers: Sequence[str], path: str) -> str | None:
+    """Where `path` of the overlay of `layers` (directories, top first) is on the host, its
+    symlinks resolved inside the overlay as `scoped_path` resolves them in a root; None when
+    it is not there. The image's files are read so without mounting its snapshot."""
+    return _lookup(layers, _scoped_parts(layers, path))
+
+
+def _scoped_parts(layers: Sequence[str], path: str) -> list[str]:
+    """The components of `path` resolved in the root of `layers` (see `scoped_path`)."""
     resolved: list[str] = []
     pending = [p for p in path.split("/") if p][::-1]
     links = 0
@@ -655,15 +682,57 @@ def scoped_path(root: Path, path: str) -> Path:
             if resolved:
                 resolved.pop()
             continue
-        candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink():
+        candidate = _lookup(layers, [*resolved, part])
+        if candidate is not None and os.path.islink(candidate):
             links += 1
             if links > 255:
-                raise ValueError(f"too many symlinks resolving {path!r} in {root}")
+                raise ValueError(f"too many symlinks resolving {path!r} in {layers[0]}")
             target = os.readlink(candidate)
             if target.startswith("/"):
                 resolved = []
             pending.extend(p for p in reversed(target.split("/")) if p)
             continue
         resolved.append(part)
-    return root.joinpath(*resolved)
+    return resolved
+
+
+def _lookup(layers: Sequence[str], parts: Sequence[str]) -> str | None:
+    """The host path of `parts` (no links among its directories) in the overlay of `layers`,
+    found as overlayfs finds it: the topmost layer's entry; a directory merges those of the
+    layers below it down to an opaque one (`trusted.overlay.opaque`) or to one where the name
+    is not a directory; a whiteout (a 0/0 character device) hides the name below it. One
+    layer is a plain directory."""
+    overlay = len(layers) > 1  # one layer: a directory, where nothing is a whiteout
+    stack = list(layers)  # the layers whose directories make the current directory
+    found: str | None = layers[0] if layers else None
+    for depth in range(len(parts)):
+        relative = os.path.join(*parts[: depth + 1])
+        found, below = None, []
+        for layer in stack:
+            candidate = os.path.join(layer, relative)
+            try:
+                st = os.lstat(candidate)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if overlay and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                break  # a whiteout
+            if not stat.S_ISDIR(st.st_mode):
+                found = found or candidate
+                break
+            found = found or candidate
+            below.append(layer)
+            if overlay and _opaque(candidate):
+                break
+        if found is None:
+            return None
+        if depth < len(parts) - 1 and not below:
+            return None  # not a directory: nothing under it
+        stack = below
+    return found
+
+
+def _opaque(directory: str) -> bool:
+    try:
+        return os.getxattr(directory, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from ctl.spec import (
     encode,
     generate,
     is_named_network,
+    layered_path,
     merge_env,
     parse_signal,
     resolve_user,
@@ -504,3 +506,66 @@ def test_network_modes_are_not_network_names() -> None:
     assert [is_named_network(n) for n in names] == [
         False, False, False, False, False, False, True,
     ]  # fmt: skip
+
+
+def _layers_for_lookup(tmp_path: Path) -> tuple[str, ...]:
+    """Three layers (top first) with what overlayfs merges: a whiteout, an opaque directory,
+    a file over a directory, a directory over a file, links crossing layers."""
+    top, mid, low = (tmp_path / name for name in ("top", "mid", "low"))
+    for layer in (top, mid, low):
+        (layer / "etc").mkdir(parents=True)
+    (low / "etc" / "passwd").write_text("low\n")
+    (low / "etc" / "group").write_text("low\n")
+    (mid / "etc" / "group").write_text("mid\n")
+    os.mknod(top / "etc" / "group", 0o600 | 0o020000, os.makedev(0, 0))  # a whiteout
+    (low / "data").mkdir()
+    (low / "data" / "passwd").write_text("hidden\n")
+    (low / "data" / "shadow").write_text("low data\n")
+    (mid / "data").mkdir()
+    os.setxattr(mid / "data", "trusted.overlay.opaque", b"y")
+    (mid / "data" / "hosts").write_text("mid data\n")
+    (top / "data").mkdir()
+    (top / "data" / "passwd").write_text("top data\n")
+    (top / "link").symlink_to("/data/hosts")
+    (mid / "etc" / "alias").symlink_to("../data/shadow")
+    (low / "file-then-dir").write_text("low\n")
+    (top / "file-then-dir").mkdir()
+    (low / "dir-then-file").mkdir()
+    (low / "dir-then-file" / "inside").write_text("low\n")
+    (top / "dir-then-file").write_text("top\n")
+    return tuple(str(layer) for layer in (top, mid, low))
+
+
+PATHS_TO_LOOK_UP = ("/etc/passwd", "/etc/group", "/data/passwd", "/data/shadow", "/data/hosts",
+                    "/link", "/etc/alias", "/file-then-dir", "/dir-then-file/inside",
+                    "/nothing/here", "/etc/../etc/./passwd", "/")  # fmt: skip
+
+
+def test_an_overlays_files_are_found_in_its_layers_as_overlayfs_merges_them(tmp_path):
+    """ctrctl reads an image's /etc/passwd from its snapshot's layers, without mounting it:
+    what it finds is what a real overlay mount of the same layers shows."""
+    layers = _layers_for_lookup(tmp_path)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    lower = ":".join(layers)  # read-only overlay: no upper dir, every layer a lower one
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower}", merged],
+                   check=True)  # fmt: skip
+    try:
+        for path in PATHS_TO_LOOK_UP:
+            found = layered_path(layers, path)
+            seen = scoped_path(merged, path)
+            if not seen.exists():
+                assert found is None, path
+                continue
+            assert found is not None, path
+            if seen.is_dir():
+                assert os.path.isdir(found), path
+            else:
+                assert Path(found).read_bytes() == seen.read_bytes(), path
+    finally:
+        subprocess.run(["umount", merged], check=True)
+    assert layered_path(layers, "/etc/passwd") == os.path.join(layers[2], "etc", "passwd")
+    assert layered_path(layers, "/etc/group") is None  # the whiteout
+    assert layered_path(layers, "/data/shadow") is None  # under the opaque directory
+    assert layered_path(layers, "/link") == os.path.join(layers[1], "data", "hosts")
+    assert resolve_user("", layers) == User(0, 0, (0,))  # no /etc/group: no extras
