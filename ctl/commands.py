@@ -20,15 +20,12 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlencode
 
 import grpc
 from google.protobuf import any_pb2
@@ -166,6 +163,8 @@ class _Stdio:
     """FIFOs for a process's stdio, and the threads copying them to and from ours."""
 
     def __init__(self, interactive: bool, tty: bool) -> None:
+        import tempfile  # (with shutil) only for an attached process: a detached run needs none
+
         self.dir = tempfile.mkdtemp(prefix="ctrctl-fifo-")
         self.stdin = os.path.join(self.dir, "stdin") if interactive else ""
         self.stdout = os.path.join(self.dir, "stdout")
@@ -214,6 +213,8 @@ class _Stdio:
         for fd in self._files:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        import shutil
+
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -320,6 +321,8 @@ def _start_task(
         request.stdin, request.stdout, request.stderr = stdio.stdin, stdio.stdout, stdio.stderr
     else:
         request.stdin = stdio.stdin
+        from urllib.parse import urlencode
+
         request.stdout = f"{LOG_URI}?{urlencode({'tee': stdio.stdout})}"
         request.stderr = f"{LOG_URI}?{urlencode({'tee': stdio.stderr})}"
     client.tasks.Create(request, metadata=client.md)
@@ -421,6 +424,8 @@ def _terminal_size() -> os.terminal_size:
     for fd in (0, 1, 2):
         with contextlib.suppress(OSError):
             return os.get_terminal_size(fd)
+    import shutil
+
     return shutil.get_terminal_size()
 
 

@@ -106,8 +106,32 @@ class _QuickParser(argparse.ArgumentParser):
     """A parser (and its subparsers) that raises `_NotQuick` where argparse would print an
     error and exit: the whole tree parses the command line again and says it as always."""
 
+    _building = False
+
     def error(self, message: str) -> NoReturn:
         raise _NotQuick(message)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        return self._build(super().add_argument, *args, **kwargs)  # type: ignore[no-any-return]
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        return self._build(super().add_subparsers, **kwargs)
+
+    def _build(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        self._building = True
+        try:
+            return method(*args, **kwargs)
+        finally:
+            self._building = False
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        """While the parser is built, argparse makes a formatter for each argument (to check
+        its metavar) and for each group of subcommands (their prog, `ctrctl run`): one of a
+        fixed width does there (a formatter measures the terminal, which imports shutil, ~90
+        times for `run`). Help and usage get a formatter as always."""
+        if self._building:
+            return argparse.HelpFormatter(prog=self.prog, width=80)
+        return super()._get_formatter()
 
 
 class _OneCommand:

@@ -26,7 +26,6 @@ ctrctl keeps the exposed ports in its own label (`ctrctl.exposed-ports`), where 
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -231,6 +230,8 @@ def _flag_error(value: str, flag: str, why: str) -> ValueError:
 def _ip(text: str) -> str:
     """opts.ValidateIPAddress: the address, normalized; ValueError when it is none."""
     try:
+        import ipaddress  # only for a flag given
+
         return str(ipaddress.ip_address(text.strip()))
     except ValueError:
         raise ValueError(f"{text} is not an ip address") from None
@@ -271,6 +272,8 @@ def check_dns_search(text: str) -> str:
 
 def check_ip(text: str) -> str:
     """dockerd's verifyNetworkingConfig: an IPv4 address (or an IPv4-mapped IPv6 one)."""
+    import ipaddress  # only for --ip given
+
     try:
         address = ipaddress.ip_address(text)
     except ValueError:

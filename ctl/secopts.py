@@ -53,7 +53,6 @@ import re
 import stat
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from supervisor import seccomp
@@ -222,7 +221,8 @@ def _go_bool(text: str, opt: str) -> bool:
 def load_profile(path: str) -> seccomp.Profile:
     """A seccomp profile file in docker's format, refused with docker's words."""
     try:
-        text = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            text = f.read()
     except OSError as e:
         raise ValueError(
             f"opening seccomp profile ({path}) failed: open {path}: {_strerror(e)}"
@@ -412,12 +412,15 @@ def unified_cgroups(root: str = "/sys/fs/cgroup") -> bool:
 def _lowest_oom_score_adj(status: str, own: str) -> int:
     """The lowest oom_score_adj this process knows it may give: any with CAP_SYS_RESOURCE,
     else its own."""
-    for line in Path(status).read_text().splitlines():
+    with open(status) as f:
+        lines = f.read().splitlines()
+    for line in lines:
         key, _, value = line.partition(":")
         if key == "CapEff" and int(value.strip(), 16) >> CAP_SYS_RESOURCE & 1:
             return OOM_SCORE_ADJ_RANGE[0]
     try:
-        return int(Path(own).read_text().strip())
+        with open(own) as f:
+            return int(f.read().strip())
     except (OSError, ValueError):
         return 0
 
