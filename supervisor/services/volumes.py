@@ -85,4 +85,3 @@ class VolumesService(pb_grpc.VolumesServicer):
             rpc.namespace(context), list(request.filters)
         )
         return pb.PruneVolumesResponse(volumes_deleted=removed, space_reclaimed=reclaimed)
-
