@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import structlog
+from google.protobuf.message import DecodeError
 
 from supervisor import errors, filters
 from supervisor.api.containerd.events import container_pb2 as container_events
@@ -162,6 +163,9 @@ class RestartMonitor:
                         )
                     finally:
                         self._deciding.discard(key)
+        except DecodeError as e:
+            # a client may publish anything under these topics (Events.Publish): not ours
+            log.warning("restart_event_undecodable", ns=ns, topic=topic, error=str(e))
         except Exception:
             log.exception("restart_event_failed", ns=ns, topic=topic)
 
