@@ -413,6 +413,8 @@ class NetworkManager:
         static_ip: IPv4Address | None = None,
         aliases: Sequence[str] = (),
         default_route: bool = True,
+        published: Sequence[ports.PortBinding] = (),
+        firewall: bool = True,
     ) -> Attachment:
         """Lease an address, pin the container's namespace, have the network's driver plug
         the endpoint in.
@@ -432,8 +434,10 @@ class NetworkManager:
             mtu = await self._ensure(n)
             key = endpoint_key(ns, n.id, container_id)
             endpoint = await store.attach(
-                n.id, container_id, static_ip, endpoint_mac(key), tuple(aliases)
+                n.id, container_id, static_ip, endpoint_mac(key), tuple(aliases), published
             )
+            if published:
+                await self._reload_ports(ns, container_id)
             pin = self.pin_path(ns, container_id)
             try:
                 fresh = await asyncio.to_thread(netlink.netns_create, pin)
@@ -450,7 +454,8 @@ class NetworkManager:
                 await store.detach(n.id, container_id)
                 await self._reload_ports(ns, container_id)
                 raise
-            await self._apply_firewall()
+            if firewall:
+                await self._apply_firewall()
             return Attachment(pin, endpoint, n)
 
     async def disconnect(self, ns: str, container_id: str, network: str) -> None:
@@ -549,16 +554,15 @@ class NetworkManager:
                     static_ip if position == 0 else None,
                     endpoint_names(container_id, settings.name, settings.aliases_on(name)),
                     default_route=position == 0,
+                    published=bindings if position == 0 else (),  # leased with its address
+                    firewall=False,  # once, below, for every network and the ports
                 )
                 attachment = attachment or joined
             assert attachment is not None
+            async with self._lock:
+                await self._apply_firewall()
             await self._refresh_names(ns, container_id)
             await self._serve_dns(ns, container_id, settings.dns)
-            if bindings:
-                async with self._lock:
-                    await self._store(ns).set_ports(attachment.network.id, container_id, bindings)
-                    await self._reload_ports(ns, container_id)
-                    await self._apply_firewall()
             hostname = str(parsed.get("hostname") or container_id[:12])
             hosts, resolv = await self.hosts_and_resolv(ns, container_id, hostname, settings)
         except BaseException:

@@ -111,8 +111,10 @@ class NetworkStore(Protocol):
         address: IPv4Address | None = None,
         mac: str = "",
         aliases: Sequence[str] = (),
+        ports: Sequence[PortBinding] = (),
     ) -> Endpoint:
-        """Lease an address (the requested one, else the next round-robin one) to `container`."""
+        """Lease an address (the requested one, else the next round-robin one) to `container`,
+        with `ports` as its published ports, in one transaction."""
         ...
 
     async def detach(self, network: str, container: str) -> Endpoint:
@@ -297,8 +299,10 @@ class SqliteNetworkStore:
         address: IPv4Address | None = None,
         mac: str = "",
         aliases: Sequence[str] = (),
+        ports: Sequence[PortBinding] = (),
     ) -> Endpoint:
         identifiers.validate(container)
+        _check_bindings(ports)
 
         def attach(conn: sqlite3.Connection) -> Endpoint:
             n = self._find(conn, network)
@@ -341,6 +345,11 @@ class SqliteNetworkStore:
                     time.time_ns(),
                 ),
             )
+            for binding in ports:
+                conn.execute(
+                    f"INSERT INTO ports ({_PORT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    _port_row(self._ns, n.id, container, binding),
+                )
             return endpoint
 
         return await self._db.write(attach)

@@ -300,6 +300,27 @@ def test_set_ports_refuses_a_missing_endpoint_and_bad_bindings_and_keeps_the_old
     run(scenario())
 
 
+def test_attach_leases_the_address_and_records_the_ports_in_one_transaction(tmp_path: Path):
+    async def scenario():
+        db, store = await opened(tmp_path)
+        try:
+            await store.create(NetworkRequest("n1", "one", subnet="10.1.0.0/24"))
+            endpoint = await store.attach("one", "a", ports=[tcp(8080, 80), tcp(8443, 443)])
+            assert [(p.address, p.binding) for p in await store.ports("a")] == [
+                (endpoint.address, tcp(8080, 80)),
+                (endpoint.address, tcp(8443, 443)),
+            ]
+            # a bad binding refuses the whole attach: no lease, no port
+            with pytest.raises(InvalidArgument, match="published twice"):
+                await store.attach("one", "b", ports=[tcp(9000, 80), tcp(9000, 81)])
+            assert [e.container for e in await store.endpoints()] == ["a"]
+            assert [p.container for p in await store.ports()] == ["a", "a"]
+        finally:
+            await db.close()
+
+    run(scenario())
+
+
 def test_detach_and_release_container_take_the_endpoint_s_ports_with_it(tmp_path: Path):
     async def scenario():
         db, store = await opened(tmp_path)
