@@ -333,3 +333,26 @@ def test_a_detached_run_imports_only_what_it_uses(ctrd, busybox_image):
         assert not imported & unneeded
     finally:
         ctrctl(ctrd, "rm", "-f", "light")
+
+
+def test_a_run_unpacks_an_image_whose_snapshots_are_gone(ctrd, busybox2_image):
+    """The container's snapshot is prepared on the image's top snapshot at once; when that one
+    is gone (NotFound), the image is unpacked first, under the run's lease, which goes after.
+    Its users are then read from its two layers."""
+    ref = pull(ctrd, busybox2_image)
+
+    def snapshots() -> dict[str, str]:
+        header, *rows = ctrd.ctr("snapshots", "ls").stdout.splitlines()
+        parent, kind = header.index("PARENT"), header.index("KIND")
+        return {row[:parent].strip(): row[parent:kind].strip() for row in rows if row.strip()}
+
+    unpacked = snapshots()
+    assert len(unpacked) == 2
+    while left := snapshots():  # children first
+        parents = set(left.values())
+        for key in (k for k in left if k not in parents):
+            ctrd.ctr("snapshots", "rm", key)
+    ran = ctrctl(ctrd, "run", "--rm", "--network", "none", "-u", "nobody", ref, "id", "-u")
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "65534\n", "")
+    assert snapshots() == unpacked
+    assert ctrd.ctr("leases", "ls", "-q").stdout.split() == []
