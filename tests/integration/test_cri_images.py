@@ -237,3 +237,17 @@ def test_credentials_from_the_request_reach_a_registry_that_demands_them(cri_ctr
         cri_ctrd.images.RemoveImage(cri.RemoveImageRequest(image=cri.ImageSpec(image=ref)))
         cri_ctrd.crictl("pull", "--auth", auth, ref)
     assert ref in cri_ctrd.names()
+
+
+def test_a_disabled_cri_serves_no_runtime_v1(short_tmp: Path):
+    daemon = Ctrd(short_tmp)
+    config = short_tmp / "ctrd-test.toml"
+    config.write_text(config.read_text() + "[cri]\nenabled = false\n")
+    daemon.start()
+    try:
+        with pytest.raises(grpc.RpcError) as failed:
+            cri_grpc.RuntimeServiceStub(daemon.channel).Version(cri.VersionRequest(), timeout=10)
+        assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+        daemon.cleanup()
