@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,8 +30,15 @@ from tests.support.registry_proxy import PASSWORD, USERNAME, HtpasswdRegistry, P
 
 pytestmark = pytest.mark.integration
 
-CRICTL = os.environ.get("CTRD_CRICTL") or str(
-    REPO.parent / "shared" / "tools" / "cri" / "bin" / "crictl"
+# The project's CRI tools (cri-tools 1.26.1, prebuilt) live beside the checkout in `shared/`;
+# a clone made elsewhere (CI's) finds them at the machine's copy, or on the PATH.
+_CRICTL_PLACES = (
+    REPO.parent / "shared" / "tools" / "cri" / "bin" / "crictl",
+    Path("/work/shared/tools/cri/bin/crictl"),
+)
+CRICTL = os.environ.get("CTRD_CRICTL") or next(
+    (str(p) for p in _CRICTL_PLACES if os.access(p, os.X_OK)),
+    shutil.which("crictl") or str(_CRICTL_PLACES[0]),
 )
 
 
