@@ -288,10 +288,35 @@ def busybox2_image(registry: Registry) -> PushedImage:
 _TEST_TABLE = re.compile(r"^ctrdt(\d+)(_\d+)?$")  # Ctrd's and the network tests' tables
 
 
+_HOST_FILES = ("/etc/resolv.conf", "/etc/hosts")  # the host's own: no test may change them
+_host_files: dict[str, bytes] = {}
+
+
+def _read_host_files() -> dict[str, bytes]:
+    found = {}
+    for path in _HOST_FILES:
+        with contextlib.suppress(OSError):
+            found[path] = Path(path).read_bytes()
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The host's resolv.conf and hosts as they were before the session: a test that wrote
+    them (once, a container's resolv.conf ended up there and broke the host's DNS) fails the
+    run, and the files are put back."""
+    for path, before in _host_files.items():
+        after = _read_host_files().get(path)
+        if after != before:
+            Path(path).write_bytes(before)
+            print(f"\n{path} was changed during the tests (now put back): {after!r}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Remove the nftables tables of test processes that died before their cleanup (a run
     killed by a timeout): named `ctrdt<pid>...` by these tests, so whose they were is known;
-    a table of a live process is left to it."""
+    a table of a live process is left to it. Remember the host's resolv.conf and hosts."""
+    _host_files.update(_read_host_files())
     from supervisor.network import nft
 
     nft.prepare()
