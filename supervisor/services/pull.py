@@ -162,7 +162,7 @@ class PullService(pb_grpc.PullServicer):
         ns = rpc.namespace(context)
 
         async def work(emit: Emit) -> None:
-            await self._pull(ns, request, emit)
+            await self.pull(ns, request, emit)
 
         async for message in rpc.emitted(work, "pull"):
             yield message
@@ -176,17 +176,9 @@ class PullService(pb_grpc.PullServicer):
         emit: Emit,
         settings: tuple[dict[str, Any], dict[str, Any]] | None = None,
     ) -> None:
-        """A pull for another service (the CRI's PullImage), with its own hosts and
-        credentials (`registry_settings`'s shape) instead of the daemon's."""
-        await self._pull(ns, request, emit, settings)
-
-    async def _pull(
-        self,
-        ns: str,
-        request: pb.PullRequest,
-        emit: Emit,
-        settings: tuple[dict[str, Any], dict[str, Any]] | None = None,
-    ) -> None:
+        """Pull `request.ref` into `ns`, telling `emit` the progress. `settings`: hosts and
+        credentials (`registry_settings`'s shape) instead of the daemon's, for another service
+        (the CRI's PullImage)."""
         from supervisor.distribution import platforms, reference
         from supervisor.distribution.registry import Registry
 

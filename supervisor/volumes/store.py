@@ -51,6 +51,16 @@ def _row(row: tuple[str, str, str, str, int]) -> Volume:
     return Volume(name, driver, json.loads(labels), json.loads(options), created_at)
 
 
+def _find(conn: sqlite3.Connection, ns: str, name: str) -> Volume:
+    """The volume `name` of `ns`; NotFound in docker's words when there is none."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM volumes WHERE namespace = ? AND name = ?", (ns, name)
+    ).fetchone()
+    if row is None:
+        raise no_such_volume(name)
+    return _row(row)
+
+
 def users_in(conn: sqlite3.Connection, ns: str) -> dict[str, builtins.list[str]]:
     """Volume name -> the ids of the namespace's containers that name it, sorted."""
     found: defaultdict[str, builtins.list[str]] = defaultdict(list)
@@ -106,15 +116,7 @@ class VolumeStore:
     async def get(self, name: str) -> Volume:
         ns = self.namespace
 
-        def get(conn: sqlite3.Connection) -> Volume:
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM volumes WHERE namespace = ? AND name = ?", (ns, name)
-            ).fetchone()
-            if row is None:
-                raise no_such_volume(name)
-            return _row(row)
-
-        return await self._db.read(get)
+        return await self._db.read(lambda conn: _find(conn, ns, name))
 
     async def list(self) -> builtins.list[Volume]:
         ns = self.namespace
@@ -137,16 +139,12 @@ class VolumeStore:
         ns = self.namespace
 
         def delete(conn: sqlite3.Connection) -> Volume:
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM volumes WHERE namespace = ? AND name = ?", (ns, name)
-            ).fetchone()
-            if row is None:
-                raise no_such_volume(name)
+            volume = _find(conn, ns, name)
             users = users_in(conn, ns).get(name)
             if users:
                 raise in_use(name, users)
             conn.execute("DELETE FROM volumes WHERE namespace = ? AND name = ?", (ns, name))
-            return _row(row)
+            return volume
 
         return await self._db.write(delete)
 
