@@ -497,16 +497,21 @@ class Daemon:
 
         def cri_servicers() -> tuple[Any, Any]:
             """runtime.v1 (`supervisor.cri`): built at the first call to either service."""
+            from supervisor.cri.build import CriDeps, builders
             from supervisor.cri.image_service import ImageService
-            from supervisor.cri.runtime_service import RuntimeService
+            from supervisor.cri.runtime_service import CriParts, RuntimeService
             from supervisor.services.version import version
 
+            pull = functools.cache(pull_service)
             images = ImageService(
                 config.cri, config.registry, parts.images, parts.content,
-                functools.cache(pull_service), events, lambda: parts.gc,
-                root / "snapshots" / "overlayfs",
+                pull, events, lambda: parts.gc, root / "snapshots" / "overlayfs",
             )  # fmt: skip
-            return RuntimeService(config.cri, version()), images
+            deps = CriDeps(
+                config, root, state, db, events, tasks, tasks_service, containers, parts,
+                pull, network_manager, lambda: images,
+            )  # fmt: skip
+            return RuntimeService(config.cri, version(), CriParts(builders(deps))), images
 
         server = grpc.aio.server(
             options=[

@@ -7,16 +7,19 @@
   "Network plugin returns error: cni plugin not initialized"): pod networking through CNI is
   not there yet, so it is false whatever the conf dir holds. Verbose: `config` (the `[cri]`
   section), `cniconfig` and `lastCNILoadStatus`, JSON and text as containerd's keys.
-- Every other method (sandboxes, containers, exec, stats, UpdateRuntimeConfig, ...) is not
-  written yet: the generated base class raises NotImplementedError, which the registrar answers
-  UNIMPLEMENTED ("/runtime.v1.RuntimeService/X is not implemented by ctrd"), never a fake
-  success.
+- The pod and container calls are served by the parts in `CriParts`, each built at its first
+  call: `sandboxes` (`supervisor.cri.sandboxes`), `containers` (`supervisor.cri.containers`),
+  `operations` (ExecSync, resources and stats: `supervisor.cri.operations`). A part that is
+  not there raises NotImplementedError, which the registrar answers UNIMPLEMENTED
+  ("/runtime.v1.RuntimeService/X is not implemented by ctrd"), never a fake success; so do
+  the calls no part serves yet (the streaming calls, checkpoints, events, metrics).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -36,10 +39,29 @@ NETWORK_NOT_READY_REASON = "NetworkPluginNotReady"
 NETWORK_NOT_READY_MESSAGE = "Network plugin returns error: cni plugin not initialized"
 
 
+class CriParts:
+    """The RuntimeService's parts by name, each built by its builder at its first use."""
+
+    def __init__(self, builders: dict[str, Callable[[], Any]]) -> None:
+        self._builders = builders
+        self._built: dict[str, Any] = {}
+
+    def part(self, name: str) -> Any:
+        if name not in self._built:
+            build = self._builders.get(name)
+            if build is None:
+                raise NotImplementedError(name)
+            self._built[name] = build()
+        return self._built[name]
+
+
 class RuntimeService(cri_grpc.RuntimeServiceServicer):
-    def __init__(self, config: CriConfig, runtime_version: str) -> None:
+    def __init__(
+        self, config: CriConfig, runtime_version: str, parts: CriParts | None = None
+    ) -> None:
         self._config = config
         self._version = runtime_version
+        self._parts = parts or CriParts({})
 
     async def Version(self, request: cri.VersionRequest, context: Context) -> Any:
         return cri.VersionResponse(
@@ -76,3 +98,57 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
                 f"({self._config.cni_conf_dir}): cni plugin not initialized"
             ),
         }
+
+    async def RunPodSandbox(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("sandboxes").RunPodSandbox(request, context)
+
+    async def StopPodSandbox(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("sandboxes").StopPodSandbox(request, context)
+
+    async def RemovePodSandbox(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("sandboxes").RemovePodSandbox(request, context)
+
+    async def PodSandboxStatus(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("sandboxes").PodSandboxStatus(request, context)
+
+    async def ListPodSandbox(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("sandboxes").ListPodSandbox(request, context)
+
+    async def CreateContainer(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("containers").CreateContainer(request, context)
+
+    async def StartContainer(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("containers").StartContainer(request, context)
+
+    async def StopContainer(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("containers").StopContainer(request, context)
+
+    async def RemoveContainer(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("containers").RemoveContainer(request, context)
+
+    async def ListContainers(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("containers").ListContainers(request, context)
+
+    async def ContainerStatus(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("containers").ContainerStatus(request, context)
+
+    async def ReopenContainerLog(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("containers").ReopenContainerLog(request, context)
+
+    async def ExecSync(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("operations").ExecSync(request, context)
+
+    async def UpdateContainerResources(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("operations").UpdateContainerResources(request, context)
+
+    async def ContainerStats(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("operations").ContainerStats(request, context)
+
+    async def ListContainerStats(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("operations").ListContainerStats(request, context)
+
+    async def PodSandboxStats(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("operations").PodSandboxStats(request, context)
+
+    async def ListPodSandboxStats(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("operations").ListPodSandboxStats(request, context)

@@ -1,0 +1,43 @@
+"""The CRI's parts, built from what the daemon already has (`CriDeps`), each at its first call.
+
+`builders` maps a part's name (see `runtime_service.CriParts`) to a function that builds it;
+each part's module is imported only then. The parts share one `CriDeps`: the daemon's stores
+and services, in-process (no gRPC round trip to ourselves).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from supervisor.config import Config
+
+if TYPE_CHECKING:
+    from supervisor.events import Exchange
+    from supervisor.metadata.containers import ContainerStore
+    from supervisor.metadata.db import Database
+    from supervisor.runtime.manager import TaskManager
+    from supervisor.services.tasks import TasksService
+
+
+@dataclass(frozen=True)
+class CriDeps:
+    config: Config
+    root: Path  # the daemon's root: the CRI keeps its files under root / "cri"
+    state: Path  # the daemon's state dir: pins and sockets under state / "cri"
+    db: Database
+    events: Exchange
+    tasks: TaskManager
+    tasks_service: TasksService  # create_task / delete_task, as Tasks.Create and Delete do
+    containers: Callable[[str], ContainerStore]  # by namespace
+    parts: Any  # server.Parts: images, content, snapshots, leases, gc, volumes
+    pull: Callable[[], Any]  # the PullService, built once
+    network_manager: Callable[[], Any]  # ctrd's own networks (`supervisor.network.manager`)
+    image_service: Callable[[], Any]  # the CRI's ImageService (image lookup, normalisation)
+
+
+def builders(deps: CriDeps) -> dict[str, Callable[[], Any]]:
+    """Each part's builder. A part missing here answers UNIMPLEMENTED."""
+    return {}
