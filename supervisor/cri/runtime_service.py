@@ -9,7 +9,8 @@
   section), `cniconfig` and `lastCNILoadStatus`, JSON and text as containerd's keys.
 - The pod and container calls are served by the parts in `CriParts`, each built at its first
   call: `sandboxes` (`supervisor.cri.sandboxes`), `containers` (`supervisor.cri.containers`),
-  `operations` (ExecSync, resources and stats: `supervisor.cri.operations`). A part that is
+  `exec` (ExecSync: `supervisor.cri.execsync`), `stats` (the stats calls and
+  UpdateContainerResources: `supervisor.cri.stats`). A part that is
   not there raises NotImplementedError, which the registrar answers UNIMPLEMENTED
   ("/runtime.v1.RuntimeService/X is not implemented by ctrd"), never a fake success; so do
   the calls no part serves yet (the streaming calls, checkpoints, events, metrics).
@@ -136,19 +137,19 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
         return await self._parts.part("containers").ReopenContainerLog(request, context)
 
     async def ExecSync(self, request: Any, context: Context) -> Any:
-        return await self._parts.part("operations").ExecSync(request, context)
+        return await self._parts.part("exec").ExecSync(request, context)
 
     async def UpdateContainerResources(self, request: Any, context: Context) -> Any:
-        return await self._parts.part("operations").UpdateContainerResources(request, context)
+        return await self._parts.part("stats").UpdateContainerResources(request, context)
 
     async def ContainerStats(self, request: Any, context: Context) -> Any:
-        return await self._parts.part("operations").ContainerStats(request, context)
+        return await self._parts.part("stats").ContainerStats(request, context)
 
     async def ListContainerStats(self, request: Any, context: Context) -> Any:
-        return await self._parts.part("operations").ListContainerStats(request, context)
+        return await self._parts.part("stats").ListContainerStats(request, context)
 
     async def PodSandboxStats(self, request: Any, context: Context) -> Any:
-        return await self._parts.part("operations").PodSandboxStats(request, context)
+        return await self._parts.part("stats").PodSandboxStats(request, context)
 
     async def ListPodSandboxStats(self, request: Any, context: Context) -> Any:
-        return await self._parts.part("operations").ListPodSandboxStats(request, context)
+        return await self._parts.part("stats").ListPodSandboxStats(request, context)
