@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from supervisor.config import Config
 
 if TYPE_CHECKING:
+    from supervisor.cri.containers import CriContainerLookup
     from supervisor.events import Exchange
     from supervisor.metadata.containers import ContainerStore
     from supervisor.metadata.db import Database
@@ -36,6 +37,14 @@ class CriDeps:
     pull: Callable[[], Any]  # the PullService, built once
     network_manager: Callable[[], Any]  # ctrd's own networks (`supervisor.network.manager`)
     image_service: Callable[[], Any]  # the CRI's ImageService (image lookup, normalisation)
+
+
+def container_lookup(deps: CriDeps) -> CriContainerLookup:
+    """The CRI containers (`supervisor.cri.containers`) for the other parts (stats, logs,
+    exec): by id or unique prefix, all, or a sandbox's."""
+    from supervisor.cri.containers import CriContainerLookup
+
+    return CriContainerLookup(lambda: deps.containers(deps.config.cri.namespace))
 
 
 def builders(deps: CriDeps) -> dict[str, Callable[[], Any]]:
