@@ -12,8 +12,9 @@ Invariants kept here:
 - the calling thread never changes network namespace. Work inside a container's namespace runs
   on a short-lived thread that joins it (setns) and opens its netlink socket there
   (`_in_netns`); pyroute2's `IPRoute(netns=path)` is not used: it forks a helper, and a fork of
-  the daemon (gRPC's threads running) died with SIGSEGV. The one `unshare(CLONE_NEWNET)` (in
-  `netns_create`) likewise runs on a thread of its own that exits with the namespace pinned.
+  the daemon (gRPC's threads running) died with SIGSEGV. The one `unshare` (in
+  `pin_new_namespaces`: a network namespace for ctrd's networks, a pod's net, ipc and uts for
+  the CRI) likewise runs on a thread of its own that exits with the namespaces pinned.
 - a namespace pin is a bind mount of an nsfs file onto a file in a directory that is a shared
   mount of itself (iproute2's layout for /run/netns, under ctrd's own state dir), so that an
   unmount reaches copies made in other mount namespaces.
@@ -34,7 +35,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -56,6 +57,7 @@ DEFAULT_MTU = 1500
 RESOLV_CONF = Path("/etc/resolv.conf")
 
 _CLONE_NEWNET = 0x40000000
+_CLONE_FLAGS = {"net": _CLONE_NEWNET, "ipc": 0x08000000, "uts": 0x04000000}
 _MS_BIND = 4096
 _MS_REC = 16384
 _MS_SHARED = 1 << 20
@@ -120,17 +122,33 @@ def netns_create(path: str | Path) -> bool:
     A file left by an interrupted attempt is reused.
     """
     pin = Path(path)
-    _ensure_shared_dir(pin.parent)
+    ensure_shared_dir(pin.parent)
     if is_pinned(pin):
         return False
-    pin.touch(mode=0o444, exist_ok=True)
-    failure: list[OSError] = []
-    worker = threading.Thread(target=_unshare_and_pin, args=(pin, failure), name="netns-create")
+    pin_new_namespaces({"net": pin})
+    return True
+
+
+def pin_new_namespaces(pins: Mapping[str, Path], inside: Callable[[], None] | None = None) -> None:
+    """Make one new namespace of each kind in `pins` ("net", "ipc", "uts") and pin each at its
+    path, as CRI-O's pinns does; `inside` runs first, in the new namespaces and nowhere else
+    (a pod's sysctls, its hostname). The pins' directories should be shared mounts
+    (`ensure_shared_dir`). Nothing is pinned when `inside` fails; when a bind mount fails,
+    those made before it stay for the caller to remove (`netns_remove` unpins any kind).
+    """
+    flags = 0
+    for kind in pins:
+        flags |= _CLONE_FLAGS[kind]
+    for pin in pins.values():
+        pin.touch(mode=0o444, exist_ok=True)
+    failure: list[BaseException] = []
+    worker = threading.Thread(
+        target=_unshare_and_pin, args=(flags, pins, inside, failure), name="ns-pin"
+    )
     worker.start()
     worker.join()
     if failure:
         raise failure[0]
-    return True
 
 
 def netns_remove(path: str | Path) -> None:
@@ -153,19 +171,33 @@ def netns_release_dir(directory: str | Path) -> None:
         _raise_errno("umount", Path(target))
 
 
-def _unshare_and_pin(pin: Path, failure: list[OSError]) -> None:
-    """Runs on its own thread, which ends in the new namespace; nothing else runs there."""
+def _unshare_and_pin(
+    flags: int,
+    pins: Mapping[str, Path],
+    inside: Callable[[], None] | None,
+    failure: list[BaseException],
+) -> None:
+    """Runs on its own thread, which ends in the new namespaces; nothing else runs there.
+    (unshare of net, ipc and uts changes the calling thread only: the daemon's other threads
+    never see them.)"""
     try:
-        if _libc.unshare(_CLONE_NEWNET) != 0:
-            _raise_errno("unshare(CLONE_NEWNET)", pin)
-        source = f"/proc/self/task/{threading.get_native_id()}/ns/net"
-        if _libc.mount(os.fsencode(source), os.fsencode(pin), b"none", _MS_BIND, None) != 0:
-            _raise_errno("bind mount", pin)
-    except OSError as e:
+        if _libc.unshare(flags) != 0:
+            _raise_errno(f"unshare({flags:#x})", next(iter(pins.values())))
+        if inside is not None:
+            inside()
+        task = f"/proc/self/task/{threading.get_native_id()}/ns"
+        for kind, pin in pins.items():
+            source = os.fsencode(f"{task}/{kind}")
+            if _libc.mount(source, os.fsencode(pin), b"none", _MS_BIND, None) != 0:
+                _raise_errno("bind mount", pin)
+    except BaseException as e:
         failure.append(e)
 
 
-def _ensure_shared_dir(directory: Path) -> None:
+def ensure_shared_dir(directory: Path) -> None:
+    """Make `directory` a shared mount (a bind mount of itself first when it is not a mount
+    point), as iproute2 does for /run/netns: an unmount of a pin under it then reaches the
+    copies other mount namespaces made."""
     directory.mkdir(mode=0o711, parents=True, exist_ok=True)
     target = os.path.realpath(directory).encode()
     if _libc.mount(b"none", target, b"none", _MS_SHARED | _MS_REC, None) == 0:
