@@ -61,18 +61,13 @@ import re
 import signal
 import socket
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 from ctl import netopts, secopts, volopts
-
-if TYPE_CHECKING:
-    from pathlib import Path
-
-# An image's root filesystem: one directory (a mounted root), or the directories of an
-# overlay's layers, top first, read as overlayfs merges them (`layered_path`).
-RootFS = Union["Path", tuple[str, ...]]
+from supervisor.imageusers import GroupEntry, PasswdEntry, RootFS, UserDB
+from supervisor.imageusers import atoi as _atoi
 
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 OCI_VERSION = "1.0.2-dev"  # runtime-spec's specs.Version as vendored by containerd 1.6
@@ -531,18 +526,6 @@ def host_devices(path: str = "/dev") -> list[dict[str, Any]]:
 # --- users and groups of the image -----------------------------------------------------------
 
 
-class _PasswdEntry(NamedTuple):
-    name: str
-    uid: int
-    gid: int
-
-
-class _GroupEntry(NamedTuple):
-    name: str
-    gid: int
-    members: tuple[str, ...]
-
-
 def resolve_user(user: str, rootfs: RootFS | None) -> User:
     """The uid, gid and additional gids of `user` in the image, as dockerd finds them (runc's
     libcontainer/user GetExecUser, over the image's /etc/passwd and /etc/group).
@@ -555,12 +538,12 @@ def resolve_user(user: str, rootfs: RootFS | None) -> User:
     additional gids are the gid, then, only without a group, the groups listing the matched
     entry's name (dockerd 20.10 puts the gid first, as runc does not).
     """
-    db = _UserDB(rootfs)
+    db = UserDB(rootfs)
     user_arg, _, rest = user.partition(":")
     group_arg = rest.partition(":")[0]
     uid_arg, gid_arg = _atoi(user_arg), _atoi(group_arg)
 
-    def wanted(entry: _PasswdEntry) -> bool:
+    def wanted(entry: PasswdEntry) -> bool:
         if not user_arg:
             return entry.uid == 0
         return entry.uid == uid_arg if uid_arg is not None else entry.name == user_arg
@@ -577,7 +560,7 @@ def resolve_user(user: str, rootfs: RootFS | None) -> User:
     if not group_arg:
         return User(uid, gid, (gid, *(g.gid for g in groups if matched in g.members)))
 
-    def wanted_group(entry: _GroupEntry) -> bool:
+    def wanted_group(entry: GroupEntry) -> bool:
         return entry.gid == gid_arg if gid_arg is not None else entry.name == group_arg
 
     group = next((g for g in groups if wanted_group(g)), None)
@@ -590,146 +573,7 @@ def resolve_user(user: str, rootfs: RootFS | None) -> User:
     return User(uid, gid, (gid,))
 
 
-def _atoi(text: str) -> int | None:
-    """Go's strconv.Atoi, which GetExecUser uses to tell ids from names."""
-    return int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else None
-
-
 def _id(number: int) -> int:
     if not 0 <= number <= _MAX_ID:
         raise ValueError(f"uids and gids must be in range 0-{_MAX_ID}")  # runc's ErrRange
     return number
-
-
-class _UserDB:
-    """The image's /etc/passwd and /etc/group, parsed as runc's libcontainer/user does
-    (numbers that do not parse read as 0; group lines may be comments)."""
-
-    def __init__(self, rootfs: RootFS | None) -> None:
-        self.rootfs = rootfs
-
-    def _lines(self, name: str) -> Iterator[str] | None:
-        if self.rootfs is None:
-            return None
-        rootfs = self.rootfs
-        layers = rootfs if isinstance(rootfs, tuple) else (os.fspath(rootfs),)
-        found = layered_path(layers, f"/etc/{name}")
-        if found is None:
-            return None
-        try:
-            with open(found, "rb") as f:
-                data = f.read()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        text = data.decode("utf-8", "surrogateescape")
-        return (line.strip() for line in text.split("\n"))
-
-    def users(self) -> list[_PasswdEntry] | None:
-        lines = self._lines("passwd")
-        if lines is None:
-            return None
-        out = []
-        for line in lines:
-            if line:
-                fields = [*line.split(":"), "", "", ""]
-                out.append(_PasswdEntry(fields[0], _int(fields[2]), _int(fields[3])))
-        return out
-
-    def groups(self) -> list[_GroupEntry] | None:
-        lines = self._lines("group")
-        if lines is None:
-            return None
-        out = []
-        for line in lines:
-            if line and not line.startswith("#"):
-                fields = [*line.split(":"), "", "", ""]
-                members = tuple(fields[3].split(",")) if fields[3] else ()
-                out.append(_GroupEntry(fields[0], _int(fields[2]), members))
-        return out
-
-
-def _int(text: str) -> int:
-    number = _atoi(text)
-    return number if number is not None else 0
-
-
-def scoped_path(root: Path, path: str) -> Path:
-    """`path` inside `root` with symlinks resolved as if `root` were `/` (continuity's
-    fs.RootPath): a link can never lead out of the image."""
-    return root.joinpath(*_scoped_parts((os.fspath(root),), path))
-
-
-def layered_path(layers: Sequence[str], path: str) -> str | None:
-    """Where `path` of the overlay of `layers` (directories, top first) is on the host, its
-    symlinks resolved inside the overlay as `scoped_path` resolves them in a root; None when
-    it is not there. The image's files are read so without mounting its snapshot."""
-    return _lookup(layers, _scoped_parts(layers, path))
-
-
-def _scoped_parts(layers: Sequence[str], path: str) -> list[str]:
-    """The components of `path` resolved in the root of `layers` (see `scoped_path`)."""
-    resolved: list[str] = []
-    pending = [p for p in path.split("/") if p][::-1]
-    links = 0
-    while pending:
-        part = pending.pop()
-        if part == ".":
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = _lookup(layers, [*resolved, part])
-        if candidate is not None and os.path.islink(candidate):
-            links += 1
-            if links > 255:
-                raise ValueError(f"too many symlinks resolving {path!r} in {layers[0]}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            pending.extend(p for p in reversed(target.split("/")) if p)
-            continue
-        resolved.append(part)
-    return resolved
-
-
-def _lookup(layers: Sequence[str], parts: Sequence[str]) -> str | None:
-    """The host path of `parts` (no links among its directories) in the overlay of `layers`,
-    found as overlayfs finds it: the topmost layer's entry; a directory merges those of the
-    layers below it down to an opaque one (`trusted.overlay.opaque`) or to one where the name
-    is not a directory; a whiteout (a 0/0 character device) hides the name below it. One
-    layer is a plain directory."""
-    overlay = len(layers) > 1  # one layer: a directory, where nothing is a whiteout
-    stack = list(layers)  # the layers whose directories make the current directory
-    found: str | None = layers[0] if layers else None
-    for depth in range(len(parts)):
-        relative = os.path.join(*parts[: depth + 1])
-        found, below = None, []
-        for layer in stack:
-            candidate = os.path.join(layer, relative)
-            try:
-                st = os.lstat(candidate)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            if overlay and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                break  # a whiteout
-            if not stat.S_ISDIR(st.st_mode):
-                found = found or candidate
-                break
-            found = found or candidate
-            below.append(layer)
-            if overlay and _opaque(candidate):
-                break
-        if found is None:
-            return None
-        if depth < len(parts) - 1 and not below:
-            return None  # not a directory: nothing under it
-        stack = below
-    return found
-
-
-def _opaque(directory: str) -> bool:
-    try:
-        return os.getxattr(directory, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
-    except OSError:
-        return False

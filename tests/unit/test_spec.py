@@ -28,13 +28,12 @@ from ctl.spec import (
     encode,
     generate,
     is_named_network,
-    layered_path,
     merge_env,
     parse_signal,
     resolve_user,
-    scoped_path,
     stop_settings,
 )
+from supervisor.imageusers import layered_path, scoped_path
 
 PASSWD = """\
 root:x:0:0:root:/root:/bin/sh
