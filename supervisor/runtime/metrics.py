@@ -57,6 +57,10 @@ _V1_MEMORY_STAT_RENAMES = {
     "pgfault": "pg_fault",
     "pgmajfault": "pg_maj_fault",
     "hierarchical_memsw_limit": "hierarchical_swap_limit",
+    "total_pgpgin": "total_pg_pg_in",
+    "total_pgpgout": "total_pg_pg_out",
+    "total_pgfault": "total_pg_fault",
+    "total_pgmajfault": "total_pg_maj_fault",
 }
 # blkio files by BlkIOStat field: the CFQ/BFQ-era recursive files, or the throttle fallback.
 _V1_BLKIO_RECURSIVE = {
@@ -113,19 +117,24 @@ def collect_path(cgroups_path: str) -> any_pb2.Any:
     """Metrics of the cgroup(s) at an OCI spec's `linux.cgroupsPath` (cgroupfs form, absolute),
     for a task whose processes have exited: runc keeps its cgroups until the container is
     deleted, and containerd still answers their metrics. Blocking; NotFound if they are gone."""
-    if not cgroups_path.startswith("/") or ":" in cgroups_path:
-        raise NotFound(f"cgroup {cgroups_path}")  # relative, or systemd's slice:prefix:name
-    own = Path("/proc/self/cgroup").read_text(encoding="utf-8")
-    membership = "\n".join(
-        line.rsplit(":", 1)[0] + ":" + cgroups_path for line in own.splitlines() if line
-    )
-    mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8")
-    match locate(membership, mountinfo):
+    match locate_path(cgroups_path):
         case CgroupV1(directories) if any(d.is_dir() for d in directories.values()):
             return pack(v1_metrics(directories))
         case CgroupV2(directory) if directory.is_dir():
             return pack(v2_metrics(directory))
     raise NotFound(f"cgroup {cgroups_path}")
+
+
+def locate_path(cgroups_path: str) -> CgroupV1 | CgroupV2 | None:
+    """Where the cgroup(s) at an absolute cgroupfs path would be in each mounted hierarchy
+    (they may not exist); None for a relative path or systemd's `slice:prefix:name`."""
+    if not cgroups_path.startswith("/") or ":" in cgroups_path:
+        return None
+    own = Path("/proc/self/cgroup").read_text(encoding="utf-8")
+    membership = "\n".join(
+        line.rsplit(":", 1)[0] + ":" + cgroups_path for line in own.splitlines() if line
+    )
+    return locate(membership, Path("/proc/self/mountinfo").read_text(encoding="utf-8"))
 
 
 def pack(metrics: v1.Metrics | v2.Metrics) -> any_pb2.Any:

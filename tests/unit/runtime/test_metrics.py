@@ -314,6 +314,17 @@ def test_v1_files_are_read_like_containerd(tmp_path):
     assert got.rdma.limit == [v1.RdmaEntry(device="mlx4_0", hca_handles=2**32 - 1, hca_objects=4)]
 
 
+def test_v1_hierarchical_totals_are_read_under_containerds_names(tmp_path):
+    # memory.stat says total_pgfault; MemoryStat calls it total_pg_fault (kubelet's page
+    # faults in the CRI's stats come from it).
+    (tmp_path / "memory.stat").write_text(
+        "pgfault 1\ntotal_pgfault 10\ntotal_pgmajfault 2\ntotal_pgpgin 3\ntotal_pgpgout 4\n"
+    )
+    got = metrics.v1_metrics({"memory": tmp_path}).memory
+    assert (got.pg_fault, got.total_pg_fault, got.total_pg_maj_fault) == (1, 10, 2)
+    assert (got.total_pg_pg_in, got.total_pg_pg_out) == (3, 4)
+
+
 def test_v2_files_are_read_like_containerd(tmp_path):
     files = {
         "pids.current": "2\n",
