@@ -6,7 +6,12 @@
   reason and message for a runtime without a loaded CNI config (`NetworkPluginNotReady`,
   "Network plugin returns error: cni plugin not initialized"): pod networking through CNI is
   not there yet, so it is false whatever the conf dir holds. Verbose: `config` (the `[cri]`
-  section), `cniconfig` and `lastCNILoadStatus`, JSON and text as containerd's keys.
+  section), `cniconfig` and `lastCNILoadStatus`, JSON and text as containerd's keys, and
+  `podCIDRs` (JSON list: what kubelet last pushed).
+- UpdateRuntimeConfig: kubelet pushes the node's pod CIDRs ("a,b"); they are checked (a bad
+  one fails with containerd's "get routes: invalid CIDR address: X"), kept in memory and shown
+  in Status' verbose info. Nothing renders a CNI conf from them (containerd does so only with
+  `conf_template` set, which ctrd has not): the CNI conflist is the cluster's to write.
 - The pod and container calls are served by the parts in `CriParts`, each built at its first
   call: `sandboxes` (`supervisor.cri.sandboxes`), `containers` (`supervisor.cri.containers`),
   `exec` (ExecSync: `supervisor.cri.execsync`), `stats` (the stats calls and
@@ -19,6 +24,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +34,7 @@ import grpc
 from supervisor.api.runtime.v1 import api_pb2 as cri
 from supervisor.api.runtime.v1 import api_pb2_grpc as cri_grpc
 from supervisor.config import CriConfig
+from supervisor.errors import Unknown
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -63,6 +70,7 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
         self._config = config
         self._version = runtime_version
         self._parts = parts or CriParts({})
+        self._pod_cidrs: list[str] = []
 
     async def Version(self, request: cri.VersionRequest, context: Context) -> Any:
         return cri.VersionResponse(
@@ -98,7 +106,20 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
                 "cni config load failed: ctrd does not load CNI network configs yet "
                 f"({self._config.cni_conf_dir}): cni plugin not initialized"
             ),
+            "podCIDRs": json.dumps(self._pod_cidrs),
         }
+
+    async def UpdateRuntimeConfig(
+        self, request: cri.UpdateRuntimeConfigRequest, context: Context
+    ) -> Any:
+        text = request.runtime_config.network_config.pod_cidr
+        if text:
+            cidrs = [c.strip() for c in text.split(",")]
+            for cidr in cidrs:
+                if not _is_cidr(cidr):
+                    raise Unknown(f"get routes: invalid CIDR address: {cidr}")
+            self._pod_cidrs = cidrs
+        return cri.UpdateRuntimeConfigResponse()
 
     async def RunPodSandbox(self, request: Any, context: Context) -> Any:
         return await self._parts.part("sandboxes").RunPodSandbox(request, context)
@@ -153,3 +174,15 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
 
     async def ListPodSandboxStats(self, request: Any, context: Context) -> Any:
         return await self._parts.part("stats").ListPodSandboxStats(request, context)
+
+
+def _is_cidr(text: str) -> bool:
+    """ADDRESS/BITS, as Go's net.ParseCIDR takes it (no bare address, no netmask form)."""
+    address, slash, bits = text.partition("/")
+    if not (slash and bits.isdigit()):
+        return False
+    try:
+        ipaddress.ip_network(f"{address}/{int(bits)}", strict=False)
+    except ValueError:
+        return False
+    return True
