@@ -21,8 +21,11 @@ The plan for the process (issue 5), so that the pieces fit:
   console socket, reaps every child, and journals each exit (128+signal for signals) with
   `journal.Journal.append` *before* it answers a wait or sends the event.
 - Requests (protocol.Request.method): create, start, state, pids, kill, exec, resize_pty,
-  close_io, pause, resume, update, stats, wait, delete, shutdown, and `events` with
-  `{"after": seq}`, which replays the journal past `seq` and then follows live events.
+  close_io, pause, resume, update, stats, wait, delete, shutdown, `reopen_log` (the init's
+  `ctrd-log://` log opened again by its path, for kubelet's rotation; FailedPrecondition
+  "container is not running" unless it runs; a shim older than it answers Unimplemented), and
+  `events` with `{"after": seq}`, which replays the journal past `seq` and then follows live
+  events.
 - The daemon side is `supervisor.runtime`: `bundle` (config.json + mounted rootfs) and
   `shimclient` (calls by id, events, Unavailable when the shim goes).
 """

@@ -12,6 +12,9 @@ rotated: `path` becomes `path.1`, `path.1` becomes `path.2` ..., keeping `max-fi
 all (1: the file is emptied instead). Nothing is lost at exit: the pipes are read until every
 writer (the process and any child it left) has closed them.
 
+With `format=cri` the log is the CRI's instead (`shim.crilog`: `RFC3339Nano stream P|F line`,
+never rotated by the shim, reopened by path on request); both kinds take the same pumps.
+
 A stream's URI may also name a FIFO, `...&tee=/path/fifo`: what the stream writes is then both
 logged and copied there, as it comes, for a client attached to the container (docker keeps the
 logs of attached containers too). The copy keeps the pace of its reader: while the FIFO is
@@ -26,7 +29,10 @@ import json
 import os
 import time
 from collections.abc import Callable
+from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
+
+from shim import crilog
 
 SCHEME = "ctrd-log"
 PIECE = 16 * 1024
@@ -49,6 +55,32 @@ def parse(uri: str) -> tuple[str, int, int]:
     return parts.path, max_size, max_files
 
 
+class Log(Protocol):
+    """What a pump writes to: a `LogFile` or a `crilog.CriLog`."""
+
+    piece: int  # the most of an unfinished line held before some of it is written
+
+    def partial_cut(self, data: bytes) -> int: ...
+
+    def write(self, stream: str, data: bytes, final: bool = False) -> None: ...
+
+    def reopen(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_log(uri: str) -> Log:
+    """The log a `ctrd-log://` URI names, opened: json-file, or the CRI's (`format=cri`)."""
+    fmt = dict(parse_qsl(urlsplit(uri).query)).get("format", "json")
+    if fmt == crilog.FORMAT:
+        if urlsplit(uri).scheme != SCHEME:
+            raise ValueError(f'"{uri}" is not a ctrd-log:///absolute/path URI')
+        return crilog.CriLog(*crilog.parse(uri))
+    if fmt != "json":
+        raise ValueError(f'"{uri}": unknown log format "{fmt}" (json or cri)')
+    return LogFile(*parse(uri))
+
+
 def tee_of(uri: str) -> str:
     """The FIFO a `ctrd-log://` stream URI also copies to, or ""."""
     path = dict(parse_qsl(urlsplit(uri).query)).get("tee", "")
@@ -63,6 +95,8 @@ def _timestamp(now_ns: int) -> str:
 
 
 class LogFile:
+    piece = PIECE
+
     def __init__(self, path: str, max_size: int = 0, max_files: int = 1) -> None:
         self.path = path
         self.max_size = max_size
@@ -71,7 +105,11 @@ class LogFile:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._size = os.fstat(self._fd).st_size
 
-    def write(self, stream: str, data: bytes) -> None:
+    def partial_cut(self, data: bytes) -> int:
+        """How much of an unfinished line to write now: all of it, in pieces."""
+        return len(data)
+
+    def write(self, stream: str, data: bytes, final: bool = False) -> None:
         """One entry per line of `data` (which holds whole lines, or a final piece)."""
         now = _timestamp(time.time_ns())
         out = bytearray()
@@ -112,6 +150,16 @@ class LogFile:
         self._fd = os.open(self.path, flags, 0o600)
         self._size = 0
 
+    def reopen(self) -> None:
+        """Open the path again (created if it was moved away) and close the old file."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        fd = os.open(self.path, flags, 0o600)
+        old, self._fd = self._fd, fd
+        self._size = os.fstat(fd).st_size
+        if old >= 0:
+            with contextlib.suppress(OSError):
+                os.close(old)
+
     def close(self) -> None:
         if self._fd >= 0:
             with contextlib.suppress(OSError):
@@ -128,7 +176,7 @@ class Pump:
         want: Callable[[int, Callable[[], None] | None], None],
         fd: int,
         stream: str,
-        log: LogFile,
+        log: Log,
         done: Callable[[], None],
         tee: int = -1,
         want_write: Callable[[int, Callable[[], None] | None], None] | None = None,
@@ -164,8 +212,8 @@ class Pump:
             self._unsent += data
         data = self._pending + data
         cut = data.rfind(b"\n") + 1
-        if not cut and len(data) >= PIECE:
-            cut = len(data)  # a long line without a newline yet: write what makes pieces
+        if not cut and len(data) >= self._log.piece:
+            cut = self._log.partial_cut(data)  # a long line without a newline yet
         self._pending = data[cut:]
         if cut:
             self._log.write(self.stream, data[:cut])
@@ -206,6 +254,6 @@ class Pump:
             self._want_write(self._tee, None)
         self._unsent.clear()
         if self._pending:
-            self._log.write(self.stream, self._pending)
+            self._log.write(self.stream, self._pending, final=True)
             self._pending = b""
         self._done()

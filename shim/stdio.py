@@ -25,7 +25,8 @@ in the pipe when the process is reaped, and nothing can be lost. The shim opens
 - `file:///path`: the file, appended to (created 0640 with its directories);
 - `ctrd-log:///path?max-size=N&max-files=N[&tee=/fifo]` (stdout and stderr both): pipes the
   shim reads into a log it keeps (`logfile`), each stream copied to its `tee` FIFO as well
-  when a client is attached;
+  when a client is attached; `ctrd-log:///path?format=cri[&max-line=N]`: the same in the
+  CRI's format (`crilog`), which `Io.reopen_log` opens again by its path;
 - `binary:///path?k=v`: a logging program started with the process's stdout and stderr on its
   fds 3 and 4 and a readiness pipe on fd 5 (it closes it when ready), as containerd does;
 - "": /dev/null.
@@ -294,8 +295,9 @@ class Io:
         self._in_fd = -1
         self._pipe_r = self._pipe_w = -1  # the process's stdin pipe, without a terminal
         self._stdin_closed = False  # CloseIO came
-        self._log: logfile.LogFile | None = None  # the shim's own log (ctrd-log://)
+        self._log: logfile.Log | None = None  # the shim's own log (ctrd-log://)
         self._log_open = 0
+        self._log_closed = False
         self._pumps: list[logfile.Pump] = []
         self._given: list[int] = []  # fds only the process must hold, once it runs
         self._err_r = self._err_fifo = -1  # stderr's pipe and its FIFO (see the module's doc)
@@ -323,7 +325,7 @@ class Io:
             if self.stdin:
                 self._in_fd = stdin
             if self.stdout.startswith(logfile.SCHEME + ":"):
-                self._log = logfile.LogFile(*logfile.parse(self.stdout))
+                self._log = logfile.open_log(self.stdout)
             elif self.stdout:
                 self._out_fd = _open_output(self.stdout, namespace, cid, self)
                 os.set_blocking(self._out_fd, False)
@@ -367,7 +369,7 @@ class Io:
 
     def _open_log(self, uri: str) -> tuple[int, int]:
         """Pipes into the shim's log file for stdout and stderr; the ends the process gets."""
-        self._log = logfile.LogFile(*logfile.parse(uri))
+        self._log = logfile.open_log(uri)
         self._log_open = 2
         ends = []
         for stream in ("stdout", "stderr"):
@@ -410,7 +412,16 @@ class Io:
         if self._log_open == 0:
             if self._log is not None:
                 self._log.close()
+                self._log_closed = True
             self._output_done()
+
+    def reopen_log(self) -> bool:
+        """Open the shim's log again by its path (kubelet renamed it to rotate it); False when
+        there is no log, or its streams have ended."""
+        if self._log is None or self._log_closed:
+            return False
+        self._log.reopen()
+        return True
 
     def attach_console(self, master: int) -> None:
         """Start copying through the pty master the runtime handed over."""
@@ -531,6 +542,7 @@ class Io:
         self._pumps.clear()
         if self._log is not None:
             self._log.close()
+            self._log_closed = True
         for fd in set(self._owned):
             self.reactor.forget(fd)
             with contextlib.suppress(OSError):

@@ -618,6 +618,19 @@ class Shim:
             process.io.close_stdin()
         return {}
 
+    def do_reopen_log(self, params: dict[str, Any], *_: object) -> Any:
+        """Open the init's log (`ctrd-log://`) again by its path, creating it: kubelet renamed
+        it to rotate it. Only while the container runs: a stopped one's log is left alone
+        (no file is made). {"reopened": false} when the container has no such log."""
+        process = self._process({})
+        self._reap()
+        if process.status not in (RUNNING, PAUSED):
+            raise _precondition("container is not running")
+        try:
+            return {"reopened": process.io.reopen_log()}
+        except OSError as e:
+            raise ShimError(protocol.INTERNAL, f"reopen the container's log: {e}") from None
+
     def do_pause(self, params: dict[str, Any], *_: object) -> Any:
         process = self._process({})
         _refuse(process, True, "pause")

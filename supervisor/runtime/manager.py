@@ -494,6 +494,19 @@ class TaskManager:
     def all(self) -> builtins.list[Task]:
         return list(self._tasks.values())
 
+    async def reopen_log(self, namespace: str, cid: str) -> None:
+        """Have the task's shim open its container's log again by its path, creating it
+        (kubelet renamed the file to rotate it: the CRI's ReopenContainerLog). Only while the
+        init runs; else FailedPrecondition "container is not running", and no file is made.
+        A task loaded at a restart is asked once its shim is attached again."""
+        task = self._tasks.get((namespace, cid))
+        if task is None or not self.running(namespace, cid) or task.status == "created":
+            raise errors.FailedPrecondition("container is not running", plain=True)
+        try:
+            await task.call("reopen_log")
+        except errors.FailedPrecondition as e:  # it exited meanwhile: the shim said so
+            raise errors.FailedPrecondition(e.detail, plain=True) from None
+
     async def create(
         self,
         namespace: str,
