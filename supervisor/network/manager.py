@@ -571,6 +571,22 @@ class NetworkManager:
         rewritten = spec_with_network(parsed, attachment.netns, hosts, resolv)
         return json.dumps(rewritten).encode()
 
+    def plan_task(
+        self, ns: str, container_id: str, labels: Mapping[str, str], spec: bytes
+    ) -> bytes | None:
+        """What `prepare_task` will answer for a container on networks of its own, told before
+        the plumbing is done (its namespace pin and files have fixed paths), so that the task's
+        bundle and shim can be made meanwhile; None when only `prepare_task` can tell (no
+        networks, or another container's)."""
+        settings = NetworkSettings.from_labels(labels)
+        if settings.network_container or not settings.networks:
+            return None
+        etc = self.etc_dir(ns, container_id)
+        planned = spec_with_network(
+            json.loads(spec), self.pin_path(ns, container_id), etc / "hosts", etc / "resolv.conf"
+        )
+        return json.dumps(planned).encode()
+
     async def _shared_spec(
         self, ns: str, spec: dict[str, Any], other: str, netns_of: NetnsOf | None
     ) -> dict[str, Any]:

@@ -40,7 +40,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -516,10 +516,14 @@ class TaskManager:
         stdio: dict[str, Any],
         runtime: str = "",
         runtime_root: str = "",
+        before: Awaitable[object] | None = None,
     ) -> Task:
         """Create a task; `runtime` names the runtime binary (default: the daemon's) and
         `runtime_root` its state root, under which each namespace has its own directory (as
-        containerd's runc shim does with `containerd.runc.v1.Options.root`)."""
+        containerd's runc shim does with `containerd.runc.v1.Options.root`). `before` is work
+        the spec relies on (a network namespace and files it names) running meanwhile: the
+        bundle is written and the shim started alongside it, and the runtime creates the
+        container only once it is done; its failure fails the create, leaving nothing."""
         key = (namespace, cid)
         if runtime_root and not os.path.isabs(runtime_root):
             raise errors.InvalidArgument(f'runtime root "{runtime_root}" is not an absolute path')
@@ -532,7 +536,9 @@ class TaskManager:
             if runtime_root
             else str(self.state / "runc" / namespace),
         )
-        creation = asyncio.ensure_future(self._create(namespace, cid, spec, mounts, stdio, chosen))
+        creation = asyncio.ensure_future(
+            self._create(namespace, cid, spec, mounts, stdio, chosen, before)
+        )
 
         def done(future: asyncio.Future[Task]) -> None:
             self._creating.discard(key)
@@ -552,6 +558,7 @@ class TaskManager:
         mounts: Sequence[Mount],
         stdio: dict[str, Any],
         runtime: Runtime,
+        before: Awaitable[object] | None = None,
     ) -> Task:
         bundle = Bundle.at(self.state, namespace, cid)
         source = f"shim:{os.urandom(16).hex()}"
@@ -584,6 +591,8 @@ class TaskManager:
                 {"type": m.type, "source": m.source, "target": "", "options": list(m.options)}
                 for m in mounts
             ]
+            if before is not None:
+                await before
             try:
                 result = await task.call_seen("create", params)
             except errors.CtrdError as e:  # containerd's runtime manager words it so

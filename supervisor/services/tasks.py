@@ -180,21 +180,30 @@ class TasksService(pb_grpc.TasksServicer):
         if not self._manager.exists(ns, container.id):
             networks = self._networks_for(container.labels)
             volumes = self._volumes_for(container.labels)
-        prepared = False
+        plumbing: asyncio.Future[bytes] | None = None
         try:
             if volumes is not None:  # apart from the networks': either, both or neither apply
                 spec = await volumes.prepare_task(ns, container.id, container.labels, spec, mounts)
             if networks is not None:
-                spec = await networks.prepare_task(
-                    ns, container.id, container.labels, spec, self._netns_of(ns)
+                plumbing = asyncio.ensure_future(
+                    networks.prepare_task(
+                        ns, container.id, container.labels, spec, self._netns_of(ns)
+                    )
                 )
-                prepared = True
+                # The spec's paths are known before the plumbing is done: the bundle and the
+                # shim are made meanwhile, and runc waits for it (`TaskManager.create`).
+                planned = networks.plan_task(ns, container.id, container.labels, spec)
+                spec = planned if planned is not None else await plumbing
             task = await self._create(
-                ns, container.id, spec, mounts, stdio, runtime_path or binary, runtime_root
-            )
+                ns, container.id, spec, mounts, stdio, runtime_path or binary, runtime_root,
+                before=plumbing,
+            )  # fmt: skip
         except BaseException:
-            if networks is not None and prepared:
-                await networks.release(ns, container.id)
+            if networks is not None and plumbing is not None:
+                if not plumbing.done():  # the create failed first: let it finish, then undo
+                    await asyncio.wait({plumbing})
+                if not plumbing.cancelled() and plumbing.exception() is None:
+                    await networks.release(ns, container.id)  # (a failed one released itself)
             if volumes is not None:
                 await volumes.release(ns, container.id)
             raise
@@ -209,6 +218,7 @@ class TasksService(pb_grpc.TasksServicer):
         stdio: dict[str, Any],
         binary: str,
         runtime_root: str,
+        before: Awaitable[object] | None = None,
     ) -> Task:
         return await self._manager.create(
             ns,
@@ -223,6 +233,7 @@ class TasksService(pb_grpc.TasksServicer):
             },
             binary,
             runtime_root,
+            before,
         )
 
     def _networks_for(self, labels: Mapping[str, str]) -> NetworkManager | None:

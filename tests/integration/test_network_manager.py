@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import os
 import subprocess
 from collections.abc import AsyncIterator
@@ -284,3 +285,27 @@ def test_spec_with_network_names_the_pin_and_mounts_the_generated_files():
     assert by_destination["/etc/resolv.conf"]["source"] == "/s/r"
     assert "/proc" in by_destination
     assert spec["linux"]["namespaces"][1] == {"type": "network"}  # the input is not changed
+
+
+def test_the_planned_spec_is_the_one_prepare_task_gives(tmp_path: Path):
+    """Tasks.Create writes the bundle from `plan_task` while `prepare_task` plumbs: the two
+    must name the same namespace and files, or runc would join a namespace nobody made."""
+    spec = json.dumps(
+        {"hostname": "h", "linux": {"namespaces": [{"type": "network"}]}, "mounts": []}
+    ).encode()
+
+    async def scenario() -> None:
+        async with lab(tmp_path) as (manager, _store, _table):
+            for labels in (
+                {"ctrd.io/networks": "front"},
+                {"ctrd.io/networks": "front", "ctrd.io/ports": "127.0.0.1::80"},
+            ):
+                planned = manager.plan_task(NS, "ctr-p", labels, spec)
+                assert planned is not None
+                assert await manager.prepare_task(NS, "ctr-p", labels, spec) == planned
+                await manager.release(NS, "ctr-p")
+            assert manager.plan_task(NS, "ctr-p", {}, spec) is None
+            shared = {"ctrd.io/network-container": "other"}
+            assert manager.plan_task(NS, "ctr-p", shared, spec) is None
+
+    asyncio.run(scenario())

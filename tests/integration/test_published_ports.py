@@ -83,6 +83,9 @@ def test_httpd_is_reached_through_both_published_ports_from_everywhere(ctrd, bus
                ref, "late", "true", check=False)  # fmt: skip
     assert done.returncode != 0
     assert f"Bind for 0.0.0.0:{any_port} failed: port is already allocated" in done.stderr
+    # the shim and bundle made while the ports were being taken are gone with the failure
+    assert not [p for p in ctrd.state.rglob("late") if p.is_dir()]
+    assert "late" not in ctrd.ctr("tasks", "ls", "-q").stdout.split()
 
     rules = json.dumps(nft.list_table(ctrd.nft_table))
     assert str(any_port) in rules
