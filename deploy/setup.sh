@@ -19,6 +19,8 @@ packages=(
     tini                                     # ctrctl run --init: /usr/bin/tini-static as PID 1
     libnftables1                             # nftables' library: ctrd writes its own table in-process
     golang-github-containerd-containerd-dev  # containerd's protos, compared with ours
+    gcc libc6-dev binutils skopeo curl       # the CRI tests build critest's images (../shared/tools/cri)
+    containernetworking-plugins              # CNI plugins (bridge, host-local, portmap) for CRI pods
     git
 )
 missing=()

@@ -27,6 +27,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The CRI node fixtures (critest_images, make_cri_node, cri_node): tests/support/cri.py
+pytest_plugins = ("tests.support.cri",)
+
 
 def require_binary(name: str) -> str:
     """A test dependency that is missing is a failure, never a silent skip."""
