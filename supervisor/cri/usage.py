@@ -1,0 +1,300 @@
+"""What the CRI's stats are made of: cgroup samples, CPU rates, network counters, writable
+layers. The stats part (`supervisor.cri.stats`) turns them into runtime.v1 messages.
+
+- A cgroup is read by the code that answers Tasks.Metrics (`supervisor.runtime.metrics`:
+  the same files, v1 and v2), and reduced here as containerd's CRI reduces a task's metrics:
+  CPU = cpuacct.usage (v1) or cpu.stat usage_usec x 1000 (v2); working set = usage less
+  inactive file (v1 `total_inactive_file`, v2 `inactive_file`), floor 0; available = limit
+  less working set, 0 when the limit is above 2^62 (unlimited); rss = v1 `total_rss`, v2
+  `anon`; page faults = v1 `total_pgfault`/`total_pgmajfault`, v2 `pgfault`/`pgmajfault`.
+  v1 wherever the process is in a v1 memory or cpuacct hierarchy (this hybrid host), v2 when
+  it is in the unified hierarchy alone.
+- `usage_nano_cores` is the CPU time used since the previous sample of the same container
+  (or pod) over the wall time between the two samples; the first sample gives 0
+  (`CpuRates`, one per part, in memory).
+- Network counters are read in the pod's network namespace from `/proc/thread-self/net/dev`
+  on a short-lived thread that joins the namespace's pin (setns): no helper process, no `ip`.
+- A writable layer's usage walks the container's upper dir, so it is cached (`LayerUsage`,
+  10 s, containerd's snapshot sync period) and a walk that takes longer than a call can wait
+  goes on while the call answers with the last known value.
+
+Readers of files block: callers run them on a thread (one per call, for every container).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+from supervisor.api.io.containerd.cgroups.v1 import metrics_pb2 as v1
+from supervisor.api.io.containerd.cgroups.v2 import metrics_pb2 as v2
+from supervisor.runtime import metrics
+from supervisor.runtime.metrics import CgroupV1, CgroupV2
+
+Cgroup = CgroupV1 | CgroupV2
+
+# Above this a memory limit means "none" (the kernel rounds 2^63-1 down to a page multiple).
+UNLIMITED = 1 << 62
+# The v1 controllers a sample needs (the others are not read).
+_V1_WANTED = ("cpuacct", "memory", "pids")
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class Memory:
+    usage: int
+    working_set: int
+    available: int
+    rss: int
+    page_faults: int
+    major_page_faults: int
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One cgroup read at `at` (ns since the epoch)."""
+
+    at: int
+    cpu: int | None  # CPU time used, ns; None: no CPU accounting found
+    memory: Memory | None
+    processes: int  # pids.current; 0 when the pids controller is not there
+
+
+def sample(where: Cgroup) -> Sample:
+    """Read a cgroup (blocking). Missing files read as zeros, as Tasks.Metrics reads them."""
+    at = time.time_ns()
+    match where:
+        case CgroupV1(directories):
+            wanted = {k: d for k, d in directories.items() if k in _V1_WANTED}
+            return from_v1(metrics.v1_metrics(wanted), at, "cpuacct" in wanted)
+        case CgroupV2(directory):
+            return from_v2(metrics.v2_metrics(directory), at)
+    raise AssertionError(where)
+
+
+def from_v1(m: v1.Metrics, at: int, has_cpu: bool = True) -> Sample:
+    memory = None
+    if m.HasField("memory") and m.memory.HasField("usage"):
+        stat = m.memory
+        working_set = max(stat.usage.usage - stat.total_inactive_file, 0)
+        memory = Memory(
+            usage=stat.usage.usage,
+            working_set=working_set,
+            available=_available(stat.usage.limit, working_set),
+            rss=stat.total_rss,
+            page_faults=stat.total_pg_fault,
+            major_page_faults=stat.total_pg_maj_fault,
+        )
+    cpu = m.cpu.usage.total if has_cpu else None
+    return Sample(at, cpu, memory, m.pids.current)
+
+
+def from_v2(m: v2.Metrics, at: int) -> Sample:
+    stat = m.memory
+    working_set = max(stat.usage - stat.inactive_file, 0)
+    memory = Memory(
+        usage=stat.usage,
+        working_set=working_set,
+        available=_available(stat.usage_limit, working_set),
+        rss=stat.anon,
+        page_faults=stat.pgfault,
+        major_page_faults=stat.pgmajfault,
+    )
+    return Sample(at, m.cpu.usage_usec * 1000, memory, m.pids.current)
+
+
+def _available(limit: int, working_set: int) -> int:
+    return 0 if limit > UNLIMITED else max(limit - working_set, 0)
+
+
+def add(samples: Iterable[Sample], at: int) -> Sample:
+    """The sum of several cgroups' samples (a pod without a cgroup of its own)."""
+    cpu, processes = 0, 0
+    memory = [0] * 6
+    for s in samples:
+        cpu += s.cpu or 0
+        processes += s.processes
+        if s.memory is not None:
+            memory = [a + b for a, b in zip(memory, astuple(s.memory), strict=True)]
+    return Sample(at, cpu, Memory(*memory), processes)
+
+
+# --- where a cgroup is ---------------------------------------------------------------------
+
+
+def of_process(pid: int, mountinfo: str) -> Cgroup | None:
+    """The cgroup(s) of a live process (None if it is gone or its cgroups are not mounted).
+    `mountinfo` is /proc/self/mountinfo, read once by the caller for many processes."""
+    try:
+        membership = Path(f"/proc/{pid}/cgroup").read_text(encoding="utf-8")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return metrics.locate(membership, mountinfo)
+
+
+def of_parent(cgroup_parent: str) -> Cgroup | None:
+    """A pod's cgroup from its sandbox's `cgroup_parent`: a cgroupfs path (kubelet's cgroupfs
+    driver, `/kubepods/burstable/pod<uid>`) or a systemd slice name (`kubepods-pod<uid>.slice`,
+    which lives at /kubepods.slice/kubepods-pod<uid>.slice); None when it is not mounted."""
+    path = systemd_slice_path(cgroup_parent) if cgroup_parent.endswith(".slice") else cgroup_parent
+    return metrics.locate_path(path)
+
+
+def systemd_slice_path(name: str) -> str:
+    """systemd's nesting of a slice: `a-b-c.slice` is /a.slice/a-b.slice/a-b-c.slice."""
+    stem = name.removesuffix(".slice")
+    parts = stem.split("-")
+    return "/" + "/".join("-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
+
+
+def exists(where: Cgroup) -> bool:
+    match where:
+        case CgroupV1(directories):
+            return any(d.is_dir() for d in directories.values())
+        case CgroupV2(directory):
+            return directory.is_dir()
+    raise AssertionError(where)
+
+
+# --- CPU rates -------------------------------------------------------------------------------
+
+
+class CpuRates:
+    """usage_nano_cores per container or pod: the CPU used since its previous sample over the
+    time between the two (ns per s), 0 for the first sample or a counter that went back."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, int]] = {}  # key -> (at, cpu)
+
+    def rate(self, key: str, at: int, cpu: int) -> int:
+        previous = self._last.get(key)
+        self._last[key] = (at, cpu)
+        if previous is None or at <= previous[0] or cpu < previous[1]:
+            return 0
+        return int((cpu - previous[1]) / (at - previous[0]) * 1_000_000_000)
+
+    def keep(self, keys: Iterable[str]) -> None:
+        """Forget the keys not in `keys` (containers and pods that are gone)."""
+        wanted = set(keys)
+        for key in [k for k in self._last if k not in wanted]:
+            del self._last[key]
+
+
+# --- network ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    rx_bytes: int
+    rx_errors: int
+    tx_bytes: int
+    tx_errors: int
+
+
+def parse_net_dev(text: str) -> list[Interface]:
+    """/proc/net/dev: `name: rx_bytes packets errs drop fifo frame compressed multicast
+    tx_bytes packets errs ...` per line after two header lines; loopback left out."""
+    found = []
+    for line in text.splitlines()[2:]:
+        name, colon, rest = line.partition(":")
+        fields = rest.split()
+        if not colon or len(fields) < 11 or not all(f.isdigit() for f in fields):
+            continue
+        name = name.strip()
+        if name == "lo":
+            continue
+        numbers = [int(f) for f in fields]
+        found.append(Interface(name, numbers[0], numbers[2], numbers[8], numbers[10]))
+    return found
+
+
+def net_dev(pin: str) -> list[Interface]:
+    """The interfaces of the network namespace pinned at `pin` (blocking: a thread joins the
+    namespace, reads its /proc/thread-self/net/dev and ends there). [] if the pin is gone."""
+    try:
+        fd = os.open(pin, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    text: list[str] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, f"setns {pin}: {os.strerror(code)}")
+            text.append(Path("/proc/thread-self/net/dev").read_text(encoding="ascii"))
+        except BaseException as e:  # handed to the caller's thread
+            failure.append(e)
+
+    try:
+        worker = threading.Thread(target=run, name="netns-stats")
+        worker.start()
+        worker.join()
+    finally:
+        os.close(fd)
+    if failure:
+        raise failure[0]
+    return parse_net_dev(text[0])
+
+
+# --- writable layers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerSize:
+    at: int  # when it was measured (ns); 0: not yet
+    used_bytes: int
+    inodes_used: int
+
+
+Measure = Callable[[], Coroutine[Any, Any, tuple[int, int]]]
+
+
+class LayerUsage:
+    """Writable layers' usage by container, each measured at most every `ttl` seconds.
+
+    A measure (a walk of the upper dir) that does not finish within `wait` seconds goes on
+    while the caller gets the last value (zeros with at=0 the first time); the next call
+    after it has finished takes its result. A failed measure is retried at the next call.
+    """
+
+    def __init__(self, ttl: float = 10.0, wait: float = 0.05) -> None:
+        self._ttl_ns = int(ttl * 1e9)
+        self._wait = wait
+        self._known: dict[str, LayerSize] = {}
+        self._running: dict[str, asyncio.Task[tuple[int, int]]] = {}
+
+    async def get(self, key: str, measure: Measure) -> LayerSize:
+        known = self._known.get(key, LayerSize(0, 0, 0))
+        if known.at and time.time_ns() - known.at < self._ttl_ns:
+            return known
+        task = self._running.get(key)
+        if task is None:
+            task = self._running[key] = asyncio.create_task(measure())
+        await asyncio.wait([task], timeout=self._wait)
+        if not task.done():
+            return known
+        del self._running[key]
+        if task.exception() is not None:
+            return known
+        used, inodes = task.result()
+        self._known[key] = LayerSize(time.time_ns(), used, inodes)
+        return self._known[key]
+
+    def keep(self, keys: Iterable[str]) -> None:
+        """Forget the containers not in `keys`; their measures still running are cancelled."""
+        wanted = set(keys)
+        for key in [k for k in self._known if k not in wanted]:
+            del self._known[key]
+        for key in [k for k in self._running if k not in wanted]:
+            self._running.pop(key).cancel()
