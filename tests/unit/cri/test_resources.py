@@ -80,4 +80,3 @@ def test_a_spec_without_linux_resources_gets_them():
     linux = cri.LinuxContainerResources(cpu_quota=20000, cpu_period=100000)
     new = resources.updated_spec({"process": {}}, linux, BOTH, None)
     assert new["linux"]["resources"]["cpu"] == {"quota": 20000, "period": 100000}
-
