@@ -7,6 +7,7 @@ and services, in-process (no gRPC round trip to ourselves).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,19 @@ def container_lookup(deps: CriDeps) -> CriContainerLookup:
     return CriContainerLookup(lambda: deps.containers(deps.config.cri.namespace))
 
 
+def _exec(deps: CriDeps) -> Any:
+    from supervisor.cri.execsync import ExecSync
+
+    namespace = deps.config.cri.namespace
+    fifos = deps.state / "cri" / "exec"
+    shutil.rmtree(fifos, ignore_errors=True)  # FIFOs a killed daemon left
+    return ExecSync(
+        namespace, container_lookup(deps), deps.tasks, lambda: deps.containers(namespace), fifos
+    )
+
+
 def builders(deps: CriDeps) -> dict[str, Callable[[], Any]]:
     """Each part's builder. A part missing here answers UNIMPLEMENTED."""
-    return {}
+    return {
+        "exec": lambda: _exec(deps),
+    }
