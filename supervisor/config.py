@@ -27,6 +27,8 @@ Layout (every key optional; these are the defaults):
     [cri]                             # Kubernetes' CRI (runtime.v1) on the same socket
     enabled = true                    # as containerd's CRI plugin, on unless turned off
     namespace = "k8s.io"              # where its images (and later pods) live
+    sandbox_image = "registry.k8s.io/pause:3.6"  # the pause process of a pod sharing one PID
+                                      # namespace (pulled when missing); other pods have none
     cni_conf_dir = "/etc/cni/net.d"   # pod networking (not loaded yet: NetworkReady false)
     cni_bin_dir = "/usr/lib/cni"      # Debian's containernetworking-plugins
     [cri.mirrors]                     # host -> mirrors for PullImage, tried before [registry]'s
@@ -99,6 +101,7 @@ class NetworkConfig:
 class CriConfig:
     enabled: bool = True  # runtime.v1 RuntimeService and ImageService on the daemon's socket
     namespace: str = "k8s.io"  # the namespace of the CRI's objects, as containerd's
+    sandbox_image: str = "registry.k8s.io/pause:3.6"  # containerd 1.6's; pods with pid POD
     mirrors: dict[str, list[str]] = field(default_factory=dict)  # host -> mirror URLs
     cni_conf_dir: str = "/etc/cni/net.d"
     cni_bin_dir: str = "/usr/lib/cni"

@@ -17,6 +17,8 @@ from supervisor.config import Config
 
 if TYPE_CHECKING:
     from supervisor.cri.containers import CriContainerLookup
+    from supervisor.cri.model import PodNetwork, SandboxLookup
+    from supervisor.cri.sandboxes import Sandboxes
     from supervisor.events import Exchange
     from supervisor.metadata.containers import ContainerStore
     from supervisor.metadata.db import Database
@@ -59,8 +61,63 @@ def _exec(deps: CriDeps) -> Any:
     )
 
 
+_shared: dict[int, tuple[CriDeps, Any]] = {}  # id(deps) -> (deps, its Sandboxes)
+
+
+def sandboxes(deps: CriDeps) -> Sandboxes:
+    """The pod sandboxes (`supervisor.cri.sandboxes`), one per daemon: the `sandboxes` part
+    and, for the other parts, the `model.SandboxLookup` (`get` by id or unique prefix,
+    `list`). Their recovery runs at the first call of either."""
+    held = _shared.get(id(deps))
+    if held is None:
+        held = (deps, _make_sandboxes(deps))
+        _shared[id(deps)] = held
+    sandboxes_: Sandboxes = held[1]
+    return sandboxes_
+
+
+def sandbox_lookup(deps: CriDeps) -> SandboxLookup:
+    return sandboxes(deps)
+
+
+def pod_network(deps: CriDeps) -> PodNetwork | None:
+    """The pod network (CNI, `supervisor.network.cni`) the sandboxes set up and tear down;
+    None until it exists (pods then get a network namespace with no interface but lo)."""
+    return None
+
+
+def _make_sandboxes(deps: CriDeps) -> Sandboxes:
+    from supervisor.cri import pause
+    from supervisor.cri.sandboxes import Places, Sandboxes, TaskKiller
+    from supervisor.cri.sandboxstore import SandboxStore
+
+    cri = deps.config.cri
+    ns = cri.namespace
+
+    def snapshots() -> Any:
+        return deps.parts.snapshots(ns, None, pause.SNAPSHOTTER)
+
+    def store() -> ContainerStore:
+        return deps.containers(ns)
+
+    killer = TaskKiller(ns, store, deps.tasks_service, deps.tasks, snapshots)
+    network = [pod_network(deps)]
+    return Sandboxes(
+        ns,
+        cri.sandbox_image,
+        Places(deps.root / "cri" / "sandboxes", deps.state / "cri" / "sandboxes"),
+        SandboxStore(store),
+        pause.PauseTasks(ns, deps.tasks_service, deps.tasks, snapshots),
+        deps.image_service,
+        lambda: network[0],
+        killer,
+        deps.events,
+    )
+
+
 def builders(deps: CriDeps) -> dict[str, Callable[[], Any]]:
     """Each part's builder. A part missing here answers UNIMPLEMENTED."""
     return {
+        "sandboxes": lambda: sandboxes(deps),
         "exec": lambda: _exec(deps),
     }
