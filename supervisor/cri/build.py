@@ -115,9 +115,16 @@ def _make_sandboxes(deps: CriDeps) -> Sandboxes:
     )
 
 
+def _containers(deps: CriDeps) -> Any:
+    from supervisor.cri import containers
+
+    return containers.build(deps, sandbox_lookup(deps))
+
+
 def builders(deps: CriDeps) -> dict[str, Callable[[], Any]]:
     """Each part's builder. A part missing here answers UNIMPLEMENTED."""
     return {
         "sandboxes": lambda: sandboxes(deps),
+        "containers": lambda: _containers(deps),
         "exec": lambda: _exec(deps),
     }

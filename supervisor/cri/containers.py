@@ -12,19 +12,40 @@ State is derived from the record's times as containerd derives it from its statu
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import builtins
+import contextlib
 import enum
+import functools
 import json
+import os
+import secrets
+import signal
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
+from supervisor import filters
 from supervisor.cri import model
-from supervisor.errors import InvalidArgument, NotFound
+from supervisor.errors import (
+    AlreadyExists,
+    CtrdError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+    Unknown,
+)
 
 if TYPE_CHECKING:
+    from supervisor.cri.build import CriDeps
     from supervisor.metadata.containers import Container, ContainerStore
+
+log = structlog.get_logger("ctrd.cri")
 
 
 class ContainerState(enum.IntEnum):
@@ -71,6 +92,11 @@ class ContainerRecord:
         if self.started_at:
             return ContainerState.RUNNING
         return ContainerState.CREATED
+
+    @property
+    def state_name(self) -> str:
+        """The state as runtime.v1 names it (CONTAINER_RUNNING...)."""
+        return f"CONTAINER_{self.state.name}"
 
     def container_config(self) -> Any:
         """The ContainerConfig message (runtime.v1), parsed."""
@@ -136,3 +162,568 @@ class CriContainerLookup:
 
     async def list_by_sandbox(self, sandbox_id: str) -> builtins.list[ContainerRecord]:
         return [r for r in await self.list() if r.sandbox_id == sandbox_id]
+
+
+# --- the containers part: the RuntimeService's container calls ------------------------------
+
+
+class StoredSandboxes:
+    """Sandboxes read from their records through the contract (label + extension), for as
+    long as the sandboxes part gives no `SandboxLookup` of its own (`build.py`)."""
+
+    def __init__(self, store: Callable[[], ContainerStore]) -> None:
+        self._store = store
+
+    async def list(self) -> builtins.list[model.SandboxRecord]:
+        found = await self._store().list(
+            [f"labels.{json.dumps(model.KIND_LABEL)}=={model.KIND_SANDBOX}"]
+        )
+        out = []
+        for container in found:
+            ext = container.extensions.get(model.SANDBOX_EXTENSION)
+            if ext is not None:
+                out.append(sandbox_from_json(ext[1]))
+        return out
+
+    async def get(self, sandbox_id: str) -> model.SandboxRecord:
+        sandboxes = await self.list()
+        exact = [s for s in sandboxes if s.id == sandbox_id]
+        matched = exact or [s for s in sandboxes if sandbox_id and s.id.startswith(sandbox_id)]
+        if len(matched) != 1:
+            if matched:
+                raise InvalidArgument(f'sandbox id prefix "{sandbox_id}" is ambiguous')
+            raise NotFound(f'an error occurred when try to find sandbox "{sandbox_id}": not found')
+        return matched[0]
+
+
+def sandbox_from_json(data: bytes) -> model.SandboxRecord:
+    """A SandboxRecord from its JSON: its fields by name, `config` base64, `state` the enum's
+    value, `namespaces` an object (unknown keys ignored)."""
+    value = json.loads(data)
+    known = {f.name for f in fields(model.SandboxRecord)}
+    value = {k: v for k, v in value.items() if k in known}
+    config = value.get("config", "")
+    value["config"] = base64.b64decode(config) if isinstance(config, str) else bytes(config)
+    value["state"] = model.SandboxState(value.get("state", "ready"))
+    spaces = value.get("namespaces") or {}
+    names = {f.name for f in fields(model.Namespaces)}
+    value["namespaces"] = model.Namespaces(**{k: v for k, v in spaces.items() if k in names})
+    value["additional_ips"] = tuple(value.get("additional_ips") or ())
+    return model.SandboxRecord(**value)
+
+
+def reserved_name(config: Any, sandbox_config: Any) -> str:
+    """containerd's container name: name_podname_podnamespace_poduid_attempt."""
+    pod = sandbox_config.metadata
+    meta = config.metadata
+    return f"{meta.name}_{pod.name}_{pod.namespace}_{pod.uid}_{meta.attempt}"
+
+
+def layer_dirs(mounts: Sequence[Any]) -> tuple[str, ...] | None:
+    """A snapshot's directories, top first (one overlay or one bind), for reading the image's
+    users without mounting it; None for other mounts."""
+    if len(mounts) != 1:
+        return None
+    mount = mounts[0]
+    if mount.type == "bind":
+        return (mount.source,)
+    if mount.type != "overlay":
+        return None
+    options = dict(option.partition("=")[::2] for option in mount.options)
+    upper = [options["upperdir"]] if options.get("upperdir") else []
+    return (*upper, *options.get("lowerdir", "").split(":"))
+
+
+def _exit_reason(code: int, oom: bool) -> str:
+    if oom:
+        return "OOMKilled"
+    return "Completed" if code == 0 else "Error"
+
+
+class ContainersPart:
+    """CreateContainer, StartContainer, StopContainer, RemoveContainer, ListContainers,
+    ContainerStatus, ReopenContainerLog over the records (see the module's docstring).
+
+    The records are loaded, and checked against the tasks the daemon holds, at the first
+    call (`_ready`): a RUNNING one whose task exited while no daemon ran takes that exit, one
+    whose task is gone exits 255 "Unknown", a task left "created" by a crash mid-start is
+    deleted. From then on a subscription to `/tasks/exit` and `/tasks/oom` of the CRI's
+    namespace records each exit (its task is then deleted, as containerd's CRI does). A daemon
+    without CRI containers pays nothing: the part is built at its first call.
+    """
+
+    RUNTIME = "io.containerd.runc.v2"
+    SNAPSHOTTER = "overlayfs"
+    STOP_WAIT = 60.0  # how long a SIGKILLed process may take to die before Stop fails
+
+    def __init__(self, deps: CriDeps, sandboxes: model.SandboxLookup) -> None:
+        self._deps = deps
+        self._ns = deps.config.cri.namespace
+        self._sandboxes = sandboxes
+        self._records: dict[str, ContainerRecord] = {}
+        self._names: dict[str, str] = {}  # reserved name -> id
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._oom: set[str] = set()
+        self._loaded: asyncio.Future[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._cleanups: set[asyncio.Task[None]] = set()
+        self._host: Any = None
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _store(self) -> ContainerStore:
+        return self._deps.containers(self._ns)
+
+    def _lock(self, cid: str) -> asyncio.Lock:
+        return self._locks.setdefault(cid, asyncio.Lock())
+
+    async def _ready(self) -> None:
+        if self._loaded is None:
+            self._loaded = asyncio.ensure_future(self._load())
+        await asyncio.shield(self._loaded)
+
+    async def _load(self) -> None:
+        subscription = self._deps.events.subscription(
+            filters.parse_all_wrapped(
+                [
+                    f'namespace=={self._ns},topic=="/tasks/exit"',
+                    f'namespace=={self._ns},topic=="/tasks/oom"',
+                ]
+            )
+        )
+        self._watcher = asyncio.create_task(self._watch(subscription), name="cri-container-exits")
+        for record in await CriContainerLookup(self._store).list():
+            self._records[record.id] = record
+            self._names[record.name] = record.id
+        for record in list(self._records.values()):
+            await self._recover(record)
+        log.info("cri_containers_loaded", ns=self._ns, count=len(self._records))
+
+    async def _recover(self, record: ContainerRecord) -> None:
+        """A record checked against the task the daemon holds (after a restart)."""
+        tasks = self._deps.tasks
+        exists = tasks.exists(self._ns, record.id)
+        task = tasks.get(self._ns, record.id) if exists else None
+        if record.state is ContainerState.EXITED:
+            if task is not None:
+                self._cleanup(record.id)
+            return
+        if task is None:
+            if record.state is ContainerState.RUNNING:
+                await self._save(
+                    replace(record, finished_at=time.time_ns(), exit_code=255, reason="Unknown")
+                )
+            return
+        exit_ = task.exits.get("")
+        if exit_ is not None:
+            await self._exited(record.id, exit_.status, exit_.at)
+        elif task.status == "created" and record.state is ContainerState.CREATED:
+            self._cleanup(record.id)  # a start cut short: the task goes, the container stays
+        elif record.state is ContainerState.CREATED:  # started, not yet recorded
+            await self._save(replace(record, started_at=time.time_ns(), pid=task.pid))
+
+    async def _save(self, record: ContainerRecord) -> ContainerRecord:
+        """Keep `record` in memory and in its container's extension."""
+        from supervisor.metadata.containers import Container
+
+        self._records[record.id] = record
+        ext = {model.CONTAINER_EXTENSION: (model.CONTAINER_TYPE_URL, record.to_json())}
+        update = Container(record.id, self.RUNTIME, extensions=ext)
+        with contextlib.suppress(NotFound):  # removed meanwhile
+            await self._store().update(update, [f"extensions.{model.CONTAINER_EXTENSION}"])
+        return record
+
+    async def _watch(self, subscription: Any) -> None:
+        from supervisor.events import unpack
+
+        while True:
+            item = await subscription.queue.get()
+            if item is None:  # dropped for being slow: subscribe again and look at the tasks
+                self._deps.events.unsubscribe(subscription)
+                subscription = self._deps.events.subscription(subscription.filters)
+                for record in list(self._records.values()):
+                    if record.state is ContainerState.RUNNING:
+                        await self._recover(record)
+                continue
+            envelope = item.envelope
+            event: Any = unpack(envelope.event)
+            cid = getattr(event, "container_id", "")
+            if cid not in self._records:
+                continue
+            if envelope.topic == "/tasks/oom":
+                self._oom.add(cid)
+            elif getattr(event, "id", "") in ("", cid):
+                try:
+                    await self._exited(cid, event.exit_status, event.exited_at.ToNanoseconds())
+                except Exception:
+                    log.exception("cri_exit_failed", ns=self._ns, id=cid)
+
+    async def _exited(self, cid: str, status: int, at: int) -> None:
+        """Record the exit of a container's process (once), then let its task go."""
+        async with self._lock(cid):
+            record = self._records.get(cid)
+            if record is None or record.finished_at:
+                return
+            oom = cid in self._oom
+            await self._save(
+                replace(
+                    record,
+                    finished_at=at or time.time_ns(),
+                    exit_code=status,
+                    reason=_exit_reason(status, oom),
+                )
+            )
+        self._cleanup(cid)
+
+    def _cleanup(self, cid: str) -> None:
+        """Delete a stopped container's task in the background (its shim exits)."""
+        job = asyncio.ensure_future(self._delete_task(cid))
+        self._cleanups.add(job)
+        job.add_done_callback(self._cleanups.discard)
+
+    async def _delete_task(self, cid: str) -> None:
+        if not self._deps.tasks.exists(self._ns, cid):
+            return
+        try:
+            await asyncio.wait_for(self._deps.tasks_service.delete_task(self._ns, cid), 30)
+        except (NotFound, FailedPrecondition):
+            pass
+        except Exception as e:
+            log.warning("cri_task_delete_failed", ns=self._ns, id=cid, error=str(e))
+
+    async def _get(self, key: str) -> ContainerRecord:
+        await self._ready()
+        return pick(list(self._records.values()), key)
+
+    # -- create ----------------------------------------------------------------------------
+
+    async def CreateContainer(self, request: Any, context: Any) -> Any:
+        from supervisor.api.runtime.v1 import api_pb2 as cri
+
+        await self._ready()
+        config = request.config
+        if not config.HasField("metadata") or not config.metadata.name:
+            raise InvalidArgument("container config must include metadata")
+        sandbox = await self._sandboxes.get(request.pod_sandbox_id)
+        sandbox_config = request.sandbox_config
+        if not request.HasField("sandbox_config"):
+            sandbox_config = cri.PodSandboxConfig()
+            sandbox_config.ParseFromString(sandbox.config)
+        name = reserved_name(config, sandbox_config)
+        holder = self._names.get(name)
+        if holder is not None:
+            raise AlreadyExists(
+                f'failed to reserve container name "{name}": '
+                f'name "{name}" is reserved for "{holder}"'
+            )
+        cid = secrets.token_hex(32)
+        self._names[name] = cid
+        try:
+            record = await self._create(cid, name, config, sandbox, sandbox_config)
+        except BaseException:
+            self._names.pop(name, None)
+            raise
+        self._records[cid] = record
+        return cri.CreateContainerResponse(container_id=cid)
+
+    async def _create(
+        self, cid: str, name: str, config: Any, sandbox: model.SandboxRecord, sandbox_config: Any
+    ) -> ContainerRecord:
+        from ctl.spec import SPEC_TYPE_URL, encode
+        from supervisor.cri import spec as specs
+        from supervisor.cri import users
+        from supervisor.metadata.containers import Container
+
+        try:
+            image = await self._deps.image_service().image(config.image.image)
+        except NotFound:
+            raise NotFound(f'failed to resolve image "{config.image.image}": not found') from None
+        image_config = image.content.config.get("config") or {}
+        chain = image.content.chain_id
+        parts = self._deps.parts
+        lease_id = f"cri-create-{cid}"
+        leases = parts.leases(self._ns)
+        await leases.create(lease_id, {"containerd.io/gc.expire": _expiry(3600)})
+        snapshots = parts.snapshots(self._ns, lease_id, self.SNAPSHOTTER)
+        try:
+            try:
+                mounts = await snapshots.prepare(cid, chain, {})
+            except NotFound:
+                raise FailedPrecondition(
+                    f'image "{config.image.image}" is not unpacked into {self.SNAPSHOTTER}'
+                ) from None
+            try:
+                context = config.linux.security_context
+                user_text = users.user_string(
+                    context.run_as_username,
+                    context.run_as_user.value if context.HasField("run_as_user") else None,
+                    context.run_as_group.value if context.HasField("run_as_group") else None,
+                ) or str(image_config.get("User") or "")
+                user = users.resolve(
+                    user_text,
+                    layer_dirs(mounts),
+                    [int(g) for g in context.supplemental_groups],
+                    context.run_as_username,
+                )
+                if self._host is None:
+                    self._host = specs.read_host(
+                        getattr(self._deps.config.cri, "restrict_oom_score_adj", True)
+                    )
+                image_name = image.repo_tags[0] if image.repo_tags else config.image.image
+                inputs = specs.Inputs(
+                    id=cid, namespace=self._ns, config=config, sandbox_config=sandbox_config,
+                    sandbox=sandbox, image_config=image_config, image_name=image_name,
+                    user=user, target_pid=self._target_pid(config, sandbox.id),
+                )  # fmt: skip
+                spec = specs.build(inputs, self._host)
+                log_path = ""
+                if config.log_path:
+                    log_path = os.path.join(sandbox_config.log_directory, config.log_path)
+                record = ContainerRecord(
+                    id=cid, name=name, sandbox_id=sandbox.id, config=config.SerializeToString(),
+                    image=image_name, image_ref=image.id,
+                    image_repo_ref=image.repo_digests[0] if image.repo_digests else image.id,
+                    log_path=log_path, stop_signal=str(image_config.get("StopSignal") or ""),
+                    created_at=time.time_ns(),
+                )  # fmt: skip
+                labels = {
+                    **dict(config.labels),
+                    model.KIND_LABEL: model.KIND_CONTAINER,
+                    model.SANDBOX_ID_LABEL: sandbox.id,
+                }
+                await self._store().create(
+                    Container(
+                        id=cid, runtime_name=self.RUNTIME, spec=(SPEC_TYPE_URL, encode(spec)),
+                        labels=labels, image=image_name, snapshotter=self.SNAPSHOTTER,
+                        snapshot_key=cid,
+                        extensions={
+                            model.CONTAINER_EXTENSION: (model.CONTAINER_TYPE_URL, record.to_json())
+                        },
+                    )
+                )  # fmt: skip
+            except BaseException:
+                with contextlib.suppress(NotFound):
+                    await snapshots.remove(cid)
+                raise
+        finally:
+            with contextlib.suppress(NotFound):
+                await leases.delete(lease_id)
+        log.info("cri_container_created", ns=self._ns, id=cid, name=name)
+        return record
+
+    def _target_pid(self, config: Any, sandbox_id: str) -> int:
+        """The pid of the container whose PID namespace a TARGET-mode container joins."""
+        from supervisor.cri.spec import TARGET
+
+        options = config.linux.security_context.namespace_options
+        if int(options.pid) != TARGET:
+            return 0
+        target = self._records.get(options.target_id)
+        if target is None or target.sandbox_id != sandbox_id:
+            raise NotFound(f'target container "{options.target_id}" not found in the pod')
+        if target.state is not ContainerState.RUNNING or not self._deps.tasks.running(
+            self._ns, target.id
+        ):
+            raise FailedPrecondition(f'target container "{target.id}" is not running')
+        return int(self._deps.tasks.get(self._ns, target.id).pid)
+
+    # -- start -----------------------------------------------------------------------------
+
+    async def StartContainer(self, request: Any, context: Any) -> Any:
+        from supervisor.api.runtime.v1 import api_pb2 as cri
+
+        record = await self._get(request.container_id)
+        async with self._lock(record.id):
+            record = self._records[record.id]
+            if record.state is not ContainerState.CREATED:
+                raise FailedPrecondition(f'container "{record.id}" is in {record.state.name} state')
+            try:
+                pid = await self._start(record)
+            except BaseException as e:
+                message = e.detail if isinstance(e, CtrdError) else str(e)
+                await self._save(
+                    replace(
+                        record, finished_at=time.time_ns(), exit_code=128,
+                        reason="StartError", message=message,
+                    )
+                )  # fmt: skip
+                self._cleanup(record.id)
+                raise
+            await self._save(replace(record, started_at=time.time_ns(), pid=pid))
+        return cri.StartContainerResponse()
+
+    async def _start(self, record: ContainerRecord) -> int:
+        sandbox = await self._sandboxes.get(record.sandbox_id)
+        if sandbox.state is not model.SandboxState.READY:
+            raise FailedPrecondition(f'sandbox container "{sandbox.id}" is not running')
+        container = await self._store().get(record.id)
+        snapshots = self._deps.parts.snapshots(self._ns, None, self.SNAPSHOTTER)
+        mounts = await snapshots.mounts(record.id)
+        config = record.container_config()
+        uri = ""
+        if record.log_path:
+            os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
+            uri = f"ctrd-log://{record.log_path}?format=cri"
+        stdio = {"stdin": "", "stdout": uri, "stderr": uri, "terminal": config.tty}
+        task = await self._deps.tasks_service.create_task(self._ns, container, mounts, stdio)
+        await task.call_seen("start", {"exec_id": ""})
+        log.info("cri_container_started", ns=self._ns, id=record.id, pid=task.pid)
+        return int(task.pid)
+
+    # -- stop and remove -------------------------------------------------------------------
+
+    async def StopContainer(self, request: Any, context: Any) -> Any:
+        from supervisor.api.runtime.v1 import api_pb2 as cri
+
+        try:
+            record = await self._get(request.container_id)
+        except NotFound:
+            return cri.StopContainerResponse()  # idempotent
+        await self._stop(record, float(request.timeout))
+        return cri.StopContainerResponse()
+
+    async def _stop(self, record: ContainerRecord, grace: float) -> None:
+        """Stop signal, SIGKILL after `grace` s (0: at once); returns once it is dead."""
+        from ctl.spec import parse_signal
+
+        if record.state is not ContainerState.RUNNING:
+            return
+        tasks = self._deps.tasks
+        if not tasks.exists(self._ns, record.id):
+            await self._recover(record)
+            return
+        task = tasks.get(self._ns, record.id)
+        exit_ = task.exits.get("")
+        if exit_ is None and grace > 0:
+            try:
+                number = parse_signal(record.stop_signal or "SIGTERM")
+            except ValueError:
+                number = int(signal.SIGTERM)
+            await self._kill(task, number)
+            with contextlib.suppress(TimeoutError):
+                exit_ = await asyncio.wait_for(task.wait(""), grace)
+        if exit_ is None:
+            await self._kill(task, int(signal.SIGKILL))
+            try:
+                exit_ = await asyncio.wait_for(task.wait(""), self.STOP_WAIT)
+            except TimeoutError:
+                raise Unknown(
+                    f'container "{record.id}" did not die {self.STOP_WAIT:.0f}s after SIGKILL'
+                ) from None
+        await self._exited(record.id, exit_.status, exit_.at)
+
+    async def _kill(self, task: Any, number: int) -> None:
+        with contextlib.suppress(NotFound, FailedPrecondition):
+            await task.call("kill", {"exec_id": "", "signal": number, "all": False})
+
+    async def RemoveContainer(self, request: Any, context: Any) -> Any:
+        from supervisor.api.runtime.v1 import api_pb2 as cri
+
+        try:
+            record = await self._get(request.container_id)
+        except NotFound:
+            return cri.RemoveContainerResponse()  # idempotent
+        await self._stop(record, 0)
+        async with self._lock(record.id):
+            await self._delete_task(record.id)
+            with contextlib.suppress(NotFound):
+                await self._store().delete(record.id)
+            snapshots = self._deps.parts.snapshots(self._ns, None, self.SNAPSHOTTER)
+            with contextlib.suppress(NotFound):
+                await snapshots.remove(record.id)
+            self._records.pop(record.id, None)
+            if self._names.get(record.name) == record.id:
+                del self._names[record.name]
+            self._oom.discard(record.id)
+        self._locks.pop(record.id, None)
+        log.info("cri_container_removed", ns=self._ns, id=record.id)
+        return cri.RemoveContainerResponse()
+
+    # -- list and status -------------------------------------------------------------------
+
+    async def ListContainers(self, request: Any, context: Any) -> Any:
+        from supervisor.api.runtime.v1 import api_pb2 as cri
+
+        await self._ready()
+        wanted = request.filter if request.HasField("filter") else None
+        out = []
+        for record in sorted(self._records.values(), key=lambda r: r.created_at):
+            config = record.container_config()
+            if wanted is not None and not _matches(record, config, wanted):
+                continue
+            out.append(
+                cri.Container(
+                    id=record.id, pod_sandbox_id=record.sandbox_id, metadata=config.metadata,
+                    image=config.image, image_ref=record.image_ref, state=record.state_name,
+                    created_at=record.created_at, labels=dict(config.labels),
+                    annotations=dict(config.annotations),
+                )
+            )  # fmt: skip
+        return cri.ListContainersResponse(containers=out)
+
+    async def ContainerStatus(self, request: Any, context: Any) -> Any:
+        from supervisor.api.runtime.v1 import api_pb2 as cri
+
+        record = await self._get(request.container_id)
+        config = record.container_config()
+        status = cri.ContainerStatus(
+            id=record.id, metadata=config.metadata, state=record.state_name,
+            created_at=record.created_at, started_at=record.started_at,
+            finished_at=record.finished_at, exit_code=record.exit_code,
+            image=cri.ImageSpec(image=record.image, annotations=dict(config.image.annotations)),
+            image_ref=record.image_repo_ref, reason=record.reason, message=record.message,
+            labels=dict(config.labels), annotations=dict(config.annotations),
+            mounts=list(config.mounts), log_path=record.log_path,
+        )  # fmt: skip
+        info = await self._verbose(record, config) if request.verbose else {}
+        return cri.ContainerStatusResponse(status=status, info=info)
+
+    async def _verbose(self, record: ContainerRecord, config: Any) -> dict[str, str]:
+        from google.protobuf import json_format
+
+        container = await self._store().get(record.id)
+        spec = json.loads(container.spec[1]) if container.spec else {}
+        pid = record.pid if record.state is ContainerState.RUNNING else 0
+        value = {
+            "sandboxID": record.sandbox_id, "pid": pid, "removing": False,
+            "snapshotKey": container.snapshot_key, "snapshotter": container.snapshotter,
+            "runtimeType": container.runtime_name,
+            "config": json_format.MessageToDict(config), "runtimeSpec": spec,
+        }  # fmt: skip
+        return {"info": json.dumps(value)}
+
+    async def ReopenContainerLog(self, request: Any, context: Any) -> Any:
+        from supervisor.api.runtime.v1 import api_pb2 as cri
+
+        record = await self._get(request.container_id)
+        if record.state is not ContainerState.RUNNING:
+            raise FailedPrecondition("container is not running", plain=True)
+        reopen = getattr(self._deps.tasks, "reopen_log", None)
+        if reopen is None:
+            raise Unimplemented("reopening a container's log is not there yet")
+        await reopen(self._ns, record.id)
+        return cri.ReopenContainerLogResponse()
+
+
+def _matches(record: ContainerRecord, config: Any, wanted: Any) -> bool:
+    if wanted.id and not record.id.startswith(wanted.id):
+        return False
+    if wanted.HasField("state") and int(wanted.state.state) != int(record.state):
+        return False
+    if wanted.pod_sandbox_id and not record.sandbox_id.startswith(wanted.pod_sandbox_id):
+        return False
+    labels = config.labels
+    return all(labels.get(k) == v for k, v in wanted.label_selector.items())
+
+
+def _expiry(seconds: int) -> str:
+    import datetime as dt
+
+    at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build(deps: CriDeps, sandboxes: model.SandboxLookup | None = None) -> ContainersPart:
+    """The part, with the sandboxes' lookup (or one reading their records)."""
+    store = functools.partial(deps.containers, deps.config.cri.namespace)
+    return ContainersPart(deps, sandboxes or StoredSandboxes(store))

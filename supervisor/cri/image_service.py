@@ -200,6 +200,11 @@ class ImageService(cri_grpc.ImageServiceServicer):
 
     # -- the catalogue ---------------------------------------------------------------------
 
+    async def image(self, text: str) -> catalogue.CriImage:
+        """The local image `text` names (ID, prefix, or reference with short names
+        normalised), NotFound otherwise: what CreateContainer runs (never pulled)."""
+        return catalogue.lookup(await self._catalogue(), text)
+
     async def _catalogue(self) -> list[catalogue.CriImage]:
         records = await self._images(self._ns).list()
         found = []
