@@ -29,8 +29,11 @@ Layout (every key optional; these are the defaults):
     namespace = "k8s.io"              # where its images (and later pods) live
     sandbox_image = "registry.k8s.io/pause:3.6"  # the pause process of a pod sharing one PID
                                       # namespace (pulled when missing); other pods have none
-    cni_conf_dir = "/etc/cni/net.d"   # pod networking (not loaded yet: NetworkReady false)
-    cni_bin_dir = "/usr/lib/cni"      # Debian's containernetworking-plugins
+    cni_conf_dir = "/etc/cni/net.d"   # pod networks: the first *.conf/*.conflist/*.json here
+    cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]  # plugins, searched in order (containerd's
+                                      # dir, then Debian's containernetworking-plugins)
+    cni_bin_dir = ""                  # containerd's single `bin_dir`; when set, searched first
+    cni_cache_dir = "/var/lib/cni"    # libcni's cache: results/<net>-<sandbox>-<ifname>
     [cri.mirrors]                     # host -> mirrors for PullImage, tried before [registry]'s
     # "registry.k8s.io" = ["http://127.0.0.1:5000"]    (an example)
 
@@ -104,7 +107,14 @@ class CriConfig:
     sandbox_image: str = "registry.k8s.io/pause:3.6"  # containerd 1.6's; pods with pid POD
     mirrors: dict[str, list[str]] = field(default_factory=dict)  # host -> mirror URLs
     cni_conf_dir: str = "/etc/cni/net.d"
-    cni_bin_dir: str = "/usr/lib/cni"
+    cni_bin_dirs: list[str] = field(default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
+    cni_bin_dir: str = ""  # the single key of before (containerd's `bin_dir`): searched first
+    cni_cache_dir: str = "/var/lib/cni"
+
+    def cni_plugin_dirs(self) -> list[str]:
+        """Where CNI plugins are looked for, in order (each directory once)."""
+        dirs = [self.cni_bin_dir] if self.cni_bin_dir else []
+        return list(dict.fromkeys([*dirs, *self.cni_bin_dirs]))
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,8 @@ class Config:
             for urls in self.cri.mirrors.values()
         ):
             raise InvalidArgument("[cri] mirrors must map hosts to lists of URLs")
+        if not all(isinstance(d, str) for d in self.cri.cni_bin_dirs):
+            raise InvalidArgument("[cri] cni_bin_dirs must be a list of directories")
         try:
             identifiers.validate(self.cri.namespace)
         except InvalidArgument as e:

@@ -209,6 +209,26 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (namespace, container)
     ) WITHOUT ROWID;
     """,
+    # CNI attachments of pod sandboxes (`supervisor.network.cni.store`): one row per network
+    # a sandbox is on (the built-in loopback included), written before the first plugin runs
+    # and deleted only after the network's DEL succeeded. `config` is the network's list as
+    # it was loaded (DEL runs with it whatever the conf dir holds since), `args` the CNI_ARGS
+    # and capability args (JSON), `result` the final ADD result ('' until the ADD finished).
+    # No namespace: sandbox ids are unique across them, and a row must outlive its sandbox.
+    """
+    CREATE TABLE cni_attachments (
+        sandbox TEXT NOT NULL,
+        ifname TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        network TEXT NOT NULL,
+        netns TEXT NOT NULL,
+        config BLOB NOT NULL,
+        args TEXT NOT NULL DEFAULT '{}',
+        result TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (sandbox, ifname)
+    ) WITHOUT ROWID;
+    """,
 )
 
 # The objects whose presence keeps a namespace from being deleted, as (table, what to call them

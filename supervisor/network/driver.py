@@ -21,10 +21,13 @@ removing what is gone is no error, attaching a half-made endpoint finishes it. B
 work runs on worker threads, never on the event loop.
 
 Drivers are registered by name with the manager; `Network.driver` (stored with the network)
-picks one. `bridge` (`supervisor.network.bridge`) is docker's default and always there. A
-second one, CNI plugins for the CRI say, fills the same Protocol: `ensure` writes or checks
-its conflist, `attach` is an ADD with the pin as CNI_NETNS, `detach` a DEL, `firewall` None
-(its portmap plugin brings its own rules), `sweep` a DEL of cached results nobody keeps.
+picks one. `bridge` (`supervisor.network.bridge`) is docker's default and always there. The
+CRI's pod networks run CNI plugins through a seam of their own, `PodNetwork`
+(`supervisor.network.cni`, whose docstring says why: under CNI the address, the namespace,
+the ports and the rules are not the manager's). A `cni` driver here, for docker-style
+networks made of CNI plugins, would reuse its `invoke`: `ensure` writes or checks its
+conflist, `attach` an ADD with the pin as CNI_NETNS and the leased address given to CNI's
+`static` IPAM, `detach` a DEL, `firewall` None (portmap brings its own rules).
 """
 
 from __future__ import annotations

@@ -13,7 +13,15 @@ from supervisor.errors import InvalidArgument
 def test_the_cri_is_on_in_k8s_io_by_default():
     cri = config.load(None).cri
     assert (cri.enabled, cri.namespace, cri.mirrors) == (True, "k8s.io", {})
-    assert (cri.cni_conf_dir, cri.cni_bin_dir) == ("/etc/cni/net.d", "/usr/lib/cni")
+    assert cri.cni_conf_dir == "/etc/cni/net.d"
+    assert cri.cni_plugin_dirs() == ["/opt/cni/bin", "/usr/lib/cni"]  # containerd's, Debian's
+    assert cri.cni_cache_dir == "/var/lib/cni"
+
+
+def test_the_single_cni_bin_dir_of_before_is_searched_first(tmp_path: Path):
+    path = tmp_path / "c.toml"
+    path.write_text('[cri]\ncni_bin_dir = "/usr/lib/cni"\ncni_bin_dirs = ["/a", "/usr/lib/cni"]\n')
+    assert config.load(str(path)).cri.cni_plugin_dirs() == ["/usr/lib/cni", "/a"]
 
 
 def test_the_section_is_read_with_its_mirrors(tmp_path: Path):

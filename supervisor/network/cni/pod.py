@@ -1,0 +1,338 @@
+"""`CniPodNetwork`: the CRI's pod network (`supervisor.cri.model.PodNetwork`) through CNI.
+
+A pod is attached to every loaded network (the built-in loopback as `lo`, the conf dir's
+first network as `eth0`; `supervisor.network.cni.conf`), their ADDs run side by side. The
+order kept for crashes (`supervisor.network.cni.store`):
+
+1. the attachments recorded (network, ifname, its list as loaded, the args): before any
+   plugin runs;
+2. the ADDs; their results stored once every one succeeded, and libcni's cache files
+   written;
+3. a teardown DELs each recorded attachment with its own recorded list and args (and result
+   as prevResult), and deletes its record only once that DEL succeeded.
+
+So whatever point a crash stops at, the record says what to DEL: `teardown` and `reconcile`
+(at the daemon's start, for every recorded sandbox that is not live) finish it. An ADD that
+fails half way is DELed at once (the record stays if that DEL fails too). A DEL runs with
+`CNI_NETNS` set to the given or the recorded namespace while it is still one (a bind mount of
+an nsfs file), else "" (the plugins then release what is outside it: addresses, iptables
+rules); as containerd, a DEL error that says "not found" (or "no such file or directory"
+without a namespace) counts as done.
+
+One operation per sandbox at a time (a lock per sandbox id, dropped when unused); different
+sandboxes run in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+
+from supervisor.cri.model import DnsConfig, NetworkStatus, PodAddress, PodRef, PortMapping
+from supervisor.errors import CtrdError, FailedPrecondition, InvalidArgument
+from supervisor.metadata.db import Database
+from supervisor.network.cni import conf
+from supervisor.network.cni.invoke import Call, Plugins, remove_cache, write_cache
+from supervisor.network.cni.result import Result, from_raw, pod_ips, select
+from supervisor.network.cni.store import Attachment, AttachmentStore
+
+log = structlog.get_logger()
+
+PORT_MAPPINGS = "portMappings"
+BANDWIDTH = "bandwidth"
+DNS = "dns"
+POD_ANNOTATIONS = "io.kubernetes.cri.pod-annotations"
+INGRESS_ANNOTATION = "kubernetes.io/ingress-bandwidth"
+EGRESS_ANNOTATION = "kubernetes.io/egress-bandwidth"
+MAX_BURST = 2**32 - 1  # containerd's burst with a rate (math.MaxUint32)
+RECONCILE_PARALLEL = 8
+
+
+class CniPodNetwork:
+    def __init__(
+        self,
+        db: Database,
+        conf_dir: str,
+        bin_dirs: Sequence[str],
+        cache_dir: str,
+        timeout: float | None = None,
+    ) -> None:
+        self._conf = conf.ConfDir(conf_dir)
+        self._plugins = Plugins(bin_dirs) if timeout is None else Plugins(bin_dirs, timeout)
+        self._store = AttachmentStore(db)
+        self._cache = cache_dir
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    # status
+
+    def status(self) -> NetworkStatus:
+        loaded = self._conf.load()
+        return NetworkStatus(loaded.ready, loaded.message, tuple(n.name for n in loaded.networks))
+
+    def verbose_info(self) -> dict[str, str]:
+        """Status' verbose `cniconfig` (go-cni's GetConfig) and `lastCNILoadStatus`."""
+        loaded = self._conf.load()
+        networks = [
+            {
+                "Config": {
+                    "Name": n.name,
+                    "CNIVersion": n.cni_version,
+                    "Plugins": [{"Network": p.raw, "Source": json.dumps(p.raw)} for p in n.plugins],
+                    "Source": n.source.decode(errors="replace"),
+                },
+                "IFName": n.ifname,
+            }
+            for n in loaded.networks
+        ]
+        config = {
+            "PluginDirs": list(self._plugins.dirs),
+            "PluginConfDir": self._conf.directory,
+            "PluginMaxConfNum": 1,
+            "Prefix": "eth",
+            "Networks": networks,
+        }
+        last = "OK" if loaded.ready else f"cni config load failed: {loaded.message}"
+        return {"cniconfig": json.dumps(config), "lastCNILoadStatus": last}
+
+    # setup and teardown
+
+    async def setup(
+        self,
+        pod: PodRef,
+        netns: str,
+        ports: Sequence[PortMapping],
+        dns: DnsConfig | None,
+        annotations: Mapping[str, str],
+    ) -> PodAddress:
+        caps = capability_args(ports, dns, annotations)
+        args = cni_args(pod)
+        async with self._sandbox(pod.sandbox_id):
+            loaded = self._conf.load()
+            if not loaded.ready:
+                raise FailedPrecondition(loaded.message, plain=True)
+            earlier = await self._store.of(pod.sandbox_id)
+            if earlier and all(a.result for a in earlier) and earlier[0].netns == netns:
+                return address(pod.sandbox_id, [from_raw(json.loads(a.result)) for a in earlier])
+            if earlier:  # half made by an attempt that did not finish: undone first
+                await self._delete(pod.sandbox_id, netns, earlier)
+            attachments = [
+                Attachment(pod.sandbox_id, n.ifname, i, n.name, netns, n.source, args, caps)
+                for i, n in enumerate(loaded.networks)
+            ]
+            await self._store.record(attachments)
+            try:
+                results = await self._add(loaded.networks, attachments)
+            except asyncio.CancelledError:
+                raise  # the record stays: teardown or reconcile DELs it
+            except BaseException:
+                try:
+                    await self._delete(pod.sandbox_id, netns, attachments)
+                except CtrdError as e:
+                    log.warning("cni_cleanup_failed", id=pod.sandbox_id, error=str(e))
+                raise
+            await self._store.set_results(
+                pod.sandbox_id,
+                {a.ifname: json.dumps(r.raw) for a, r in zip(attachments, results, strict=True)},
+            )
+            return address(pod.sandbox_id, results)
+
+    async def teardown(self, sandbox_id: str, netns: str) -> None:
+        async with self._sandbox(sandbox_id):
+            attachments = await self._store.of(sandbox_id)
+            if attachments:
+                await self._delete(sandbox_id, netns, attachments)
+
+    async def reconcile(self, live: set[str]) -> None:
+        gone = [s for s in await self._store.sandboxes() if s not in live]
+        limit = asyncio.Semaphore(RECONCILE_PARALLEL)
+
+        async def one(sandbox_id: str) -> None:
+            async with limit:
+                try:
+                    await self.teardown(sandbox_id, "")
+                    log.info("cni_reconciled", id=sandbox_id)
+                except CtrdError as e:
+                    log.warning("cni_reconcile_failed", id=sandbox_id, error=str(e))
+
+        async with asyncio.TaskGroup() as group:
+            for sandbox_id in gone:
+                group.create_task(one(sandbox_id))
+
+    # the plugins
+
+    async def _add(
+        self, networks: Sequence[conf.NetworkList], attachments: Sequence[Attachment]
+    ) -> list[Result]:
+        """Every network's ADD, side by side; the first error once all have finished."""
+        done = await asyncio.gather(
+            *(self._add_one(n, a) for n, a in zip(networks, attachments, strict=True)),
+            return_exceptions=True,
+        )
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [r for r in done if isinstance(r, Result)]
+
+    async def _add_one(self, network: conf.NetworkList, a: Attachment) -> Result:
+        call = Call(a.sandbox, a.netns, a.ifname, a.cni_args, a.capability_args)
+        result = await self._plugins.add(network, call)
+        await asyncio.to_thread(write_cache, self._cache, network, call, result)
+        return result
+
+    async def _delete(self, sandbox_id: str, netns: str, attachments: list[Attachment]) -> None:
+        """DEL of every attachment, the last added first; each record goes after its DEL.
+        Every one is tried; the first error is raised after."""
+        first: CtrdError | None = None
+        for a in sorted(attachments, key=lambda a: a.position, reverse=True):
+            path = live_netns(netns, a.netns)
+            call = Call(a.sandbox, path, a.ifname, a.cni_args, a.capability_args)
+            try:
+                network = conf.parse_list(a.config, a.ifname)
+                await self._delete_one(network, call, a.result)
+            except conf.ConfError as e:
+                first = first or InvalidArgument(f"recorded network {a.network}: {e}")
+                continue
+            except CtrdError as e:
+                first = first or e
+                continue
+            remove_cache(self._cache, a.network, call)
+            await self._store.remove(sandbox_id, a.ifname)
+        if first is not None:
+            raise first
+
+    async def _delete_one(self, network: conf.NetworkList, call: Call, stored: str) -> None:
+        try:
+            await self._plugins.delete(network, call, stored)
+        except CtrdError as e:
+            # containerd's leniency (go-cni Remove): a DEL that finds nothing is done
+            text = str(e)
+            if "not found" in text or (not call.netns and "no such file or directory" in text):
+                log.info("cni_del_nothing_there", id=call.container_id, error=text)
+                return
+            raise
+
+    @asynccontextmanager
+    async def _sandbox(self, sandbox_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(sandbox_id, (asyncio.Lock(), 0))
+        self._locks[sandbox_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[sandbox_id]
+            if users == 1:
+                del self._locks[sandbox_id]
+            else:
+                self._locks[sandbox_id] = (lock, users - 1)
+
+
+def address(sandbox_id: str, results: list[Result]) -> PodAddress:
+    ip, additional = select(pod_ips(results))
+    if not ip:
+        raise FailedPrecondition(
+            f'failed to find network info for sandbox "{sandbox_id}"', plain=True
+        )
+    raw = results[-1].raw if results else {}
+    return PodAddress(ip, additional, json.dumps(raw))
+
+
+def cni_args(pod: PodRef) -> tuple[tuple[str, str], ...]:
+    return (
+        ("IgnoreUnknown", "1"),
+        ("K8S_POD_NAMESPACE", pod.namespace),
+        ("K8S_POD_NAME", pod.name),
+        ("K8S_POD_INFRA_CONTAINER_ID", pod.sandbox_id),
+        ("K8S_POD_UID", pod.uid),
+    )
+
+
+def capability_args(
+    ports: Sequence[PortMapping], dns: DnsConfig | None, annotations: Mapping[str, str]
+) -> dict[str, Any]:
+    """What the runtime offers the plugins (each gets those it declared): containerd's."""
+    caps: dict[str, Any] = {POD_ANNOTATIONS: dict(annotations)}
+    mappings = [
+        {
+            "hostPort": p.host_port,
+            "containerPort": p.container_port,
+            "protocol": p.protocol.lower(),
+            "hostIP": p.host_ip,
+        }
+        for p in ports
+        if p.host_port > 0
+    ]
+    if mappings:
+        caps[PORT_MAPPINGS] = mappings
+    bandwidth = bandwidth_args(annotations)
+    if bandwidth:
+        caps[BANDWIDTH] = bandwidth
+    if dns is not None:
+        caps[DNS] = {
+            "servers": list(dns.servers),
+            "searches": list(dns.searches),
+            "options": list(dns.options),
+        }
+    return caps
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$")
+_SUFFIXES = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+
+
+def bandwidth_args(annotations: Mapping[str, str]) -> dict[str, int]:
+    """The `bandwidth` capability from the pod's annotations (bits per second)."""
+    out: dict[str, int] = {}
+    for key, prefix in ((INGRESS_ANNOTATION, "ingress"), (EGRESS_ANNOTATION, "egress")):
+        if key not in annotations:
+            continue
+        rate = bits_per_second(annotations[key])
+        out[f"{prefix}Rate"] = rate
+        out[f"{prefix}Burst"] = MAX_BURST
+    return out
+
+
+def bits_per_second(text: str) -> int:
+    """A Kubernetes quantity ("10M", "1Gi") as kubelet reads the bandwidth annotations."""
+    m = _QUANTITY.match(text.strip())
+    if m is None or m.group(2) not in _SUFFIXES:
+        raise InvalidArgument(f"reading pod bandwidth annotations: invalid quantity {text!r}")
+    value = int(float(m.group(1)) * _SUFFIXES[m.group(2)])
+    if value < 1000:
+        raise InvalidArgument(
+            f"reading pod bandwidth annotations: resource is unreasonably small (< 1kbit): {text}"
+        )
+    if value > 10**15:
+        raise InvalidArgument(
+            f"reading pod bandwidth annotations: resource is unreasonably large (> 1Pbit): {text}"
+        )
+    return value
+
+
+@functools.cache
+def _nsfs_dev() -> int:
+    return os.stat("/proc/self/ns/net").st_dev
+
+
+def live_netns(*paths: str) -> str:
+    """The first of `paths` that is a network namespace still (an nsfs file: its pin still
+    mounted), else ""."""
+    for path in paths:
+        if not path:
+            continue
+        try:
+            if os.stat(path).st_dev == _nsfs_dev():
+                return path
+        except OSError:
+            continue
+    return ""
