@@ -121,10 +121,19 @@ def _containers(deps: CriDeps) -> Any:
     return containers.build(deps, sandbox_lookup(deps))
 
 
+def _stats(deps: CriDeps) -> Any:
+    """The stats calls and UpdateContainerResources (`supervisor.cri.stats`)."""
+    from supervisor.cri.stats import Stats
+
+    restrict = getattr(deps.config.cri, "restrict_oom_score_adj", True)
+    return Stats(deps, lambda: sandbox_lookup(deps), restrict_oom_score_adj=restrict)
+
+
 def builders(deps: CriDeps) -> dict[str, Callable[[], Any]]:
     """Each part's builder. A part missing here answers UNIMPLEMENTED."""
     return {
         "sandboxes": lambda: sandboxes(deps),
         "containers": lambda: _containers(deps),
         "exec": lambda: _exec(deps),
+        "stats": lambda: _stats(deps),
     }

@@ -260,7 +260,7 @@ class Sandboxes:
             undo.append(("files", lambda: asyncio.to_thread(podfiles.remove_files, files)))
             dns = _dns(config) if config.HasField("dns_config") else None
             await asyncio.to_thread(podfiles.write_files, files, hostname, dns)
-            undo.append(("pins", lambda: asyncio.to_thread(_unmake, pin_dir)))
+            undo.append(("pins", lambda: asyncio.to_thread(_remove_pin_dir, pin_dir)))
             plan = pins.PinPlan(pin_dir, kinds, sysctls, hostname if "uts" in kinds else "")
             await asyncio.to_thread(pins.pin, plan)
             if record.shm:
@@ -516,10 +516,14 @@ def _unmake(pin_dir: Path) -> None:
     pins.unpin(pin_dir)
 
 
+def _remove_pin_dir(pin_dir: Path) -> None:
+    _unmake(pin_dir)
+    shutil.rmtree(pin_dir, ignore_errors=True)
+
+
 def _remove_dirs(meta: SandboxMeta) -> None:
     if meta.pin_dir:
-        _unmake(Path(meta.pin_dir))
-        shutil.rmtree(meta.pin_dir, ignore_errors=True)
+        _remove_pin_dir(Path(meta.pin_dir))
     podfiles.remove_files(Path(meta.record.files))
 
 
