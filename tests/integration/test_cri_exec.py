@@ -129,6 +129,15 @@ def test_exec_sync_past_its_timeout_is_killed_and_leaves_nothing(ctrd, busybox_i
     assert EXEC_PREFIX not in ctrd.ctr("tasks", "ps", "e2", ns=NS).stdout
     assert not list((ctrd.state / "cri" / "exec").iterdir())
 
+    # kubelet gives up first (its call's deadline): the exec is killed and deleted all the same
+    request = cri.ExecSyncRequest(container_id="e2", cmd=["sleep", "4322"])
+    with pytest.raises(grpc.RpcError) as e:
+        runtime.ExecSync(request, timeout=0.5)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(lambda: processes_named("4322") == [], timeout=5)
+    wait_for(lambda: EXEC_PREFIX not in ctrd.ctr("tasks", "ps", "e2", ns=NS).stdout)
+    wait_for(lambda: not list((ctrd.state / "cri" / "exec").iterdir()))
+
     ctrd.ctr("tasks", "kill", "-s", "KILL", "e2", ns=NS)
     wait_for(lambda: "STOPPED" in ctrd.ctr("tasks", "ls", ns=NS).stdout)
     call = lambda: exec_sync(runtime, "e2", "true")  # noqa: E731

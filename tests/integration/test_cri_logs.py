@@ -21,6 +21,7 @@ from supervisor.events import Exchange
 from supervisor.runtime.manager import TaskManager
 from tests.conftest import Ctrd
 from tests.integration.test_tasks import pull, run, wait_for
+from tests.support.tasks import Api
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +81,20 @@ def test_a_containers_both_streams_become_cri_records_long_lines_split(ctrd, bus
     assert [tag for s, tag, c in got if c.startswith(b"a")] == ["P", "P", "F"]
     assert got[-1] == ("stdout", "F", b"no-newline")  # the end of output is a full record
     assert stat.S_IMODE(log.stat().st_mode) == 0o640
+
+
+def test_a_terminals_output_is_one_stdout_stream_its_crlf_stripped(ctrd, busybox_image):
+    with Api(ctrd, "default", busybox_image.ref) as api:
+        script = "echo out; echo err >&2; printf end"
+        api.container("tty", "sh", "-c", script, edit=lambda s: s["process"].update(terminal=True))
+        log = api.dir / "tty" / "0.log"
+        api.create("tty", stdout=cri_uri(log), stderr=cri_uri(log), terminal=True)
+        api.start("tty")
+        assert api.wait("tty").exit_status == 0
+        api.delete("tty")
+        assert records(log) == [
+            ("stdout", "F", b"out"), ("stdout", "F", b"err"), ("stdout", "F", b"end"),
+        ]  # fmt: skip
 
 
 def test_reopen_follows_a_rename_and_refuses_a_stopped_task_also_after_sigkill(ctrd, busybox_image):
