@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from supervisor.api.runtime.v1 import api_pb2 as cri
@@ -160,3 +161,147 @@ def test_entrypoint_cmd_env_and_workdir_follow_dockers_rules(cri_ctrd: Cri, pod:
     assert run(cri_ctrd, pod, config)[1] == "1 cri podhost /tmp\n"
     config = container_config("d", command=["/bin/sh", "-c", "pwd; exit 3"], working_dir="/home")
     assert run(cri_ctrd, pod, config) == (3, "/home\n")
+
+
+def ids(text: str) -> list[str]:
+    return text.split()
+
+
+def test_users_by_id_name_and_group_get_the_images_groups_and_the_pods(cri_ctrd: Cri, pod: Pod):
+    probe = ["/bin/sh", "-c", "id -u; id -g; id -G"]
+
+    def user(name: str, **context: Any) -> list[list[str]]:
+        security = cri.LinuxContainerSecurityContext(**context)
+        config = container_config(
+            name, command=probe, linux=cri.LinuxContainerConfig(security_context=security)
+        )
+        code, out = run(cri_ctrd, pod, config)
+        assert code == 0, out
+        return [line.split() for line in out.splitlines()]
+
+    uid, gid, groups = user("by-id", run_as_user=cri.Int64Value(value=1001))
+    assert (uid, gid, set(groups)) == (["1001"], ["1002"], {"1002", "50", "63"})
+    uid, gid, groups = user("by-name", run_as_username="app")
+    assert (uid, gid, set(groups)) == (["1000"], ["1000"], {"1000", "50"})
+    uid, gid, groups = user(
+        "with-group",
+        run_as_user=cri.Int64Value(value=1000),
+        run_as_group=cri.Int64Value(value=63),
+        supplemental_groups=[1234, 5678],
+    )
+    assert (uid, gid, set(groups)) == (["1000"], ["63"], {"63", "50", "1234", "5678"})
+    uid, gid, groups = user("unknown-uid", run_as_user=cri.Int64Value(value=4242))
+    assert (uid, gid, groups) == (["4242"], ["0"], ["0"])
+    uid, gid, groups = user("root")  # root of the image: its groups (none beyond root's)
+    assert (uid, gid, groups) == (["0"], ["0"], ["0"])
+
+    for bad in (
+        {"run_as_group": cri.Int64Value(value=5)},  # a group without a user
+        {"run_as_username": "nosuchuser"},
+    ):
+        security = cri.LinuxContainerSecurityContext(**bad)  # type: ignore[arg-type]
+        config = container_config(
+            "bad", command=probe, linux=cri.LinuxContainerConfig(security_context=security)
+        )
+        with pytest.raises(grpc.RpcError) as failed:
+            create(cri_ctrd, pod, config)
+        assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+
+
+def _status_field(out: str, key: str) -> str:
+    for line in out.splitlines():
+        name, _, value = line.partition(":")
+        if name == key:
+            return value.strip()
+    raise AssertionError(f"{key} not in {out!r}")
+
+
+def test_capabilities_no_new_privs_seccomp_and_read_only_root(
+    cri_ctrd: Cri, pod: Pod, short_tmp: Path
+):
+    probe = ["/bin/sh", "-c", "cat /proc/self/status; touch /probe && echo wrote"]
+
+    def status_of(name: str, **context: Any) -> tuple[int, str]:
+        security = cri.LinuxContainerSecurityContext(**context)
+        config = container_config(
+            name, command=probe, linux=cri.LinuxContainerConfig(security_context=security)
+        )
+        return run(cri_ctrd, pod, config)
+
+    docker_default = sum(
+        1 << bit for bit in (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31)
+    )  # chown dac_override fowner fsetid kill setgid setuid setpcap net_bind_service net_raw
+    # sys_chroot mknod audit_write setfcap
+    code, out = status_of("default")
+    assert int(_status_field(out, "CapBnd"), 16) == docker_default
+    assert _status_field(out, "NoNewPrivs") == "0"
+    assert _status_field(out, "Seccomp") == "0"  # nothing asked: unconfined, as containerd
+    assert "wrote" in out
+
+    with open("/proc/self/status") as f:
+        own = int(_status_field(f.read(), "CapEff"), 16)
+    caps = cri.Capability(add_capabilities=["ALL"], drop_capabilities=["CHOWN"])
+    out = status_of("all", capabilities=caps)[1]
+    assert int(_status_field(out, "CapBnd"), 16) == own & ~1
+    out = status_of("none", capabilities=cri.Capability(drop_capabilities=["ALL"]))[1]
+    assert int(_status_field(out, "CapBnd"), 16) == 0
+    caps = cri.Capability(add_capabilities=["NET_ADMIN"], drop_capabilities=["NET_RAW"])
+    out = status_of("some", capabilities=caps)[1]
+    assert int(_status_field(out, "CapBnd"), 16) == (docker_default | 1 << 12) & ~(1 << 13)
+
+    code, out = status_of("nnp-ro", no_new_privs=True, readonly_rootfs=True)
+    assert _status_field(out, "NoNewPrivs") == "1"
+    assert code != 0
+    assert "Read-only file system" in out
+    assert "wrote" not in out
+
+    default = cri.SecurityProfile(profile_type=cri.SecurityProfile.RuntimeDefault)
+    assert _status_field(status_of("sc-default", seccomp=default)[1], "Seccomp") == "2"
+    out = status_of("sc-path", seccomp_profile_path="runtime/default")[1]
+    assert _status_field(out, "Seccomp") == "2"
+    unconfined = cri.SecurityProfile(profile_type=cri.SecurityProfile.Unconfined)
+    assert _status_field(status_of("sc-unconfined", seccomp=unconfined)[1], "Seccomp") == "0"
+    profile = short_tmp / "no-mkdir.json"
+    blocked = [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]
+    profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": blocked}))
+    local = cri.SecurityProfile(
+        profile_type=cri.SecurityProfile.Localhost, localhost_ref=str(profile)
+    )
+    security = cri.LinuxContainerSecurityContext(seccomp=local)
+    config = container_config(
+        "sc-local", command=["/bin/sh", "-c", "mkdir /tmp/d || echo refused"],
+        linux=cri.LinuxContainerConfig(security_context=security),
+    )  # fmt: skip
+    out = run(cri_ctrd, pod, config)[1]
+    assert "Operation not permitted" in out
+    assert "refused" in out
+    out = status_of("sc-local-path", seccomp_profile_path=f"localhost/{profile}")[1]
+    assert _status_field(out, "Seccomp") == "2"
+    for bad in (str(profile), "nonsense"):  # a path without localhost/ is refused
+        security = cri.LinuxContainerSecurityContext(seccomp_profile_path=bad)
+        config = container_config(
+            "bad", command=probe, linux=cri.LinuxContainerConfig(security_context=security)
+        )
+        with pytest.raises(grpc.RpcError) as failed:
+            create(cri_ctrd, pod, config)
+        assert "invalid profile" in (failed.value.details() or "")
+
+
+def test_masked_and_read_only_paths_are_those_given(cri_ctrd: Cri, pod: Pod):
+    security = cri.LinuxContainerSecurityContext(
+        masked_paths=["/etc/group"], readonly_paths=["/tmp"]
+    )
+    config = container_config(
+        "paths",
+        command=["/bin/sh", "-c", "wc -c < /etc/group; touch /tmp/test"],
+        linux=cri.LinuxContainerConfig(security_context=security),
+    )
+    code, out = run(cri_ctrd, pod, config)
+    assert code != 0
+    assert out.splitlines()[0].strip() == "0"  # /dev/null over it
+    assert "touch: /tmp/test: Read-only file system" in out
+    # Without any given, none (kubelet sends the defaults): /proc/kcore is readable as a file.
+    config = container_config(
+        "nopaths", command=["/bin/sh", "-c", "grep -c kcore /proc/self/mountinfo"]
+    )
+    assert run(cri_ctrd, pod, config)[1].strip() == "0"
