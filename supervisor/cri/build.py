@@ -80,10 +80,21 @@ def sandbox_lookup(deps: CriDeps) -> SandboxLookup:
     return sandboxes(deps)
 
 
+_networks: dict[int, tuple[CriDeps, Any]] = {}  # id(deps) -> (deps, its pod network)
+
+
 def pod_network(deps: CriDeps) -> PodNetwork | None:
-    """The pod network (CNI, `supervisor.network.cni`) the sandboxes set up and tear down;
-    None until it exists (pods then get a network namespace with no interface but lo)."""
-    return None
+    """The pod network (CNI, `supervisor.network.cni`) the sandboxes set up and tear down and
+    Status reports (the `network` part): one per daemon, made at its first use."""
+    held = _networks.get(id(deps))
+    if held is None:
+        from supervisor.network.cni.pod import CniPodNetwork
+
+        cri = deps.config.cri
+        made = CniPodNetwork(deps.db, cri.cni_conf_dir, cri.cni_plugin_dirs(), cri.cni_cache_dir)
+        held = _networks[id(deps)] = (deps, made)
+    network: PodNetwork = held[1]
+    return network
 
 
 def _make_sandboxes(deps: CriDeps) -> Sandboxes:
@@ -136,4 +147,5 @@ def builders(deps: CriDeps) -> dict[str, Callable[[], Any]]:
         "containers": lambda: _containers(deps),
         "exec": lambda: _exec(deps),
         "stats": lambda: _stats(deps),
+        "network": lambda: pod_network(deps),  # Status' NetworkReady
     }

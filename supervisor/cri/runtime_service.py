@@ -2,11 +2,13 @@
 
 - Version: the CRI's API version "0.1.0" (what kubelet expects), runtime "ctrd" at the
   daemon's version, runtime API "v1".
-- Status: `RuntimeReady` true (the daemon answers), `NetworkReady` false with containerd's
-  reason and message for a runtime without a loaded CNI config (`NetworkPluginNotReady`,
-  "Network plugin returns error: cni plugin not initialized"): pod networking through CNI is
-  not there yet, so it is false whatever the conf dir holds. Verbose: `config` (the `[cri]`
-  section), `cniconfig` and `lastCNILoadStatus`, JSON and text as containerd's keys, and
+- Status: `RuntimeReady` true (the daemon answers), `NetworkReady` as the `network` part
+  (`supervisor.network.cni`, the pod network) finds the CNI conf dir at this very call (it
+  stats the dir and its files, parses only what changed): false with containerd's reason and
+  message while no network loads (`NetworkPluginNotReady`, "Network plugin returns error: cni
+  plugin not initialized", then why: no file, which file does not parse). Verbose: `config`
+  (the `[cri]` section), `cniconfig` (go-cni's view: dirs, networks, their sources) and
+  `lastCNILoadStatus` ("OK" or the load's error), JSON and text as containerd's keys, and
   `podCIDRs` (JSON list: what kubelet last pushed).
 - UpdateRuntimeConfig: kubelet pushes the node's pod CIDRs ("a,b"); they are checked (a bad
   one fails with containerd's "get routes: invalid CIDR address: X"), kept in memory and shown
@@ -81,31 +83,43 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
         )
 
     async def Status(self, request: cri.StatusRequest, context: Context) -> Any:
-        conditions = [
-            cri.RuntimeCondition(type=RUNTIME_READY, status=True),
-            cri.RuntimeCondition(
+        network = self._network()
+        ready = network.status() if network is not None else None
+        if ready is not None and ready.ready:
+            net = cri.RuntimeCondition(type=NETWORK_READY, status=True)
+        else:
+            why = ready.message if ready is not None else "cni plugin not initialized"
+            net = cri.RuntimeCondition(
                 type=NETWORK_READY,
                 status=False,
                 reason=NETWORK_NOT_READY_REASON,
-                message=NETWORK_NOT_READY_MESSAGE,
-            ),
-        ]
-        info = self._verbose_info() if request.verbose else {}
+                message=f"Network plugin returns error: {why}",
+            )
+        conditions = [cri.RuntimeCondition(type=RUNTIME_READY, status=True), net]
+        info = self._verbose_info(network) if request.verbose else {}
         return cri.StatusResponse(status=cri.RuntimeStatus(conditions=conditions), info=info)
 
-    def _verbose_info(self) -> dict[str, str]:
-        cni = {
-            "PluginDirs": [self._config.cni_bin_dir],
-            "PluginConfDir": self._config.cni_conf_dir,
-            "Networks": [],
-        }
+    def _network(self) -> Any:
+        """The pod network part (CNI), None when the daemon has none."""
+        try:
+            return self._parts.part("network")
+        except NotImplementedError:
+            return None
+
+    def _verbose_info(self, network: Any) -> dict[str, str]:
+        if network is not None:
+            cni: dict[str, str] = network.verbose_info()
+        else:
+            plugin_dirs = self._config.cni_plugin_dirs()
+            cni = {
+                "cniconfig": json.dumps(
+                    {"PluginDirs": plugin_dirs, "PluginConfDir": self._config.cni_conf_dir}
+                ),
+                "lastCNILoadStatus": "cni config load failed: cni plugin not initialized",
+            }
         return {
             "config": json.dumps(dataclasses.asdict(self._config)),
-            "cniconfig": json.dumps(cni),
-            "lastCNILoadStatus": (
-                "cni config load failed: ctrd does not load CNI network configs yet "
-                f"({self._config.cni_conf_dir}): cni plugin not initialized"
-            ),
+            **cni,
             "podCIDRs": json.dumps(self._pod_cidrs),
         }
 

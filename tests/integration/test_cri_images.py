@@ -121,7 +121,7 @@ def test_crictl_version_and_info_show_ctrd_ready_without_a_network(cri_ctrd: Cri
     assert conditions["RuntimeReady"]["status"] is True
     assert conditions["NetworkReady"]["status"] is False
     assert conditions["NetworkReady"]["reason"] == "NetworkPluginNotReady"
-    assert conditions["NetworkReady"]["message"] == (
+    assert conditions["NetworkReady"]["message"].startswith(  # and why: the conf dir is empty
         "Network plugin returns error: cni plugin not initialized"
     )
     assert info["config"]["namespace"] == "k8s.io"
