@@ -88,20 +88,17 @@ def records(stamp: bytes, stream: str, data: bytes, max_line: int, final: bool =
     piece, which is a part of a line still being written (`P`), or at `final` its end (`F`)."""
     head = stamp + b" " + stream.encode()
     full, part = head + b" F ", head + b" P "
-    lines = data.split(b"\n")
+    lines = data.replace(b"\r\n", b"\n").split(b"\n")  # a lone \r is content
     tail = lines.pop()  # after the last newline: b"" when data ends with one
-    if (
-        b"\r" not in data
-        and (not tail or final)
-        and (not max_line or max(map(len, lines), default=0) <= max_line >= len(tail))
-    ):  # the common case, in a few C calls: short lines, no carriage returns
+    if (not tail or final) and (
+        not max_line or max(map(len, lines), default=0) <= max_line >= len(tail)
+    ):  # the common case, in a few C calls: no line to cut, no part of one
         if tail:
             lines.append(tail)
         return full + (b"\n" + full).join(lines) + b"\n" if lines else b""
     out = bytearray()
     for line in lines:
-        content = line[:-1] if line.endswith(b"\r") else line
-        out += _pieces(full, part, content, max_line, True)
+        out += _pieces(full, part, line, max_line, True)
     if tail:
         out += _pieces(full, part, tail, max_line, final)
     return bytes(out)

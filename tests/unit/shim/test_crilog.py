@@ -72,7 +72,12 @@ def test_long_lines_are_cut_into_partials_and_a_full_end():
 
 
 def test_crlf_is_stripped_like_lf_and_a_lone_cr_is_content():
-    assert records(b"a\r\nb\rc\n") == [("stdout", "F", b"a"), ("stdout", "F", b"b\rc")]
+    assert records(b"a\r\nb\rc\n\r\r\n") == [
+        ("stdout", "F", b"a"), ("stdout", "F", b"b\rc"), ("stdout", "F", b"\r"),
+    ]  # fmt: skip
+    assert records(b"0123456789\r\n", max_line=8) == [
+        ("stdout", "P", b"01234567"), ("stdout", "F", b"89"),
+    ]  # fmt: skip
 
 
 def test_a_line_still_being_written_is_partial_and_its_end_at_eof_is_full():
