@@ -19,6 +19,7 @@ Invariants kept:
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -195,7 +196,7 @@ def next_address(
     if last is not None and low <= int(last) < high:
         start = int(last) + 1
     gateway = int(config.gateway)
-    for value in (*range(start, high + 1), *range(low, start)):
+    for value in itertools.chain(range(start, high + 1), range(low, start)):  # lazily: a /16
         if value == gateway:
             continue
         address = IPv4Address(value)
