@@ -4,7 +4,12 @@ All access goes through `Database.read` and `Database.write`, which run a functi
 connection on a single dedicated thread: the event loop never blocks on SQLite, and writes are
 serialized without locks of our own. `write` wraps the function in `BEGIN IMMEDIATE … COMMIT`
 and rolls back when it raises, so a function either changes everything it meant to or nothing.
-The database runs in WAL mode with `synchronous=FULL`: a committed write survives a crash.
+The database runs in WAL mode with `synchronous=FULL`: a committed write survives a crash,
+of the daemon or of the machine. A write of records that only mirror kernel state (a network
+address lease, a published port: `write(fn, volatile=True)`) is committed without the fsync:
+in WAL mode it still survives the daemon's crash, and what a crash of the machine could lose
+is a record of something that crash removed too (a veth, a namespace); the next commit that
+syncs takes it to disk with its own.
 """
 
 from __future__ import annotations
@@ -85,10 +90,13 @@ class Database:
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._conn)
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, fn: Callable[[sqlite3.Connection], T], volatile: bool = False) -> T:
+        """`fn` in one transaction; `volatile`: committed without waiting for the disk (see
+        the module's doc: only for records of what does not outlive the machine's crash)."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, _in_transaction, self._conn, fn
-        )
+            self._executor, _in_volatile_transaction if volatile else _in_transaction,
+            self._conn, fn,
+        )  # fmt: skip
 
     async def close(self) -> None:
         """Close the connection and its thread; closing again does nothing."""
@@ -108,6 +116,14 @@ def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection],
         raise
     conn.execute("COMMIT")
     return result
+
+
+def _in_volatile_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at this commit
+    try:
+        return _in_transaction(conn, fn)
+    finally:
+        conn.execute("PRAGMA synchronous=FULL")
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -352,7 +352,7 @@ class SqliteNetworkStore:
                 )
             return endpoint
 
-        return await self._db.write(attach)
+        return await self._db.write(attach, volatile=True)
 
     def _endpoints(
         self, conn: sqlite3.Connection, where: str, args: tuple[str, ...]
@@ -377,7 +377,7 @@ class SqliteNetworkStore:
                 )
             return found[0]
 
-        return await self._db.write(detach)
+        return await self._db.write(detach, volatile=True)
 
     async def release_container(self, container: str) -> builtins.list[Endpoint]:
         def release(conn: sqlite3.Connection) -> builtins.list[Endpoint]:
@@ -389,7 +389,7 @@ class SqliteNetworkStore:
                 )
             return found
 
-        return await self._db.write(release)
+        return await self._db.write(release, volatile=True)
 
     async def endpoints(
         self, network: str | None = None, container: str | None = None
@@ -424,7 +424,7 @@ class SqliteNetworkStore:
                     _port_row(self._ns, n.id, container, binding),
                 )
 
-        await self._db.write(set_ports)
+        await self._db.write(set_ports, volatile=True)
 
     async def ports(self, container: str | None = None) -> builtins.list[PublishedPort]:
         def ports(conn: sqlite3.Connection) -> builtins.list[PublishedPort]:
