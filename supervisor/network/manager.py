@@ -631,19 +631,22 @@ class NetworkManager:
         """Write the container's hosts and resolv.conf (in place); their paths, to bind-mount."""
         settings = settings or NetworkSettings()
         addresses = [e.address for e in await self._store(ns).endpoints(container=container_id)]
-        host_text = await asyncio.to_thread(HOST_RESOLV_CONF.read_text, encoding="utf-8")
         etc = self.etc_dir(ns, container_id)
         hosts, resolv = etc / "hosts", etc / "resolv.conf"
         hosts_text = render_hosts(hostname, addresses, settings.extra_hosts)
-        resolv_text = render_resolv(
-            host_text,
-            servers=settings.dns,
-            search=settings.dns_search,
-            options=settings.dns_options,
-            embedded=dns.LISTEN_ADDRESS,
-        )
-        await asyncio.to_thread(write_in_place, hosts, hosts_text)
-        await asyncio.to_thread(write_in_place, resolv, resolv_text)
+
+        def write() -> None:  # one trip to a thread: a start's trips cost more than the work
+            resolv_text = render_resolv(
+                HOST_RESOLV_CONF.read_text(encoding="utf-8"),
+                servers=settings.dns,
+                search=settings.dns_search,
+                options=settings.dns_options,
+                embedded=dns.LISTEN_ADDRESS,
+            )
+            write_in_place(hosts, hosts_text)
+            write_in_place(resolv, resolv_text)
+
+        await asyncio.to_thread(write)
         return hosts, resolv
 
     # names: the embedded DNS
