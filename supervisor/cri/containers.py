@@ -477,8 +477,9 @@ class ContainersPart:
                 )  # fmt: skip
                 spec = specs.build(inputs, self._host)
                 log_path = ""
-                if config.log_path:
+                if config.log_path:  # relative to the pod's directory; none without one
                     log_path = os.path.join(sandbox_config.log_directory, config.log_path)
+                    log_path = log_path if os.path.isabs(log_path) else ""
                 record = ContainerRecord(
                     id=cid, name=name, sandbox_id=sandbox.id, config=config.SerializeToString(),
                     image=image_name, image_ref=image.id,

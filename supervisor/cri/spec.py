@@ -81,7 +81,8 @@ def build(inputs: Inputs, host: Host) -> dict[str, Any]:
 
     process["args"] = command(config, inputs.image_config)
     env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-    env = merge_env(env, [f"{HOSTNAME_ENV}={inputs.sandbox.hostname or os.uname().nodename}"])
+    hostname = inputs.sandbox_config.hostname or inputs.sandbox.hostname or os.uname().nodename
+    env = merge_env(env, [f"{HOSTNAME_ENV}={hostname}"])
     env = merge_env(env, _strings(inputs.image_config, "Env"))
     env = merge_env(env, [f"{e.key}={e.value}" for e in config.envs])
     process["env"] = env

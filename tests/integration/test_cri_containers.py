@@ -2,13 +2,14 @@
 with the real crictl and with the generated stubs against a test ctrd (the fixture of
 test_cri_images: `[cri] mirrors` send registry.k8s.io to the tests' loopback registry).
 
-Pods come from RunPodSandbox (the sandboxes part), without CNI: a network namespace with
-only `lo`, and no pause process (PID mode CONTAINER, kubelet's default).
+Pods come from RunPodSandbox (the sandboxes part) on the host's network (no CNI needed),
+without a pause process (PID mode CONTAINER, kubelet's default).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,10 +78,10 @@ def pod(cri_ctrd: Cri, cric_image: Any, short_tmp: Path) -> Pod:
 
 
 def make_pod(c: Cri, base: Path, privileged: bool = False, name: str = "pod") -> Pod:
-    """A pod through RunPodSandbox: its own network, IPC and UTS namespaces (pinned, no
-    CNI here), no shared PID namespace (no pause), logs under `base`."""
+    """A pod through RunPodSandbox: the host's network (no CNI here), its own IPC namespace
+    (pinned), no shared PID namespace (no pause), logs under `base`."""
     logs = base / f"logs-{name}"
-    options = cri.NamespaceOption(pid=cri.CONTAINER)
+    options = cri.NamespaceOption(network=cri.NODE, pid=cri.CONTAINER)
     config = cri.PodSandboxConfig(
         metadata=cri.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
         hostname="podhost",
@@ -305,3 +306,152 @@ def test_masked_and_read_only_paths_are_those_given(cri_ctrd: Cri, pod: Pod):
         "nopaths", command=["/bin/sh", "-c", "grep -c kcore /proc/self/mountinfo"]
     )
     assert run(cri_ctrd, pod, config)[1].strip() == "0"
+
+
+def _crictl_configs(base: Path, pod: Pod, name: str, command: list[str]) -> tuple[str, str]:
+    """crictl's container and pod config files for `command` in `pod`."""
+    from google.protobuf import json_format
+
+    container = base / f"{name}.json"
+    container.write_text(
+        json.dumps(
+            {
+                "metadata": {"name": name},
+                "image": {"image": "cric"},  # a short name, normalised as kubelet's are
+                "command": command,
+                "log_path": f"{name}/0.log",
+                "labels": {"app": name},
+            }
+        )
+    )
+    sandbox = base / f"{name}-pod.json"
+    sandbox.write_text(
+        json_format.MessageToJson(
+            pod.config, preserving_proto_field_name=True, use_integers_for_enums=True
+        )
+    )
+    return str(container), str(sandbox)
+
+
+def test_crictl_create_start_ps_inspect_logs_stop_rm(cri_ctrd: Cri, pod: Pod, short_tmp: Path):
+    # The image's stop signal is SIGUSR1: a shell that exits 7 on it proves it was sent.
+    script = "trap 'echo bye; exit 7' USR1; echo hello; while true; do sleep 0.05; done"
+    files = _crictl_configs(short_tmp, pod, "web", ["/bin/sh", "-c", script])
+    cri_ctrd.ctrd.ctr("images", "tag", IMAGE, "docker.io/library/cric:latest", ns=NS)
+    cid = cri_ctrd.crictl("create", "--no-pull", pod.id, *files).stdout.strip()
+    assert len(cid) == 64
+    [listed] = cri_ctrd.json("ps", "-a")["containers"]
+    assert (listed["id"], listed["state"], listed["labels"]) == (
+        cid, "CONTAINER_CREATED", {"app": "web"},
+    )  # fmt: skip
+    names = cri_ctrd.ctrd.ctr("containers", "ls", "-q", ns=NS).stdout.split()
+    assert cid in names  # an ordinary ctrd container of k8s.io
+    cri_ctrd.crictl("start", cid[:13])
+    [listed] = cri_ctrd.json("ps", "--state", "running")["containers"]
+    assert listed["id"] == cid
+    inspected = cri_ctrd.json("inspect", cid)
+    assert inspected["status"]["state"] == "CONTAINER_RUNNING"
+    assert inspected["status"]["image"]["image"] == "docker.io/library/cric:latest"
+    assert inspected["info"]["pid"] > 0
+    assert inspected["info"]["runtimeSpec"]["process"]["args"][:2] == ["/bin/sh", "-c"]
+    log_path = inspected["status"]["logPath"]
+    assert log_path == str(pod.logs / "web" / "0.log")
+    deadline = time.monotonic() + 5
+    while "hello" not in output(log_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "hello" in cri_ctrd.crictl("logs", cid).stdout
+
+    cri_ctrd.crictl("stop", "--timeout", "10", cid)
+    done = status(cri_ctrd, cid)  # stop returned: dead and recorded
+    assert (done.state, done.exit_code, done.reason) == (cri.CONTAINER_EXITED, 7, "Error")
+    assert done.finished_at >= done.started_at > done.created_at > 0
+    assert "bye" in output(log_path)
+    cri_ctrd.crictl("stop", cid)  # again: nothing to do
+    assert cri_ctrd.json("ps", "--state", "exited")["containers"][0]["id"] == cid
+    cri_ctrd.crictl("rm", cid)
+    assert cri_ctrd.json("ps", "-a")["containers"] == []
+    assert cid not in cri_ctrd.ctrd.ctr("containers", "ls", "-q", ns=NS).stdout.split()
+    assert cid not in cri_ctrd.ctrd.ctr("snapshots", "ls", ns=NS).stdout
+    assert os.path.exists(log_path)  # kubelet's: not deleted
+    # Removing or stopping what is not there is success (the API's idempotence).
+    cri_ctrd.runtime.RemoveContainer(cri.RemoveContainerRequest(container_id=cid), timeout=10)
+    cri_ctrd.runtime.StopContainer(cri.StopContainerRequest(container_id=cid), timeout=10)
+
+
+def test_stop_with_no_timeout_kills_and_remove_forces_a_running_one(cri_ctrd: Cri, pod: Pod):
+    sleeper = ["/bin/sh", "-c", "trap '' USR1 TERM; while true; do sleep 0.05; done"]
+    first = create(cri_ctrd, pod, container_config("a", command=sleeper))
+    second = create(cri_ctrd, pod, container_config("b", command=sleeper))
+    for cid in (first, second):
+        cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=30)
+    started = time.monotonic()
+    cri_ctrd.runtime.StopContainer(cri.StopContainerRequest(container_id=first, timeout=0))
+    assert time.monotonic() - started < 5
+    done = status(cri_ctrd, first)
+    assert (done.exit_code, done.reason) == (137, "Error")
+    started = time.monotonic()
+    cri_ctrd.runtime.StopContainer(cri.StopContainerRequest(container_id=second, timeout=1))
+    assert 1 <= time.monotonic() - started < 6  # the signal ignored: SIGKILL after 1 s
+    third = create(cri_ctrd, pod, container_config("c", command=sleeper))
+    cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=third), timeout=30)
+    cri_ctrd.runtime.RemoveContainer(cri.RemoveContainerRequest(container_id=third), timeout=30)
+    listed = cri_ctrd.runtime.ListContainers(cri.ListContainersRequest()).containers
+    assert sorted(c.id for c in listed) == sorted([first, second])
+    assert not cri_ctrd.ctrd.ctr("tasks", "ls", "-q", ns=NS).stdout.split()  # tasks deleted
+    # Names are reserved until removal; a removed one's may be taken again.
+    with pytest.raises(grpc.RpcError) as failed:
+        create(cri_ctrd, pod, container_config("a", command=sleeper))
+    assert failed.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert create(cri_ctrd, pod, container_config("c", command=sleeper))
+
+
+def test_a_start_that_fails_is_a_start_error_with_exit_128(cri_ctrd: Cri, pod: Pod):
+    cid = create(cri_ctrd, pod, container_config("broken", command=["/no/such/binary"]))
+    with pytest.raises(grpc.RpcError):
+        cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=30)
+    done = status(cri_ctrd, cid)
+    assert (done.state, done.exit_code, done.reason) == (cri.CONTAINER_EXITED, 128, "StartError")
+    assert "/no/such/binary" in done.message
+    with pytest.raises(grpc.RpcError) as failed:  # not again
+        cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=30)
+    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    listed = cri_ctrd.runtime.ListContainers(
+        cri.ListContainersRequest(
+            filter=cri.ContainerFilter(state=cri.ContainerStateValue(state=cri.CONTAINER_EXITED))
+        )
+    ).containers
+    assert [c.id for c in listed] == [cid]
+    assert not cri_ctrd.runtime.ListContainers(
+        cri.ListContainersRequest(filter=cri.ContainerFilter(label_selector={"x": "y"}))
+    ).containers
+
+
+def test_resources_reach_the_cgroup_and_oom_score_adj_is_clamped(cri_ctrd: Cri, pod: Pod):
+    with open("/proc/self/oom_score_adj") as f:
+        floor = int(f.read())
+    resources = cri.LinuxContainerResources(
+        memory_limit_in_bytes=64 << 20, cpu_shares=512, oom_score_adj=floor - 500
+    )
+    config = container_config(
+        "limited",
+        command=["/bin/sh", "-c", "cat /proc/self/oom_score_adj; sleep 30"],
+        linux=cri.LinuxContainerConfig(resources=resources),
+    )
+    cid = create(cri_ctrd, pod, config)
+    cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=30)
+    memory = Path("/sys/fs/cgroup/memory") / NS / cid / "memory.limit_in_bytes"
+    if not memory.parent.exists():  # cgroup v2
+        memory = Path("/sys/fs/cgroup") / NS / cid / "memory.max"
+    assert int(memory.read_text()) == 64 << 20
+    log_path = status(cri_ctrd, cid).log_path
+    deadline = time.monotonic() + 5
+    while not output(log_path).strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert int(output(log_path)) == floor  # raised to the daemon's own (cannot go lower)
+    cri_ctrd.runtime.RemoveContainer(cri.RemoveContainerRequest(container_id=cid), timeout=30)
+    resources = cri.LinuxContainerResources(oom_score_adj=500)
+    config = container_config(
+        "higher", command=["cat", "/proc/self/oom_score_adj"],
+        linux=cri.LinuxContainerConfig(resources=resources),
+    )  # fmt: skip
+    assert run(cri_ctrd, pod, config)[1] == "500\n"
