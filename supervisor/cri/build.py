@@ -99,7 +99,7 @@ def pod_network(deps: CriDeps) -> PodNetwork | None:
 
 def _make_sandboxes(deps: CriDeps) -> Sandboxes:
     from supervisor.cri import pause
-    from supervisor.cri.sandboxes import Places, Sandboxes, TaskKiller
+    from supervisor.cri.sandboxes import Places, Sandboxes, ThroughContainers
     from supervisor.cri.sandboxstore import SandboxStore
 
     cri = deps.config.cri
@@ -111,7 +111,6 @@ def _make_sandboxes(deps: CriDeps) -> Sandboxes:
     def store() -> ContainerStore:
         return deps.containers(ns)
 
-    killer = TaskKiller(ns, store, deps.tasks_service, deps.tasks, snapshots)
     network = [pod_network(deps)]
     return Sandboxes(
         ns,
@@ -121,15 +120,24 @@ def _make_sandboxes(deps: CriDeps) -> Sandboxes:
         pause.PauseTasks(ns, deps.tasks_service, deps.tasks, snapshots),
         deps.image_service,
         lambda: network[0],
-        killer,
+        ThroughContainers(lambda: _containers(deps)),
         deps.events,
     )
 
 
-def _containers(deps: CriDeps) -> Any:
-    from supervisor.cri import containers
+_containers_parts: dict[int, tuple[CriDeps, Any]] = {}  # id(deps) -> (deps, the part)
 
-    return containers.build(deps, sandbox_lookup(deps))
+
+def _containers(deps: CriDeps) -> Any:
+    """The containers part, one per daemon: the RuntimeService's and the sandboxes' (which
+    stop and remove a pod's containers through it)."""
+    held = _containers_parts.get(id(deps))
+    if held is None:
+        from supervisor.cri import containers
+
+        held = (deps, containers.build(deps, sandbox_lookup(deps)))
+        _containers_parts[id(deps)] = held
+    return held[1]
 
 
 def _stats(deps: CriDeps) -> Any:

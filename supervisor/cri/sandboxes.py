@@ -35,7 +35,6 @@ socket serves), else NOTREADY; directories without a record are removed; then
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import shutil
@@ -56,7 +55,7 @@ from supervisor.cri.sandboxstore import (
     SandboxMeta,
     SandboxStore,
 )
-from supervisor.errors import CtrdError, InvalidArgument, NotFound
+from supervisor.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from supervisor.events import Exchange
@@ -70,7 +69,7 @@ _PROTOCOLS = {cri.TCP: "tcp", cri.UDP: "udp", cri.SCTP: "sctp"}
 
 
 class PodContainers(Protocol):
-    """The pod's containers, as the containers part stops and removes them."""
+    """The pod's containers, stopped and removed by the containers part (`ThroughContainers`)."""
 
     async def stop_pod(self, sandbox_id: str) -> None: ...
 
@@ -109,11 +108,6 @@ class Sandboxes:
         self._oom_score_adj = oom_score_adj
         self._locks: dict[str, asyncio.Lock] = {}
         self._recovered: asyncio.Future[None] | None = None
-
-    def use_containers(self, containers: PodContainers) -> None:
-        """The containers part's way to stop and remove a pod's containers (its records kept
-        right), instead of the default that kills their tasks (`TaskKiller`)."""
-        self._pod_containers = containers
 
     # -- SandboxLookup ---------------------------------------------------------------------
 
@@ -585,45 +579,23 @@ def _ports(config: Any) -> list[model.PortMapping]:
     ]
 
 
-class TaskKiller:
-    """The pod's containers stopped and removed without the containers part: their tasks
-    killed (timeout 0) and deleted, their records removed. Used until that part hands the
-    sandboxes its own `PodContainers`."""
+class ThroughContainers:
+    """The pod's containers stopped (timeout 0) and removed through the containers part's
+    own calls, so that its records and names follow."""
 
-    def __init__(self, namespace: str, containers: Any, tasks_service: Any, manager: Any,
-                 snapshots: Callable[[], Any]) -> None:  # fmt: skip
-        self._ns = namespace
-        self._containers = containers
-        self._tasks = tasks_service
-        self._manager = manager
-        self._snapshots = snapshots
+    def __init__(self, part: Callable[[], Any]) -> None:
+        self._part = part
 
-    async def _members(self, sandbox_id: str) -> list[Container]:
-        label = json.dumps(model.SANDBOX_ID_LABEL)
-        return list(await self._containers().list([f"labels.{label}=={sandbox_id}"]))
+    async def _ids(self, sandbox_id: str) -> list[str]:
+        wanted = cri.ContainerFilter(pod_sandbox_id=sandbox_id)
+        found = await self._part().ListContainers(cri.ListContainersRequest(filter=wanted), None)
+        return [c.id for c in found.containers if c.pod_sandbox_id == sandbox_id]
 
     async def stop_pod(self, sandbox_id: str) -> None:
-        for container in await self._members(sandbox_id):
-            await self._kill(container.id)
-
-    async def _kill(self, cid: str) -> None:
-        if not self._manager.exists(self._ns, cid):
-            return
-        task = self._manager.get(self._ns, cid)
-        if self._manager.running(self._ns, cid):
-            with contextlib.suppress(CtrdError):
-                await task.call("kill", {"exec_id": "", "signal": 9, "all": True})
-            with contextlib.suppress(CtrdError, TimeoutError):
-                await asyncio.wait_for(task.wait(""), pause.STOP_TIMEOUT)
+        for cid in await self._ids(sandbox_id):
+            request = cri.StopContainerRequest(container_id=cid, timeout=0)
+            await self._part().StopContainer(request, None)
 
     async def remove_pod(self, sandbox_id: str) -> None:
-        for container in await self._members(sandbox_id):
-            await self._kill(container.id)
-            if self._manager.exists(self._ns, container.id):
-                with contextlib.suppress(NotFound):
-                    await self._tasks.delete_task(self._ns, container.id)
-            with contextlib.suppress(NotFound):
-                await self._containers().delete(container.id)
-            if container.snapshot_key:
-                with contextlib.suppress(NotFound):
-                    await self._snapshots().remove(container.snapshot_key)
+        for cid in await self._ids(sandbox_id):
+            await self._part().RemoveContainer(cri.RemoveContainerRequest(container_id=cid), None)
