@@ -12,18 +12,25 @@ import os
 import re
 import signal
 import stat
+import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from supervisor import errors
+from supervisor.api.runtime.v1 import api_pb2 as cri
 from supervisor.events import Exchange
 from supervisor.runtime.manager import TaskManager
 from tests.conftest import Ctrd
+from tests.integration import test_cri_containers
+from tests.integration.test_cri_containers import IMAGE, container_config, create, make_pod, status
 from tests.integration.test_tasks import pull, run, wait_for
 from tests.support.tasks import Api
 
 pytestmark = pytest.mark.integration
+cri_ctrd = test_cri_containers.cri_ctrd  # a test ctrd whose CRI mirrors reach the registry
+cric_image = test_cri_containers.cric_image
 
 RECORD = re.compile(
     rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{0,8}[1-9])?Z) (stdout|stderr) ([PF]) (.*)"
@@ -137,3 +144,39 @@ def test_reopen_follows_a_rename_and_refuses_a_stopped_task_also_after_sigkill(c
              for _, _, c in records(live.parent / name)]  # fmt: skip
     assert sorted(ticks) == list(range(1, max(ticks) + 1))  # nothing lost around a reopen
     ctrd.start()  # the fixture's daemon, to stop as usual
+
+
+def test_crictl_exec_and_logs_and_kubelets_rotation_on_a_cri_container(
+    cri_ctrd, cric_image, short_tmp
+):
+    """End to end with the sandboxes' and containers' parts: crictl exec --sync, crictl logs,
+    and the rotation kubelet does (rename, ReopenContainerLog)."""
+    c = cri_ctrd
+    c.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=IMAGE)), timeout=60)
+    pod = make_pod(c, short_tmp)
+    ticking = "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.02; done"
+    config = container_config("tick", command=["/bin/sh", "-c", ticking])
+    cid = create(c, pod, config)
+    c.runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=30)
+
+    assert c.crictl("exec", "-s", cid, "echo", "-n", "hello").stdout.rstrip("\n") == "hello"
+    failed = c.crictl("exec", "-s", "--timeout", "1", cid, "sleep", "4323", check=False)
+    assert failed.returncode != 0
+    assert "timeout 1s exceeded" in failed.stderr
+
+    log = Path(status(c, cid).log_path)
+    wait_for(lambda: b"tick-3\n" in c.crictl("logs", cid).stdout.encode())
+    rotated = log.with_name("0.log.20261206-000000")
+    os.rename(log, rotated)
+    c.runtime.ReopenContainerLog(cri.ReopenContainerLogRequest(container_id=cid), timeout=10)
+    size = rotated.stat().st_size
+    wait_for(lambda: log.exists() and log.stat().st_size > 0)
+    time.sleep(0.2)
+    assert rotated.stat().st_size == size
+
+    c.runtime.StopContainer(cri.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+    log.unlink()
+    with pytest.raises(grpc.RpcError) as e:
+        c.runtime.ReopenContainerLog(cri.ReopenContainerLogRequest(container_id=cid), timeout=10)
+    assert "container is not running" in (e.value.details() or "")
+    assert not log.exists()
