@@ -12,9 +12,11 @@ import json
 import os
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,12 @@ from supervisor.api.containerd.services.containers.v1 import containers_pb2 as c
 from supervisor.api.containerd.services.containers.v1 import containers_pb2_grpc as cgrpc
 from supervisor.api.runtime.v1 import api_pb2 as cri
 from supervisor.api.runtime.v1 import api_pb2_grpc as cri_grpc
-from supervisor.cri import model
+from supervisor.cri import model, usage
 from supervisor.cri.containers import ContainerRecord
 from tests.conftest import Ctrd, ns_metadata
 from tests.integration.test_cri_images import CRICTL
 from tests.integration.test_tasks import pull, run, wait_for
+from tests.support.cri import BUSYBOX, CriNode
 
 pytestmark = pytest.mark.integration
 
@@ -291,3 +294,130 @@ def test_update_container_resources_reaches_the_cgroup_and_the_spec_and_outlives
             cri.UpdateContainerResourcesRequest(container_id="nope", linux=linux), timeout=20
         )
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- pods, through RunPodSandbox and CreateContainer, on a node with a CNI network -----------
+
+
+@pytest.fixture
+def cgroup_parent() -> Iterator[str]:
+    """A pod cgroup path of the test's own (kubelet's cgroupfs form), removed afterwards."""
+    top = f"ctrd-test-{uuid.uuid4().hex[:12]}"
+    yield f"/{top}/pod1"
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        made = hierarchy / top
+        if made.is_dir():
+            for directory in sorted(made.rglob("*"), key=lambda p: -len(p.parts)):
+                if directory.is_dir():
+                    directory.rmdir()
+            made.rmdir()
+
+
+def net_pin(node: CriNode, pod: str) -> str:
+    return str(node.json("inspectp", pod)["info"]["pinnedNamespaces"]["net"])
+
+
+def eth0(pin: str) -> usage.Interface:
+    done = subprocess.run(
+        ["nsenter", f"--net={pin}", "cat", "/proc/net/dev"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return next(i for i in usage.parse_net_dev(done.stdout) if i.name == "eth0")
+
+
+def test_pod_stats_are_the_pod_cgroup_its_interfaces_and_its_containers(
+    cri_node: CriNode, cgroup_parent: str
+):
+    node = cri_node
+    pod = node.run_pod("web", labels={"app": "web"}, linux={"cgroup_parent": cgroup_parent})
+    busy = node.run_container(pod, "web", "busy", ["sh", "-c", "while :; do :; done"])
+    idle = node.run_container(pod, "web", "idle", ["sleep", "3600"])
+    lone = node.run_pod("lone", labels={"app": "lone"})  # no cgroup parent
+    alone = node.run_container(lone, "lone", "alone", ["sleep", "3600"])
+    pin = net_pin(node, pod)
+    address = node.json("inspectp", pod)["status"]["network"]["ip"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        for _ in range(3):
+            udp.sendto(b"x" * 100, (address, 9))  # into the pod's eth0 (discarded there)
+
+    cpu_file = Path("/sys/fs/cgroup/cpuacct") / cgroup_parent.lstrip("/") / "cpuacct.usage"
+    cpu_before, net_before = read_int(cpu_file), eth0(pin)
+    first = node.runtime.PodSandboxStats(
+        cri.PodSandboxStatsRequest(pod_sandbox_id=pod[:12]), timeout=20
+    ).stats
+    cpu_after, net_after = read_int(cpu_file), eth0(pin)
+    assert first.attributes.id == pod
+    assert first.attributes.metadata.name == "web"
+    assert dict(first.attributes.labels) == {"app": "web"}
+    linux = first.linux
+    assert cpu_before <= linux.cpu.usage_core_nano_seconds.value <= cpu_after
+    assert linux.cpu.usage_nano_cores.value == 0  # the first sample
+    memory = Path("/sys/fs/cgroup/memory") / cgroup_parent.lstrip("/")
+    assert abs(linux.memory.rss_bytes.value - memory_stat(memory)["total_rss"]) <= 256 * 1024
+    assert linux.memory.usage_bytes.value >= linux.memory.working_set_bytes.value > 0
+    assert linux.process.process_count.value == 2
+    assert sorted(s.attributes.id for s in linux.containers) == sorted([busy, idle])
+    default = linux.network.default_interface
+    assert default.name == "eth0"
+    assert net_before.tx_bytes <= default.tx_bytes.value <= net_after.tx_bytes
+    assert net_before.rx_bytes <= default.rx_bytes.value <= net_after.rx_bytes
+    assert default.rx_bytes.value >= 3 * 100  # the three datagrams at least
+    assert [i.name for i in linux.network.interfaces] == ["eth0"]  # lo left out
+
+    time.sleep(0.5)
+    second = node.runtime.PodSandboxStats(
+        cri.PodSandboxStatsRequest(pod_sandbox_id=pod), timeout=20
+    )
+    assert second.stats.linux.cpu.usage_nano_cores.value > 300_000_000
+
+    def listed(**wanted: Any) -> list[str]:
+        request = cri.ListPodSandboxStatsRequest(filter=cri.PodSandboxStatsFilter(**wanted))
+        return sorted(s.attributes.id for s in node.runtime.ListPodSandboxStats(request).stats)
+
+    assert listed() == sorted([pod, lone])
+    assert listed(id=lone[:8]) == [lone]
+    assert listed(label_selector={"app": "web"}) == [pod]
+    lone_stats = node.runtime.PodSandboxStats(
+        cri.PodSandboxStatsRequest(pod_sandbox_id=lone)
+    ).stats.linux
+    # Without a cgroup of its own the pod is the sum of its containers (here: one).
+    (alone_stats,) = lone_stats.containers
+    assert alone_stats.attributes.id == alone
+    assert lone_stats.memory.usage_bytes.value == alone_stats.memory.usage_bytes.value > 0
+    assert lone_stats.process.process_count.value == 1
+
+    request = cri.ListContainerStatsRequest(
+        filter=cri.ContainerStatsFilter(pod_sandbox_id=pod[:10])
+    )
+    found = [s.attributes.id for s in node.runtime.ListContainerStats(request).stats]
+    assert sorted(found) == sorted([busy, idle])
+    shown = node.json("statsp", "--label", "app=web")
+    assert [s["attributes"]["id"] for s in shown["stats"]] == [pod]
+    assert shown["stats"][0]["linux"]["network"]["defaultInterface"]["name"] == "eth0"
+    shown = node.json("stats", "--pod", lone)
+    assert [s["attributes"]["id"] for s in shown["stats"]] == [alone]
+
+    node.crictl("stopp", lone)
+    assert listed() == [pod]  # a NOTREADY pod is skipped
+    with pytest.raises(grpc.RpcError) as e:
+        node.runtime.PodSandboxStats(cri.PodSandboxStatsRequest(pod_sandbox_id=lone), timeout=20)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    node.crictl("rmp", "-f", pod, lone)
+
+
+def test_update_of_a_cri_container_created_then_started_reaches_its_cgroup(cri_node: CriNode):
+    node = cri_node
+    pod = node.run_pod("upd")
+    node.crictl("pull", BUSYBOX, timeout=120)
+    config = node.container_config(
+        "u", ["sleep", "3600"], linux={"resources": {"memory_limit_in_bytes": 128 * MIB}}
+    )
+    cid = node.crictl("create", pod, str(config), str(node.base / "pod-upd.json")).stdout.strip()
+    node.crictl("update", "--memory", str(40 * MIB), "--cpu-share", "256", cid)  # CREATED
+    node.crictl("start", cid)
+    task = int(node.json("inspect", cid)["info"]["pid"])
+    assert read_int(cgroup_dir(task, "memory") / "memory.limit_in_bytes") == 40 * MIB
+    assert read_int(cgroup_dir(task, "cpu") / "cpu.shares") == 256
+    node.crictl("update", "--memory", str(24 * MIB), cid)  # RUNNING
+    assert read_int(cgroup_dir(task, "memory") / "memory.limit_in_bytes") == 24 * MIB
+    node.crictl("rmp", "-f", pod)
