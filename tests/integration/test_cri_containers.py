@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -455,3 +456,47 @@ def test_resources_reach_the_cgroup_and_oom_score_adj_is_clamped(cri_ctrd: Cri, 
         linux=cri.LinuxContainerConfig(resources=resources),
     )  # fmt: skip
     assert run(cri_ctrd, pod, config)[1] == "500\n"
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_restarted_ctrd_keeps_states_and_reports_exits_from_while_it_was_down(
+    cri_ctrd: Cri, pod: Pod, how: signal.Signals
+):
+    sleeper = ["/bin/sh", "-c", "echo up; exec sleep 1000"]
+    running = create(cri_ctrd, pod, container_config("running", command=sleeper))
+    dying = create(cri_ctrd, pod, container_config("dying", command=sleeper))
+    created = create(cri_ctrd, pod, container_config("created", command=sleeper))
+    for cid in (running, dying):
+        cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=30)
+    exited = run(cri_ctrd, pod, container_config("exited", command=["sh", "-c", "exit 3"]))
+    assert exited[0] == 3
+    before = {c: status(cri_ctrd, c) for c in (running, dying, created)}
+    pid = json.loads(
+        cri_ctrd.runtime.ContainerStatus(
+            cri.ContainerStatusRequest(container_id=dying, verbose=True), timeout=10
+        ).info["info"]
+    )["pid"]
+
+    assert cri_ctrd.ctrd.stop(how) in (0, -signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)  # an exit while no daemon runs
+    cri_ctrd.ctrd.start()
+
+    after = {
+        c.id: c for c in cri_ctrd.runtime.ListContainers(cri.ListContainersRequest()).containers
+    }
+    assert len(after) == 4
+    assert after[running].state == cri.CONTAINER_RUNNING
+    assert after[created].state == cri.CONTAINER_CREATED
+    gone = status(cri_ctrd, dying)
+    assert (gone.state, gone.exit_code, gone.reason) == (cri.CONTAINER_EXITED, 137, "Error")
+    assert gone.started_at == before[dying].started_at
+    kept = next(s for s in after.values() if s.metadata.name == "exited")
+    done = status(cri_ctrd, kept.id)
+    assert (done.state, done.exit_code, done.reason) == (cri.CONTAINER_EXITED, 3, "Error")
+    alive = status(cri_ctrd, running)
+    assert alive.started_at == before[running].started_at
+    # The running one is still served: stopped through the restarted daemon, and its exit seen.
+    cri_ctrd.runtime.StopContainer(cri.StopContainerRequest(container_id=running, timeout=0))
+    assert status(cri_ctrd, running).exit_code == 137
+    cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=created), timeout=30)
+    assert status(cri_ctrd, created).state == cri.CONTAINER_RUNNING
