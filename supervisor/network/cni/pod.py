@@ -16,8 +16,9 @@ So whatever point a crash stops at, the record says what to DEL: `teardown` and 
 fails half way is DELed at once (the record stays if that DEL fails too). A DEL runs with
 `CNI_NETNS` set to the given or the recorded namespace while it is still one (a bind mount of
 an nsfs file), else "" (the plugins then release what is outside it: addresses, iptables
-rules); as containerd, a DEL error that says "not found" (or "no such file or directory"
-without a namespace) counts as done.
+rules; what bridge's DEL leaves then, its masquerade rules, is removed after it:
+`supervisor.network.cni.masq`); as containerd, a DEL error that says "not found" (or "no
+such file or directory" without a namespace) counts as done.
 
 One operation per sandbox at a time (a lock per sandbox id, dropped when unused); different
 sandboxes run in parallel.
@@ -39,7 +40,7 @@ import structlog
 from supervisor.cri.model import DnsConfig, NetworkStatus, PodAddress, PodRef, PortMapping
 from supervisor.errors import CtrdError, FailedPrecondition, InvalidArgument
 from supervisor.metadata.db import Database
-from supervisor.network.cni import conf
+from supervisor.network.cni import conf, masq
 from supervisor.network.cni.invoke import Call, Plugins, remove_cache, write_cache
 from supervisor.network.cni.result import Result, from_raw, pod_ips, select
 from supervisor.network.cni.store import Attachment, AttachmentStore
@@ -218,6 +219,10 @@ class CniPodNetwork:
                 log.info("cni_del_nothing_there", id=call.container_id, error=text)
                 return
             raise
+        if not call.netns and masq.masquerades(network):  # what bridge's DEL could not see
+            removed = await masq.sweep(network.name, call.container_id)
+            if removed:
+                log.info("cni_masquerade_removed", id=call.container_id, rules=len(removed))
 
     @asynccontextmanager
     async def _sandbox(self, sandbox_id: str) -> AsyncIterator[None]:
