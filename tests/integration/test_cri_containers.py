@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -500,3 +501,97 @@ def test_a_restarted_ctrd_keeps_states_and_reports_exits_from_while_it_was_down(
     assert status(cri_ctrd, running).exit_code == 137
     cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=created), timeout=30)
     assert status(cri_ctrd, created).state == cri.CONTAINER_RUNNING
+
+
+def _mount_dir(path: Path, propagation: str) -> None:
+    path.mkdir()
+    subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+    subprocess.run(["mount", f"--make-{propagation}", str(path)], check=True)
+
+
+def _mounted(path: Path, table: str) -> bool:
+    return any(line.split()[4] == str(path) for line in table.splitlines() if line.strip())
+
+
+def test_privileged_containers_and_mount_propagation(cri_ctrd: Cri, pod: Pod, short_tmp: Path):
+    sleeper = ["/bin/sh", "-c", "exec sleep 1000"]
+    privileged = cri.LinuxContainerSecurityContext(
+        privileged=True,
+        seccomp=cri.SecurityProfile(profile_type=cri.SecurityProfile.RuntimeDefault),
+    )
+    linux = cri.LinuxContainerConfig(security_context=privileged)
+    with pytest.raises(grpc.RpcError) as failed:  # the pod is not privileged
+        create(cri_ctrd, pod, container_config("p", command=sleeper, linux=linux))
+    assert "no privileged container allowed in sandbox" in (failed.value.details() or "")
+
+    priv_pod = make_pod(cri_ctrd, short_tmp, privileged=True, name="privpod")
+    probe = ["/bin/sh", "-c", "cat /proc/self/status"]
+    out = run(cri_ctrd, priv_pod, container_config("p", command=probe, linux=linux))[1]
+    with open("/proc/self/status") as f:
+        own = _status_field(f.read(), "CapEff")
+    assert _status_field(out, "CapBnd") == own
+    assert _status_field(out, "Seccomp") == "0"  # privileged: no filter, whatever was asked
+
+    private, slave, shared = short_tmp / "private", short_tmp / "slave", short_tmp / "shared"
+    try:
+        _mount_dir(private, "rprivate")
+        _mount_dir(slave, "rshared")
+        _mount_dir(shared, "rshared")
+        for propagation, words in (
+            (cri.PROPAGATION_BIDIRECTIONAL, "is not a shared mount"),
+            (cri.PROPAGATION_HOST_TO_CONTAINER, "is not a shared or slave mount"),
+        ):
+            mount = cri.Mount(
+                container_path="/mnt", host_path=str(private), propagation=propagation
+            )
+            config = container_config("m", command=sleeper, linux=linux, mounts=[mount])
+            with pytest.raises(grpc.RpcError) as failed:
+                create(cri_ctrd, priv_pod, config)
+            assert words in (failed.value.details() or "")
+        mounts = [
+            cri.Mount(container_path="/mnt/private", host_path=str(private)),
+            cri.Mount(
+                container_path="/mnt/slave", host_path=str(slave),
+                propagation=cri.PROPAGATION_HOST_TO_CONTAINER,
+            ),
+            cri.Mount(
+                container_path="/mnt/shared", host_path=str(shared),
+                propagation=cri.PROPAGATION_BIDIRECTIONAL,
+            ),
+            cri.Mount(container_path="/mnt/made/here", host_path=str(short_tmp / "new" / "dir")),
+        ]  # fmt: skip
+        config = container_config("m", command=sleeper, linux=linux, mounts=mounts)
+        cid = create(cri_ctrd, priv_pod, config)
+        cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=30)
+        assert (short_tmp / "new" / "dir").is_dir()  # a missing host path is made
+        (private / "sub").mkdir(exist_ok=True)
+        (slave / "sub").mkdir(exist_ok=True)
+        for where in (private, slave):
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(where / "sub")], check=True)
+
+        def inside(*cmd: str) -> str:
+            reply = cri_ctrd.runtime.ExecSync(
+                cri.ExecSyncRequest(container_id=cid, cmd=list(cmd), timeout=10), timeout=20
+            )
+            return reply.stdout.decode()
+
+        table = inside("cat", "/proc/self/mountinfo")
+        assert _mounted(Path("/mnt/slave/sub"), table)  # host to container
+        assert not _mounted(Path("/mnt/private/sub"), table)
+        inside("mkdir", "-p", "/mnt/shared/back", "/mnt/private/back2")
+        inside("mount", "-t", "tmpfs", "tmpfs", "/mnt/shared/back")
+        inside("mount", "-t", "tmpfs", "tmpfs", "/mnt/private/back2")
+        with open("/proc/self/mountinfo") as f:
+            host = f.read()
+        assert _mounted(shared / "back", host)  # container to host
+        assert not _mounted(private / "back2", host)
+        info = json.loads(
+            cri_ctrd.runtime.ContainerStatus(
+                cri.ContainerStatusRequest(container_id=cid, verbose=True)
+            ).info["info"]
+        )
+        assert info["runtimeSpec"]["linux"]["rootfsPropagation"] == "rshared"
+        cri_ctrd.runtime.RemoveContainer(cri.RemoveContainerRequest(container_id=cid), timeout=30)
+    finally:
+        for path in (shared / "back", slave / "sub", private / "sub", shared, slave, private):
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
