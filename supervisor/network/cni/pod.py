@@ -6,8 +6,8 @@ order kept for crashes (`supervisor.network.cni.store`):
 
 1. the attachments recorded (network, ifname, its list as loaded, the args): before any
    plugin runs;
-2. the ADDs; their results stored once every one succeeded, and libcni's cache files
-   written;
+2. the ADDs; their results stored once every one succeeded and the pod has an address (the
+   first IPv4 of `eth0`: `supervisor.network.cni.result`), libcni's cache files written;
 3. a teardown DELs each recorded attachment with its own recorded list and args (and result
    as prevResult), and deletes its record only once that DEL succeeded.
 
@@ -42,7 +42,7 @@ from supervisor.errors import CtrdError, FailedPrecondition, InvalidArgument
 from supervisor.metadata.db import Database
 from supervisor.network.cni import conf, masq
 from supervisor.network.cni.invoke import Call, Plugins, remove_cache, write_cache
-from supervisor.network.cni.result import Result, from_raw, pod_ips, select
+from supervisor.network.cni.result import Result, cni_result, from_raw, pod_ips, select
 from supervisor.network.cni.store import Attachment, AttachmentStore
 
 log = structlog.get_logger()
@@ -131,6 +131,7 @@ class CniPodNetwork:
             await self._store.record(attachments)
             try:
                 results = await self._add(loaded.networks, attachments)
+                found = address(pod.sandbox_id, results)  # no eth0 address: undone too
             except asyncio.CancelledError:
                 raise  # the record stays: teardown or reconcile DELs it
             except BaseException:
@@ -143,7 +144,7 @@ class CniPodNetwork:
                 pod.sandbox_id,
                 {a.ifname: json.dumps(r.raw) for a, r in zip(attachments, results, strict=True)},
             )
-            return address(pod.sandbox_id, results)
+            return found
 
     async def teardown(self, sandbox_id: str, netns: str) -> None:
         async with self._sandbox(sandbox_id):
@@ -245,8 +246,7 @@ def address(sandbox_id: str, results: list[Result]) -> PodAddress:
         raise FailedPrecondition(
             f'failed to find network info for sandbox "{sandbox_id}"', plain=True
         )
-    raw = results[-1].raw if results else {}
-    return PodAddress(ip, additional, json.dumps(raw))
+    return PodAddress(ip, additional, json.dumps(cni_result(results)))
 
 
 def cni_args(pod: PodRef) -> tuple[tuple[str, str], ...]:

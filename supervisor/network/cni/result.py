@@ -113,3 +113,30 @@ def select(ips: list[str]) -> tuple[str, tuple[str, ...]]:
         return "", ()
     first = next((i for i, ip in enumerate(ips) if ipaddress.ip_address(ip).version == 4), 0)
     return ips[first], tuple(ips[:first] + ips[first + 1 :])
+
+
+def cni_result(results: list[Result]) -> dict[str, Any]:
+    """Every network's result merged as containerd shows it (go-cni's Result, the
+    `cniResult` of PodSandboxStatus' verbose info): interfaces by name with their IPs, each
+    result's DNS, all routes."""
+    interfaces: dict[str, dict[str, Any]] = {DEFAULT_IFNAME: _config("", "")}
+    dns: list[Any] = []
+    routes: list[Any] = []
+    for result in results:
+        for f in result.interfaces:
+            interfaces[f.name] = _config(f.mac, f.sandbox)
+        for ip in result.ips:
+            index = ip.interface
+            name = result.interfaces[index].name if index is not None else DEFAULT_IFNAME
+            entry = interfaces.setdefault(name, _config("", ""))
+            entry["IPConfigs"] = [
+                *(entry["IPConfigs"] or ()),
+                {"IP": str(ip.address.ip), "Gateway": ip.gateway or None},
+            ]
+        dns.append(result.raw.get("dns") or {})
+        routes.extend(result.raw.get("routes") or ())
+    return {"Interfaces": interfaces, "DNS": dns, "Routes": routes or None}
+
+
+def _config(mac: str, sandbox: str) -> dict[str, Any]:
+    return {"IPConfigs": None, "Mac": mac, "Sandbox": sandbox}

@@ -299,3 +299,38 @@ def test_bandwidth_annotations_become_the_bandwidth_capability(lab: Lab):
             "egressRate": 2**30, "egressBurst": 2**32 - 1,
         }
     }  # fmt: skip
+
+
+def test_a_result_without_an_eth0_address_is_undone_in_containerds_words(lab: Lab):
+    lab.write_conf([{"type": "loopback"}])  # answers with lo's address only
+
+    async def body(net: CniPodNetwork, store: AttachmentStore) -> Any:
+        with pytest.raises(FailedPrecondition) as failed:
+            await net.setup(POD, str(lab.netns), [], None, {})
+        return str(failed.value), await store.sandboxes()
+
+    message, left = run(lab, body)
+    assert message == f'failed to find network info for sandbox "{SANDBOX}"'
+    assert left == []
+    assert sorted(c for c in lab.calls() if c.startswith("DEL")) == [
+        "DEL loopback eth0", "DEL loopback lo",
+    ]  # fmt: skip
+
+
+def test_the_address_carries_the_merged_result_as_containerd_shows_it(lab: Lab):
+    lab.write_conf()
+
+    async def body(net: CniPodNetwork, store: AttachmentStore) -> Any:
+        return await net.setup(POD, str(lab.netns), [], None, {})
+
+    shown = json.loads(run(lab, body).result)
+    assert shown["Interfaces"]["eth0"] == {
+        "IPConfigs": [
+            {"IP": "fd00::2", "Gateway": None},
+            {"IP": "10.9.0.2", "Gateway": "10.9.0.1"},
+        ],
+        "Mac": "",
+        "Sandbox": "/netns",
+    }
+    assert shown["Interfaces"]["lo"]["IPConfigs"] == [{"IP": "127.0.0.1", "Gateway": None}]
+    assert len(shown["DNS"]) == 2
