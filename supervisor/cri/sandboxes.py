@@ -371,12 +371,15 @@ class Sandboxes:
     async def _remove(self, sandbox_id: str) -> None:
         await self._stop(sandbox_id)
         await self._pod_containers.remove_pod(sandbox_id)
-        meta = self._store.find(sandbox_id)
-        if meta.record.pause:
-            await self._pauses.remove_snapshot(sandbox_id)
-        await asyncio.to_thread(_remove_dirs, meta)
-        await self._forget(sandbox_id)
+        await self._discard(self._store.find(sandbox_id))
         log.info("cri_sandbox_removed", id=sandbox_id)
+
+    async def _discard(self, meta: SandboxMeta) -> None:
+        """The last of a released pod: its pause snapshot, directories and record."""
+        if meta.record.pause:
+            await self._pauses.remove_snapshot(meta.id)
+        await asyncio.to_thread(_remove_dirs, meta)
+        await self._forget(meta.id)
 
     # -- recovery --------------------------------------------------------------------------
 
@@ -394,8 +397,7 @@ class Sandboxes:
                 if meta.creating:
                     log.info("cri_sandbox_unfinished", id=meta.id)
                     await self._release(meta)
-                    await asyncio.to_thread(_remove_dirs, meta)
-                    await self._forget(meta.id)
+                    await self._discard(meta)
                     continue
                 current = await asyncio.to_thread(self._current, meta)
                 if current != meta:

@@ -329,8 +329,9 @@ def test_a_failed_runp_undoes_every_step(
 def test_sigkill_keeps_pods_and_a_run_cut_short_is_undone_at_restart(pods: Pods):
     plain = pods.runp("plain", sysctls=NAMESPACED)
     shared = pods.runp("shared", namespaces={"pid": 0})
-    cut = pods.runp("cut")
+    cut = pods.runp("cut", namespaces={"pid": 0})  # a pause task started, not yet recorded
     pid = pods.inspect(shared)["info"]["pid"]
+    cut_pid = pods.inspect(cut)["info"]["pid"]
     assert pods.ctrd.stop(signal.SIGKILL) == -signal.SIGKILL
     # As if the daemon had died in the middle of the third RunPodSandbox: its record still
     # says so (the record is written `creating` first and rewritten at the end).
@@ -356,6 +357,9 @@ def test_sigkill_keeps_pods_and_a_run_cut_short_is_undone_at_restart(pods: Pods)
     assert not pods.pin_dir(cut).exists()
     assert not pods.files(cut).exists()
     assert cut not in pods.containers()
+    assert cut not in pods.ctrd.ctr("tasks", "ls", ns="k8s.io").stdout
+    assert cut not in pods.ctrd.ctr("snapshots", "ls", ns="k8s.io").stdout
+    assert not Path(f"/proc/{cut_pid}").exists()
 
     os.kill(pid, signal.SIGKILL)  # the pause process dies: its pod is not ready any more
     for _ in range(50):
