@@ -1,8 +1,9 @@
 """What the CRI's stats are made of: cgroup samples, CPU rates, network counters, writable
 layers. The stats part (`supervisor.cri.stats`) turns them into runtime.v1 messages.
 
-- A cgroup is read by the code that answers Tasks.Metrics (`supervisor.runtime.metrics`:
-  the same files, v1 and v2), and reduced here as containerd's CRI reduces a task's metrics:
+- A cgroup is read with the readers of Tasks.Metrics (`supervisor.runtime.metrics`: the
+  same files and parsing, v1 and v2), only the five files a sample needs (a whole Metrics
+  is ~20 reads, 0.7 ms a container), and reduced as containerd's CRI reduces a task's metrics:
   CPU = cpuacct.usage (v1) or cpu.stat usage_usec x 1000 (v2); working set = usage less
   inactive file (v1 `total_inactive_file`, v2 `inactive_file`), floor 0; available = limit
   less working set, 0 when the limit is above 2^62 (unlimited); rss = v1 `total_rss`, v2
@@ -28,13 +29,11 @@ import ctypes
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
-from supervisor.api.io.containerd.cgroups.v1 import metrics_pb2 as v1
-from supervisor.api.io.containerd.cgroups.v2 import metrics_pb2 as v2
 from supervisor.runtime import metrics
 from supervisor.runtime.metrics import CgroupV1, CgroupV2
 
@@ -42,8 +41,7 @@ Cgroup = CgroupV1 | CgroupV2
 
 # Above this a memory limit means "none" (the kernel rounds 2^63-1 down to a page multiple).
 UNLIMITED = 1 << 62
-# The v1 controllers a sample needs (the others are not read).
-_V1_WANTED = ("cpuacct", "memory", "pids")
+_UINT64_MAX = 2**64 - 1
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -69,46 +67,58 @@ class Sample:
 
 
 def sample(where: Cgroup) -> Sample:
-    """Read a cgroup (blocking). Missing files read as zeros, as Tasks.Metrics reads them."""
+    """Read a cgroup (blocking): five files, parsed as Tasks.Metrics parses them; a missing
+    file reads as zeros (a missing v1 memory.stat: no memory figures)."""
     at = time.time_ns()
     match where:
         case CgroupV1(directories):
-            wanted = {k: d for k, d in directories.items() if k in _V1_WANTED}
-            return from_v1(metrics.v1_metrics(wanted), at, "cpuacct" in wanted)
+            return _v1(directories, at)
         case CgroupV2(directory):
-            return from_v2(metrics.v2_metrics(directory), at)
+            return _v2(directory, at)
     raise AssertionError(where)
 
 
-def from_v1(m: v1.Metrics, at: int, has_cpu: bool = True) -> Sample:
+def _v1(directories: Mapping[str, Path], at: int) -> Sample:
+    cpu = None
+    if (cpuacct := directories.get("cpuacct")) is not None:
+        cpu = metrics.read_uint(cpuacct / "cpuacct.usage") or 0
     memory = None
-    if m.HasField("memory") and m.memory.HasField("usage"):
-        stat = m.memory
-        working_set = max(stat.usage.usage - stat.total_inactive_file, 0)
+    directory = directories.get("memory")
+    stat = None if directory is None else metrics.read_kv(directory / "memory.stat")
+    if directory is not None and stat is not None:
+        used = metrics.read_uint(directory / "memory.usage_in_bytes") or 0
+        limit = metrics.read_uint(directory / "memory.limit_in_bytes") or 0
+        working_set = max(used - stat.get("total_inactive_file", 0), 0)
         memory = Memory(
-            usage=stat.usage.usage,
+            usage=used,
             working_set=working_set,
-            available=_available(stat.usage.limit, working_set),
-            rss=stat.total_rss,
-            page_faults=stat.total_pg_fault,
-            major_page_faults=stat.total_pg_maj_fault,
+            available=_available(limit, working_set),
+            rss=stat.get("total_rss", 0),
+            page_faults=stat.get("total_pgfault", 0),
+            major_page_faults=stat.get("total_pgmajfault", 0),
         )
-    cpu = m.cpu.usage.total if has_cpu else None
-    return Sample(at, cpu, memory, m.pids.current)
+    pids = directories.get("pids")
+    processes = 0 if pids is None else metrics.read_uint(pids / "pids.current") or 0
+    return Sample(at, cpu, memory, processes)
 
 
-def from_v2(m: v2.Metrics, at: int) -> Sample:
-    stat = m.memory
-    working_set = max(stat.usage - stat.inactive_file, 0)
+def _v2(directory: Path, at: int) -> Sample:
+    # cpu.stat has usage_usec whether or not the cpu controller is enabled
+    cpu = (metrics.read_kv(directory / "cpu.stat") or {}).get("usage_usec", 0) * 1000
+    stat = metrics.read_kv(directory / "memory.stat") or {}
+    used = metrics.read_uint(directory / "memory.current") or 0
+    limit = metrics.read_limit(directory / "memory.max", unlimited=_UINT64_MAX) or 0
+    working_set = max(used - stat.get("inactive_file", 0), 0)
     memory = Memory(
-        usage=stat.usage,
+        usage=used,
         working_set=working_set,
-        available=_available(stat.usage_limit, working_set),
-        rss=stat.anon,
-        page_faults=stat.pgfault,
-        major_page_faults=stat.pgmajfault,
+        available=_available(limit, working_set),
+        rss=stat.get("anon", 0),
+        page_faults=stat.get("pgfault", 0),
+        major_page_faults=stat.get("pgmajfault", 0),
     )
-    return Sample(at, m.cpu.usage_usec * 1000, memory, m.pids.current)
+    processes = metrics.read_uint(directory / "pids.current") or 0
+    return Sample(at, cpu, memory, processes)
 
 
 def _available(limit: int, working_set: int) -> int:

@@ -279,6 +279,13 @@ def _read_kv(path: Path) -> dict[str, int] | None:
     return None if text is None else _parse_kv(text)
 
 
+# The same readers for the CRI's stats (`supervisor.cri.usage`), which read a handful of these
+# files per container rather than a whole Metrics.
+read_uint = _read_uint
+read_limit = _read_limit
+read_kv = _read_kv
+
+
 # --- cgroup v1 -------------------------------------------------------------------------------
 
 

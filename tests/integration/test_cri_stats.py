@@ -301,7 +301,9 @@ def test_update_container_resources_reaches_the_cgroup_and_the_spec_and_outlives
 
 @pytest.fixture
 def cgroup_parent() -> Iterator[str]:
-    """A pod cgroup path of the test's own (kubelet's cgroupfs form), removed afterwards."""
+    """A pod cgroup path of the test's own (kubelet's cgroupfs form), removed afterwards: a
+    test names it before `cri_node`, so that the node's end (removing the pods and their
+    containers' cgroups) comes first."""
     top = f"ctrd-test-{uuid.uuid4().hex[:12]}"
     yield f"/{top}/pod1"
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
@@ -326,7 +328,7 @@ def eth0(pin: str) -> usage.Interface:
 
 
 def test_pod_stats_are_the_pod_cgroup_its_interfaces_and_its_containers(
-    cri_node: CriNode, cgroup_parent: str
+    cgroup_parent: str, cri_node: CriNode
 ):
     node = cri_node
     pod = node.run_pod("web", labels={"app": "web"}, linux={"cgroup_parent": cgroup_parent})
