@@ -595,3 +595,44 @@ def test_privileged_containers_and_mount_propagation(cri_ctrd: Cri, pod: Pod, sh
     finally:
         for path in (shared / "back", slave / "sub", private / "sub", shared, slave, private):
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_an_oom_kill_is_reported_as_oomkilled(cri_ctrd: Cri, pod: Pod):
+    resources = cri.LinuxContainerResources(memory_limit_in_bytes=16 << 20)
+    hog = ["/bin/sh", "-c", "a=$(head -c 100000000 /dev/urandom); echo survived"]
+    config = container_config(
+        "hog", command=hog, linux=cri.LinuxContainerConfig(resources=resources)
+    )
+    cid = create(cri_ctrd, pod, config)
+    cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=30)
+    done = wait_exit(cri_ctrd, cid, timeout=30)
+    assert (done.exit_code, done.reason) == (137, "OOMKilled")
+
+
+def test_reopen_container_log_writes_to_a_new_file_at_the_path(cri_ctrd: Cri, pod: Pod):
+    ticker = ["/bin/sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done"]
+    cid = create(cri_ctrd, pod, container_config("ticker", command=ticker))
+    log_path = Path(status(cri_ctrd, cid).log_path)
+    with pytest.raises(grpc.RpcError) as failed:  # not running yet: refused, no file made
+        cri_ctrd.runtime.ReopenContainerLog(cri.ReopenContainerLogRequest(container_id=cid))
+    assert "container is not running" in (failed.value.details() or "")
+    assert not log_path.exists()
+    cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=30)
+    deadline = time.monotonic() + 5
+    while "tick 2" not in (output(str(log_path)) if log_path.exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rotated = log_path.with_name("0.log.1")
+    log_path.rename(rotated)
+    cri_ctrd.runtime.ReopenContainerLog(cri.ReopenContainerLogRequest(container_id=cid))
+    size = rotated.stat().st_size
+    deadline = time.monotonic() + 5
+    while not (log_path.exists() and "tick" in output(str(log_path))):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert rotated.stat().st_size == size  # the old file no longer grows
+    cri_ctrd.runtime.StopContainer(cri.StopContainerRequest(container_id=cid, timeout=0))
+    with pytest.raises(grpc.RpcError) as failed:
+        cri_ctrd.runtime.ReopenContainerLog(cri.ReopenContainerLogRequest(container_id=cid))
+    assert "container is not running" in (failed.value.details() or "")
