@@ -359,6 +359,9 @@ def test_pod_stats_are_the_pod_cgroup_its_interfaces_and_its_containers(
     assert linux.memory.usage_bytes.value >= linux.memory.working_set_bytes.value > 0
     assert linux.process.process_count.value == 2
     assert sorted(s.attributes.id for s in linux.containers) == sorted([busy, idle])
+    layer = next(s for s in linux.containers if s.attributes.id == busy).writable_layer
+    assert layer.used_bytes.value >= 4096  # the container's upper dir (its snapshot's)
+    assert layer.inodes_used.value >= 1
     default = linux.network.default_interface
     assert default.name == "eth0"
     assert net_before.tx_bytes <= default.tx_bytes.value <= net_after.tx_bytes
