@@ -8,8 +8,9 @@ order kept for crashes (`supervisor.network.cni.store`):
    plugin runs;
 2. the ADDs; their results stored once every one succeeded and the pod has an address (the
    first IPv4 of `eth0`: `supervisor.network.cni.result`), libcni's cache files written;
-3. a teardown DELs each recorded attachment with its own recorded list and args (and result
-   as prevResult), and deletes its record only once that DEL succeeded.
+3. a teardown DELs each recorded attachment (the networks side by side) with its own
+   recorded list and args (and result as prevResult), and deletes the records of those whose
+   DEL succeeded, after them.
 
 So whatever point a crash stops at, the record says what to DEL: `teardown` and `reconcile`
 (at the daemon's start, for every recorded sandbox that is not live) finish it. An ADD that
@@ -190,25 +191,27 @@ class CniPodNetwork:
         return result
 
     async def _delete(self, sandbox_id: str, netns: str, attachments: list[Attachment]) -> None:
-        """DEL of every attachment, the last added first; each record goes after its DEL.
-        Every one is tried; the first error is raised after."""
-        first: CtrdError | None = None
-        for a in sorted(attachments, key=lambda a: a.position, reverse=True):
-            path = live_netns(netns, a.netns)
-            call = Call(a.sandbox, path, a.ifname, a.cni_args, a.capability_args)
-            try:
-                network = conf.parse_list(a.config, a.ifname)
-                await self._delete_one(network, call, a.result)
-            except conf.ConfError as e:
-                first = first or InvalidArgument(f"recorded network {a.network}: {e}")
-                continue
-            except CtrdError as e:
-                first = first or e
-                continue
-            remove_cache(self._cache, a.network, call)
-            await self._store.remove(sandbox_id, a.ifname)
-        if first is not None:
-            raise first
+        """DEL of every attachment (side by side: the networks are independent), then the
+        records of those whose DEL succeeded, in one write; the first error after that."""
+        outcomes = await asyncio.gather(
+            *(self._delete_attachment(netns, a) for a in attachments), return_exceptions=True
+        )
+        done = [a.ifname for a, o in zip(attachments, outcomes, strict=True) if o is None]
+        if done:
+            await self._store.remove(sandbox_id, done)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _delete_attachment(self, netns: str, a: Attachment) -> None:
+        path = live_netns(netns, a.netns)
+        call = Call(a.sandbox, path, a.ifname, a.cni_args, a.capability_args)
+        try:
+            network = conf.parse_list(a.config, a.ifname)
+        except conf.ConfError as e:
+            raise InvalidArgument(f"recorded network {a.network}: {e}") from None
+        await self._delete_one(network, call, a.result)
+        await asyncio.to_thread(remove_cache, self._cache, a.network, call)
 
     async def _delete_one(self, network: conf.NetworkList, call: Call, stored: str) -> None:
         try:

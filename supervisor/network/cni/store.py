@@ -67,10 +67,12 @@ class AttachmentStore:
 
         await self._db.write(write)
 
-    async def remove(self, sandbox: str, ifname: str) -> None:
+    async def remove(self, sandbox: str, ifnames: Sequence[str]) -> None:
+        """Forget the sandbox's attachments on `ifnames` (their DELs succeeded)."""
         await self._db.write(
-            lambda conn: conn.execute(
-                "DELETE FROM cni_attachments WHERE sandbox = ? AND ifname = ?", (sandbox, ifname)
+            lambda conn: conn.executemany(
+                "DELETE FROM cni_attachments WHERE sandbox = ? AND ifname = ?",
+                [(sandbox, ifname) for ifname in ifnames],
             )
         )
 
