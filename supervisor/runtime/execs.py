@@ -13,6 +13,10 @@ keeping the first `limit` bytes and discarding the rest, so a process that write
 neither blocks nor fills memory. The daemon also holds a write end of each FIFO, so that its
 reader sees no end of file before the shim has opened it.
 
+Unlike Tasks.Exec and Start, `run` does not wait for the exec's events to be published before
+it goes on (nobody here watches them; they are published all the same, in order, and the exit
+that `run` waits for comes after them).
+
 A process still running `time_limit` seconds after its start is killed (SIGKILL) and waited for
 (a bounded time), and `run` raises `TimedOut`. Whatever happens (an error, a timeout, the
 caller cancelled), the process is gone, deleted from the shim (which first lets its output
@@ -132,7 +136,7 @@ async def run(
         raise
     added = False
     try:
-        await task.call_seen(
+        await task.call(
             "exec",
             {
                 "exec_id": exec_id, "spec": process, "stdin": "",
@@ -141,7 +145,7 @@ async def run(
         )  # fmt: skip
         added = True
         try:
-            await task.call_seen("start", {"exec_id": exec_id})
+            await task.call("start", {"exec_id": exec_id})
         except errors.CtrdError:
             task.start_failed(exec_id)
             raise
