@@ -196,3 +196,19 @@ def test_a_slow_measure_answers_the_last_value_and_is_taken_when_done():
         assert (got.used_bytes, got.inodes_used) == (100, 2)
 
     asyncio.run(run())
+
+
+def test_a_failed_measure_is_not_kept_and_is_tried_again():
+    attempts: list[int] = []
+
+    async def failing() -> tuple[int, int]:
+        attempts.append(1)
+        raise FileNotFoundError("the snapshot went")
+
+    async def run() -> None:
+        layers = usage.LayerUsage(ttl=60, wait=0.01)
+        assert await layers.get("c", failing) == usage.LayerSize(0, 0, 0)
+        assert await layers.get("c", failing) == usage.LayerSize(0, 0, 0)
+
+    asyncio.run(run())
+    assert len(attempts) == 2
