@@ -278,6 +278,10 @@ def test_update_container_resources_reaches_the_cgroup_and_the_spec_and_outlives
     crictl(ctrd, "update", "--memory", str(96 * MIB), "u1")  # the task is taken back
     assert read_int(memory / "memory.limit_in_bytes") == 96 * MIB
     assert stored()["cpu"]["shares"] == 512  # what the update did not name is kept
+    after = runtime.ContainerStats(cri.ContainerStatsRequest(container_id="u1"), timeout=20)
+    assert after.stats.memory.available_bytes.value == (
+        96 * MIB - after.stats.memory.working_set_bytes.value
+    )  # listed again after the restart, with the new limit
 
     ctrd.ctr("containers", "create", ref, "u2", "sleep", "3600", ns=NS)
     make_cri_container(ctrd, "u2", {}, started=False)
