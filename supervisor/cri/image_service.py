@@ -138,6 +138,20 @@ class ImageService(cri_grpc.ImageServiceServicer):
         )
         return cri.ImageFsInfoResponse(image_filesystems=[usage])
 
+    async def pin(self, text: str) -> None:
+        """Label every record of the image `text` names `io.cri-containerd.pinned=pinned`
+        (the sandbox image, as containerd's CRI marks it: ImageStatus then says pinned)."""
+        image = catalogue.lookup(await self._catalogue(), text)
+        store = self._images(self._ns)
+        path = f"labels.{catalogue.PINNED_LABEL}"
+        for name in image.names:
+            with contextlib.suppress(NotFound):  # removed meanwhile
+                record = await store.get(name)
+                labels = {catalogue.PINNED_LABEL: catalogue.PINNED}
+                updated = await store.update(Image(name, record.target, labels), [path])
+                event = events_pb2.ImageUpdate(name=name, labels=dict(updated.labels))
+                await self._events.publish(self._ns, "/images/update", event)
+
     # -- pulls -----------------------------------------------------------------------------
 
     def _pull_done(self, key: PullKey, task: asyncio.Task[str]) -> None:

@@ -30,6 +30,8 @@ from supervisor.metadata.images import Image
 
 MANAGED_LABEL = "io.cri-containerd.image"  # containerd's mark on the records its CRI made
 MANAGED = "managed"
+PINNED_LABEL = "io.cri-containerd.pinned"  # the sandbox image: kubelet's image GC keeps it
+PINNED = "pinned"
 _HEX = re.compile(r"[0-9a-f]{1,64}")
 
 ReadBlob = Callable[[str], Awaitable[bytes]]
@@ -145,6 +147,7 @@ def group(records: Iterable[tuple[Image, Content]]) -> list[CriImage]:
                 repo_digests=tuple(sorted(repo_digests)),
                 content=members[0][1],
                 labels=labels,
+                pinned=labels.get(PINNED_LABEL) == PINNED,
             )
         )
     return out

@@ -56,7 +56,8 @@ class PauseImage:
 
 
 async def ensure_image(image_service: Any, ref: str) -> PauseImage:
-    """The sandbox image, pulled through the CRI's ImageService when it is not there."""
+    """The sandbox image, pulled through the CRI's ImageService when it is not there, and
+    pinned (kubelet's image garbage collection leaves it)."""
     from supervisor.api.runtime.v1 import api_pb2 as cri
 
     spec = cri.ImageSpec(image=ref)
@@ -68,6 +69,8 @@ async def ensure_image(image_service: Any, ref: str) -> PauseImage:
         )
         if not status.HasField("image"):
             raise NotFound(f'sandbox image "{ref}" is not there after its pull')
+    if not status.image.pinned:
+        await image_service.pin(ref)
     info = json.loads(status.info.get("info", "{}"))
     config = (info.get("imageSpec") or {}).get("config") or {}
     args = tuple(config.get("Entrypoint") or ()) + tuple(config.get("Cmd") or ())

@@ -183,7 +183,8 @@ def test_runp_pins_namespaces_with_sysctls_and_files_and_rmp_leaves_nothing(pods
     ip = status["status"]["network"]["ip"]
     assert ipaddress.ip_address(ip) in ipaddress.ip_network(pods.net.subnet)
     assert f"inet {ip}/" in nsenter(pins / "net", "net", "ip", "-o", "addr", "show", "eth0")
-    assert status["info"]["cniResult"]["ips"][0]["address"].startswith(ip + "/")
+    eth0 = status["info"]["cniResult"]["Interfaces"]["eth0"]
+    assert [c["IP"] for c in eth0["IPConfigs"]] == [ip]
     assert os.stat(pins / "net").st_ino != os.stat("/proc/self/ns/net").st_ino
 
     files = pods.files(pod)
@@ -297,6 +298,8 @@ def test_a_shared_pid_namespace_gets_a_pause_task_in_the_pinned_namespaces(pods:
     assert Path(f"/proc/{pid}/cmdline").read_bytes() == b"/bin/sleep\x002147483647\x00"
     assert int(Path(f"/proc/{pid}/oom_score_adj").read_text()) >= -998
     assert pods.ctrd.ctr("snapshots", "ls", ns="k8s.io").stdout.count(pod) == 1
+    image = pods.json("inspecti", status["info"]["image"])["status"]
+    assert image["pinned"] is True  # kubelet's image GC leaves the sandbox image
 
     pods.crictl("stopp", pod)
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()

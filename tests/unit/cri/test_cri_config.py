@@ -16,6 +16,7 @@ def test_the_cri_is_on_in_k8s_io_by_default():
     assert cri.cni_conf_dir == "/etc/cni/net.d"
     assert cri.cni_plugin_dirs() == ["/opt/cni/bin", "/usr/lib/cni"]  # containerd's, Debian's
     assert cri.cni_cache_dir == "/var/lib/cni"
+    assert cri.sandbox_image == "registry.k8s.io/pause:3.6"  # containerd 1.6's
 
 
 def test_the_single_cni_bin_dir_of_before_is_searched_first(tmp_path: Path):
@@ -40,7 +41,7 @@ def test_the_section_is_read_with_its_mirrors(tmp_path: Path):
     [
         '[cri.mirrors]\n"gcr.io" = "http://127.0.0.1:5000"\n',
         '[cri]\nnamespace = "no spaces"\n',
-        '[cri]\nsandbox_image = "registry.k8s.io/pause:3.6"\n',
+        '[cri]\nno_such_key = "registry.k8s.io/pause:3.6"\n',
     ],
 )
 def test_a_wrong_section_is_refused(tmp_path: Path, text: str):
