@@ -34,6 +34,9 @@ Layout (every key optional; these are the defaults):
                                       # dir, then Debian's containernetworking-plugins)
     cni_bin_dir = ""                  # containerd's single `bin_dir`; when set, searched first
     cni_cache_dir = "/var/lib/cni"    # libcni's cache: results/<net>-<sandbox>-<ifname>
+    max_container_log_line_size = 16384  # longer lines are split into P records (<= 0: never)
+    restrict_oom_score_adj = true     # a container's oom_score_adj below the daemon's own is
+                                      # raised to it (containerd's key; its default is false)
     [cri.mirrors]                     # host -> mirrors for PullImage, tried before [registry]'s
     # "registry.k8s.io" = ["http://127.0.0.1:5000"]    (an example)
 
@@ -110,6 +113,8 @@ class CriConfig:
     cni_bin_dirs: list[str] = field(default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
     cni_bin_dir: str = ""  # the single key of before (containerd's `bin_dir`): searched first
     cni_cache_dir: str = "/var/lib/cni"
+    max_container_log_line_size: int = 16384  # containerd's; the CRI log's line limit
+    restrict_oom_score_adj: bool = True  # this machine's root cannot lower its oom_score_adj
 
     def cni_plugin_dirs(self) -> list[str]:
         """Where CNI plugins are looked for, in order (each directory once)."""

@@ -466,9 +466,7 @@ class ContainersPart:
                     context.run_as_username,
                 )
                 if self._host is None:
-                    self._host = specs.read_host(
-                        getattr(self._deps.config.cri, "restrict_oom_score_adj", True)
-                    )
+                    self._host = specs.read_host(self._deps.config.cri.restrict_oom_score_adj)
                 image_name = image.repo_tags[0] if image.repo_tags else config.image.image
                 inputs = specs.Inputs(
                     id=cid, namespace=self._ns, config=config, sandbox_config=sandbox_config,
@@ -564,7 +562,8 @@ class ContainersPart:
         uri = ""
         if record.log_path:
             os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
-            uri = f"ctrd-log://{record.log_path}?format=cri"
+            max_line = self._deps.config.cri.max_container_log_line_size
+            uri = f"ctrd-log://{record.log_path}?format=cri&max-line={max(max_line, 0)}"
         stdio = {"stdin": "", "stdout": uri, "stderr": uri, "terminal": config.tty}
         task = await self._deps.tasks_service.create_task(self._ns, container, mounts, stdio)
         await task.call_seen("start", {"exec_id": ""})
