@@ -13,7 +13,8 @@ order kept for crashes (`supervisor.network.cni.store`):
    DEL succeeded, after them.
 
 So whatever point a crash stops at, the record says what to DEL: `teardown` and `reconcile`
-(at the daemon's start, for every recorded sandbox that is not live) finish it. An ADD that
+(at the daemon's start, for every recorded sandbox that is not live; never one this daemon
+life set up, should a RunPodSandbox race the sandboxes' recovery) finish it. An ADD that
 fails half way is DELed at once (the record stays if that DEL fails too). A DEL runs with
 `CNI_NETNS` set to the given or the recorded namespace while it is still one (a bind mount of
 an nsfs file), else "" (the plugins then release what is outside it: addresses, iptables
@@ -72,6 +73,7 @@ class CniPodNetwork:
         self._store = AttachmentStore(db)
         self._cache = cache_dir
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._mine: set[str] = set()  # set up by this daemon life: never reconcile's to undo
 
     # status
 
@@ -129,6 +131,7 @@ class CniPodNetwork:
                 Attachment(pod.sandbox_id, n.ifname, i, n.name, netns, n.source, args, caps)
                 for i, n in enumerate(loaded.networks)
             ]
+            self._mine.add(pod.sandbox_id)
             await self._store.record(attachments)
             try:
                 results = await self._add(loaded.networks, attachments)
@@ -152,9 +155,11 @@ class CniPodNetwork:
             attachments = await self._store.of(sandbox_id)
             if attachments:
                 await self._delete(sandbox_id, netns, attachments)
+            self._mine.discard(sandbox_id)
 
     async def reconcile(self, live: set[str]) -> None:
-        gone = [s for s in await self._store.sandboxes() if s not in live]
+        recorded = await self._store.sandboxes()
+        gone = [s for s in recorded if s not in live and s not in self._mine]
         limit = asyncio.Semaphore(RECONCILE_PARALLEL)
 
         async def one(sandbox_id: str) -> None:

@@ -332,3 +332,23 @@ def test_the_address_carries_the_merged_result_as_containerd_shows_it(lab: Lab):
     }
     assert shown["Interfaces"]["lo"]["IPConfigs"] == [{"IP": "127.0.0.1", "Gateway": None}]
     assert len(shown["DNS"]) == 2
+
+
+def test_reconcile_dels_recorded_pods_not_live_but_never_one_set_up_since_start(lab: Lab):
+    lab.write_conf([lab.plugins[0]])
+    earlier = PodRef("c" * 64, "old", "default", "uid-3")
+
+    async def before_restart(net: CniPodNetwork, store: AttachmentStore) -> Any:
+        await net.setup(earlier, str(lab.netns), [], None, {})
+
+    async def after_restart(net: CniPodNetwork, store: AttachmentStore) -> Any:
+        await net.setup(POD, str(lab.netns), [], None, {})  # a RunPodSandbox racing recovery
+        await net.reconcile(set())
+        return await store.sandboxes()
+
+    run(lab, before_restart)
+    assert run(lab, after_restart) == [SANDBOX]
+    assert sorted(c for c in lab.calls() if c.startswith("DEL")) == [
+        "DEL fakeip eth0", "DEL loopback lo",
+    ]  # fmt: skip
+    assert lab.env("DEL fakeip eth0")["CNI_CONTAINERID"] == "c" * 64
