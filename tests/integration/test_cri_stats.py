@@ -271,6 +271,21 @@ def test_update_container_resources_reaches_the_cgroup_and_the_spec_and_outlives
     assert stored()["memory"]["limit"] == 64 * MIB
     assert stored()["cpu"]["quota"] == 50000
 
+    def oom(adj: int) -> tuple[int, int]:
+        runtime.UpdateContainerResources(
+            cri.UpdateContainerResourcesRequest(
+                container_id="u1", linux=cri.LinuxContainerResources(oom_score_adj=adj)
+            ),
+            timeout=20,
+        )
+        info = json.loads(ctrd.ctr("containers", "info", "u1", ns=NS).stdout)
+        return read_int(Path(f"/proc/{pid}/oom_score_adj")), info["Spec"]["process"]["oomScoreAdj"]
+
+    assert oom(500) == (500, 500)
+    own = read_int(Path(f"/proc/{ctrd.proc.pid}/oom_score_adj"))
+    assert oom(own - 300) == (own, own)  # never below the daemon's own ([cri] restrict...)
+    assert stored()["memory"]["limit"] == 64 * MIB  # an update naming only the score
+
     ctrd.stop(signal.SIGKILL)
     ctrd.start()
     assert read_int(memory / "memory.limit_in_bytes") == 64 * MIB
