@@ -146,11 +146,12 @@ def test_reopen_follows_a_rename_and_refuses_a_stopped_task_also_after_sigkill(c
     ctrd.start()  # the fixture's daemon, to stop as usual
 
 
-def test_crictl_exec_and_logs_and_kubelets_rotation_on_a_cri_container(
+def test_crictl_exec_logs_and_kubelets_rotation_also_after_a_sigkill(
     cri_ctrd, cric_image, short_tmp
 ):
     """End to end with the sandboxes' and containers' parts: crictl exec --sync, crictl logs,
-    and the rotation kubelet does (rename, ReopenContainerLog)."""
+    and the rotation kubelet does (rename, ReopenContainerLog), before and after ctrd is
+    SIGKILLed and started again."""
     c = cri_ctrd
     c.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=IMAGE)), timeout=60)
     pod = make_pod(c, short_tmp)
@@ -173,6 +174,16 @@ def test_crictl_exec_and_logs_and_kubelets_rotation_on_a_cri_container(
     wait_for(lambda: log.exists() and log.stat().st_size > 0)
     time.sleep(0.2)
     assert rotated.stat().st_size == size
+
+    c.ctrd.stop(signal.SIGKILL)  # and again once ctrd is back: its shim kept the log going
+    c.ctrd.start()
+    again = log.with_name("0.log.20261206-000001")
+    os.rename(log, again)
+    c.runtime.ReopenContainerLog(cri.ReopenContainerLogRequest(container_id=cid), timeout=10)
+    size = again.stat().st_size
+    wait_for(lambda: log.exists() and log.stat().st_size > 0)
+    time.sleep(0.2)
+    assert again.stat().st_size == size
 
     c.runtime.StopContainer(cri.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
     log.unlink()
