@@ -116,6 +116,23 @@ class CniPodNetwork:
         dns: DnsConfig | None,
         annotations: Mapping[str, str],
     ) -> PodAddress:
+        """The pod attached to every loaded network; an error says so as containerd's
+        (`failed to setup network for sandbox "ID": ` and the cause)."""
+        try:
+            return await self._setup(pod, netns, ports, dns, annotations)
+        except CtrdError as e:
+            e.detail = f'failed to setup network for sandbox "{pod.sandbox_id}": {e.detail}'
+            e.args = (e.detail,)
+            raise
+
+    async def _setup(
+        self,
+        pod: PodRef,
+        netns: str,
+        ports: Sequence[PortMapping],
+        dns: DnsConfig | None,
+        annotations: Mapping[str, str],
+    ) -> PodAddress:
         caps = capability_args(ports, dns, annotations)
         args = cni_args(pod)
         async with self._sandbox(pod.sandbox_id):

@@ -196,7 +196,10 @@ def test_a_failed_add_is_deleted_at_once_and_says_which_plugin_and_why(lab: Lab)
         return failed.value, await store.sandboxes()
 
     error, left = run(lab, body)
-    assert str(error) == 'plugin type="fail" name="fakenet" failed (add): boom; bad subnet'
+    assert str(error) == (
+        f'failed to setup network for sandbox "{SANDBOX}": '
+        'plugin type="fail" name="fakenet" failed (add): boom; bad subnet'
+    )
     assert error.code == 7
     assert left == []
     assert [c for c in lab.calls() if c.endswith("eth0") and c.startswith("DEL")] == [
@@ -261,7 +264,9 @@ def test_not_ready_refuses_setup_in_containerds_words(lab: Lab):
         return str(failed.value), await store.sandboxes()
 
     message, left = run(lab, body)
-    assert message.startswith("cni plugin not initialized")
+    assert message.startswith(
+        f'failed to setup network for sandbox "{SANDBOX}": cni plugin not initialized'
+    )
     assert left == []
     assert lab.calls() == []
 
@@ -275,6 +280,7 @@ def test_a_missing_plugin_is_named_with_the_dirs_searched(lab: Lab):
         return str(failed.value)
 
     assert run(lab, body) == (
+        f'failed to setup network for sandbox "{SANDBOX}": '
         f'plugin type="nosuch" name="fakenet" failed (add): '
         f'failed to find plugin "nosuch" in path [{lab.bin}]'
     )
@@ -308,7 +314,7 @@ def test_a_result_without_an_eth0_address_is_undone_in_containerds_words(lab: La
         return str(failed.value), await store.sandboxes()
 
     message, left = run(lab, body)
-    assert message == f'failed to find network info for sandbox "{SANDBOX}"'
+    assert message.endswith(f'failed to find network info for sandbox "{SANDBOX}"')
     assert left == []
     assert sorted(c for c in lab.calls() if c.startswith("DEL")) == [
         "DEL loopback eth0", "DEL loopback lo",
