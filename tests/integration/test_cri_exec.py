@@ -109,6 +109,10 @@ def test_exec_sync_answers_output_and_exit_codes_and_caps_output(ctrd, busybox_i
     print(f"ExecSync true: median {statistics.median(timings) * 1000:.1f} ms")
 
     assert code_of(lambda: exec_sync(runtime, "nope", "true")) == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as e:  # nothing to run: the runtime's words
+        exec_sync(runtime, "e1", "/no/such/binary")
+    assert e.value.code() == grpc.StatusCode.UNKNOWN
+    assert "no such file or directory" in (e.value.details() or "")
     tasks = ctrd.ctr("tasks", "ps", "e1", ns=NS).stdout
     assert EXEC_PREFIX not in tasks  # every exec deleted
     assert not list((ctrd.state / "cri" / "exec").iterdir())  # every FIFO removed
