@@ -108,6 +108,7 @@ class Sandboxes:
         self._oom_score_adj = oom_score_adj
         self._locks: dict[str, asyncio.Lock] = {}
         self._recovered: asyncio.Future[None] | None = None
+        self._creations: set[asyncio.Future[None]] = set()
 
     # -- SandboxLookup ---------------------------------------------------------------------
 
@@ -133,6 +134,17 @@ class Sandboxes:
         if made is not None:
             log.info("cri_sandbox_retry_joined", id=made, name=name)
             return cri.RunPodSandboxResponse(pod_sandbox_id=made)
+        # The creation runs to its end even when its caller gives up (kubelet's deadline):
+        # kubelet's retry, which waits on the name, then gets the pod instead of its undoing.
+        creation = asyncio.ensure_future(self._create(sandbox_id, name, request, started))
+        self._creations.add(creation)
+        creation.add_done_callback(self._created)
+        await asyncio.shield(creation)
+        return cri.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+    async def _create(
+        self, sandbox_id: str, name: str, request: cri.RunPodSandboxRequest, started: float
+    ) -> None:
         error: BaseException | None = None
         try:
             await self._run(sandbox_id, name, request)
@@ -141,13 +153,13 @@ class Sandboxes:
             raise
         finally:
             self._store.created(name, sandbox_id, error)
-        log.info(
-            "cri_sandbox_ready",
-            id=sandbox_id,
-            name=name,
-            ms=round((time.monotonic() - started) * 1000, 1),
-        )
-        return cri.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+        ms = round((time.monotonic() - started) * 1000, 1)
+        log.info("cri_sandbox_ready", id=sandbox_id, name=name, ms=ms)
+
+    def _created(self, creation: asyncio.Future[None]) -> None:
+        self._creations.discard(creation)
+        if not creation.cancelled():
+            creation.exception()  # retrieved: its caller got it, or had gone
 
     async def StopPodSandbox(self, request: cri.StopPodSandboxRequest, context: Context) -> Any:
         await self.ready()

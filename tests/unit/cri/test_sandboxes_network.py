@@ -36,6 +36,8 @@ class FakeNetwork:
     teardowns: list[tuple[str, str]] = field(default_factory=list)
     reconciled: list[set[str]] = field(default_factory=list)
     netns_had_lo: list[bool] = field(default_factory=list)
+    gate: asyncio.Event | None = None  # setup waits for it
+    entered: asyncio.Event = field(default_factory=asyncio.Event)  # a setup began
 
     def status(self) -> model.NetworkStatus:
         return model.NetworkStatus(True)
@@ -50,6 +52,9 @@ class FakeNetwork:
     ) -> model.PodAddress:
         self.setups.append((pod, netns, ports, dns))
         self.netns_had_lo.append(netlink.is_pinned(Path(netns)))
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail:
             raise Unknown("plugin type=bridge failed (add): boom", plain=True)
         return model.PodAddress("10.22.0.5", ("fd00::5",), '{"cniVersion": "1.0.0"}')
@@ -212,5 +217,24 @@ def test_recovery_undoes_an_unfinished_run_and_reconciles_the_rest(tmp_path: Pat
         assert w.network.reconciled == [{kept}]
         assert sorted(p.name for p in w.places.pins.iterdir()) == [kept]
         assert not (w.places.files / cut).exists()
+
+    run(tmp_path, body)
+
+
+def test_a_caller_giving_up_leaves_the_creation_to_its_retry(tmp_path: Path) -> None:
+    async def body(w: World, make: Callable[[], Sandboxes]) -> None:
+        w.network.gate = asyncio.Event()
+        first = asyncio.create_task(w.sandboxes.RunPodSandbox(pod(), None))
+        await w.network.entered.wait()
+        first.cancel()  # kubelet's deadline: its call goes, the creation stays
+        retry = asyncio.create_task(w.sandboxes.RunPodSandbox(pod(), None))
+        await asyncio.sleep(0.05)
+        w.network.gate.set()
+        sid = (await retry).pod_sandbox_id
+        assert [(r.id, r.state) for r in await w.sandboxes.list()] == [
+            (sid, model.SandboxState.READY)
+        ]
+        assert len(w.network.setups) == 1
+        assert w.network.teardowns == []
 
     run(tmp_path, body)
