@@ -150,8 +150,10 @@ class Stats:
         return task.pid
 
     def _forget_gone(self, live: Sequence[Live]) -> None:
+        """What is kept per container (and per pod: `pod:<id>`) for those that run no more."""
         ids = [e.record.id for e in live]
         self._layers.keep(ids)
+        self._rates.keep([*ids, *(f"pod:{e.record.sandbox_id}" for e in live)])
         keys = {(e.record.id, e.pid) for e in live}
         for key in [k for k in self._cgroups if k not in keys]:
             del self._cgroups[key]
