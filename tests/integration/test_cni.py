@@ -101,9 +101,37 @@ class Lab:
         return sorted(p.name for p in brif.iterdir()) if brif.is_dir() else []
 
 
+def nat(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, text=True)
+
+
+# portmap's shared chains and the jumps to them, made at its first ADD on a host
+SHARED_JUMPS = (
+    ("PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"),
+    ("OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"),
+    ("POSTROUTING", "-m", "comment", "--comment", "CNI portfwd requiring masquerade",
+     "-j", "CNI-HOSTPORT-MASQ"),
+)  # fmt: skip
+SHARED_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
+
+
+def remove_shared_chains_if_unused() -> None:
+    """portmap's shared chains, when no pod of anyone's has a port in them any more (they were
+    not there before the test: nothing else of the host needs them)."""
+    if "-A CNI-HOSTPORT-DNAT" in nat("-S", "CNI-HOSTPORT-DNAT").stdout:
+        return
+    for jump in SHARED_JUMPS:
+        nat("-D", *jump)
+    for chain in SHARED_CHAINS:
+        nat("-F", chain)
+    for chain in SHARED_CHAINS:
+        nat("-X", chain)
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     forward = IP_FORWARD.read_text()
+    had_shared = nat("-S", "CNI-HOSTPORT-DNAT").returncode == 0
     net = make_pod_net(tmp_path)
     conflist = net.conflist()
     bridge = conflist["plugins"][0]  # as containerd's CI config: bridge's nat rules too, and
@@ -130,6 +158,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
                 subprocess.run(["iptables", "-w", "-t", "nat", "-F", target], capture_output=True)
                 subprocess.run(["iptables", "-w", "-t", "nat", "-X", target], capture_output=True)
         remove_pod_net(net)
+        if not had_shared:
+            remove_shared_chains_if_unused()
         if IP_FORWARD.read_text() != forward:
             IP_FORWARD.write_text(forward)
             left.append("net.ipv4.ip_forward changed")
