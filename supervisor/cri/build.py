@@ -122,6 +122,7 @@ def _make_sandboxes(deps: CriDeps) -> Sandboxes:
         lambda: network[0],
         ThroughContainers(lambda: _containers(deps)),
         deps.events,
+        pause.own_oom_score_adj if cri.restrict_oom_score_adj else lambda: -1000,
     )
 
 

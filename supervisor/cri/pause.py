@@ -8,8 +8,9 @@ when missing), and it joins the pod's pinned network, IPC and UTS namespaces.
 
 Its spec is containerd's sandbox spec cut to what a pause process needs: the image's
 entrypoint and command, read-only root, no capabilities, no new privileges, CPU shares 2,
-`oom_score_adj` -998 raised to the daemon's own when the host does not let root lower it
-(containerd's `restrict_oom_score_adj`; runc fails outright otherwise), the pod's /dev/shm.
+`oom_score_adj` -998 raised to the daemon's own with `[cri] restrict_oom_score_adj`
+(containerd's; on by default: root here cannot lower it and runc fails outright), the pod's
+/dev/shm.
 """
 
 from __future__ import annotations
