@@ -30,6 +30,7 @@ import structlog
 from supervisor import errors
 from supervisor.health.config import HealthConfig, go_duration
 from supervisor.health.state import OUTPUT_LIMIT, Result, cut
+from supervisor.runtime.execs import exec_process
 from supervisor.runtime.manager import Task
 
 log = structlog.get_logger("ctrd.health")
@@ -83,12 +84,8 @@ class _Output:
 
 def exec_spec(process: dict[str, Any], argv: tuple[str, ...]) -> dict[str, Any]:
     """The probe's process: the container's own (user, cwd, env, capabilities...) running
-    `argv` without a terminal."""
-    spec = dict(process)
-    spec["args"] = list(argv)
-    spec["terminal"] = False
-    spec.pop("consoleSize", None)
-    return spec
+    `argv` without a terminal, as every exec the daemon runs (`runtime.execs`)."""
+    return exec_process(process, list(argv))
 
 
 async def run(
