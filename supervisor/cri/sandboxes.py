@@ -147,12 +147,15 @@ class Sandboxes:
     ) -> None:
         error: BaseException | None = None
         try:
-            await self._run(sandbox_id, name, request)
+            async with self._lock(sandbox_id):  # a Stop or Remove of it waits for the end
+                await self._run(sandbox_id, name, request)
         except BaseException as e:
             error = e
             raise
         finally:
             self._store.created(name, sandbox_id, error)
+            if error is not None and self._store.maybe(sandbox_id) is None:
+                self._locks.pop(sandbox_id, None)
         ms = round((time.monotonic() - started) * 1000, 1)
         log.info("cri_sandbox_ready", id=sandbox_id, name=name, ms=ms)
 

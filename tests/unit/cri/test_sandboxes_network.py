@@ -238,3 +238,24 @@ def test_a_caller_giving_up_leaves_the_creation_to_its_retry(tmp_path: Path) -> 
         assert w.network.teardowns == []
 
     run(tmp_path, body)
+
+
+def test_a_stop_during_the_run_waits_for_its_end(tmp_path: Path) -> None:
+    async def body(w: World, make: Callable[[], Sandboxes]) -> None:
+        w.network.gate = asyncio.Event()
+        running = asyncio.create_task(w.sandboxes.RunPodSandbox(pod(), None))
+        await w.network.entered.wait()
+        [record] = await w.sandboxes.list()
+        stop = cri.StopPodSandboxRequest(pod_sandbox_id=record.id)
+        stopping = asyncio.create_task(w.sandboxes.StopPodSandbox(stop, None))
+        await asyncio.sleep(0.05)
+        assert not stopping.done()
+        assert w.network.teardowns == []  # not under the setup's feet
+        w.network.gate.set()
+        assert (await running).pod_sandbox_id == record.id
+        await stopping
+        assert w.network.teardowns == [(record.id, record.namespaces.network)]
+        [stopped] = await w.sandboxes.list()
+        assert stopped.state == model.SandboxState.NOTREADY
+
+    run(tmp_path, body)
