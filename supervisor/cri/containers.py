@@ -1,4 +1,6 @@
-"""CRI containers: their durable record and the lookup the other CRI parts use.
+"""CRI containers: their durable record, the lookup the other CRI parts use, and the
+containers part of the RuntimeService (`ContainersPart`: Create, Start, Stop, Remove, List,
+Status, ReopenContainerLog; its spec is `supervisor.cri.spec`'s).
 
 A CRI container is a container record of the `[cri] namespace` labelled
 `io.cri-containerd.kind=container` and `io.kubernetes.cri.sandbox-id=<sandbox>`, whose
@@ -8,6 +10,14 @@ started, exited), so a daemon restarted after SIGKILL finds each container where
 
 State is derived from the record's times as containerd derives it from its status file:
 `unknown` set -> UNKNOWN; finished_at -> EXITED; started_at -> RUNNING; else CREATED.
+
+The container's root is a snapshot of its image (overlayfs, key = container id) that the
+container record holds against the collector; a lease holds it while the record is made.
+Its task (id = container id) is made at StartContainer, with both streams going to the CRI
+log at `log_directory/log_path` (`ctrd-log:///PATH?format=cri`, written by the shim), and
+deleted once its exit is recorded. Stop sends the image's StopSignal (SIGTERM by default),
+SIGKILL after the timeout, and returns once the exit is recorded; Stop and Remove of what is
+not there succeed; Remove leaves the log file (kubelet's).
 """
 
 from __future__ import annotations
@@ -17,7 +27,6 @@ import base64
 import builtins
 import contextlib
 import enum
-import functools
 import json
 import os
 import secrets
@@ -167,51 +176,6 @@ class CriContainerLookup:
 # --- the containers part: the RuntimeService's container calls ------------------------------
 
 
-class StoredSandboxes:
-    """Sandboxes read from their records through the contract (label + extension), for as
-    long as the sandboxes part gives no `SandboxLookup` of its own (`build.py`)."""
-
-    def __init__(self, store: Callable[[], ContainerStore]) -> None:
-        self._store = store
-
-    async def list(self) -> builtins.list[model.SandboxRecord]:
-        found = await self._store().list(
-            [f"labels.{json.dumps(model.KIND_LABEL)}=={model.KIND_SANDBOX}"]
-        )
-        out = []
-        for container in found:
-            ext = container.extensions.get(model.SANDBOX_EXTENSION)
-            if ext is not None:
-                out.append(sandbox_from_json(ext[1]))
-        return out
-
-    async def get(self, sandbox_id: str) -> model.SandboxRecord:
-        sandboxes = await self.list()
-        exact = [s for s in sandboxes if s.id == sandbox_id]
-        matched = exact or [s for s in sandboxes if sandbox_id and s.id.startswith(sandbox_id)]
-        if len(matched) != 1:
-            if matched:
-                raise InvalidArgument(f'sandbox id prefix "{sandbox_id}" is ambiguous')
-            raise NotFound(f'an error occurred when try to find sandbox "{sandbox_id}": not found')
-        return matched[0]
-
-
-def sandbox_from_json(data: bytes) -> model.SandboxRecord:
-    """A SandboxRecord from its JSON: its fields by name, `config` base64, `state` the enum's
-    value, `namespaces` an object (unknown keys ignored)."""
-    value = json.loads(data)
-    known = {f.name for f in fields(model.SandboxRecord)}
-    value = {k: v for k, v in value.items() if k in known}
-    config = value.get("config", "")
-    value["config"] = base64.b64decode(config) if isinstance(config, str) else bytes(config)
-    value["state"] = model.SandboxState(value.get("state", "ready"))
-    spaces = value.get("namespaces") or {}
-    names = {f.name for f in fields(model.Namespaces)}
-    value["namespaces"] = model.Namespaces(**{k: v for k, v in spaces.items() if k in names})
-    value["additional_ips"] = tuple(value.get("additional_ips") or ())
-    return model.SandboxRecord(**value)
-
-
 def reserved_name(config: Any, sandbox_config: Any) -> str:
     """containerd's container name: name_podname_podnamespace_poduid_attempt."""
     pod = sandbox_config.metadata
@@ -268,6 +232,14 @@ class ContainersPart:
         self._watcher: asyncio.Task[None] | None = None
         self._cleanups: set[asyncio.Task[None]] = set()
         self._host: Any = None
+        self._configs: dict[str, Any] = {}  # id -> its ContainerConfig, parsed once
+
+    def _config(self, record: ContainerRecord) -> Any:
+        """The record's ContainerConfig (it never changes; kubelet lists every second)."""
+        config = self._configs.get(record.id)
+        if config is None:
+            config = self._configs[record.id] = record.container_config()
+        return config
 
     # -- state -----------------------------------------------------------------------------
 
@@ -558,7 +530,7 @@ class ContainersPart:
         container = await self._store().get(record.id)
         snapshots = self._deps.parts.snapshots(self._ns, None, self.SNAPSHOTTER)
         mounts = await snapshots.mounts(record.id)
-        config = record.container_config()
+        config = self._config(record)
         uri = ""
         if record.log_path:
             os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
@@ -635,6 +607,7 @@ class ContainersPart:
             if self._names.get(record.name) == record.id:
                 del self._names[record.name]
             self._oom.discard(record.id)
+            self._configs.pop(record.id, None)
         self._locks.pop(record.id, None)
         log.info("cri_container_removed", ns=self._ns, id=record.id)
         return cri.RemoveContainerResponse()
@@ -648,7 +621,7 @@ class ContainersPart:
         wanted = request.filter if request.HasField("filter") else None
         out = []
         for record in sorted(self._records.values(), key=lambda r: r.created_at):
-            config = record.container_config()
+            config = self._config(record)
             if wanted is not None and not _matches(record, config, wanted):
                 continue
             out.append(
@@ -665,7 +638,7 @@ class ContainersPart:
         from supervisor.api.runtime.v1 import api_pb2 as cri
 
         record = await self._get(request.container_id)
-        config = record.container_config()
+        config = self._config(record)
         status = cri.ContainerStatus(
             id=record.id, metadata=config.metadata, state=record.state_name,
             created_at=record.created_at, started_at=record.started_at,
@@ -723,7 +696,6 @@ def _expiry(seconds: int) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build(deps: CriDeps, sandboxes: model.SandboxLookup | None = None) -> ContainersPart:
-    """The part, with the sandboxes' lookup (or one reading their records)."""
-    store = functools.partial(deps.containers, deps.config.cri.namespace)
-    return ContainersPart(deps, sandboxes or StoredSandboxes(store))
+def build(deps: CriDeps, sandboxes: model.SandboxLookup) -> ContainersPart:
+    """The part, with the sandboxes' lookup (`build.sandbox_lookup`)."""
+    return ContainersPart(deps, sandboxes)
