@@ -14,7 +14,7 @@ capability args it declared (and only those), and `prevResult`.
   network failed at what, then the plugin's own words (`plugin type="bridge" name="net"
   failed (add): failed to allocate ...; details`). A binary that is busy being written
   (ETXTBSY) is tried again, up to 5 times a second apart; one that does not answer within
-  the timeout is killed.
+  the timeout (or whose caller gives up) is killed with what it started (its own session).
 - libcni's cache is kept for the tools that read it (crictl, CNI's GC): after an ADD,
   `<cache>/results/<network>-<container>-<ifname>` (`cniCacheV1`: the list's bytes in base64,
   the args, the result), removed after the DEL.
@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
 import json
 import os
 import re
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +208,7 @@ class Plugins:
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
                     env=env,
+                    start_new_session=True,  # its children (IPAM plugins) killed with it
                 )
             except OSError as e:
                 if e.errno == errno.ETXTBSY and attempt < 5:
@@ -219,7 +222,8 @@ class Plugins:
                 raise PluginError(f"{what}: no answer in {self.timeout:g}s (killed)") from None
             finally:
                 if proc.returncode is None:  # timed out or cancelled: not left running
-                    proc.kill()
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
                     await proc.wait()
             assert proc.returncode is not None
             return proc.returncode, out, err

@@ -21,6 +21,7 @@ from supervisor.network.cni.store import AttachmentStore
 
 SANDBOX = "a" * 64
 POD = PodRef(SANDBOX, "web", "default", "uid-1")
+HANG = "31.4159"  # seconds a hanging plugin's child sleeps: found by it in /proc
 IP_RESULT = {
     "cniVersion": "1.0.0",
     "interfaces": [{"name": "eth0", "sandbox": "/netns"}],
@@ -47,6 +48,7 @@ env | grep '^CNI_' | sort > "$log/$n-$CNI_COMMAND-$me-$CNI_IFNAME.env"
 echo "start $(date +%s%N) $CNI_CONTAINERID" >> {times}
 [ -f {slow} ] && sleep 0.3
 echo "end $(date +%s%N) $CNI_CONTAINERID" >> {times}
+if [ "$me" = hang ] && [ "$CNI_COMMAND" = ADD ]; then sleep {hang}; fi
 if [ "$me" = fail ] && [ "$CNI_COMMAND" = ADD ]; then
   echo '{{"cniVersion":"1.0.0","code":7,"msg":"boom","details":"bad subnet"}}'; exit 1
 fi
@@ -71,9 +73,9 @@ class Lab:
         (base / "results" / "fakeip").write_text(json.dumps(IP_RESULT))
         (base / "results" / "loopback").write_text(json.dumps(LO_RESULT))
         script = PLUGIN.format(
-            log=self.log, times=self.times, slow=self.slow, results=base / "results"
+            log=self.log, times=self.times, slow=self.slow, results=base / "results", hang=HANG
         )
-        for name in ("fakeip", "fakemeta", "fail", "loopback"):
+        for name in ("fakeip", "fakemeta", "fail", "hang", "loopback"):
             (self.bin / name).write_text(script)
             (self.bin / name).chmod(0o755)
         self.plugins = [
@@ -113,11 +115,11 @@ def lab(tmp_path: Path) -> Lab:
     return Lab(tmp_path)
 
 
-def run(lab: Lab, body: Any) -> Any:
+def run(lab: Lab, body: Any, timeout: float | None = None) -> Any:
     async def main() -> Any:
         db = await Database.open(lab.base / "meta.db")
         try:
-            net = CniPodNetwork(db, str(lab.conf), [str(lab.bin)], str(lab.cache))
+            net = CniPodNetwork(db, str(lab.conf), [str(lab.bin)], str(lab.cache), timeout)
             return await body(net, AttachmentStore(db))
         finally:
             await db.close()
@@ -358,3 +360,32 @@ def test_reconcile_dels_recorded_pods_not_live_but_never_one_set_up_since_start(
         "DEL fakeip eth0", "DEL loopback lo",
     ]  # fmt: skip
     assert lab.env("DEL fakeip eth0")["CNI_CONTAINERID"] == "c" * 64
+
+
+def sleepers() -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc / "cmdline").read_bytes() == f"sleep\0{HANG}\0".encode():
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_a_plugin_that_does_not_answer_is_killed_with_its_children_and_undone(lab: Lab):
+    lab.write_conf([lab.plugins[0], {"type": "hang"}])
+
+    async def body(net: CniPodNetwork, store: AttachmentStore) -> Any:
+        with pytest.raises(PluginError) as failed:
+            await net.setup(POD, str(lab.netns), [], None, {})
+        return str(failed.value), await store.sandboxes()
+
+    started = time.monotonic()
+    message, left = run(lab, body, timeout=0.5)
+    assert time.monotonic() - started < 10
+    assert message.endswith(
+        'plugin type="hang" name="fakenet" failed (add): no answer in 0.5s (killed)'
+    )
+    assert left == []  # DELed (hang's DEL answers at once) and forgotten
+    assert sleepers() == []  # the plugin's own child went with it
