@@ -252,18 +252,27 @@ class ContainersPart:
     async def _ready(self) -> None:
         if self._loaded is None:
             self._loaded = asyncio.ensure_future(self._load())
-        await asyncio.shield(self._loaded)
+        loading = self._loaded
+        try:
+            await asyncio.shield(loading)
+        except Exception:
+            if self._loaded is loading and loading.done():
+                self._loaded = None  # the next call tries again
+            raise
 
     async def _load(self) -> None:
-        subscription = self._deps.events.subscription(
-            filters.parse_all_wrapped(
-                [
-                    f'namespace=={self._ns},topic=="/tasks/exit"',
-                    f'namespace=={self._ns},topic=="/tasks/oom"',
-                ]
+        if self._watcher is None:  # first, so that no exit after the check below is missed
+            subscription = self._deps.events.subscription(
+                filters.parse_all_wrapped(
+                    [
+                        f'namespace=={self._ns},topic=="/tasks/exit"',
+                        f'namespace=={self._ns},topic=="/tasks/oom"',
+                    ]
+                )
             )
-        )
-        self._watcher = asyncio.create_task(self._watch(subscription), name="cri-container-exits")
+            self._watcher = asyncio.create_task(
+                self._watch(subscription), name="cri-container-exits"
+            )
         for record in await CriContainerLookup(self._store).list():
             self._records[record.id] = record
             self._names[record.name] = record.id
@@ -312,7 +321,7 @@ class ContainersPart:
             item = await subscription.queue.get()
             if item is None:  # dropped for being slow: subscribe again and look at the tasks
                 self._deps.events.unsubscribe(subscription)
-                subscription = self._deps.events.subscription(subscription.filters)
+                subscription = self._deps.events.subscription(subscription.selected)
                 for record in list(self._records.values()):
                     if record.state is ContainerState.RUNNING:
                         await self._recover(record)
