@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import signal
 import subprocess
 from typing import Any
 
@@ -58,4 +59,19 @@ def test_network_ready_follows_the_conf_dir_and_a_pod_gets_its_address_back(cri_
 
     cri_node.crictl("stopp", pod)
     assert pod_net_leftovers(net) == []  # address, veth, portmap's rule: given back at stop
+    cri_node.crictl("rmp", pod)
+
+
+def test_a_pod_keeps_its_address_across_a_sigkill_and_gives_it_back_after(cri_node: CriNode):
+    net = cri_node.net
+    pod = cri_node.run_pod("survivor")
+    ip = cri_node.json("inspectp", pod)["status"]["network"]["ip"]
+    cri_node.ctrd.stop(signal.SIGKILL)
+    cri_node.ctrd.start()
+    status = cri_node.json("inspectp", pod)
+    assert status["status"]["state"] == "SANDBOX_READY"
+    assert status["status"]["network"]["ip"] == ip
+    assert (net.ipam_dir / net.name / ip).exists()
+    cri_node.crictl("stopp", pod)  # the DEL from the record the killed daemon wrote
+    assert pod_net_leftovers(net) == []
     cri_node.crictl("rmp", pod)
