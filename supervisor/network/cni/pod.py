@@ -142,8 +142,8 @@ class CniPodNetwork:
             earlier = await self._store.of(pod.sandbox_id)
             if earlier and all(a.result for a in earlier) and earlier[0].netns == netns:
                 return address(pod.sandbox_id, [from_raw(json.loads(a.result)) for a in earlier])
-            if earlier:  # half made by an attempt that did not finish: undone first
-                await self._delete(pod.sandbox_id, netns, earlier)
+            if earlier:  # half made by an attempt that did not finish (or elsewhere): undone
+                await self._delete(pod.sandbox_id, "", earlier)  # in its own recorded netns
             attachments = [
                 Attachment(pod.sandbox_id, n.ifname, i, n.name, netns, n.source, args, caps)
                 for i, n in enumerate(loaded.networks)
@@ -184,7 +184,7 @@ class CniPodNetwork:
                 try:
                     await self.teardown(sandbox_id, "")
                     log.info("cni_reconciled", id=sandbox_id)
-                except CtrdError as e:
+                except Exception as e:  # logged: the next start tries again
                     log.warning("cni_reconcile_failed", id=sandbox_id, error=str(e))
 
         async with asyncio.TaskGroup() as group:
