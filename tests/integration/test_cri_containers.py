@@ -290,6 +290,21 @@ def test_capabilities_no_new_privs_seccomp_and_read_only_root(
         assert "invalid profile" in (failed.value.details() or "")
 
 
+def test_a_device_is_there_with_its_permissions(cri_ctrd: Cri, pod: Pod, short_tmp: Path):
+    link = short_tmp / "loop-link"
+    link.symlink_to("/dev/loop-control")  # resolved, as containerd does (runc allows tun)
+    device = cri.Device(container_path="/dev/xloop", host_path=str(link), permissions="r")
+    script = (
+        "stat -c %t:%T /dev/xloop; (exec 3</dev/xloop) && echo read-ok; "
+        "(exec 4>/dev/xloop) || echo write-refused"
+    )
+    config = container_config("dev", command=["/bin/sh", "-c", script], devices=[device])
+    out = run(cri_ctrd, pod, config)[1]
+    assert out.splitlines()[0] == "a:ed"  # 10:237
+    assert "read-ok" in out
+    assert "write-refused" in out
+
+
 def test_masked_and_read_only_paths_are_those_given(cri_ctrd: Cri, pod: Pod):
     security = cri.LinuxContainerSecurityContext(
         masked_paths=["/etc/group"], readonly_paths=["/tmp"]
