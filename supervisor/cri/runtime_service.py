@@ -17,10 +17,11 @@
 - The pod and container calls are served by the parts in `CriParts`, each built at its first
   call: `sandboxes` (`supervisor.cri.sandboxes`), `containers` (`supervisor.cri.containers`),
   `exec` (ExecSync: `supervisor.cri.execsync`), `stats` (the stats calls and
-  UpdateContainerResources: `supervisor.cri.stats`). A part that is
+  UpdateContainerResources: `supervisor.cri.stats`), `streaming` (Exec, Attach and
+  PortForward: the URLs of the streaming server, `supervisor.cri.streaming`). A part that is
   not there raises NotImplementedError, which the registrar answers UNIMPLEMENTED
   ("/runtime.v1.RuntimeService/X is not implemented by ctrd"), never a fake success; so do
-  the calls no part serves yet (the streaming calls, checkpoints, events, metrics).
+  the calls no part serves yet (checkpoints, events, metrics).
 """
 
 from __future__ import annotations
@@ -200,3 +201,12 @@ def _is_cidr(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+    async def Exec(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("streaming").Exec(request, context)
+
+    async def Attach(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("streaming").Attach(request, context)
+
+    async def PortForward(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("streaming").PortForward(request, context)
