@@ -154,6 +154,7 @@ def make_pod_net(base: Path) -> PodNet:
     """A network no one else uses: bridge `ctrdt<pid>c<n>` and a /24 in 10.40-79.x derived
     from the pid (#15's tests take 10.100-249), skipping what the host routes."""
     pid = os.getpid()
+    remove_stale_bridges()
     taken = _taken_prefixes()
     for _ in range(64):
         n = next(_nets)
@@ -171,6 +172,18 @@ def make_pod_net(base: Path) -> PodNet:
         (net.conf_dir / "10-ctrd-test.conflist").write_text(json.dumps(net.conflist(), indent=2))
         return net
     raise HarnessError("no free test subnet in 10.40-79.x.0/24")
+
+
+_OUR_BRIDGE = re.compile(r"^ctrdt(\d+)c\d+$")
+
+
+def remove_stale_bridges() -> None:
+    """The bridges of test processes that died before their node's end (a run killed by a
+    timeout): named `ctrdt<pid>c<n>` here, so whose they were is known."""
+    for link in Path("/sys/class/net").iterdir():
+        found = _OUR_BRIDGE.match(link.name)
+        if found and not Path(f"/proc/{found.group(1)}").exists():
+            subprocess.run(["ip", "link", "del", link.name], capture_output=True)
 
 
 def _portmap_rules(net: PodNet) -> list[str]:
@@ -417,8 +430,10 @@ class CriNode:
             log = self.ctrd.log()
             problems += [f"ctrd's log holds a {s}" for s in ("Traceback",) if s in log]
         finally:
-            self.ctrd.cleanup()
-            remove_pod_net(self.net)
+            try:
+                self.ctrd.cleanup()
+            finally:
+                remove_pod_net(self.net)
         self.leaks = problems
         return problems
 
@@ -644,7 +659,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         node.start()
         if opts.keep:
-            print(f"endpoint {node.endpoint}; log {node.ctrd.log_path}; Ctrl-C stops", flush=True)
+            print(
+                f"endpoint {node.endpoint}; log {node.ctrd.log_path}; pid {os.getpid()}", flush=True
+            )
+            print("SIGINT or SIGTERM removes the pods and stops it", flush=True)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.default_int_handler)  # also when started with `&`
             with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()
             return 0
