@@ -17,7 +17,9 @@ Its task (id = container id) is made at StartContainer, with both streams going 
 log at `log_directory/log_path` (`ctrd-log:///PATH?format=cri`, written by the shim), and
 deleted once its exit is recorded. Stop sends the image's StopSignal (SIGTERM by default),
 SIGKILL after the timeout, and returns once the exit is recorded; Stop and Remove of what is
-not there succeed; Remove leaves the log file (kubelet's).
+not there succeed; Remove leaves the log file (kubelet's). The image's VOLUMEs that no CRI
+mount covers get a directory of the container's under `root/cri/containers/ID/volumes`,
+filled from the image at creation and removed with the container.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ import base64
 import builtins
 import contextlib
 import enum
+import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -446,6 +451,7 @@ class ContainersPart:
                     [int(g) for g in context.supplemental_groups],
                     context.run_as_username,
                 )
+                volumes = await self._image_volumes(cid, config, image_config, mounts)
                 if self._host is None:
                     self._host = specs.read_host(self._deps.config.cri.restrict_oom_score_adj)
                 image_name = image.repo_tags[0] if image.repo_tags else config.image.image
@@ -453,6 +459,7 @@ class ContainersPart:
                     id=cid, namespace=self._ns, config=config, sandbox_config=sandbox_config,
                     sandbox=sandbox, image_config=image_config, image_name=image_name,
                     user=user, target_pid=self._target_pid(config, sandbox.id),
+                    volumes=volumes,
                 )  # fmt: skip
                 spec = specs.build(inputs, self._host)
                 log_path = ""
@@ -484,12 +491,50 @@ class ContainersPart:
             except BaseException:
                 with contextlib.suppress(NotFound):
                     await snapshots.remove(cid)
+                await asyncio.to_thread(shutil.rmtree, self._directory(cid), True)
                 raise
         finally:
             with contextlib.suppress(NotFound):
                 await leases.delete(lease_id)
         log.info("cri_container_created", ns=self._ns, id=cid, name=name)
         return record
+
+    def _directory(self, cid: str) -> Path:
+        """The container's own files (its image volumes) under the root."""
+        return self._deps.root / "cri" / "containers" / cid
+
+    async def _image_volumes(
+        self, cid: str, config: Any, image_config: Any, mounts: Sequence[Any]
+    ) -> list[tuple[str, str]]:
+        """A directory for each of the image's VOLUMEs no CRI mount covers, filled with what
+        the image has there (containerd's WithVolumes; `supervisor.volumes.copyup` copies,
+        from the new snapshot mounted read-only for the while)."""
+        from supervisor.cri.spec import image_volumes
+
+        paths = image_volumes(config, image_config)
+        if not paths:
+            return []
+        from snapshotter.mount import temp_mount
+        from snapshotter.protocol import Mount
+        from supervisor.volumes import copyup
+
+        base = self._directory(cid) / "volumes"
+        scratch = self._deps.state / "cri" / "mnt"
+        readonly = [Mount(m.type, m.source, (*m.options, "ro")) for m in mounts]
+        made: list[tuple[str, str]] = []
+
+        def fill() -> None:
+            scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with temp_mount(readonly, scratch) as root:
+                for path in paths:
+                    directory = base / hashlib.sha256(path.encode()).hexdigest()[:16]
+                    data = directory / "_data"
+                    data.mkdir(parents=True, exist_ok=True)
+                    copyup.copy_up(root, path, directory, data)
+                    made.append((path, str(data)))
+
+        await asyncio.to_thread(fill)
+        return made
 
     def _target_pid(self, config: Any, sandbox_id: str) -> int:
         """The pid of the container whose PID namespace a TARGET-mode container joins."""
@@ -612,6 +657,7 @@ class ContainersPart:
             snapshots = self._deps.parts.snapshots(self._ns, None, self.SNAPSHOTTER)
             with contextlib.suppress(NotFound):
                 await snapshots.remove(record.id)
+            await asyncio.to_thread(shutil.rmtree, self._directory(record.id), True)
             self._records.pop(record.id, None)
             if self._names.get(record.name) == record.id:
                 del self._names[record.name]

@@ -11,10 +11,12 @@ resources and the cgroup path; oom_score_adj (clamped); the pod's namespaces; us
 groups; annotations; a cgroup namespace on cgroup v2 (not privileged); seccomp, AppArmor.
 
 Mounts: the pod's `hostname`, `hosts`, `resolv.conf` (read-only with a read-only root) and
-`/dev/shm` unless a CRI mount has that path; a read-only `cgroup` at /sys/fs/cgroup; the
-default mounts a CRI mount does not replace (none under /dev when /dev is one); then the CRI
-mounts sorted by the depth of their path, each a `bind` with `rbind`, its propagation and
-`ro`/`rw`, its host path made (0755) when missing and its symlinks resolved. Bidirectional
+`/dev/shm` unless a CRI mount has that path; a directory of the container's at each of the
+image's VOLUMEs no CRI mount covers (filled from the image by the caller); a read-only
+`cgroup` at /sys/fs/cgroup; the default mounts a CRI mount does not replace (none under /dev
+when /dev is one); then the CRI mounts sorted by the depth of their path, each a `bind` with
+`rbind`, its propagation and `ro`/`rw`, its host path made (0755) when missing and its
+symlinks resolved. Bidirectional
 propagation needs a shared source mount and makes the root rshared; host-to-container needs
 a shared or slave one and makes it rslave (unless rshared), in containerd's words.
 """
@@ -24,7 +26,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from supervisor.cri import model, security
@@ -63,7 +65,7 @@ class Inputs:
     image_name: str
     user: User
     target_pid: int = 0  # the TARGET container's pid (pid mode TARGET)
-    extra_env: Sequence[str] = field(default_factory=tuple)
+    volumes: Sequence[tuple[str, str]] = ()  # (container path, host dir): the image's VOLUMEs
 
 
 def build(inputs: Inputs, host: Host) -> dict[str, Any]:
@@ -91,7 +93,7 @@ def build(inputs: Inputs, host: Host) -> dict[str, Any]:
     if config.tty:
         process["terminal"] = True
 
-    spec["mounts"] = mounts(spec, config, inputs.sandbox)
+    spec["mounts"] = mounts(spec, config, inputs.sandbox, inputs.volumes)
     linux["maskedPaths"] = list(context.masked_paths)
     linux["readonlyPaths"] = list(context.readonly_paths)
 
@@ -142,6 +144,14 @@ def command(config: Any, image_config: Mapping[str, Any]) -> list[str]:
     return cmd + args
 
 
+def image_volumes(config: Any, image_config: Mapping[str, Any]) -> list[str]:
+    """The image's VOLUMEs no CRI mount covers (each gets a directory of the container's)."""
+    given = {posixpath.normpath(m.container_path) for m in config.mounts}
+    declared = image_config.get("Volumes") or {}
+    paths = sorted(posixpath.normpath(p) for p in declared if isinstance(p, str) and p)
+    return [p for p in paths if p.startswith("/") and p not in given]
+
+
 def _strings(config: Mapping[str, Any], key: str) -> list[str]:
     value = config.get(key) or []
     return [str(v) for v in value] if isinstance(value, list) else []
@@ -162,12 +172,18 @@ def sandbox_mounts(config: Any, sandbox: model.SandboxRecord) -> list[tuple[str,
     return out
 
 
-def mounts(spec: dict[str, Any], config: Any, sandbox: model.SandboxRecord) -> list[dict[str, Any]]:
+def mounts(
+    spec: dict[str, Any],
+    config: Any,
+    sandbox: model.SandboxRecord,
+    volumes: Sequence[tuple[str, str]] = (),
+) -> list[dict[str, Any]]:
     """The spec's mounts (see the module's rules); may set `linux.rootfsPropagation`."""
     wanted: list[tuple[str, str, bool, int]] = [
         (m.container_path, m.host_path, m.readonly, int(m.propagation)) for m in config.mounts
     ]
     wanted += [(dst, src, ro, 0) for dst, src, ro in sandbox_mounts(config, sandbox)]
+    wanted += [(dst, src, False, 0) for dst, src in volumes]
     wanted.sort(key=lambda m: posixpath.normpath(m[0]).count("/"))
     taken = {posixpath.normpath(m[0]) for m in wanted}
     out = [

@@ -651,3 +651,44 @@ def test_reopen_container_log_writes_to_a_new_file_at_the_path(cri_ctrd: Cri, po
     with pytest.raises(grpc.RpcError) as failed:
         cri_ctrd.runtime.ReopenContainerLog(cri.ReopenContainerLogRequest(container_id=cid))
     assert "container is not running" in (failed.value.details() or "")
+
+
+def test_image_volumes_are_per_container_copies_of_the_image(
+    cri_ctrd: Cri, pod: Pod, registry: Registry, short_tmp: Path
+):
+    data = [
+        images.Dir("data", 0o750, 1000, 1000),
+        images.File("data/seed", b"from the image\n", 0o640, 1000, 1000),
+    ]
+    image = images.build_image(
+        [images.busybox_layer(), data], config={"Volumes": {"/data": {}}, "Cmd": ["sh"]}
+    )
+    pushed = registry.push("library/cricvol", "latest", image)
+    name = "registry.k8s.io/library/cricvol:latest"
+    cri_ctrd.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=name)), timeout=60)
+    assert pushed.digest
+    script = (
+        "grep -c ' /data ' /proc/self/mountinfo; stat -c '%u %a' /data /data/seed; "
+        "cat /data/seed; ls /data; echo more > /data/new"
+    )
+
+    def volume_run(cname: str, *mounts: cri.Mount) -> str:
+        config = container_config(cname, command=["/bin/sh", "-c", script], mounts=list(mounts))
+        config.image.image = name
+        code, out = run(cri_ctrd, pod, config)
+        assert code == 0, out
+        return out
+
+    first = volume_run("v1")
+    assert first == "1\n1000 750\n1000 640\nfrom the image\nseed\n"  # a mount of its own
+    assert volume_run("v2") == first  # its own copy: v1's new file is not there
+    given = short_tmp / "given"
+    given.mkdir()
+    (given / "seed").write_text("from the host\n")
+    covered = volume_run("v3", cri.Mount(container_path="/data", host_path=str(given)))
+    assert covered.splitlines()[3:] == ["from the host", "seed"]
+    volumes = cri_ctrd.ctrd.root / "cri" / "containers"
+    assert len(list(volumes.iterdir())) == 2  # v1's and v2's; none for v3
+    for c in cri_ctrd.runtime.ListContainers(cri.ListContainersRequest()).containers:
+        cri_ctrd.runtime.RemoveContainer(cri.RemoveContainerRequest(container_id=c.id))
+    assert not list(volumes.iterdir())
