@@ -7,7 +7,8 @@ rule (command replaces the image's Entrypoint and drops its Cmd, args replace Cm
 left: "no command specified"); PATH, HOSTNAME, the image's env then the CRI's (each replacing
 a variable of its name); cwd; TTY; mounts (below); masked and read-only paths as given;
 privileged or devices + capabilities; no ambient capabilities; no_new_privs; a read-only root;
-resources and the cgroup path; oom_score_adj (clamped); the pod's namespaces; user and
+resources (hugepage limits left out without a hugetlb controller, as containerd tolerates)
+and the cgroup path; oom_score_adj (clamped); the pod's namespaces; user and
 groups; annotations; a cgroup namespace on cgroup v2 (not privileged); seccomp, AppArmor.
 
 Mounts: the pod's `hostname`, `hosts`, `resolv.conf` (read-only with a read-only root) and
@@ -51,6 +52,7 @@ class Host:
     cgroup2: bool
     apparmor: bool
     restrict_oom_score_adj: bool = True
+    hugetlb: bool = True  # the hugetlb controller is there (else hugepage limits are left out)
     devices: Callable[[], list[dict[str, Any]]] | None = None  # the host's (privileged)
 
 
@@ -111,6 +113,8 @@ def build(inputs: Inputs, host: Host) -> dict[str, Any]:
         spec["root"]["readonly"] = True
 
     resources(spec, config.linux.resources if config.linux.HasField("resources") else None)
+    if not host.hugetlb:  # containerd's tolerate_missing_hugetlb_controller (on by default)
+        linux["resources"].pop("hugepageLimits", None)
     if inputs.sandbox.cgroup_parent:
         linux["cgroupsPath"] = cgroups_path(inputs.sandbox.cgroup_parent, inputs.id)
     if config.linux.HasField("resources"):
@@ -380,11 +384,18 @@ def read_host(restrict_oom_score_adj: bool) -> Host:
             own = int(f.read().strip() or 0)
     except (OSError, ValueError):
         own = 0
+    cgroup2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+    if cgroup2:
+        with open("/sys/fs/cgroup/cgroup.controllers") as f:
+            hugetlb = "hugetlb" in f.read().split()
+    else:
+        hugetlb = os.path.isdir("/sys/fs/cgroup/hugetlb")
     return Host(
         capabilities=current_capabilities(),
         oom_score_adj=own,
-        cgroup2=os.path.exists("/sys/fs/cgroup/cgroup.controllers"),
+        cgroup2=cgroup2,
         apparmor=security.apparmor_enabled(),
         restrict_oom_score_adj=restrict_oom_score_adj,
+        hugetlb=hugetlb,
         devices=host_devices,
     )

@@ -447,8 +447,9 @@ def test_resources_reach_the_cgroup_and_oom_score_adj_is_clamped(cri_ctrd: Cri, 
     with open("/proc/self/oom_score_adj") as f:
         floor = int(f.read())
     resources = cri.LinuxContainerResources(
-        memory_limit_in_bytes=64 << 20, cpu_shares=512, oom_score_adj=floor - 500
-    )
+        memory_limit_in_bytes=64 << 20, cpu_shares=512, oom_score_adj=floor - 500,
+        hugepage_limits=[cri.HugepageLimit(page_size="2MB", limit=0)],  # as kubelet sends
+    )  # fmt: skip
     config = container_config(
         "limited",
         command=["/bin/sh", "-c", "cat /proc/self/oom_score_adj; sleep 30"],

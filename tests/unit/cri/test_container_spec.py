@@ -134,6 +134,14 @@ def test_resources_cgroup_path_and_oom_score_adj_clamp(tmp_path: Path):
     assert linux["resources"]["hugepageLimits"] == [{"pageSize": "2MB", "limit": 1 << 21}]
     assert linux["cgroupsPath"] == "/kubepods/pod1/" + "c" * 64
     assert spec["process"]["oomScoreAdj"] == -100  # raised to the daemon's own
+    host = specs.Host(**{**HOST.__dict__, "hugetlb": False})
+    pod = cri.PodSandboxConfig()
+    inputs = specs.Inputs(
+        id="c" * 64, namespace="k8s.io", config=config, sandbox_config=pod,
+        sandbox=_sandbox(tmp_path), image_config={"Cmd": ["sh"]}, image_name="x",
+        user=users.User(0, 0, (0,)),
+    )  # fmt: skip
+    assert "hugepageLimits" not in specs.build(inputs, host)["linux"]["resources"]
     assert specs.cgroups_path("kubepods-burstable-pod1.slice", "id") == (
         "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice"
         "/cri-containerd-id.scope"
