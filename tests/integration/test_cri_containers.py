@@ -693,3 +693,19 @@ def test_image_volumes_are_per_container_copies_of_the_image(
     for c in cri_ctrd.runtime.ListContainers(cri.ListContainersRequest()).containers:
         cri_ctrd.runtime.RemoveContainer(cri.RemoveContainerRequest(container_id=c.id))
     assert not list(volumes.iterdir())
+
+
+def test_a_target_pid_namespace_is_the_target_containers(cri_ctrd: Cri, pod: Pod):
+    target = create(cri_ctrd, pod, container_config("target", command=["sleep", "1000"]))
+    options = cri.NamespaceOption(pid=cri.TARGET, target_id=target)
+    debug = cri.LinuxContainerConfig(
+        security_context=cri.LinuxContainerSecurityContext(namespace_options=options)
+    )
+    config = container_config("debug", command=["ps", "-o", "pid,args"], linux=debug)
+    with pytest.raises(grpc.RpcError) as failed:  # the target is not running yet
+        create(cri_ctrd, pod, config)
+    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=target), timeout=30)
+    out = run(cri_ctrd, pod, config)[1]
+    assert "1 sleep 1000" in out  # the target is PID 1 of the namespace it joined
+    assert "1 ps" not in out
