@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -377,6 +378,8 @@ def test_crictl_create_start_ps_inspect_logs_stop_rm(cri_ctrd: Cri, pod: Pod, sh
     while "hello" not in output(log_path) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "hello" in cri_ctrd.crictl("logs", cid).stdout
+    first = Path(log_path).read_text().splitlines()[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z stdout F hello", first)
 
     cri_ctrd.crictl("stop", "--timeout", "10", cid)
     done = status(cri_ctrd, cid)  # stop returned: dead and recorded
