@@ -224,6 +224,7 @@ class ContainersPart:
     RUNTIME = "io.containerd.runc.v2"
     SNAPSHOTTER = "overlayfs"
     STOP_WAIT = 60.0  # how long a SIGKILLed process may take to die before Stop fails
+    SHIM_WAIT = 60.0  # how long a shim may take to answer a start or a kill
 
     def __init__(self, deps: CriDeps, sandboxes: model.SandboxLookup) -> None:
         self._deps = deps
@@ -592,7 +593,12 @@ class ContainersPart:
             uri = f"ctrd-log://{record.log_path}?format=cri&max-line={max(max_line, 0)}"
         stdio = {"stdin": "", "stdout": uri, "stderr": uri, "terminal": config.tty}
         task = await self._deps.tasks_service.create_task(self._ns, container, mounts, stdio)
-        await task.call_seen("start", {"exec_id": ""})
+        try:  # a shim that does not answer fails the start rather than hanging kubelet
+            await asyncio.wait_for(task.call_seen("start", {"exec_id": ""}), self.SHIM_WAIT)
+        except TimeoutError:
+            raise Unknown(
+                f"the shim did not start the container in {self.SHIM_WAIT:.0f}s"
+            ) from None
         log.info("cri_container_started", ns=self._ns, id=record.id, pid=task.pid)
         return int(task.pid)
 
@@ -639,8 +645,11 @@ class ContainersPart:
         await self._exited(record.id, exit_.status, exit_.at)
 
     async def _kill(self, task: Any, number: int) -> None:
-        with contextlib.suppress(NotFound, FailedPrecondition):
-            await task.call("kill", {"exec_id": "", "signal": number, "all": False})
+        """Signal the init; gone already, or a shim not answering, is left to the wait."""
+        with contextlib.suppress(NotFound, FailedPrecondition, TimeoutError):
+            await asyncio.wait_for(
+                task.call("kill", {"exec_id": "", "signal": number, "all": False}), self.SHIM_WAIT
+            )
 
     async def RemoveContainer(self, request: Any, context: Any) -> Any:
         from supervisor.api.runtime.v1 import api_pb2 as cri
