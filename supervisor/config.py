@@ -37,6 +37,11 @@ Layout (every key optional; these are the defaults):
     max_container_log_line_size = 16384  # longer lines are split into P records (<= 0: never)
     restrict_oom_score_adj = true     # a container's oom_score_adj below the daemon's own is
                                       # raised to it (containerd's key; its default is false)
+    stream_server_address = "127.0.0.1"  # the streaming server (exec, attach, port-forward)
+    stream_server_port = 0            # 0: a free port when it starts (at the first URL asked)
+    stream_tls_cert = ""              # a certificate and key (PEM files): https URLs
+    stream_tls_key = ""
+    stream_idle_timeout = 60.0        # seconds a URL stays usable, once (then 404)
     [cri.mirrors]                     # host -> mirrors for PullImage, tried before [registry]'s
     # "registry.k8s.io" = ["http://127.0.0.1:5000"]    (an example)
 
@@ -115,6 +120,11 @@ class CriConfig:
     cni_cache_dir: str = "/var/lib/cni"
     max_container_log_line_size: int = 16384  # containerd's; the CRI log's line limit
     restrict_oom_score_adj: bool = True  # this machine's root cannot lower its oom_score_adj
+    stream_server_address: str = "127.0.0.1"  # exec/attach/port-forward URLs (loopback)
+    stream_server_port: int = 0  # 0: a free port, chosen when the server starts
+    stream_tls_cert: str = ""  # both set: the streaming server speaks TLS (https URLs)
+    stream_tls_key: str = ""
+    stream_idle_timeout: float = 60.0  # seconds a streaming URL stays usable (then 404)
 
     def cni_plugin_dirs(self) -> list[str]:
         """Where CNI plugins are looked for, in order (each directory once)."""
@@ -177,6 +187,10 @@ class Config:
             raise InvalidArgument("[cri] mirrors must map hosts to lists of URLs")
         if not all(isinstance(d, str) for d in self.cri.cni_bin_dirs):
             raise InvalidArgument("[cri] cni_bin_dirs must be a list of directories")
+        if bool(self.cri.stream_tls_cert) != bool(self.cri.stream_tls_key):
+            raise InvalidArgument("[cri] stream_tls_cert and stream_tls_key go together")
+        if not 0 <= self.cri.stream_server_port <= 65535 or self.cri.stream_idle_timeout <= 0:
+            raise InvalidArgument("[cri] stream_server_port must be a port, idle timeout > 0")
         try:
             identifiers.validate(self.cri.namespace)
         except InvalidArgument as e:

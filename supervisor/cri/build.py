@@ -149,6 +149,13 @@ def _stats(deps: CriDeps) -> Any:
     return Stats(deps, lambda: sandbox_lookup(deps), restrict_oom_score_adj=restrict)
 
 
+def _streaming(deps: CriDeps) -> Any:
+    """The streaming server's part (`supervisor.cri.streaming.part`)."""
+    from supervisor.cri.streaming import part
+
+    return part.build(deps)
+
+
 def builders(deps: CriDeps) -> dict[str, Callable[[], Any]]:
     """Each part's builder. A part missing here answers UNIMPLEMENTED."""
     return {
@@ -157,4 +164,5 @@ def builders(deps: CriDeps) -> dict[str, Callable[[], Any]]:
         "exec": lambda: _exec(deps),
         "stats": lambda: _stats(deps),
         "network": lambda: pod_network(deps),  # Status' NetworkReady
+        "streaming": lambda: _streaming(deps),  # Exec, Attach, PortForward: URLs
     }

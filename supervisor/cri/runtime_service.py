@@ -190,6 +190,15 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
     async def ListPodSandboxStats(self, request: Any, context: Context) -> Any:
         return await self._parts.part("stats").ListPodSandboxStats(request, context)
 
+    async def Exec(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("streaming").Exec(request, context)
+
+    async def Attach(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("streaming").Attach(request, context)
+
+    async def PortForward(self, request: Any, context: Context) -> Any:
+        return await self._parts.part("streaming").PortForward(request, context)
+
 
 def _is_cidr(text: str) -> bool:
     """ADDRESS/BITS, as Go's net.ParseCIDR takes it (no bare address, no netmask form)."""
@@ -201,12 +210,3 @@ def _is_cidr(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-    async def Exec(self, request: Any, context: Context) -> Any:
-        return await self._parts.part("streaming").Exec(request, context)
-
-    async def Attach(self, request: Any, context: Context) -> Any:
-        return await self._parts.part("streaming").Attach(request, context)
-
-    async def PortForward(self, request: Any, context: Context) -> Any:
-        return await self._parts.part("streaming").PortForward(request, context)
