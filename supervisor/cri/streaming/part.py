@@ -16,8 +16,10 @@ first such call, on `[cri] stream_server_address`:`stream_server_port` (TLS with
 `stream_tls_cert`/`stream_tls_key`), its tokens living `stream_idle_timeout` seconds.
 
 `routes(server, part)` is where the protocol modules meet the server: each adds its
-`server.route(kind, upgrade, handler)` calls there (exec and attach over SPDY here:
-`remotecommand.handler(processes.exec | processes.attach)`).
+`server.route(kind, upgrade, handler)` calls there (exec and attach over SPDY:
+`remotecommand.handler(processes.exec | processes.attach)`, over WebSocket:
+`websocket.remotecommand_handler(...)`; port-forward: `portforward.serve_spdy`,
+`wsportforward.handler`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import grpc
 from supervisor import errors
 from supervisor.api.runtime.v1 import api_pb2 as cri
 from supervisor.cri.model import SandboxState
-from supervisor.cri.streaming import remotecommand
+from supervisor.cri.streaming import portforward, remotecommand, websocket, wsportforward
 from supervisor.cri.streaming.process import Processes
 from supervisor.cri.streaming.server import StreamServer, tls_context
 from supervisor.cri.streaming.tokens import Full, Tokens
@@ -46,10 +48,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 @dataclass(frozen=True)
 class PodTarget:
-    """What a port-forward URL serves: the sandbox and its network namespace's pin."""
+    """What a port-forward URL serves: the sandbox, its network namespace's pin and the
+    request's ports (WebSocket channel pairs use them when the URL's query names none)."""
 
     sandbox_id: str
     netns: str
+    ports: tuple[int, ...] = ()
 
 
 class Streaming:
@@ -84,7 +88,8 @@ class Streaming:
                 f'sandbox container "{sandbox.id}" is not running', plain=True
             )
         network = sandbox.namespaces
-        target = PodTarget(sandbox.id, "" if network.host_network else network.network)
+        netns = "" if network.host_network else network.network
+        target = PodTarget(sandbox.id, netns, tuple(request.port))
         return cri.PortForwardResponse(url=await self._url("portforward", target, context))
 
     async def _url(self, kind: str, payload: Any, context: Context) -> str:
@@ -110,6 +115,10 @@ def routes(server: StreamServer, part: Streaming) -> None:
     """Every protocol's handlers on the server (see the module docstring)."""
     server.route("exec", "spdy", remotecommand.handler(part.processes.exec))
     server.route("attach", "spdy", remotecommand.handler(part.processes.attach))
+    server.route("exec", "websocket", websocket.remotecommand_handler(part.processes.exec))
+    server.route("attach", "websocket", websocket.remotecommand_handler(part.processes.attach))
+    server.route("portforward", "spdy", portforward.serve_spdy)
+    server.route("portforward", "websocket", wsportforward.handler)
 
 
 def build(deps: CriDeps) -> Streaming:

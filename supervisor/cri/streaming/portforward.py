@@ -34,7 +34,7 @@ import enum
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -58,13 +58,15 @@ ERROR, DATA = "error", "data"
 Dialer = Callable[[Target], Awaitable[socket.socket]]
 
 
-@dataclass(frozen=True)
-class Pod:
-    """Where a port-forward goes: the sandbox (for messages) and its network namespace's pin
-    ("" for a pod on the host's network)."""
+class Pod(Protocol):
+    """Where a port-forward goes (the URL's payload, `part.PodTarget`): the sandbox (for
+    messages) and its network namespace's pin ("" for a pod on the host's network)."""
 
-    sandbox_id: str
-    netns: str
+    @property
+    def sandbox_id(self) -> str: ...
+
+    @property
+    def netns(self) -> str: ...
 
 
 def check_stream(stream: spdy.Stream) -> int | None:
@@ -127,13 +129,14 @@ class End(enum.Enum):
     RESET = "reset"
 
 
-async def serve_spdy(exchange: Exchange, pod: Pod, dialer: Dialer = dial) -> None:
-    """The SPDY/3.1 port-forward of one upgraded connection, until the client goes."""
+async def serve_spdy(exchange: Exchange, dialer: Dialer = dial) -> None:
+    """The SPDY/3.1 port-forward of one upgraded connection (to the pod its payload names),
+    until the client goes."""
     upgraded = await spdy.upgrade(exchange, (PROTOCOL,), check_stream)
     if upgraded is None:
         return
     session, _protocol = upgraded
-    await Forwarding(session, pod, dialer).run()
+    await Forwarding(session, exchange.payload, dialer).run()
 
 
 class Forwarding:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from supervisor.cri.streaming import portforward, spdy
-from supervisor.cri.streaming.portforward import Pod
+from supervisor.cri.streaming.part import PodTarget as Pod
 from supervisor.cri.streaming.server import StreamServer
 from tests.support.spdy_client import SpdyClient
 
