@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cri import BUSYBOX, PAUSE, TOOLS, CriNode
+from tests.support.cri import BUSYBOX, KUBELET_PORTS, PAUSE, TOOLS, CriNode, wait_for_ports
 
 pytestmark = [
     pytest.mark.integration,
@@ -71,6 +71,7 @@ class Kubelet:
 
 @pytest.fixture
 def kubelet(cri_node: CriNode, short_tmp: Path) -> Iterator[Kubelet]:
+    wait_for_ports(KUBELET_PORTS)
     running = Kubelet(cri_node, short_tmp / "kubelet")
     running.script("start", cri_node.endpoint)
     try:
@@ -141,6 +142,7 @@ def running_ids(node: CriNode, name: str) -> list[str]:
     return node.crictl("ps", "--name", f"^{name}$", "--state", "Running", "-q").stdout.split()
 
 
+@pytest.mark.timeout(900)  # it may wait for another kubelet's ports first
 def test_kubelet_runs_the_issues_static_pod_on_ctrd(kubelet: Kubelet, cri_node: CriNode):
     node = cri_node
     for image in (BUSYBOX, PAUSE):

@@ -489,11 +489,33 @@ def focus_on(names: Sequence[str]) -> list[str]:
     return [f"--ginkgo.focus={re.escape(n)}$" for n in names]
 
 
+def ports_in_use(ports: Sequence[int]) -> list[int]:
+    """Those of `ports` something listens on (TCP, any address)."""
+    listed = subprocess.run(["ss", "-Htln"], capture_output=True, text=True).stdout
+    bound = {line.split()[3].rsplit(":", 1)[-1] for line in listed.splitlines() if line.strip()}
+    return [p for p in ports if str(p) in bound]
+
+
+def wait_for_ports(ports: Sequence[int], timeout: float = 600) -> None:
+    """On a shared machine another critest or kubelet may hold the fixed ports these tools
+    need: wait for them (a run left over for longer is a failure)."""
+    deadline = time.monotonic() + timeout
+    while busy := ports_in_use(ports):
+        if time.monotonic() > deadline:
+            _fail(f"ports {busy} stayed in use for {timeout:.0f} s (another critest or kubelet?)")
+        time.sleep(2)
+
+
+CRITEST_PORTS = (12000, 12001, 12002, 12003)  # port mapping, port forward, host-network nginx
+KUBELET_PORTS = (10350, 10348, 10355)  # run-kubelet.sh's: kubelet, healthz, read-only
+
+
 def run_critest(
     node: CriNode, out: Path, args: Sequence[str] = (), skip: Sequence[str] = CRITEST_SKIP
 ) -> CritestRun:
     """The tools' `run-critest.sh` against the node (specs matching `skip` skipped)."""
     out.mkdir(parents=True, exist_ok=True)
+    wait_for_ports(CRITEST_PORTS)
     env = {**os.environ, "REGISTRY": node.registry, "SKIP": "|".join(skip)}
     started = time.monotonic()
     done = subprocess.run(
