@@ -19,7 +19,9 @@ A stream's URI may also name a FIFO, `...&tee=/path/fifo`: what the stream write
 logged and copied there, as it comes, for a client attached to the container (docker keeps the
 logs of attached containers too). The copy keeps the pace of its reader: while the FIFO is
 full the pump reads no more from the process, which then blocks, as a process writing into the
-FIFO itself would; the stream ends once the FIFO has taken everything.
+FIFO itself would; the stream ends once the FIFO has taken everything. With `&tee-drop=1` the
+tee never holds the process back: what the FIFO cannot take at once is dropped (the CRI's
+attach: the daemon reads the FIFO only while a client is attached, the log keeps everything).
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ def tee_of(uri: str) -> str:
     if path and not path.startswith("/"):
         raise ValueError(f'"{uri}": tee must be an absolute path')
     return path
+
+
+def tee_drops(uri: str) -> bool:
+    """Whether a stream URI's tee drops what its FIFO cannot take (`tee-drop=1`)."""
+    return dict(parse_qsl(urlsplit(uri).query)).get("tee-drop", "") in ("1", "true")
 
 
 def _timestamp(now_ns: int) -> str:
@@ -180,6 +187,7 @@ class Pump:
         done: Callable[[], None],
         tee: int = -1,
         want_write: Callable[[int, Callable[[], None] | None], None] | None = None,
+        tee_drop: bool = False,
     ) -> None:
         self._want = want
         self.fd = fd
@@ -189,6 +197,7 @@ class Pump:
         self._pending = b""
         self._tee = tee
         self._want_write = want_write
+        self._tee_drop = tee_drop
         self._unsent = bytearray()  # read, logged, not yet taken by the tee
         self._eof = False
         self.finished = False
@@ -226,7 +235,7 @@ class Pump:
         try:
             written = os.write(self._tee, self._unsent)
         except BlockingIOError:
-            written = 0
+            written = len(self._unsent) if self._tee_drop else 0
         except OSError:  # nobody can read it any more: only the log goes on
             written = len(self._unsent)
             self._want_write(self._tee, None)

@@ -23,13 +23,18 @@ in the pipe when the process is reaped, and nothing can be lost. The shim opens
   the copy ends at the pipe's end of file (every writer gone), and only then does `Io.done`
   hold, so what was written last is delivered;
 - `file:///path`: the file, appended to (created 0640 with its directories);
-- `ctrd-log:///path?max-size=N&max-files=N[&tee=/fifo]` (stdout and stderr both): pipes the
-  shim reads into a log it keeps (`logfile`), each stream copied to its `tee` FIFO as well
-  when a client is attached; `ctrd-log:///path?format=cri[&max-line=N]`: the same in the
+- `ctrd-log:///path?max-size=N&max-files=N[&tee=/fifo[&tee-drop=1]]` (stdout and stderr
+  both): pipes the shim reads into a log it keeps (`logfile`), each stream copied to its `tee`
+  FIFO as well when a client is attached (a terminal's output too, to stdout's tee);
+  `ctrd-log:///path?format=cri[&max-line=N]`: the same in the
   CRI's format (`crilog`), which `Io.reopen_log` opens again by its path;
 - `binary:///path?k=v`: a logging program started with the process's stdout and stderr on its
   fds 3 and 4 and a readiness pipe on fd 5 (it closes it when ready), as containerd does;
 - "": /dev/null.
+
+`stdin_hold` (a create or exec parameter): the shim holds a write end of the stdin FIFO
+itself, so the process's input ends only with CloseIO, never because clients come and go
+(the CRI's attach: one client after another writes into the container's stdin).
 
 With a terminal, the runtime passes the pty master over a console socket and the shim copies
 master -> stdout and stdin -> master through `Reactor`. After the process exits, the copy goes
@@ -285,8 +290,10 @@ class Io:
         terminal: bool,
         namespace: str,
         cid: str,
+        hold_stdin: bool = False,
     ) -> None:
         self.reactor = reactor
+        self.hold_stdin = hold_stdin
         self.stdin, self.stdout, self.stderr, self.terminal = stdin, stdout, stderr, terminal
         self._owned: list[int] = []
         self.master = -1
@@ -321,6 +328,8 @@ class Io:
         stdin = null_in
         if self.stdin:
             stdin = self.own(os.open(self.stdin, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            if self.hold_stdin:  # no client's close ends the input: only CloseIO does
+                self.own(os.open(self.stdin, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
         if self.terminal:
             if self.stdin:
                 self._in_fd = stdin
@@ -376,20 +385,27 @@ class Io:
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
             self.own(read_end)
             self._given.append(self.own(write_end))
-            tee = logfile.tee_of(self.stdout if stream == "stdout" else self.stderr)
-            tee_fd = -1
-            if tee:  # a client is attached too: its FIFO, never blocking the shim
-                tee_fd = self.own(os.open(tee, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
-                if not stat.S_ISFIFO(os.fstat(tee_fd).st_mode):
-                    raise ValueError(f'tee "{tee}" is not a FIFO')
+            uri = self.stdout if stream == "stdout" else self.stderr
+            tee_fd = self._open_tee(uri)
             pump = logfile.Pump(
                 self._want_read, read_end, stream, self._log, self._stream_done(tee_fd),
-                tee=tee_fd, want_write=self._want_write,
+                tee=tee_fd, want_write=self._want_write, tee_drop=logfile.tee_drops(uri),
             )  # fmt: skip
             self._pumps.append(pump)
             ends.append(write_end)
         self.done = False
         return ends[0], ends[1]
+
+    def _open_tee(self, uri: str) -> int:
+        """The FIFO a logged stream is copied to as well (`tee=`), or -1."""
+        tee = logfile.tee_of(uri)
+        if not tee:
+            return -1
+        # Opened read-write: never blocks or fails, whether a client reads or not.
+        tee_fd = self.own(os.open(tee, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
+        if not stat.S_ISFIFO(os.fstat(tee_fd).st_mode):
+            raise ValueError(f'tee "{tee}" is not a FIFO')
+        return tee_fd
 
     def _want_read(self, fd: int, read: Callback | None) -> None:
         self.reactor.want(fd, read=read)
@@ -431,8 +447,18 @@ class Io:
             self.resize(*self.size)
         if self._log is not None:  # the terminal's output goes to the log, as stdout
             self._log_open = 1
+            tee = self._open_tee(self.stdout)
             self._pumps.append(
-                logfile.Pump(self._want_read, master, "stdout", self._log, self._log_done)
+                logfile.Pump(
+                    self._want_read,
+                    master,
+                    "stdout",
+                    self._log,
+                    self._stream_done(tee),
+                    tee=tee,
+                    want_write=self._want_write,
+                    tee_drop=logfile.tee_drops(self.stdout),
+                )
             )
             if self._in_fd >= 0:
                 self._copy_stdin(master)

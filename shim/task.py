@@ -427,6 +427,7 @@ class Shim:
                 bool(params.get("terminal")),
                 self.config.namespace,
                 self.config.id,
+                bool(params.get("stdin_hold")),
             )
         except (OSError, ValueError) as e:
             raise ShimError(protocol.INVALID_ARGUMENT, f"stdio: {e}") from None

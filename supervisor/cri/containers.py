@@ -369,7 +369,10 @@ class ContainersPart:
         job.add_done_callback(self._cleanups.discard)
 
     async def _delete_task(self, cid: str) -> None:
+        from supervisor.cri.streaming import containerio
+
         if not self._deps.tasks.exists(self._ns, cid):
+            containerio.remove(containerio.directory(self._deps.state, cid))
             return
         try:
             await asyncio.wait_for(self._deps.tasks_service.delete_task(self._ns, cid), 30)
@@ -377,6 +380,8 @@ class ContainersPart:
             pass
         except Exception as e:
             log.warning("cri_task_delete_failed", ns=self._ns, id=cid, error=str(e))
+            return
+        containerio.remove(containerio.directory(self._deps.state, cid))
 
     async def _get(self, key: str) -> ContainerRecord:
         await self._ready()
@@ -591,7 +596,10 @@ class ContainersPart:
             os.makedirs(os.path.dirname(record.log_path), exist_ok=True)
             max_line = self._deps.config.cri.max_container_log_line_size
             uri = f"ctrd-log://{record.log_path}?format=cri&max-line={max(max_line, 0)}"
-        stdio = {"stdin": "", "stdout": uri, "stderr": uri, "terminal": config.tty}
+        from supervisor.cri.streaming import containerio  # attach's FIFOs, stdin
+
+        io_dir = containerio.directory(self._deps.state, record.id)
+        stdio = containerio.stdio(io_dir, uri, config.stdin, config.tty)
         task = await self._deps.tasks_service.create_task(self._ns, container, mounts, stdio)
         try:  # a shim that does not answer fails the start rather than hanging kubelet
             await asyncio.wait_for(task.call_seen("start", {"exec_id": ""}), self.SHIM_WAIT)

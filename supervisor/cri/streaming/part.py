@@ -143,5 +143,6 @@ def build(deps: CriDeps) -> Streaming:
         deps.tasks,
         lambda: deps.containers(namespace),
         fifos,
+        Path(deps.state),
     )
     return Streaming(server, processes, cri_build.sandbox_lookup(deps))

@@ -13,6 +13,17 @@ exit raises `remotecommand.ExitCode`.
 If the client goes away first (`channels.lost`), the process is killed. Whatever happens, the
 exec is deleted from the shim and its FIFOs removed before `exec` returns or raises: nothing
 is left behind.
+
+Attach (`Processes.attach(request, channels)`): the container's main process, whose output
+the shim copies to its log AND to the container's FIFOs (`containerio`, made at its start).
+While clients are attached, one task per FIFO (`_Hub`) reads it and hands every chunk to each
+client (a client more than CLIENT_BACKLOG behind loses output; the log has it all). A
+client's stdin goes into the container's stdin FIFO (dropped if the container takes no
+input); its end closes the container's stdin when the container is `stdin_once`. Resizes go
+to the container's terminal. The attach lasts until the container's output ends (its
+process exited: every byte of it sent first), or, with no output asked for, its exit; or
+until the client goes (the container goes on). The last client's leaving closes the FIFOs'
+readers; nothing else is held.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ import structlog
 
 from supervisor import errors
 from supervisor.cri.execsync import ExecSync, _process_of
+from supervisor.cri.streaming import containerio
+from supervisor.cri.streaming.containerio import STDERR, STDIN, STDOUT
 from supervisor.cri.streaming.fifos import InputFifo, OutputFifo
 from supervisor.cri.streaming.remotecommand import Channel, Channels, ExitCode, ResizeParser
 from supervisor.runtime import execs
@@ -71,8 +84,11 @@ class Processes:
         tasks: TaskManager,
         containers: Callable[[], ContainerStore],
         fifo_dir: Path,
+        state: Path,
     ) -> None:
         self._namespace = namespace
+        self._state = state
+        self._hubs: dict[str, _Hub] = {}  # container id -> its attached clients
         self._lookup = lookup
         self._tasks = tasks
         self._containers = containers
@@ -100,7 +116,23 @@ class Processes:
             raise ExitCode(code, list(request.cmd))
 
     async def attach(self, request: Any, channels: Channels) -> None:
-        raise errors.Unimplemented("attach is not served yet")
+        record, task = await self.running_task(request.container_id)
+        config = record.container_config()
+        base = containerio.directory(self._state, record.id)
+        hub = self._hubs.get(record.id)
+        if hub is None or hub.ended:
+            hub = self._hubs[record.id] = _Hub(base, bool(config.tty))
+        want = [
+            name
+            for name, channel in ((STDOUT, channels.stdout), (STDERR, channels.stderr))
+            if channel is not None and name in hub.names
+        ]
+        client = hub.subscribe(want)
+        try:
+            await _Attach(task, base, config, channels, client).run()
+        finally:
+            if hub.unsubscribe(client):
+                self._hubs.pop(record.id, None)
 
 
 class _Exec:
@@ -211,3 +243,193 @@ class _Exec:
         params = {"exec_id": self.exec_id, "width": width, "height": height}
         with contextlib.suppress(errors.CtrdError):
             await self.task.call("resize_pty", params)
+
+
+CLIENT_BACKLOG = 4 * 1024 * 1024  # bytes an attached client may lag behind before it loses some
+
+
+async def _ready(fd: int, writing: bool = False) -> None:
+    """Until `fd` can be read (or written) without blocking."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    if writing:
+        loop.add_writer(fd, ready)
+    else:
+        loop.add_reader(fd, ready)
+    try:
+        await future
+    finally:
+        if writing:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def _all(tasks: list[asyncio.Task[None]]) -> None:
+    await asyncio.gather(*tasks)
+
+
+class _Client:
+    """One attached client's share of a container's output: chunks per stream, b"" = end."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.queues: dict[str, asyncio.Queue[bytes]] = {n: asyncio.Queue() for n in names}
+        self.backlog = dict.fromkeys(names, 0)
+
+    def put(self, name: str, data: bytes) -> None:
+        queue = self.queues.get(name)
+        if queue is None:
+            return
+        if data and self.backlog[name] > CLIENT_BACKLOG:
+            return  # too slow a reader loses output, as the shim's tee does; the log has it
+        self.backlog[name] += len(data)
+        queue.put_nowait(data)
+
+    async def get(self, name: str) -> bytes:
+        data = await self.queues[name].get()
+        self.backlog[name] -= len(data)
+        return data
+
+
+class _Hub:
+    """A container's output FIFOs (`containerio`), each read by one task while clients are
+    attached and copied to every one of them. What the FIFOs held before the first client
+    came (what the shim could put there while nobody read) is dropped: attach shows output
+    from the moment it is made, as containerd's does."""
+
+    def __init__(self, base: Path, tty: bool) -> None:
+        self.names = [STDOUT] if tty else [STDOUT, STDERR]
+        self.names = [n for n in self.names if (base / n).exists()]
+        self._base = base
+        self._clients: list[_Client] = []
+        self._pumps: list[asyncio.Task[None]] = []
+        self.ended = False
+
+    def subscribe(self, names: list[str]) -> _Client:
+        client = _Client(names)
+        self._clients.append(client)
+        if not self._pumps:
+            self._pumps = [asyncio.create_task(self._pump(n)) for n in self.names]
+        return client
+
+    def unsubscribe(self, client: _Client) -> bool:
+        """True when it was the last client: the FIFOs are closed."""
+        self._clients.remove(client)
+        if self._clients:
+            return False
+        for pump in self._pumps:
+            pump.cancel()
+        self._pumps = []
+        self.ended = True
+        return True
+
+    async def _pump(self, name: str) -> None:
+        try:
+            fd = os.open(self._base / name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            log.warning("cri_attach_fifo", path=str(self._base / name), error=str(e))
+            self._send(name, b"")
+            return
+        try:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(fd, 1 << 16):
+                    pass  # stale: written while nobody was attached
+            while True:
+                try:
+                    data = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    await _ready(fd)
+                    continue
+                self._send(name, data)
+                if not data:
+                    return  # the container's output has ended
+        finally:
+            os.close(fd)
+
+    def _send(self, name: str, data: bytes) -> None:
+        for client in self._clients:
+            client.put(name, data)
+
+
+class _Attach:
+    """One client attached to a container's main process (see `Processes.attach`)."""
+
+    def __init__(
+        self, task: Task, base: Path, config: Any, channels: Channels, client: _Client
+    ) -> None:
+        self.task = task
+        self.base = base
+        self.config = config
+        self.channels = channels
+        self.client = client
+
+    async def run(self) -> None:
+        """Until the container's output has ended (all of it sent), or, with no output asked
+        for, its exit; or until the client has gone."""
+        channels = self.channels
+        async with asyncio.TaskGroup() as group:
+            outputs = [
+                group.create_task(self._copy_out(name, channel))
+                for name, channel in ((STDOUT, channels.stdout), (STDERR, channels.stderr))
+                if channel is not None and name in self.client.queues
+            ]
+            helpers = []
+            if channels.stdin is not None:
+                helpers.append(group.create_task(self._copy_in(channels.stdin)))
+            if channels.resize is not None and self.config.tty:
+                helpers.append(group.create_task(_resizes(channels.resize, self._resize)))
+            ended = _all(outputs) if outputs else self.task.wait("")
+            watch = [group.create_task(channels.lost.wait()), group.create_task(ended)]
+            await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+            for job in (*outputs, *helpers, *watch):
+                job.cancel()
+
+    async def _copy_out(self, name: str, channel: Channel) -> None:
+        while data := await self.client.get(name):
+            await channel.write(data)
+
+    async def _copy_in(self, channel: Channel) -> None:
+        """The client's input to the container's stdin (when it takes input; else dropped);
+        its end is the container's with `stdin_once`."""
+        if not self.config.stdin:
+            while await channel.read():
+                pass
+            return
+        sink = _Writer(self.base / STDIN)
+        try:
+            while chunk := await channel.read():
+                await sink.write(chunk)
+        finally:
+            sink.close()
+        if self.config.stdin_once:
+            with contextlib.suppress(errors.CtrdError):
+                await self.task.call("close_io", {"exec_id": "", "stdin": True})
+
+    async def _resize(self, width: int, height: int) -> None:
+        with contextlib.suppress(errors.CtrdError):
+            await self.task.call("resize_pty", {"exec_id": "", "width": width, "height": height})
+
+
+class _Writer:
+    """The write end of a container's stdin FIFO (the shim holds its read end)."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:
+                await _ready(self._fd, writing=True)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -151,6 +151,11 @@ async def serve(channels: Channels, work: Awaitable[None]) -> None:
     except Exception as e:
         log.exception("cri_stream_work_failed")
         failure = e
+    while isinstance(failure, ExceptionGroup) and len(failure.exceptions) == 1:
+        inner = failure.exceptions[0]
+        failure = inner if isinstance(inner, Exception) else failure
+        if failure is not inner:
+            break
     message = status_message(channels.version, failure)
     if message:
         await channels.error.write(message)
