@@ -153,6 +153,11 @@ def _taken_prefixes() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
 def make_pod_net(base: Path) -> PodNet:
     """A network no one else uses: bridge `ctrdt<pid>c<n>` and a /24 in 10.40-79.x derived
     from the pid (#15's tests take 10.100-249), skipping what the host routes."""
+    missing = [p for p in CNI_PLUGINS if not any(Path(d, p).exists() for d in CNI_BIN_DIRS)]
+    if missing:
+        _fail(
+            f"CNI plugins {missing} not in {CNI_BIN_DIRS}: apt-get install containernetworking-plugins"
+        )
     pid = os.getpid()
     remove_stale_bridges()
     taken = _taken_prefixes()
