@@ -156,7 +156,8 @@ def make_pod_net(base: Path) -> PodNet:
     missing = [p for p in CNI_PLUGINS if not any(Path(d, p).exists() for d in CNI_BIN_DIRS)]
     if missing:
         _fail(
-            f"CNI plugins {missing} not in {CNI_BIN_DIRS}: apt-get install containernetworking-plugins"
+            f"CNI plugins {missing} not in {CNI_BIN_DIRS}"
+            " (apt-get install containernetworking-plugins)"
         )
     pid = os.getpid()
     remove_stale_bridges()
