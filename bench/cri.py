@@ -31,7 +31,7 @@ table. Run as root with ctrd's interpreter:
 
     /opt/ctrd/bin/python bench/cri.py [--runs 10] [--pods 50] [--kubelet-runs 3]
         [--kubelet-rounds 2] [--parts cycle,memory,kubelet] [--runtimes ctrd,containerd]
-        [--registry 127.0.0.1:5066] [--ksm-wait 120] [--ksm-pages-to-scan N]
+        [--registry 127.0.0.1:5066] [--ksm-wait 120] [--ksm-pages-to-scan N] [--ctrd-debug]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import json
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -123,7 +124,7 @@ def images_registry(wanted: str, scratch: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def ctrd_runtime(scratch: Path, registry: str) -> Iterator[Runtime]:
+def ctrd_runtime(scratch: Path, registry: str, log_level: str = "info") -> Iterator[Runtime]:
     base = scratch / "ctrd"
     base.mkdir(parents=True)
     net = harness.make_pod_net(base)
@@ -132,7 +133,7 @@ def ctrd_runtime(scratch: Path, registry: str) -> Iterator[Runtime]:
     config.write_text(f'[network]\nnft_table = "{table}"\n' + harness.cri_section(net, registry))
     daemon: Daemon | None = None
     try:
-        daemon = start_ctrd(base, "info", extra_args=("--config", str(config)))
+        daemon = start_ctrd(base, log_level, extra_args=("--config", str(config)))
         yield Runtime("ctrd", f"unix://{daemon.address}", daemon.proc.pid, daemon.address, base)
     finally:
         if daemon is not None:
@@ -225,6 +226,21 @@ def measure_cycles(scratch: Path, runtimes: Sequence[Runtime], runs: int) -> Non
     print(f"\n== crictl pod cycle: busybox pod, one `sleep` container, {runs} runs each")
     for step, samples in series.items():
         samples.report_spread(f"{step}:", lambda s: f"{s * 1000:.1f} ms")
+
+
+def report_server_times(log: Path) -> None:
+    """ctrd's own time per CRI call (its debug log's `rpc` lines), beside crictl's wall time:
+    what is left is crictl's start and the round trip."""
+    times: dict[str, list[float]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"/runtime.v1.' not in line or '"event": "rpc"' not in line:
+            continue
+        with contextlib.suppress(ValueError, KeyError):
+            event = json.loads(line)
+            times.setdefault(event["method"].rsplit("/", 1)[-1], []).append(float(event["ms"]))
+    print("\nctrd's own time per CRI call (its log; --ctrd-debug), all calls of the run:")
+    for method, values in sorted(times.items(), key=lambda kv: -statistics.median(kv[1])):
+        print(f"  {method:<24} {len(values):>4} calls  median {statistics.median(values):7.1f} ms")
 
 
 # --- 2. memory per pod ---------------------------------------------------------------------
@@ -365,6 +381,10 @@ def main() -> None:
     parser.add_argument("--registry", default="127.0.0.1:5066")
     parser.add_argument("--ksm-wait", type=float, default=120, help="at most this long (s)")
     parser.add_argument("--ksm-pages-to-scan", type=int, default=0)
+    parser.add_argument(
+        "--ctrd-debug", action="store_true",
+        help="ctrd logs each call (debug): its own time per CRI call is shown after the cycles",
+    )  # fmt: skip
     args = parser.parse_args()
     began = time.monotonic()
     with (
@@ -372,7 +392,11 @@ def main() -> None:
         images_registry(args.registry, scratch) as registry,
         contextlib.ExitStack() as stack,
     ):
-        makers = {"ctrd": ctrd_runtime, "containerd": containerd_runtime}
+        level = "debug" if args.ctrd_debug else "info"
+        makers = {
+            "ctrd": lambda s, r: ctrd_runtime(s, r, level),
+            "containerd": containerd_runtime,
+        }
         runtimes = [stack.enter_context(makers[n](scratch, registry)) for n in args.runtimes]
         for rt in runtimes:
             for image in (BUSYBOX, PAUSE):
@@ -381,6 +405,8 @@ def main() -> None:
         print(f"load average before: {os.getloadavg()[0]:.2f}")
         if "cycle" in args.parts and args.runs:
             measure_cycles(scratch, runtimes, args.runs)
+            if args.ctrd_debug and "ctrd" in args.runtimes:
+                report_server_times(scratch / "ctrd" / "ctrd.log")
         if "memory" in args.parts and args.pods:
             results = {}
             with _ksm_rate(args.ksm_pages_to_scan):
