@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -221,3 +222,64 @@ def test_kubelet_runs_the_issues_static_pod_on_ctrd(kubelet: Kubelet, cri_node: 
     assert node.json("pods")["items"] == []
     assert not list(Path("/var/log/pods").glob(f"default_{full}*"))
     assert not list(Path("/var/log/containers").glob(f"{full}*"))
+
+
+@pytest.mark.timeout(900)
+def test_ctrd_killed_under_kubelet_keeps_the_pod_and_reports_the_exit_meanwhile(
+    kubelet: Kubelet, cri_node: CriNode
+):
+    node = cri_node
+    node.crictl("pull", BUSYBOX)
+    name = f"ctrdtest-{os.getpid()}-{time.time_ns() % 10**6}"
+    pod_spec = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "terminationGracePeriodSeconds": 2,
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "keeper", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                    "command": ["sh", "-c", 'trap "exit 0" TERM; sleep 100000 & wait'],
+                },
+                {
+                    "name": "quitter", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                    "command": ["sh", "-c", "sleep 3; exit 7"],
+                },
+            ],
+        },
+    }  # fmt: skip
+    path = kubelet.work / "manifests" / f"{name}.json"
+    path.write_text(json.dumps(pod_spec))
+    keeper = wait_for("keeper running", lambda: running_ids(node, "keeper"), 60, kubelet)[0]
+    quitter = wait_for("quitter running", lambda: running_ids(node, "quitter"), 30, kubelet)[0]
+    [pod] = node.json("pods", "--name", f"^{name}-")["items"]
+
+    node.ctrd.stop(signal.SIGKILL)
+    time.sleep(4)  # the quitter exits meanwhile
+    node.ctrd.start()
+
+    def quitter_reported() -> Any:
+        for listed in kubelet.pods():
+            for status in listed.get("status", {}).get("containerStatuses") or []:
+                done = status.get("state", {}).get("terminated")
+                if status["name"] == "quitter" and done:
+                    return done
+        return None
+
+    done = wait_for("kubelet told of the quitter's exit", quitter_reported, 60, kubelet)
+    assert done["exitCode"] == 7, done
+    assert done["containerID"].endswith(quitter), done
+    # the same sandbox and keeper, still running; no new sandbox or attempt
+    assert [p["id"] for p in node.json("pods")["items"]] == [pod["id"]]
+    assert node.json("inspectp", pod["id"])["status"]["state"] == "SANDBOX_READY"
+    assert running_ids(node, "keeper") == [keeper]
+    quit_status = node.json("inspect", quitter)["status"]
+    assert (quit_status["state"], quit_status["exitCode"]) == ("CONTAINER_EXITED", 7)
+    assert "Traceback" not in node.ctrd.log()
+
+    path.unlink()
+    wait_for("the keeper stopped", lambda: not running_ids(node, "keeper"), 60, kubelet)
+    kubelet.stop()
+    assert node.json("pods")["items"] == []
