@@ -13,6 +13,18 @@ Layout (every key optional; these are the defaults):
     [debug]
     level = "info"                    # debug, info, warning, error
     format = "auto"                   # auto (console on a terminal, else json), json, console
+    address = ""                      # a unix socket answering the daemon's stacks over HTTP
+                                      # (`supervisor.debug.server`; also `ctr pprof -d`); off
+    uid = 0                           # owner of that socket (mode 0660)
+    gid = 0
+
+    [tracing]                         # OpenTelemetry spans by OTLP (`supervisor.tracing`)
+    endpoint = ""                     # e.g. "http://127.0.0.1:4318" (http/protobuf) or
+                                      # "127.0.0.1:4317" (grpc); "" is off (the default)
+    protocol = "http/protobuf"        # or "grpc" (containerd's otlp keys and default)
+    insecure = false                  # grpc only: no TLS
+    service_name = "ctrd"
+    sampling_ratio = 1.0              # of the traces begun here (callers' choices are kept)
 
     [gc]
     interval = 60.0                   # seconds between collections when nothing changes
@@ -72,6 +84,18 @@ class GrpcConfig:
 class DebugConfig:
     level: str = "info"
     format: str = "auto"
+    address: str = ""  # the debug socket (`supervisor.debug.server`); "" is off
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    endpoint: str = ""  # OTLP collector; "" is off
+    protocol: str = "http/protobuf"  # or "grpc"
+    insecure: bool = False  # grpc without TLS
+    service_name: str = "ctrd"
+    sampling_ratio: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +169,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     cri: CriConfig = field(default_factory=CriConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def with_overrides(
         self,
@@ -166,6 +191,16 @@ class Config:
             raise InvalidArgument(f'log level "{self.debug.level}" is not one of {LEVELS}')
         if self.debug.format not in FORMATS:
             raise InvalidArgument(f'log format "{self.debug.format}" is not one of {FORMATS}')
+        if self.debug.address and not Path(self.debug.address).is_absolute():
+            raise InvalidArgument(
+                f'[debug] address "{self.debug.address}" must be an absolute path'
+            )
+        if self.tracing.protocol not in ("http/protobuf", "grpc"):
+            raise InvalidArgument(
+                f'[tracing] protocol "{self.tracing.protocol}" is not "http/protobuf" or "grpc"'
+            )
+        if not 0.0 <= self.tracing.sampling_ratio <= 1.0:
+            raise InvalidArgument("[tracing] sampling_ratio must be between 0 and 1")
         if self.events.retention <= 0 or self.events.max_events <= 0:
             raise InvalidArgument("[events] retention and max_events must be positive")
         if self.logs.max_size < 0 or self.logs.max_files < 1:

@@ -10,6 +10,7 @@ import sys
 
 from supervisor import config as config_mod
 from supervisor import log as log_mod
+from supervisor.debug import hooks
 from supervisor.errors import CtrdError
 
 
@@ -62,11 +63,24 @@ async def run(cfg: config_mod.Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    daemon = await Daemon.start(cfg)
+    # Stacks: on SIGUSR1 into the log (as containerd's goroutines), and on the debug socket.
+    # A plain handler, not the loop's: a loop stuck in a callback must still dump.
+    hooks.install(loop)
+    signal.signal(signal.SIGUSR1, hooks.on_signal)
+    debug = None
+    if cfg.debug.address:
+        from supervisor.debug.server import DebugServer
+
+        debug = DebugServer(cfg.debug.address, cfg.debug.uid, cfg.debug.gid)
     try:
-        await stop.wait()
+        daemon = await Daemon.start(cfg)
+        try:
+            await stop.wait()
+        finally:
+            await daemon.stop()
     finally:
-        await daemon.stop()
+        if debug is not None:
+            debug.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,9 @@ def test_flags_override_the_file(tmp_path: Path):
         ("[debug]\nlevel = 'loud'", "log level"),
         ("root = 'relative'", "absolute path"),
         ("root = ", "config file"),
+        ("[debug]\naddress = 'debug.sock'", '[debug] address "debug.sock" must be an absolute'),
+        ("[tracing]\nprotocol = 'udp'", '[tracing] protocol "udp"'),
+        ("[tracing]\nsampling_ratio = 2.0", "sampling_ratio must be between 0 and 1"),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path: Path, text, message):
