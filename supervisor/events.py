@@ -20,6 +20,7 @@ from supervisor import anys, filters, identifiers
 from supervisor.api.containerd.services.events.v1 import events_pb2
 from supervisor.errors import InvalidArgument
 from supervisor.eventlog import EventLog, Logged
+from supervisor.metrics import counts
 
 log = structlog.get_logger("ctrd.events")
 
@@ -85,6 +86,7 @@ class Exchange:
                 return False
             seq = logged
         self._deliver(Logged(seq, envelope))
+        counts.EVENTS_PUBLISHED.inc(envelope.topic)
         return True
 
     def _deliver(self, item: Logged) -> None:

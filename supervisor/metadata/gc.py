@@ -40,6 +40,7 @@ from supervisor.content.local import LocalStore
 from supervisor.errors import CtrdError
 from supervisor.metadata.db import Database
 from supervisor.metadata.leases import expires_at
+from supervisor.metrics import counts
 
 log = structlog.get_logger("ctrd.gc")
 
@@ -83,6 +84,7 @@ class Result:
     snapshots: int = 0
     files: int = 0
     ms: float = 0.0
+    freed: int = 0  # bytes of the blob files removed
 
 
 def sweep_metadata(conn: sqlite3.Connection, now: int) -> tuple[int, int, int, int]:
@@ -163,6 +165,21 @@ def sweep_metadata(conn: sqlite3.Connection, now: int) -> tuple[int, int, int, i
     return len(dead_blobs), len(expired), len(dead_ingests), len(dead_snapshots)
 
 
+def _count(result: Result) -> None:
+    """One run in the daemon's metrics (`supervisor.metrics.counts`)."""
+    counts.GC_RUNS.inc()
+    counts.GC_SECONDS.observe(result.ms / 1000)
+    removed = zip(
+        counts.GC_KINDS,
+        (result.blobs, result.leases, result.ingests, result.snapshots, result.files),
+        strict=True,
+    )
+    for kind, count in removed:
+        if count:
+            counts.GC_REMOVED.inc(kind, by=count)
+    counts.GC_FREED_BYTES.inc(by=result.freed)
+
+
 class Collector:
     def __init__(
         self,
@@ -199,12 +216,13 @@ class Collector:
                 blobs, leases_, ingests, snaps = await self._db.write(
                     lambda conn: sweep_metadata(conn, time.time_ns())
                 )
-            files = await self._db.read(self._sweep_disk)
+            files, freed = await self._db.read(self._sweep_disk)
             for name, backend in self._snapshotters.items():
                 files += await self._sweep_snapshots(name, backend)
             ms = (time.monotonic() - start) * 1000
-            result = Result(blobs, leases_, ingests, snaps, files, ms)
+            result = Result(blobs, leases_, ingests, snaps, files, ms, freed)
         self.last = result
+        _count(result)
         if blobs or leases_ or ingests or snaps or files:
             log.info(
                 "gc", blobs=blobs, leases=leases_, ingests=ingests, snapshots=snaps,
@@ -241,20 +259,24 @@ class Collector:
         await backend.cleanup()
         return removed
 
-    def _sweep_disk(self, conn: sqlite3.Connection) -> int:
-        """Remove bytes no namespace references (on the database thread, after the sweep)."""
+    def _sweep_disk(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """Remove bytes no namespace references (on the database thread, after the sweep):
+        the files removed, and the bytes of the blobs among them."""
         live = {d for (d,) in conn.execute("SELECT DISTINCT digest FROM blobs")}
-        removed = 0
+        removed = freed = 0
         for digest in self._content.digests_on_disk() - live:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._content.blob_path(digest))
+                path = self._content.blob_path(digest)
+                size = os.stat(path).st_size
+                os.unlink(path)
                 removed += 1
+                freed += size
         live_refs = {r for (r,) in conn.execute("SELECT backend_ref FROM ingests")}
         for directory, ref in self._content.ingest_dirs().items():
             if ref not in live_refs and not self._content.is_locked(ref):
                 shutil.rmtree(directory, ignore_errors=True)
                 removed += 1
-        return removed
+        return removed, freed
 
     async def run(self) -> None:
         """Repair what a crash left at start, then collect after changes and on the timer,

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +45,9 @@ class Bundle:
 
     def create(
         self, spec: bytes, mounts: Sequence[Mount], records: Mapping[str, str] | None = None
-    ) -> None:
+    ) -> float:
         """Write the spec and `records` (file name -> text) and mount the root filesystem
-        (blocking; run it on a thread).
+        (blocking; run it on a thread); returns the seconds the mounting took.
 
         With no mounts the spec's `root.path` is used as it is (dockerd mounts its own rootfs).
         """
@@ -65,9 +66,11 @@ class Bundle:
             (self.path / CONFIG).write_bytes(spec)
             for name, text in (records or {}).items():
                 (self.path / name).write_text(text)
+            started = time.monotonic()
             if mounts:
                 self.rootfs.mkdir(mode=0o711)
                 mount_all(mounts, self.rootfs)
+            return time.monotonic() - started
         except BaseException:
             self.delete()
             raise

@@ -58,6 +58,7 @@ from supervisor.api.containerd.events import task_pb2 as events_pb
 from supervisor.api.containerd.services.events.v1 import events_pb2
 from supervisor.api.containerd.types import mount_pb2
 from supervisor.events import Exchange, pack
+from supervisor.metrics import counts
 from supervisor.runtime.bundle import Bundle
 from supervisor.runtime.shimclient import ShimClient
 
@@ -201,9 +202,25 @@ class Task:
 
     async def call_seen(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """Call, then wait until the event the call produced has been published."""
+        if method == "start" and not (params or {}).get("exec_id"):
+            return await self._start(params or {})
         result = await self.call(method, params)
         if isinstance(result, dict) and result.get("seq"):
             await self.seen(int(result["seq"]))
+        return result
+
+    async def _start(self, params: dict[str, Any]) -> Any:
+        """The init's start, whoever asks (Tasks.Start, the CRI, restarts), timed and counted."""
+        started = time.monotonic()
+        try:
+            result = await self.call("start", params)
+            if isinstance(result, dict) and result.get("seq"):
+                await self.seen(int(result["seq"]))
+        except BaseException:
+            counts.TASK_STARTS.inc("error")
+            raise
+        counts.TASK_STARTS.inc("ok")
+        counts.TASK_STEP_SECONDS.observe(time.monotonic() - started, "start")
         return result
 
     async def seen(self, seq: int) -> None:
@@ -260,6 +277,19 @@ class Task:
     def forget_exec(self, exec_id: str) -> None:
         self.exits.pop(exec_id, None)
         self.unstarted.pop(exec_id, None)
+
+
+class _Steps:
+    """The time of each step of a creation, as a lap timer (`counts.STEPS`)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self.took: dict[str, float] = {}
+
+    def lap(self, step: str) -> None:
+        now = time.monotonic()
+        self.took[step] = now - self._last
+        self._last = now
 
 
 def socket_path(state: Path, address: str, namespace: str, cid: str) -> str:
@@ -563,11 +593,19 @@ class TaskManager:
         bundle = Bundle.at(self.state, namespace, cid)
         source = f"shim:{os.urandom(16).hex()}"
 
-        def prepare() -> None:  # one trip to a thread
+        def prepare() -> float:  # one trip to a thread
             os.makedirs(runtime.root, 0o711, exist_ok=True)
-            bundle.create(spec, mounts, {RUNTIME: runtime.to_json(), INSTANCE: source})
+            return bundle.create(spec, mounts, {RUNTIME: runtime.to_json(), INSTANCE: source})
 
-        await asyncio.to_thread(prepare)
+        steps = _Steps()
+        try:
+            mounting = await asyncio.to_thread(prepare)
+        except BaseException:
+            counts.TASK_CREATES.inc("error")
+            raise
+        steps.lap("bundle")
+        steps.took["bundle"] -= mounting
+        steps.took["snapshot"] = mounting
         task: Task | None = None
         try:
             config = {
@@ -586,6 +624,7 @@ class TaskManager:
                 shim_pid=shim_pid, io=dict(stdio), runtime=runtime,
             )  # fmt: skip
             await self._subscribe(task, after=0)
+            steps.lap("shim")
             params = dict(stdio)
             params["rootfs"] = [
                 {"type": m.type, "source": m.source, "target": "", "options": list(m.options)}
@@ -593,12 +632,15 @@ class TaskManager:
             ]
             if before is not None:
                 await before
+                steps.lap("network")
             try:
                 result = await task.call_seen("create", params)
             except errors.CtrdError as e:  # containerd's runtime manager words it so
                 raise type(e)(f"failed to create shim task: {e.detail}") from None
             task.pid = int(result["pid"])
+            steps.lap("create")
         except BaseException:
+            counts.TASK_CREATES.inc("error")
             if task is not None:
                 task.deleting = True
                 await self._shutdown(task, now=True)
@@ -606,6 +648,9 @@ class TaskManager:
             await asyncio.to_thread(bundle.delete)
             raise
         self._tasks[(namespace, cid)] = task
+        counts.TASK_CREATES.inc("ok")
+        for step, seconds in steps.took.items():
+            counts.TASK_STEP_SECONDS.observe(seconds, step)
         return task
 
     async def _subscribe(self, task: Task, after: int) -> int:
@@ -656,6 +701,8 @@ class TaskManager:
                 task.namespace, event.topic, packed, event.time_ns, task.source, event.seq
             )
             task.published = event.seq
+            if published and self._recovering and event.topic == "/tasks/exit":
+                counts.EXITS_RECOVERED.inc()
             if published and (self._recovering or self._keep_live(event.topic)):
                 envelope = events_pb2.Envelope(
                     namespace=task.namespace, topic=event.topic, event=packed

@@ -62,6 +62,7 @@ from supervisor.metadata.images import Descriptor as ImageTarget
 from supervisor.metadata.images import Image, ImageStore
 from supervisor.metadata.leases import EXPIRE_LABEL, LeaseStore
 from supervisor.metadata.snapshots import SnapshotStore
+from supervisor.metrics import counts
 from supervisor.services import rpc
 
 if TYPE_CHECKING:
@@ -189,6 +190,7 @@ class PullService(pb_grpc.PullServicer):
             raise InvalidArgument(f'snapshotter "{snapshotter}" does not exist')
         lease_id = f"{time.time_ns()}-pull-{secrets.token_hex(2)}"
         await self._leases(ns).create(lease_id, lease_labels())
+        ok = False
         try:
             stores = Stores(
                 ns,
@@ -200,7 +202,9 @@ class PullService(pb_grpc.PullServicer):
                 puller = _Pull(registry, ref, stores, self._blobs, emit)
                 target = await puller.run(matcher or platforms.default(), snapshotter)
             updated = await self._record(ns, str(ref), target)
+            ok = True
         finally:
+            counts.PULLS.inc("ok" if ok else "error")
             with contextlib.suppress(NotFound):
                 await self._leases(ns).delete(lease_id)
             self._gc.mark_dirty()
@@ -290,6 +294,7 @@ class _Pull:
     ) -> None:
         from supervisor.distribution import manifest
 
+        counts.PULL_BYTES.inc(by=len(body))  # fetched from the registry by the caller
         store = self.stores.content
         try:
             writer = await store.writer(
@@ -344,6 +349,7 @@ class _Pull:
         await self.registry.fetch_blob(
             self.ref, descriptor, self.stores.content, progress=Throttle(self.emit)
         )
+        counts.PULL_BYTES.inc(by=descriptor.size)
         if source := await self._source(descriptor.digest):
             await self._label(descriptor.digest, source)
         self.emit(

@@ -27,6 +27,7 @@ from supervisor.config import RegistryConfig
 from supervisor.errors import InvalidArgument, NotFound
 from supervisor.metadata.content import ContentStore
 from supervisor.metadata.images import Image, ImageStore
+from supervisor.metrics import counts
 from supervisor.services import rpc
 from supervisor.services.pull import registry_settings
 
@@ -50,6 +51,8 @@ class Reporter:
 
     def __call__(self, progress: Progress) -> None:
         descriptor = progress.descriptor
+        if progress.status == "pushed":  # uploaded, not found there or mounted
+            counts.PUSH_BYTES.inc(by=descriptor.size)
         if progress.status == "pushing" and 0 < progress.offset < descriptor.size:
             now = time.monotonic()
             if now - self._last.get(descriptor.digest, 0.0) < self._interval:
@@ -82,7 +85,12 @@ class PushService(pb_grpc.PushServicer):
         ns = rpc.namespace(context)
 
         async def work(emit: Emit) -> None:
-            await self._push(ns, request, emit)
+            try:
+                await self._push(ns, request, emit)
+            except BaseException:
+                counts.PUSHES.inc("error")
+                raise
+            counts.PUSHES.inc("ok")
 
         async for message in rpc.emitted(work, "push"):
             yield message
