@@ -26,6 +26,10 @@ Layout (every key optional; these are the defaults):
     service_name = "ctrd"
     sampling_ratio = 1.0              # of the traces begun here (callers' choices are kept)
 
+    [metrics]                         # Prometheus' /v1/metrics (`supervisor.metrics.server`)
+    address = ""                      # host:port, e.g. "127.0.0.1:1338"; "" is off (the default)
+    allow_remote = false              # a non-loopback address is refused unless this is true
+
     [gc]
     interval = 60.0                   # seconds between collections when nothing changes
 
@@ -99,6 +103,37 @@ class TracingConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    address: str = ""  # host:port of /v1/metrics; "" is off
+    allow_remote: bool = False  # containers' numbers and ids are not for every network
+
+    def listen(self) -> tuple[str, int]:
+        """The (host, port) to serve on; InvalidArgument when the address is malformed, or
+        not a loopback one without allow_remote. Hostnames other than localhost are refused:
+        what they resolve to can change after the check."""
+        import ipaddress
+
+        host, sep, port_text = self.address.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+            raise InvalidArgument(f'[metrics] address "{self.address}" is not host:port')
+        if host == "localhost":
+            return "127.0.0.1", int(port_text)
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise InvalidArgument(
+                f'[metrics] address "{self.address}": the host must be an IP address or localhost'
+            ) from None
+        if not ip.is_loopback and not self.allow_remote:
+            raise InvalidArgument(
+                f'[metrics] address "{self.address}" is not a loopback address: set '
+                "[metrics] allow_remote = true to serve the metrics beyond this machine"
+            )
+        return str(ip), int(port_text)
+
+
+@dataclass(frozen=True)
 class GcConfig:
     interval: float = 60.0  # seconds between collections on an idle daemon
 
@@ -163,6 +198,7 @@ class Config:
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     gc: GcConfig = field(default_factory=GcConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
@@ -205,6 +241,8 @@ class Config:
             raise InvalidArgument("[events] retention and max_events must be positive")
         if self.logs.max_size < 0 or self.logs.max_files < 1:
             raise InvalidArgument("[logs] max_size must be >= 0 and max_files >= 1")
+        if self.metrics.address:
+            self.metrics.listen()
         if self.gc.interval <= 0:
             raise InvalidArgument(f"gc interval {self.gc.interval} must be positive")
         mirrors = self.registry.mirrors

@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from supervisor.metadata.images import ImageStore
     from supervisor.metadata.leases import LeaseStore
     from supervisor.metadata.snapshots import SnapshotStore
+    from supervisor.metrics.server import MetricsServer
     from supervisor.volumes.manager import VolumeManager
 
 log = structlog.get_logger("ctrd")
@@ -338,6 +339,7 @@ class Daemon:
     networks: Any = None  # the cached NetworkManager factory (built at first need)
     health: asyncio.Task[HealthMonitor | None] | None = None  # the health checks, starting
     restarts: RestartMonitor | None = None  # the containers' restart policies
+    metrics: MetricsServer | None = None  # /v1/metrics, when [metrics] address is set
 
     @classmethod
     async def start(cls, config: Config) -> Daemon:
@@ -586,13 +588,24 @@ class Daemon:
             check_health_later(db, events, tasks, state, health_events), name="health"
         )
         log.info("ctrd_started", address=address, root=str(root), state=str(state), pid=os.getpid())
-        return cls(
+        daemon = cls(
             config, lock, db, server, gc_task, parts, tasks, events, network_manager, checks,
             restarts,
         )  # fmt: skip
+        if config.metrics.address:  # /v1/metrics: aiohttp and prometheus_client if asked
+            from supervisor.metrics import server as metrics_server
+
+            try:
+                daemon.metrics = await metrics_server.start(*config.metrics.listen(), tasks.all)
+            except BaseException:
+                await daemon.stop()
+                raise
+        return daemon
 
     async def stop(self) -> None:
         log.info("ctrd_stopping")
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.restarts is not None:
             await self.restarts.stop()  # no restart once the daemon stops (docker's rule)
         if self.health is not None:

@@ -225,17 +225,35 @@ def _join(mount: _Mount, path: str) -> Path:
 # --- reading files ---------------------------------------------------------------------------
 
 
-def _read(path: Path) -> str | None:
-    """The file's text, or None if it (or its cgroup) is not there."""
+def _read(path: str | Path) -> str | None:
+    """The file's text, or None if it (or its cgroup) is not there.
+
+    Plain os.open/os.read: a scrape of /v1/metrics reads ~30 of these files per container, and
+    `Path.read_text` (an io.TextIOWrapper over a buffered file) costs ~37 us a file here
+    against ~8.
+    """
     try:
-        return path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        # ENODEV: the cgroup was removed while we read it.
+        if exc.errno == errno.ENODEV:  # the cgroup was removed while we read it
+            return None
+        raise
+    try:
+        data = os.read(fd, 65536)
+        if len(data) == 65536:  # a large blkio file: read on to the end
+            chunks = [data]
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+    except OSError as exc:
         if exc.errno == errno.ENODEV:
             return None
         raise
+    finally:
+        os.close(fd)
+    return data.decode("utf-8")
 
 
 def _parse_uint(text: str, *, maximum: int = _UINT64_MAX) -> int | None:
@@ -249,12 +267,12 @@ def _parse_uint(text: str, *, maximum: int = _UINT64_MAX) -> int | None:
     return value if value <= maximum else None
 
 
-def _read_uint(path: Path) -> int | None:
+def _read_uint(path: str | Path) -> int | None:
     text = _read(path)
     return None if text is None else _parse_uint(text)
 
 
-def _read_limit(path: Path, *, unlimited: int) -> int | None:
+def _read_limit(path: str | Path, *, unlimited: int) -> int | None:
     """A limit file: a number, or "max" (read as `unlimited`)."""
     text = _read(path)
     if text is None:
@@ -274,7 +292,7 @@ def _parse_kv(text: str) -> dict[str, int]:
     return values
 
 
-def _read_kv(path: Path) -> dict[str, int] | None:
+def _read_kv(path: str | Path) -> dict[str, int] | None:
     text = _read(path)
     return None if text is None else _parse_kv(text)
 
@@ -323,7 +341,7 @@ def _v1_hugetlb(directory: Path) -> list[v1.HugetlbStat]:
             ("max", "max_usage_in_bytes"),
             ("failcnt", "failcnt"),
         ):
-            value = _read_uint(directory / f"hugetlb.{pagesize}.{suffix}")
+            value = _read_uint(f"{directory}/hugetlb.{pagesize}.{suffix}")
             if value is not None:
                 setattr(stat, field, value)
         stats.append(stat)
@@ -331,20 +349,20 @@ def _v1_hugetlb(directory: Path) -> list[v1.HugetlbStat]:
 
 
 def _v1_pids(directory: Path, metrics: v1.Metrics) -> None:
-    current = _read_uint(directory / "pids.current")
+    current = _read_uint(f"{directory}/pids.current")
     if current is None:
         return  # the root cgroup has no pids files
     metrics.pids.current = current
-    metrics.pids.limit = _read_limit(directory / "pids.max", unlimited=0) or 0
+    metrics.pids.limit = _read_limit(f"{directory}/pids.max", unlimited=0) or 0
 
 
 def _v1_cpuacct(directory: Path, usage: v1.CPUUsage) -> None:
-    if (total := _read_uint(directory / "cpuacct.usage")) is not None:
+    if (total := _read_uint(f"{directory}/cpuacct.usage")) is not None:
         usage.total = total
-    if (percpu := _read(directory / "cpuacct.usage_percpu")) is not None:
+    if (percpu := _read(f"{directory}/cpuacct.usage_percpu")) is not None:
         values = [_parse_uint(field) for field in percpu.split()]
         usage.per_cpu.extend(v for v in values if v is not None)
-    if (stat := _read_kv(directory / "cpuacct.stat")) is not None:
+    if (stat := _read_kv(f"{directory}/cpuacct.stat")) is not None:
         # In USER_HZ ticks; containerd converts to nanoseconds.
         ticks = os.sysconf("SC_CLK_TCK")
         usage.user = stat.get("user", 0) * 1_000_000_000 // ticks
@@ -352,14 +370,14 @@ def _v1_cpuacct(directory: Path, usage: v1.CPUUsage) -> None:
 
 
 def _v1_cpu(directory: Path, throttling: v1.Throttle) -> None:
-    stat = _read_kv(directory / "cpu.stat") or {}
+    stat = _read_kv(f"{directory}/cpu.stat") or {}
     throttling.periods = stat.get("nr_periods", 0)
     throttling.throttled_periods = stat.get("nr_throttled", 0)
     throttling.throttled_time = stat.get("throttled_time", 0)
 
 
 def _v1_memory(directory: Path, metrics: v1.Metrics) -> None:
-    stat = _read_kv(directory / "memory.stat")
+    stat = _read_kv(f"{directory}/memory.stat")
     if stat is None:
         return
     memory = metrics.memory
@@ -377,10 +395,10 @@ def _v1_memory(directory: Path, metrics: v1.Metrics) -> None:
             ("failcnt", "failcnt"),
             ("limit", "limit_in_bytes"),
         ):
-            number = _read_uint(directory / f"{prefix}.{suffix}")
+            number = _read_uint(f"{directory}/{prefix}.{suffix}")
             if number is not None:
                 setattr(entry, name, number)
-    if (oom := _read_kv(directory / "memory.oom_control")) is not None:
+    if (oom := _read_kv(f"{directory}/memory.oom_control")) is not None:
         metrics.memory_oom_control.oom_kill_disable = oom.get("oom_kill_disable", 0)
         metrics.memory_oom_control.under_oom = oom.get("under_oom", 0)
         metrics.memory_oom_control.oom_kill = oom.get("oom_kill", 0)
@@ -391,15 +409,17 @@ def _v1_blkio(directory: Path, blkio: v1.BlkIOStat) -> None:
     devices = parse_partitions(_read(Path("/proc/partitions")) or "")
     # As containerd: the recursive files where the kernel has them (CFQ), and the throttle
     # files when those hold nothing (no CFQ device in this cgroup, or no CFQ at all).
-    if (directory / "blkio.io_serviced_recursive").exists():
+    if os.path.exists(f"{directory}/blkio.io_serviced_recursive"):
         for field, name in _V1_BLKIO_RECURSIVE.items():
-            getattr(blkio, field).extend(_v1_blkio_entries(directory / name, devices))
+            getattr(blkio, field).extend(_v1_blkio_entries(f"{directory}/{name}", devices))
     if blkio.ByteSize() == 0:
         for field, name in _V1_BLKIO_THROTTLE.items():
-            getattr(blkio, field).extend(_v1_blkio_entries(directory / name, devices))
+            getattr(blkio, field).extend(_v1_blkio_entries(f"{directory}/{name}", devices))
 
 
-def _v1_blkio_entries(path: Path, devices: Mapping[tuple[int, int], str]) -> list[v1.BlkIOEntry]:
+def _v1_blkio_entries(
+    path: str | Path, devices: Mapping[tuple[int, int], str]
+) -> list[v1.BlkIOEntry]:
     text = _read(path)
     return [] if text is None else parse_blkio(text, devices)
 
@@ -439,7 +459,7 @@ def parse_partitions(text: str) -> dict[tuple[int, int], str]:
 
 
 def _v1_rdma(directory: Path, metrics: v1.Metrics) -> None:
-    current, limit = _read(directory / "rdma.current"), _read(directory / "rdma.max")
+    current, limit = _read(f"{directory}/rdma.current"), _read(f"{directory}/rdma.max")
     if current is None or limit is None:
         return
     current_lines, limit_lines = current.split("\n"), limit.split("\n")
@@ -479,17 +499,17 @@ def v2_metrics(directory: Path) -> v2.Metrics:
     metrics = v2.Metrics()
     pids = metrics.pids
     pids.SetInParent()
-    pids.current = _read_uint(directory / "pids.current") or 0
-    pids.limit = _read_limit(directory / "pids.max", unlimited=_UINT64_MAX) or 0
+    pids.current = _read_uint(f"{directory}/pids.current") or 0
+    pids.limit = _read_limit(f"{directory}/pids.max", unlimited=_UINT64_MAX) or 0
 
-    cpu = _read_kv(directory / "cpu.stat") or {}
+    cpu = _read_kv(f"{directory}/cpu.stat") or {}
     metrics.cpu.SetInParent()
     for field in v2.CPUStat.DESCRIPTOR.fields_by_name:
         setattr(metrics.cpu, field, cpu.get(field, 0))
 
     memory = metrics.memory
     memory.SetInParent()
-    stat = _read_kv(directory / "memory.stat") or {}
+    stat = _read_kv(f"{directory}/memory.stat") or {}
     for field in v2.MemoryStat.DESCRIPTOR.fields_by_name:
         if field in stat:
             setattr(memory, field, stat[field])
@@ -499,18 +519,18 @@ def v2_metrics(directory: Path) -> v2.Metrics:
         ("swap_usage", "memory.swap.current"),
         ("swap_limit", "memory.swap.max"),
     ):
-        setattr(memory, field, _read_limit(directory / name, unlimited=_UINT64_MAX) or 0)
+        setattr(memory, field, _read_limit(f"{directory}/{name}", unlimited=_UINT64_MAX) or 0)
 
-    if events := _read_kv(directory / "memory.events"):
+    if events := _read_kv(f"{directory}/memory.events"):
         for field in v2.MemoryEvents.DESCRIPTOR.fields_by_name:
             setattr(metrics.memory_events, field, events.get(field, 0))
 
     metrics.io.SetInParent()
-    metrics.io.usage.extend(parse_io_stat(_read(directory / "io.stat") or ""))
+    metrics.io.usage.extend(parse_io_stat(_read(f"{directory}/io.stat") or ""))
 
     metrics.rdma.SetInParent()
     for field, name in (("current", "rdma.current"), ("limit", "rdma.max")):
-        lines = (_read(directory / name) or "").split("\n")
+        lines = (_read(f"{directory}/{name}") or "").split("\n")
         getattr(metrics.rdma, field).extend(v2.RdmaEntry(**e) for e in parse_rdma(lines))
 
     metrics.hugetlb.extend(_v2_hugetlb(directory))
@@ -542,6 +562,6 @@ def _v2_hugetlb(directory: Path) -> list[v2.HugeTlbStat]:
         pagesize = current_file.name.split(".")[1]
         stat = v2.HugeTlbStat(pagesize=pagesize)
         stat.current = _read_uint(current_file) or 0
-        stat.max = _read_limit(directory / f"hugetlb.{pagesize}.max", unlimited=_UINT64_MAX) or 0
+        stat.max = _read_limit(f"{directory}/hugetlb.{pagesize}.max", unlimited=_UINT64_MAX) or 0
         stats.append(stat)
     return stats
