@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from supervisor.metadata.images import ImageStore
     from supervisor.metadata.leases import LeaseStore
     from supervisor.metadata.snapshots import SnapshotStore
+    from supervisor.metrics.daemon import OwnMetrics
     from supervisor.metrics.server import MetricsServer
     from supervisor.volumes.manager import VolumeManager
 
@@ -265,6 +266,16 @@ async def stop_health(starting: asyncio.Task[HealthMonitor | None]) -> None:
         await monitor.stop()
 
 
+def own_metrics(config: Config, tasks: TaskManager, root: Path) -> OwnMetrics | None:
+    """The gRPC server's metrics and ctrd's own (`supervisor.metrics.daemon`), registered when
+    /v1/metrics is served; prometheus_client is imported only then."""
+    if not config.metrics.address:
+        return None
+    from supervisor.metrics.daemon import OwnMetrics
+
+    return OwnMetrics(tasks.all, root, ("overlayfs", "native"), config.cri.namespace)
+
+
 async def collect_later(parts: Parts, delay: float) -> None:
     """The collector's runs, from `delay` seconds on (see the module's doc). Stores that cannot
     be built (a root the daemon may not write, say) are logged, as each call to a service that
@@ -340,6 +351,7 @@ class Daemon:
     health: asyncio.Task[HealthMonitor | None] | None = None  # the health checks, starting
     restarts: RestartMonitor | None = None  # the containers' restart policies
     metrics: MetricsServer | None = None  # /v1/metrics, when [metrics] address is set
+    own: OwnMetrics | None = None  # the gRPC server's metrics and ctrd's own, when served
 
     @classmethod
     async def start(cls, config: Config) -> Daemon:
@@ -550,7 +562,8 @@ class Daemon:
             (ctrd_health_pb2_grpc.add_HealthServicer_to_server, Deferred(health_service)),
             (restarts_pb2_grpc.add_RestartsServicer_to_server, Deferred(restarts_service)),
         ]
-        registrar = Registrar(server)
+        own = own_metrics(config, tasks, root)  # None unless [metrics] address is set
+        registrar = Registrar(server, [own.grpc] if own is not None else [])
         for add, servicer in services:
             add(servicer, registrar)
         if config.cri.enabled:  # Kubernetes' CRI, imported at its first call
@@ -581,6 +594,8 @@ class Daemon:
             await server.stop(None)
             await db.close()
             await event_log.close()
+            if own is not None:
+                own.unregister()
             lock.release()
             raise
         gc_task = asyncio.create_task(collect_later(parts, GC_STARTUP_DELAY), name="gc")
@@ -592,6 +607,7 @@ class Daemon:
             config, lock, db, server, gc_task, parts, tasks, events, network_manager, checks,
             restarts,
         )  # fmt: skip
+        daemon.own = own
         if config.metrics.address:  # /v1/metrics: aiohttp and prometheus_client if asked
             from supervisor.metrics import server as metrics_server
 
@@ -606,6 +622,8 @@ class Daemon:
         log.info("ctrd_stopping")
         if self.metrics is not None:
             await self.metrics.stop()
+        if self.own is not None:
+            self.own.unregister()
         if self.restarts is not None:
             await self.restarts.stop()  # no restart once the daemon stops (docker's rule)
         if self.health is not None:

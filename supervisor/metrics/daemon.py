@@ -280,14 +280,39 @@ def _split(ids: list[str], running: set[str]) -> dict[str, int]:
 
 
 def task_views(tasks: Callable[[], list[Any]]) -> Callable[[], list[TaskView]]:
-    """The scrape's view of a task manager's `all()`: state from the init's events."""
+    """The scrape's view of a task manager's `all()`: the init's state from its events, as
+    `Task.init_state` tells it (a shim that just died is being buried: still running)."""
 
     def views() -> list[TaskView]:
         out = []
         for t in tasks():
-            state = "stopped" if t.dead else (t.status or "unknown")
+            if "" in t.exits:
+                state = "stopped"
+            else:
+                state = "running" if t.dead else (t.status or "unknown")
             alive = t.client is not None and not t.dead and t.gone is None
             out.append(TaskView(t.namespace, t.id, state, alive))
         return out
 
     return views
+
+
+class OwnMetrics:
+    """The gRPC server's metrics (a `Tap` for the registrar) and ctrd's own, registered for one
+    daemon until `unregister`."""
+
+    def __init__(
+        self, tasks: Callable[[], list[Any]], root: Path, snapshotters: Sequence[str], cri: str
+    ) -> None:
+        from supervisor.metrics.grpc import GrpcMetrics
+        from supervisor.metrics.registry import register
+
+        self.grpc = GrpcMetrics()
+        self._unregister = [
+            register(self.grpc),
+            register(DaemonMetrics(task_views(tasks), root, snapshotters, cri)),
+        ]
+
+    def unregister(self) -> None:
+        for unregister in self._unregister:
+            unregister()

@@ -1,9 +1,11 @@
 """The gRPC server's metrics, as go-grpc-prometheus (which containerd uses) names them.
 
 `GrpcMetrics` is a `Tap` (`supervisor.services.rpc`) and a collector (`registry.register`):
-each method is known from its registration on, with every series at zero (as
-`grpc_prometheus.Register` does for containerd: started, messages, the handling histogram and
-handled by each of the 17 codes); each call adds to plain integers of its method's record, on
+each method is known from its registration on, with its counters at zero (as
+`grpc_prometheus.Register` does for containerd: started, messages and handled by each of the
+17 codes), and its handling histogram from its first call (containerd serves none unless
+`grpc_histogram = true`; at zero, the ~130 methods' buckets would double a scrape's ~3000
+lines for nothing); each call adds to plain integers of its method's record, on
 the event loop, and a scrape reads them on its own thread (int reads and dict copies under the
 GIL; no lock on the call's path).
 
@@ -136,6 +138,8 @@ class GrpcMetrics(Collector):
                 handled.add_metric([*values, code], count)
             received.add_metric(values, m.received)
             sent.add_metric(values, m.sent)
+            if not m.started:  # a method never called has no histogram yet (see the doc)
+                continue
             cumulative, total = [], 0
             for label, count in zip(_BUCKET_LABELS, list(m.buckets), strict=True):
                 total += count

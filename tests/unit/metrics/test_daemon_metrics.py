@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -147,3 +149,13 @@ def test_counters_and_histograms_are_served_from_zero_and_move(tmp_path: Path) -
         _get(after, "ctrd_image_pull_bytes_total")
         == _get(before, "ctrd_image_pull_bytes_total") + 10
     )
+
+
+def test_counting_never_loads_prometheus_client() -> None:
+    """Every daemon imports the counting side; prometheus_client only one serving /v1/metrics."""
+    code = (
+        "import sys, supervisor.metrics.counts, supervisor.events, supervisor.runtime.manager;"
+        "sys.exit('prometheus_client' in sys.modules)"
+    )
+    repo = Path(__file__).parents[3]
+    assert subprocess.run([sys.executable, "-c", code], cwd=repo).returncode == 0
