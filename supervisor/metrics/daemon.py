@@ -286,10 +286,9 @@ def task_views(tasks: Callable[[], list[Any]]) -> Callable[[], list[TaskView]]:
     def views() -> list[TaskView]:
         out = []
         for t in tasks():
+            state = "running" if t.dead else (t.status or "unknown")
             if "" in t.exits:
                 state = "stopped"
-            else:
-                state = "running" if t.dead else (t.status or "unknown")
             alive = t.client is not None and not t.dead and t.gone is None
             out.append(TaskView(t.namespace, t.id, state, alive))
         return out
