@@ -24,15 +24,27 @@ class Counter:
     the start: an unlabelled counter, and the label values in `seed`)."""
 
     def __init__(
-        self, name: str, doc: str, labels: Sequence[str] = (), seed: Sequence[Labels] = ()
+        self,
+        name: str,
+        doc: str,
+        labels: Sequence[str] = (),
+        seed: Sequence[Labels] = (),
+        limit: int = 0,
     ) -> None:
         self.name = name
         self.doc = doc
         self.labels = tuple(labels)
         self.values: dict[Labels, float] = dict.fromkeys(seed if labels else [()], 0.0)
+        # Label values a client chooses (an event's topic) are counted under "other" past
+        # `limit` distinct ones: a series per value would grow without bound.
+        self._limit = limit
 
     def inc(self, *labels: str, by: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + by
+        value = self.values.get(labels)
+        if value is None and self._limit and len(self.values) >= self._limit:
+            labels = ("other",) * len(labels)
+            value = self.values.get(labels)
+        self.values[labels] = (value or 0.0) + by
 
     def snapshot(self) -> dict[Labels, float]:
         return dict(self.values)
@@ -117,7 +129,10 @@ EXITS_RECOVERED = Counter(
     "Exits that happened while no daemon ran, found in the shims' journals at a restart.",
 )
 EVENTS_PUBLISHED = Counter(
-    "ctrd_events_published_total", "Events published on the exchange, by topic.", ["topic"]
+    "ctrd_events_published_total",
+    "Events published on the exchange, by topic (past 64 topics, the others as 'other').",
+    ["topic"],
+    limit=64,
 )
 GC_RUNS = Counter("ctrd_gc_runs_total", "Garbage collections run.")
 GC_SECONDS = Histogram("ctrd_gc_duration_seconds", "Time of each garbage collection.", GC_BUCKETS)

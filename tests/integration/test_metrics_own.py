@@ -63,12 +63,12 @@ def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
 
 
-def ctrctl(ctrd: Ctrd, *args: str) -> str:
+def ctrctl(ctrd: Ctrd, *args: str, fails: bool = False) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "ctl", "--address", ctrd.address, *args],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert done.returncode == 0, f"ctrctl {args}: {done.stderr}\n{ctrd.log()[-3000:]}"
+    assert (done.returncode != 0) == fails, f"ctrctl {args}: {done.stderr}\n{ctrd.log()[-3000:]}"
     return done.stdout
 
 
@@ -111,6 +111,9 @@ def test_own_and_grpc_families_move_with_what_happens(
     ctrctl(ctrd, "pull", busybox_image.ref)
     with test_registry.Registry() as other:
         ctrctl(ctrd, "push", busybox_image.ref, f"{other.host}/m2/busybox:v1")
+    nowhere = "127.0.0.1:1/m2/busybox:v1"  # nothing listens on port 1
+    ctrctl(ctrd, "pull", nowhere, fails=True)
+    ctrctl(ctrd, "push", busybox_image.ref, nowhere, fails=True)
     ctrctl(ctrd, "run", "-d", "--name", "m2", busybox_image.ref, "sleep", "1000")
     stub = tasks_pb2_grpc.TasksStub(ctrd.channel)
     with pytest.raises(grpc.RpcError) as missing:
@@ -137,6 +140,8 @@ def test_own_and_grpc_families_move_with_what_happens(
     assert moved(before, after, "ctrd_image_pull_bytes_total") >= size
     assert moved(before, after, "ctrd_image_pushes_total", result="ok") == 1
     assert moved(before, after, "ctrd_image_push_bytes_total") >= size
+    assert moved(before, after, "ctrd_image_pulls_total", result="error") == 1
+    assert moved(before, after, "ctrd_image_pushes_total", result="error") == 1
     # what the databases hold, once the cached figures are read again
     net = {"namespace": "default", "network": "bridge"}
     eventually(lambda: value(scrape(), "ctrd_network_endpoints", **net) == 1)

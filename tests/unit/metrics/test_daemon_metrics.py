@@ -159,3 +159,10 @@ def test_counting_never_loads_prometheus_client() -> None:
     )
     repo = Path(__file__).parents[3]
     assert subprocess.run([sys.executable, "-c", code], cwd=repo).returncode == 0
+
+
+def test_label_values_past_the_limit_are_counted_as_other() -> None:
+    counter = counts.Counter("ctrd_test_total", "test", ["topic"], limit=2)
+    for topic in ("/a", "/b", "/c", "/d", "/a"):
+        counter.inc(topic)
+    assert counter.snapshot() == {("/a",): 2.0, ("/b",): 1.0, ("other",): 2.0}
