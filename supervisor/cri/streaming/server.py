@@ -11,8 +11,8 @@ answering only the URLs it handed out.
   `GET|POST /<kind>/<token>` whose (kind, upgrade) has a handler and whose token is good
   (consumed right then) is given to it; it owns the connection until it returns (the server
   closes the connection afterwards). Otherwise: 404 for an unknown path or token (expired,
-  used, never issued), 400 "unable to upgrade: ..." for a request with no upgrade or one
-  nothing is routed for, 405 for other methods.
+  used, never issued) or a kind nothing is routed for, 400 "unable to upgrade: ..." for a
+  request with no upgrade or one nothing is routed for, 405 for other methods.
 - `Exchange`: `request` (`Request`: method, path, query, headers with lowercase names;
   `header(name)`, `values(name)` = every value of a repeated or comma-separated header),
   `payload` (what `url` kept), `reader`/`writer` (asyncio streams of the connection: bytes
@@ -244,9 +244,13 @@ class StreamServer:
             await exchange.respond(404, "404 page not found")
             return
         kind, token = parts
+        served = sorted(u for k, u in self._routes if k == kind)
+        if not served:
+            await exchange.respond(404, "404 page not found")
+            return
         handler = self._routes.get((kind, request.upgrade))
         if handler is None:
-            wanted = " or ".join(sorted({u for k, u in self._routes if k == kind})) or "nothing"
+            wanted = " or ".join(served)
             await exchange.respond(400, f"unable to upgrade: {kind} is served over {wanted}")
             return
         payload = self.tokens.take(kind, token)
