@@ -444,20 +444,27 @@ def _read_chunk(places: list[tuple[TaskLike, _Place]]) -> list[Reading]:
     readings = []
     for task, place in places:
         cgroup = place.cgroup
+        stopped = "" in task.exits
+        # A stopped task's cgroup goes at its delete, which may be under way: a reader finds
+        # missing files as zeros, so look first (a running task's cgroup is there).
+        if stopped and not _exists(cgroup):
+            continue
         if isinstance(cgroup, cgroups.CgroupV1):
-            if not any(d.is_dir() for d in cgroup.directories.values()):
-                continue  # deleted meanwhile
             numbers: v1.Metrics | v2.Metrics = cgroups.v1_metrics(cgroup.directories)
         else:
-            if not cgroup.directory.is_dir():
-                continue
             numbers = cgroups.v2_metrics(cgroup.directory)
         network: tuple[tuple[str, tuple[int, ...]], ...] = ()
-        if place.net_pid and "" not in task.exits:
+        if place.net_pid and not stopped:
             text = _read_text(f"/proc/{place.net_pid}/net/dev")
             network = parse_net_dev(text) if text else ()
         readings.append(Reading(task.namespace, task.id, numbers, network))
     return readings
+
+
+def _exists(cgroup: cgroups.CgroupV1 | cgroups.CgroupV2) -> bool:
+    if isinstance(cgroup, cgroups.CgroupV1):
+        return any(d.is_dir() for d in cgroup.directories.values())
+    return cgroup.directory.is_dir()
 
 
 def _families(readings: list[Reading]) -> Iterator[tuple[Family, list[tuple[Reading, Any]]]]:
