@@ -52,6 +52,11 @@ async def _sum(requests: AsyncIterator[bytes], context: Any) -> bytes:
     return bytes([sum([len(r) async for r in requests])])
 
 
+async def _echo(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    async for r in requests:
+        yield r + r
+
+
 def _test_service() -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
     return grpc.method_handlers_generic_handler(
         "test.Things",
@@ -59,6 +64,7 @@ def _test_service() -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
             "Fail": grpc.unary_unary_rpc_method_handler(_fail),
             "Three": grpc.unary_stream_rpc_method_handler(_three),
             "Sum": grpc.stream_unary_rpc_method_handler(_sum),
+            "Echo": grpc.stream_stream_rpc_method_handler(_echo),
         },
     )
 
@@ -88,6 +94,8 @@ async def _exercise(metrics: GrpcMetrics, before: list[Samples]) -> None:
                     b"\2",
                 ]
                 assert await channel.stream_unary("/test.Things/Sum")(iter([b"ab", b"c"])) == b"\3"
+                echo = channel.stream_stream("/test.Things/Echo")(iter([b"a", b"b", b"c"]))
+                assert [m async for m in echo] == [b"aa", b"bb", b"cc"]
         finally:
             await server.stop(None)
 
@@ -136,6 +144,10 @@ def test_calls_move_started_handled_messages_and_handling_time() -> None:
     total = {"grpc_type": "client_stream", "grpc_service": "test.Things", "grpc_method": "Sum"}
     assert _value(after, "grpc_server_msg_received_total", **total) == 2
     assert _value(after, "grpc_server_handled_total", grpc_code="OK", **total) == 1
+
+    echo = {"grpc_type": "bidi_stream", "grpc_service": "test.Things", "grpc_method": "Echo"}
+    assert _value(after, "grpc_server_msg_received_total", **echo) == 3
+    assert _value(after, "grpc_server_msg_sent_total", **echo) == 3
 
 
 def test_method_names_split_as_go_grpc_prometheus_splits_them() -> None:
