@@ -31,6 +31,11 @@ Messages (a receiver ignores keys not listed here, so that later versions may ad
   has exactly one of "result" and "error". A request may omit "params" (meaning {}).
 - "id" (0 <= id < 2**63) is chosen by the daemon, unique among its requests in flight on the
   connection; the shim answers each request exactly once, with the same id, in any order.
+- Tracing (optional both ways): a request's params may hold "traceparent", the daemon's span
+  as W3C trace context (`00-<trace id>-<span id>-<flags>`). The shim then answers an object
+  result with "spans" added: [{"name": str, "start_ns": int, "end_ns": int}, ...], wall-clock
+  times of its handling ("shim.<method>") and of the runtime commands it ran for it ("runc
+  create"), which the daemon records as child spans. Requests without it get no "spans".
 - "code" is one of ERROR_CODES, spelled as the error classes of `supervisor/errors.py`, which
   the daemon raises for them. A receiver reads a code it does not know as "Internal"
   (`parse` does this, keeping the unknown code in the message).

@@ -36,6 +36,7 @@ import json
 import os
 import select
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,6 +79,9 @@ class Runtime:
         self.binary = binary
         self.root = root
         self.bundle = bundle
+        # While the shim handles a traced request: each command's name and times (wall clock,
+        # ns), for its answer (`shim.task`); None otherwise, which costs nothing.
+        self.timings: list[dict[str, Any]] | None = None
         self.log = os.path.join(bundle, LOG)
         self._on_reaped = on_reaped
 
@@ -93,6 +97,18 @@ class Runtime:
         without a terminal inherits them); otherwise stdin is `input` (or empty) and stdout is
         captured. Raises RuntimeFailed with the runtime's error when it exits non-zero.
         """
+        if self.timings is not None:  # a traced request: its runtime commands are timed
+            began = time.time_ns()
+            try:
+                return self._run(args, stdio, input)
+            finally:
+                name = f"{os.path.basename(self.binary)} {args[0]}"
+                self.timings.append({"name": name, "start_ns": began, "end_ns": time.time_ns()})
+        return self._run(args, stdio, input)
+
+    def _run(
+        self, args: Sequence[str], stdio: tuple[int, int, int] | None, input: bytes | None
+    ) -> bytes:
         argv = [self.binary, "--root", self.root, "--log", self.log, "--log-format", "json"]
         argv += args
         out = -1

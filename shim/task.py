@@ -379,8 +379,16 @@ class Shim:
 
     def handle(self, connection: Connection, request: Request) -> None:
         method = getattr(self, "do_" + request.method, None)
+        traced = request.params.get("traceparent")  # the daemon traces this call
+        if traced:
+            began, timings = time.time_ns(), list[dict[str, Any]]()
+            self.runtime.timings = timings
 
         def answer(result: Any) -> None:
+            if traced and isinstance(result, dict):  # its times, for the daemon's spans
+                mine = {"name": f"shim.{request.method}", "start_ns": began}
+                mine["end_ns"] = time.time_ns()
+                result = {**result, "spans": [mine, *timings]}
             connection.send(protocol.Response(request.id, result).to_wire())
 
         try:
@@ -392,13 +400,15 @@ class Shim:
         except runc.RuntimeFailed as e:
             connection.send(protocol.ErrorResponse(request.id, protocol.UNKNOWN, str(e)).to_wire())
         except (OSError, ValueError, TypeError, KeyError) as e:
-            self.log("request_failed", method=request.method, error=repr(e))
+            self.log("request_failed", method=request.method, error=repr(e), trace=traced)
             connection.send(
                 protocol.ErrorResponse(request.id, protocol.INTERNAL, repr(e)).to_wire()
             )
         else:
             if result is not DEFER:
                 answer(result)
+        finally:
+            self.runtime.timings = None
         self._match_exits()
 
     def _execs(self) -> list[Process]:

@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from supervisor.metadata.snapshots import SnapshotStore
     from supervisor.metrics.daemon import OwnMetrics
     from supervisor.metrics.server import MetricsServer
+    from supervisor.tracing import Tracing
     from supervisor.volumes.manager import VolumeManager
 
 log = structlog.get_logger("ctrd")
@@ -266,6 +267,16 @@ async def stop_health(starting: asyncio.Task[HealthMonitor | None]) -> None:
         await monitor.stop()
 
 
+def start_tracing(config: Config) -> Tracing | None:
+    """OpenTelemetry's spans (`supervisor.tracing`), imported only when configured."""
+    if not config.tracing.endpoint:
+        return None
+    from supervisor.tracing import Settings, Tracing
+
+    t = config.tracing
+    return Tracing(Settings(t.endpoint, t.protocol, t.insecure, t.service_name, t.sampling_ratio))
+
+
 def own_metrics(config: Config, tasks: TaskManager, root: Path) -> OwnMetrics | None:
     """The gRPC server's metrics and ctrd's own (`supervisor.metrics.daemon`), registered when
     /v1/metrics is served; prometheus_client is imported only then."""
@@ -350,6 +361,7 @@ class Daemon:
     networks: Any = None  # the cached NetworkManager factory (built at first need)
     health: asyncio.Task[HealthMonitor | None] | None = None  # the health checks, starting
     restarts: RestartMonitor | None = None  # the containers' restart policies
+    tracing: Tracing | None = None  # OpenTelemetry, when [tracing] endpoint is set
     metrics: MetricsServer | None = None  # /v1/metrics, when [metrics] address is set
     own: OwnMetrics | None = None  # the gRPC server's metrics and ctrd's own, when served
 
@@ -563,7 +575,9 @@ class Daemon:
             (restarts_pb2_grpc.add_RestartsServicer_to_server, Deferred(restarts_service)),
         ]
         own = own_metrics(config, tasks, root)  # None unless [metrics] address is set
-        registrar = Registrar(server, [own.grpc] if own is not None else [])
+        tracing = start_tracing(config)  # None unless [tracing] endpoint is set
+        taps = [t for t in (own.grpc if own is not None else None, tracing) if t is not None]
+        registrar = Registrar(server, taps)
         for add, servicer in services:
             add(servicer, registrar)
         if config.cri.enabled:  # Kubernetes' CRI, imported at its first call
@@ -594,6 +608,8 @@ class Daemon:
             await server.stop(None)
             await db.close()
             await event_log.close()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.close)
             if own is not None:
                 own.unregister()
             lock.release()
@@ -605,7 +621,7 @@ class Daemon:
         log.info("ctrd_started", address=address, root=str(root), state=str(state), pid=os.getpid())
         daemon = cls(
             config, lock, db, server, gc_task, parts, tasks, events, network_manager, checks,
-            restarts,
+            restarts, tracing,
         )  # fmt: skip
         daemon.own = own
         if config.metrics.address:  # /v1/metrics: aiohttp and prometheus_client if asked
@@ -644,5 +660,7 @@ class Daemon:
             await self.events.log.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.grpc.address)
+        if self.tracing is not None:  # the last spans sent (blocking: the exporter's timeout)
+            await asyncio.to_thread(self.tracing.close)
         self.lock.release()
         log.info("ctrd_stopped")

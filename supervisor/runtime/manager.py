@@ -53,7 +53,7 @@ from shim.journal import FILENAME as JOURNAL
 from shim.journal import JournalError
 from shim.journal import read as journal_read
 from snapshotter.protocol import Mount
-from supervisor import errors
+from supervisor import errors, tracing
 from supervisor.api.containerd.events import task_pb2 as events_pb
 from supervisor.api.containerd.services.events.v1 import events_pb2
 from supervisor.api.containerd.types import mount_pb2
@@ -213,9 +213,10 @@ class Task:
         """The init's start, whoever asks (Tasks.Start, the CRI, restarts), timed and counted."""
         started = time.monotonic()
         try:
-            result = await self.call("start", params)
-            if isinstance(result, dict) and result.get("seq"):
-                await self.seen(int(result["seq"]))
+            with tracing.span("task.start"):
+                result = await self.call("start", params)
+                if isinstance(result, dict) and result.get("seq"):
+                    await self.seen(int(result["seq"]))
         except BaseException:
             counts.TASK_STARTS.inc("error")
             raise
@@ -599,7 +600,9 @@ class TaskManager:
 
         steps = _Steps()
         try:
-            mounting = await asyncio.to_thread(prepare)
+            with tracing.span("task.bundle"):  # the mount, its last part, is `task.snapshot`
+                mounting = await asyncio.to_thread(prepare)
+                tracing.record_last("task.snapshot", mounting)
         except BaseException:
             counts.TASK_CREATES.inc("error")
             raise
@@ -617,13 +620,14 @@ class TaskManager:
                 "runtime": runtime.binary,
                 "runtime_root": runtime.root,
             }
-            shim_pid = await self._spawn(config)
-            client = await ShimClient.connect(config["socket"], f"{namespace}/{cid}")
-            task = Task(
-                namespace, cid, bundle, client, source,
-                shim_pid=shim_pid, io=dict(stdio), runtime=runtime,
-            )  # fmt: skip
-            await self._subscribe(task, after=0)
+            with tracing.span("task.shim"):
+                shim_pid = await self._spawn(config)
+                client = await ShimClient.connect(config["socket"], f"{namespace}/{cid}")
+                task = Task(
+                    namespace, cid, bundle, client, source,
+                    shim_pid=shim_pid, io=dict(stdio), runtime=runtime,
+                )  # fmt: skip
+                await self._subscribe(task, after=0)
             steps.lap("shim")
             params = dict(stdio)
             params["rootfs"] = [
@@ -631,10 +635,12 @@ class TaskManager:
                 for m in mounts
             ]
             if before is not None:
-                await before
+                with tracing.span("task.network"):
+                    await before
                 steps.lap("network")
             try:
-                result = await task.call_seen("create", params)
+                with tracing.span("task.create"):
+                    result = await task.call_seen("create", params)
             except errors.CtrdError as e:  # containerd's runtime manager words it so
                 raise type(e)(f"failed to create shim task: {e.detail}") from None
             task.pid = int(result["pid"])

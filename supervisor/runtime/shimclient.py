@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from shim import protocol
-from supervisor import errors
+from supervisor import errors, tracing
 
 log = structlog.get_logger("ctrd.shim")
 
@@ -58,6 +58,14 @@ class ShimClient:
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """The result of `method`; the shim's error as its typed error; Unavailable if gone."""
+        if tracing.on():  # a span around the call, whose context the shim is handed
+            with tracing.span(f"shim {method}", **{"ctrd.shim": self.name}):
+                result = await self._call(method, tracing.inject(params or {}))
+                tracing.record_shim_spans(result, **{"ctrd.shim": self.name})
+                return result
+        return await self._call(method, params)
+
+    async def _call(self, method: str, params: dict[str, Any] | None) -> Any:
         if self._closed is not None:
             raise errors.Unavailable(f"shim {self.name}: {self._closed}")
         ident = next(self._ids)
