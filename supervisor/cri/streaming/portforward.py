@@ -49,6 +49,7 @@ log = structlog.get_logger("ctrd.cri.portforward")
 PROTOCOL = "portforward.k8s.io"
 PAIR_TIMEOUT = 30.0  # seconds for a request's second stream to come (kubelet's)
 CHUNK = 256 * 1024  # bytes read from the pod at once
+CLOSE_WAIT = 1.0  # seconds a frame sent while ending may wait for room
 
 STREAM_TYPE = "streamtype"
 PORT = "port"
@@ -136,16 +137,34 @@ async def serve_spdy(exchange: Exchange, dialer: Dialer = dial) -> None:
     if upgraded is None:
         return
     session, _protocol = upgraded
-    await Forwarding(session, exchange.payload, dialer).run()
+    await Forwarding(session, exchange.payload, dialer, stuck(exchange.writer)).run()
+
+
+def stuck(writer: asyncio.StreamWriter) -> Callable[[], None]:
+    """What ends a connection whose client stopped reading: the transport aborted when bytes
+    are still waiting to go (a plain close would wait for them for ever)."""
+
+    def abort() -> None:
+        if writer.transport.get_write_buffer_size():
+            writer.transport.abort()
+
+    return abort
 
 
 class Forwarding:
     """The pairs of one SPDY session (see the module docstring)."""
 
-    def __init__(self, session: spdy.Session, pod: Pod, dialer: Dialer = dial) -> None:
+    def __init__(
+        self,
+        session: spdy.Session,
+        pod: Pod,
+        dialer: Dialer = dial,
+        abort: Callable[[], None] = lambda: None,
+    ) -> None:
         self._session = session
         self._pod = pod
         self._dial = dialer
+        self._abort = abort  # at the end, for a client that stopped reading (`stuck`)
         self._pairs: dict[str, Pair] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -165,7 +184,8 @@ class Forwarding:
             for task in list(self._tasks):
                 with contextlib.suppress(BaseException):
                     await task
-            await self._session.close()
+            await _bounded(self._session.close())
+            self._abort()
             reading.cancel()
             with contextlib.suppress(BaseException):
                 await reading
@@ -250,11 +270,11 @@ async def _copy_both_ways(sock: socket.socket, error: spdy.Stream, data: spdy.St
                 await task
         if reset:
             abort(sock)
-            await data.reset()
-            await error.reset()
+            await _bounded(data.reset())
+            await _bounded(error.reset())
         else:
             sock.close()
-            await error.close()
+            await _bounded(error.close())
 
 
 async def _client_to_pod(sock: socket.socket, data: spdy.Stream) -> End:
@@ -284,6 +304,18 @@ async def _pod_to_client(sock: socket.socket, data: spdy.Stream) -> End:
         await data.write(chunk)
         if data.broken:
             return End.RESET
+
+
+async def _bounded(work: Awaitable[None], seconds: float = CLOSE_WAIT) -> None:
+    """`work` (a frame sent at the end) given at most `seconds`: a client that stopped
+    reading must not hold the cleanup (nor the daemon's stop) for ever. A task of its own:
+    in a task being cancelled, `asyncio.timeout` (3.11) raises CancelledError, not
+    TimeoutError, and the rest of the cleanup would be skipped."""
+    task = asyncio.ensure_future(work)
+    await asyncio.wait((task,), timeout=seconds)
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 async def _drain(stream: spdy.Stream) -> None:

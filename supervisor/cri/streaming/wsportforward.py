@@ -157,7 +157,9 @@ async def tunnel(ws: websocket.WebSocket, pod: Pod, dialer: Dialer = dial) -> No
         portforward.check_stream,
     )
     try:
-        await portforward.Forwarding(session, pod, dialer).run()
+        await portforward.Forwarding(
+            session, pod, dialer, lambda: ws.writer.transport.abort()
+        ).run()
         await ws.close()
     finally:
         pumping.cancel()

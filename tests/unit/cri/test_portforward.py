@@ -54,7 +54,9 @@ async def node() -> AsyncIterator[Node]:
         assert isinstance(exchange, Exchange)
         upgraded = await spdy.upgrade(exchange, (portforward.PROTOCOL,), portforward.check_stream)
         assert upgraded is not None
-        forwarding = portforward.Forwarding(upgraded[0], exchange.payload)
+        forwarding = portforward.Forwarding(
+            upgraded[0], exchange.payload, abort=portforward.stuck(exchange.writer)
+        )
         made.append(forwarding)
         await forwarding.run()
 
@@ -84,6 +86,15 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     writer.close()
 
 
+async def eventually(condition: Callable[[], bool], within: float = 10) -> None:
+    """Polls: what the condition looks at changes without the client hearing of it."""
+    for _ in range(int(within / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    assert condition()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,7 +118,7 @@ def test_many_pairs_at_once_each_reach_the_pod():
                 )
                 assert client.streams[error].data == b""  # nothing went wrong
                 assert client.streams[error].rst is None
-            await client.until(lambda: n.forwardings[0].active == 0)
+            await eventually(lambda: n.forwardings[0].active == 0)
             await client.close()
 
     asyncio.run(run())
@@ -167,7 +178,7 @@ def test_a_reset_from_the_client_resets_the_pod_connection():
             await client.send(spdy.RstStream(data, spdy.RST_CANCEL))
             assert await asyncio.wait_for(seen, 5) == "reset"
             await client.until(lambda: client.streams[error].rst is not None)
-            await client.until(lambda: n.forwardings[0].active == 0)
+            await eventually(lambda: n.forwardings[0].active == 0)
             await client.close()
 
     asyncio.run(run())
@@ -192,7 +203,7 @@ def test_half_close_the_client_ends_its_request_and_still_gets_the_whole_answer(
             assert bytes(client.streams[data].data) == b"got question" + b"." * 1_000_000
             await client.until(lambda: client.streams[error].fin)
             assert client.streams[error].data == b""
-            await client.until(lambda: n.forwardings[0].active == 0)
+            await eventually(lambda: n.forwardings[0].active == 0)
             assert n.forwardings[0]._session.streams == {}
             await client.close()
 
@@ -254,7 +265,7 @@ def test_a_pair_left_incomplete_is_told_so_on_its_error_stream(monkeypatch: pyte
             await client.until(lambda: client.streams[error].fin, within=5)
             text = client.streams[error].data.decode()
             assert text == "timed out waiting for the streams of request 5"
-            await client.until(lambda: n.forwardings[0].active == 0)
+            await eventually(lambda: n.forwardings[0].active == 0)
             await client.close()
 
     asyncio.run(run())
@@ -288,5 +299,26 @@ def test_the_connection_s_end_closes_every_pod_connection():
                 await asyncio.sleep(0.01)
             assert n.forwardings[0].active == 0
             assert n.server.connections == 0
+
+    asyncio.run(run())
+
+
+def test_a_client_that_stops_reading_does_not_hold_the_server_s_stop():
+    async def run() -> None:
+        async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    writer.write(b"z" * 65536)
+                    await writer.drain()
+
+        async with node() as n, pod_server(flood) as port:
+            client = await n.connect()
+            await client.forward(port, 0)
+            client.task.cancel()  # reads no more: the server's writes pile up
+            await asyncio.sleep(0.5)
+            async with asyncio.timeout(10):
+                await n.server.stop()
+            assert n.server.connections == 0
+            client.writer.close()
 
     asyncio.run(run())
