@@ -318,7 +318,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Remove the nftables tables of test processes that died before their cleanup (a run
     killed by a timeout): named `ctrdt<pid>...` by these tests, so whose they were is known;
-    a table of a live process is left to it. Remember the host's resolv.conf and hosts."""
+    a table of a live process is left to it. Remember the host's resolv.conf and hosts.
+
+    A run started in the background by a shell without job control (`cmd &` in a script)
+    inherits SIGINT ignored, and so would every ctrctl the tests start: those that stop a
+    streaming ctrctl with Ctrl-C (stats, events) would wait forever. SIGINT is given back its
+    default here."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     _host_files.update(_read_host_files())
     from supervisor.network import nft
 
