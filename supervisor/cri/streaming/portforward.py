@@ -127,7 +127,8 @@ class End(enum.Enum):
     """How one direction of a forwarded connection ended."""
 
     EOF = "eof"
-    RESET = "reset"
+    POD_RESET = "pod"  # ECONNRESET, EPIPE from the pod's side
+    CLIENT_RESET = "client"  # the client's RST_STREAM, or its connection gone
 
 
 async def serve_spdy(exchange: Exchange, dialer: Dialer = dial) -> None:
@@ -240,26 +241,28 @@ class Forwarding:
                 await data.close()
                 await _drain(data)
                 return
-            await _copy_both_ways(sock, error, data)
+            await _copy_both_ways(sock, error, data, self._pod)
         finally:
             draining.cancel()
             with contextlib.suppress(BaseException):
                 await draining
 
 
-async def _copy_both_ways(sock: socket.socket, error: spdy.Stream, data: spdy.Stream) -> None:
+async def _copy_both_ways(
+    sock: socket.socket, error: spdy.Stream, data: spdy.Stream, pod: Pod
+) -> None:
     """Forward between the pod's connection and the data stream until both directions end
     (see the module docstring); the socket is closed at the end, however it ends."""
     up = asyncio.create_task(_client_to_pod(sock, data))
     down = asyncio.create_task(_pod_to_client(sock, data))
-    reset = False
+    reset: End | None = None
     try:
         pending = {up, down}
-        while pending and not reset:
+        while pending and reset is None:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task.result() is End.RESET:
-                    reset = True
+                if task.result() is not End.EOF:
+                    reset = task.result()
                 elif task is down:
                     await error.close()  # the pod said all it had to say
     finally:
@@ -268,7 +271,8 @@ async def _copy_both_ways(sock: socket.socket, error: spdy.Stream, data: spdy.St
         for task in (up, down):
             with contextlib.suppress(BaseException):
                 await task
-        if reset:
+        if reset is not None:
+            log.info("cri_portforward_reset", id=pod.sandbox_id, stream=data.id, by=reset.value)
             abort(sock)
             await _bounded(data.reset())
             await _bounded(error.reset())
@@ -283,9 +287,9 @@ async def _client_to_pod(sock: socket.socket, data: spdy.Stream) -> End:
         try:
             await loop.sock_sendall(sock, chunk)
         except OSError:
-            return End.RESET
+            return End.POD_RESET
     if data.broken:  # the client's RST_STREAM, or its connection gone
-        return End.RESET
+        return End.CLIENT_RESET
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
     return End.EOF
@@ -297,13 +301,13 @@ async def _pod_to_client(sock: socket.socket, data: spdy.Stream) -> End:
         try:
             chunk = await loop.sock_recv(sock, CHUNK)
         except OSError:
-            return End.RESET
+            return End.POD_RESET
         if not chunk:
             await data.close()
             return End.EOF
         await data.write(chunk)
         if data.broken:
-            return End.RESET
+            return End.CLIENT_RESET
 
 
 async def _bounded(work: Awaitable[None], seconds: float = CLOSE_WAIT) -> None:
