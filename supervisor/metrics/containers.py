@@ -500,20 +500,28 @@ def _escape(value: str) -> str:
 
 def render(readings: list[Reading]) -> str:
     """`readings` in the Prometheus text format; families without samples are left out."""
-    prefixes = {id(r): (_escape(r.id), _escape(r.namespace)) for r in readings}
+    plain = {
+        id(r): f'container_id="{_escape(r.id)}",namespace="{_escape(r.namespace)}"'
+        for r in readings
+    }
+    # Label sets beyond the two recur across families (a device's in the seven blkio ones, an
+    # interface's in the eight network ones): each is formatted once per container.
+    labelled: dict[tuple[int, Labels], str] = {}
     out: list[str] = []
     for family, selected in _families(readings):
         lines: list[str] = []
         name = family.name
         for reading, source in selected:
-            cid, ns = prefixes[id(reading)]
+            rid = id(reading)
             for labels, value in family.values(source):
-                if labels:
+                if not labels:
+                    text = plain[rid]
+                elif (text := labelled.get((rid, labels), "")) == "":
                     own = ((k, _escape(v)) for k, v in labels)
-                    pairs = sorted((("container_id", cid), ("namespace", ns), *own))
-                    text = ",".join(f'{k}="{v}"' for k, v in pairs)
-                else:
-                    text = f'container_id="{cid}",namespace="{ns}"'
+                    pairs = (("container_id", _escape(reading.id)),
+                             ("namespace", _escape(reading.namespace)), *own)  # fmt: skip
+                    text = ",".join(f'{k}="{v}"' for k, v in sorted(pairs))
+                    labelled[(rid, labels)] = text
                 lines.append(f"{name}{{{text}}} {_go_float(value)}\n")
         if lines:
             out.append(f"# HELP {name} {family.help}\n# TYPE {name} {family.type}\n")

@@ -62,6 +62,10 @@ _V1_MEMORY_STAT_RENAMES = {
     "total_pgfault": "total_pg_fault",
     "total_pgmajfault": "total_pg_maj_fault",
 }
+# MemoryStat's scalar fields, which memory.stat's keys fill (the entries have files of their own).
+_V1_MEMORY_STAT_FIELDS = frozenset(v1.MemoryStat.DESCRIPTOR.fields_by_name) - set(
+    _V1_MEMORY_ENTRIES
+)
 # blkio files by BlkIOStat field: the CFQ/BFQ-era recursive files, or the throttle fallback.
 _V1_BLKIO_RECURSIVE = {
     "sectors_recursive": "blkio.sectors_recursive",
@@ -286,7 +290,10 @@ def _parse_kv(text: str) -> dict[str, int]:
     for line in text.splitlines():
         parts = line.split()
         if len(parts) == 2:
-            value = _parse_uint(parts[1])
+            # Plain digits (nearly every line) skip _parse_uint's call: memory.stat alone has
+            # ~36 lines, and a scrape of /v1/metrics reads one per container.
+            number = parts[1]
+            value = int(number) if number.isdecimal() and len(number) < 20 else _parse_uint(number)
             if value is not None:
                 values[parts[0]] = value
     return values
@@ -381,10 +388,9 @@ def _v1_memory(directory: Path, metrics: v1.Metrics) -> None:
     if stat is None:
         return
     memory = metrics.memory
-    fields = set(v1.MemoryStat.DESCRIPTOR.fields_by_name)
     for key, value in stat.items():
         field = _V1_MEMORY_STAT_RENAMES.get(key, key)
-        if field in fields and field not in _V1_MEMORY_ENTRIES:
+        if field in _V1_MEMORY_STAT_FIELDS:
             setattr(memory, field, value)
     for field, prefix in _V1_MEMORY_ENTRIES.items():
         entry: v1.MemoryEntry = getattr(memory, field)
