@@ -67,7 +67,8 @@ def import_ms(tree: Path, module: str, runs: int = 15) -> tuple[float, float]:
     """`python -X importtime -c 'import MODULE'` from `tree`: the module's cumulative import
     time in ms, minimum and median over the runs (bytecode compiled beforehand)."""
     env = dict(os.environ, PYTHONPATH=str(tree))
-    run([sys.executable, "-m", "compileall", "-q", str(tree / "supervisor")], cwd=tree, env=env)
+    packages = [str(tree / p) for p in ("supervisor", "shim", "snapshotter", "ctl")]
+    run([sys.executable, "-m", "compileall", "-q", *packages], cwd=tree, env=env)
     took = []
     for _ in range(runs):
         out = run(
