@@ -4,14 +4,18 @@ HTTP answers, the SPDY upgrade's negotiation and the remote-command statuses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import ssl
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from supervisor import errors
 from supervisor.cri.streaming import remotecommand, spdy
-from supervisor.cri.streaming.server import Exchange, StreamServer
+from supervisor.cri.streaming.server import Exchange, StreamServer, tls_context
 from supervisor.cri.streaming.tokens import Full, Tokens
 
 
@@ -200,3 +204,38 @@ def test_expected_streams_follow_the_request_and_version():
     }
     assert remotecommand.expected(2, False, True, True, True) == {"error", "stdout"}
     assert remotecommand.expected(4, False, True, True, False) == {"error", "stdout", "stderr"}
+
+
+def test_with_a_certificate_the_urls_are_https_and_served_over_tls(tmp_path: Path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+    async def run() -> None:
+        server = StreamServer(tls=tls_context(str(cert), str(key)))
+
+        async def handle(exchange: Exchange) -> None:
+            await spdy.upgrade(exchange, ("v4.channel.k8s.io",))
+
+        server.route("exec", "spdy", handle)
+        try:
+            url = await server.url("exec", "x")
+            assert url.startswith("https://127.0.0.1:")
+            port, path = int(url.split(":")[2].split("/")[0]), url.split(server.base_url)[1]
+            client = ssl.create_default_context(cafile=str(cert))
+            client.check_hostname = False
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+            writer.write(_upgrade(path, "v4.channel.k8s.io").encode())
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 101 ")
+            writer.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                await writer.wait_closed()
+        finally:
+            await server.stop()
+
+    asyncio.run(run())
