@@ -305,9 +305,12 @@ async def _pod_to_client(sock: socket.socket, data: spdy.Stream) -> End:
         if not chunk:
             await data.close()
             return End.EOF
-        await data.write(chunk)
         if data.broken:
             return End.CLIENT_RESET
+        # One DATA frame per read (up to CHUNK), not the session's 32 KiB pieces: the client
+        # (spdystream) hands each frame through a queue and a channel, so fewer frames move
+        # the same bytes faster.
+        await data.session.send(spdy.DataFrame(data.id, chunk))
 
 
 async def _bounded(work: Awaitable[None], seconds: float = CLOSE_WAIT) -> None:
