@@ -69,8 +69,17 @@ def _stack_dump(daemon: Ctrd, timeout: float = 10.0) -> str:
 def test_sigusr1_logs_every_thread_and_every_task_with_its_age(ctrd):
     assert ctrd.proc is not None
     ctrd.ctr("version")
-    os.kill(ctrd.proc.pid, signal.SIGUSR1)
-    text = _stack_dump(ctrd)
+    written = Path(f"/tmp/ctrd.{ctrd.proc.pid}.stacks.log")
+    try:
+        os.kill(ctrd.proc.pid, signal.SIGUSR1)
+        text = _stack_dump(ctrd)
+        # And kept in a file, as containerd does.
+        deadline = time.monotonic() + 10
+        while "task 'restart-monitor'" not in (written.read_text() if written.exists() else ""):
+            assert time.monotonic() < deadline, "no stack file"
+            time.sleep(0.05)
+    finally:
+        written.unlink(missing_ok=True)
     assert text.startswith("=== BEGIN stack dump ===\n")
     assert text.endswith("=== END stack dump ===")
     assert f"pid {ctrd.proc.pid}:" in text
@@ -87,12 +96,6 @@ def test_sigusr1_logs_every_thread_and_every_task_with_its_age(ctrd):
     assert "asyncio/queues.py" in monitor
     assert "in get" in monitor
     assert "awaiting <Future pending" in monitor
-    # And kept in a file, as containerd does.
-    written = f"/tmp/ctrd.{ctrd.proc.pid}.stacks.log"
-    try:
-        assert "task 'restart-monitor'" in Path(written).read_text()
-    finally:
-        Path(written).unlink(missing_ok=True)
     ctrd.ctr("version")  # and it serves on
 
 
