@@ -19,6 +19,7 @@ latency idle and while scraped (median, p99, max).
 
     /opt/ctrd/bin/python bench/metrics.py [-n 1000] [--parallel 4] [--period 20]
                                           [--daemons ctrd,containerd] [--keep-logs DIR]
+                                          [--ctrd-log-level warning]
 """
 
 from __future__ import annotations
@@ -84,12 +85,12 @@ def cpu_seconds(pids: set[int] | list[int]) -> float:
 
 
 @contextmanager
-def metrics_daemon(name: str, base: Path, port: int) -> Iterator[Daemon]:
+def metrics_daemon(name: str, base: Path, port: int, log_level: str) -> Iterator[Daemon]:
     base.mkdir(parents=True, exist_ok=True)
     if name == "ctrd":
         config = base / "ctrd-metrics.toml"
         config.write_text(f'[metrics]\naddress = "127.0.0.1:{port}"\n')
-        daemon = start_ctrd(base, extra_args=("--config", str(config)))
+        daemon = start_ctrd(base, log_level, extra_args=("--config", str(config)))
     else:
         from tests.support.containerd import config_toml
 
@@ -199,7 +200,7 @@ class Result:
 
 def measure(name: str, scratch: Path, args: argparse.Namespace) -> Result:
     port = free_port()
-    with metrics_daemon(name, scratch / name, port) as daemon:
+    with metrics_daemon(name, scratch / name, port, args.ctrd_log_level) as daemon:
         image = import_busybox(daemon, scratch)
         took, _ = start_sleepers(daemon, image, args.n, args.parallel)
         print(f"{name}: {args.n} containers started in {took:.1f} s", flush=True)
@@ -268,6 +269,9 @@ def main() -> None:
     parser.add_argument("--period", type=float, default=20.0, help="seconds idle, then scraped")
     parser.add_argument("--daemons", type=parse_daemons, default=DAEMONS)
     parser.add_argument("--keep-logs", type=Path, help="copy the daemons' logs here")
+    parser.add_argument(
+        "--ctrd-log-level", default="warning", help="debug logs each scrape's time in the daemon"
+    )
     args = parser.parse_args()
     if "containerd" in args.daemons and shutil.which("containerd") is None:
         print("containerd is not installed: measuring without it")

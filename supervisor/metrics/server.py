@@ -63,8 +63,6 @@ class MetricsServer:
         except OSError:
             await runner.cleanup()
             self._executor.shutdown(wait=False)
-            if self._containers is not None:
-                self._containers.close()
             raise
         self._runner = runner
         sockets = runner.addresses
@@ -79,8 +77,6 @@ class MetricsServer:
         if self._inflight is not None:
             await asyncio.gather(self._inflight, return_exceptions=True)
         await asyncio.to_thread(self._executor.shutdown, wait=True)
-        if self._containers is not None:
-            await asyncio.to_thread(self._containers.close)
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await self._scrape()

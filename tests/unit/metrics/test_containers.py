@@ -178,30 +178,23 @@ class _Task:
 def test_a_live_task_is_read_from_its_pids_cgroup_and_forgotten_once_gone() -> None:
     tasks = [_Task("default", "me", os.getpid()), _Task("default", "dead", os.getpid(), dead=True)]
     metrics = ContainerMetrics(lambda: tasks)
-    try:
-        [reading] = metrics.read()
-        assert (reading.namespace, reading.id) == ("default", "me")
-        own = Path(f"/proc/{os.getpid()}/cgroup").read_text()
-        where = cgroups.locate(own, Path("/proc/self/mountinfo").read_text())
-        assert where is not None
-        expected = (
-            cgroups.v1_metrics(where.directories)
-            if isinstance(where, cgroups.CgroupV1)
-            else cgroups.v2_metrics(where.directory)
-        )
-        assert reading.cgroup.pids.current == expected.pids.current
-        assert reading.network == ()  # the test runs in the host's network namespace
-        tasks.pop(0)
-        assert metrics.read() == []
-        assert metrics._places == {}
-    finally:
-        metrics.close()
+    [reading] = metrics.read()
+    assert (reading.namespace, reading.id) == ("default", "me")
+    own = Path(f"/proc/{os.getpid()}/cgroup").read_text()
+    where = cgroups.locate(own, Path("/proc/self/mountinfo").read_text())
+    assert where is not None
+    expected = (
+        cgroups.v1_metrics(where.directories)
+        if isinstance(where, cgroups.CgroupV1)
+        else cgroups.v2_metrics(where.directory)
+    )
+    assert reading.cgroup.pids.current == expected.pids.current
+    assert reading.network == ()  # the test runs in the host's network namespace
+    tasks.pop(0)
+    assert metrics.read() == []
+    assert metrics._places == {}
 
 
 def test_a_task_stopped_before_its_first_scrape_is_left_out() -> None:
     stopped = _Task("default", "s", os.getpid(), exits={"": object()})
-    metrics = ContainerMetrics(lambda: [stopped])
-    try:
-        assert metrics.read() == []
-    finally:
-        metrics.close()
+    assert ContainerMetrics(lambda: [stopped]).read() == []
