@@ -4,11 +4,10 @@
 text a line, as critest prints them); the test runs exactly those against a CRI node
 (`tests/support/cri.py`: critest's images through the mirrors, a real CNI bridge) and every
 one must pass. The list only grows as the CRI's parts land: a line taken out needs a reason
-in the commit that takes it. The streaming specs (Exec, Attach, PortForward over the
-streaming server: the next issue) and the pinned-digest image spec are never listed.
+in the commit that takes it. The pinned-digest image spec is never listed.
 
-`CTRD_CRITEST_ALL=1` runs every non-streaming spec instead and prints those that pass but are
-not listed yet (lines to add). By hand, outside pytest: `python -m tests.support.cri --help`.
+`CTRD_CRITEST_ALL=1` runs every spec (but that one) instead and prints those that pass but
+are not listed yet (lines to add). By hand, outside pytest: `python -m tests.support.cri --help`.
 """
 
 from __future__ import annotations
