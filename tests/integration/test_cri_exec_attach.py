@@ -100,6 +100,9 @@ def test_exec_gives_stdout_stderr_and_the_exit_code(shell: tuple[CriNode, str]):
     assert "command terminated with exit code 3" in done.stderr
     ok = node.crictl("exec", cid, "echo", "hello")
     assert ok.stdout == "hello\n"
+    missing = node.crictl("exec", cid, "no-such-command", check=False)
+    assert missing.returncode != 0
+    assert "executable file not found" in missing.stderr  # the runtime's words, no traceback
 
 
 def test_exec_delivers_every_byte_before_the_status(shell: tuple[CriNode, str]):

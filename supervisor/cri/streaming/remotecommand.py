@@ -146,16 +146,10 @@ async def serve(channels: Channels, work: Awaitable[None]) -> None:
     failure: Exception | None = None
     try:
         await work
-    except (errors.CtrdError, ExitCode) as e:
-        failure = e
     except Exception as e:
-        log.exception("cri_stream_work_failed")
-        failure = e
-    while isinstance(failure, ExceptionGroup) and len(failure.exceptions) == 1:
-        inner = failure.exceptions[0]
-        failure = inner if isinstance(inner, Exception) else failure
-        if failure is not inner:
-            break
+        failure = _unwrapped(e)
+        if not isinstance(failure, errors.CtrdError | ExitCode):
+            log.exception("cri_stream_work_failed")
     message = status_message(channels.version, failure)
     if message:
         await channels.error.write(message)
@@ -163,6 +157,16 @@ async def serve(channels: Channels, work: Awaitable[None]) -> None:
         if channel is not None:
             with contextlib.suppress(Exception):
                 await channel.close()
+
+
+def _unwrapped(error: Exception) -> Exception:
+    """The one error a task group raised (its ExceptionGroup of one), else `error`."""
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        inner = error.exceptions[0]
+        if not isinstance(inner, Exception):
+            break
+        error = inner
+    return error
 
 
 def expected(version: int, stdin: bool, stdout: bool, stderr: bool, tty: bool) -> set[str]:

@@ -239,3 +239,39 @@ def test_with_a_certificate_the_urls_are_https_and_served_over_tls(tmp_path: Pat
             await server.stop()
 
     asyncio.run(run())
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    async def read(self) -> bytes:
+        return b""
+
+    async def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_an_error_from_a_task_group_is_reported_in_its_own_words_without_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+):
+    async def work() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(asyncio.sleep(10))
+            raise errors.Unknown("OCI runtime exec failed: no such file", plain=True)
+
+    async def run() -> Recorder:
+        error, out = Recorder(), Recorder()
+        await remotecommand.serve(remotecommand.Channels(4, error, stdout=out), work())
+        assert out.closed
+        assert error.closed
+        return error
+
+    status = json.loads(asyncio.run(run()).data)
+    assert status["details"]["causes"] == [{"message": "OCI runtime exec failed: no such file"}]
+    logged = capsys.readouterr()
+    assert "cri_stream_work_failed" not in logged.out + logged.err
