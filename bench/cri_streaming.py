@@ -203,8 +203,8 @@ def reset_by_pod(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
         with contextlib.suppress(OSError):
-            for _ in range(32):
-                s.sendall(b"x" * 65536)
+            for _ in range(256):  # more than the buffers hold: httpd closes with it unread
+                s.sendall(b"x" * (1 << 20))
             while s.recv(65536):
                 pass
 

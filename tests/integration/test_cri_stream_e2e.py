@@ -47,16 +47,17 @@ def fetch(port: int) -> bytes:
 
 
 def reset_by_the_pod(port: int) -> str:
-    """A request followed by bytes httpd never reads: it answers and closes with them unread,
-    so the pod's kernel resets the connection (ECONNRESET reaches the streaming server)."""
+    """A request followed by bytes httpd never reads, more than the socket buffers on the way
+    hold: it answers and closes with them unread, so the pod's kernel resets the connection
+    while the streaming server is still writing to it (EPIPE or ECONNRESET there)."""
     with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
         try:
-            for _ in range(32):
-                s.sendall(b"x" * 65536)
+            for _ in range(256):
+                s.sendall(b"x" * (1 << 20))
             while s.recv(65536):
                 pass
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
             return "reset"
         except OSError as e:
             return f"error {e}"
