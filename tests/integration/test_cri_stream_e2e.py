@@ -194,3 +194,82 @@ def test_crictl_exec_it_attach_and_port_forward_leave_nothing_behind(cri_node: C
     streams_dir = cri_node.ctrd.state / "cri" / "streams"
     assert not streams_dir.exists() or not any(streams_dir.iterdir())
     assert "Traceback" not in cri_node.ctrd.log()
+
+
+def test_exec_and_port_forward_over_websocket_on_a_real_pod(cri_node: CriNode):
+    """Newer kubectl's forms, through the daemon's real exec and dialer: exec over
+    `v5.channel.k8s.io` (stdin closed by the v5 signal, the exit code in the status) and
+    port-forward as SPDY tunnelled in WebSocket messages."""
+    import asyncio
+
+    import aiohttp
+
+    from supervisor.api.runtime.v1 import api_pb2 as cri
+    from supervisor.cri.streaming import spdy
+    from tests.support.spdy_client import SpdyClient
+
+    pod = cri_node.run_pod("ws")
+    serve = "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 80 -h /www"
+    web = cri_node.run_container(pod, "ws", "web", ["sh", "-c", serve])
+    exec_url = cri_node.runtime.Exec(
+        cri.ExecRequest(container_id=web, cmd=["sh", "-c", "cat; exit 7"], stdin=True, stdout=True)
+    ).url
+    forward_url = cri_node.runtime.PortForward(
+        cri.PortForwardRequest(pod_sandbox_id=pod, port=[80])
+    ).url
+
+    class Tunnel:
+        def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+            self.ws, self.pending = ws, b""
+
+        async def read(self, _n: int) -> bytes:
+            message = await self.ws.receive()
+            return bytes(message.data) if message.type == aiohttp.WSMsgType.BINARY else b""
+
+        def write(self, data: bytes) -> None:
+            self.pending += data
+
+        async def drain(self) -> None:
+            data, self.pending = self.pending, b""
+            await self.ws.send_bytes(data)
+
+        def close(self) -> None:
+            pass
+
+        async def wait_closed(self) -> None:
+            await self.ws.close()
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(
+                exec_url.replace("http", "ws", 1), protocols=("v5.channel.k8s.io",)
+            )
+            await ws.send_bytes(b"\x00through stdin\n")
+            await ws.send_bytes(b"\xff\x00")  # v5: stdin is done
+            out, status = b"", b""
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.BINARY:
+                    break
+                data = bytes(message.data)
+                if data[:1] == b"\x01":
+                    out += data[1:]
+                elif data[:1] == b"\x03":
+                    status += data[1:]
+            assert out == b"through stdin\n"
+            assert json.loads(status)["details"]["causes"] == [
+                {"reason": "ExitCode", "message": "7"}
+            ]
+
+            ws = await http.ws_connect(
+                forward_url.replace("http", "ws", 1), protocols=("SPDY/3.1+portforward.k8s.io",)
+            )
+            tunnel = Tunnel(ws)
+            client = SpdyClient(tunnel, tunnel)
+            error, data = await client.forward(80, 0)
+            await client.send(spdy.DataFrame(data, b"GET / HTTP/1.0\r\n\r\n", spdy.FLAG_FIN))
+            await client.until(lambda: client.streams[data].fin and client.streams[error].fin)
+            assert client.streams[data].data.endswith(b"\r\n\r\nhello\n")
+            assert client.streams[error].data == b""
+            await client.close()
+
+    asyncio.run(run())
