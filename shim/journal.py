@@ -1,4 +1,4 @@
-"""The shim's durable event journal: every event, above all every exit, before it is announced.
+"""The shim's event journal: every event before it is announced, every exit durably.
 
 The file (FILENAME in the bundle) is append-only, one record per line::
 
@@ -13,15 +13,26 @@ Sequence numbers start at 1 and grow by one per line; a reopened journal continu
 
 Invariants:
 
-- `Journal.append` writes one whole line and fdatasyncs it before it returns, and the caller
-  announces the event only after that. So whatever a crash tears was never announced.
-- A crash can only tear the last write. On open, a tail that is not a complete record (a
-  partial line, a line whose CRC or content is wrong, garbage) is therefore truncated away and
-  the records before it are kept as they are. A damaged record followed by a valid one is not a
-  crash's doing: that raises JournalCorrupt and the file is left alone.
+- `Journal.append` writes one whole line before it returns, and the caller announces the event
+  only after that: a shim's crash can tear only a record it never announced.
+- An exit (the SYNCED topics) is also fdatasynced before `append` returns: after a machine
+  crash the daemon reports the real exit status from this file. The other records are not
+  synced: a shim's or the daemon's crash leaves them in the page cache, whole; a machine crash
+  takes the processes they describe with it; and the next exit's fdatasync makes them durable
+  with it (the file is written in order). So every record up to the last exit is durable, and
+  only the unsynced tail after it can be damaged by a machine crash: cut short, or with holes
+  (pages written back out of order: zeros or a partial record, then records that look valid).
+- On open, the records before the first damaged one (a partial line, a line whose CRC or
+  content is wrong, garbage) are kept as they are, and the file is cut back to them, unless an
+  intact record of a SYNCED topic follows the damage: that record was fdatasynced, and so was
+  everything before it, so the damage is not a crash's doing. That raises JournalCorrupt and the
+  file is left alone. So does a gap in the sequence numbers between intact records.
+- After a machine crash the journal may therefore end before records that were announced (the
+  lost unsynced tail, never an exit): whoever adds to a task's events after one (the daemon
+  burying a task) numbers them past the last one it published, not past the journal's end.
 - One writer: a `Journal` holds an exclusive flock on the file while it is open, so two shims
   never number over each other. `read` takes no lock and changes nothing (for the daemon, when
-  the shim is gone); it ignores a torn tail, which may also be a write in progress.
+  the shim is gone); it stops at damage by the same rule, as it may also be a write in progress.
 - A write that fails is undone (the file is cut back to its last record) and its sequence
   number is not used; a failed fdatasync leaves the journal refusing appends, because after one
   the kernel may have dropped the data and a retry would falsely succeed.
@@ -35,10 +46,12 @@ Memory is bounded: records are read from the file when asked for, never held.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
+import re
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from shim.protocol import MAX_FRAME, Event, ProtocolError, dumps, loads, parse
@@ -47,6 +60,8 @@ if TYPE_CHECKING:
     from pathlib import Path  # not imported at run time: pathlib costs a shim 0.6 MB
 
 FILENAME = "events.journal"
+SYNCED = frozenset({"/tasks/exit"})
+"""The topics `Journal.append` fdatasyncs before it returns (see the invariants)."""
 
 Record = Event
 """A journal record is the event message it will be sent as."""
@@ -86,16 +101,35 @@ def _parse_line(line: bytes) -> Record | None:
 
 
 def _scan(file: BinaryIO, name: str) -> Iterator[tuple[Record, int]]:
-    """Each record with the offset just past it, stopping before a torn tail."""
+    """Each record with the offset just past it, stopping before the first damaged one;
+    JournalCorrupt if an intact SYNCED record follows the damage."""
     end = 0
     for line in file:
         record = _parse_line(line)
         if record is None:
-            if any(_parse_line(rest) is not None for rest in file):
-                raise JournalCorrupt(f"{name}: damaged record at byte {end} before valid ones")
+            _refuse_synced_after(line, file, name, end)
             return
         end += len(line)
         yield record, end
+
+
+# Where an intact record may begin inside damaged bytes: damage need not end at a newline.
+_RECORD_START = re.compile(rb"[0-9a-f]{8} \{")
+
+
+def _refuse_synced_after(damaged: bytes, rest: Iterable[bytes], name: str, at: int) -> None:
+    """Raise JournalCorrupt if an intact record of a SYNCED topic lies past the damaged line
+    `damaged` (at byte `at`) or in `rest`, the lines after it."""
+    for line in itertools.chain([damaged], rest):
+        for start in _RECORD_START.finditer(line):
+            if line is damaged and start.start() == 0:
+                continue  # the damaged record itself
+            record = _parse_line(line[start.start() :])
+            if record is not None and record.topic in SYNCED:
+                raise JournalCorrupt(
+                    f"{name}: damaged record at byte {at} before a synced one "
+                    f"({record.topic} {record.seq})"
+                )
 
 
 def _checked(records: Iterator[tuple[Record, int]], name: str) -> Iterator[tuple[Record, int]]:
@@ -130,7 +164,8 @@ def _fsync_directory(name: str) -> None:
 
 
 class Journal:
-    """The writer of one journal: opening it repairs a torn tail; `append` is durable."""
+    """The writer of one journal: opening it repairs a torn tail; `append` of an exit is
+    durable."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -163,7 +198,8 @@ class Journal:
         return self._last_seq
 
     def append(self, topic: str, event: dict[str, Any]) -> Record:
-        """Durably record an event under the next sequence number; announce it only after.
+        """Record an event under the next sequence number (durably when its topic is SYNCED);
+        announce it only after.
 
         Returns the record as stored, which is what to send. Raises ValueError if the event is
         not JSON or would not fit a frame, OSError if the write failed (nothing was recorded),
@@ -192,12 +228,14 @@ class Journal:
             except OSError as again:
                 self._failure = f"a failed write ({e}) could not be undone ({again})"
             raise
-        try:
-            # fdatasync flushes the new size with the data, which is all an append needs.
-            os.fdatasync(self._fd)
-        except OSError as e:
-            self._failure = f"a failed fdatasync ({e})"
-            raise
+        if topic in SYNCED:
+            try:
+                # fdatasync flushes the new size with the data (this record's and the unsynced
+                # ones before it), which is all an append needs.
+                os.fdatasync(self._fd)
+            except OSError as e:
+                self._failure = f"a failed fdatasync ({e})"
+                raise
         self._size += len(line)
         self._last_seq = record.seq
         return record

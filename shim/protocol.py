@@ -41,8 +41,9 @@ Messages (a receiver ignores keys not listed here, so that later versions may ad
   (`parse` does this, keeping the unknown code in the message).
 - Events: "seq" counts from 1 in the shim's journal (`shim.journal`) without gaps; "time_ns" is
   the wall-clock time the shim journaled the event, in nanoseconds since the Unix epoch; "topic"
-  is containerd's (`/tasks/exit`). The shim writes an event durably to its journal before it
-  sends it, and may send it more than once (a replay after a reconnect can overlap live events).
+  is containerd's (`/tasks/exit`). The shim writes an event to its journal (an exit durably)
+  before it sends it, and may send it more than once (a replay after a reconnect can overlap
+  live events).
   So the daemon keeps, per shim, the last seq it has recorded (in the same transaction as the
   event's effects), ignores every event whose seq is not greater, and treats a seq beyond the
   next one as loss to be recovered by asking for a replay. That gives exactly-once delivery.

@@ -978,12 +978,17 @@ class TaskManager:
         ]
 
     async def _synthesize_exit(self, task: Task, exec_id: str, pid: int, at: int) -> None:
-        """An exit the shim could not journal: its process was killed because the shim died."""
+        """An exit the shim could not journal: its process was killed because the shim died.
+
+        Numbered past the last event published too: after a machine crash the journal can
+        end before events the event log has (its unsynced tail, `shim.journal`), and an exit
+        under a number already published would not be published."""
         event = {
             "container_id": task.id, "id": exec_id or task.id, "exec_id": exec_id,
             "pid": pid, "exit_status": 137, "exited_at": at,
         }  # fmt: skip
-        await self._take(task, protocol.Event(task.last_seq + 1, "/tasks/exit", event, at))
+        seq = max(task.last_seq, task.published) + 1
+        await self._take(task, protocol.Event(seq, "/tasks/exit", event, at))
 
     def _write_dead(self, task: Task) -> None:
         record = {

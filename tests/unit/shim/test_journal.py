@@ -141,17 +141,66 @@ def test_garbage_after_the_records_is_cut_away_and_numbering_continues(events, c
         assert [r.seq for r in journal.read(path)] == list(range(1, len(kept) + 2))
 
 
-def test_damage_before_valid_records_is_reported_and_the_file_left_alone(tmp_path):
+def test_damage_before_an_exit_record_is_reported_and_the_file_left_alone(tmp_path):
     path = tmp_path / FILENAME
     write(path, [("/tasks/start", {"pid": 1}), ("/tasks/exit", {"pid": 1}), ("/x", {})])
     data = path.read_bytes()
     damaged = data.replace(b'"pid":1', b'"pid":7', 1)
     path.write_bytes(damaged)
-    with pytest.raises(JournalCorrupt, match="damaged record at byte 0"):
+    with pytest.raises(JournalCorrupt, match=r"damaged record at byte 0 before a synced one"):
         Journal(path)
     with pytest.raises(JournalCorrupt):
         journal.read(path)
     assert path.read_bytes() == damaged
+
+
+def test_a_torn_unsynced_tail_with_valid_records_after_the_damage_is_cut_at_the_damage(tmp_path):
+    # A machine crash writes the unsynced tail back page by page, in any order: a hole of
+    # zeros (or half a record), then records that look valid. None of them was synced.
+    path = tmp_path / FILENAME
+    events = [("/tasks/exit", {"pid": 1}), ("/tasks/exec-added", {"exec_id": "e1"})]
+    events += [("/tasks/exec-started", {"exec_id": "e1"}), ("/tasks/exec-added", {"x": 2})]
+    records = write(path, events)
+    lines = path.read_bytes().splitlines(keepends=True)
+    kept = len(lines[0])
+    for hole in (b"\0" * len(lines[1]), lines[1][:7], lines[1][:-1] + b"\0"):
+        path.write_bytes(lines[0] + hole + lines[2] + lines[3])
+        assert journal.read(path) == records[:1]
+        with Journal(path) as j:
+            assert j.since(0) == records[:1]
+            assert path.stat().st_size == kept
+            assert j.append("/tasks/exec-added", {}).seq == 2
+
+
+@pytest.mark.parametrize("glued", [False, True])
+def test_an_exit_after_damage_in_the_unsynced_tail_is_corruption(tmp_path, glued):
+    path = tmp_path / FILENAME
+    write(path, [("/tasks/exec-added", {}), ("/tasks/exec-started", {}), ("/tasks/exit", {})])
+    lines = path.read_bytes().splitlines(keepends=True)
+    # The hole ends with a newline, or runs straight into the exit's line.
+    hole = b"\0" * len(lines[1]) if glued else b"\0" * (len(lines[1]) - 1) + b"\n"
+    damaged = lines[0] + hole + lines[2]
+    path.write_bytes(damaged)
+    with pytest.raises(
+        JournalCorrupt, match=rf"at byte {len(lines[0])} before a synced one \(/tasks/exit 3\)"
+    ):
+        Journal(path)
+    with pytest.raises(JournalCorrupt):
+        journal.read(path)
+    assert path.read_bytes() == damaged
+
+
+def test_only_exits_are_fdatasynced(tmp_path, monkeypatch):
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    with Journal(tmp_path / FILENAME) as j:
+        for topic in ("/tasks/create", "/tasks/start", "/tasks/exec-added"):
+            j.append(topic, {})
+        j.append("/tasks/exec-started", {})
+        assert synced == []
+        j.append("/tasks/exit", {"pid": 1})
+        assert len(synced) == 1
 
 
 def test_a_gap_in_the_sequence_is_reported(tmp_path):
