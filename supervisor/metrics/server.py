@@ -25,6 +25,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from supervisor.errors import FailedPrecondition
 from supervisor.metrics import registry
 from supervisor.metrics.containers import ContainerMetrics, TaskLike
 
@@ -60,10 +61,12 @@ class MetricsServer:
         site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
         try:
             await site.start()
-        except OSError:
+        except OSError as e:
             await runner.cleanup()
             self._executor.shutdown(wait=False)
-            raise
+            raise FailedPrecondition(
+                f"[metrics] address {self._host}:{self._port}: {e.strerror or e}"
+            ) from None
         self._runner = runner
         sockets = runner.addresses
         host, port = (sockets[0][0], sockets[0][1]) if sockets else (self._host, self._port)

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor.config import MetricsConfig
-from supervisor.errors import InvalidArgument
+from supervisor.errors import FailedPrecondition, InvalidArgument
 from supervisor.metrics import server
 from supervisor.metrics.containers import ContainerMetrics
 
@@ -95,6 +95,20 @@ def test_a_slow_scrape_leaves_the_loop_free_and_overlapping_scrapes_share_it(
         assert len(calls) == 1
         assert calls[0].startswith("scrape")
         assert lag < 0.1, f"the event loop was held {lag:.3f} s"
+
+    asyncio.run(main())
+
+
+def test_a_port_in_use_is_refused_in_plain_words() -> None:
+    async def main() -> None:
+        first = server.MetricsServer("127.0.0.1", 0, None)
+        await first.start()
+        try:
+            port = int(first.address.rsplit(":", 1)[1])
+            with pytest.raises(FailedPrecondition, match=r"\[metrics\] address 127.0.0.1:\d+: "):
+                await server.MetricsServer("127.0.0.1", port, None).start()
+        finally:
+            await first.stop()
 
     asyncio.run(main())
 
