@@ -26,7 +26,8 @@ Invariants:
   client omits them): 1000 containers are ~60,000 samples, which generate_latest formats at
   ~7 us each (label names validated and escaped per sample); `render` escapes each
   container's labels once and formats values through the library's own `floatToGoString`,
-  memoized, which keeps a scrape of 1000 containers well under half a second.
+  memoized: with 1000 containers formatting takes ~0.09 s and reading the ~28 files of each
+  ~0.25 s (two thirds of it in the kernel's open/read/close) on this 2-core VM when quiet.
 """
 
 from __future__ import annotations
@@ -264,15 +265,26 @@ def _network(direction: str, what: str) -> Values:
     return values
 
 
+_NET_HELP = {
+    "bytes": "bytes {done}",
+    "packets": "packets {done}",
+    "errors": "errors encountered while {doing}",
+    "packets_dropped": "packets dropped while {doing}",
+}
+_NET_DIRECTIONS = {
+    "receive": ("received", "receiving"),
+    "transmit": ("transmitted", "transmitting"),
+}
+
+# cAdvisor's names and help texts (containerd 1.6 exports no network family).
 NETWORK_FAMILIES: tuple[Family, ...] = tuple(
     Family(
         f"container_network_{direction}_{what}_total",
-        f"Cumulative count of {what.replace('_', ' ')} {direction[:-1] + 'ed'} (ctrd; "
-        "cAdvisor's name)",
+        "Cumulative count of " + _NET_HELP[what].format(done=done, doing=doing),
         _network(direction, what),
         type="counter",
     )
-    for direction in ("receive", "transmit")
+    for direction, (done, doing) in _NET_DIRECTIONS.items()
     for what in _NET_COLUMNS
 )
 
