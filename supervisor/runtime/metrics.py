@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -412,7 +413,7 @@ def _v1_memory(directory: Path, metrics: v1.Metrics) -> None:
 
 def _v1_blkio(directory: Path, blkio: v1.BlkIOStat) -> None:
     blkio.SetInParent()
-    devices = parse_partitions(_read(Path("/proc/partitions")) or "")
+    devices = _devices()
     # As containerd: the recursive files where the kernel has them (CFQ), and the throttle
     # files when those hold nothing (no CFQ device in this cgroup, or no CFQ at all).
     if os.path.exists(f"{directory}/blkio.io_serviced_recursive"):
@@ -451,6 +452,21 @@ def parse_blkio(text: str, devices: Mapping[tuple[int, int], str]) -> list[v1.Bl
             )
         )
     return entries
+
+
+_partitions: tuple[float, Mapping[tuple[int, int], str]] = (float("-inf"), {})
+
+
+def _devices() -> Mapping[tuple[int, int], str]:
+    """/proc/partitions' names, read at most once a second: a scrape of /v1/metrics asks once
+    per container, and a disk appearing is named a second late at worst."""
+    global _partitions
+    read_at, devices = _partitions
+    now = time.monotonic()
+    if now - read_at >= 1.0:
+        devices = parse_partitions(_read("/proc/partitions") or "")
+        _partitions = (now, devices)
+    return devices
 
 
 def parse_partitions(text: str) -> dict[tuple[int, int], str]:
