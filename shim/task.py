@@ -518,19 +518,13 @@ class Shim:
         if self.init.status != RUNNING:
             raise _precondition(f"cannot start an exec: init process is {self.init.status}")
         exec_id = process.exec_id
-        spec_path = os.path.join(self.config.bundle, f"exec-{exec_id}.json")
         pid_file = os.path.join(self.config.bundle, f"exec-{exec_id}.pid")
-        with open(spec_path, "w") as f:
-            json.dump(process.spec, f)
-        args = ["exec", "--detach", "--process", spec_path, "--pid-file", pid_file]
-        console = None
+        console, path = None, ""
         try:
             if process.io.terminal:
                 console, path = self._console()
-                args += ["--console-socket", path]
-            args.append(self.config.id)
             try:
-                self.runtime.run(args, stdio=process.io.fds)
+                self.runtime.exec(self.config.id, process.spec, pid_file, process.io.fds, path)
             except runc.RuntimeFailed as e:
                 # Nothing ran: its client's readers get their EOF now (ctr waits for them
                 # before it reports the failure), and the exec stays created, as containerd's.
@@ -544,9 +538,8 @@ class Shim:
         finally:
             if console is not None:
                 console.close()
-            for path in (spec_path, pid_file):
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+            with contextlib.suppress(OSError):
+                os.unlink(pid_file)
         process.status = RUNNING
         seq = self.emit(
             "/tasks/exec-started",
