@@ -241,6 +241,8 @@ class Pump:
             self._want_write(self._tee, None)
             self._tee = -1
         del self._unsent[:written]
+        if self._tee_drop:  # what the FIFO did not take at once, all or part, is dropped
+            self._unsent.clear()
         if self._unsent:
             self._want(self.fd, None)
             self._want_write(self._tee, self._send)

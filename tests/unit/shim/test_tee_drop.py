@@ -55,3 +55,35 @@ def test_a_dropping_tee_never_holds_the_stream_back(tmp_path: Path):
     assert logged.encode() == data
     for fd in (src_r, tee_r, tee_w):
         os.close(fd)
+
+
+def test_a_dropping_tee_that_takes_part_of_a_read_drops_the_rest(tmp_path: Path):
+    """A FIFO with a little room takes part of a read: the rest is dropped, the stream goes on
+    (it used to wait for the FIFO to be writable again, which nobody reading it never is)."""
+    reactor = Reactor()
+    src_r, src_w = os.pipe()
+    tee_r, tee_w = os.pipe()
+    os.set_blocking(tee_w, False)
+    os.write(tee_w, b"x")  # one of the FIFO's 16 pages taken: a 64 KiB write goes in part
+    log = logfile.LogFile(str(tmp_path / "log.json"), 0, 1)
+    ended: list[bool] = []
+    logfile.Pump(
+        lambda fd, cb: reactor.want(fd, read=cb), src_r, "stdout", log,
+        lambda: ended.append(True), tee=tee_w,
+        want_write=lambda fd, cb: reactor.want(fd, write=cb), tee_drop=True,
+    )  # fmt: skip
+    data = b"y" * 65535 + b"\n"
+    os.write(src_w, data)
+    os.close(src_w)
+    for _ in range(100):
+        reactor.poll(0.01)
+        if ended:
+            break
+    assert ended == [True]
+    log.close()
+    logged = "".join(
+        json.loads(line)["log"] for line in (tmp_path / "log.json").read_text().splitlines()
+    )
+    assert logged.encode() == data
+    for fd in (src_r, tee_r, tee_w):
+        os.close(fd)
