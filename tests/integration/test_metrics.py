@@ -105,7 +105,9 @@ def test_scrape_holds_each_running_containers_cgroup_numbers(
     memory = cgroup_dir("default", a, "memory")
     v1 = (memory / "memory.usage_in_bytes").exists()
     shmem_key = "total_shmem" if v1 else "shmem"
-    wait_for(lambda: number(memory / "memory.stat", shmem_key) >= 4 << 20)
+    pids = cgroup_dir("default", a, "pids") / "pids.current"
+    # Written, and `head` gone: the sleep is the container's one process from now on.
+    wait_for(lambda: number(memory / "memory.stat", shmem_key) >= 4 << 20 and number(pids) == 1)
     cpu_file = (
         (cgroup_dir("default", a, "cpuacct") / "cpuacct.usage", None)
         if v1
@@ -118,7 +120,6 @@ def test_scrape_holds_each_running_containers_cgroup_numbers(
 
     assert containers_in(samples) == {("default", a), ("other", b)}
     at_a = frozenset({"container_id": a, "namespace": "default"}.items())
-    pids = cgroup_dir("default", a, "pids") / "pids.current"
     assert samples[("container_pids_current", at_a)] == number(pids) == 1  # sleep alone
     if v1:
         cpu = samples[("container_cpu_total_nanoseconds", at_a)]
