@@ -508,6 +508,13 @@ class Io:
         for callback in callbacks:
             callback()
 
+    @property
+    def logged(self) -> bool:
+        """Whether the shim copies the output into a log it keeps (`ctrd-log://`): its
+        readers (kubelet, `ctrctl logs`) read it once the exit is known, so a logged process's
+        exit is announced only once `done` holds (`shim.task`)."""
+        return self._log is not None
+
     def when_done(self, callback: Callback) -> None:
         if self.done:
             callback()

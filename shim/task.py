@@ -10,6 +10,13 @@ Each reaped pid is matched to the process it belongs to; its exit is journaled (
 and only then announced to the event subscribers and to whoever waits. An exec's exit is
 always announced before its container's init exit: when the init dies first, its exit is held
 until the execs it took with it are reaped. Statuses are containerd's (128 + n for signal n).
+The exit of a started init whose output the shim logs (`ctrd-log://`) is announced only once
+everything the container wrote is in the log: when its pipes reach their end of file, or after
+EXIT_DRAIN_TIMEOUT (a process left holding them, in a pod's shared PID namespace, must not hold
+the exit for good: containerd's shim waits 2 s for its copies too). Its readers (kubelet and
+critest read the CRI log as soon as the container is EXITED; `ctrctl logs` after a wait) see
+the whole output; until then the process is still running to every call, with its exit status
+and time those of its reaping.
 
 Every event is journaled before it is sent, with its sequence number; `events {"after": n}`
 replays the journal past n and then follows live events. After its init process is deleted
@@ -33,6 +40,7 @@ from shim.protocol import Request
 from shim.states import CREATED, PAUSED, RUNNING, STOPPED, refusal
 
 DRAIN_TIMEOUT = 10.0  # how long a delete waits for a terminal's output to drain
+EXIT_DRAIN_TIMEOUT = 2.0  # how long a logged init's exit waits for its output to be logged
 FLUSH_TIMEOUT = 5.0  # how long an exiting shim tries to deliver what it has to send
 PID_FILE = "init.pid"
 ADDRESS_FILE = "address"
@@ -80,6 +88,7 @@ class Process:
         self.status = CREATED
         self.exit_status = 0
         self.exited_at = 0
+        self.exit_held = False  # reaped, its exit waits for the output (see the module's doc)
         self.waiters: list[Callable[[], None]] = []
 
     def state(self) -> dict[str, Any]:
@@ -316,7 +325,12 @@ class Shim:
         exits, self._exits = self._exits, {}
         for pid, status in exits.items():
             process = next(
-                (p for p in self._processes() if p.pid == pid and p.status != STOPPED), None
+                (
+                    p
+                    for p in self._processes()
+                    if p.pid == pid and p.status != STOPPED and not p.exit_held
+                ),
+                None,
             )
             if process is not None:  # other pids: runtime helpers, orphans of the container
                 self._exited(process, journal.exit_status(status))
@@ -341,6 +355,8 @@ class Shim:
             self._finish(self.init, *held)
 
     def _finish(self, process: Process, status: int, at: int) -> None:
+        if self._hold_exit(process, status, at):
+            return
         process.status = STOPPED
         process.exit_status = status
         process.exited_at = at
@@ -359,6 +375,31 @@ class Shim:
         waiters, process.waiters = process.waiters, []
         for waiter in waiters:
             waiter()
+
+    def _hold_exit(self, process: Process, status: int, at: int) -> bool:
+        """Whether the exit of a started init whose output is logged waits for that output to
+        be in the log (see the module's doc); it is then finished once, at the output's end or
+        after EXIT_DRAIN_TIMEOUT, whichever comes first."""
+        if (
+            process is not self.init
+            or process.exit_held
+            or process.status not in (RUNNING, PAUSED)
+            or not process.io.logged
+            or process.io.done
+        ):
+            return False
+        process.exit_held = True
+
+        def finish() -> None:
+            if process.status == STOPPED:  # finished already (the other of the two)
+                return
+            if not process.io.done:
+                self.log("exit_before_output_logged", pid=process.pid)
+            self._finish(process, status, at)
+
+        process.io.when_done(finish)
+        self.after(EXIT_DRAIN_TIMEOUT, finish)
+        return True
 
     # -- events -----------------------------------------------------------------------------
 
