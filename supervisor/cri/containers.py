@@ -15,11 +15,14 @@ The container's root is a snapshot of its image (overlayfs, key = container id) 
 container record holds against the collector; a lease holds it while the record is made.
 Its task (id = container id) is made at StartContainer, with both streams going to the CRI
 log at `log_directory/log_path` (`ctrd-log:///PATH?format=cri`, written by the shim), and
-deleted once its exit is recorded. Stop sends the image's StopSignal (SIGTERM by default),
-SIGKILL after the timeout, and returns once the exit is recorded; Stop and Remove of what is
-not there succeed; Remove leaves the log file (kubelet's). The image's VOLUMEs that no CRI
-mount covers get a directory of the container's under `root/cri/containers/ID/volumes`,
-filled from the image at creation and removed with the container.
+deleted once its exit is recorded. The shim announces that exit only once the container's
+output is all in the log (or after a bounded drain: `shim.task`), so a container is EXITED
+with its whole log, which kubelet and critest read at once. Stop sends the image's StopSignal
+(SIGTERM by default), SIGKILL after the timeout, and returns once the exit is recorded; Stop
+and Remove of what is not there succeed; Remove leaves the log file (kubelet's). The image's
+VOLUMEs that no CRI mount covers get a directory of the container's under
+`root/cri/containers/ID/volumes`, filled from the image at creation and removed with the
+container.
 """
 
 from __future__ import annotations
