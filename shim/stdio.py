@@ -511,7 +511,7 @@ class Io:
     @property
     def logged(self) -> bool:
         """Whether the shim copies the output into a log it keeps (`ctrd-log://`): its
-        readers (kubelet, `ctrctl logs`) read it once the exit is known, so a logged process's
+        readers (kubelet, `ctrctl logs`) read it once the exit is known, so a logged init's
         exit is announced only once `done` holds (`shim.task`)."""
         return self._log is not None
 
