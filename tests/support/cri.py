@@ -625,7 +625,8 @@ def failed_calls(ctrd_log: str, limit: int = 25) -> list[str]:
             continue
         if event.get("event") not in ("rpc", "rpc_failed"):
             continue
-        error = str(event.get("error") or event.get("exception", "").strip().splitlines()[-1:])
+        trace = str(event.get("exception", "")).strip().splitlines()
+        error = str(event.get("error") or (trace[-1] if trace else "(no message)"))
         key = (event.get("method", "?"), event.get("code", "?"), error[:200])
         counts[key] = counts.get(key, 0) + 1
     ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
