@@ -115,6 +115,24 @@ class SnapshotStore:
     async def stat(self, key: str) -> Info:
         return (await self.db.read(lambda conn: self._row(conn, key)))[0]
 
+    async def hold(self, key: str) -> Info:
+        """`stat`, and the snapshot added to this store's lease in the same step: a pull that
+        finds a layer unpacked already keeps it (and its parents, through it) until its image
+        is recorded. Done under the mutation lock, so no collection runs between the check and
+        the lease (one did, after another image sharing the layer was removed). Without a lease
+        it is `stat`."""
+        if not self.lease:
+            return await self.stat(key)
+        lease = self.lease
+
+        def hold(conn: sqlite3.Connection) -> Info:
+            info = self._row(conn, key)[0]
+            leases.attach(conn, self.ns, lease, self.lease_type, key)
+            return info
+
+        async with self.db.mutation():
+            return await self.db.write(hold)
+
     async def _backend_key(self, key: str) -> str:
         return (await self.db.read(lambda conn: self._row(conn, key)))[1]
 

@@ -401,7 +401,7 @@ class _Pull:
     ) -> None:
         chain, parent = chains[n], chains[n - 1] if n else ""
         try:
-            await snapshots.stat(chain)
+            await snapshots.hold(chain)  # leased at once: a collection may not take it now
         except NotFound:
             self.emit(pb.PullProgress(ref=layer.digest, status="unpacking", total=layer.size))
             await self._apply(snapshots, n, layer, diff_id, chain, parent)
