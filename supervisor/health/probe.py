@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import errno
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import structlog
 from supervisor import errors
 from supervisor.health.config import HealthConfig, go_duration
 from supervisor.health.state import OUTPUT_LIMIT, Result, cut
+from supervisor.runtime import execs
 from supervisor.runtime.execs import exec_process
 from supervisor.runtime.manager import Task
 
@@ -116,9 +116,9 @@ async def run(
         try:
             exit_ = await asyncio.wait_for(task.wait(exec_id), config.timeout / 1e9)
         except TimeoutError:
-            await _kill(task, exec_id)
+            await execs.kill(task, exec_id, CLEANUP_TIMEOUT)
             return _timed_out(start, config, output.text())
-        await _delete(task, exec_id)  # waits for the output to drain
+        await execs.delete(task, exec_id)  # waits for the output to drain
         created = False
         return Result(start, time.time_ns(), exit_.status, output.text())
     except errors.CtrdError as e:
@@ -135,30 +135,9 @@ def _timed_out(start: int, config: HealthConfig, written: str) -> Result:
     return Result(start, time.time_ns(), -1, f"{message}: {written}" if written else message)
 
 
-async def _kill(task: Task, exec_id: str) -> None:
-    """SIGKILL a probe and wait for its exit (bounded)."""
-    with contextlib.suppress(errors.CtrdError):
-        await task.call("kill", {"exec_id": exec_id, "signal": signal.SIGKILL, "all": False})
-    with contextlib.suppress(errors.CtrdError, TimeoutError):
-        await asyncio.wait_for(task.wait(exec_id), CLEANUP_TIMEOUT)
-
-
-async def _delete(task: Task, exec_id: str) -> None:
-    with contextlib.suppress(errors.NotFound):
-        await task.call("delete", {"exec_id": exec_id})
-    task.forget_exec(exec_id)
-
-
 async def _cleanup(task: Task, exec_id: str) -> None:
     """A probe given up (timed out, failed, or its run cancelled): killed if it still runs,
-    then deleted from the shim."""
-    async with asyncio.timeout(CLEANUP_TIMEOUT):
-        # Once the init has exited, every exec that ran has its exit (the shim announces
-        # them first): only one that never started has none, and never will.
-        ended = exec_id in task.exits or exec_id in task.unstarted or "" in task.exits
-        if not ended and not task.deleting:
-            await _kill(task, exec_id)
-        try:
-            await _delete(task, exec_id)
-        except errors.CtrdError as e:
-            log.warning("health_probe_not_deleted", ns=task.namespace, id=task.id, error=str(e))
+    then deleted from the shim (`execs.abandon`, within CLEANUP_TIMEOUT)."""
+    await execs.abandon(
+        task, exec_id, CLEANUP_TIMEOUT, CLEANUP_TIMEOUT, event="health_probe_not_deleted"
+    )

@@ -152,43 +152,52 @@ async def run(
         try:
             exit_ = await asyncio.wait_for(task.wait(exec_id), time_limit)
         except TimeoutError:
-            await _kill(task, exec_id)
+            await kill(task, exec_id)
             raise TimedOut(time_limit) from None
-        await _delete(task, exec_id)  # returns once the output has drained (bounded)
+        await delete(task, exec_id)  # returns once the output has drained (bounded)
         added = False
         return Finished(exit_.status, out.bytes(), err.bytes())
     finally:
         if added:
             with contextlib.suppress(Exception):
-                await asyncio.shield(_cleanup(task, exec_id))
+                await asyncio.shield(abandon(task, exec_id))
         out.close()
         err.close()
 
 
-async def _kill(task: Task, exec_id: str) -> None:
-    """SIGKILL an exec and wait for its exit (bounded)."""
+async def kill(task: Task, exec_id: str, wait: float = KILL_WAIT) -> None:
+    """SIGKILL an exec and wait for its exit (at most `wait` seconds)."""
     with contextlib.suppress(errors.CtrdError):
         await task.call("kill", {"exec_id": exec_id, "signal": signal.SIGKILL, "all": False})
     with contextlib.suppress(errors.CtrdError, TimeoutError):
-        await asyncio.wait_for(task.wait(exec_id), KILL_WAIT)
+        await asyncio.wait_for(task.wait(exec_id), wait)
 
 
-async def _delete(task: Task, exec_id: str) -> None:
+async def delete(task: Task, exec_id: str) -> None:
+    """Delete an exec from its shim (returns once its output has drained, bounded) and forget
+    it; one already gone is fine."""
     with contextlib.suppress(errors.NotFound):
         await task.call("delete", {"exec_id": exec_id})
     task.forget_exec(exec_id)
 
 
-async def _cleanup(task: Task, exec_id: str) -> None:
+async def abandon(
+    task: Task,
+    exec_id: str,
+    within: float = CLEANUP_TIMEOUT,
+    kill_wait: float = KILL_WAIT,
+    event: str = "exec_not_deleted",
+) -> None:
     """An exec given up (timed out, failed, or its caller gone): killed if it may still run,
-    then deleted from the shim."""
-    async with asyncio.timeout(CLEANUP_TIMEOUT):
+    then deleted from the shim, all within `within` seconds; a delete that fails is logged as
+    `event`. ExecSync's, the streaming exec's and the health probes' way out."""
+    async with asyncio.timeout(within):
         # Once the init has exited, every exec that ran has its exit (the shim announces
         # them first): only one that never started has none, and never will.
         ended = exec_id in task.exits or exec_id in task.unstarted or "" in task.exits
         if not ended and not task.deleting:
-            await _kill(task, exec_id)
+            await kill(task, exec_id, kill_wait)
         try:
-            await _delete(task, exec_id)
+            await delete(task, exec_id)
         except errors.CtrdError as e:
-            log.warning("exec_not_deleted", ns=task.namespace, id=task.id, error=str(e))
+            log.warning(event, ns=task.namespace, id=task.id, error=str(e))

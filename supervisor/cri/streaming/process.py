@@ -193,7 +193,7 @@ class _Exec:
                 if channels.resize is not None and self.tty:
                     inputs.append(group.create_task(_resizes(channels.resize, self._resize)))
                 code = await self._start_and_wait()
-                await execs._delete(self.task, self.exec_id)  # once its output has drained
+                await execs.delete(self.task, self.exec_id)  # once its output has drained
                 added = False
                 for fifo in (stdout, stderr):
                     if fifo is not None:
@@ -205,7 +205,7 @@ class _Exec:
         finally:
             if added:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(execs._cleanup(self.task, self.exec_id))
+                    await asyncio.shield(execs.abandon(self.task, self.exec_id))
 
     def _fifo(self, kind: type[InputFifo] | type[OutputFifo], suffix: str) -> Any:
         fifo = kind(Path(f"{self.base}.{suffix}"))
@@ -227,7 +227,7 @@ class _Exec:
             await asyncio.wait((waiting, lost), return_when=asyncio.FIRST_COMPLETED)
             if not waiting.done():
                 log.info("cri_exec_client_gone", id=self.task.id, exec_id=self.exec_id)
-                await execs._kill(self.task, self.exec_id)
+                await execs.kill(self.task, self.exec_id)
             exit_ = await asyncio.wait_for(asyncio.shield(waiting), execs.KILL_WAIT)
         except TimeoutError:
             raise errors.Unknown(f"exec {self.exec_id} did not exit after SIGKILL") from None
