@@ -17,9 +17,7 @@ import contextlib
 import fcntl
 import functools
 import os
-import socket
 import sqlite3
-import stat
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +63,7 @@ from supervisor.services.logs import Logs, LogsService
 from supervisor.services.rpc import Deferred, Registrar
 from supervisor.services.tasks import TasksService
 from supervisor.services.version import IntrospectionService, Plugin, VersionService
+from supervisor.sockets import clear_stale_socket
 
 if TYPE_CHECKING:
     from snapshotter.native import NativeSnapshotter
@@ -118,23 +117,6 @@ def server_uuid(root: Path) -> str:
     tmp.write_text(str(uuid.uuid4()) + "\n")
     os.replace(tmp, path)
     return path.read_text().strip()
-
-
-def clear_stale_socket(address: str) -> None:
-    """Remove a socket left by a daemon that died; refuse one that something still serves."""
-    try:
-        mode = os.lstat(address).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise FailedPrecondition(f'address "{address}" exists and is not a socket')
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(address)
-        except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(address)
-            return
-    raise FailedPrecondition(f'address "{address}" is in use by another process')
 
 
 def plugins(root: Path, state: Path) -> list[Plugin]:

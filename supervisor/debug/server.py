@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import socketserver
-import stat
 import threading
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
@@ -27,7 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 
 from supervisor.debug import stacks
-from supervisor.errors import FailedPrecondition, InvalidArgument
+from supervisor.errors import InvalidArgument
+from supervisor.sockets import clear_stale_socket
 
 log = structlog.get_logger("ctrd.debug")
 
@@ -76,7 +75,7 @@ class DebugServer:
             raise InvalidArgument(
                 f'[debug] address "{address}" must be an absolute path (a unix socket)'
             )
-        _clear_stale(address)
+        clear_stale_socket(address, "[debug] address")
         os.makedirs(os.path.dirname(address), mode=0o711, exist_ok=True)
         old_umask = os.umask(0o117)  # born 0660, never briefly wider
         try:
@@ -102,20 +101,3 @@ class DebugServer:
         self._thread.join()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.address)
-
-
-def _clear_stale(address: str) -> None:
-    """A socket left by a daemon that died is replaced; anything else there is refused."""
-    try:
-        mode = os.lstat(address).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise FailedPrecondition(f'[debug] address "{address}" exists and is not a socket')
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(address)
-        except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(address)
-            return
-    raise FailedPrecondition(f'[debug] address "{address}" is in use by another process')
