@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,49 +37,6 @@ CLEANUP_TIMEOUT = 5.0  # seconds to kill and delete a probe once it is given up
 EXEC_PREFIX = "health-"  # the exec ids of probes: `ps`-like listings can tell them apart
 
 
-class _Output:
-    """A FIFO whose first OUTPUT_LIMIT bytes are kept as they arrive; the daemon holds a write
-    end as well, so the reader sees no end of file before the probe has even opened it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data = bytearray()
-        self.truncated = False
-        os.mkfifo(path, 0o600)
-        self._read = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        self._hold = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._read, self._drain)
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self._read, 1 << 16)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno == errno.EINTR:
-                    continue
-                raise
-            if not chunk:
-                return
-            room = OUTPUT_LIMIT - len(self.data)
-            self.data += chunk[: max(room, 0)]
-            self.truncated = self.truncated or len(chunk) > room
-
-    def text(self) -> str:
-        self._drain()
-        return cut(bytes(self.data), self.truncated)
-
-    def close(self) -> None:
-        self._loop.remove_reader(self._read)
-        for fd in (self._read, self._hold):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-
 def exec_spec(process: dict[str, Any], argv: tuple[str, ...]) -> dict[str, Any]:
     """The probe's process: the container's own (user, cwd, env, capabilities...) running
     `argv` without a terminal, as every exec the daemon runs (`runtime.execs`)."""
@@ -93,7 +48,7 @@ async def run(
 ) -> Result:
     """Run the check once in `task`'s container; its result."""
     start = time.time_ns()
-    output = _Output(fifo_dir / f"{exec_id}.out")
+    output = execs.Capture(fifo_dir / f"{exec_id}.out", OUTPUT_LIMIT)
     created = False
     try:
         await task.call_seen(
@@ -117,10 +72,10 @@ async def run(
             exit_ = await asyncio.wait_for(task.wait(exec_id), config.timeout / 1e9)
         except TimeoutError:
             await execs.kill(task, exec_id, CLEANUP_TIMEOUT)
-            return _timed_out(start, config, output.text())
+            return _timed_out(start, config, _text(output))
         await execs.delete(task, exec_id)  # waits for the output to drain
         created = False
-        return Result(start, time.time_ns(), exit_.status, output.text())
+        return Result(start, time.time_ns(), exit_.status, _text(output))
     except errors.CtrdError as e:
         return Result(start, time.time_ns(), -1, e.detail or str(e))
     finally:
@@ -128,6 +83,12 @@ async def run(
             with contextlib.suppress(Exception):
                 await asyncio.shield(_cleanup(task, exec_id))
         output.close()
+
+
+def _text(output: execs.Capture) -> str:
+    """What the probe wrote, as docker keeps it (the first OUTPUT_LIMIT bytes, cut)."""
+    data = output.bytes()
+    return cut(data, output.dropped > 0)
 
 
 def _timed_out(start: int, config: HealthConfig, written: str) -> Result:
