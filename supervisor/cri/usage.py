@@ -25,15 +25,13 @@ Readers of files block: callers run them on a thread (one per call, for every co
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import os
-import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
+from supervisor.network.netns import run_in
 from supervisor.runtime import metrics
 from supervisor.runtime.metrics import CgroupV1, CgroupV2
 
@@ -42,8 +40,6 @@ Cgroup = CgroupV1 | CgroupV2
 # Above this a memory limit means "none" (the kernel rounds 2^63-1 down to a page multiple).
 UNLIMITED = 1 << 62
 _UINT64_MAX = 2**64 - 1
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -231,30 +227,14 @@ def net_dev(pin: str) -> list[Interface]:
     """The interfaces of the network namespace pinned at `pin` (blocking: a thread joins the
     namespace, reads its /proc/thread-self/net/dev and ends there). [] if the pin is gone."""
     try:
-        fd = os.open(pin, os.O_RDONLY | os.O_CLOEXEC)
+        text = run_in(pin, _read_net_dev, name="netns-stats")
     except FileNotFoundError:
         return []
-    text: list[str] = []
-    failure: list[BaseException] = []
+    return parse_net_dev(text)
 
-    def run() -> None:
-        try:
-            if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, f"setns {pin}: {os.strerror(code)}")
-            text.append(Path("/proc/thread-self/net/dev").read_text(encoding="ascii"))
-        except BaseException as e:  # handed to the caller's thread
-            failure.append(e)
 
-    try:
-        worker = threading.Thread(target=run, name="netns-stats")
-        worker.start()
-        worker.join()
-    finally:
-        os.close(fd)
-    if failure:
-        raise failure[0]
-    return parse_net_dev(text[0])
+def _read_net_dev() -> str:
+    return Path("/proc/thread-self/net/dev").read_text(encoding="ascii")
 
 
 # --- writable layers -------------------------------------------------------------------------

@@ -51,12 +51,8 @@ Limits:
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import ipaddress
-import os
 import socket
-import threading
 from collections.abc import Callable, Coroutine, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -74,6 +70,8 @@ import dns.rdatatype
 import dns.reversename
 import dns.rrset
 import structlog
+
+from supervisor.network.netns import run_in
 
 Lookup = Callable[[str], Sequence[IPv4Address]]
 """A name (lowercase, no trailing dot) -> its addresses; [] when the name is not ctrd's."""
@@ -93,14 +91,12 @@ TCP_BACKLOG = 64
 RESOLV_CONF = Path("/etc/resolv.conf")
 LOCAL_DEFAULT = "127.0.0.1"  # resolv.conf(5): no nameserver line means the local machine's
 
-_CLONE_NEWNET = 0x40000000
 _UDP_MIN = 512
 _TCP_MAX = 65535
 _NEXT_RESOLVER = (dns.rcode.SERVFAIL, dns.rcode.REFUSED)
 _REVERSE_V4 = dns.name.from_text("in-addr.arpa.")
 
 log = structlog.get_logger("ctrd.dns")
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 # --- upstreams (pure but for reading the file) -----------------------------------------------
@@ -542,31 +538,16 @@ def open_sockets_in(
     A new thread joins the namespace, makes them and ends there; the caller's thread never
     changes namespace (a pool thread that did would take the namespace to its next work).
     """
-    made: list[socket.socket] = []
-    failure: list[BaseException] = []
 
-    def run(nsfd: int) -> None:
+    def make() -> tuple[socket.socket, socket.socket]:
+        udp = _bound(socket.SOCK_DGRAM, address, port)
         try:
-            if _libc.setns(nsfd, _CLONE_NEWNET) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, f"setns: {os.strerror(code)}", os.fspath(pin))
-            made.append(_bound(socket.SOCK_DGRAM, address, port))
-            made.append(_bound(socket.SOCK_STREAM, address, port))
-        except BaseException as e:  # handed to the caller's thread
-            failure.append(e)
+            return udp, _bound(socket.SOCK_STREAM, address, port)
+        except BaseException:
+            udp.close()
+            raise
 
-    nsfd = os.open(pin, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        worker = threading.Thread(target=run, args=(nsfd,), name="dns-netns")
-        worker.start()
-        worker.join()
-    finally:
-        os.close(nsfd)
-    if failure:
-        for sock in made:
-            sock.close()
-        raise failure[0]
-    return made[0], made[1]
+    return run_in(pin, make, name="dns-netns")
 
 
 def _bound(kind: int, address: str, port: int) -> socket.socket:

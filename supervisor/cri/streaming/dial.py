@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import os
 import socket
-import threading
 from dataclasses import dataclass
 
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from supervisor.network.netns import SetnsError, run_in
 
 CONNECT_TIMEOUT = 10.0  # seconds; a loopback connect answers at once unless the pod is stuck
 
@@ -66,32 +63,11 @@ def sockets_in(netns: str) -> list[socket.socket]:
     if not netns:
         return _make_sockets()
     try:
-        nsfd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
+        return run_in(netns, _make_sockets, name="netns-dial")
+    except SetnsError:
+        raise
+    except OSError as e:  # the pin cannot be opened
         raise DialError(f"the pod's network namespace is gone ({netns})") from e
-    made: list[socket.socket] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            if _libc.setns(nsfd, _CLONE_NEWNET) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, f"setns {netns}: {os.strerror(code)}")
-            made.extend(_make_sockets())
-        except BaseException as e:  # handed to the caller's thread
-            failure.append(e)
-
-    try:
-        worker = threading.Thread(target=run, name="netns-dial")
-        worker.start()
-        worker.join()
-    finally:
-        os.close(nsfd)
-    if failure:
-        for sock in made:
-            sock.close()
-        raise failure[0]
-    return made
 
 
 async def dial(target: Target, wait: float = CONNECT_TIMEOUT) -> socket.socket:
