@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from shim import crilog
+from shim import crilog, dirs
 
 SCHEME = "ctrd-log"
 PIECE = 16 * 1024
@@ -108,7 +108,7 @@ class LogFile:
         self.path = path
         self.max_size = max_size
         self.max_files = max_files
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        dirs.make_dirs(os.path.dirname(path), mode=0o700, parent_mode=0o700)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._size = os.fstat(self._fd).st_size
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from shim import dirs
 from snapshotter.mount import mount_all, unmount
 from snapshotter.protocol import Mount
 from supervisor import identifiers
@@ -57,11 +58,8 @@ class Bundle:
             raise InvalidArgument(f'container "{self.id}": spec is not JSON: {e}') from None
         if not isinstance(config, dict):
             raise InvalidArgument(f'container "{self.id}": spec is not a JSON object')
-        self.path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
-        try:
-            self.path.mkdir(mode=0o700)
-        except FileExistsError:
-            raise AlreadyExists(f'bundle for task "{self.id}"') from None
+        if not dirs.make_dirs(self.path, mode=0o700, parent_mode=0o711):
+            raise AlreadyExists(f'bundle for task "{self.id}"')
         try:
             (self.path / CONFIG).write_bytes(spec)
             for name, text in (records or {}).items():

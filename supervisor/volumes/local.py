@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shim import dirs
 from snapshotter.mount import MountError, parse_options, perform, plan, unmount
 from snapshotter.protocol import Mount
 from supervisor.errors import CtrdError, FailedPrecondition, InvalidArgument, Unknown
@@ -118,9 +119,7 @@ class VolumePaths:
 def make(paths: VolumePaths) -> None:
     """The volume's directories (0701 as docker's volume root, 0755 its data); existing ones
     are fine."""
-    paths.root.mkdir(mode=0o701, parents=True, exist_ok=True)
-    (paths.root / paths.namespace).mkdir(mode=0o701, exist_ok=True)
-    paths.directory.mkdir(mode=0o701, exist_ok=True)
+    dirs.make_dirs(paths.directory, mode=0o701, parent_mode=0o701)  # beside a removal's rmdir
     paths.data.mkdir(mode=0o755, exist_ok=True)
 
 
