@@ -34,9 +34,18 @@ import pytest
 from supervisor.cri.model import PodRef, PortMapping
 from supervisor.metadata.db import Database
 from supervisor.network import netlink
+from supervisor.network.cni.invoke import orphans
 from supervisor.network.cni.pod import CniPodNetwork
 from supervisor.network.cni.store import AttachmentStore
-from tests.support.cri import CNI_BIN_DIRS, PodNet, make_pod_net, pod_net_leftovers, remove_pod_net
+from tests.support.cri import (
+    CNI_BIN_DIRS,
+    PodNet,
+    has_shared_chains,
+    make_pod_net,
+    pod_net_leftovers,
+    remove_pod_net,
+    remove_shared_chains_if_unused,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -101,37 +110,10 @@ class Lab:
         return sorted(p.name for p in brif.iterdir()) if brif.is_dir() else []
 
 
-def nat(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, text=True)
-
-
-# portmap's shared chains and the jumps to them, made at its first ADD on a host
-SHARED_JUMPS = (
-    ("PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"),
-    ("OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"),
-    ("POSTROUTING", "-m", "comment", "--comment", "CNI portfwd requiring masquerade",
-     "-j", "CNI-HOSTPORT-MASQ"),
-)  # fmt: skip
-SHARED_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
-
-
-def remove_shared_chains_if_unused() -> None:
-    """portmap's shared chains, when no pod of anyone's has a port in them any more (they were
-    not there before the test: nothing else of the host needs them)."""
-    if "-A CNI-HOSTPORT-DNAT" in nat("-S", "CNI-HOSTPORT-DNAT").stdout:
-        return
-    for jump in SHARED_JUMPS:
-        nat("-D", *jump)
-    for chain in SHARED_CHAINS:
-        nat("-F", chain)
-    for chain in SHARED_CHAINS:
-        nat("-X", chain)
-
-
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     forward = IP_FORWARD.read_text()
-    had_shared = nat("-S", "CNI-HOSTPORT-DNAT").returncode == 0
+    had_shared = has_shared_chains()
     net = make_pod_net(tmp_path)
     conflist = net.conflist()
     bridge = conflist["plugins"][0]  # as containerd's CI config: bridge's nat rules too, and
@@ -306,9 +288,10 @@ async def main():
 asyncio.run(main())
 """
 
-# A plugin that stops in its ADD (the daemon is killed meanwhile), else is the real one.
+# A plugin that stops in its ADD (the daemon is killed meanwhile), else is the real one; it
+# writes its pid (its session's) first. Not killed, it would finish its ADD 60 s later.
 STALL = """#!/bin/sh
-[ "$CNI_COMMAND" = ADD ] && touch {mark} && sleep 60
+[ "$CNI_COMMAND" = ADD ] && echo $$ > {mark}.tmp && mv {mark}.tmp {mark} && sleep 60
 exec {real} "$@"
 """
 
@@ -341,6 +324,8 @@ def test_a_daemon_killed_during_setup_is_repaired_by_reconcile(lab: Lab, stalls:
         os.killpg(child.pid, signal.SIGKILL)  # the daemon and the plugin it runs
         _, errors = child.communicate()
     assert mark.exists(), errors
+    stalled = int(mark.read_text())
+    assert orphans(sandbox) == [stalled]  # the plugin outlived its daemon
     made = lab.leases()
     assert len(made) == (1 if stalls == "portmap" else 0)
 
@@ -350,6 +335,7 @@ def test_a_daemon_killed_during_setup_is_repaired_by_reconcile(lab: Lab, stalls:
         return recorded, await store.sandboxes()
 
     recorded, left = lab.run(after_restart)
+    assert orphans(sandbox) == []  # killed with its session before the DEL
     assert recorded == [("lo", ""), ("eth0", "")]  # recorded before, no result: killed first
     assert left == []
     assert lab.leases() == []

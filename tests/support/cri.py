@@ -213,6 +213,84 @@ def pod_net_leftovers(net: PodNet) -> list[str]:
     return left
 
 
+def nat(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, text=True)
+
+
+# portmap's shared chains and the jumps to them, made at its first ADD on a host
+SHARED_JUMPS = (
+    ("PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"),
+    ("OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"),
+    ("POSTROUTING", "-m", "comment", "--comment", "CNI portfwd requiring masquerade",
+     "-j", "CNI-HOSTPORT-MASQ"),
+)  # fmt: skip
+SHARED_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
+
+
+def has_shared_chains() -> bool:
+    return nat("-S", SHARED_CHAINS[0]).returncode == 0
+
+
+def remove_shared_chains_if_unused() -> None:
+    """portmap's shared chains, when no pod of anyone's has a port in them any more (call it
+    only when they were not there before: then nothing else of the host needs them)."""
+    if f"-A {SHARED_CHAINS[0]}" in nat("-S", SHARED_CHAINS[0]).stdout:
+        return
+    for jump in SHARED_JUMPS:
+        nat("-D", *jump)
+    for chain in SHARED_CHAINS:
+        nat("-F", chain)
+    for chain in SHARED_CHAINS:
+        nat("-X", chain)
+
+
+def our_bridges() -> set[str]:
+    """This process's pod bridges (`ctrdt<pid>c<n>`) now."""
+    prefix = f"ctrdt{os.getpid()}c"[:15]
+    return {
+        link.name
+        for link in Path("/sys/class/net").iterdir()
+        if link.name.startswith(prefix) and _OUR_BRIDGE.match(link.name)
+    }
+
+
+@pytest.fixture(autouse=True)
+def no_pod_network_left() -> Iterator[None]:
+    """Every test: a pod bridge of this process that was not there before it and is there
+    after all its fixtures ended is a leak (with portmap's rules for its pods, which outlive
+    the test run on the host): removed, and the test fails at its teardown, named."""
+    before = our_bridges()
+    yield
+    left = our_bridges() - before
+    if not left:
+        return
+    found = []
+    for bridge in sorted(left):
+        n = bridge.rsplit("c", 1)[1]
+        net = PodNet(
+            name=f"ctrdt-{os.getpid()}-{n}", bridge=bridge, subnet="",
+            conf_dir=Path("/nonexistent"), ipam_dir=Path("/nonexistent"),
+            cache_dir=Path("/nonexistent"),
+        )  # fmt: skip
+        found.append(f"bridge {bridge}" + "".join(f"; {r}" for r in _portmap_rules(net)))
+        remove_pod_net(net)
+    pytest.fail("the test left its pod network behind (removed now): " + " | ".join(found))
+
+
+_shared_chains_before: list[bool] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _shared_chains_before.append(has_shared_chains())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """portmap's shared chains go when this session made them and no pod uses them now (a
+    host that had them before keeps them, as it keeps them after containerd)."""
+    if _shared_chains_before and not _shared_chains_before[0]:
+        remove_shared_chains_if_unused()
+
+
 def _ports(bridge: str) -> list[Path]:
     brif = Path(f"/sys/class/net/{bridge}/brif")
     return sorted(brif.iterdir()) if brif.is_dir() else []

@@ -15,6 +15,10 @@ capability args it declared (and only those), and `prevResult`.
   failed (add): failed to allocate ...; details`). A binary that is busy being written
   (ETXTBSY) is tried again, up to 5 times a second apart; one that does not answer within
   the timeout (or whose caller gives up) is killed with what it started (its own session).
+- A plugin outlives a daemon killed while it ran (it is in a session of its own). Left alone,
+  it would finish its ADD after the restarted daemon's DEL of that attachment and leave an
+  address, a veth or portmap's rules that nothing records: `kill_orphans` finds such plugins
+  of a sandbox by their environment and kills them with what they started, before the DEL.
 - libcni's cache is kept for the tools that read it (crictl, CNI's GC): after an ADD,
   `<cache>/results/<network>-<container>-<ifname>` (`cniCacheV1`: the list's bytes in base64,
   the args, the result), removed after the DEL.
@@ -228,6 +232,52 @@ class Plugins:
             assert proc.returncode is not None
             return proc.returncode, out, err
         raise AssertionError("unreachable")
+
+
+def orphans(container_id: str, proc: Path = Path("/proc")) -> list[int]:
+    """The plugins run for `container_id` by a daemon that is gone: leaders of their own
+    session (as `Plugins` starts them) with `CNI_CONTAINERID=<id>` in their environment and a
+    parent that is not this process."""
+    wanted = f"\0CNI_CONTAINERID={container_id}\0".encode()
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = b"\0" + (entry / "environ").read_bytes()
+            if wanted not in environ:
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+        pid, ppid, session = int(entry.name), int(fields[1]), int(fields[3])
+        if session == pid and ppid != os.getpid():
+            found.append(pid)
+    return found
+
+
+def kill_orphans(container_id: str, wait: float = 2.0) -> list[int]:
+    """Kill the orphaned plugins of `container_id` (their sessions' process groups) and wait
+    up to `wait` seconds for them to go (blocking; run it on a thread); their pids."""
+    import time
+
+    killed = orphans(container_id)
+    for pid in killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait
+    while any(_alive(pid) for pid in killed) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return killed
+
+
+def _alive(pid: int) -> bool:
+    """Still running: not gone and not a zombie waiting for its new parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def cache_path(cache_dir: str, network: str, container_id: str, ifname: str) -> Path:

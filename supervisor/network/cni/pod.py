@@ -14,12 +14,13 @@ order kept for crashes (`supervisor.network.cni.store`):
 
 So whatever point a crash stops at, the record says what to DEL: `teardown` and `reconcile`
 (at the daemon's start, for every recorded sandbox that is not live; never one this daemon
-life set up, should a RunPodSandbox race the sandboxes' recovery) finish it. An ADD that
-fails half way is DELed at once (the record stays if that DEL fails too). A DEL runs with
-`CNI_NETNS` set to the given or the recorded namespace while it is still one (a bind mount of
-an nsfs file), else "" (the plugins then release what is outside it: addresses, iptables
-rules; what bridge's DEL leaves then, its masquerade rules, is removed after it:
-`supervisor.network.cni.masq`); as containerd, a DEL error that says "not found" (or "no
+life set up, should a RunPodSandbox race the sandboxes' recovery) finish it, after killing
+what plugins of an unfinished ADD outlived the daemon that ran them (`invoke.kill_orphans`).
+An ADD that fails half way is DELed at once (the record stays if that DEL fails too). A DEL
+runs with `CNI_NETNS` set to the given or the recorded namespace while it is still one (a
+bind mount of an nsfs file), else "" (the plugins then release what is outside it:
+addresses, iptables rules; what bridge's DEL leaves then, its masquerade rules, is removed
+after it: `supervisor.network.cni.masq`); as containerd, a DEL error that says "not found" (or "no
 such file or directory" without a namespace) counts as done.
 
 One operation per sandbox at a time (a lock per sandbox id, dropped when unused); different
@@ -43,7 +44,7 @@ from supervisor.cri.model import DnsConfig, NetworkStatus, PodAddress, PodRef, P
 from supervisor.errors import CtrdError, FailedPrecondition, InvalidArgument
 from supervisor.metadata.db import Database
 from supervisor.network.cni import conf, masq
-from supervisor.network.cni.invoke import Call, Plugins, remove_cache, write_cache
+from supervisor.network.cni.invoke import Call, Plugins, kill_orphans, remove_cache, write_cache
 from supervisor.network.cni.result import Result, cni_result, from_raw, pod_ips, select
 from supervisor.network.cni.store import Attachment, AttachmentStore
 
@@ -143,6 +144,7 @@ class CniPodNetwork:
             if earlier and all(a.result for a in earlier) and earlier[0].netns == netns:
                 return address(pod.sandbox_id, [from_raw(json.loads(a.result)) for a in earlier])
             if earlier:  # half made by an attempt that did not finish (or elsewhere): undone
+                await self._kill_orphans(pod.sandbox_id, earlier)
                 await self._delete(pod.sandbox_id, "", earlier)  # in its own recorded netns
             attachments = [
                 Attachment(pod.sandbox_id, n.ifname, i, n.name, netns, n.source, args, caps)
@@ -170,9 +172,18 @@ class CniPodNetwork:
     async def teardown(self, sandbox_id: str, netns: str) -> None:
         async with self._sandbox(sandbox_id):
             attachments = await self._store.of(sandbox_id)
+            await self._kill_orphans(sandbox_id, attachments)
             if attachments:
                 await self._delete(sandbox_id, netns, attachments)
             self._mine.discard(sandbox_id)
+
+    async def _kill_orphans(self, sandbox_id: str, attachments: Sequence[Attachment]) -> None:
+        """An unfinished ADD not of this daemon life: its plugins may outlive the daemon that
+        ran them, and are killed before the DEL (see `invoke.kill_orphans`)."""
+        if sandbox_id in self._mine or all(a.result for a in attachments):
+            return
+        if killed := await asyncio.to_thread(kill_orphans, sandbox_id):
+            log.warning("cni_orphans_killed", id=sandbox_id, pids=killed)
 
     async def reconcile(self, live: set[str]) -> None:
         recorded = await self._store.sandboxes()
