@@ -254,6 +254,13 @@ def our_bridges() -> set[str]:
     }
 
 
+def _ours(n: int) -> PodNet:
+    """This process's network number `n`, enough of it to find and remove what it left."""
+    nowhere = Path("/nonexistent")
+    pid = os.getpid()
+    return PodNet(f"ctrdt-{pid}-{n}", f"ctrdt{pid}c{n}"[:15], "", nowhere, nowhere, nowhere)
+
+
 @pytest.fixture(autouse=True)
 def no_pod_network_left() -> Iterator[None]:
     """Every test: a pod bridge of this process that was not there before it and is there
@@ -266,12 +273,7 @@ def no_pod_network_left() -> Iterator[None]:
         return
     found = []
     for bridge in sorted(left):
-        n = bridge.rsplit("c", 1)[1]
-        net = PodNet(
-            name=f"ctrdt-{os.getpid()}-{n}", bridge=bridge, subnet="",
-            conf_dir=Path("/nonexistent"), ipam_dir=Path("/nonexistent"),
-            cache_dir=Path("/nonexistent"),
-        )  # fmt: skip
+        net = _ours(int(bridge.rsplit("c", 1)[1]))
         found.append(f"bridge {bridge}" + "".join(f"; {r}" for r in _portmap_rules(net)))
         remove_pod_net(net)
     pytest.fail("the test left its pod network behind (removed now): " + " | ".join(found))
@@ -285,8 +287,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """portmap's shared chains go when this session made them and no pod uses them now (a
-    host that had them before keeps them, as it keeps them after containerd)."""
+    """What appeared after its test had ended (a process that outlived it finishing a pod's
+    network): this process's pod bridges and portmap rules, removed, and the run fails. Then
+    portmap's shared chains go when this session made them and no pod uses them now (a host
+    that had them before keeps them, as it keeps them after containerd)."""
+    late = sorted(our_bridges())
+    mark = f'dnat name: \\"ctrdt-{os.getpid()}-'
+    rules = [line for line in nat("-S").stdout.splitlines() if mark in line]
+    for name in {line.split(mark, 1)[1].split("\\", 1)[0] for line in rules}:
+        remove_pod_net(_ours(int(name)))
+    for bridge in late:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    if late or rules:
+        print(f"\npod networks left after their tests ended (removed now): {late} {rules}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if _shared_chains_before and not _shared_chains_before[0]:
         remove_shared_chains_if_unused()
 
