@@ -13,9 +13,14 @@ State is derived from the record's times as containerd derives it from its statu
 
 The container's root is a snapshot of its image (overlayfs, key = container id) that the
 container record holds against the collector; a lease holds it while the record is made.
-Its task (id = container id) is made at StartContainer, with both streams going to the CRI
-log at `log_directory/log_path` (`ctrd-log:///PATH?format=cri`, written by the shim), and
-deleted once its exit is recorded. The shim announces that exit only once the container's
+Its task (id = container id) is made right after CreateContainer answers, in the background
+(runc's create, the slow half of a start, then overlaps the client's next call: kubelet and
+crictl call StartContainer at once), with both streams going to the CRI log at
+`log_directory/log_path` (`ctrd-log:///PATH?format=cri`, written by the shim); StartContainer
+waits for it and only starts it (a made task that failed is made again there, so the start
+says why; resources updated meanwhile are applied to it first). The task is deleted once its
+exit is recorded, or with the container if it never started (that deletion's exit of the
+never-run init is no exit of the container). The shim announces that exit only once the container's
 output is all in the log (or after a bounded drain: `shim.task`), so a container is EXITED
 with its whole log, which kubelet and critest read at once. Stop sends the image's StopSignal
 (SIGTERM by default), SIGKILL after the timeout, and returns once the exit is recorded; Stop
@@ -242,6 +247,9 @@ class ContainersPart:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._host: Any = None
         self._configs: dict[str, Any] = {}  # id -> its ContainerConfig, parsed once
+        # id -> its task being made ahead of StartContainer: (the spec it was made with, task)
+        self._made: dict[str, asyncio.Future[tuple[Any, Any]]] = {}
+        self._unstarted: set[str] = set()  # ids with a task whose init never ran
 
     def _config(self, record: ContainerRecord) -> Any:
         """The record's ContainerConfig (it never changes; kubelet lists every second)."""
@@ -308,7 +316,8 @@ class ContainersPart:
         if exit_ is not None:
             await self._exited(record.id, exit_.status, exit_.at)
         elif task.status == "created" and record.state is ContainerState.CREATED:
-            self._cleanup(record.id)  # a start cut short: the task goes, the container stays
+            self._unstarted.add(record.id)
+            self._cleanup(record.id)  # made, never started: the task goes, the container stays
         elif record.state is ContainerState.CREATED:  # started, not yet recorded
             await self._save(replace(record, started_at=time.time_ns(), pid=task.pid))
 
@@ -354,6 +363,8 @@ class ContainersPart:
             record = self._records.get(cid)
             if record is None or record.finished_at:
                 return
+            if not record.started_at and cid in self._unstarted:
+                return  # a made task deleted unstarted: the container stays CREATED
             oom = cid in self._oom
             await self._save(
                 replace(
@@ -419,6 +430,9 @@ class ContainersPart:
             self._names.pop(name, None)
             raise
         self._records[cid] = record
+        self._unstarted.add(cid)
+        made = self._made[cid] = asyncio.ensure_future(self._make_task(record))
+        made.add_done_callback(_quiet)
         return cri.CreateContainerResponse(container_id=cid)
 
     async def _create(
@@ -590,6 +604,40 @@ class ContainersPart:
         sandbox = await self._sandboxes.get(record.sandbox_id)
         if sandbox.state is not model.SandboxState.READY:
             raise FailedPrecondition(f'sandbox container "{sandbox.id}" is not running')
+        made = self._made.pop(record.id, None)
+        ready = None
+        if made is not None:
+            with contextlib.suppress(Exception):  # made again below, so the error is this one
+                ready = await made
+        spec, task = ready or await self._make_task(record)
+        await self._catch_up(record.id, spec, task)
+        self._unstarted.discard(record.id)
+        try:  # a shim that does not answer fails the start rather than hanging kubelet
+            await asyncio.wait_for(task.call_seen("start", {"exec_id": ""}), self.SHIM_WAIT)
+        except TimeoutError:
+            raise Unknown(
+                f"the shim did not start the container in {self.SHIM_WAIT:.0f}s"
+            ) from None
+        log.info("cri_container_started", ns=self._ns, id=record.id, pid=task.pid)
+        return int(task.pid)
+
+    async def _catch_up(self, cid: str, spec: Any, task: Any) -> None:
+        """The resources of the spec as it is now to a task made from `spec`: an
+        UpdateContainerResources while the task was being made changed the stored spec only."""
+        container = await self._store().get(cid)
+        if container.spec != spec and container.spec is not None:
+            resources = json.loads(container.spec[1]).get("linux", {}).get("resources") or {}
+            await task.call("update", {"resources": resources})
+
+    async def _forget_made(self, cid: str) -> None:
+        """Wait out a task being made ahead (its deletion is the caller's)."""
+        made = self._made.pop(cid, None)
+        if made is not None:
+            with contextlib.suppress(Exception):
+                await made
+
+    async def _make_task(self, record: ContainerRecord) -> tuple[Any, Any]:
+        """The container's task, made (runc create) and not started; the spec it has."""
         container = await self._store().get(record.id)
         snapshots = self._deps.parts.snapshots(self._ns, None, self.SNAPSHOTTER)
         mounts = await snapshots.mounts(record.id)
@@ -604,14 +652,7 @@ class ContainersPart:
         io_dir = containerio.directory(self._deps.state, record.id)
         stdio = containerio.stdio(io_dir, uri, config.stdin, config.tty)
         task = await self._deps.tasks_service.create_task(self._ns, container, mounts, stdio)
-        try:  # a shim that does not answer fails the start rather than hanging kubelet
-            await asyncio.wait_for(task.call_seen("start", {"exec_id": ""}), self.SHIM_WAIT)
-        except TimeoutError:
-            raise Unknown(
-                f"the shim did not start the container in {self.SHIM_WAIT:.0f}s"
-            ) from None
-        log.info("cri_container_started", ns=self._ns, id=record.id, pid=task.pid)
-        return int(task.pid)
+        return container.spec, task
 
     # -- stop and remove -------------------------------------------------------------------
 
@@ -671,6 +712,7 @@ class ContainersPart:
             return cri.RemoveContainerResponse()  # idempotent
         await self._stop(record, 0)
         async with self._lock(record.id):
+            await self._forget_made(record.id)
             await self._delete_task(record.id)
             with contextlib.suppress(NotFound):
                 await self._store().delete(record.id)
@@ -682,6 +724,7 @@ class ContainersPart:
             if self._names.get(record.name) == record.id:
                 del self._names[record.name]
             self._oom.discard(record.id)
+            self._unstarted.discard(record.id)
             self._configs.pop(record.id, None)
         self._locks.pop(record.id, None)
         log.info("cri_container_removed", ns=self._ns, id=record.id)
@@ -751,6 +794,12 @@ class ContainersPart:
             raise Unimplemented("reopening a container's log is not there yet")
         await reopen(self._ns, record.id)
         return cri.ReopenContainerLogResponse()
+
+
+def _quiet(made: asyncio.Future[Any]) -> None:
+    """A task made ahead that failed is made again at StartContainer, which says why."""
+    if not made.cancelled() and made.exception() is not None:
+        log.debug("cri_task_made_ahead_failed", error=str(made.exception()))
 
 
 def _matches(record: ContainerRecord, config: Any, wanted: Any) -> bool:

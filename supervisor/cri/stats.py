@@ -370,11 +370,13 @@ class Stats:
 
     async def _apply(self, cid: str, spec: dict[str, Any]) -> None:
         """The spec's resources to the container's live task, if it has one that has not
-        exited (created tasks too: runc updates their cgroup before they start)."""
+        exited (created tasks too: runc updates their cgroup before they start). A task still
+        being made is left alone: StartContainer gives it the stored spec's resources."""
         tasks = self._deps.tasks
-        if not tasks.exists(self._ns, cid):
+        try:
+            task = tasks.get(self._ns, cid)
+        except NotFound:
             return
-        task = tasks.get(self._ns, cid)
         if "" in task.exits or task.dead:
             return
         try:

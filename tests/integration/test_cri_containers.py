@@ -478,6 +478,57 @@ def test_resources_reach_the_cgroup_and_oom_score_adj_is_clamped(cri_ctrd: Cri, 
     assert run(cri_ctrd, pod, config)[1] == "500\n"
 
 
+def task_states(c: Cri) -> dict[str, str]:
+    """The CRI namespace's tasks as `ctr tasks ls` shows them: id -> status."""
+    lines = c.ctrd.ctr("tasks", "ls", ns=NS).stdout.splitlines()[1:]
+    return {line.split()[0]: line.split()[-1] for line in lines}
+
+
+def wait_task(c: Cri, cid: str, state: str | None, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while task_states(c).get(cid) != state:
+        assert time.monotonic() < deadline, f"task {cid}: {task_states(c).get(cid)}, not {state}"
+        time.sleep(0.05)
+
+
+def test_a_created_containers_task_is_made_ahead_updated_and_removed_with_it(
+    cri_ctrd: Cri, pod: Pod
+):
+    """runc's create runs right after CreateContainer answers; the container stays CREATED
+    until it is started, resources updated before the start are those it starts with, and
+    one removed unstarted takes its task along without ever being EXITED."""
+    limits = cri.LinuxContainerResources(memory_limit_in_bytes=64 << 20)
+    config = container_config(
+        "ahead", command=["sleep", "30"], linux=cri.LinuxContainerConfig(resources=limits)
+    )
+    cid = create(cri_ctrd, pod, config)
+    bigger = cri.LinuxContainerResources(memory_limit_in_bytes=96 << 20)
+    cri_ctrd.runtime.UpdateContainerResources(  # while its task is being made, most likely
+        cri.UpdateContainerResourcesRequest(container_id=cid, linux=bigger), timeout=30
+    )
+    wait_task(cri_ctrd, cid, "CREATED")
+    assert status(cri_ctrd, cid).state == cri.CONTAINER_CREATED
+    cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=30)
+    assert task_states(cri_ctrd)[cid] == "RUNNING"
+    memory = Path("/sys/fs/cgroup/memory") / NS / cid / "memory.limit_in_bytes"
+    if not memory.parent.exists():  # cgroup v2
+        memory = Path("/sys/fs/cgroup") / NS / cid / "memory.max"
+    assert int(memory.read_text()) == 96 << 20
+
+    unstarted = create(cri_ctrd, pod, container_config("unstarted", command=["sleep", "30"]))
+    wait_task(cri_ctrd, unstarted, "CREATED")
+    cri_ctrd.runtime.StopContainer(cri.StopContainerRequest(container_id=unstarted, timeout=0))
+    time.sleep(0.3)  # an exit event, were one taken for the container's, would be in by now
+    found = status(cri_ctrd, unstarted)
+    assert (found.state, found.started_at, found.finished_at) == (cri.CONTAINER_CREATED, 0, 0)
+    cri_ctrd.runtime.RemoveContainer(cri.RemoveContainerRequest(container_id=unstarted))
+    assert unstarted not in task_states(cri_ctrd)
+    listed = cri_ctrd.runtime.ListContainers(cri.ListContainersRequest()).containers
+    assert [c.id for c in listed] == [cid]
+    cri_ctrd.runtime.RemoveContainer(cri.RemoveContainerRequest(container_id=cid))
+    assert task_states(cri_ctrd) == {}
+
+
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_a_restarted_ctrd_keeps_states_and_reports_exits_from_while_it_was_down(
     cri_ctrd: Cri, pod: Pod, how: signal.Signals
@@ -490,6 +541,7 @@ def test_a_restarted_ctrd_keeps_states_and_reports_exits_from_while_it_was_down(
         cri_ctrd.runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=30)
     exited = run(cri_ctrd, pod, container_config("exited", command=["sh", "-c", "exit 3"]))
     assert exited[0] == 3
+    wait_task(cri_ctrd, created, "CREATED")  # made ahead of a start that has not come
     before = {c: status(cri_ctrd, c) for c in (running, dying, created)}
     pid = json.loads(
         cri_ctrd.runtime.ContainerStatus(
@@ -507,6 +559,8 @@ def test_a_restarted_ctrd_keeps_states_and_reports_exits_from_while_it_was_down(
     assert len(after) == 4
     assert after[running].state == cri.CONTAINER_RUNNING
     assert after[created].state == cri.CONTAINER_CREATED
+    wait_task(cri_ctrd, created, None)  # the unstarted task deleted: the container stays
+    assert status(cri_ctrd, created).state == cri.CONTAINER_CREATED
     gone = status(cri_ctrd, dying)
     assert (gone.state, gone.exit_code, gone.reason) == (cri.CONTAINER_EXITED, 137, "Error")
     assert gone.started_at == before[dying].started_at
