@@ -325,7 +325,7 @@ def test_a_daemon_killed_during_setup_is_repaired_by_reconcile(lab: Lab, stalls:
         _, errors = child.communicate()
     assert mark.exists(), errors
     stalled = int(mark.read_text())
-    assert orphans(sandbox) == [stalled]  # the plugin outlived its daemon
+    assert stalled in orphans(sandbox)  # the plugin outlived its daemon (loopback's may too)
     made = lab.leases()
     assert len(made) == (1 if stalls == "portmap" else 0)
 

@@ -12,6 +12,8 @@ import sqlite3
 import subprocess
 import threading
 
+import pytest
+
 from tests.conftest import Ctrd
 from tests.integration.test_crash import (
     NETWORK_LABELS,
@@ -38,6 +40,7 @@ def kill_later(ctrd: Ctrd, delay: float) -> threading.Timer:
     return timer
 
 
+@pytest.mark.timeout(400)  # 800 ctr calls: ~80 s on a quiet machine, twice that under load
 def test_cycles_with_kills_leave_no_network_object_behind(make_ctrd, short_tmp, busybox_image):
     rng = random.Random(15)
     ctrd = make_ctrd(short_tmp)
