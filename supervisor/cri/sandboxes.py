@@ -19,8 +19,10 @@ half made is left, the name is free again):
 6. the pause task, when the pod shares a PID namespace;
 7. the record rewritten READY.
 
-StopPodSandbox stops the pod's containers, the pause task, tears the network down, unmounts
-/dev/shm, unpins the namespaces and marks the pod NOTREADY; RemovePodSandbox also removes the
+StopPodSandbox stops the pod's containers (SIGKILL, all at once) while it stops the pause task,
+tears the network down, unmounts /dev/shm and unpins the namespaces (nothing of that waits for
+the containers: a pinned namespace lives on while a process is in it), then marks the pod
+NOTREADY; RemovePodSandbox also removes the
 containers, the pause snapshot, the directories and the record. Both are idempotent and an
 unknown id is success.
 
@@ -364,8 +366,7 @@ class Sandboxes:
 
     async def _stop(self, sandbox_id: str) -> None:
         meta = self._store.find(sandbox_id)
-        await self._pod_containers.stop_pod(sandbox_id)
-        await self._release(meta)
+        await _both(self._pod_containers.stop_pod(sandbox_id), self._release(meta))
         if meta.state != model.SandboxState.NOTREADY or meta.network:
             meta = replace(meta.with_state(model.SandboxState.NOTREADY), network=False)
             await self._store.put(meta)
@@ -609,10 +610,26 @@ class ThroughContainers:
         return [c.id for c in found.containers if c.pod_sandbox_id == sandbox_id]
 
     async def stop_pod(self, sandbox_id: str) -> None:
-        for cid in await self._ids(sandbox_id):
-            request = cri.StopContainerRequest(container_id=cid, timeout=0)
-            await self._part().StopContainer(request, None)
+        part = self._part()
+        await _both(
+            *(
+                part.StopContainer(cri.StopContainerRequest(container_id=cid, timeout=0), None)
+                for cid in await self._ids(sandbox_id)
+            )
+        )
 
     async def remove_pod(self, sandbox_id: str) -> None:
-        for cid in await self._ids(sandbox_id):
-            await self._part().RemoveContainer(cri.RemoveContainerRequest(container_id=cid), None)
+        part = self._part()
+        await _both(
+            *(
+                part.RemoveContainer(cri.RemoveContainerRequest(container_id=cid), None)
+                for cid in await self._ids(sandbox_id)
+            )
+        )
+
+
+async def _both(*work: Awaitable[object]) -> None:
+    """All of `work` side by side, each to its end; then the first failure, if any."""
+    for outcome in await asyncio.gather(*work, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
