@@ -95,6 +95,15 @@ def tcp_states(pid: int, port: int) -> list[str]:
 LISTEN, TIME_WAIT = "0A", "06"
 
 
+def resets_seen(node: CriNode) -> list[dict[str, str]]:
+    """The streaming server's port-forward resets so far, from its log."""
+    return [
+        json.loads(line)
+        for line in node.ctrd.log().splitlines()
+        if '"cri_portforward_reset"' in line
+    ]
+
+
 def stream_port(node: CriNode) -> int:
     """The streaming server's port, from the daemon's log line about it."""
     log = node.ctrd.log()
@@ -152,7 +161,12 @@ def test_crictl_exec_it_attach_and_port_forward_leave_nothing_behind(cri_node: C
         drain.start()
         with ThreadPoolExecutor(10) as pool:
             first = list(pool.map(lambda _: fetch(local), range(50)))
-            assert reset_by_the_pod(local) in ("reset", "eof")
+            # Under load the server may have written all it had before httpd's close, and
+            # then sees an end rather than a reset: tried again until it sees a reset.
+            for _ in range(5):
+                assert reset_by_the_pod(local) in ("reset", "eof")
+                if resets_seen(cri_node):
+                    break
             second = list(pool.map(lambda _: fetch(local), range(50)))
         assert first + second == [BODY] * 100
         assert forward.poll() is None, "crictl port-forward gave up"
@@ -170,12 +184,8 @@ def test_crictl_exec_it_attach_and_port_forward_leave_nothing_behind(cri_node: C
     errors = b"".join(stderr)
     assert b"error occurred forwarding" not in errors, errors
     assert b"lost connection" not in errors.lower(), errors
-    resets = [
-        json.loads(line)
-        for line in cri_node.ctrd.log().splitlines()
-        if '"cri_portforward_reset"' in line
-    ]
-    assert [r["by"] for r in resets] == ["pod"], resets  # the one on purpose, and only it
+    resets = resets_seen(cri_node)
+    assert {r["by"] for r in resets} == {"pod"}, resets  # some, all of them on purpose
 
     # Nothing left: no stream connection, no socket or fd the streams made, no exec process,
     # no connection to the pod's port but httpd's listener (and closed ones in TIME_WAIT).
