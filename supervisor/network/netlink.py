@@ -48,6 +48,8 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from supervisor.network import netns
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
 
@@ -330,24 +332,7 @@ def _in_netns(nsfd: int, work: Callable[[], T]) -> T:
     `IPRoute(netns=...)` forks one, and a fork of a daemon with gRPC's threads running died
     with SIGSEGV. The thread ends in that namespace.
     """
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            if _libc.setns(nsfd, _CLONE_NEWNET) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, f"setns: {os.strerror(code)}")
-            result.append(work())
-        except BaseException as e:  # handed to the caller's thread
-            failure.append(e)
-
-    worker = threading.Thread(target=run, name="netns-work")
-    worker.start()
-    worker.join()
-    if failure:
-        raise failure[0]
-    return result[0]
+    return netns.run_in_fd(nsfd, work, "netns-work")
 
 
 def detach_endpoint(host_ifname: str) -> None:

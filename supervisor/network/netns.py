@@ -30,6 +30,15 @@ def run_in(pin: str | Path, fn: Callable[[], T], name: str = "netns") -> T:
     """Blocking: `fn()` in the network namespace pinned at `pin`: OSError if the pin cannot
     be opened, SetnsError if it cannot be joined."""
     nsfd = os.open(pin, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return run_in_fd(nsfd, fn, name, os.fspath(pin))
+    finally:
+        os.close(nsfd)
+
+
+def run_in_fd(nsfd: int, fn: Callable[[], T], name: str = "netns", where: str = "") -> T:
+    """Blocking: `fn()` in the network namespace open at `nsfd` (the caller's to close);
+    SetnsError (naming `where`) if it cannot be joined."""
     result: list[T] = []
     failure: list[BaseException] = []
 
@@ -37,17 +46,14 @@ def run_in(pin: str | Path, fn: Callable[[], T], name: str = "netns") -> T:
         try:
             if _libc.setns(nsfd, CLONE_NEWNET) != 0:
                 code = ctypes.get_errno()
-                raise SetnsError(code, f"setns: {os.strerror(code)}", os.fspath(pin))
+                raise SetnsError(code, f"setns: {os.strerror(code)}", *([where] if where else []))
             result.append(fn())
         except BaseException as e:  # handed to the caller's thread
             failure.append(e)
 
-    try:
-        worker = threading.Thread(target=run, name=name)
-        worker.start()
-        worker.join()
-    finally:
-        os.close(nsfd)
+    worker = threading.Thread(target=run, name=name)
+    worker.start()
+    worker.join()
     if failure:
         raise failure[0]
     return result[0]
