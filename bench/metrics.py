@@ -6,8 +6,10 @@ address` on a free loopback port:
 1. N containers `sleep 100000` (`ctr run -d`, `--parallel` at once);
 2. a first scrape (ctrd finds each container's cgroups then; containerd has them already);
 3. `--period` seconds idle, then `--period` seconds with one scrape a second. Over each, the
-   daemon's CPU (utime + stime of its pid, threads included) and, for containerd, its shims'
-   (containerd asks every shim for its stats at each scrape; ctrd's shims are not involved);
+   daemon's CPU (utime + stime of its pid, threads included, and of ctrd's metrics reader
+   processes, which read and format the containers' share of a scrape) and, for containerd,
+   its shims' (containerd asks every shim for its stats at each scrape; ctrd's shims are not
+   involved);
    meanwhile a thread times a Version RPC every 20 ms, so what a scrape does to the RPCs shows;
 4. every container is removed; at the end (or on Ctrl-C) the daemon is stopped and what it left
    killed by pid and unmounted (see common.py).
@@ -157,6 +159,13 @@ class Period:
     samples: list[int] = field(default_factory=list)
 
 
+def readers_of(table: dict[int, procs.Proc], pid: int) -> list[int]:
+    """ctrd's metrics reader processes (children of the daemon), counted as the daemon."""
+    return [
+        p.pid for p in table.values() if p.ppid == pid and "supervisor.metrics.reader" in p.words
+    ]
+
+
 def scrape(port: int) -> tuple[float, int, int]:
     begin = time.perf_counter()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/metrics", timeout=60) as answer:
@@ -167,8 +176,10 @@ def scrape(port: int) -> tuple[float, int, int]:
 
 
 def period(daemon: Daemon, port: int, seconds: float, scraping: bool) -> Period:
-    shims = procs.shims_of(procs.table(), daemon.address, daemon.base)
-    cpu0, shims0, wall0 = cpu_seconds([daemon.proc.pid]), cpu_seconds(shims), time.monotonic()
+    table = procs.table()
+    shims = procs.shims_of(table, daemon.address, daemon.base)
+    own = [daemon.proc.pid, *readers_of(table, daemon.proc.pid)]
+    cpu0, shims0, wall0 = cpu_seconds(own), cpu_seconds(shims), time.monotonic()
     scrapes, sizes, counts = [], [], []
     with Probe(daemon.address) as probe:
         tick = time.monotonic()
@@ -181,7 +192,7 @@ def period(daemon: Daemon, port: int, seconds: float, scraping: bool) -> Period:
             tick += 1.0
             time.sleep(max(0.0, tick - time.monotonic()))
     return Period(
-        cpu_seconds([daemon.proc.pid]) - cpu0,
+        cpu_seconds(own) - cpu0,
         cpu_seconds(shims) - shims0,
         time.monotonic() - wall0,
         probe.latencies,

@@ -38,7 +38,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
@@ -364,11 +364,37 @@ def _host_netns() -> str:
         return ""
 
 
-class ContainerMetrics:
-    """The containers' families of one daemon, read from its task manager at each scrape."""
+class Target(NamedTuple):
+    """What a reader needs of one task: its names, whether it stopped, and where it is."""
 
-    def __init__(self, tasks: Callable[[], Sequence[TaskLike]]) -> None:
+    namespace: str
+    id: str
+    stopped: bool
+    place: _Place
+
+
+class Renderer(Protocol):
+    """Renders parts of a scrape elsewhere (`supervisor.metrics.reader.ReaderPool`)."""
+
+    def render_parts(self, targets: list[Target]) -> list[Part] | None: ...
+
+
+class ContainerMetrics:
+    """The containers' families of one daemon, read from its task manager at each scrape.
+
+    With a `renderer`, a scrape (of `renderer_from` containers or more) is read and formatted
+    by it (in reader processes, off the daemon's GIL); others, and any the renderer fails, on
+    the caller's thread.
+    """
+
+    def __init__(
+        self,
+        tasks: Callable[[], Sequence[TaskLike]],
+        renderer: Renderer | None = None,
+        renderer_from: int = 1,
+    ) -> None:
         self._tasks = tasks
+        self._renderer, self._renderer_from = renderer, renderer_from
         self._places: dict[tuple[str, str, int], _Place] = {}
         self._lock = threading.Lock()  # one scrape at a time reads and updates _places
 
@@ -377,12 +403,16 @@ class ContainerMetrics:
     def read(self) -> list[Reading]:
         """Every monitored task's numbers now (blocking: call it off the event loop)."""
         with self._lock:
-            tasks = [t for t in list(self._tasks()) if t.pid > 0 and not t.dead]
-            readings = _read_all(self._locate(tasks))
-            readings.sort(key=lambda r: (r.namespace, r.id))
-            return readings
+            return _read_all(self._targets())
 
-    def _locate(self, tasks: list[TaskLike]) -> list[tuple[TaskLike, _Place]]:
+    def _targets(self) -> list[Target]:
+        """The monitored tasks, located, in the scrape's order (namespace, then id)."""
+        tasks = [t for t in list(self._tasks()) if t.pid > 0 and not t.dead]
+        targets = self._locate(tasks)
+        targets.sort(key=lambda t: (t.namespace, t.id))
+        return targets
+
+    def _locate(self, tasks: list[TaskLike]) -> list[Target]:
         mounts: str | None = None
         host_net = ""
         live: dict[tuple[str, str, int], _Place] = {}
@@ -399,7 +429,7 @@ class ContainerMetrics:
                 if place is None:
                     continue
             live[key] = place
-            out.append((task, place))
+            out.append(Target(task.namespace, task.id, "" in task.exits, place))
         self._places = live  # deleted tasks are forgotten
         return out
 
@@ -411,7 +441,13 @@ class ContainerMetrics:
 
     def render(self) -> str:
         """The families in the Prometheus text format (see the module's docstring)."""
-        return render(self.read())
+        with self._lock:
+            targets = self._targets()
+            if self._renderer is not None and len(targets) >= self._renderer_from:
+                parts = self._renderer.render_parts(targets)
+                if parts is not None:
+                    return assemble(parts)
+            return render(_read_all(targets))
 
 
 def metrics_of(readings: list[Reading]) -> Iterator[Metric]:
@@ -422,9 +458,9 @@ def metrics_of(readings: list[Reading]) -> Iterator[Metric]:
             metric = CounterMetricFamily(family.name.removesuffix("_total"), family.help)
         else:
             metric = GaugeMetricFamily(family.name, family.help)
-        for reading, source in selected:
+        for reading, source, values in selected:
             own = (("container_id", reading.id), ("namespace", reading.namespace))
-            for labels, value in family.values(source):
+            for labels, value in values(source):
                 metric.add_sample(family.name, dict((*own, *labels)), value)
         yield metric
 
@@ -443,11 +479,10 @@ def _find(pid: int, mounts: str, host_net: str) -> _Place | None:
     return _Place(cgroup, pid if own_net else 0)
 
 
-def _read_all(places: list[tuple[TaskLike, _Place]]) -> list[Reading]:
+def _read_all(targets: list[Target]) -> list[Reading]:
     readings = []
-    for task, place in places:
+    for namespace, cid, stopped, place in targets:
         cgroup = place.cgroup
-        stopped = "" in task.exits
         # A stopped task's cgroup goes at its delete, which may be under way: a reader finds
         # missing files as zeros, so look first (a running task's cgroup is there).
         if stopped and not _exists(cgroup):
@@ -460,7 +495,7 @@ def _read_all(places: list[tuple[TaskLike, _Place]]) -> list[Reading]:
         if place.net_pid and not stopped:
             text = _read_text(f"/proc/{place.net_pid}/net/dev")
             network = parse_net_dev(text) if text else ()
-        readings.append(Reading(task.namespace, task.id, numbers, network))
+        readings.append(Reading(namespace, cid, numbers, network))
     return readings
 
 
@@ -470,25 +505,42 @@ def _exists(cgroup: cgroups.CgroupV1 | cgroups.CgroupV2) -> bool:
     return cgroup.directory.is_dir()
 
 
-def _families(readings: list[Reading]) -> Iterator[tuple[Family, list[tuple[Reading, Any]]]]:
+Selected = list[tuple[Reading, Any, Values]]  # a reading, its part a family reads, and how
+
+
+def _families(readings: list[Reading]) -> Iterator[tuple[Family, Selected]]:
     """Each family with the readings (and the part of each) it draws its samples from."""
-    v1s = [(r, r.cgroup) for r in readings if isinstance(r.cgroup, v1.Metrics)]
-    v2s = [(r, r.cgroup) for r in readings if isinstance(r.cgroup, v2.Metrics)]
-    net = [(r, r.network) for r in readings]
+    v1s = [r for r in readings if isinstance(r.cgroup, v1.Metrics)]
+    v2s = [r for r in readings if isinstance(r.cgroup, v2.Metrics)]
     # A host is v1 or v2 throughout (containerd picks one set for the host); should both
-    # appear, a name the two sets share is given once, with the samples of both.
-    groups: list[tuple[Family, list[tuple[Reading, Any]]]] = [
-        *((f, v1s) for f in V1_FAMILIES if v1s or not v2s),
-        *((f, v2s) for f in V2_FAMILIES if v2s),
-        *((f, net) for f in NETWORK_FAMILIES),
+    # appear, a name the two sets share is given once (the first set's help), with the
+    # samples of both, each read by its own set's family.
+    groups: list[tuple[Family, Selected]] = [
+        *((f, [(r, r.cgroup, f.values) for r in v1s]) for f in V1_FAMILIES if v1s or not v2s),
+        *((f, [(r, r.cgroup, f.values) for r in v2s]) for f in V2_FAMILIES if v2s),
+        *((f, [(r, r.network, f.values) for r in readings]) for f in NETWORK_FAMILIES),
     ]
-    seen: dict[str, tuple[Family, list[tuple[Reading, Any]]]] = {}
+    seen: dict[str, tuple[Family, Selected]] = {}
     for family, selected in groups:
         if family.name in seen:
             seen[family.name][1].extend(selected)
         else:
-            seen[family.name] = (family, list(selected))
+            seen[family.name] = (family, selected)
     yield from seen.values()
+
+
+def _headers(has_v1: bool, has_v2: bool) -> Iterator[tuple[str, str]]:
+    """Each family's name and its HELP and TYPE lines, in `_families`' order for readings of
+    those kinds."""
+    seen = set()
+    groups = (V1_FAMILIES if has_v1 or not has_v2 else (), V2_FAMILIES if has_v2 else ())
+    for family in (*groups[0], *groups[1], *NETWORK_FAMILIES):
+        if family.name not in seen:
+            seen.add(family.name)
+            yield (
+                family.name,
+                f"# HELP {family.name} {family.help}\n# TYPE {family.name} {family.type}\n",
+            )
 
 
 # --- the text format -------------------------------------------------------------------------
@@ -501,8 +553,40 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
+class Part(NamedTuple):
+    """Some containers' share of a scrape: the kinds of cgroup they had and, per family
+    name, their sample lines."""
+
+    has_v1: bool
+    has_v2: bool
+    lines: dict[str, str]
+
+
 def render(readings: list[Reading]) -> str:
     """`readings` in the Prometheus text format; families without samples are left out."""
+    return assemble([_part(readings)])
+
+
+def render_part(targets: list[Target]) -> Part:
+    """The share of a scrape of `targets` (a reader process's work)."""
+    return _part(_read_all(targets))
+
+
+def assemble(parts: Sequence[Part]) -> str:
+    """The exposition of consecutive parts: each family's header, then its lines from each
+    part in turn; families without samples are left out."""
+    has_v1 = any(p.has_v1 for p in parts)
+    has_v2 = any(p.has_v2 for p in parts)
+    out: list[str] = []
+    for name, header in _headers(has_v1, has_v2):
+        chunks = [text for p in parts if (text := p.lines.get(name))]
+        if chunks:
+            out.append(header)
+            out.extend(chunks)
+    return "".join(out)
+
+
+def _part(readings: list[Reading]) -> Part:
     plain = {
         id(r): f'container_id="{_escape(r.id)}",namespace="{_escape(r.namespace)}"'
         for r in readings
@@ -510,13 +594,13 @@ def render(readings: list[Reading]) -> str:
     # Label sets beyond the two recur across families (a device's in the seven blkio ones, an
     # interface's in the eight network ones): each is formatted once per container.
     labelled: dict[tuple[int, Labels], str] = {}
-    out: list[str] = []
+    out: dict[str, str] = {}
     for family, selected in _families(readings):
         lines: list[str] = []
         name = family.name
-        for reading, source in selected:
+        for reading, source, values in selected:
             rid = id(reading)
-            for labels, value in family.values(source):
+            for labels, value in values(source):
                 if not labels:
                     text = plain[rid]
                 elif (text := labelled.get((rid, labels), "")) == "":
@@ -527,6 +611,9 @@ def render(readings: list[Reading]) -> str:
                     labelled[(rid, labels)] = text
                 lines.append(f"{name}{{{text}}} {_go_float(value)}\n")
         if lines:
-            out.append(f"# HELP {name} {family.help}\n# TYPE {name} {family.type}\n")
-            out.extend(lines)
-    return "".join(out)
+            out[name] = "".join(lines)
+    return Part(
+        any(isinstance(r.cgroup, v1.Metrics) for r in readings),
+        any(isinstance(r.cgroup, v2.Metrics) for r in readings),
+        out,
+    )

@@ -11,7 +11,10 @@ Invariants:
   and formatting run on one thread of the endpoint's own (not the loop's default executor,
   which the RPCs use for their blocking work). Scrapes that arrive while one is being made
   share its result, so a burst of scrapers costs one collection.
-- Stopping closes the listener and waits for a scrape in flight to finish.
+- The containers' share of a large scrape is read and formatted by reader processes
+  (`reader.ReaderPool`, started with the endpoint), so a scrape costs the daemon's own
+  threads, and its RPCs, little more than joining their text.
+- Stopping closes the listener, waits for a scrape in flight to finish and ends the readers.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from supervisor.errors import FailedPrecondition
 from supervisor.metrics import registry
 from supervisor.metrics.containers import ContainerMetrics, TaskLike
+from supervisor.metrics.reader import ReaderPool
 
 log = structlog.get_logger("ctrd.metrics")
 
@@ -45,9 +49,16 @@ def scrape(containers: ContainerMetrics | None) -> bytes:
 class MetricsServer:
     """The HTTP listener for /v1/metrics on one TCP address."""
 
-    def __init__(self, host: str, port: int, containers: ContainerMetrics | None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        containers: ContainerMetrics | None,
+        readers: ReaderPool | None = None,
+    ) -> None:
         self._host, self._port = host, port
         self._containers = containers
+        self._readers = readers  # the containers' renderer, closed with the endpoint
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scrape")
         self._inflight: asyncio.Future[bytes] | None = None
         self._runner: web.AppRunner | None = None
@@ -64,10 +75,14 @@ class MetricsServer:
         except OSError as e:
             await runner.cleanup()
             self._executor.shutdown(wait=False)
+            if self._readers is not None:
+                self._readers.close()
             raise FailedPrecondition(
                 f"[metrics] address {self._host}:{self._port}: {e.strerror or e}"
             ) from None
         self._runner = runner
+        if self._readers is not None:  # warmed on the endpoint's thread: a scrape waits for it
+            asyncio.get_running_loop().run_in_executor(self._executor, self._readers.start)
         sockets = runner.addresses
         host, port = (sockets[0][0], sockets[0][1]) if sockets else (self._host, self._port)
         self.address = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
@@ -80,6 +95,8 @@ class MetricsServer:
         if self._inflight is not None:
             await asyncio.gather(self._inflight, return_exceptions=True)
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+        if self._readers is not None:
+            await asyncio.to_thread(self._readers.close)
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await self._scrape()
@@ -107,6 +124,7 @@ class MetricsServer:
 
 async def start(host: str, port: int, tasks: Callable[[], Sequence[TaskLike]]) -> MetricsServer:
     """The endpoint for a daemon whose tasks `tasks` lists (`TaskManager.all`), serving."""
-    server = MetricsServer(host, port, ContainerMetrics(tasks))
+    readers = ReaderPool()
+    server = MetricsServer(host, port, ContainerMetrics(tasks, readers), readers)
     await server.start()
     return server

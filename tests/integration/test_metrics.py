@@ -32,20 +32,45 @@ def metrics_ctrd(short_tmp: Path) -> Iterator[Ctrd]:
     daemon = Ctrd(short_tmp, ("--config", str(config)))
     daemon.nft_table = table  # removed by cleanup
     daemon.start()
+    readers: list[int] = []
     try:
         yield daemon
+        readers = reader_pids(daemon)
     finally:
         status = daemon.stop()
         daemon.cleanup()
     assert status == 0, daemon.log()
     assert "Traceback" not in daemon.log(), daemon.log()[-5000:]
+    assert "metrics_reader_failed" not in daemon.log()
+    assert not [pid for pid in readers if Path(f"/proc/{pid}").exists()]  # ended with it
+
+
+def reader_pids(ctrd: Ctrd) -> list[int]:
+    """The daemon's metrics reader processes (supervisor.metrics.reader)."""
+    assert ctrd.proc is not None
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if ppid == ctrd.proc.pid and b"supervisor.metrics.reader" in argv:
+            found.append(int(entry.name))
+    return found
 
 
 def metrics_url(ctrd: Ctrd) -> str:
-    """The endpoint's address, from the daemon's `metrics_serving` log line."""
-    for line in reversed(ctrd.log().splitlines()):
-        if "metrics_serving" in line:
-            return f"http://{json.loads(line)['address']}/v1/metrics"
+    """The endpoint's address, from the daemon's `metrics_serving` log line (it follows
+    `ctrd_started`: the endpoint starts once the daemon serves)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in reversed(ctrd.log().splitlines()):
+            if "metrics_serving" in line:
+                return f"http://{json.loads(line)['address']}/v1/metrics"
+        time.sleep(0.05)
     pytest.fail(f"no metrics_serving in the log:\n{ctrd.log()[-3000:]}")
 
 
@@ -117,6 +142,7 @@ def test_scrape_holds_each_running_containers_cgroup_numbers(
     cpu_before = number(*cpu_file)
     samples = scrape(ctrd)
     cpu_after = number(*cpu_file)
+    assert reader_pids(ctrd)  # the scrape was made by the daemon's reader processes
 
     assert containers_in(samples) == {("default", a), ("other", b)}
     at_a = frozenset({"container_id": a, "namespace": "default"}.items())

@@ -33,10 +33,14 @@ class Scraper:
         self.ctrd = ctrd
 
     def url(self) -> str:
-        """The endpoint's address, from the daemon's `metrics_serving` log line (port 0)."""
-        for line in reversed(self.ctrd.log().splitlines()):
-            if "metrics_serving" in line:
-                return f"http://{json.loads(line)['address']}/v1/metrics"
+        """The endpoint's address, from the daemon's `metrics_serving` log line (port 0),
+        which follows `ctrd_started` (the endpoint starts once the daemon serves)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for line in reversed(self.ctrd.log().splitlines()):
+                if "metrics_serving" in line:
+                    return f"http://{json.loads(line)['address']}/v1/metrics"
+            time.sleep(0.05)
         pytest.fail(f"no metrics_serving in the log:\n{self.ctrd.log()[-3000:]}")
 
     def __call__(self) -> Samples:
