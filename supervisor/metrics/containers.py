@@ -16,11 +16,15 @@ Invariants:
   where it was found while it ran.
 - Where a cgroup is is found once per task (its pid's /proc/<pid>/cgroup against the cgroup
   mounts, read once per scrape and only when a new task needs it) and kept while the task lives.
-- A scrape never runs on the event loop: `ContainerMetrics.render` reads and formats on the
-  caller's thread (the endpoint's own). One thread: the work is Python under the GIL but for
-  the reads' syscalls, and a second reader gained nothing measurable on 2 cores while adding
-  GIL hand-offs. The task list is copied from the manager's dict (a C-level copy under the
-  GIL) and nothing else of the daemon is touched.
+- A scrape never runs on the event loop: `ContainerMetrics.render` locates the tasks on the
+  caller's thread (the endpoint's own) and has the reading and formatting done by its
+  renderer, the daemon's reader processes (`supervisor.metrics.reader`), each given a
+  consecutive slice of the tasks in the scrape's order and answering a `Part`, which
+  `assemble` joins family by family; without a renderer, or when one fails, on the caller's
+  thread. Processes, not threads: the work is Python under the GIL but for the reads'
+  syscalls, and a second reader thread was slower than one; in-thread it also took the GIL
+  from every RPC for the whole scrape. The task list is copied from the manager's dict (a
+  C-level copy under the GIL) and nothing else of the daemon is touched.
 - `render` writes exactly what prometheus_client's `generate_latest` writes for `collect`'s
   families (a test compares them byte for byte), minus families without samples (as Go's
   client omits them): 1000 containers are ~60,000 samples, which generate_latest formats at

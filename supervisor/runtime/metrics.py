@@ -287,6 +287,17 @@ def _read_limit(path: str | Path, *, unlimited: int) -> int | None:
 
 def _parse_kv(text: str) -> dict[str, int]:
     """ "key value" lines (memory.stat, cpu.stat, ...); other lines are ignored."""
+    # The usual file, every line a key and plain digits, in a few C-level calls (half the time
+    # of the loop below; a scrape of /v1/metrics parses four of these per container).
+    words = text.split()
+    numbers = words[1::2]
+    if (
+        numbers
+        and len(words) == 2 * len(numbers) == 2 * (text.count("\n") + (text[-1] != "\n"))
+        and "".join(numbers).isdecimal()
+        and max(map(len, numbers)) < 20
+    ):
+        return dict(zip(words[::2], map(int, numbers), strict=True))
     values: dict[str, int] = {}
     for line in text.splitlines():
         parts = line.split()

@@ -432,3 +432,20 @@ def test_metrics_of_a_cgroup_path_read_the_cgroup_it_names():
     own = Path("/proc/self/cgroup").read_text().splitlines()[0].rsplit(":", 1)[1]
     assert metrics.collect_path(own).type_url in ("io.containerd.cgroups.v1.Metrics",
                                           "io.containerd.cgroups.v2.Metrics")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("cache 4096\nrss 8192\n", {"cache": 4096, "rss": 8192}),  # the usual file
+        ("cache 4096\nrss 8192", {"cache": 4096, "rss": 8192}),  # no last newline
+        ("a 1\n\nb 2\n", {"a": 1, "b": 2}),  # a blank line
+        ("a -1\nb 2\n", {"a": 0, "b": 2}),  # negative: 0, as containerd's parseUint
+        ("a 99999999999999999999999\nb 1\n", {"b": 1}),  # overflow: left out
+        ("a 1 x\nb\n", {}),  # words that pair up across lines are not pairs
+        ("total 5\nfoo bar\n", {"total": 5}),
+        ("", {}),
+    ],
+)
+def test_key_value_files_read_as_containerd_reads_them(text: str, expected: dict) -> None:
+    assert metrics._parse_kv(text) == expected
