@@ -378,9 +378,10 @@ class Target(NamedTuple):
 
 
 class Renderer(Protocol):
-    """Renders parts of a scrape elsewhere (`supervisor.metrics.reader.ReaderPool`)."""
+    """Renders parts of a scrape elsewhere (`supervisor.metrics.reader.ReaderPool`): `submit`
+    starts it, the call it returns waits for the parts (None if it failed)."""
 
-    def render_parts(self, targets: list[Target]) -> list[Part] | None: ...
+    def submit(self, targets: list[Target]) -> Callable[[], list[Part] | None]: ...
 
 
 class ContainerMetrics:
@@ -445,13 +446,22 @@ class ContainerMetrics:
 
     def render(self) -> str:
         """The families in the Prometheus text format (see the module's docstring)."""
+        return self.render_later()()
+
+    def render_later(self) -> Callable[[], str]:
+        """Start a `render` (the renderer's share goes to work now); the call returned, which
+        must be made, finishes it, so the caller may do other work in between."""
         with self._lock:
             targets = self._targets()
-            if self._renderer is not None and len(targets) >= self._renderer_from:
-                parts = self._renderer.render_parts(targets)
-                if parts is not None:
-                    return assemble(parts)
-            return render(_read_all(targets))
+        if self._renderer is None or len(targets) < self._renderer_from:
+            return lambda: render(_read_all(targets))
+        collect = self._renderer.submit(targets)
+
+        def finish() -> str:
+            parts = collect()
+            return render(_read_all(targets)) if parts is None else assemble(parts)
+
+        return finish
 
 
 def metrics_of(readings: list[Reading]) -> Iterator[Metric]:

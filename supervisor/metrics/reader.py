@@ -14,7 +14,9 @@ Invariants:
 - The protocol is one pickle each way per scrape over the reader's stdin and stdout, pipes
   that only the daemon holds; requests are written whole before any answer is read, and a
   reader writes its answer only once it is complete, so neither side waits on the other's
-  pipe buffer.
+  pipe buffer. A request names each container's cgroup place by a key when the reader had
+  it in the previous request, so a steady scrape sends ~30 bytes a container, not its paths
+  (whose pickling, and the reader's unpickling, held the daemon's writes up ~10 ms).
 - A reader that fails (exits, answers an error) fails only that scrape's fast path:
   `render_parts` answers None, the caller renders in-thread, and the reader is replaced at
   the next scrape.
@@ -23,11 +25,13 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pickle
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,6 +43,7 @@ from supervisor.metrics import containers
 log = structlog.get_logger("ctrd.metrics")
 
 MAX_READERS = 4
+PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size
 
 
 def default_size() -> int:
@@ -69,10 +74,24 @@ class _Reader:
             close_fds=True,
             process_group=0,  # a terminal's Ctrl-C is the daemon's to handle, not the reader's
         )
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):  # a first request, places and all, fits at once
+            fcntl.fcntl(self.proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        # The places it was sent in the last request, by id(); holding them keeps the ids.
+        self._sent: dict[int, containers._Place] = {}
 
     def send(self, targets: list[containers.Target]) -> None:
+        """The targets, each place by a key the reader knows or with the place itself."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(pickle.dumps(targets, protocol=pickle.HIGHEST_PROTOCOL))
+        rows, new, sent = [], {}, {}
+        for namespace, cid, stopped, place in targets:
+            key = id(place)
+            if self._sent.get(key) is not place:
+                new[key] = place
+            sent[key] = place
+            rows.append((namespace, cid, stopped, key))
+        self._sent = sent
+        self.proc.stdin.write(pickle.dumps((rows, new), protocol=pickle.HIGHEST_PROTOCOL))
         self.proc.stdin.flush()
 
     def receive(self) -> containers.Part:
@@ -119,37 +138,54 @@ class ReaderPool:
     def render_parts(self, targets: list[containers.Target]) -> list[containers.Part] | None:
         """The parts of consecutive slices of `targets`, one per reader; None if a reader
         failed (it is replaced at the next call) or the pool is closed."""
-        with self._lock:
+        return self.submit(targets)()
+
+    def submit(
+        self, targets: list[containers.Target]
+    ) -> Callable[[], list[containers.Part] | None]:
+        """Send the slices now; the call returned collects the parts (`render_parts`), and
+        must be made: the pool is the caller's until then."""
+        self._lock.acquire()
+        try:
             if self._closed:
-                return None
+                self._lock.release()
+                return lambda: None
             self._fill()
             readers = self._readers[: max(1, min(len(self._readers), len(targets)))]
             step, extra = divmod(len(targets), len(readers))
-            slices, begin = [], 0
-            for i in range(len(readers)):
-                end = begin + step + (1 if i < extra else 0)
-                slices.append(targets[begin:end])
-                begin = end
             failed: list[_Reader] = []
-            parts: list[containers.Part] = []
             sent: list[_Reader] = []
-            for reader, chunk in zip(readers, slices, strict=True):
+            begin = 0
+            for i, reader in enumerate(readers):
+                end = begin + step + (1 if i < extra else 0)
                 try:
-                    reader.send(chunk)
+                    reader.send(targets[begin:end])
                     sent.append(reader)
                 except OSError as e:
                     log.warning("metrics_reader_failed", pid=reader.proc.pid, error=str(e))
                     failed.append(reader)
-            for reader in sent:  # every answer is read, so no reader is left mid-protocol
-                try:
-                    parts.append(reader.receive())
-                except (OSError, EOFError, pickle.UnpicklingError, RuntimeError) as e:
-                    log.warning("metrics_reader_failed", pid=reader.proc.pid, error=str(e))
-                    failed.append(reader)
-            for reader in failed:
-                self._readers.remove(reader)
-                reader.close()
-            return None if failed else parts
+                begin = end
+        except BaseException:
+            self._lock.release()
+            raise
+
+        def collect() -> list[containers.Part] | None:
+            try:
+                parts: list[containers.Part] = []
+                for reader in sent:  # every answer is read: no reader is left mid-protocol
+                    try:
+                        parts.append(reader.receive())
+                    except (OSError, EOFError, pickle.UnpicklingError, RuntimeError) as e:
+                        log.warning("metrics_reader_failed", pid=reader.proc.pid, error=str(e))
+                        failed.append(reader)
+                for reader in failed:
+                    self._readers.remove(reader)
+                    reader.close()
+                return None if failed else parts
+            finally:
+                self._lock.release()
+
+        return collect
 
     def close(self) -> None:
         with self._lock:
@@ -160,14 +196,21 @@ class ReaderPool:
 
 
 def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
-    """A reader's loop: a list of targets in, ("ok", part) or ("error", text) out, until EOF."""
+    """A reader's loop until EOF: (rows, new places) in, ("ok", part) or ("error", text) out.
+
+    A row is (namespace, id, stopped, the key of its place); the places are kept from one
+    request to the next, for the keys the last request used (`_Reader.send`)."""
+    places: dict[int, containers._Place] = {}
     while True:
         try:
-            targets = pickle.load(requests)
+            rows, new = pickle.load(requests)
         except EOFError:
             return
         answer: tuple[str, Any]
         try:
+            places.update(new)
+            targets = [containers.Target(n, c, s, places[key]) for n, c, s, key in rows]
+            places = {key: places[key] for *_, key in rows}
             answer = ("ok", tuple(containers.render_part(targets)))
         except Exception as e:  # the daemon logs it and renders this scrape itself
             answer = ("error", f"{type(e).__name__}: {e}")

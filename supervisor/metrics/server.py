@@ -39,11 +39,16 @@ PATH = "/v1/metrics"
 
 
 def scrape(containers: ContainerMetrics | None) -> bytes:
-    """One exposition: the registry's families, then the containers' (blocking)."""
-    text = generate_latest(registry.REGISTRY)
-    if containers is not None:
-        text += containers.render().encode()
-    return text
+    """One exposition: the registry's families, then the containers' (blocking; the
+    registry's are made while the readers make the containers')."""
+    if containers is None:
+        return generate_latest(registry.REGISTRY)
+    finish = containers.render_later()
+    try:
+        text = generate_latest(registry.REGISTRY)
+    finally:
+        rest = finish()
+    return text + rest.encode()
 
 
 class MetricsServer:

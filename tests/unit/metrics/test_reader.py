@@ -160,3 +160,19 @@ def test_net_dev_counters_travel_through_a_reader(tmp_path: Path) -> None:
         assert text == render(containers._read_all([target]))
     finally:
         pool.close()
+
+
+def test_places_a_reader_knows_are_sent_by_key_and_changes_in_full(tmp_path: Path) -> None:
+    """Scrapes in a row with containers gone, come and moved: each as in-thread."""
+    first = _targets(tmp_path / "a", "v1")
+    others = _targets(tmp_path / "b", "v2")
+    moved = first[1]._replace(place=others[1].place)  # the same container, another cgroup
+    pool = ReaderPool(1)
+    try:
+        for targets in (first, first, [*first[:1], moved, *first[3:]], [*others[4:], *first]):
+            expected = render(containers._read_all(targets))
+            assert containers.assemble(pool.render_parts(targets) or []) == expected
+        [reader] = pool._readers
+        assert len(reader._sent) == len(others[4:]) + len(first)  # what the last one used
+    finally:
+        pool.close()

@@ -138,3 +138,43 @@ def test_other_addresses_need_allow_remote(address: str) -> None:
 def test_malformed_addresses_are_refused(address: str) -> None:
     with pytest.raises(InvalidArgument, match=r"\[metrics\] address"):
         MetricsConfig(address=address, allow_remote=True).listen()
+
+
+class _Renderer:
+    """Records when the scrape hands the containers out and takes their parts back."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def submit(self, targets: list[Any]) -> Any:
+        self.calls.append(f"submit {len(targets)}")
+
+        def collect() -> list[Any]:
+            self.calls.append("collect")
+            return []
+
+        return collect
+
+
+def test_the_registry_is_rendered_while_the_readers_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    tasks = [_Task("default", "me", os.getpid())]
+    metrics = ContainerMetrics(lambda: tasks, _Renderer(calls))
+
+    def registry(_: Any) -> bytes:
+        calls.append("registry")
+        return b"# registry\n"
+
+    monkeypatch.setattr(server, "generate_latest", registry)
+    assert server.scrape(metrics) == b"# registry\n"  # the fake readers gave no samples
+    assert calls == ["submit 1", "registry", "collect"]
+
+    def failing(_: Any) -> bytes:
+        calls.append("registry failed")
+        raise RuntimeError("boom")
+
+    calls.clear()
+    monkeypatch.setattr(server, "generate_latest", failing)
+    with pytest.raises(RuntimeError):
+        server.scrape(metrics)
+    assert calls == ["submit 1", "registry failed", "collect"]  # the readers are released

@@ -447,5 +447,5 @@ def test_metrics_of_a_cgroup_path_read_the_cgroup_it_names():
         ("", {}),
     ],
 )
-def test_key_value_files_read_as_containerd_reads_them(text: str, expected: dict) -> None:
+def test_key_value_files_read_as_containerd_reads_them(text: str, expected: dict[str, int]) -> None:
     assert metrics._parse_kv(text) == expected
