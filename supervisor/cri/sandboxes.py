@@ -268,25 +268,37 @@ class Sandboxes:
             await self._store.create(meta, container)
             undo.append(("record", lambda: self._forget(sandbox_id)))
             await self._publish_create(container)
+            # Side by side where nothing orders them: the pod's files with its pins, and its
+            # /dev/shm with its network (which needs the pinned netns). Each undo is listed
+            # before its step starts, and runs whatever part of it was done.
             undo.append(("files", lambda: asyncio.to_thread(podfiles.remove_files, files)))
-            dns = _dns(config) if config.HasField("dns_config") else None
-            await asyncio.to_thread(podfiles.write_files, files, hostname, dns)
             undo.append(("pins", lambda: asyncio.to_thread(_remove_pin_dir, pin_dir)))
+            dns = _dns(config) if config.HasField("dns_config") else None
             plan = pins.PinPlan(pin_dir, kinds, sysctls, hostname if "uts" in kinds else "")
-            await asyncio.to_thread(pins.pin, plan)
+            await _both(
+                asyncio.to_thread(podfiles.write_files, files, hostname, dns),
+                asyncio.to_thread(pins.pin, plan),
+            )
+            steps: list[Awaitable[object]] = []
             if record.shm:
-                await asyncio.to_thread(podfiles.mount_shm, Path(record.shm))
-            address = None
+                steps.append(asyncio.to_thread(podfiles.mount_shm, Path(record.shm)))
+            address: model.PodAddress | None = None
             network = None if host_net else self._network()
             if network is not None:
                 netns = record.namespaces.network
                 undo.append(("network", lambda: network.teardown(sandbox_id, netns)))
                 meta = replace(meta, network=True)
-                address = await network.setup(
-                    model.PodRef(sandbox_id, config.metadata.name, config.metadata.namespace,
-                                 config.metadata.uid),
-                    netns, _ports(config), dns, dict(config.annotations),
-                )  # fmt: skip
+                pod = model.PodRef(sandbox_id, config.metadata.name, config.metadata.namespace,
+                                   config.metadata.uid)  # fmt: skip
+
+                async def attach() -> None:
+                    nonlocal address
+                    address = await network.setup(
+                        pod, netns, _ports(config), dns, dict(config.annotations)
+                    )
+
+                steps.append(attach())
+            await _both(*steps)
             namespaces = record.namespaces
             if image is not None:
                 undo.append(("snapshot", lambda: self._pauses.remove_snapshot(sandbox_id)))
