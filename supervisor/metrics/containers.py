@@ -387,19 +387,15 @@ class Renderer(Protocol):
 class ContainerMetrics:
     """The containers' families of one daemon, read from its task manager at each scrape.
 
-    With a `renderer`, a scrape (of `renderer_from` containers or more) is read and formatted
-    by it (in reader processes, off the daemon's GIL); others, and any the renderer fails, on
-    the caller's thread.
+    With a `renderer`, a scrape is read and formatted by it (in reader processes, off the
+    daemon's GIL); without one, or when it fails, on the caller's thread.
     """
 
     def __init__(
-        self,
-        tasks: Callable[[], Sequence[TaskLike]],
-        renderer: Renderer | None = None,
-        renderer_from: int = 1,
+        self, tasks: Callable[[], Sequence[TaskLike]], renderer: Renderer | None = None
     ) -> None:
         self._tasks = tasks
-        self._renderer, self._renderer_from = renderer, renderer_from
+        self._renderer = renderer
         self._places: dict[tuple[str, str, int], _Place] = {}
         self._lock = threading.Lock()  # one scrape at a time reads and updates _places
 
@@ -453,7 +449,7 @@ class ContainerMetrics:
         must be made, finishes it, so the caller may do other work in between."""
         with self._lock:
             targets = self._targets()
-        if self._renderer is None or len(targets) < self._renderer_from:
+        if self._renderer is None or not targets:
             return lambda: render(_read_all(targets))
         collect = self._renderer.submit(targets)
 
@@ -522,6 +518,16 @@ def _exists(cgroup: cgroups.CgroupV1 | cgroups.CgroupV2) -> bool:
 Selected = list[tuple[Reading, Any, Values]]  # a reading, its part a family reads, and how
 
 
+def _sets(has_v1: bool, has_v2: bool) -> list[tuple[tuple[Family, ...], str]]:
+    """The family sets a scrape gives, in order, each with the kind of reading it reads:
+    v1's when it has v1 cgroups or none of either, v2's when it has v2 ones, the network's."""
+    return [
+        *([(V1_FAMILIES, "v1")] if has_v1 or not has_v2 else []),
+        *([(V2_FAMILIES, "v2")] if has_v2 else []),
+        (NETWORK_FAMILIES, "network"),
+    ]
+
+
 def _families(readings: list[Reading]) -> Iterator[tuple[Family, Selected]]:
     """Each family with the readings (and the part of each) it draws its samples from."""
     v1s = [r for r in readings if isinstance(r.cgroup, v1.Metrics)]
@@ -529,17 +535,19 @@ def _families(readings: list[Reading]) -> Iterator[tuple[Family, Selected]]:
     # A host is v1 or v2 throughout (containerd picks one set for the host); should both
     # appear, a name the two sets share is given once (the first set's help), with the
     # samples of both, each read by its own set's family.
-    groups: list[tuple[Family, Selected]] = [
-        *((f, [(r, r.cgroup, f.values) for r in v1s]) for f in V1_FAMILIES if v1s or not v2s),
-        *((f, [(r, r.cgroup, f.values) for r in v2s]) for f in V2_FAMILIES if v2s),
-        *((f, [(r, r.network, f.values) for r in readings]) for f in NETWORK_FAMILIES),
-    ]
+    sources: dict[str, list[tuple[Reading, Any]]] = {
+        "v1": [(r, r.cgroup) for r in v1s],
+        "v2": [(r, r.cgroup) for r in v2s],
+        "network": [(r, r.network) for r in readings],
+    }
     seen: dict[str, tuple[Family, Selected]] = {}
-    for family, selected in groups:
-        if family.name in seen:
-            seen[family.name][1].extend(selected)
-        else:
-            seen[family.name] = (family, selected)
+    for families, kind in _sets(bool(v1s), bool(v2s)):
+        for family in families:
+            selected = [(r, source, family.values) for r, source in sources[kind]]
+            if family.name in seen:
+                seen[family.name][1].extend(selected)
+            else:
+                seen[family.name] = (family, selected)
     yield from seen.values()
 
 
@@ -547,14 +555,14 @@ def _headers(has_v1: bool, has_v2: bool) -> Iterator[tuple[str, str]]:
     """Each family's name and its HELP and TYPE lines, in `_families`' order for readings of
     those kinds."""
     seen = set()
-    groups = (V1_FAMILIES if has_v1 or not has_v2 else (), V2_FAMILIES if has_v2 else ())
-    for family in (*groups[0], *groups[1], *NETWORK_FAMILIES):
-        if family.name not in seen:
-            seen.add(family.name)
-            yield (
-                family.name,
-                f"# HELP {family.name} {family.help}\n# TYPE {family.name} {family.type}\n",
-            )
+    for families, _ in _sets(has_v1, has_v2):
+        for family in families:
+            if family.name not in seen:
+                seen.add(family.name)
+                yield (
+                    family.name,
+                    f"# HELP {family.name} {family.help}\n# TYPE {family.name} {family.type}\n",
+                )
 
 
 # --- the text format -------------------------------------------------------------------------

@@ -9,8 +9,9 @@ consecutive slice of the located containers (`containers.Target`) and joins thei
 
 Invariants:
 - A reader is a child of the daemon that only reads cgroup and /proc files and formats text;
-  it holds no state between scrapes but the imports. It exits when its stdin ends: when the
-  pool closes it, or when the daemon dies (the kernel closes the daemon's end of the pipe).
+  it keeps nothing between scrapes but the cgroup places of the last one. It exits when its
+  stdin ends: when the pool closes it, or when the daemon dies (the kernel closes the
+  daemon's end of the pipe).
 - The protocol is one pickle each way per scrape over the reader's stdin and stdout, pipes
   that only the daemon holds; requests are written whole before any answer is read, and a
   reader writes its answer only once it is complete, so neither side waits on the other's

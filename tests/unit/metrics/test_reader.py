@@ -78,7 +78,7 @@ def test_a_failed_reader_costs_one_scrapes_fast_path_and_is_replaced(
     targets: list[Target], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool = ReaderPool(2)
-    metrics = ContainerMetrics(lambda: [], pool, renderer_from=1)
+    metrics = ContainerMetrics(lambda: [], pool)
     monkeypatch.setattr(metrics, "_targets", lambda: targets)
     expected = render(containers._read_all(targets))
     try:
@@ -100,7 +100,7 @@ def test_a_reader_that_cannot_read_answers_an_error_and_the_scrape_still_comes(
 ) -> None:
     broken = Target("default", "zz", False, _Place(object(), 0))  # type: ignore[arg-type]
     pool = ReaderPool(1)
-    metrics = ContainerMetrics(lambda: [], pool, renderer_from=1)
+    metrics = ContainerMetrics(lambda: [], pool)
     try:
         assert pool.render_parts([*targets, broken]) is None
         assert pool.pids() == []
