@@ -75,6 +75,7 @@ from common import (
     settle,
     start_ctrd,
     tear_down,
+    unmount_under,
     wait_gone,
 )
 
@@ -348,6 +349,11 @@ def ctrd_engine(base: Path, scratch: Path) -> Iterator[Ctrd]:
     config.write_text(f'[network]\nnft_table = "{NFT_TABLE}"\n')
     daemon: Daemon | None = None
     try:
+        # Its state directory on a tmpfs, as ctrd's default (/run/ctrd) is in production, and
+        # as docker's containerd has it here (/run in its namespace); unmounted by tear_down.
+        (base / "state").mkdir()
+        state = str(base / "state")
+        subprocess.run(["mount", "-t", "tmpfs", "ctrd-bench-state", state], check=True)
         daemon = start_ctrd(base, extra_args=["--config", str(config)], wrapper=holder.enter())
         import_busybox(daemon, scratch)
         argv = (sys.executable, "-m", "ctl", "--address", daemon.address, "--namespace", NAMESPACE)
@@ -363,6 +369,7 @@ def ctrd_engine(base: Path, scratch: Path) -> Iterator[Ctrd]:
         with _interrupts_ignored():
             if daemon is not None:
                 tear_down(daemon)
+            unmount_under(base)  # the state's tmpfs when ctrd did not start
             remove_cgroups(NAMESPACE)
             if left := holder.close():
                 print(f"ctrd: killed {left} processes left in its namespace", file=sys.stderr)
