@@ -58,7 +58,7 @@ import structlog
 
 from supervisor.errors import AlreadyExists, FailedPrecondition, NotFound
 from supervisor.metadata.db import Database
-from supervisor.network import dns, ipam, netlink, nft, ports
+from supervisor.network import dns, ipam, netlink, nft, ports, portspec
 from supervisor.network.bridge import BridgeDriver
 from supervisor.network.bridge import bridge_name as bridge_name  # re-exported (tests)
 from supervisor.network.driver import NetworkDriver, Plug, endpoint_key
@@ -539,7 +539,7 @@ class NetworkManager:
         if not settings.networks:
             return spec  # none/host: published ports are dropped, as docker drops them
         static_ip = ipam.parse_address(settings.ip) if settings.ip else None
-        requests = [r for text in settings.ports for r in ports.parse_publish(text)]
+        requests = [r for text in settings.ports for r in portspec.parse_publish(text)]
         # held before anything is plumbed: a taken port fails the task with nothing made
         bindings = self._reservations.reserve(port_owner(ns, container_id), requests)
         try:

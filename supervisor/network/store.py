@@ -34,7 +34,8 @@ from supervisor.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from supervisor.metadata.db import Database
 from supervisor.metadata.namespaces import ensure
 from supervisor.network import ipam
-from supervisor.network.ports import MAX_PORT, MIN_PORT, PortBinding
+from supervisor.network.ports import PortBinding
+from supervisor.network.portspec import MAX_PORT, MIN_PORT
 
 
 @dataclass(frozen=True)

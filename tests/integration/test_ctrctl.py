@@ -320,7 +320,8 @@ def test_a_detached_run_imports_only_what_it_uses(ctrd, busybox_image):
         assert not {m for m in imported if m.endswith("_pb2_grpc")}
         others = {"ctl.images", "ctl.stats", "ctl.system", "ctl.groups", "ctl.networks",
                   "ctl.completion", "ctl.push", "ctl.archive", "ctl.pull", "ctl.netview",
-                  "ctl.table", "supervisor.network.ports", "ctl.cp", "ctl.update",
+                  "ctl.table", "supervisor.network.ports", "supervisor.network.portspec",
+                  "ctl.cp", "ctl.update",
                   "ctl.volumes", "ctl.events", "ctl.healthview", "ctl.load", "ctl.save",
                   "ctl.times"}  # fmt: skip
         # the flags' modules when their flags are not given (and the image asks for nothing)
@@ -331,8 +332,24 @@ def test_a_detached_run_imports_only_what_it_uses(ctrd, busybox_image):
         assert not imported & others
         assert not imported & unasked
         assert not imported & unneeded
+        # with -p: the parser alone, not the daemon's reservations (sockets), and no
+        # `ipaddress` without a host address
+        ran = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "ctl", "--address", ctrd.address,
+             "run", "-d", "--name", "light-p", "--network", "none", "-p", "8080:80", ref,
+             "sleep", "100"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        imported = {
+            line.rpartition("|")[2].strip()
+            for line in ran.stderr.splitlines()
+            if line.startswith("import time:")
+        }
+        assert "supervisor.network.portspec" in imported
+        assert not imported & {"supervisor.network.ports", "ipaddress"}
     finally:
-        ctrctl(ctrd, "rm", "-f", "light")
+        ctrctl(ctrd, "rm", "-f", "light", "light-p")
 
 
 def test_a_run_unpacks_an_image_whose_snapshots_are_gone(ctrd, busybox2_image):

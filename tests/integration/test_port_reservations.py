@@ -16,7 +16,8 @@ from ipaddress import IPv4Address
 import pytest
 
 from supervisor.errors import FailedPrecondition
-from supervisor.network.ports import PortBinding, PortRequest, PortReservations
+from supervisor.network.ports import PortBinding, PortReservations
+from supervisor.network.portspec import PortRequest
 
 LOOP = IPv4Address("127.0.0.1")
 

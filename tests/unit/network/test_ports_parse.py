@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor.errors import InvalidArgument
-from supervisor.network.ports import PortRequest, parse_publish
+from supervisor.network.portspec import PortRequest, parse_publish
 
 ip = IPv4Address
 LOOP = ip("127.0.0.1")
