@@ -47,7 +47,9 @@ def container_lookup(deps: CriDeps) -> CriContainerLookup:
     exec): by id or unique prefix, all, or a sandbox's."""
     from supervisor.cri.containers import CriContainerLookup
 
-    return CriContainerLookup(lambda: deps.containers(deps.config.cri.namespace))
+    return CriContainerLookup(
+        lambda: deps.containers(deps.config.cri.namespace), part=lambda: _containers(deps)
+    )
 
 
 def _exec(deps: CriDeps) -> Any:
