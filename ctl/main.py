@@ -536,10 +536,11 @@ def _run(argv: list[str] | None) -> int:
 
         if isinstance(e, grpc.RpcError) and isinstance(e, grpc.Call):
             message = e.details() or e.code().name
-            # UNAVAILABLE is also ctrd's word for a registry it cannot reach (pull, push):
-            # then its message says so, and ctrd itself is fine.
-            from_registry = "registry" in message or "token server" in message
-            if e.code() == grpc.StatusCode.UNAVAILABLE and not from_registry:
+            # UNAVAILABLE is also ctrd's own word (a registry it cannot reach, a ref another
+            # writer holds): then its message ends with containerd's ": unavailable" suffix,
+            # and ctrd itself is fine. gRPC's own words mean ctrd did not answer.
+            from_ctrd = message.endswith(": unavailable")
+            if e.code() == grpc.StatusCode.UNAVAILABLE and not from_ctrd:
                 message = f"cannot reach ctrd at {args.address}: is it running? ({message})"
         else:
             message = str(e)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from supervisor import digests, filters
-from supervisor.content.protocol import Info, Status
+from supervisor.content.protocol import Info, RefLocked, Status
 from supervisor.errors import (
     AlreadyExists,
     DataLoss,
@@ -172,7 +172,7 @@ class LocalStore:
             digests.validate(expected)
         if ref in self._locked:
             since = self._locked[ref]
-            raise Unavailable(
+            raise RefLocked(
                 f'ref "{ref}" locked for {time.time() - since:.1f}s '
                 f"(since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(since))})"
             )

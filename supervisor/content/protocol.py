@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from supervisor.errors import Unavailable
+
 
 @dataclass(frozen=True)
 class Info:
@@ -85,3 +87,31 @@ class Store(Protocol):
     async def list_statuses(self, filters: Sequence[str] = ()) -> builtins.list[Status]: ...
 
     async def abort(self, ref: str) -> None: ...
+
+
+# How `open_writer` waits for a ref another writer holds: containerd's OpenWriter sleeps a
+# random time under a bound that doubles from 16 ms; here the bound starts lower and stops
+# at a tenth of a second, so a waiting pull goes on promptly once the other one finishes.
+_WAIT_FIRST = 0.004
+_WAIT_MOST = 0.1
+
+
+class RefLocked(Unavailable):
+    """Another writer holds the ref (its words say since when)."""
+
+
+async def open_writer(store: Store, ref: str, total: int = 0, expected: str = "") -> Writer:
+    """`store.writer(...)`, waiting while another writer holds `ref` (RefLocked), as
+    containerd's `content.OpenWriter` does: two pulls of one image then share its blobs, the
+    second finding each one the first committed (AlreadyExists) or resuming what it left.
+    Waits as long as the other writer lives; cancelling the caller ends the wait."""
+    import asyncio
+    import random
+
+    bound = _WAIT_FIRST
+    while True:
+        try:
+            return await store.writer(ref, total, expected)
+        except RefLocked:
+            await asyncio.sleep(random.uniform(bound / 2, bound))
+            bound = min(bound * 2, _WAIT_MOST)

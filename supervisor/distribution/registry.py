@@ -31,7 +31,7 @@ import aiohttp
 import structlog
 
 from supervisor import digests
-from supervisor.content.protocol import Store, Writer
+from supervisor.content.protocol import Store, Writer, open_writer
 from supervisor.distribution import manifest, platforms
 from supervisor.distribution.auth import Credentials
 from supervisor.distribution.hosts import Endpoint, HostConfig, endpoints
@@ -242,8 +242,8 @@ class Registry:
         key: str,
         progress: ProgressFn | None,
     ) -> None:
-        try:
-            writer = await store.writer(key, descriptor.size, descriptor.digest)
+        try:  # another pull fetching it: waited for, then found (or resumed where it stopped)
+            writer = await open_writer(store, key, descriptor.size, descriptor.digest)
         except AlreadyExists:
             return
         try:

@@ -25,13 +25,12 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from supervisor import digests, filters, identifiers
 from supervisor.content.local import LocalStore, LocalWriter, info_adaptor, status_adaptor
-from supervisor.content.protocol import Info, Status
+from supervisor.content.protocol import Info, RefLocked, Status
 from supervisor.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Unavailable,
 )
 from supervisor.metadata import leases
 from supervisor.metadata.db import Database
@@ -170,8 +169,8 @@ class ContentStore:
                     return NamespacedWriter(self, ref, backend_ref, None, shared)
         try:
             backend = await self.backend.writer(backend_ref, total, expected)
-        except Unavailable as e:  # name the client's ref, not ours
-            raise Unavailable(e.detail.replace(f'"{backend_ref}"', f'"{ref}"')) from None
+        except RefLocked as e:  # name the client's ref, not ours
+            raise RefLocked(e.detail.replace(f'"{backend_ref}"', f'"{ref}"')) from None
         return NamespacedWriter(self, ref, backend_ref, backend, None)
 
     async def _record_blob(

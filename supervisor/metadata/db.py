@@ -67,6 +67,7 @@ class Database:
         self._executor = executor
         self._gc_lock = _SharedExclusiveLock()
         self._closed = False
+        self._names: dict[tuple[str, ...], tuple[asyncio.Lock, int]] = {}  # name -> (lock, users)
 
     def mutation(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Held across a change that spans the disk and the database (publishing a blob)."""
@@ -75,6 +76,24 @@ class Database:
     def exclusive(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Held by the garbage collector: no such change is half done meanwhile."""
         return self._gc_lock.exclusive()
+
+    @contextlib.asynccontextmanager
+    async def one_at_a_time(self, *name: str) -> AsyncIterator[None]:
+        """Held across a change to one named object that spans the disk and the database
+        (committing a snapshot), so that two changes of that name do not interleave: the
+        second then sees what the first did, as containerd's single bbolt write transaction
+        makes it see."""
+        lock, users = self._names.get(name, (asyncio.Lock(), 0))
+        self._names[name] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._names[name]
+            if users == 1:
+                del self._names[name]
+            else:
+                self._names[name] = (lock, users - 1)
 
     @classmethod
     async def open(cls, path: Path) -> Database:

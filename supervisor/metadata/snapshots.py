@@ -271,7 +271,10 @@ class SnapshotStore:
                 )
             return info, backend_key, self._next_backend_key(conn, name)
 
-        async with self.db.mutation():
+        # one commit of a name at a time: a second one (two pulls unpacking one layer) is
+        # AlreadyExists at `reserve`, before its backend snapshot is touched
+        naming = self.db.one_at_a_time("snapshot", self.ns, self.snapshotter, name)
+        async with self.db.mutation(), naming:
             info, backend_key, backend_name = await self.db.write(reserve)
             await self.backend.commit(backend_name, backend_key, backend_labels(labels))
             now = time.time_ns()

@@ -292,13 +292,14 @@ class _Pull:
     async def _store_document(
         self, descriptor: Descriptor, body: bytes, labels: Mapping[str, str]
     ) -> None:
+        from supervisor.content.protocol import open_writer
         from supervisor.distribution import manifest
 
         counts.PULL_BYTES.inc(by=len(body))  # fetched from the registry by the caller
         store = self.stores.content
-        try:
-            writer = await store.writer(
-                manifest.ref_key(descriptor), descriptor.size, descriptor.digest
+        try:  # another pull writing it: waited for (it is then there: AlreadyExists)
+            writer = await open_writer(
+                store, manifest.ref_key(descriptor), descriptor.size, descriptor.digest
             )
         except AlreadyExists:
             pass

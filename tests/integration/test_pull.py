@@ -110,3 +110,21 @@ def test_a_registry_breaking_off_mid_layer_is_one_clear_error_and_the_next_pull_
         assert again.returncode == 0, again.stderr
         ranges = [get.headers.get("Range") for get in back.blob_gets()]
     assert f"bytes={cut}-" in ranges  # what arrived the first time was kept
+
+
+def test_pulls_of_one_image_at_once_all_succeed(ctrd: Ctrd, busybox2_image):
+    """Pulls of one image side by side (compose starting services of one image, several
+    `ctrctl pull`): each waits for the blob another is fetching instead of failing on its
+    lock, as containerd's client does; the image is whole afterwards."""
+    argv = [sys.executable, "-m", "ctl", "--address", ctrd.address, "pull", busybox2_image.ref]
+    pulls = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in pulls]
+    assert [p.returncode for p in pulls] == [0, 0, 0, 0], errors
+    assert pulled_digests(busybox2_image) <= set(
+        ctrd.ctr("content", "ls", "-q").stdout.split()
+    )
+    ran = ctr_run(ctrd, "--rm", busybox2_image.ref, "whole", "cat", "/etc/extra")
+    assert ran.stdout == EXTRA.decode()
