@@ -140,7 +140,7 @@ def parse_challenges(headers: Iterable[str]) -> list[Challenge]:
 class Credentials:
     username: str = ""
     password: str = field(default="", repr=False)
-    identity_token: str = field(default="", repr=False)  # an OAuth refresh token (not used yet)
+    identity_token: str = field(default="", repr=False)  # an OAuth2 refresh token
 
     def basic(self) -> str:
         """The value of an `Authorization` header for HTTP basic authentication."""

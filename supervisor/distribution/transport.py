@@ -35,6 +35,7 @@ from supervisor.errors import CtrdError, NotFound, PermissionDenied, Unavailable
 
 USER_AGENT = "ctrd"
 MAX_REDIRECTS = 10
+OAUTH_CLIENT_ID = "ctrd"  # what the refresh_token grant names us as (docker: "docker")
 READ_CHUNK = 256 << 10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _ERROR_BODY_LIMIT = 64 << 10
@@ -228,11 +229,15 @@ class Transport:
                 f'registry {ep.host}: token realm "{realm}" is plain HTTP to a host that is '
                 "neither loopback nor insecure"
             )
+        credentials = self.credentials(ep.host)
+        if credentials is not None and credentials.identity_token and not credentials.username:
+            token = await self._fetch_oauth_token(ep, key, credentials.identity_token)
+            if token is not None:
+                return token
         query = [("service", service)] if service else []
         query += [("scope", scope) for scope in scopes.split()]
         url = realm + ("&" if parts.query else "?") + urlencode(query)
         headers = {}
-        credentials = self.credentials(ep.host)
         if credentials is not None and credentials.username:
             headers["Authorization"] = credentials.basic()
         resp = await self._send(f"token server {realm}", "GET", url, headers)
@@ -250,6 +255,41 @@ class Transport:
         finally:
             resp.release()
         return auth.parse_token(body, realm)
+
+    async def _fetch_oauth_token(
+        self, ep: Endpoint, key: TokenKey, refresh_token: str
+    ) -> Token | None:
+        """A token for an identity token (an OAuth2 refresh token, what `docker login` keeps
+        as `identitytoken` and kubelet passes as the CRI's `identity_token`): POSTed to the
+        realm as the refresh_token grant, as docker and containerd do. None when the token
+        server has no such endpoint (404, 405, 400, or 401 as Artifactory answers): the
+        caller then asks by GET, as containerd falls back to."""
+        realm, service, scopes = key
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "service": service,
+            "client_id": OAUTH_CLIENT_ID,
+            "scope": scopes,
+        }
+        body = urlencode(form).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        resp = await self._send(f"token server {realm}", "POST", realm, headers, lambda: body)
+        try:
+            if resp.status in (400, 401, 404, 405):
+                return None
+            if resp.status == 403:
+                raise PermissionDenied(
+                    f"token server {realm} refused the identity token for {ep.host} (HTTP 403)"
+                )
+            if resp.status != 200:
+                raise await failure(urlsplit(realm).netloc, resp, f"token from {realm}")
+            answer = await resp.content.read(_TOKEN_LIMIT)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise Unavailable(f"token server {realm}: {describe(e)}") from e
+        finally:
+            resp.release()
+        return auth.parse_token(answer, realm)
 
 
 def describe(error: BaseException) -> str:

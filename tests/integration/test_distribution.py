@@ -428,6 +428,38 @@ def test_token_server_gets_basic_credentials_and_refuses_wrong_ones(
     run(tmp_path, scenario)
 
 
+def test_an_identity_token_is_posted_as_an_oauth_refresh_token(
+    tmp_path: Path, registry: test_registry.Registry, busybox_image: test_registry.PushedImage
+):
+    """`docker login`'s identitytoken (the CRI's identity_token): POSTed to the realm as the
+    refresh_token grant, as docker and containerd do; a wrong one is refused in words; a token
+    server without the endpoint (404) is asked by GET instead."""
+    settings = ProxySettings(require_token=True, refresh_token="refresh-me")
+
+    async def scenario(store: ContentStore) -> None:
+        with Proxy(registry.url, settings=settings) as proxy:
+            ref = f"{proxy.host}/library/busybox:latest"
+            good = {proxy.host: Credentials(identity_token="refresh-me")}
+            async with Registry(credentials=good) as client:
+                assert (await client.resolve(ref)).digest == busybox_image.digest
+            [form] = settings.oauth_posts
+            assert form["grant_type"] == ["refresh_token"]
+            assert form["refresh_token"] == ["refresh-me"]
+            assert form["service"] == [SERVICE]
+            assert form["scope"] == ["repository:library/busybox:pull"]
+            assert form["client_id"] == ["ctrd"]
+            assert settings.token_requests == []  # no GET was needed
+            async with Registry(credentials={proxy.host: Credentials(identity_token="x")}) as c:
+                with pytest.raises(PermissionDenied, match="refused anonymous access"):
+                    await c.resolve(ref)  # refused by POST (401), then by GET
+            settings.refresh_token = None  # a token server without the OAuth endpoint
+            async with Registry(credentials=good) as client:
+                assert (await client.resolve(ref)).digest == busybox_image.digest
+            assert len(settings.token_requests) == 2  # the refused one, and this one's GET
+
+    run(tmp_path, scenario)
+
+
 def test_a_redirect_to_another_origin_does_not_carry_the_token(
     tmp_path: Path, registry: test_registry.Registry, busybox_image: test_registry.PushedImage
 ):

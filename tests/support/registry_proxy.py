@@ -88,6 +88,9 @@ class Seen:
 class ProxySettings:
     require_token: bool = False
     token_credentials: tuple[str, str] | None = None  # basic credentials /token demands
+    # an OAuth2 refresh token /token demands: POSTed as the refresh_token grant (GETs refused)
+    refresh_token: str | None = None
+    oauth_posts: list[dict[str, list[str]]] = field(default_factory=list)  # their forms
     ignore_range: bool = False
     cut_after: int | None = None  # blob bodies stop after this many bytes, then the socket
     corrupt: bool = False  # blob bodies have their last byte flipped
@@ -199,6 +202,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.command, parts.path, parts.query, dict(self.headers.items()), len(data or b"")
             )
         )
+        if parts.path == "/token" and self.command == "POST":
+            self._oauth_token(urllib.parse.parse_qs((data or b"").decode()))
+            return
         if parts.path == "/token":
             self._token(urllib.parse.parse_qs(parts.query))
             return
@@ -254,10 +260,31 @@ class _Handler(BaseHTTPRequestHandler):
         if wanted is not None and self.headers.get("Authorization") != basic(*wanted):
             self._reply(401, {}, b'{"details":"bad credentials"}')
             return
+        if settings.refresh_token is not None:
+            self._reply(401, {}, b'{"details":"this server wants a refresh token"}')
+            return
         self._reply(
             200,
             {"Content-Type": "application/json"},
             json.dumps({"token": TOKEN, "expires_in": 300}).encode(),
+        )
+
+    def _oauth_token(self, form: dict[str, list[str]]) -> None:
+        """The OAuth2 endpoint: a refresh_token grant with the expected token gets an
+        access token; no refresh token configured is 404 (a registry without the endpoint)."""
+        settings = self.owner.settings
+        settings.oauth_posts.append(form)
+        if settings.refresh_token is None:
+            self._reply(404, {}, b"")
+            return
+        grant = form.get("grant_type", [""])[0], form.get("refresh_token", [""])[0]
+        if grant != ("refresh_token", settings.refresh_token):
+            self._reply(401, {}, b'{"details":"bad refresh token"}')
+            return
+        self._reply(
+            200,
+            {"Content-Type": "application/json"},
+            json.dumps({"access_token": TOKEN, "expires_in": 300}).encode(),
         )
 
     def _reply(
