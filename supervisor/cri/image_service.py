@@ -39,6 +39,7 @@ from supervisor.errors import AlreadyExists, CtrdError, InvalidArgument, NotFoun
 from supervisor.metadata.images import Descriptor, Image
 
 if TYPE_CHECKING:
+    from supervisor.cri.usage import LayerUsage
     from supervisor.events import Exchange
     from supervisor.metadata.content import ContentStore
     from supervisor.metadata.gc import Collector
@@ -49,6 +50,8 @@ log = structlog.get_logger("ctrd.cri")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 PullKey = tuple[str, bytes]
+FS_USAGE_TTL = 10.0  # s between two walks of the snapshotter directory (ImageFsInfo)
+FS_USAGE_WAIT = 1.0  # s an ImageFsInfo waits for a walk under way before answering the last
 
 
 class ImageService(cri_grpc.ImageServiceServicer):
@@ -73,6 +76,7 @@ class ImageService(cri_grpc.ImageServiceServicer):
         self._image_fs = image_fs
         self._contents: dict[str, catalogue.Content] = {}  # by target digest (immutable)
         self._pulls: dict[PullKey, asyncio.Task[str]] = {}
+        self._fs_usage: LayerUsage | None = None  # ImageFsInfo's measures (made at its first)
 
     # -- the calls -------------------------------------------------------------------------
 
@@ -129,12 +133,23 @@ class ImageService(cri_grpc.ImageServiceServicer):
         return cri.RemoveImageResponse()
 
     async def ImageFsInfo(self, request: cri.ImageFsInfoRequest, context: Context) -> Any:
-        used, inodes = await asyncio.to_thread(_usage, self._image_fs)
+        """The snapshotter directory's usage, measured at most every 10 s (containerd's
+        snapshot sync period) by a walk on a thread: kubelet asks every few seconds, and a walk
+        of a large image store costs seconds of disk reads. A walk that outlasts the call
+        goes on while the call answers the last measure (the first one is waited for); the
+        timestamp is the measure's."""
+        if self._fs_usage is None:
+            from supervisor.cri.usage import LayerUsage
+
+            self._fs_usage = LayerUsage(ttl=FS_USAGE_TTL, wait=FS_USAGE_WAIT)
+        size = await self._fs_usage.get(
+            "", lambda: asyncio.to_thread(_usage, self._image_fs), patient=True
+        )
         usage = cri.FilesystemUsage(
-            timestamp=time.time_ns(),
+            timestamp=size.at,
             fs_id=cri.FilesystemIdentifier(mountpoint=str(self._image_fs)),
-            used_bytes=cri.UInt64Value(value=used),
-            inodes_used=cri.UInt64Value(value=inodes),
+            used_bytes=cri.UInt64Value(value=size.used_bytes),
+            inodes_used=cri.UInt64Value(value=size.inodes_used),
         )
         return cri.ImageFsInfoResponse(image_filesystems=[usage])
 

@@ -17,7 +17,8 @@ layers. The stats part (`supervisor.cri.stats`) turns them into runtime.v1 messa
   on a short-lived thread that joins the namespace's pin (setns): no helper process, no `ip`.
 - A writable layer's usage walks the container's upper dir, so it is cached (`LayerUsage`,
   10 s, containerd's snapshot sync period) and a walk that takes longer than a call can wait
-  goes on while the call answers with the last known value.
+  goes on while the call answers with the last known value. ImageFsInfo's walk of the whole
+  snapshotter directory is cached the same way.
 
 Readers of files block: callers run them on a thread (one per call, for every container).
 """
@@ -264,14 +265,15 @@ class LayerUsage:
         self._known: dict[str, LayerSize] = {}
         self._running: dict[str, asyncio.Task[tuple[int, int]]] = {}
 
-    async def get(self, key: str, measure: Measure) -> LayerSize:
+    async def get(self, key: str, measure: Measure, patient: bool = False) -> LayerSize:
+        """`patient`: with nothing known yet, wait for the first measure whole."""
         known = self._known.get(key, LayerSize(0, 0, 0))
         if known.at and time.time_ns() - known.at < self._ttl_ns:
             return known
         task = self._running.get(key)
         if task is None:
             task = self._running[key] = asyncio.create_task(measure())
-        await asyncio.wait([task], timeout=self._wait)
+        await asyncio.wait([task], timeout=None if patient and not known.at else self._wait)
         if not task.done():
             return known
         del self._running[key]

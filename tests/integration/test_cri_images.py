@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,9 @@ def test_pull_by_tag_through_a_mirror_lists_inspects_and_removes(
     assert fs["fsId"]["mountpoint"] == str(cri_ctrd.ctrd.root / "snapshots" / "overlayfs")
     assert int(fs["usedBytes"]["value"]) > 0
     assert int(fs["inodesUsed"]["value"]) > 0
+    # measured at most every 10 s, as containerd's snapshot sync: the timestamp is the walk's
+    assert 0 < time.time_ns() - int(fs["timestamp"]) < 60 * 10**9
+    assert cri_ctrd.json("imagefsinfo")["status"] == fs
 
     cri_ctrd.crictl("rmi", name)
     assert cri_ctrd.names() == []

@@ -198,6 +198,32 @@ def test_a_slow_measure_answers_the_last_value_and_is_taken_when_done():
     asyncio.run(run())
 
 
+def test_a_patient_caller_waits_for_the_first_measure_only():
+    """ImageFsInfo's way: the first walk is waited for whole; later ones, past the ttl, answer
+    the last value while a slow walk goes on."""
+    gate = asyncio.Event()
+    walks: list[int] = []
+
+    async def walk() -> tuple[int, int]:
+        walks.append(1)
+        if len(walks) > 1:
+            await gate.wait()
+        await asyncio.sleep(0.05)  # longer than `wait`
+        return 1000 * len(walks), len(walks)
+
+    async def run() -> None:
+        fs = usage.LayerUsage(ttl=0, wait=0.01)
+        first = await fs.get("", walk, patient=True)
+        assert (first.used_bytes, first.inodes_used) == (1000, 1)
+        assert await fs.get("", walk, patient=True) == first  # the second walk is slow
+        gate.set()
+        await asyncio.sleep(0.1)
+        second = await fs.get("", walk, patient=True)
+        assert (second.used_bytes, second.at > first.at) == (2000, True)
+
+    asyncio.run(run())
+
+
 def test_a_failed_measure_is_not_kept_and_is_tried_again():
     attempts: list[int] = []
 
