@@ -438,19 +438,21 @@ class ContainersPart:
         cid = secrets.token_hex(32)
         self._names[name] = cid
         try:
-            record = await self._create(cid, name, config, sandbox, sandbox_config)
+            record, made_with = await self._create(cid, name, config, sandbox, sandbox_config)
         except BaseException:
             self._names.pop(name, None)
             raise
         self._records[cid] = record
         self._unstarted.add(cid)
-        made = self._made[cid] = asyncio.ensure_future(self._make_task(record))
+        made = self._made[cid] = asyncio.ensure_future(self._make_task(record, *made_with))
         made.add_done_callback(_quiet)
         return cri.CreateContainerResponse(container_id=cid)
 
     async def _create(
         self, cid: str, name: str, config: Any, sandbox: model.SandboxRecord, sandbox_config: Any
-    ) -> ContainerRecord:
+    ) -> tuple[ContainerRecord, tuple[Container, list[Any]]]:
+        """The container's record, and the stored container and its snapshot's mounts (its
+        task is made from them at once, without reading them back)."""
         from ctl.spec import SPEC_TYPE_URL, encode
         from supervisor.cri import spec as specs
         from supervisor.cri import users
@@ -514,7 +516,7 @@ class ContainersPart:
                     model.KIND_LABEL: model.KIND_CONTAINER,
                     model.SANDBOX_ID_LABEL: sandbox.id,
                 }
-                await self._store().create(
+                container = await self._store().create(
                     Container(
                         id=cid, runtime_name=self.RUNTIME, spec=(SPEC_TYPE_URL, encode(spec)),
                         labels=labels, image=image_name, snapshotter=self.SNAPSHOTTER,
@@ -533,7 +535,7 @@ class ContainersPart:
             with contextlib.suppress(NotFound):
                 await leases.delete(lease_id)
         log.info("cri_container_created", ns=self._ns, id=cid, name=name)
-        return record
+        return record, (container, list(mounts))
 
     def _directory(self, cid: str) -> Path:
         """The container's own files (its image volumes) under the root."""
@@ -649,11 +651,18 @@ class ContainersPart:
             with contextlib.suppress(Exception):
                 await made
 
-    async def _make_task(self, record: ContainerRecord) -> tuple[Any, Any]:
-        """The container's task, made (runc create) and not started; the spec it has."""
-        container = await self._store().get(record.id)
-        snapshots = self._deps.parts.snapshots(self._ns, None, self.SNAPSHOTTER)
-        mounts = await snapshots.mounts(record.id)
+    async def _make_task(
+        self,
+        record: ContainerRecord,
+        container: Container | None = None,
+        mounts: list[Any] | None = None,
+    ) -> tuple[Any, Any]:
+        """The container's task, made (runc create) and not started; the spec it has. The
+        stored container and its snapshot's mounts are read unless given (just made)."""
+        if container is None or mounts is None:
+            container = await self._store().get(record.id)
+            snapshots = self._deps.parts.snapshots(self._ns, None, self.SNAPSHOTTER)
+            mounts = await snapshots.mounts(record.id)
         config = self._config(record)
         uri = ""
         if record.log_path:
