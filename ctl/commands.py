@@ -917,10 +917,13 @@ def cmd_inspect(client: Client, args: argparse.Namespace) -> int:
             info["runtimeOptions"] = anys.to_json(container.runtime.options)
         _storage_view(client, container.labels, info)  # Mounts, HostConfig's Binds...
         task = client.task(cid)
+        host_network = _host_network(container)
         info["NetworkSettings"] = netview.network_settings(
-            container.labels, _endpoints(client, cid) if _live(task) else [],
-            _host_network(container),
-        )  # fmt: skip
+            container.labels, _endpoints(client, cid) if _live(task) else [], host_network
+        )
+        info.setdefault("HostConfig", {}).update(
+            netview.host_config(container.labels, host_network)
+        )
         healthview.inspect_fields(client, cid, container.labels, info)  # Config/State health
         if task is not None:
             info["state"] = {

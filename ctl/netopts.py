@@ -51,6 +51,10 @@ DEFAULT_NETWORK = "bridge"  # docker's default network, which the daemon makes o
 MODES = ("host", "none")  # modes without a ctrd network; `container:` is the third
 CONTAINER_PREFIX = "container:"
 EXPOSED_LABEL = "ctrctl.exposed-ports"  # `80/tcp,53/udp`: what ps and inspect show as exposed
+# What inspect's HostConfig shows as the command line gave it (docker keeps it so):
+NETWORK_MODE_LABEL = "ctrctl.network-mode"  # `default` when --network is not given
+PUBLISH_LABEL = "ctrctl.publish"  # the -p values (standard notation), also where dropped
+PUBLISH_ALL_LABEL = "ctrctl.publish-all"  # "true" with -P
 PROTOCOLS = ("tcp", "udp", "sctp")  # nat's validateProto
 HOST_GATEWAY = "host-gateway"  # --add-host's special value, left to the daemon
 
@@ -318,15 +322,23 @@ def labels(
     with `image_config`; `network_container` is the id `container:NAME` resolved to."""
     name = network_name(flags.network)
     if is_container_mode(name):
-        return {NETWORK_CONTAINER_LABEL: network_container}
+        return {
+            NETWORK_CONTAINER_LABEL: network_container,
+            NETWORK_MODE_LABEL: CONTAINER_PREFIX + network_container,
+        }
     publish = [standard_publish(text) for text in flags.publish]
+    given = {NETWORK_MODE_LABEL: flags.network or "default"}
+    if publish:
+        given[PUBLISH_LABEL] = ",".join(publish)
+    if flags.publish_all:
+        given[PUBLISH_ALL_LABEL] = "true"
     mappings = [m for text in publish for m in parse_publish(text)]
     given_exposed = [p for text in flags.expose for p in parse_expose(text)]
     exposed = _unique([*image_exposed(image_config), *given_exposed, *(_key(m) for m in mappings)])
     if flags.publish_all:
         published = {_key(m) for m in mappings}
         publish += [port for port in exposed if port not in published]
-    found: dict[str, str] = {}
+    found: dict[str, str] = dict(given)
     if joins_network(name):
         found[NETWORKS_LABEL] = name
     else:

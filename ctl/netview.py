@@ -13,7 +13,8 @@ fields), labels a container's. They give:
 - `port_lines`: `ctrctl port`'s lines (`80/tcp -> 0.0.0.0:8080`) or one port's frontends;
 - `network_settings`: `inspect`'s `NetworkSettings`, one entry in `Networks` per network the
   container is given or connected to, with the top-level address fields filled from the
-  default `bridge` network only, as dockerd fills them.
+  default `bridge` network only, as dockerd fills them;
+- `host_config`: the networking part of `inspect`'s `HostConfig`, as the command line gave it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ctl.netopts import DEFAULT_NETWORK, EXPOSED_LABEL
+from ctl.netopts import (
+    CONTAINER_PREFIX,
+    DEFAULT_NETWORK,
+    EXPOSED_LABEL,
+    NETWORK_MODE_LABEL,
+    PUBLISH_ALL_LABEL,
+    PUBLISH_LABEL,
+)
 from supervisor.network.labels import (
     IP_LABEL,
     NETWORK_CONTAINER_LABEL,
@@ -30,6 +38,7 @@ from supervisor.network.labels import (
     label_list,
     label_networks,
 )
+from supervisor.network.portspec import port_bindings
 
 ANY_ADDRESS = "0.0.0.0"  # an empty host_ip: every address, as docker shows it
 
@@ -219,4 +228,41 @@ def network_settings(
         "IPv6Gateway": "",
         "MacAddress": default.mac if default is not None else "",
         "Networks": networks,
+    }
+
+
+def host_config(labels: Mapping[str, str], host_network: bool = False) -> dict[str, Any]:
+    """The networking part of docker's HostConfig, as the command line gave it (docker keeps
+    it so): NetworkMode (`default` without --network, `container:<id>`), PortBindings (every
+    -p, also under host or none, which publish nothing), PublishAllPorts, Dns, DnsOptions,
+    DnsSearch, ExtraHosts. A container ctrctl did not make (ctr's labels) shows what its
+    labels ask the daemon for."""
+    settings = NetworkSettings.from_labels(labels)
+    mode = labels.get(NETWORK_MODE_LABEL, "").strip()
+    if mode:
+        publish = label_list(labels, PUBLISH_LABEL)
+    else:
+        publish = list(settings.ports)
+        if settings.network_container:
+            mode = CONTAINER_PREFIX + settings.network_container
+        elif settings.networks:
+            mode = settings.networks[0]
+        else:
+            mode = "host" if host_network else "none"
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for text in publish:
+        try:
+            found = port_bindings(text)
+        except ValueError:  # a label not written by ctrctl: shown without it
+            continue
+        for key, host_ip, host_port in found:
+            bindings.setdefault(key, []).append({"HostIp": host_ip, "HostPort": host_port})
+    return {
+        "NetworkMode": mode,
+        "PortBindings": dict(sorted(bindings.items())),  # Go's JSON sorts a map's keys
+        "PublishAllPorts": labels.get(PUBLISH_ALL_LABEL) == "true",
+        "Dns": list(settings.dns),
+        "DnsOptions": list(settings.dns_options),
+        "DnsSearch": list(settings.dns_search),
+        "ExtraHosts": list(settings.extra_hosts) or None,
     }

@@ -78,6 +78,26 @@ def parse_publish(text: str) -> list[PortRequest]:
     ]
 
 
+def port_bindings(text: str) -> list[tuple[str, str, str]]:
+    """One valid `-p` value as docker's HostConfig.PortBindings keeps it (nat.ParsePortSpecs):
+    (`port/proto`, the host address as given, the host port or range as given, "" for none),
+    a container range paired port by port with a host range of its length."""
+    raw_ip, host_part, container_part = _split_parts(text)
+    proto, container_text = _split_proto(container_part)
+    host_ip = raw_ip[1:-1] if raw_ip.startswith("[") and raw_ip.endswith("]") else raw_ip
+    start, _, end = container_text.partition("-")
+    first, last = int(start), int(end or start)
+    low = host_part.partition("-")[0]
+    if first == last or not host_part:
+        hosts = [host_part] * (last - first + 1)
+    else:
+        hosts = [str(int(low) + offset) for offset in range(last - first + 1)]
+    return [
+        (f"{port}/{proto.lower()}", host_ip, host)
+        for port, host in zip(range(first, last + 1), hosts, strict=True)
+    ]
+
+
 def _invalid(message: str) -> InvalidArgument:
     return InvalidArgument(message, plain=True)
 

@@ -17,6 +17,7 @@ containers live in ctrd's `moby` namespace, ctrctl's in `default`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -362,3 +363,51 @@ def test_a_ctrctl_that_may_not_mount_still_reads_the_images_users_from_its_layer
     as_app = ctrctl("-u", "app", "users")
     assert (as_app.returncode, as_app.stdout) == (0, APP), as_app.stderr
     assert engines.ctrctl("ps", "-aq").stdout == ""
+
+
+HOST_CONFIG_NETWORK = ("NetworkMode", "PortBindings", "PublishAllPorts", "Dns", "DnsOptions",
+                       "DnsSearch", "ExtraHosts")  # fmt: skip
+PORTS = ("-p", "8080:80", "-p", "127.0.0.1::81/udp", "-p", "0.0.0.0:9000-9001:90-91",
+         "-p", "7000-7010:70", "-p", "82")  # fmt: skip
+
+
+DNS_FLAGS = ("--dns", "1.1.1.1", "--dns-search", "ex.com", "--dns-option", "ndots:2",
+             "--add-host", "a:1.2.3.4")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("flags", "mode"),
+    [
+        pytest.param((), "default", id="no-network-flag"),
+        pytest.param(("--net", "default"), "default", id="default"),
+        pytest.param(("--network", "bridge"), "bridge", id="bridge"),
+        pytest.param(("--network", "none", *PORTS), "none", id="ports-kept-under-none"),
+        pytest.param(("--network", "host", "-P", "-p", "8081:80"), "host", id="host-P"),
+        pytest.param(("--network", "none", *DNS_FLAGS), "none", id="dns-and-hosts"),
+        pytest.param(("--network", "container:hc-first"), "container:<first>", id="container"),
+    ],
+)
+def test_inspect_shows_host_configs_networking_as_docker_does(engines, flags, mode):
+    """`inspect`'s HostConfig keeps the networking flags as given, as docker's does (checked on
+    the real dockerd with the same flags): the mode (`default` when none is given, the
+    container's id for `container:`), every -p (also under none and host, which publish
+    nothing), -P, DNS and extra hosts."""
+
+    def host_config(tool: str) -> dict[str, Any]:
+        run = engines.docker.docker if tool == "docker" else engines.ctrctl
+        first = run("create", "--name", "hc-first", "--network", "none", "env:latest", "true")
+        made = run("create", *flags, "env:latest", "true")
+        try:
+            assert made.returncode == 0, made.stderr
+            [info] = json.loads(run("inspect", made.stdout.strip()).stdout)
+            found = {key: info["HostConfig"].get(key) for key in HOST_CONFIG_NETWORK}
+            first_id = first.stdout.strip()
+            if found["NetworkMode"] == f"container:{first_id}":
+                found["NetworkMode"] = "container:<first>"
+            return found
+        finally:
+            run("rm", "-f", made.stdout.strip(), first.stdout.strip())
+
+    docker = host_config("docker")
+    assert docker["NetworkMode"] == mode
+    assert host_config("ctrctl") == docker

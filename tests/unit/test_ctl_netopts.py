@@ -21,8 +21,11 @@ NGINX = {"ExposedPorts": {"80/tcp": {}, "443/tcp": {}}}
 
 
 def test_no_network_flag_joins_the_default_bridge_network():
-    assert labels(NetworkFlags(), {}) == {"ctrd.io/networks": "bridge"}
-    assert labels(NetworkFlags(network="default"), {}) == {"ctrd.io/networks": "bridge"}
+    """... and inspect's HostConfig says `default`, as docker's does (ctrctl.network-mode)."""
+    wanted = {"ctrd.io/networks": "bridge", "ctrctl.network-mode": "default"}
+    assert labels(NetworkFlags(), {}) == wanted
+    assert labels(NetworkFlags(network="default"), {}) == wanted
+    assert labels(NetworkFlags(network="bridge"), {})["ctrctl.network-mode"] == "bridge"
 
 
 @pytest.mark.parametrize("mode", ["host", "none"])
@@ -46,6 +49,8 @@ def test_every_flag_becomes_its_label_comma_joined():
         "ctrd.io/dns-options": "ndots:2",
         "ctrd.io/extra-hosts": "db:10.0.0.9,v6:::1",
         "ctrctl.exposed-ports": "80/tcp,53/udp",
+        "ctrctl.network-mode": "front",
+        "ctrctl.publish": "8080:80,127.0.0.1::53/udp",  # as given, for inspect's HostConfig
     }
 
 
@@ -53,6 +58,7 @@ def test_publish_all_publishes_every_exposed_port_not_already_published():
     flags = NetworkFlags(publish=["8443:443"], publish_all=True, expose=["9000-9001/udp"])
     found = labels(flags, NGINX)
     assert found["ctrd.io/ports"] == "8443:443,80/tcp,9000/udp,9001/udp"
+    assert (found["ctrctl.publish"], found["ctrctl.publish-all"]) == ("8443:443", "true")
     assert found["ctrctl.exposed-ports"] == "80/tcp,443/tcp,9000/udp,9001/udp"
 
 
@@ -84,7 +90,10 @@ def test_host_networking_drops_published_ports_with_dockers_warning():
 def test_container_mode_labels_only_the_shared_container():
     flags = NetworkFlags(network="container:web")
     assert validate(flags) == []
-    assert labels(flags, NGINX, "ab" * 32) == {"ctrd.io/network-container": "ab" * 32}
+    assert labels(flags, NGINX, "ab" * 32) == {
+        "ctrd.io/network-container": "ab" * 32,
+        "ctrctl.network-mode": "container:" + "ab" * 32,
+    }
 
 
 @pytest.mark.parametrize(

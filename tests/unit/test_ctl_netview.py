@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ctl import netview
 from ctl.netview import (
     NoPublicPort,
     Port,
@@ -14,6 +15,7 @@ from ctl.netview import (
     port_map,
 )
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
+from supervisor.network.labels import NETWORK_CONTAINER_LABEL, NETWORKS_LABEL, PORTS_LABEL
 
 
 def endpoint(network="bridge", ports=(), **fields):
@@ -155,3 +157,35 @@ def test_network_settings_of_the_modes():
     assert list(network_settings({}, [])["Networks"]) == ["none"]
     assert list(network_settings({}, [], host_network=True)["Networks"]) == ["host"]
     assert network_settings({"ctrd.io/network-container": "x"}, [])["Networks"] == {}
+
+
+def test_host_config_of_a_container_ctr_made_shows_what_its_labels_ask():
+    """No ctrctl labels (ctr's `--label ctrd.io/...`): the mode is the first network, the
+    bindings are the daemon's ports label; a label that is not a -p value is left out."""
+    labels = {NETWORKS_LABEL: "front,back", PORTS_LABEL: "8080:80,127.0.0.1::53/udp,x:y:z"}
+    config = netview.host_config(labels)
+    assert config["NetworkMode"] == "front"
+    assert config["PortBindings"] == {
+        "53/udp": [{"HostIp": "127.0.0.1", "HostPort": ""}],
+        "80/tcp": [{"HostIp": "", "HostPort": "8080"}],
+    }
+    assert (config["PublishAllPorts"], config["Dns"], config["ExtraHosts"]) == (False, [], None)
+    assert netview.host_config({})["NetworkMode"] == "none"
+    assert netview.host_config({}, host_network=True)["NetworkMode"] == "host"
+    assert netview.host_config({NETWORK_CONTAINER_LABEL: "abc"})["NetworkMode"] == "container:abc"
+
+
+def test_host_config_keeps_ports_as_given_and_pairs_ranges():
+    labels = {
+        "ctrctl.network-mode": "default",
+        "ctrctl.publish": "0.0.0.0:9000-9001:90-91,7000-7010:70,82/UDP",
+        "ctrctl.publish-all": "true",
+    }
+    config = netview.host_config(labels)
+    assert config["PortBindings"] == {
+        "70/tcp": [{"HostIp": "", "HostPort": "7000-7010"}],
+        "82/udp": [{"HostIp": "", "HostPort": ""}],
+        "90/tcp": [{"HostIp": "0.0.0.0", "HostPort": "9000"}],
+        "91/tcp": [{"HostIp": "0.0.0.0", "HostPort": "9001"}],
+    }
+    assert (config["NetworkMode"], config["PublishAllPorts"]) == ("default", True)
