@@ -241,20 +241,13 @@ class Transport:
         if credentials is not None and credentials.username:
             headers["Authorization"] = credentials.basic()
         resp = await self._send(f"token server {realm}", "GET", url, headers)
-        try:
-            if resp.status in (401, 403):
-                who = "the credentials" if headers else "anonymous access"
-                raise PermissionDenied(
-                    f"token server {realm} refused {who} for {ep.host} (HTTP {resp.status})"
-                )
-            if resp.status != 200:
-                raise await failure(parts.netloc, resp, f"token from {realm}")
-            body = await resp.content.read(_TOKEN_LIMIT)
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise Unavailable(f"token server {realm}: {describe(e)}") from e
-        finally:
+        if resp.status in (401, 403):
             resp.release()
-        return auth.parse_token(body, realm)
+            who = "the credentials" if headers else "anonymous access"
+            raise PermissionDenied(
+                f"token server {realm} refused {who} for {ep.host} (HTTP {resp.status})"
+            )
+        return await _token_from(resp, realm)
 
     async def _fetch_oauth_token(
         self, ep: Endpoint, key: TokenKey, refresh_token: str
@@ -275,21 +268,27 @@ class Transport:
         body = urlencode(form).encode()
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         resp = await self._send(f"token server {realm}", "POST", realm, headers, lambda: body)
-        try:
-            if resp.status in (400, 401, 404, 405):
-                return None
-            if resp.status == 403:
-                raise PermissionDenied(
-                    f"token server {realm} refused the identity token for {ep.host} (HTTP 403)"
-                )
-            if resp.status != 200:
-                raise await failure(urlsplit(realm).netloc, resp, f"token from {realm}")
-            answer = await resp.content.read(_TOKEN_LIMIT)
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise Unavailable(f"token server {realm}: {describe(e)}") from e
-        finally:
+        if resp.status in (400, 401, 403, 404, 405):
             resp.release()
-        return auth.parse_token(answer, realm)
+            if resp.status != 403:
+                return None
+            raise PermissionDenied(
+                f"token server {realm} refused the identity token for {ep.host} (HTTP 403)"
+            )
+        return await _token_from(resp, realm)
+
+
+async def _token_from(resp: aiohttp.ClientResponse, realm: str) -> Token:
+    """The token of a token server's answer (its failure when not a 200); `resp` released."""
+    try:
+        if resp.status != 200:
+            raise await failure(urlsplit(realm).netloc, resp, f"token from {realm}")
+        body = await resp.content.read(_TOKEN_LIMIT)
+    except (aiohttp.ClientError, TimeoutError) as e:
+        raise Unavailable(f"token server {realm}: {describe(e)}") from e
+    finally:
+        resp.release()
+    return auth.parse_token(body, realm)
 
 
 def describe(error: BaseException) -> str:
