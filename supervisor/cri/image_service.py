@@ -114,6 +114,7 @@ class ImageService(cri_grpc.ImageServiceServicer):
             self._pulls[key] = task
             task.add_done_callback(lambda done: self._pull_done(key, done))
         image_id = await asyncio.shield(task)  # a caller going away leaves the pull to others
+        self._fs_changed()
         return cri.PullImageResponse(image_ref=image_id)
 
     async def RemoveImage(self, request: cri.RemoveImageRequest, context: Context) -> Any:
@@ -129,6 +130,7 @@ class ImageService(cri_grpc.ImageServiceServicer):
                     self._ns, "/images/delete", events_pb2.ImageDelete(name=name)
                 )
         self._gc().mark_dirty()
+        self._fs_changed()
         log.info("cri_image_removed", ns=self._ns, id=image.id, names=list(image.names))
         return cri.RemoveImageResponse()
 
@@ -137,7 +139,8 @@ class ImageService(cri_grpc.ImageServiceServicer):
         snapshot sync period) by a walk on a thread: kubelet asks every few seconds, and a walk
         of a large image store costs seconds of disk reads. A walk that outlasts the call
         goes on while the call answers the last measure (the first one is waited for); the
-        timestamp is the measure's."""
+        timestamp is the measure's. A CRI pull or removal makes the next call measure anew
+        (containerd's stays up to 10 s old)."""
         if self._fs_usage is None:
             from supervisor.cri.usage import LayerUsage
 
@@ -152,6 +155,11 @@ class ImageService(cri_grpc.ImageServiceServicer):
             inodes_used=cri.UInt64Value(value=size.inodes_used),
         )
         return cri.ImageFsInfoResponse(image_filesystems=[usage])
+
+    def _fs_changed(self) -> None:
+        """Images came or went: the next ImageFsInfo measures again, waiting for it."""
+        if self._fs_usage is not None:
+            self._fs_usage.keep([])
 
     async def pin(self, text: str) -> None:
         """Label every record of the image `text` names `io.cri-containerd.pinned=pinned`

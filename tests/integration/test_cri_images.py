@@ -141,6 +141,7 @@ def test_pull_by_tag_through_a_mirror_lists_inspects_and_removes(
 ):
     name = "registry.k8s.io/library/busybox:latest"
     image_id = config_digest(busybox_image)
+    before = cri_ctrd.json("imagefsinfo")["status"]  # measured, and kept for 10 s...
     assert f"Image is up to date for {image_id}" in cri_ctrd.crictl("pull", name).stdout
     repo_digest = f"registry.k8s.io/library/busybox@{busybox_image.digest}"
     assert sorted(cri_ctrd.names()) == sorted([name, repo_digest, image_id])
@@ -160,6 +161,8 @@ def test_pull_by_tag_through_a_mirror_lists_inspects_and_removes(
 
     fs = cri_ctrd.json("imagefsinfo")["status"]
     assert fs["fsId"]["mountpoint"] == str(cri_ctrd.ctrd.root / "snapshots" / "overlayfs")
+    # ... unless a CRI pull or removal changes the images: measured anew after the pull
+    assert int(fs["timestamp"]) > int(before["timestamp"])
     assert int(fs["usedBytes"]["value"]) > 0
     assert int(fs["inodesUsed"]["value"]) > 0
     # measured at most every 10 s, as containerd's snapshot sync: the timestamp is the walk's

@@ -123,8 +123,6 @@ def test_pulls_of_one_image_at_once_all_succeed(ctrd: Ctrd, busybox2_image):
     ]
     errors = [p.communicate(timeout=120)[1] for p in pulls]
     assert [p.returncode for p in pulls] == [0, 0, 0, 0], errors
-    assert pulled_digests(busybox2_image) <= set(
-        ctrd.ctr("content", "ls", "-q").stdout.split()
-    )
+    assert pulled_digests(busybox2_image) <= set(ctrd.ctr("content", "ls", "-q").stdout.split())
     ran = ctr_run(ctrd, "--rm", busybox2_image.ref, "whole", "cat", "/etc/extra")
     assert ran.stdout == EXTRA.decode()

@@ -466,11 +466,12 @@ def test_current_capabilities_read_capeff(tmp_path):
 def test_stop_signal_label_is_the_given_then_the_images_then_sigterm():
     label = "io.containerd.image.config.stop-signal"
     none = RunOptions(network="none")
-    assert container_labels({}, none) == {label: "SIGTERM"}
-    assert container_labels({"StopSignal": "SIGUSR1"}, none) == {label: "SIGUSR1"}
+    mode = {"ctrctl.network-mode": "none"}  # inspect's HostConfig.NetworkMode
+    assert container_labels({}, none) == {label: "SIGTERM", **mode}
+    assert container_labels({"StopSignal": "SIGUSR1"}, none) == {label: "SIGUSR1", **mode}
     given = RunOptions(stop_signal="QUIT", stop_timeout=3, network="none")
     assert container_labels({"StopSignal": "SIGUSR1"}, given) == {
-        label: "QUIT", "ctrctl.stop-timeout": "3",
+        label: "QUIT", "ctrctl.stop-timeout": "3", **mode,
     }  # fmt: skip
 
 
