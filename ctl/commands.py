@@ -788,12 +788,19 @@ def _kill(client: Client, cid: str, sig: int, all_: bool) -> None:
 
 
 def cmd_kill(client: Client, args: argparse.Namespace) -> int:
-    """docker's kill: SIGKILL unless told (never the stop signal, which is `stop`'s)."""
+    """docker's kill: SIGKILL unless told (never the stop signal, which is `stop`'s). As
+    dockerd's killWithSignal, SIGKILL, the container's stop signal, or any signal when it has
+    none of its own, is the user's stop: a restart policy does not bring it back."""
     number = oci.parse_signal(args.signal)
     for name in args.containers:
         cid = client.resolve(name)
         container = client.containers.Get(_get(cid), metadata=client.md).container
-        if number in (int(signal.SIGKILL), oci.stop_settings(container.labels)[0]):
+        labels = container.labels
+        if (
+            number == int(signal.SIGKILL)
+            or not oci.stop_signal_set(labels)
+            or number == oci.stop_settings(labels)[0]
+        ):
             _restartopts().mark_stopped(client, container)  # docker: not restarted after it
         client.tasks.Kill(tpb.KillRequest(container_id=cid, signal=number), metadata=client.md)
         print(name)

@@ -38,9 +38,11 @@ and the command line are merged by dockerd's rules (daemon/commit.go `merge`, th
   that group's (or the number given) and the only additional one; docker's errors for names
   that are not there ("unable to find user xyz: no matching entries in passwd file");
 - stop: `container_labels` keeps the stop signal (`--stop-signal`, else the image's
-  StopSignal, else SIGTERM) in containerd's own label `io.containerd.image.config.stop-signal`
-  (which ctr's `tasks kill` reads too) and `--stop-timeout` in `ctrctl.stop-timeout`, where
-  `ctrctl stop` and `restart` find them, as dockerd keeps both in its container config.
+  StopSignal; none without either, which `stop` reads as SIGTERM) in containerd's own label
+  `io.containerd.image.config.stop-signal` (which ctr's `tasks kill` reads too) and
+  `--stop-timeout` in `ctrctl.stop-timeout`, where `ctrctl stop` and `restart` find them, as
+  dockerd keeps both in its container config. Whether there is one matters to `kill`, as to
+  dockerd: without a stop signal any signal is the user's stop (`stop_signal_set`).
 - security: dockerd's safe defaults (its seccomp profile, /sys/fs/cgroup read-only, no
   no-new-privileges, oomScoreAdj 0) and the flags that tune them (--security-opt, --cap-add,
   --cap-drop, --device, --ulimit, --init, --oom-score-adj, --shm-size) are written last, by
@@ -372,7 +374,7 @@ def container_labels(image_config: Mapping[str, Any], options: RunOptions) -> di
     network (ctl.netopts): the network joined (`ctrd.io/networks`, `bridge` by default),
     or the container whose namespace is shared, the ports published, addresses, DNS."""
     signal_name = options.stop_signal or _string(image_config, "StopSignal")
-    labels = {STOP_SIGNAL_LABEL: signal_name or DEFAULT_STOP_SIGNAL}
+    labels = {STOP_SIGNAL_LABEL: signal_name} if signal_name else {}
     if options.stop_timeout is not None:
         labels[STOP_TIMEOUT_LABEL] = str(options.stop_timeout)
     if options.restart:
@@ -418,6 +420,12 @@ def parse_signal(text: str) -> int:
     if found is None:
         raise ValueError(f"Invalid signal: {text}")
     return int(found)
+
+
+def stop_signal_set(labels: Mapping[str, str]) -> bool:
+    """Whether the container has a stop signal of its own (given or its image's), as
+    dockerd's `Config.StopSignal` is set or empty."""
+    return bool(labels.get(STOP_SIGNAL_LABEL))
 
 
 def stop_settings(labels: Mapping[str, str]) -> tuple[int, float]:

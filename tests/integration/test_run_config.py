@@ -411,3 +411,34 @@ def test_inspect_shows_host_configs_networking_as_docker_does(engines, flags, mo
     docker = host_config("docker")
     assert docker["NetworkMode"] == mode
     assert host_config("ctrctl") == docker
+
+
+def _restart_count(client: Detached, cid: str) -> int:
+    if client.name == "docker":
+        return int(client("inspect", "-f", "{{.RestartCount}}", cid))
+    return int(json.loads(client("inspect", cid))[0]["RestartCount"])
+
+
+@pytest.mark.parametrize(
+    ("image", "flags", "restarted"),
+    [
+        pytest.param("env:latest", (), False, id="no-stop-signal-any-signal-stops"),
+        pytest.param("stop-usr1:latest", (), True, id="the-images-stop-signal"),
+        pytest.param("env:latest", ("--stop-signal", "USR2"), True, id="a-given-stop-signal"),
+    ],
+)
+def test_kill_with_a_signal_is_a_users_stop_as_dockerd_decides(client, image, flags, restarted):
+    """`kill -s HUP` of an `always` container: dockerd takes it for the user's stop (no restart)
+    when the container has no stop signal of its own, and restarts it when it has one (USR1,
+    USR2) that HUP is not. Run on the real dockerd and on ctrctl alike."""
+    hup_exits = f'trap "exit 3" HUP; {LOOP}'  # pid 1 ignores what it does not handle
+    cid = client.run(["--restart", "always", *flags], image, ["sh", "-c", hup_exits])
+    try:
+        _ready(client, cid)
+        client("kill", "-s", "HUP", cid)
+        deadline = time.monotonic() + (10 if restarted else 2)
+        while _restart_count(client, cid) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (_restart_count(client, cid) > 0) == restarted
+    finally:
+        client.remove(cid)

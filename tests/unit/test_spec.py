@@ -463,11 +463,11 @@ def test_current_capabilities_read_capeff(tmp_path):
 # --- stop signal and timeout ---------------------------------------------------------------
 
 
-def test_stop_signal_label_is_the_given_then_the_images_then_sigterm():
+def test_stop_signal_label_is_the_given_then_the_images_then_none():
     label = "io.containerd.image.config.stop-signal"
     none = RunOptions(network="none")
     mode = {"ctrctl.network-mode": "none"}  # inspect's HostConfig.NetworkMode
-    assert container_labels({}, none) == {label: "SIGTERM", **mode}
+    assert container_labels({}, none) == mode  # none of its own: stop sends SIGTERM
     assert container_labels({"StopSignal": "SIGUSR1"}, none) == {label: "SIGUSR1", **mode}
     given = RunOptions(stop_signal="QUIT", stop_timeout=3, network="none")
     assert container_labels({"StopSignal": "SIGUSR1"}, given) == {
