@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from supervisor.errors import FailedPrecondition
+from supervisor.keyedlocks import KeyedLocks
 from supervisor.metadata.schema import MIGRATIONS
 
 T = TypeVar("T")
@@ -67,7 +68,7 @@ class Database:
         self._executor = executor
         self._gc_lock = _SharedExclusiveLock()
         self._closed = False
-        self._names: dict[tuple[str, ...], tuple[asyncio.Lock, int]] = {}  # name -> (lock, users)
+        self._names = KeyedLocks()  # `one_at_a_time`'s
 
     def mutation(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Held across a change that spans the disk and the database (publishing a blob)."""
@@ -77,23 +78,12 @@ class Database:
         """Held by the garbage collector: no such change is half done meanwhile."""
         return self._gc_lock.exclusive()
 
-    @contextlib.asynccontextmanager
-    async def one_at_a_time(self, *name: str) -> AsyncIterator[None]:
+    def one_at_a_time(self, *name: str) -> contextlib.AbstractAsyncContextManager[None]:
         """Held across a change to one named object that spans the disk and the database
         (committing a snapshot), so that two changes of that name do not interleave: the
         second then sees what the first did, as containerd's single bbolt write transaction
         makes it see."""
-        lock, users = self._names.get(name, (asyncio.Lock(), 0))
-        self._names[name] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._names[name]
-            if users == 1:
-                del self._names[name]
-            else:
-                self._names[name] = (lock, users - 1)
+        return self._names.hold(name)
 
     @classmethod
     async def open(cls, path: Path) -> Database:

@@ -34,14 +34,15 @@ import functools
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import structlog
 
 from supervisor.cri.model import DnsConfig, NetworkStatus, PodAddress, PodRef, PortMapping
 from supervisor.errors import CtrdError, FailedPrecondition, InvalidArgument
+from supervisor.keyedlocks import KeyedLocks
 from supervisor.metadata.db import Database
 from supervisor.network.cni import conf, masq
 from supervisor.network.cni.invoke import Call, Plugins, kill_orphans, remove_cache, write_cache
@@ -73,7 +74,7 @@ class CniPodNetwork:
         self._plugins = Plugins(bin_dirs) if timeout is None else Plugins(bin_dirs, timeout)
         self._store = AttachmentStore(db)
         self._cache = cache_dir
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks = KeyedLocks()  # one setup or teardown of a sandbox at a time
         self._mine: set[str] = set()  # set up by this daemon life: never reconcile's to undo
 
     # status
@@ -261,19 +262,8 @@ class CniPodNetwork:
             if removed:
                 log.info("cni_masquerade_removed", id=call.container_id, rules=len(removed))
 
-    @asynccontextmanager
-    async def _sandbox(self, sandbox_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(sandbox_id, (asyncio.Lock(), 0))
-        self._locks[sandbox_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[sandbox_id]
-            if users == 1:
-                del self._locks[sandbox_id]
-            else:
-                self._locks[sandbox_id] = (lock, users - 1)
+    def _sandbox(self, sandbox_id: str) -> AbstractAsyncContextManager[None]:
+        return self._locks.hold(sandbox_id)
 
 
 def address(sandbox_id: str, results: list[Result]) -> PodAddress:
