@@ -166,30 +166,31 @@ def pick(records: Sequence[ContainerRecord], key: str) -> ContainerRecord:
     return matched[0]
 
 
+async def stored_records(store: ContainerStore) -> list[ContainerRecord]:
+    """Every CRI container's record, as the containers part last wrote them to the store."""
+    containers = await store.list(
+        [f"labels.{json.dumps(model.KIND_LABEL)}=={model.KIND_CONTAINER}"]
+    )
+    return [r for r in map(record_of, containers) if r is not None]
+
+
 class CriContainerLookup:
-    """CRI containers for the other parts (stats, logs, exec): by id or unique prefix, all,
-    or a sandbox's. Read from the records (what the containers part wrote last); `get` from
-    the containers part's own copy of them when given one (`part`): an exec then reads no
-    record from the store, where listing them all cost ~1 ms at one pod, more with more."""
+    """CRI containers for the other parts (stats, logs, exec): by id or unique prefix (from
+    the containers part's own copy of the records: an exec then reads nothing from the store,
+    where listing them all cost ~1 ms at one pod, more with more), all, or a sandbox's (read
+    from the store)."""
 
     def __init__(
-        self,
-        store: Callable[[], ContainerStore],
-        part: Callable[[], ContainersPart] | None = None,
+        self, store: Callable[[], ContainerStore], part: Callable[[], ContainersPart]
     ) -> None:
         self._store = store
         self._part = part
 
     async def list(self) -> list[ContainerRecord]:
-        containers = await self._store().list(
-            [f"labels.{json.dumps(model.KIND_LABEL)}=={model.KIND_CONTAINER}"]
-        )
-        return [r for r in map(record_of, containers) if r is not None]
+        return await stored_records(self._store())
 
     async def get(self, key: str) -> ContainerRecord:
-        if self._part is not None:
-            return await self._part().record(key)
-        return pick(await self.list(), key)
+        return await self._part().record(key)
 
     async def list_by_sandbox(self, sandbox_id: str) -> builtins.list[ContainerRecord]:
         return [r for r in await self.list() if r.sandbox_id == sandbox_id]
@@ -299,7 +300,7 @@ class ContainersPart:
             self._watcher = asyncio.create_task(
                 self._watch(subscription), name="cri-container-exits"
             )
-        for record in await CriContainerLookup(self._store).list():
+        for record in await stored_records(self._store()):
             self._records[record.id] = record
             self._names[record.name] = record.id
         for record in list(self._records.values()):
