@@ -263,11 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
         if settings.refresh_token is not None:
             self._reply(401, {}, b'{"details":"this server wants a refresh token"}')
             return
-        self._reply(
-            200,
-            {"Content-Type": "application/json"},
-            json.dumps({"token": TOKEN, "expires_in": 300}).encode(),
-        )
+        self._grant("token")
 
     def _oauth_token(self, form: dict[str, list[str]]) -> None:
         """The OAuth2 endpoint: a refresh_token grant with the expected token gets an
@@ -281,11 +277,13 @@ class _Handler(BaseHTTPRequestHandler):
         if grant != ("refresh_token", settings.refresh_token):
             self._reply(401, {}, b'{"details":"bad refresh token"}')
             return
-        self._reply(
-            200,
-            {"Content-Type": "application/json"},
-            json.dumps({"access_token": TOKEN, "expires_in": 300}).encode(),
-        )
+        self._grant("access_token")
+
+    def _grant(self, field: str) -> None:
+        """A token server's answer: TOKEN under `field` (docker's GET: token; OAuth2's POST:
+        access_token), for 300 s."""
+        body = json.dumps({field: TOKEN, "expires_in": 300}).encode()
+        self._reply(200, {"Content-Type": "application/json"}, body)
 
     def _reply(
         self,
