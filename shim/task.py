@@ -55,6 +55,7 @@ class Config(NamedTuple):
     address: str  # the daemon's address, for `ps` and logs
     runtime: str  # runtime binary, by name or path
     runtime_root: str  # the runtime's state root (`--root`)
+    native_exec: bool = False  # runc's execs done by the shim when it can (shim.nsexec)
 
 
 class ShimError(Exception):
@@ -182,7 +183,9 @@ class Shim:
             self._runtime_error = ""
         except runc.RuntimeFailed as e:  # reported by create, so the client learns why
             binary, self._runtime_error = config.runtime, str(e)
-        self.runtime = runc.Runtime(binary, config.runtime_root, config.bundle, self._reaped)
+        self.runtime = runc.Runtime(
+            binary, config.runtime_root, config.bundle, self._reaped, config.native_exec
+        )
         self.init: Process | None = None
         self.execs: dict[str, Process] = {}
         self.deleted = False
@@ -565,14 +568,16 @@ class Shim:
             if process.io.terminal:
                 console, path = self._console()
             try:
-                self.runtime.exec(self.config.id, process.spec, pid_file, process.io.fds, path)
+                pid = self.runtime.exec(
+                    self.config.id, process.spec, pid_file, process.io.fds, path
+                )
             except runc.RuntimeFailed as e:
                 # Nothing ran: its client's readers get their EOF now (ctr waits for them
                 # before it reports the failure), and the exec stays created, as containerd's.
                 process.io.close()
                 raise runc.RuntimeFailed(f"OCI runtime exec failed: {e}") from None
             process.io.runtime_started()
-            process.pid = int(_read(pid_file))
+            process.pid = pid
             if console is not None:
                 process.io.attach_console(stdio.receive_master(console, path))
                 console = None

@@ -153,6 +153,8 @@ class LogsConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     binary: str = "runc"  # the OCI runtime tasks use unless their runtime options name one
+    # runc's execs done by the shim itself when they need nothing it cannot do (shim.nsexec)
+    native_exec: bool = True
 
 
 @dataclass(frozen=True)

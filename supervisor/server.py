@@ -369,7 +369,10 @@ class Daemon:
             raise
         events = Exchange(event_log)
         parts = Parts(root, db, config.gc.interval)
-        tasks = TaskManager(state, address, events, config.runtime.binary)
+        tasks = TaskManager(
+            state, address, events, config.runtime.binary,
+            native_exec=config.runtime.native_exec,
+        )  # fmt: skip
         logs = Logs(root / "logs", config.logs.max_size, config.logs.max_files)
 
         def containers(ns: str) -> ContainerStore:

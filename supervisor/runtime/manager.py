@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -386,6 +387,26 @@ def _subdirectories(path: str) -> list[str]:
         return []
 
 
+def _sealed_copy(path: str) -> int:
+    """A memfd holding the file at `path`, sealed: nothing can write, grow or shrink it."""
+    fd = os.memfd_create("ctrd-shim-python", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        with open(os.path.realpath(path), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            done = 0
+            while done < size:
+                sent = os.sendfile(fd, f.fileno(), done, size - done)
+                if not sent:
+                    raise OSError(errno.EIO, f"{path} shrank while being copied")
+                done += sent
+        seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class TaskManager:
     def __init__(
         self,
@@ -394,11 +415,13 @@ class TaskManager:
         exchange: Exchange,
         runtime: str = "runc",
         recovered_replay: float = RECOVERED_REPLAY,
+        native_exec: bool = True,
     ) -> None:
         self.state = state
         self.address = address
         self.exchange = exchange
         self.runtime = runtime
+        self.native_exec = native_exec
         self._tasks: dict[tuple[str, str], Task] = {}
         self._creating: set[tuple[str, str]] = set()
         self._zygote_lock = asyncio.Lock()
@@ -470,10 +493,18 @@ class TaskManager:
         os.makedirs(self.state, exist_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_CODE_ROOT, env.get("PYTHONPATH")]))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shim", "zygote", "--state", str(self.state),
-            env=env, cwd="/", stdin=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        # The zygote (and so every shim) runs from a sealed memfd copy of the interpreter, as
+        # runc runs from one of itself: a shim's exec into a container (shim.nsexec) must not
+        # let the container reach a host binary through /proc/PID/exe (CVE-2019-5736).
+        sealed = await asyncio.to_thread(_sealed_copy, sys.executable)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "shim", "zygote", "--state", str(self.state),
+                executable=f"/proc/{os.getpid()}/fd/{sealed}",
+                env=env, cwd="/", stdin=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            os.close(sealed)
         if await proc.wait() != 0:
             raise errors.Internal(f"the shim zygote did not start (exit {proc.returncode})")
 
@@ -611,7 +642,7 @@ class TaskManager:
         steps.took["snapshot"] = mounting
         task: Task | None = None
         try:
-            config = {
+            config: dict[str, Any] = {
                 "namespace": namespace,
                 "id": cid,
                 "bundle": str(bundle.path),
@@ -619,10 +650,11 @@ class TaskManager:
                 "address": self.address,
                 "runtime": runtime.binary,
                 "runtime_root": runtime.root,
+                "native_exec": self.native_exec,
             }
             with tracing.span("task.shim"):
                 shim_pid = await self._spawn(config)
-                client = await ShimClient.connect(config["socket"], f"{namespace}/{cid}")
+                client = await ShimClient.connect(str(config["socket"]), f"{namespace}/{cid}")
                 task = Task(
                     namespace, cid, bundle, client, source,
                     shim_pid=shim_pid, io=dict(stdio), runtime=runtime,

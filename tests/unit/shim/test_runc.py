@@ -237,6 +237,7 @@ def test_exec_hands_the_process_spec_through_an_fd_and_writes_no_file(tmp_path):
     fake.write_text(
         '#!/bin/sh\necho "$@" > "$(dirname "$0")/asked"\n'
         'for a; do case "$a" in /proc/self/fd/*) cat "$a" > "$(dirname "$0")/spec";; esac; done\n'
+        'echo 42 > "$(dirname "$0")/bundle/exec.pid"\n'
     )
     fake.chmod(0o755)
     bundle = tmp_path / "bundle"
@@ -244,13 +245,14 @@ def test_exec_hands_the_process_spec_through_an_fd_and_writes_no_file(tmp_path):
     process = {"args": ["true"], "cwd": "/", "env": ["A=b"]}
     with open(os.devnull, "r+b") as null:
         fds = (null.fileno(),) * 3
-        runc.Runtime(str(fake), str(tmp_path), str(bundle), lambda *_: None).exec(
+        pid = runc.Runtime(str(fake), str(tmp_path), str(bundle), lambda *_: None).exec(
             "c1", process, str(bundle / "exec.pid"), fds, "/run/console.sock"
         )
+    assert pid == 42  # read from the pid file runc writes (which the task removes)
     asked = (tmp_path / "asked").read_text().split()
     assert asked[asked.index("exec") :] == [
         "exec", "--detach", "--process", f"/proc/self/fd/{runc.PROCESS_FD}",
         "--pid-file", str(bundle / "exec.pid"), "--console-socket", "/run/console.sock", "c1",
     ]  # fmt: skip
     assert json.loads((tmp_path / "spec").read_text()) == process
-    assert [p.name for p in bundle.iterdir()] == []
+    assert [p.name for p in bundle.iterdir()] == ["exec.pid"]

@@ -1,0 +1,632 @@
+"""An exec into a running container done by the shim itself: what `runc exec` does, from the
+same inputs (runc's `state.json` for the container, the OCI process of the exec).
+
+`runc exec` costs ~22 ms here: two Go programs start (runc, then `runc init`, which first
+copies runc's 8.7 MB binary into a memfd). The same steps from a fork of the shim take ~3 ms,
+which is most of what a `crictl exec` or a kubelet exec probe waits for in the runtime.
+
+The steps, in the order of runc 1.1's `setnsProcess` and `linuxSetnsInit`:
+
+1. In the shim (`plan`): everything read from the host. The container's namespaces are opened
+   by their /proc paths and the init is checked to be the same process afterwards; its cgroups,
+   rlimits, oom_score_adj, the process's user and capabilities are read. A container the plan
+   does not cover is left to runc (`Unsupported`): a seccomp filter (runc's has its own
+   -ENOSYS stub for newer syscalls), a user namespace, an AppArmor or SELinux label, Intel
+   RDT, systemd cgroups, an invalid process (runc words the error), an init that is gone, or a
+   shim whose own executable is not a sealed copy (below).
+2. A fork, the middle process: stdio on 0-2, not dumpable (nothing in the container may open
+   its memory, its fds or /proc/PID/exe), the container's oom_score_adj, the rlimits, the
+   cgroups, then setns into each namespace (joining the mount namespace makes / and the cwd the
+   container's).
+3. A second fork, the process, now in the container's PID namespace; the middle one exits and
+   the shim, a subreaper, becomes its parent. The process: a new session; a terminal made in the
+   container's devpts, its master sent to the shim's console socket; the container's session
+   keyring; no_new_privs; the bounding set; groups, gid and uid, keeping the capabilities
+   across; HOME from the container's /etc/passwd when the env has none, as runc; stdio owned by
+   the user; the cwd; the capabilities; signals back to their defaults; every fd above 2 closed
+   at exec; execve of the program found as Go's exec.LookPath finds it.
+
+Failures come back on a close-on-exec pipe in runc's words, so clients read what they read from
+runc (`exec: "x": executable file not found in $PATH`); EOF after the pid means it exec'd.
+
+Safety, as runc's (CVE-2019-5736): a process that joins a container must not let the container
+reach a host binary through /proc/PID/exe, not even by exec'ing a file whose interpreter is
+`/proc/self/exe`. runc runs from a sealed memfd copy of itself; a shim does too: the zygote is
+started from a sealed memfd copy of the interpreter (`supervisor.runtime.manager`), and a shim
+whose /proc/self/exe is not sealed against writes leaves exec to runc. In the container's mount
+namespace Python runs only from the setns to the execve, with every module imported and every C
+function resolved beforehand and the collector off: the only files opened there are the
+container's /etc/passwd (non-blocking, a regular file, bounded), /dev/null and /dev/ptmx.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import gc
+import json
+import os
+import resource
+import signal
+import socket
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shim.capnames import CAPABILITIES
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+# Joined in runc's order (orderNamespacePaths); a user namespace is left to runc.
+NAMESPACES = (
+    ("NEWIPC", CLONE_NEWIPC),
+    ("NEWUTS", CLONE_NEWUTS),
+    ("NEWNET", CLONE_NEWNET),
+    ("NEWPID", CLONE_NEWPID),
+    ("NEWNS", CLONE_NEWNS),
+    ("NEWCGROUP", CLONE_NEWCGROUP),
+)
+
+PR_SET_DUMPABLE = 4
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+KEYCTL_JOIN_SESSION_KEYRING = 1
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
+CLOSE_RANGE_CLOEXEC = 4
+TIOCSPTLCK = 0x40045431
+TIOCGPTPEER = 0x5441
+TIOCSCTTY = 0x540E
+PASSWD_LIMIT = 1 << 20  # of the container's /etc/passwd read for HOME
+
+# The OCI's rlimit names, by their Linux numbers (Python's resource module lacks some).
+RLIMITS = {
+    name: number
+    for number, name in enumerate((
+        "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CORE",
+        "RLIMIT_RSS", "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_MEMLOCK", "RLIMIT_AS",
+        "RLIMIT_LOCKS", "RLIMIT_SIGPENDING", "RLIMIT_MSGQUEUE", "RLIMIT_NICE",
+        "RLIMIT_RTPRIO", "RLIMIT_RTTIME",
+    ))
+}  # fmt: skip
+CAP_KINDS = ("bounding", "effective", "permitted", "inheritable", "ambient")
+
+
+class Unsupported(Exception):
+    """This exec is left to the runtime's own command; the message says why."""
+
+
+class ExecFailed(Exception):
+    """The process did not start; the message is what runc would have said."""
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+class _Libc:
+    """The C functions the forked processes call, resolved once, before any fork."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.setns = libc.setns
+        self.prctl = libc.prctl
+        self.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                               ctypes.c_ulong]  # fmt: skip
+        self.capset = libc.capset
+        self.syscall = libc.syscall
+        self.close_range = libc.close_range
+        self.close_range.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
+
+    def check(self, result: int, what: str) -> int:
+        if result < 0:
+            e = ctypes.get_errno()
+            raise ExecFailed(f"{what}: {_go_strerror(e)}")
+        return result
+
+
+_libc: _Libc | None = None
+
+
+def _c() -> _Libc:
+    global _libc
+    if _libc is None:
+        _libc = _Libc()
+    return _libc
+
+
+@dataclass
+class Plan:
+    """What the forked processes need, all read from the host beforehand."""
+
+    namespaces: list[tuple[int, int]]  # (fd, CLONE_NEW*)
+    cgroup_procs: list[str]
+    oom_score_adj: int | None
+    rlimits: list[tuple[int, int, int]]
+    args: list[str]
+    env: list[str]
+    cwd: str
+    terminal: bool
+    uid: int
+    gid: int
+    groups: list[int]
+    caps: dict[str, int]  # kind -> bits
+    no_new_privileges: bool
+    keyring: bytes | None
+    last_cap: int
+    keyctl: int
+    fds: list[int] = field(default_factory=list)  # to close once forked
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+_sealed: bool | None = None
+
+
+def self_sealed() -> bool:
+    """Whether this process runs from an executable nothing can write (a sealed memfd)."""
+    global _sealed
+    if _sealed is None:
+        try:
+            fd = os.open("/proc/self/exe", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            _sealed = False
+        else:
+            try:
+                _sealed = bool(fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE)
+            except OSError:  # not a memfd
+                _sealed = False
+            finally:
+                os.close(fd)
+    return _sealed
+
+
+def plan(
+    cid: str,
+    state: dict[str, Any],
+    process: dict[str, Any],
+    alive: Callable[[int, int], bool],
+) -> Plan:
+    """The plan of an exec of `process` into the container whose runc state is `state`;
+    Unsupported when it is runc's to do. `alive(pid, start)`: whether the init still runs."""
+    if not self_sealed():
+        raise Unsupported("the shim does not run from a sealed executable")
+    keyctl = SYS_KEYCTL.get(os.uname().machine)
+    if keyctl is None:
+        raise Unsupported("an architecture this exec does not know")
+    try:
+        config = state["config"]
+        kinds = {ns["type"] for ns in config.get("namespaces") or []}
+        if config.get("seccomp"):
+            raise Unsupported("a seccomp filter")
+        if kinds - {kind for kind, _ in NAMESPACES}:
+            raise Unsupported("a user or time namespace")
+        if config.get("apparmor_profile") or process.get("apparmorProfile"):
+            raise Unsupported("an AppArmor profile")
+        if config.get("process_label") or process.get("selinuxLabel"):
+            raise Unsupported("an SELinux label")
+        if config.get("intel_rdt") or state.get("intel_rdt_path") or state.get("rootless"):
+            raise Unsupported("Intel RDT or a rootless container")
+        if (config.get("cgroups") or {}).get("systemd"):
+            raise Unsupported("systemd cgroups")
+        args = process.get("args") or []
+        cwd = process.get("cwd") or ""
+        if not args or not cwd.startswith("/"):
+            raise Unsupported("an invalid process, which runc words")
+        user = process.get("user") or {}
+        init = int(state["init_process_pid"])
+        started = int(state["init_process_start"])
+        limits = _rlimits(process.get("rlimits"), config.get("rlimits"))
+        caps = _caps(process.get("capabilities") or _config_caps(config))
+        namespace_paths = state.get("namespace_paths") or {}
+        cgroup_paths = sorted(set((state.get("cgroup_paths") or {}).values()))
+        oom = config.get("oom_score_adj")
+        result = Plan(
+            namespaces=[],
+            cgroup_procs=[os.path.join(p, "cgroup.procs") for p in cgroup_paths if p],
+            oom_score_adj=None if oom is None else int(oom),
+            rlimits=limits,
+            args=[str(a) for a in args],
+            env=[str(e) for e in process.get("env") or []],
+            cwd=cwd,
+            terminal=bool(process.get("terminal")),
+            uid=int(user.get("uid") or 0),
+            gid=int(user.get("gid") or 0),
+            groups=[int(g) for g in user.get("additionalGids") or []],
+            caps=caps,
+            no_new_privileges=bool(process.get("noNewPrivileges")),
+            keyring=None if config.get("no_new_keyring") else f"_ses.{cid}".encode(),
+            last_cap=_last_cap(),
+            keyctl=keyctl,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise Unsupported(f"a state or process this exec does not read: {e!r}") from None
+    result.cgroup_procs = [p for p in result.cgroup_procs if os.path.exists(p)]
+    try:
+        for kind, flag in NAMESPACES:
+            if kind in kinds:
+                fd = os.open(namespace_paths[kind], os.O_RDONLY | os.O_CLOEXEC)
+                result.fds.append(fd)
+                result.namespaces.append((fd, flag))
+        if not alive(init, started):  # the namespaces opened must be that init's
+            raise Unsupported("the container's init is gone")
+    except (OSError, KeyError):
+        result.close()
+        raise Unsupported("the container's namespaces are gone") from None
+    except BaseException:
+        result.close()
+        raise
+    return result
+
+
+def start(
+    plan: Plan,
+    stdio: tuple[int, int, int],
+    console_socket: str,
+    on_reaped: Callable[[int, int], None],
+) -> int:
+    """Start the planned process; its pid. ExecFailed in runc's words if it did not start."""
+    c = _c()
+    errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
+    console = None
+    try:
+        if plan.terminal:
+            console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            console.connect(console_socket)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            middle = os.fork()
+            if middle == 0:
+                _middle(c, plan, stdio, errors_w, console)  # never returns
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    finally:
+        os.close(errors_w)
+        if console is not None:
+            console.close()
+        plan.close()
+    try:
+        _wait(middle, on_reaped)
+        report = b""
+        while chunk := os.read(errors_r, 65536):
+            report += chunk
+    finally:
+        os.close(errors_r)
+    pid = 0
+    for line in report.split(b"\0"):
+        if line.startswith(b"P"):
+            pid = int(line[1:])
+        elif line.startswith(b"E"):
+            raise ExecFailed(line[1:].decode(errors="replace"))
+    if not pid:
+        raise ExecFailed("the exec's middle process died")
+    return pid
+
+
+def _wait(pid: int, on_reaped: Callable[[int, int], None]) -> None:
+    while True:
+        try:
+            reaped, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if reaped == pid:
+            return
+        on_reaped(reaped, status)
+
+
+# -- in the forked processes: no imports, no host files after the setns ----------------------
+
+
+def _middle(
+    c: _Libc,
+    plan: Plan,
+    stdio: tuple[int, int, int],
+    report: int,
+    console: socket.socket | None,
+) -> None:
+    gc.disable()
+    try:
+        high = [os.dup(fd) for fd in stdio]
+        for target, fd in enumerate(high):
+            os.dup2(fd, target)
+        for fd in high:
+            if fd > 2:
+                os.close(fd)
+        c.check(c.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl")
+        # Nothing of the shim's goes into the container: every fd but stdio, the report, the
+        # console's socket and the namespaces is closed before the first setns.
+        keep = [report, *(fd for fd, _ in plan.namespaces)]
+        if console is not None:
+            keep.append(console.fileno())
+        low = 3
+        for fd in sorted(keep):
+            if fd > low:
+                c.check(c.close_range(low, fd - 1, 0), "error closing fds")
+            low = max(low, fd + 1)
+        c.check(c.close_range(low, 0xFFFFFFFF, 0), "error closing fds")
+        if plan.oom_score_adj is not None:
+            _write("/proc/self/oom_score_adj", str(plan.oom_score_adj).encode())
+        for kind, soft, hard in plan.rlimits:
+            resource.setrlimit(kind, (soft, hard))
+        me = str(os.getpid()).encode()
+        for procs in plan.cgroup_procs:
+            _write(procs, me)
+        for fd, flag in plan.namespaces:
+            c.check(c.setns(fd, flag), f"nsenter: failed to setns to fd {fd}")
+        for fd, _ in plan.namespaces:
+            os.close(fd)
+        pid = os.fork()
+        if pid == 0:
+            _process(c, plan, report, console)  # never returns
+        os.write(report, b"P%d\0" % pid)
+        os._exit(0)
+    except BaseException as e:
+        _fail(report, e)
+
+
+def _process(c: _Libc, plan: Plan, report: int, console: socket.socket | None) -> None:
+    try:
+        os.setsid()
+        if console is not None:
+            _terminal(console)
+        if plan.keyring is not None:
+            result = c.syscall(plan.keyctl, KEYCTL_JOIN_SESSION_KEYRING, plan.keyring)
+            if result < 0 and ctypes.get_errno() != errno.ENOSYS:
+                c.check(result, "unable to join session keyring")
+        if plan.no_new_privileges:
+            c.check(c.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl")
+        env = list(plan.env)
+        if not any(e.startswith("HOME=") for e in env):
+            env.append("HOME=" + _home(plan.uid))
+        _own_stdio(plan.uid)
+        c.check(c.close_range(3, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC), "error closing exec fds")
+        chdir_later = False
+        try:
+            os.chdir(plan.cwd)
+        except PermissionError:  # perhaps the user may: again once it is the user
+            chdir_later = True
+        except OSError as e:
+            raise ExecFailed(_chdir_error(plan.cwd, e)) from None
+        bounding = plan.caps["bounding"]
+        for cap in range(plan.last_cap + 1):
+            if not bounding >> cap & 1:
+                c.check(c.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "prctl")
+        c.check(c.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl")
+        os.setgroups(plan.groups)
+        os.setgid(plan.gid)
+        os.setuid(plan.uid)
+        if chdir_later:
+            try:
+                os.chdir(plan.cwd)
+            except OSError as e:
+                raise ExecFailed(_chdir_error(plan.cwd, e)) from None
+        c.check(c.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0), "prctl")
+        _capset(c, plan.caps)
+        c.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        for cap in range(plan.last_cap + 1):
+            if plan.caps["ambient"] >> cap & 1:
+                c.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0)
+        path = _look_path(plan.args[0], env)
+        for sig in signal.valid_signals():
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                with contextlib.suppress(OSError, ValueError):
+                    signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        try:
+            os.execve(path, plan.args, _environ(env))
+        except OSError as e:
+            raise ExecFailed(f"exec {path}: {_go_strerror(e.errno)}") from None
+    except BaseException as e:
+        _fail(report, e)
+
+
+def _terminal(console: socket.socket) -> None:
+    """A pty in the container's devpts: the master to the shim, the peer as stdio and the
+    controlling terminal (runc's setupConsole and Setctty)."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, TIOCSPTLCK, b"\0\0\0\0")
+        peer = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+        socket.send_fds(console, [b"/dev/ptmx"], [master])
+    finally:
+        os.close(master)
+        console.close()
+    for target in (0, 1, 2):
+        os.dup2(peer, target)
+    os.close(peer)
+    fcntl.ioctl(0, TIOCSCTTY, 0)
+
+
+def _home(uid: int) -> str:
+    """The user's home in the container's /etc/passwd, else "/" (runc's GetExecUser)."""
+    try:
+        fd = os.open("/etc/passwd", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return "/"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "/"
+        data = os.read(fd, PASSWD_LIMIT)
+    finally:
+        os.close(fd)
+    for line in data.decode(errors="replace").splitlines():
+        fields = line.strip().split(":")
+        if len(fields) >= 6 and fields[2].strip() == str(uid):
+            return fields[5]
+    return "/"
+
+
+def _own_stdio(uid: int) -> None:
+    """runc's fixStdioPermissions: stdio that is not /dev/null becomes the user's."""
+    try:
+        null = os.stat("/dev/null").st_rdev
+    except OSError as e:
+        raise ExecFailed(f"stat /dev/null: {_go_strerror(e.errno)}") from None
+    for fd in (0, 1, 2):
+        st = os.fstat(fd)
+        if st.st_uid == uid or (st.st_rdev and st.st_rdev == null):
+            continue
+        try:
+            os.fchown(fd, uid, -1)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EPERM, errno.EROFS):
+                raise
+
+
+def _capset(c: _Libc, caps: dict[str, int]) -> None:
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for word in (0, 1):
+        data[word].effective = caps["effective"] >> (32 * word) & 0xFFFFFFFF
+        data[word].permitted = caps["permitted"] >> (32 * word) & 0xFFFFFFFF
+        data[word].inheritable = caps["inheritable"] >> (32 * word) & 0xFFFFFFFF
+    c.check(c.capset(ctypes.byref(header), data), "capset")
+
+
+def _look_path(name: str, env: list[str]) -> str:
+    """Go 1.19's exec.LookPath over the process's PATH, with its errors."""
+    if "/" in name:
+        _executable(name, name)
+        return name
+    path = next((e[5:] for e in reversed(env) if e.startswith("PATH=")), "")
+    for directory in path.split(":") if path else []:
+        candidate = os.path.join(directory or ".", name)
+        try:
+            _executable(candidate, name)
+        except ExecFailed:
+            continue
+        if not candidate.startswith("/"):
+            raise ExecFailed(
+                f"exec: {_quote(name)}: cannot run executable found relative to current directory"
+            )
+        return candidate
+    raise ExecFailed(f"exec: {_quote(name)}: executable file not found in $PATH")
+
+
+def _executable(path: str, name: str) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ExecFailed(f"exec: {_quote(name)}: stat {path}: {_go_strerror(e.errno)}") from None
+    if stat.S_ISDIR(st.st_mode) or not st.st_mode & 0o111:
+        raise ExecFailed(f"exec: {_quote(name)}: permission denied")
+
+
+def _environ(env: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for entry in env:
+        key, sep, value = entry.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def _chdir_error(cwd: str, e: OSError) -> str:
+    return f"chdir to cwd ({_quote(cwd)}) set in config.json failed: {_go_strerror(e.errno)}"
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _fail(report: int, e: BaseException) -> None:
+    if isinstance(e, ExecFailed):
+        message = str(e)
+    elif isinstance(e, OSError):
+        where = f" {e.filename}" if e.filename else ""
+        message = f"{type(e).__name__}{where}: {_go_strerror(e.errno)}"
+    else:
+        message = repr(e)
+    try:
+        os.write(report, b"E" + message.encode(errors="replace") + b"\0")
+    finally:
+        os._exit(1)
+
+
+# -- read in the shim ---------------------------------------------------------------------
+
+
+def _go_strerror(number: int | None) -> str:
+    """An errno as Go prints it (glibc's text, lower-cased first letter)."""
+    text = os.strerror(number or 0)
+    return text[:1].lower() + text[1:]
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _rlimits(
+    process: list[dict[str, Any]] | None, config: list[dict[str, Any]] | None
+) -> list[tuple[int, int, int]]:
+    """The process's rlimits (OCI names), else the container's (runc's numbers)."""
+    if process:
+        out = []
+        for limit in process:
+            kind = RLIMITS.get(limit["type"])
+            if kind is None:
+                raise Unsupported(f"an rlimit this exec does not know: {limit['type']}")
+            out.append((kind, int(limit["soft"]), int(limit["hard"])))
+        return out
+    return [(int(r["type"]), int(r["soft"]), int(r["hard"])) for r in config or []]
+
+
+def _config_caps(config: dict[str, Any]) -> dict[str, list[str]]:
+    caps = config.get("capabilities") or {}
+    return {kind: caps.get(kind.capitalize()) or [] for kind in CAP_KINDS}
+
+
+def _caps(caps: dict[str, list[str]]) -> dict[str, int]:
+    """Each kind's names as bits; names this kernel or table lacks are left out, as runc
+    ignores them."""
+    last = _last_cap()
+    out = {}
+    for kind in CAP_KINDS:
+        bits = 0
+        for name in caps.get(kind) or []:
+            if name in CAPABILITIES and CAPABILITIES.index(name) <= last:
+                bits |= 1 << CAPABILITIES.index(name)
+        out[kind] = bits
+    return out
+
+
+_cap_last: int | None = None
+
+
+def _last_cap() -> int:
+    global _cap_last
+    if _cap_last is None:
+        try:
+            with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+                _cap_last = int(f.read())
+        except (OSError, ValueError):
+            _cap_last = len(CAPABILITIES) - 1
+    return _cap_last
