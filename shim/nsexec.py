@@ -14,20 +14,22 @@ The steps, in the order of runc 1.1's `setnsProcess` and `linuxSetnsInit`:
    -ENOSYS stub for newer syscalls), a user namespace, an AppArmor or SELinux label, Intel
    RDT, systemd cgroups, an invalid process (runc words the error), an init that is gone, or a
    shim whose own executable is not a sealed copy (below).
-2. A fork, the middle process: stdio on 0-2, not dumpable (nothing in the container may open
-   its memory, its fds or /proc/PID/exe), the container's oom_score_adj, the rlimits, the
-   cgroups, then setns into each namespace (joining the mount namespace makes / and the cwd the
-   container's).
-3. A second fork, the process, now in the container's PID namespace; the middle one exits and
-   the shim, a subreaper, becomes its parent. The process: a new session; a terminal made in the
-   container's devpts, its master sent to the shim's console socket; the container's session
-   keyring; no_new_privs; the bounding set; groups, gid and uid, keeping the capabilities
-   across; HOME from the container's /etc/passwd when the env has none, as runc; stdio owned by
-   the user; the cwd; the capabilities; signals back to their defaults; every fd above 2 closed
-   at exec; execve of the program found as Go's exec.LookPath finds it.
+2. One fork, born in the container's PID namespace: the shim enters it for its children only
+   (setns of the PID namespace), forks, and returns to its own at once, so no middle process
+   is needed. The child: stdio on 0-2, not dumpable (nothing in the container may open its
+   memory, its fds or /proc/PID/exe), every other fd of the shim closed, the container's
+   oom_score_adj and rlimits, its cgroups (the first migration into a cgroup after a while
+   waits for an RCU grace period, ~10 ms here, as runc's does), then setns into the other
+   namespaces (joining the mount namespace makes / and the cwd the container's).
+3. Then, as runc's init for an exec: a new session; a terminal made in the container's devpts,
+   its master sent to the shim's console socket; the container's session keyring;
+   no_new_privs; the bounding set; groups, gid and uid, keeping the capabilities across; HOME
+   from the container's /etc/passwd when the env has none, as runc; stdio owned by the user;
+   the cwd; the capabilities; signals back to their defaults; every fd above 2 closed at exec;
+   execve of the program found as Go's exec.LookPath finds it.
 
 Failures come back on a close-on-exec pipe in runc's words, so clients read what they read from
-runc (`exec: "x": executable file not found in $PATH`); EOF after the pid means it exec'd.
+runc (`exec: "x": executable file not found in $PATH`); EOF alone means it exec'd.
 
 Safety, as runc's (CVE-2019-5736): a process that joins a container must not let the container
 reach a host binary through /proc/PID/exe, not even by exec'ing a file whose interpreter is
@@ -281,25 +283,28 @@ def plan(
     return result
 
 
-def start(
-    plan: Plan,
-    stdio: tuple[int, int, int],
-    console_socket: str,
-    on_reaped: Callable[[int, int], None],
-) -> int:
+def start(plan: Plan, stdio: tuple[int, int, int], console_socket: str) -> int:
     """Start the planned process; its pid. ExecFailed in runc's words if it did not start."""
     c = _c()
+    pid_ns = next((fd for fd, flag in plan.namespaces if flag == CLONE_NEWPID), None)
     errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
     console = None
     try:
         if plan.terminal:
             console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             console.connect(console_socket)
+        own_pid_ns = _own_pid_namespace() if pid_ns is not None else None
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
-            middle = os.fork()
-            if middle == 0:
-                _middle(c, plan, stdio, errors_w, console)  # never returns
+            if pid_ns is not None:  # for the child only: the shim stays where it is
+                c.check(c.setns(pid_ns, CLONE_NEWPID), "nsenter: failed to setns to the PID ns")
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    _child(c, plan, stdio, errors_w, console)  # never returns
+            finally:
+                if own_pid_ns is not None:
+                    c.check(c.setns(own_pid_ns, CLONE_NEWPID), "setns back to the shim's PID ns")
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     finally:
@@ -308,46 +313,38 @@ def start(
             console.close()
         plan.close()
     try:
-        _wait(middle, on_reaped)
         report = b""
-        while chunk := os.read(errors_r, 65536):
+        while chunk := os.read(errors_r, 65536):  # EOF: it exec'd (or died on its way)
             report += chunk
     finally:
         os.close(errors_r)
-    pid = 0
-    for line in report.split(b"\0"):
-        if line.startswith(b"P"):
-            pid = int(line[1:])
-        elif line.startswith(b"E"):
-            raise ExecFailed(line[1:].decode(errors="replace"))
-    if not pid:
-        raise ExecFailed("the exec's middle process died")
+    if report.startswith(b"E"):
+        raise ExecFailed(report[1:].rstrip(b"\0").decode(errors="replace"))
     return pid
 
 
-def _wait(pid: int, on_reaped: Callable[[int, int], None]) -> None:
-    while True:
-        try:
-            reaped, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-        except InterruptedError:
-            continue
-        if reaped == pid:
-            return
-        on_reaped(reaped, status)
+_pid_ns: int | None = None
 
 
-# -- in the forked processes: no imports, no host files after the setns ----------------------
+def _own_pid_namespace() -> int:
+    """An fd of the shim's own PID namespace, to return its children's to (kept open)."""
+    global _pid_ns
+    if _pid_ns is None:
+        _pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    return _pid_ns
 
 
-def _middle(
+# -- in the forked process: no imports, no host files after the setns ------------------------
+
+
+def _child(
     c: _Libc,
     plan: Plan,
     stdio: tuple[int, int, int],
     report: int,
     console: socket.socket | None,
 ) -> None:
+    """Born in the container's PID namespace; joins the rest, then becomes the process."""
     gc.disable()
     try:
         high = [os.dup(fd) for fd in stdio]
@@ -372,20 +369,15 @@ def _middle(
             _write("/proc/self/oom_score_adj", str(plan.oom_score_adj).encode())
         for kind, soft, hard in plan.rlimits:
             resource.setrlimit(kind, (soft, hard))
-        me = str(os.getpid()).encode()
         for procs in plan.cgroup_procs:
-            _write(procs, me)
+            _write(procs, b"0")  # 0: the writer
         for fd, flag in plan.namespaces:
-            c.check(c.setns(fd, flag), f"nsenter: failed to setns to fd {fd}")
-        for fd, _ in plan.namespaces:
+            if flag != CLONE_NEWPID:  # born there
+                c.check(c.setns(fd, flag), f"nsenter: failed to setns to fd {fd}")
             os.close(fd)
-        pid = os.fork()
-        if pid == 0:
-            _process(c, plan, report, console)  # never returns
-        os.write(report, b"P%d\0" % pid)
-        os._exit(0)
     except BaseException as e:
         _fail(report, e)
+    _process(c, plan, report, console)
 
 
 def _process(c: _Libc, plan: Plan, report: int, console: socket.socket | None) -> None:
@@ -431,8 +423,8 @@ def _process(c: _Libc, plan: Plan, report: int, console: socket.socket | None) -
             if plan.caps["ambient"] >> cap & 1:
                 c.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0)
         path = _look_path(plan.args[0], env)
-        for sig in signal.valid_signals():
-            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+        for sig in signal.valid_signals():  # those the shim set (Python knows them all)
+            if signal.getsignal(sig) != signal.SIG_DFL:
                 with contextlib.suppress(OSError, ValueError):
                     signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())

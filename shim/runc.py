@@ -156,7 +156,7 @@ class Runtime:
         except (OSError, ValueError, nsexec.Unsupported):
             return 0
         try:
-            return nsexec.start(plan, stdio, console_socket, self._on_reaped)
+            return nsexec.start(plan, stdio, console_socket)
         except nsexec.ExecFailed as e:
             raise RuntimeFailed(f"exec failed: unable to start container process: {e}") from None
         except OSError as e:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import re
 import select
 import shutil
 import subprocess
@@ -132,8 +133,9 @@ def _in_a_terminal(daemon: Ctrd, name: str) -> tuple[int, str]:
             out += chunk
     os.close(fd)
     _, status = os.waitpid(pid, 0)
-    lines = [line for line in out.decode(errors="replace").splitlines() if line.strip()]
-    answers = [line for line in lines if line.startswith(("/dev/pts/", "crw", "t"))]
+    lines = [line.strip() for line in out.decode(errors="replace").splitlines()]
+    # (the typed line is echoed once or twice, by timing: only the shell's answers count)
+    answers = [line for line in lines if re.fullmatch(r"/dev/pts/\d+|crw\S*|t", line)]
     return os.waitstatus_to_exitcode(status), "\n".join(answers)
 
 
