@@ -856,8 +856,10 @@ def cmd_exec(client: Client, args: argparse.Namespace) -> int:
     if args.env:
         process["env"] = oci.merge_env(process.get("env", []), _env(args.env, []))
     if args.user:
-        user = oci.resolve_user(args.user, None)
-        process["user"] = {"uid": user.uid, "gid": user.gid}
+        user = _user_in_container(client, cid, args.user)
+        process["user"] = {
+            "uid": user.uid, "gid": user.gid, "additionalGids": list(user.additional_gids),
+        }  # fmt: skip
     exec_id = f"exec-{time.time_ns()}"
     stdio = _Stdio(args.interactive, args.tty)
     try:
@@ -893,6 +895,51 @@ def cmd_exec(client: Client, args: argparse.Namespace) -> int:
     finally:
         stdio.close()
     return status
+
+
+def _user_in_container(client: Client, cid: str, user: str) -> oci.User:
+    """`exec -u`'s user resolved in the running container's /etc/passwd and /etc/group, as
+    dockerd resolves it (by name or uid, its gid and groups), read through ctrd's archive
+    service into a scratch directory."""
+    import io
+    import tarfile
+    import tempfile
+    from pathlib import Path
+
+    from ctl.client import stub
+    from supervisor.api.ctrd.services.archive.v1 import archive_pb2
+
+    archive = stub(client.channel, archive_pb2, "Archive")
+    with tempfile.TemporaryDirectory(prefix="ctrctl-users-") as scratch:
+        (Path(scratch) / "etc").mkdir()
+        for name in ("passwd", "group"):
+            path = f"/etc/{name}"
+            for _ in range(8):  # a symlink's target, as the container would read it
+                try:
+                    data = b"".join(
+                        m.data
+                        for m in archive.Get(
+                            archive_pb2.GetRequest(container_id=cid, path=path),
+                            metadata=client.md,
+                        )
+                    )
+                except grpc.RpcError as e:
+                    if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.NOT_FOUND:
+                        break
+                    raise
+                with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                    member = next(iter(tar), None)
+                    if member is None:
+                        break
+                    if member.issym():
+                        target = member.linkname
+                        path = target if target.startswith("/") else f"/etc/{target}"
+                        continue
+                    content = tar.extractfile(member) if member.isfile() else None
+                    if content is not None:
+                        (Path(scratch) / "etc" / name).write_bytes(content.read())
+                break
+        return oci.resolve_user(user, Path(scratch))
 
 
 def cmd_inspect(client: Client, args: argparse.Namespace) -> int:

@@ -373,3 +373,22 @@ def test_a_run_unpacks_an_image_whose_snapshots_are_gone(ctrd, busybox2_image):
     assert (ran.returncode, ran.stdout, ran.stderr) == (0, "65534\n", "")
     assert snapshots() == unpacked
     assert ctrd.ctr("leases", "ls", "-q").stdout.split() == []
+
+
+def test_exec_user_is_found_in_the_running_container(ctrd, busybox_image):
+    """`exec -u` by name or uid reads the container's /etc/passwd and /etc/group, as dockerd
+    does: the entry's gid and groups, a group by name, words for a name that is not there."""
+    ref = pull(ctrd, busybox_image)
+    assert ctrctl(ctrd, "run", "-d", "--name", "u", ref, "sleep", "1000").returncode == 0
+    wrote = ctrctl(ctrd, "exec", "u", "sh", "-c", "echo x:x:4242:4242::/:/bin/sh >> /etc/passwd")
+    assert wrote.returncode == 0, wrote.stderr
+    by_name = ctrctl(ctrd, "exec", "-u", "nobody", "u", "id")
+    assert by_name.stdout == "uid=65534(nobody) gid=65534(nobody) groups=65534(nobody)\n"
+    by_uid = ctrctl(ctrd, "exec", "-u", "1000", "u", "id")
+    assert by_uid.stdout == "uid=1000(app) gid=1000(app) groups=1000(app)\n", by_uid.stderr
+    added = ctrctl(ctrd, "exec", "-u", "x:app", "u", "id")  # an entry the container wrote
+    assert added.stdout == "uid=4242(x) gid=1000(app) groups=1000(app)\n", added.stderr
+    missing = ctrctl(ctrd, "exec", "-u", "nope", "u", "id")
+    assert missing.returncode == 125
+    assert "unable to find user nope: no matching entries in passwd file" in missing.stderr
+    assert ctrctl(ctrd, "rm", "-f", "u").returncode == 0
