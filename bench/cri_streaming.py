@@ -8,7 +8,8 @@ run (who goes first flips every run):
 
 1. `crictl exec CONTAINER true`, timed end to end (`--exec-runs`, default 20, after a warm-up
    each): the Exec RPC, the SPDY upgrade, the exec through the shim, the status. Issue 18's
-   target: ctrd's median at most 0.8x containerd's.
+   target: ctrd's median at most 0.8x containerd's. `--parts execsync`: the same with
+   `crictl exec -s` (the ExecSync RPC, as kubelet's exec probes run).
 2. port-forward throughput: one `crictl port-forward POD LOCAL:80` per runtime, kept for the
    whole part; `curl` fetches `big` through it (`--transfer-runs`, default 5, after a warm-up
    each), MB/s from curl's own time. Target: ctrd's median at least containerd's.
@@ -54,7 +55,7 @@ from cri import (
 )
 
 RUNTIMES = ("ctrd", "containerd")
-PARTS = ("exec", "transfer", "resets")
+PARTS = ("exec", "execsync", "transfer", "resets")
 
 
 @dataclass
@@ -113,24 +114,26 @@ def _crictl(rt: Runtime, *args: str) -> list[str]:
 # --- 1. exec latency -------------------------------------------------------------------------
 
 
-def exec_once(pod: Pod) -> float:
+def exec_once(pod: Pod, sync: bool = False) -> float:
     start = time.perf_counter()
-    done = run(_crictl(pod.runtime, "exec", pod.container, "true"), capture_output=True)
+    flags = ["-s"] if sync else []
+    done = run(_crictl(pod.runtime, "exec", *flags, pod.container, "true"), capture_output=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{pod.runtime.name}: crictl exec: {done.stderr!r}")
     return seconds
 
 
-def measure_exec(pods: Sequence[Pod], runs: int) -> None:
+def measure_exec(pods: Sequence[Pod], runs: int, sync: bool = False) -> None:
     for pod in pods:
-        exec_once(pod)
+        exec_once(pod, sync)
     samples = Samples()
     for n in range(runs):
         for pod in pods if n % 2 == 0 else list(reversed(pods)):
-            samples.add(pod.runtime.name, exec_once(pod))
-    print(f"\n== crictl exec CONTAINER true, {runs} runs each")
-    samples.report_spread("exec:", lambda s: f"{s * 1000:.1f} ms")
+            samples.add(pod.runtime.name, exec_once(pod, sync))
+    what = "exec -s" if sync else "exec"
+    print(f"\n== crictl {what} CONTAINER true, {runs} runs each")
+    samples.report_spread(f"{what}:", lambda s: f"{s * 1000:.1f} ms")
 
 
 # --- 2. port-forward throughput --------------------------------------------------------------
@@ -263,6 +266,8 @@ def main() -> None:
         print(f"load average before: {os.getloadavg()[0]:.2f}")
         if "exec" in args.parts and args.exec_runs:
             measure_exec(pods, args.exec_runs)
+        if "execsync" in args.parts and args.exec_runs:
+            measure_exec(pods, args.exec_runs, sync=True)
         if "transfer" in args.parts and args.transfer_runs:
             measure_transfer(pods, args.transfer_runs, args.megabytes)
         if "resets" in args.parts:
