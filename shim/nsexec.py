@@ -10,10 +10,11 @@ The steps, in the order of runc 1.1's `setnsProcess` and `linuxSetnsInit`:
 1. In the shim (`plan`): everything read from the host. The container's namespaces are opened
    by their /proc paths and the init is checked to be the same process afterwards; its cgroups,
    rlimits, oom_score_adj, the process's user and capabilities are read. A container the plan
-   does not cover is left to runc (`Unsupported`): a seccomp filter (runc's has its own
-   -ENOSYS stub for newer syscalls), a user namespace, an AppArmor or SELinux label, Intel
-   RDT, systemd cgroups, an invalid process (runc words the error), an init that is gone, or a
-   shim whose own executable is not a sealed copy (below).
+   does not cover is left to runc (`Unsupported`): a user namespace, an AppArmor or SELinux
+   label, Intel RDT, systemd cgroups, an invalid process (runc words the error), an init that
+   is gone, a seccomp filter `shim.runcseccomp` cannot rebuild exactly as runc would, or a
+   shim whose own executable is not a sealed copy (below). A seccomp filter is rebuilt here,
+   byte for byte runc's, once per container.
 2. One fork, born in the container's PID namespace: the shim enters it for its children only
    (setns of the PID namespace), forks, and returns to its own at once, so no middle process
    is needed. The child: stdio on 0-2, not dumpable (nothing in the container may open its
@@ -21,11 +22,14 @@ The steps, in the order of runc 1.1's `setnsProcess` and `linuxSetnsInit`:
    oom_score_adj and rlimits, its cgroups (the first migration into a cgroup after a while
    waits for an RCU grace period, ~10 ms here, as runc's does), then setns into the other
    namespaces (joining the mount namespace makes / and the cwd the container's).
-3. Then, as runc's init for an exec: a new session; a terminal made in the container's devpts,
-   its master sent to the shim's console socket; the container's session keyring;
-   no_new_privs; the bounding set; groups, gid and uid, keeping the capabilities across; HOME
-   from the container's /etc/passwd when the env has none, as runc; stdio owned by the user;
-   the cwd; the capabilities; signals back to their defaults; every fd above 2 closed at exec;
+3. Then, as runc's init for an exec (Debian's 1.1.5, with the CVE-2024-21626 backport's
+   order): a new session; a terminal made in the container's devpts, its master sent to the
+   shim's console socket; the container's session keyring; no_new_privs; the seccomp filter
+   here when the process has no no_new_privs (loading one then needs the root it still is),
+   else just before the execve; the bounding set; groups, gid and uid, keeping the
+   capabilities across; HOME from the container's /etc/passwd when the env has none, as runc;
+   stdio owned by the user; the cwd; the capabilities; signals back to their defaults; every
+   fd above 2 closed at exec;
    execve of the program found as Go's exec.LookPath finds it.
 
 Failures come back on a close-on-exec pipe in runc's words, so clients read what they read from
@@ -58,6 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shim import runcseccomp
 from shim.capnames import CAPABILITIES
 
 CLONE_NEWNS = 0x00020000
@@ -80,6 +85,8 @@ PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -123,6 +130,10 @@ class _CapData(ctypes.Structure):
         ("permitted", ctypes.c_uint32),
         ("inheritable", ctypes.c_uint32),
     ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
 class _Libc:
@@ -176,7 +187,9 @@ class Plan:
     keyring: bytes | None
     last_cap: int
     keyctl: int
+    seccomp: bytes | None = None  # runc's filter for the container (shim.runcseccomp)
     fds: list[int] = field(default_factory=list)  # to close once forked
+    fprog: Any = None  # the filter as a struct sock_fprog, made before the fork
 
     def close(self) -> None:
         for fd in self.fds:
@@ -210,9 +223,11 @@ def plan(
     state: dict[str, Any],
     process: dict[str, Any],
     alive: Callable[[int, int], bool],
+    runtime: str = "runc",
 ) -> Plan:
     """The plan of an exec of `process` into the container whose runc state is `state`;
-    Unsupported when it is runc's to do. `alive(pid, start)`: whether the init still runs."""
+    Unsupported when it is runc's to do. `alive(pid, start)`: whether the init still runs;
+    `runtime` the runc binary (its version decides whether its seccomp filter is rebuilt)."""
     if not self_sealed():
         raise Unsupported("the shim does not run from a sealed executable")
     keyctl = SYS_KEYCTL.get(os.uname().machine)
@@ -221,8 +236,13 @@ def plan(
     try:
         config = state["config"]
         kinds = {ns["type"] for ns in config.get("namespaces") or []}
+        seccomp = None
         if config.get("seccomp"):
-            raise Unsupported("a seccomp filter")
+            try:
+                runcseccomp.check_runc(runtime)
+                seccomp = runcseccomp.program(config["seccomp"])
+            except runcseccomp.Unsupported as e:
+                raise Unsupported(f"a seccomp filter: {e}") from None
         if kinds - {kind for kind, _ in NAMESPACES}:
             raise Unsupported("a user or time namespace")
         if config.get("apparmor_profile") or process.get("apparmorProfile"):
@@ -262,6 +282,7 @@ def plan(
             keyring=None if config.get("no_new_keyring") else f"_ses.{cid}".encode(),
             last_cap=_last_cap(),
             keyctl=keyctl,
+            seccomp=seccomp,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise Unsupported(f"a state or process this exec does not read: {e!r}") from None
@@ -286,6 +307,10 @@ def plan(
 def start(plan: Plan, stdio: tuple[int, int, int], console_socket: str) -> int:
     """Start the planned process; its pid. ExecFailed in runc's words if it did not start."""
     c = _c()
+    buffer = None
+    if plan.seccomp is not None:
+        buffer = ctypes.create_string_buffer(plan.seccomp, len(plan.seccomp))
+        plan.fprog = _SockFprog(len(plan.seccomp) // 8, ctypes.addressof(buffer))
     pid_ns = next((fd for fd, flag in plan.namespaces if flag == CLONE_NEWPID), None)
     errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
     console = None
@@ -391,11 +416,13 @@ def _process(c: _Libc, plan: Plan, report: int, console: socket.socket | None) -
                 c.check(result, "unable to join session keyring")
         if plan.no_new_privileges:
             c.check(c.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl")
+        c.check(c.close_range(3, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC), "error closing exec fds")
+        if plan.fprog is not None and not plan.no_new_privileges:
+            _load_seccomp(c, plan)  # runc's early load: still root, CAP_SYS_ADMIN needed
         env = list(plan.env)
         if not any(e.startswith("HOME=") for e in env):
             env.append("HOME=" + _home(plan.uid))
         _own_stdio(plan.uid)
-        c.check(c.close_range(3, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC), "error closing exec fds")
         chdir_later = False
         try:
             os.chdir(plan.cwd)
@@ -428,12 +455,25 @@ def _process(c: _Libc, plan: Plan, report: int, console: socket.socket | None) -
                 with contextlib.suppress(OSError, ValueError):
                     signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        environ = _environ(env)
+        if plan.fprog is not None and plan.no_new_privileges:
+            _load_seccomp(c, plan)  # as late as runc: only the execve runs under it
         try:
-            os.execve(path, plan.args, _environ(env))
+            os.execve(path, plan.args, environ)
         except OSError as e:
             raise ExecFailed(f"exec {path}: {_go_strerror(e.errno)}") from None
     except BaseException as e:
         _fail(report, e)
+
+
+def _load_seccomp(c: _Libc, plan: Plan) -> None:
+    """The filter, loaded as runc loads it: prctl(PR_SET_SECCOMP), no flags."""
+    if c.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(plan.fprog), 0, 0) < 0:
+        why = _go_strerror(ctypes.get_errno())
+        message = f"error loading seccomp filter into kernel: error loading seccomp filter: {why}"
+        if plan.no_new_privileges:
+            message = f"unable to init seccomp: {message}"
+        raise ExecFailed(message)
 
 
 def _terminal(console: socket.socket) -> None:

@@ -152,7 +152,7 @@ class Runtime:
         try:
             with open(os.path.join(self.root, cid, STATE), "rb") as f:
                 state = json.load(f)
-            plan = nsexec.plan(cid, state, process, _alive)
+            plan = nsexec.plan(cid, state, process, _alive, self.binary)
         except (OSError, ValueError, nsexec.Unsupported):
             return 0
         try:

@@ -50,7 +50,10 @@ def test_a_shim_not_running_from_a_sealed_copy_leaves_exec_to_runc(monkeypatch):
 @pytest.mark.parametrize(
     ("state", "process", "why"),
     [
-        (_state(seccomp={"default_action": 2}), PROCESS, "seccomp"),
+        (_state(seccomp={"default_action": 2, "syscalls": [{"name": "kill", "action": 7}]}),
+         PROCESS, "seccomp filter: a seccomp notify rule"),
+        (_state(seccomp={"default_action": 2, "architectures": ["sparc"]}), PROCESS,
+         "seccomp architecture sparc"),
         (_state(namespaces=[{"type": "NEWUSER", "path": ""}]), PROCESS, "user"),
         (_state(apparmor_profile="docker-default"), PROCESS, "AppArmor"),
         (_state(), {**PROCESS, "apparmorProfile": "x"}, "AppArmor"),
@@ -66,6 +69,15 @@ def test_a_shim_not_running_from_a_sealed_copy_leaves_exec_to_runc(monkeypatch):
 def test_what_runc_keeps(sealed, state, process, why):
     with pytest.raises(nsexec.Unsupported, match=why):
         _plan(state, process)
+
+
+def test_a_filter_for_a_runc_it_was_not_compared_with_is_runcs(sealed, tmp_path):
+    fake = tmp_path / "runc"
+    fake.write_text("#!/bin/sh\necho runc version 1.2.0\necho libseccomp: 2.5.4\n")
+    fake.chmod(0o755)
+    with pytest.raises(nsexec.Unsupported, match=r"runc 1\.2\.0"):
+        nsexec.plan("c1", _state(seccomp={"default_action": 2}), PROCESS, lambda *_: True,
+                    str(fake))  # fmt: skip
 
 
 def test_an_init_gone_is_runcs_to_report(sealed):
