@@ -58,6 +58,8 @@ import resource
 import signal
 import socket
 import stat
+import struct
+import termios
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,6 +181,7 @@ class Plan:
     env: list[str]
     cwd: str
     terminal: bool
+    console_size: tuple[int, int] | None  # (height, width): the pty's from the start
     uid: int
     gid: int
     groups: list[int]
@@ -274,6 +277,7 @@ def plan(
             env=[str(e) for e in process.get("env") or []],
             cwd=cwd,
             terminal=bool(process.get("terminal")),
+            console_size=_console_size(process.get("consoleSize")),
             uid=int(user.get("uid") or 0),
             gid=int(user.get("gid") or 0),
             groups=[int(g) for g in user.get("additionalGids") or []],
@@ -409,7 +413,7 @@ def _process(c: _Libc, plan: Plan, report: int, console: socket.socket | None) -
     try:
         os.setsid()
         if console is not None:
-            _terminal(console)
+            _terminal(console, plan.console_size)
         if plan.keyring is not None:
             result = c.syscall(plan.keyctl, KEYCTL_JOIN_SESSION_KEYRING, plan.keyring)
             if result < 0 and ctypes.get_errno() != errno.ENOSYS:
@@ -476,13 +480,16 @@ def _load_seccomp(c: _Libc, plan: Plan) -> None:
         raise ExecFailed(message)
 
 
-def _terminal(console: socket.socket) -> None:
-    """A pty in the container's devpts: the master to the shim, the peer as stdio and the
-    controlling terminal (runc's setupConsole and Setctty)."""
+def _terminal(console: socket.socket, size: tuple[int, int] | None) -> None:
+    """A pty in the container's devpts, of the process's console size if it has one: the
+    master to the shim, the peer as stdio and the controlling terminal (runc's setupConsole
+    and Setctty)."""
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     try:
         fcntl.ioctl(master, TIOCSPTLCK, b"\0\0\0\0")
         peer = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+        if size is not None:
+            fcntl.ioctl(peer, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
         socket.send_fds(console, [b"/dev/ptmx"], [master])
     finally:
         os.close(master)
@@ -629,6 +636,16 @@ def _rlimits(
             out.append((kind, int(limit["soft"]), int(limit["hard"])))
         return out
     return [(int(r["type"]), int(r["soft"]), int(r["hard"])) for r in config or []]
+
+
+def _console_size(size: Any) -> tuple[int, int] | None:
+    """The OCI process's consoleSize as (rows, columns), if it has a usable one."""
+    if not isinstance(size, dict):
+        return None
+    height, width = size.get("height"), size.get("width")
+    if isinstance(height, int) and isinstance(width, int) and 0 < height < 65536 > width > 0:
+        return height, width
+    return None
 
 
 def _config_caps(config: dict[str, Any]) -> dict[str, list[str]]:

@@ -48,6 +48,9 @@ ulimit -a; ls /proc/self/fd | sort -n | tr '\n' ' '; echo
 ls -ln /proc/self/fd/0 /proc/self/fd/1 /proc/self/fd/2 | cut -c1-30
 """
 
+# The two daemons' container names: cgroups are named after them (/default/NAME), so they carry
+# the pid, lest two runs of the suite at once share one.
+N, R = f"n{os.getpid()}", f"r{os.getpid()}"
 CONTAINERS = {
     "plain": ("--security-opt", "seccomp=unconfined"),
     "filtered": (),  # docker's default seccomp profile, as ctrctl gives it
@@ -153,7 +156,7 @@ def test_the_shims_exec_gives_the_process_runc_gives(make_ctrd, short_tmp, busyb
     runc, runc_calls = _daemon(make_ctrd, short_tmp / "r", native=False)
     for daemon in (native, runc):
         ref = pull(daemon, busybox_image)
-        tag = "n" if daemon is native else "r"
+        tag = N if daemon is native else R
         for kind, options in CONTAINERS.items():
             started = _ctrctl(
                 daemon, "run", "-d", "--network", "none", "--name", f"{tag}-{kind}",
@@ -164,7 +167,7 @@ def test_the_shims_exec_gives_the_process_runc_gives(make_ctrd, short_tmp, busyb
     for kind in CONTAINERS:
         for label, options in EXECS.items():
             seen = []
-            for daemon, tag in ((native, "n"), (runc, "r")):
+            for daemon, tag in ((native, N), (runc, R)):
                 name = f"{tag}-{kind}"
                 done = _ctrctl(daemon, "exec", *options, name, "sh", "-c", PROBE)
                 seen.append(_seen(done, name))
@@ -173,18 +176,18 @@ def test_the_shims_exec_gives_the_process_runc_gives(make_ctrd, short_tmp, busyb
         for command in FAILURES:
             seen = [
                 _seen(_ctrctl(daemon, "exec", f"{tag}-{kind}", *command), f"{tag}-{kind}")
-                for daemon, tag in ((native, "n"), (runc, "r"))
+                for daemon, tag in ((native, N), (runc, R))
             ]
             assert seen[0] == seen[1], f"{kind} {command}"
             assert seen[0][0] in (126, 127), seen[0]
         bad_cwd = [
             _seen(_ctrctl(daemon, "exec", "-w", "/nope", f"{tag}-{kind}", "true"), f"{tag}-{kind}")
-            for daemon, tag in ((native, "n"), (runc, "r"))
+            for daemon, tag in ((native, N), (runc, R))
         ]
         assert bad_cwd[0] == bad_cwd[1]
         assert "chdir to cwd" in bad_cwd[0][2]
         terminals = [
-            _in_a_terminal(daemon, f"{tag}-{kind}") for daemon, tag in ((native, "n"), (runc, "r"))
+            _in_a_terminal(daemon, f"{tag}-{kind}") for daemon, tag in ((native, N), (runc, R))
         ]
         assert terminals[0] == terminals[1]
         assert terminals[0][0] == 3
@@ -195,7 +198,7 @@ def test_the_shims_exec_gives_the_process_runc_gives(make_ctrd, short_tmp, busyb
     for kind in ("filtered", "filtered-nnp"):
         config = None
         loaded = {}
-        for daemon, tag in ((native, "n"), (runc, "r")):
+        for daemon, tag in ((native, N), (runc, R)):
             name = f"{tag}-{kind}"
             state = daemon.state / "runc" / "default" / name / "state.json"
             config = json.loads(state.read_text())["config"]["seccomp"]
@@ -206,10 +209,10 @@ def test_the_shims_exec_gives_the_process_runc_gives(make_ctrd, short_tmp, busyb
                 os.kill(pid, signal.SIGKILL)
         assert config is not None
         possible = runcseccomp.variants(config)
-        assert len(loaded["r"]) == 1, "runc's exec has one filter"
-        assert loaded["r"][0] in possible
-        assert loaded["n"] == [runcseccomp.program(config)]
-        assert loaded["n"][0] in possible
+        assert len(loaded[R]) == 1, "runc's exec has one filter"
+        assert loaded[R][0] in possible
+        assert loaded[N] == [runcseccomp.program(config)]
+        assert loaded[N][0] in possible
     # Every exec of the native daemon was the shim's; the other daemon's all runc's.
     assert not native_calls.exists(), native_calls.read_text()
     runc_execs = runc_calls.read_text().splitlines()

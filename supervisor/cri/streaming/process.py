@@ -69,8 +69,10 @@ async def _copy_in(channel: Channel, sink: InputFifo) -> None:
     sink.close()
 
 
-async def _resizes(channel: Channel, apply: Callable[[int, int], Any]) -> None:
-    parser = ResizeParser()
+async def _resizes(
+    channel: Channel, apply: Callable[[int, int], Any], parser: ResizeParser | None = None
+) -> None:
+    parser = parser or ResizeParser()
     while chunk := await channel.read():
         for width, height in parser.feed(chunk):
             await apply(width, height)
@@ -166,6 +168,9 @@ class _Exec:
 
     async def _run(self) -> int:
         channels = self.channels
+        parser = ResizeParser()
+        if self.tty and channels.resize is not None:
+            await self._first_size(channels.resize, parser)
         stdin = self._fifo(InputFifo, "in") if channels.stdin else None
         stdout = self._fifo(OutputFifo, "out") if channels.stdout else None
         stderr = self._fifo(OutputFifo, "err") if channels.stderr and not self.tty else None
@@ -191,7 +196,9 @@ class _Exec:
                 if stdin is not None and channels.stdin is not None:
                     inputs.append(group.create_task(_copy_in(channels.stdin, stdin)))
                 if channels.resize is not None and self.tty:
-                    inputs.append(group.create_task(_resizes(channels.resize, self._resize)))
+                    inputs.append(
+                        group.create_task(_resizes(channels.resize, self._resize, parser))
+                    )
                 code = await self._start_and_wait()
                 await execs.delete(self.task, self.exec_id)  # once its output has drained
                 added = False
@@ -206,6 +213,25 @@ class _Exec:
             if added:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(execs.abandon(self.task, self.exec_id))
+
+    async def _first_size(self, channel: Channel, parser: ResizeParser) -> None:
+        """The client's terminal size, which kubectl and crictl send as soon as the streams
+        are up, waited for (at most FIRST_SIZE_WAIT) so that the process's terminal has it
+        from the start (the process's `consoleSize`): a shell reading its first line at once
+        would otherwise see 0x0, as the size comes while it runs."""
+        try:
+            async with asyncio.timeout(FIRST_SIZE_WAIT):
+                while self.size is None:
+                    chunk = await channel.read()
+                    if not chunk:
+                        return
+                    for width, height in parser.feed(chunk):
+                        self.size = (width, height)
+        except TimeoutError:
+            return
+        if self.size is not None:
+            width, height = self.size
+            self.process = {**self.process, "consoleSize": {"height": height, "width": width}}
 
     def _fifo(self, kind: type[InputFifo] | type[OutputFifo], suffix: str) -> Any:
         fifo = kind(Path(f"{self.base}.{suffix}"))
@@ -245,6 +271,7 @@ class _Exec:
             await self.task.call("resize_pty", params)
 
 
+FIRST_SIZE_WAIT = 0.5  # seconds a terminal exec waits for the client's first size
 CLIENT_BACKLOG = 4 * 1024 * 1024  # bytes an attached client may lag behind before it loses some
 
 

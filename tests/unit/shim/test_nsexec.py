@@ -95,6 +95,7 @@ def test_the_plan_reads_the_process_over_the_container(sealed):
             "rlimits": [{"type": "RLIMIT_NPROC", "soft": 3, "hard": 4}],
             "noNewPrivileges": True,
             "terminal": True,
+            "consoleSize": {"height": 30, "width": 100},
         },
     )
     try:
@@ -104,6 +105,7 @@ def test_the_plan_reads_the_process_over_the_container(sealed):
         assert plan.rlimits == [(6, 3, 4)]  # RLIMIT_NPROC is 6 on Linux
         assert plan.no_new_privileges
         assert plan.terminal
+        assert plan.console_size == (30, 100)  # rows, columns: the pty's before the exec
         assert plan.keyring == b"_ses.c1"
         assert plan.oom_score_adj == 10
         assert [flag for _, flag in plan.namespaces] == [nsexec.CLONE_NEWPID, nsexec.CLONE_NEWNS]
