@@ -111,6 +111,7 @@ RLIMITS = {
         "RLIMIT_RTPRIO", "RLIMIT_RTTIME",
     ))
 }  # fmt: skip
+CAPABILITY_NUMBERS = {name: number for number, name in enumerate(CAPABILITIES)}
 CAP_KINDS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 
 
@@ -661,8 +662,9 @@ def _caps(caps: dict[str, list[str]]) -> dict[str, int]:
     for kind in CAP_KINDS:
         bits = 0
         for name in caps.get(kind) or []:
-            if name in CAPABILITIES and CAPABILITIES.index(name) <= last:
-                bits |= 1 << CAPABILITIES.index(name)
+            number = CAPABILITY_NUMBERS.get(name, last + 1)
+            if number <= last:
+                bits |= 1 << number
         out[kind] = bits
     return out
 

@@ -132,8 +132,7 @@ def _program(key: str) -> bytes:
         ):
             raise Unsupported("a seccomp notify rule")
         base = _base(config)
-        default = config.get("default_errno_ret")
-        if config["default_action"] in ALLOWING or default == ACT_ERRNO_ENOSYS:
+        if not _stubbed(config):
             whole = base
         else:
             last = _last_syscalls(config)
@@ -143,6 +142,13 @@ def _program(key: str) -> bytes:
     if len(whole) // 8 > MAX_INSTRUCTIONS:
         raise Unsupported("a seccomp program over 4096 instructions")
     return whole
+
+
+def _stubbed(config: dict[str, Any]) -> bool:
+    """Whether runc prepends its stub: not when the default allows (Allow, Trace, Log) nor when
+    `default_errno_ret` equals the action ERRNO(ENOSYS) (runc's comparison, kept)."""
+    allowing = config["default_action"] in ALLOWING
+    return not (allowing or config.get("default_errno_ret") == ACT_ERRNO_ENOSYS)
 
 
 def _action(action: int, errno_ret: int | None) -> int:
@@ -310,7 +316,7 @@ def variants(config: dict[str, Any]) -> list[bytes]:
     """Every program runc may install for `config` (its stub's two loops run in a Go map's
     order): for tests that compare with what runc loaded."""
     base = _base(config)
-    if config["default_action"] in ALLOWING or config.get("default_errno_ret") == ACT_ERRNO_ENOSYS:
+    if not _stubbed(config):
         return [base]
     last = _last_syscalls(config)
     out: list[bytes] = []
