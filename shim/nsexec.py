@@ -19,9 +19,13 @@ The steps, in the order of runc 1.1's `setnsProcess` and `linuxSetnsInit`:
    (setns of the PID namespace), forks, and returns to its own at once, so no middle process
    is needed. The child: stdio on 0-2, not dumpable (nothing in the container may open its
    memory, its fds or /proc/PID/exe), every other fd of the shim closed, the container's
-   oom_score_adj and rlimits, its cgroups (the first migration into a cgroup after a while
-   waits for an RCU grace period, ~10 ms here, as runc's does), then setns into the other
-   namespaces (joining the mount namespace makes / and the cwd the container's).
+   oom_score_adj and rlimits, its cgroups, then setns into the other namespaces (joining the
+   mount namespace makes / and the cwd the container's). The cgroups are joined without the
+   kernel's global migration lock, whose first taking after a quiet moment waits for an RCU
+   grace period (5-30 ms here; runc 1.1 pays it on every exec): the child is born in the
+   cgroup2 one by clone3's CLONE_INTO_CGROUP (as runc 1.2 does), and moves itself into each
+   cgroup v1 one by writing 0 to `tasks` (a thread moving itself takes no global lock; the
+   child has one thread, so that moves the process). Without clone3 it writes cgroup.procs.
 3. Then, as runc's init for an exec (Debian's 1.1.5, with the CVE-2024-21626 backport's
    order): a new session; a terminal made in the container's devpts, its master sent to the
    shim's console socket; the container's session keyring; no_new_privs; the seccomp filter
@@ -73,6 +77,8 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_INTO_CGROUP = 0x200000000
+SYS_CLONE3 = 435  # the same number on every architecture
 # Joined in runc's order (orderNamespacePaths); a user namespace is left to runc.
 NAMESPACES = (
     ("NEWIPC", CLONE_NEWIPC),
@@ -139,11 +145,26 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in ("flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack",
+                     "stack_size", "tls", "set_tid", "set_tid_size", "cgroup")
+    ]  # fmt: skip
+
+
 class _Libc:
     """The C functions the forked processes call, resolved once, before any fork."""
 
     def __init__(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
+        # clone3 with the GIL held throughout, as os.fork holds it (a PyDLL call keeps it)
+        self.clone3 = ctypes.PyDLL(None, use_errno=True).syscall
+        self.clone3.restype = ctypes.c_long
+        self.clone3.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t]
+        self.before_fork = ctypes.pythonapi.PyOS_BeforeFork
+        self.after_fork_child = ctypes.pythonapi.PyOS_AfterFork_Child
+        self.after_fork_parent = ctypes.pythonapi.PyOS_AfterFork_Parent
         self.setns = libc.setns
         self.prctl = libc.prctl
         self.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
@@ -175,7 +196,8 @@ class Plan:
     """What the forked processes need, all read from the host beforehand."""
 
     namespaces: list[tuple[int, int]]  # (fd, CLONE_NEW*)
-    cgroup_procs: list[str]
+    cgroup_tasks: list[str]  # the `tasks` files of its cgroup v1 hierarchies
+    cgroup2: str | None  # its cgroup2 directory (hybrid or unified hosts)
     oom_score_adj: int | None
     rlimits: list[tuple[int, int, int]]
     args: list[str]
@@ -194,6 +216,7 @@ class Plan:
     seccomp: bytes | None = None  # runc's filter for the container (shim.runcseccomp)
     fds: list[int] = field(default_factory=list)  # to close once forked
     fprog: Any = None  # the filter as a struct sock_fprog, made before the fork
+    cgroup2_fd: int | None = None  # the cgroup2 directory, open for CLONE_INTO_CGROUP
 
     def close(self) -> None:
         for fd in self.fds:
@@ -267,11 +290,13 @@ def plan(
         limits = _rlimits(process.get("rlimits"), config.get("rlimits"))
         caps = _caps(process.get("capabilities") or _config_caps(config))
         namespace_paths = state.get("namespace_paths") or {}
-        cgroup_paths = sorted(set((state.get("cgroup_paths") or {}).values()))
+        cgroup_paths = state.get("cgroup_paths") or {}
+        cgroup_v1 = sorted({path for kind, path in cgroup_paths.items() if kind and path})
         oom = config.get("oom_score_adj")
         result = Plan(
             namespaces=[],
-            cgroup_procs=[os.path.join(p, "cgroup.procs") for p in cgroup_paths if p],
+            cgroup_tasks=[os.path.join(path, "tasks") for path in cgroup_v1],
+            cgroup2=cgroup_paths.get("") or None,
             oom_score_adj=None if oom is None else int(oom),
             rlimits=limits,
             args=[str(a) for a in args],
@@ -291,8 +316,16 @@ def plan(
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise Unsupported(f"a state or process this exec does not read: {e!r}") from None
-    result.cgroup_procs = [p for p in result.cgroup_procs if os.path.exists(p)]
+    result.cgroup_tasks = [path for path in result.cgroup_tasks if os.path.exists(path)]
     try:
+        if result.cgroup2 is not None:
+            try:
+                fd = os.open(result.cgroup2, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                result.cgroup2 = None
+            else:
+                result.fds.append(fd)
+                result.cgroup2_fd = fd
         for kind, flag in NAMESPACES:
             if kind in kinds:
                 fd = os.open(namespace_paths[kind], os.O_RDONLY | os.O_CLOEXEC)
@@ -329,8 +362,10 @@ def start(plan: Plan, stdio: tuple[int, int, int], console_socket: str) -> int:
             if pid_ns is not None:  # for the child only: the shim stays where it is
                 c.check(c.setns(pid_ns, CLONE_NEWPID), "nsenter: failed to setns to the PID ns")
             try:
-                pid = os.fork()
+                pid, born_in_cgroup2 = _fork(c, plan.cgroup2_fd)
                 if pid == 0:
+                    if born_in_cgroup2:
+                        plan.cgroup2 = None
                     _child(c, plan, stdio, errors_w, console)  # never returns
             finally:
                 if own_pid_ns is not None:
@@ -351,6 +386,30 @@ def start(plan: Plan, stdio: tuple[int, int, int], console_socket: str) -> int:
     if report.startswith(b"E"):
         raise ExecFailed(report[1:].rstrip(b"\0").decode(errors="replace"))
     return pid
+
+
+_clone3 = True  # until the kernel says it has none
+
+
+def _fork(c: _Libc, cgroup2: int | None) -> tuple[int, bool]:
+    """os.fork, the child born in the cgroup2 directory `cgroup2` when clone3 can do that:
+    (pid, whether it was). The shim has one thread, so a clone3 made here is as safe as a fork
+    (no lock of another thread's to inherit held); Python's own fork steps run around it."""
+    global _clone3
+    if cgroup2 is None or not _clone3:
+        return os.fork(), False
+    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup2)
+    c.before_fork()
+    pid = c.clone3(SYS_CLONE3, ctypes.addressof(args), ctypes.sizeof(args))
+    if pid == 0:
+        c.after_fork_child()
+        return 0, True
+    c.after_fork_parent()
+    if pid > 0:
+        return pid, True
+    if ctypes.get_errno() in (errno.ENOSYS, errno.E2BIG, errno.EINVAL):  # no such clone3
+        _clone3 = False
+    return os.fork(), False  # a cgroup clone3 refused: the child's write words the error
 
 
 _pid_ns: int | None = None
@@ -399,8 +458,10 @@ def _child(
             _write("/proc/self/oom_score_adj", str(plan.oom_score_adj).encode())
         for kind, soft, hard in plan.rlimits:
             resource.setrlimit(kind, (soft, hard))
-        for procs in plan.cgroup_procs:
-            _write(procs, b"0")  # 0: the writer
+        for tasks in plan.cgroup_tasks:
+            _write(tasks, b"0")  # 0: the writer, its one thread
+        if plan.cgroup2 is not None:  # not born there
+            _write(os.path.join(plan.cgroup2, "cgroup.procs"), b"0")
         for fd, flag in plan.namespaces:
             if flag != CLONE_NEWPID:  # born there
                 c.check(c.setns(fd, flag), f"nsenter: failed to setns to fd {fd}")

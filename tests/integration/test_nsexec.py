@@ -205,6 +205,11 @@ def test_the_shims_exec_gives_the_process_runc_gives(make_ctrd, short_tmp, busyb
             pid = _background_sleep(daemon, name)
             try:
                 loaded[tag] = _filters(pid)
+                # joined every cgroup of the init's, v1 and v2 (as the host sees it)
+                init = json.loads(state.read_text())["init_process_pid"]
+                cgroups = Path(f"/proc/{pid}/cgroup").read_text()
+                assert cgroups == Path(f"/proc/{init}/cgroup").read_text()
+                assert f"0::/default/{name}\n" in cgroups, cgroups
             finally:
                 os.kill(pid, signal.SIGKILL)
         assert config is not None
@@ -285,3 +290,52 @@ def test_shims_run_from_a_sealed_copy_of_the_interpreter(ctrd, busybox_image):
     # (a write while it runs is ETXTBSY anyway; the seals stop the one after it exits)
     for seal in (fcntl.F_SEAL_WRITE, fcntl.F_SEAL_GROW, fcntl.F_SEAL_SHRINK, fcntl.F_SEAL_SEAL):
         assert seals & seal, (seals, seal)
+
+
+FORK_PROBE = r"""
+import os, sys
+from shim import nsexec
+
+def born_where(fd):
+    r, w = os.pipe()
+    pid, born = nsexec._fork(nsexec._c(), fd)
+    if pid == 0:
+        line = [l for l in open("/proc/self/cgroup").read().splitlines() if l.startswith("0::")]
+        os.write(w, line[0].encode())
+        os._exit(0)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return born, os.read(r, 4096).decode()
+
+target, v1 = sys.argv[1], sys.argv[2]
+fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+print(*born_where(fd))
+wrong = os.open(v1, os.O_RDONLY | os.O_DIRECTORY)  # not a cgroup2 directory: refused
+print(*born_where(wrong), nsexec._clone3)
+nsexec._clone3 = False  # a kernel without clone3
+print(*born_where(fd))
+"""
+
+
+def test_exec_children_are_born_in_the_cgroup2_cgroup(short_tmp):
+    """The fork of the shim's exec: born in the container's cgroup2 cgroup by clone3 (no
+    migration, no wait for the global lock), and a plain fork when clone3 cannot."""
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    root = next(line.split()[4] for line in mounts if " - cgroup2 " in line)
+    v1 = next((line.split()[4] for line in mounts if " - cgroup " in line), "/proc")
+    own = next(line for line in Path("/proc/self/cgroup").read_text().splitlines()
+               if line.startswith("0::"))[3:]  # fmt: skip
+    name = f"ctrd-born-{os.getpid()}"
+    target = Path(root) / name
+    target.mkdir()
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", FORK_PROBE, str(target), v1],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.splitlines()  # fmt: skip
+    finally:
+        target.rmdir()
+    assert out[0] == f"True 0::/{name}", out
+    assert out[1] == f"False 0::{own} True", out  # refused: the plain fork, clone3 kept
+    assert out[2] == f"False 0::{own}", out
