@@ -70,6 +70,7 @@ from supervisor.network.store import (
     NetworkRequest,
     PublishedPort,
     SqliteNetworkStore,
+    all_networks,
     all_ports,
 )
 from supervisor.network.watch import FirewallWatch
@@ -274,6 +275,32 @@ def _publish(p: PublishedPort) -> nft.Publish:
     )
 
 
+def _write_etc(
+    etc: Path, hostname: str, addresses: Sequence[IPv4Address], settings: NetworkSettings
+) -> None:
+    """The container's hosts and resolv.conf written in place in `etc` (blocking)."""
+    resolv_text = render_resolv(
+        HOST_RESOLV_CONF.read_text(encoding="utf-8"),
+        servers=settings.dns,
+        search=settings.dns_search,
+        options=settings.dns_options,
+        embedded=dns.LISTEN_ADDRESS,
+    )
+    write_in_place(etc / "hosts", render_hosts(hostname, addresses, settings.extra_hosts))
+    write_in_place(etc / "resolv.conf", resolv_text)
+
+
+def _unpin_and_forget_files(pin: Path, etc: Path) -> None:
+    """A released container's namespace pin and /etc files removed (blocking)."""
+    netlink.netns_remove(pin)
+    if pin.parent.is_dir() and not any(pin.parent.iterdir()):
+        netlink.netns_release_dir(pin.parent)
+    for name in ("hosts", "resolv.conf"):
+        (etc / name).unlink(missing_ok=True)
+    if etc.exists():
+        etc.rmdir()
+
+
 def _named_by_containers(conn: sqlite3.Connection, ns: str, n: Network) -> bool:
     """Whether a container of `ns` asks for network `n` (its `ctrd.io/networks` label)."""
     rows = conn.execute(
@@ -423,40 +450,68 @@ class NetworkManager:
         one connected with `default_route` routes the container out. Already on `network`:
         AlreadyExists, docker's words."""
         async with self._lock:
-            store = self._store(ns)
-            n = await store.get(network)
-            driver = self._driver(n)
-            mine = await store.endpoints(container=container_id)
-            if any(e.network == n.id for e in mine):
-                raise AlreadyExists(
-                    f"endpoint with name {container_id} already exists in network {n.name}"
-                )
-            mtu = await self._ensure(n)
-            key = endpoint_key(ns, n.id, container_id)
-            endpoint = await store.attach(
-                n.id, container_id, static_ip, endpoint_mac(key), tuple(aliases), published
-            )
-            if published:
-                await self._reload_ports(ns, container_id)
+            n = await self._store(ns).get(network)
+            endpoint = await self._lease(ns, container_id, n, static_ip, aliases, published)
             pin = self.pin_path(ns, container_id)
-            try:
-                fresh = await asyncio.to_thread(netlink.netns_create, pin)
-                plug = Plug(ns, n, endpoint, pin, mtu, default_route, fresh)
-                try:
-                    await driver.attach(plug)
-                except Exception:
-                    # the network's kernel side, checked once per daemon life, may be gone
-                    # since (a bridge deleted by hand): ensured again, and attached once more
-                    mtu = await self._ensure(n, again=True)
-                    await driver.attach(replace(plug, mtu=mtu, fresh=False))
-            except BaseException:
-                await driver.detach(ns, n, container_id)
-                await store.detach(n.id, container_id)
-                await self._reload_ports(ns, container_id)
-                raise
+            await self._plug(ns, container_id, n, endpoint, default_route, fresh=None)
             if firewall:
                 await self._apply_firewall()
             return Attachment(pin, endpoint, n)
+
+    async def _lease(
+        self,
+        ns: str,
+        container_id: str,
+        n: Network,
+        static_ip: IPv4Address | None,
+        aliases: Sequence[str],
+        published: Sequence[ports.PortBinding],
+        reload: bool = True,
+    ) -> Endpoint:
+        """The container's endpoint on `n` recorded (its address, the ports published with
+        it) before anything of it is made. Already on `n`: AlreadyExists, docker's words.
+        `reload`: the ports kept for the firewall read again now (else the caller does,
+        before the next firewall write). The caller holds the lock."""
+        self._driver(n)  # refused before anything is recorded
+        key = endpoint_key(ns, n.id, container_id)
+        endpoint = await self._store(ns).attach(
+            n.id, container_id, static_ip, endpoint_mac(key), tuple(aliases), published
+        )
+        if published and reload:
+            await self._reload_ports(ns, container_id)
+        return endpoint
+
+    async def _plug(
+        self,
+        ns: str,
+        container_id: str,
+        n: Network,
+        endpoint: Endpoint,
+        default_route: bool,
+        fresh: bool | None,
+    ) -> None:
+        """Have `n`'s driver plug the leased `endpoint` into the container's namespace (pinned
+        first when `fresh` is None; `fresh`: whether the pin was just made); when that fails,
+        the lease goes too. The caller holds the lock."""
+        driver = self._driver(n)
+        pin = self.pin_path(ns, container_id)
+        try:
+            mtu = await self._ensure(n)
+            if fresh is None:
+                fresh = await asyncio.to_thread(netlink.netns_create, pin)
+            plug = Plug(ns, n, endpoint, pin, mtu, default_route, fresh)
+            try:
+                await driver.attach(plug)
+            except Exception:
+                # the network's kernel side, checked once per daemon life, may be gone
+                # since (a bridge deleted by hand): ensured again, and attached once more
+                mtu = await self._ensure(n, again=True)
+                await driver.attach(replace(plug, mtu=mtu, fresh=False))
+        except BaseException:
+            await driver.detach(ns, n, container_id)
+            await self._store(ns).detach(n.id, container_id)
+            await self._reload_ports(ns, container_id)
+            raise
 
     async def disconnect(self, ns: str, container_id: str, network: str) -> None:
         """Unplug the container from `network`; the lease goes after the link. The pin stays."""
@@ -483,20 +538,20 @@ class NetworkManager:
             # of RCU waits), so it is not waited for here; the drivers' detach runs in the
             # background for whatever is left, and a restart's reconcile sweeps what a crash
             # left behind.
-            await asyncio.to_thread(netlink.netns_remove, pin)
-            if pin.parent.is_dir() and not any(pin.parent.iterdir()):
-                await asyncio.to_thread(netlink.netns_release_dir, pin.parent)
+            await asyncio.to_thread(_unpin_and_forget_files, pin, etc)
             unplug = [self._networks.get(e.network) or await store.get(e.network) for e in mine]
             await store.release_container(container_id)
-            await self._reload_ports(ns, container_id)
+            published = self._published is None or (ns, container_id) in self._published
+            if self._published is not None:
+                self._published.pop((ns, container_id), None)  # none left: no need to read
             await self._free_ports(ns, container_id)
             self._in_background(self._detach_all(ns, container_id, unplug))
-            for f in ("hosts", "resolv.conf"):
-                (etc / f).unlink(missing_ok=True)
-            if etc.exists():
-                etc.rmdir()
-            await self._refresh_names(ns, container_id)
-            await self._apply_firewall()
+            if ns in self._names:
+                self._tables(ns).replace(container_id, ())  # none left
+            else:
+                await self._refresh_names(ns)
+            if published:  # rules name networks and published ports, not endpoints
+                await self._apply_firewall()
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -522,6 +577,7 @@ class NetworkManager:
         labels: Mapping[str, str],
         spec: bytes,
         netns_of: NetnsOf | None = None,
+        ready: asyncio.Future[None] | None = None,
     ) -> bytes:
         """The spec a task is created with, after the plumbing its labels ask for
         (`supervisor.network.labels`): unchanged without them. On networks: the container is
@@ -529,7 +585,12 @@ class NetworkManager:
         default route, its hosts and resolv.conf are written, and the spec names its namespace
         pin and mounts the two files. Sharing another container's network (`container:`): the
         spec names that one's namespace and mounts its files. A failure releases what was
-        made."""
+        made.
+
+        `ready` is resolved once what the runtime's create needs is there (the leases, the
+        pin, the two files): the links, the firewall and the names, which only the
+        container's process needs, are made after it, while the runtime creates the
+        container."""
         settings = NetworkSettings.from_labels(labels)
         parsed = json.loads(spec)
         if settings.network_container:
@@ -543,32 +604,50 @@ class NetworkManager:
         # held before anything is plumbed: a taken port fails the task with nothing made
         bindings = self._reservations.reserve(port_owner(ns, container_id), requests)
         try:
-            attachment: Attachment | None = None
+            leases: list[tuple[Network, Endpoint]] = []
             for position, name in enumerate(settings.networks):
                 if name == DEFAULT_NETWORK:
-                    await self.ensure_default_network(ns)
-                joined = await self.connect(
-                    ns,
-                    container_id,
-                    name,
-                    static_ip if position == 0 else None,
-                    endpoint_names(container_id, settings.name, settings.aliases_on(name)),
-                    default_route=position == 0,
-                    published=bindings if position == 0 else (),  # leased with its address
-                    firewall=False,  # once, below, for every network and the ports
-                )
-                attachment = attachment or joined
-            assert attachment is not None
+                    n = await self.ensure_default_network(ns)
+                else:
+                    n = await self._store(ns).get(name)
+                async with self._lock:
+                    endpoint = await self._lease(
+                        ns,
+                        container_id,
+                        n,
+                        static_ip if position == 0 else None,
+                        endpoint_names(container_id, settings.name, settings.aliases_on(name)),
+                        bindings if position == 0 else (),  # leased with its address
+                        reload=False,  # before the firewall, below
+                    )
+                leases.append((n, endpoint))
+            pin = self.pin_path(ns, container_id)
+            hostname = str(parsed.get("hostname") or container_id[:12])
+            addresses = [e.address for _, e in leases]
+            etc = self.etc_dir(ns, container_id)
+
+            def pin_and_files() -> bool:  # one trip to a thread
+                fresh = netlink.netns_create(pin)
+                _write_etc(etc, hostname, addresses, settings)
+                return fresh
+
+            fresh = await asyncio.to_thread(pin_and_files)
+            if ready is not None and not ready.done():
+                ready.set_result(None)
             async with self._lock:
-                await self._apply_firewall()
+                for position, (n, endpoint) in enumerate(leases):
+                    await self._plug(
+                        ns, container_id, n, endpoint, position == 0, fresh and position == 0
+                    )
+                if bindings:
+                    await self._reload_ports(ns, container_id)
+                await self._apply_firewall()  # once, for every network and the ports
             await self._refresh_names(ns, container_id)
             await self._serve_dns(ns, container_id, settings.dns)
-            hostname = str(parsed.get("hostname") or container_id[:12])
-            hosts, resolv = await self.hosts_and_resolv(ns, container_id, hostname, settings)
         except BaseException:
             await self.release(ns, container_id)
             raise
-        rewritten = spec_with_network(parsed, attachment.netns, hosts, resolv)
+        rewritten = spec_with_network(parsed, pin, etc / "hosts", etc / "resolv.conf")
         return json.dumps(rewritten).encode()
 
     def plan_task(
@@ -632,22 +711,8 @@ class NetworkManager:
         settings = settings or NetworkSettings()
         addresses = [e.address for e in await self._store(ns).endpoints(container=container_id)]
         etc = self.etc_dir(ns, container_id)
-        hosts, resolv = etc / "hosts", etc / "resolv.conf"
-        hosts_text = render_hosts(hostname, addresses, settings.extra_hosts)
-
-        def write() -> None:  # one trip to a thread: a start's trips cost more than the work
-            resolv_text = render_resolv(
-                HOST_RESOLV_CONF.read_text(encoding="utf-8"),
-                servers=settings.dns,
-                search=settings.dns_search,
-                options=settings.dns_options,
-                embedded=dns.LISTEN_ADDRESS,
-            )
-            write_in_place(hosts, hosts_text)
-            write_in_place(resolv, resolv_text)
-
-        await asyncio.to_thread(write)
-        return hosts, resolv
+        await asyncio.to_thread(_write_etc, etc, hostname, addresses, settings)
+        return etc / "hosts", etc / "resolv.conf"
 
     # names: the embedded DNS
 
@@ -745,14 +810,7 @@ class NetworkManager:
     # firewall
 
     async def _networks_everywhere(self) -> list[tuple[str, Network]]:
-        def namespaces(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute("SELECT DISTINCT namespace FROM networks ORDER BY namespace")
-            return [str(ns) for (ns,) in rows]
-
-        found: list[tuple[str, Network]] = []
-        for ns in await self._db.read(namespaces):
-            found.extend((ns, n) for n in await self._store(ns).list())
-        return found
+        return await all_networks(self._db)
 
     async def _publishes(self) -> tuple[nft.Publish, ...]:
         """Published ports of every endpoint, of every namespace (the table is host-wide), in

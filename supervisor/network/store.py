@@ -311,7 +311,9 @@ class SqliteNetworkStore:
                 "SELECT 1 FROM endpoints WHERE namespace = ? AND network = ? AND container = ?",
                 (self._ns, n.id, container),
             ).fetchone():
-                raise AlreadyExists(f'endpoint of container "{container}" on network {n.name}')
+                raise AlreadyExists(  # docker's words
+                    f"endpoint with name {container} already exists in network {n.name}"
+                )
             used = {
                 IPv4Address(a)
                 for (a,) in conn.execute(
@@ -434,6 +436,18 @@ class SqliteNetworkStore:
             return _published(conn, "p.namespace = ? AND p.container = ?", (self._ns, container))
 
         return await self._db.read(ports)
+
+
+async def all_networks(db: Database) -> list[tuple[str, Network]]:
+    """Every namespace's networks, by namespace then name, in one read."""
+
+    def read(conn: sqlite3.Connection) -> list[tuple[str, Network]]:
+        rows = conn.execute(
+            f"SELECT namespace, {_NETWORK_COLUMNS} FROM networks ORDER BY namespace, name"
+        )
+        return [(str(row[0]), _network_from_row(row[1:])) for row in rows]
+
+    return await db.read(read)
 
 
 async def all_ports(db: Database) -> list[PublishedPort]:

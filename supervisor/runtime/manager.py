@@ -156,6 +156,10 @@ class Task:
     # After a restart the task is known from its journal at once and its shim is attached
     # behind it: calls wait for that.
     attaching: asyncio.Future[None] | None = None
+    # Work the init's process relies on that goes on after the create (its network's links,
+    # made while the runtime created the container): the init's start waits for it, and
+    # fails with it.
+    ready_to_start: asyncio.Future[Any] | None = None
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         if self.attaching is not None and not self.attaching.done():
@@ -215,6 +219,8 @@ class Task:
         started = time.monotonic()
         try:
             with tracing.span("task.start"):
+                if self.ready_to_start is not None:
+                    await asyncio.shield(self.ready_to_start)
                 result = await self.call("start", params)
                 if isinstance(result, dict) and result.get("seq"):
                     await self.seen(int(result["seq"]))

@@ -181,23 +181,37 @@ class TasksService(pb_grpc.TasksServicer):
             networks = self._networks_for(container.labels)
             volumes = self._volumes_for(container.labels)
         plumbing: asyncio.Future[bytes] | None = None
+        before: Awaitable[object] | None = None
+        links: asyncio.Future[bytes] | None = None  # what the start waits for
         try:
             if volumes is not None:  # apart from the networks': either, both or neither apply
                 spec = await volumes.prepare_task(ns, container.id, container.labels, spec, mounts)
             if networks is not None:
+                # Hooks the runtime runs at its create may look at the network: then all of
+                # it is made first.
+                ready = None if _has_hooks(spec) else asyncio.get_running_loop().create_future()
                 plumbing = asyncio.ensure_future(
                     networks.prepare_task(
-                        ns, container.id, container.labels, spec, self._netns_of(ns)
+                        ns, container.id, container.labels, spec, self._netns_of(ns), ready
                     )
                 )
+                plumbing.add_done_callback(_retrieved)
                 # The spec's paths are known before the plumbing is done: the bundle and the
-                # shim are made meanwhile, and runc waits for it (`TaskManager.create`).
+                # shim are made meanwhile, and runc waits for what its create needs
+                # (`TaskManager.create`); the links are made during runc's create, and the
+                # start waits for them.
                 planned = networks.plan_task(ns, container.id, container.labels, spec)
-                spec = planned if planned is not None else await plumbing
+                if planned is None:
+                    spec = await plumbing
+                else:
+                    spec = planned
+                    before = plumbing if ready is None else _until_ready(ready, plumbing)
+                    links = plumbing
             task = await self._create(
                 ns, container.id, spec, mounts, stdio, runtime_path or binary, runtime_root,
-                before=plumbing,
+                before=before,
             )  # fmt: skip
+            task.ready_to_start = links
         except BaseException:
             if networks is not None and plumbing is not None:
                 if not plumbing.done():  # the create failed first: let it finish, then undo
@@ -313,7 +327,13 @@ class TasksService(pb_grpc.TasksServicer):
 
     async def delete_task(self, ns: str, cid: str) -> dict[str, Any]:
         """What Delete does: the task, then its networks (restarts use it too)."""
+        try:
+            links = self._manager.get(ns, cid).ready_to_start
+        except errors.NotFound:
+            links = None
         result = await self._manager.delete(ns, cid)
+        if links is not None and not links.done():  # a task deleted before it started
+            await asyncio.wait({links})
         await self._release_networks(ns, cid)
         await self._release_volumes(ns, cid)
         return result
@@ -497,3 +517,23 @@ def _process_adaptor(process: types_pb.Process) -> filters.Adaptor:
         return None
 
     return adapt
+
+
+def _has_hooks(spec: bytes) -> bool:
+    """Whether the OCI spec names hooks (the runtime runs some at its create)."""
+    hooks = json.loads(spec).get("hooks") or {}
+    return any(hooks.get(kind) for kind in hooks)
+
+
+async def _until_ready(ready: asyncio.Future[None], plumbing: asyncio.Future[bytes]) -> None:
+    """Until the plumbing says the runtime's create may go; its failure before that."""
+    either: set[asyncio.Future[Any]] = {ready, plumbing}
+    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        plumbing.result()
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A failure the start or the create reports, or none if the task is deleted first."""
+    if not future.cancelled():
+        future.exception()

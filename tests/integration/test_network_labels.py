@@ -142,3 +142,63 @@ def test_a_flushed_firewall_table_is_written_again_at_once(ctrd, busybox_image):
     assert "firewall_restored" in ctrd.log()
     ctrd.ctr("tasks", "kill", "-s", "KILL", "c5")
     wait_for(lambda: ctrd.ctr("tasks", "delete", "c5", check=False).returncode == 0)
+
+
+def _labelled(api, cid: str, labels: dict[str, str]) -> None:
+    from google.protobuf import field_mask_pb2
+
+    from supervisor.api.containerd.services.containers.v1 import containers_pb2
+
+    got = api.containers.Get(
+        containers_pb2.GetContainerRequest(id=cid), metadata=api.md, timeout=30
+    ).container
+    got.labels.update(labels)
+    api.containers.Update(
+        containers_pb2.UpdateContainerRequest(
+            container=got, update_mask=field_mask_pb2.FieldMask(paths=["labels"])
+        ),
+        metadata=api.md,
+        timeout=30,
+    )
+
+
+def test_the_process_finds_its_network_made_and_an_unstarted_task_leaves_nothing(
+    ctrd, busybox_image
+):
+    """The links are made while runc creates the container, and the start waits for them: the
+    process's first look sees its address, route and hosts. A task deleted without a start
+    releases everything (its plumbing finished first)."""
+    from tests.support.tasks import Api
+
+    labels = {"ctrd.io/networks": "bridge", "ctrd.io/ports": "127.0.0.1::80"}
+    probe = "ip -4 -o addr show eth0; ip route; cat /etc/hosts"
+    with Api(ctrd, "default", busybox_image.ref) as api:
+        for attempt in range(3):
+            cid = f"first-look-{attempt}"
+            api.container(cid, "sh", "-c", probe)
+            _labelled(api, cid, labels)
+            uri, path = api.log_file(f"{cid}.log")
+            api.create(cid, stdout=uri, stderr=uri)
+            api.start(cid)
+            api.wait(cid)
+            api.delete(cid)
+            seen = path.read_text()
+            [address] = [
+                line.split()[3]
+                for line in seen.splitlines()
+                if " eth0 " in line and " inet " in line
+            ]
+            host = address.split("/")[0]
+            assert any(line.startswith("default via ") for line in seen.splitlines()), seen
+            assert f"{host}\t" in seen, seen  # /etc/hosts names it
+
+        api.container("unstarted", "sleep", "1000")
+        _labelled(api, "unstarted", labels)
+        api.create("unstarted")
+        veths = own_veths(ctrd, "unstarted")
+        assert len(veths) == 1
+        api.delete("unstarted")
+        assert own_veths(ctrd, "unstarted") == set()  # the leases went with the task
+        wait_for(lambda: not veths & links())
+        assert not (ctrd.state / "netns" / "default" / "unstarted").exists()
+        assert not (ctrd.state / "etc" / "default" / "unstarted").exists()

@@ -309,3 +309,50 @@ def test_the_planned_spec_is_the_one_prepare_task_gives(tmp_path: Path):
             assert manager.plan_task(NS, "ctr-p", shared, spec) is None
 
     asyncio.run(scenario())
+
+
+def test_ready_comes_when_runc_create_can_go_and_the_links_after(tmp_path: Path):
+    """`prepare_task(ready=...)`: resolved once the lease, the pin and the two files are there
+    (what `runc create` needs), before the links; the links are there when it returns (what the
+    start waits for)."""
+    spec = json.dumps(
+        {"hostname": "h", "linux": {"namespaces": [{"type": "network"}]}, "mounts": []}
+    ).encode()
+
+    async def scenario() -> None:
+        async with lab(tmp_path) as (manager, store, _table):
+            labels = {"ctrd.io/networks": "front", "ctrd.io/ports": "127.0.0.1::80"}
+            seen: dict[str, object] = {}
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def look() -> None:
+                pin = manager.pin_path(NS, "ctr-r")
+                etc = manager.etc_dir(NS, "ctr-r")
+                seen["pinned"] = netlink.is_pinned(pin)
+                seen["hosts"] = (etc / "hosts").read_text()
+                seen["resolv"] = (etc / "resolv.conf").exists()
+
+            async def at_ready() -> None:
+                await ready
+                look()  # at once, before the plumbing's coroutine goes on
+                (endpoint,) = await store.endpoints(container="ctr-r")
+                seen["address"] = str(endpoint.address)
+
+            watcher = asyncio.create_task(at_ready())
+            await manager.prepare_task(NS, "ctr-r", labels, spec, ready=ready)
+            await watcher
+            assert seen["pinned"] is True
+            assert seen["resolv"] is True
+            assert f"{seen['address']}\th" in str(seen["hosts"]), seen
+            pin = manager.pin_path(NS, "ctr-r")
+            inside = await asyncio.to_thread(
+                subprocess.run,
+                ["nsenter", f"--net={pin}", "/bin/busybox", "ip", "-4", "-o", "addr"],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            eth0 = [line.split()[3] for line in inside.stdout.splitlines() if " eth0 " in line]
+            assert eth0 == [f"{seen['address']}/24"], inside.stdout
+            await manager.release(NS, "ctr-r")
+            await manager.settle()
+
+    asyncio.run(scenario())

@@ -145,7 +145,7 @@ def test_a_static_address_is_checked_and_refused_when_taken(tmp_path: Path):
             assert fixed.address == addr("10.0.0.9")
             with pytest.raises(AlreadyExists, match="Address already in use"):
                 await store.attach("net", "b", addr("10.0.0.9"))
-            with pytest.raises(AlreadyExists, match="endpoint of container"):
+            with pytest.raises(AlreadyExists, match="with name a already exists in network"):
                 await store.attach("net", "a")
             with pytest.raises(InvalidArgument, match="out of range"):
                 await store.attach("net", "b", addr("10.0.1.9"))
