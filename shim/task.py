@@ -42,6 +42,9 @@ from shim.states import CREATED, PAUSED, RUNNING, STOPPED, refusal
 DRAIN_TIMEOUT = 10.0  # how long a delete waits for a terminal's output to drain
 EXIT_DRAIN_TIMEOUT = 2.0  # how long a logged init's exit waits for its output to be logged
 FLUSH_TIMEOUT = 5.0  # how long an exiting shim tries to deliver what it has to send
+# How long a shim with no task stays without a daemon connection: its daemon died (or gave up)
+# between spawning it and the runtime's create, and nothing would ever stop it.
+ORPHAN_TIMEOUT = 30.0
 PID_FILE = "init.pid"
 ADDRESS_FILE = "address"
 SHIM_PID_FILE = "shim.pid"
@@ -166,6 +169,8 @@ class Connection:
             self.shim.reactor.forget(self.fd)
             self.sock.close()
             self.shim.connections.discard(self)
+            if not self.shim.connections:
+                self.shim.alone_since = time.monotonic()
 
 
 DEFER = object()  # a handler's result: the answer will be sent later
@@ -205,6 +210,8 @@ class Shim:
             self._socket_inode = os.stat(config.socket).st_ino
         except OSError:
             self._socket_inode = -1
+        self.alone_since = time.monotonic()  # since when no daemon is connected
+        self.after(ORPHAN_TIMEOUT, self._check_orphaned)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -248,6 +255,17 @@ class Shim:
             self._timers = [t for t in self._timers if t[0] > now]
             for _, callback in due:
                 callback()
+
+    def _check_orphaned(self) -> None:
+        """A shim with no task and no daemon for ORPHAN_TIMEOUT exits (nothing of it runs)."""
+        if self.init is not None or self.exiting:
+            return  # a task: its daemon or the next one deletes it
+        alone = time.monotonic() - self.alone_since
+        if not self.connections and alone >= ORPHAN_TIMEOUT:
+            self.log("orphaned", alone=round(alone, 1))
+            self.exiting = True
+            return
+        self.after(ORPHAN_TIMEOUT / 3, self._check_orphaned)
 
     def _on_term(self, *_: object) -> None:
         self._terminate = True
