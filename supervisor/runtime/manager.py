@@ -221,6 +221,7 @@ class Task:
             with tracing.span("task.start"):
                 if self.ready_to_start is not None:
                     await asyncio.shield(self.ready_to_start)
+                    self.ready_to_start = None  # made: nothing more to wait for
                 result = await self.call("start", params)
                 if isinstance(result, dict) and result.get("seq"):
                     await self.seen(int(result["seq"]))
