@@ -19,6 +19,11 @@ the same machine.
 - Snapshots: every snapshot of the default snapshotter; ACTIVE ones belong to an image or a
   container; RECLAIMABLE is the size of the others.
 
+`df -v` shows docker's three tables: each image (SIZE, SHARED SIZE: what of it another image
+holds too, UNIQUE SIZE, CONTAINERS using it), each container (LOCAL VOLUMES, the SIZE of its
+writable layer, STATUS as `ps`) and each volume (LINKS: the containers naming it, SIZE, `N/A`
+when unknown). No build cache: ctrd has no builder.
+
 `prune` removes stopped containers (created or exited: without a running or paused task),
 then images as `image prune` does, and reports the space freed on disk (content plus
 snapshots, measured before and after).
@@ -30,6 +35,8 @@ import argparse
 import json
 import os
 import sys
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -58,6 +65,10 @@ def add_parsers(commands: Any) -> None:
         " snapshots of the current namespace (each blob and snapshot counted once).",
     )
     df.add_argument("--format", choices=["table", "json"], default="table")
+    df.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="each image, container and volume, as docker's -v shows them",
+    )  # fmt: skip
     df.set_defaults(handler="ctl.system:df+client")
     prune = sub.add_parser(
         "prune",
@@ -116,19 +127,42 @@ def disk_total(client: Client) -> int:
     return int(content + snapshots)
 
 
-def usage_report(client: Client) -> list[dict[str, Any]]:
+@dataclass
+class _Usage:
+    """What `df` reads from the daemon, once."""
+
+    images: list[Any]  # ctl.images.ImageInfo
+    used: dict[str, list[str]]  # container ids by image target digest
+    containers: list[Any]
+    tasks: dict[str, Any]
+    blobs: dict[str, int]  # content digest -> size
+    snapshots: dict[str, int]  # snapshot key -> usage
+
+
+def _gather(client: Client) -> _Usage:
     from ctl.client import SNAPSHOTTER
     from ctl.images import all_images, users
-    from supervisor.api.containerd.types.task import task_pb2 as task_types
 
     images = all_images(client)
-    used = users(client, images)
-    containers = client.list_containers()
-    blobs = {info.digest: int(info.size) for info in list_content(client)}
-    snapshots = {
-        info.name: snapshot_usage(client, SNAPSHOTTER, info.name)
-        for info in list_snapshots(client, SNAPSHOTTER)
-    }
+    return _Usage(
+        images=images,
+        used=users(client, images),
+        containers=client.list_containers(),
+        tasks=client.all_tasks(),
+        blobs={info.digest: int(info.size) for info in list_content(client)},
+        snapshots={
+            info.name: snapshot_usage(client, SNAPSHOTTER, info.name)
+            for info in list_snapshots(client, SNAPSHOTTER)
+        },
+    )
+
+
+def usage_report(client: Client, found: _Usage | None = None) -> list[dict[str, Any]]:
+    from supervisor.api.containerd.types.task import task_pb2 as task_types
+
+    found = found or _gather(client)
+    images, used, containers = found.images, found.used, found.containers
+    blobs, snapshots = found.blobs, found.snapshots
 
     def held(selected: list[Any]) -> tuple[set[str], set[str]]:
         return (
@@ -147,7 +181,7 @@ def usage_report(client: Client) -> list[dict[str, Any]]:
     running = {task_types.RUNNING, task_types.PAUSED}
     container_rows = []
     for container in containers:
-        task = client.task(container.id)
+        task = found.tasks.get(container.id)
         key_size = snapshots.get(container.snapshot_key, 0)
         container_rows.append((task is not None and task.status in running, key_size))
     containers_size = sum(s for _, s in container_rows)
@@ -206,12 +240,71 @@ def _row(kind: str, total: int, active: int, size: int, reclaimable: int) -> dic
     }
 
 
+def verbose_report(client: Client, found: _Usage | None = None) -> dict[str, list[Any]]:
+    """docker's `system df -v`: each image (its size, what of it other images share, how many
+    containers use it), each container (its writable layer, its volumes) and each volume."""
+    from ctl.client import NAME_LABEL
+    from ctl.commands import STATUS, _process, _status
+    from ctl.volopts import points_of
+    from ctl.volumes import list_volumes
+
+    found = found or _gather(client)
+    now = time.time()
+    holders: dict[str, set[str]] = {}  # a blob or snapshot -> the images (by id) holding it
+    for image in found.images:
+        for item in _items(image, found):
+            holders.setdefault(item, set()).add(image.target["digest"])
+    images = []
+    for image in sorted(found.images, key=lambda i: (-i.created, i.name)):
+        items = _items(image, found)
+        size = sum(items.values())
+        shared = sum(n for item, n in items.items() if len(holders[item]) > 1)
+        images.append({
+            "name": image.name, "id": image.id, "created": image.created,
+            "size": size, "sharedSize": shared, "uniqueSize": size - shared,
+            "containers": len(found.used.get(image.target["digest"], ())),
+        })  # fmt: skip
+    containers = []
+    ordered = sorted(
+        found.containers, key=lambda c: (c.created_at.seconds, c.created_at.nanos), reverse=True
+    )
+    for container in ordered:
+        task = found.tasks.get(container.id)
+        volumes = [p for p in points_of(container.labels) if p.get("Type") == "volume"]
+        containers.append({
+            "id": container.id, "image": container.image,
+            "command": " ".join(map(str, _process(container).get("args", []))),
+            "localVolumes": len(volumes),
+            "size": found.snapshots.get(container.snapshot_key, 0),
+            "created": container.created_at.seconds,
+            "state": STATUS.get(task.status, "unknown") if task is not None else "created",
+            "status": _status(task, now), "name": container.labels.get(NAME_LABEL, ""),
+        })  # fmt: skip
+    volumes = [
+        {"name": v.name, "links": int(v.usage.ref_count), "size": int(v.usage.size)}
+        for v in sorted(list_volumes(client, usage=True), key=lambda v: v.name)
+    ]
+    return {"images": images, "containers": containers, "volumes": volumes}
+
+
+def _items(image: Any, found: _Usage) -> dict[str, int]:
+    """The blobs and unpacked layers an image holds, with their sizes."""
+    items = {d: found.blobs[d] for d in image.blobs if d in found.blobs}
+    items.update((c, found.snapshots[c]) for c in image.chain if c in found.snapshots)
+    return items
+
+
 def df(client: Client, args: argparse.Namespace) -> int:
     from ctl.table import human_size, table
 
-    rows = usage_report(client)
+    found = _gather(client)
+    rows = usage_report(client, found)
+    verbose = verbose_report(client, found) if args.verbose else None
     if args.format == "json":
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows if verbose is None else {"summary": rows, **verbose}, indent=2))
+        return 0
+    if verbose is not None:
+        _print_verbose(verbose)
         return 0
     cells = []
     for row in rows:
@@ -224,6 +317,41 @@ def df(client: Client, args: argparse.Namespace) -> int:
         )  # fmt: skip
     table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], cells)
     return 0
+
+
+def _print_verbose(report: dict[str, list[Any]]) -> None:
+    """The three tables of `docker system df -v`, each under its title."""
+    from ctl.client import short
+    from ctl.commands import _quoted
+    from ctl.images import _short, repository_and_tag
+    from ctl.table import ago, human_size, table
+
+    now = time.time()
+    print("Images space usage:\n")
+    rows = []
+    for i in report["images"]:
+        repository, tag = repository_and_tag(i["name"])
+        rows.append([
+            repository, tag, _short(i["id"]), ago(i["created"], now), human_size(i["size"], 3),
+            human_size(i["sharedSize"], 3), human_size(i["uniqueSize"], 3), str(i["containers"]),
+        ])  # fmt: skip
+    table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE", "UNIQUE SIZE",
+           "CONTAINERS"], rows, shrink=(0, 1))  # fmt: skip
+    print("\nContainers space usage:\n")
+    table(
+        ["CONTAINER ID", "IMAGE", "COMMAND", "LOCAL VOLUMES", "SIZE", "CREATED", "STATUS",
+         "NAMES"],
+        [[short(c["id"]), c["image"], _quoted(c["command"]), str(c["localVolumes"]),
+          human_size(c["size"], 3), ago(c["created"], now), c["status"], c["name"]]
+         for c in report["containers"]],
+        shrink=(1, 2),
+    )  # fmt: skip
+    print("\nLocal Volumes space usage:\n")
+    table(
+        ["VOLUME NAME", "LINKS", "SIZE"],
+        [[v["name"], str(v["links"]), human_size(v["size"], 3) if v["size"] >= 0 else "N/A"]
+         for v in report["volumes"]],
+    )  # fmt: skip
 
 
 # --- prune --------------------------------------------------------------------------------------

@@ -147,6 +147,27 @@ def test_system_info_df_and_prune(ctrd, busybox_image, busybox2_image):
     snapshots = ctrd.ctr("snapshots", "ls").stdout.splitlines()[1:]
     assert usage["Snapshots"]["total"] == len(snapshots)
 
+    # -v: each image (what of it the other image shares), container and volume
+    verbose = json.loads(ctrctl(ctrd, "system", "df", "-v", "--format", "json").stdout)
+    images = {i["name"]: i for i in verbose["images"]}
+    assert set(images) == {ref, unused}
+    assert images[ref]["containers"] == 2
+    assert images[unused]["containers"] == 0
+    shared = images[ref]["sharedSize"]
+    assert 0 < shared == images[unused]["sharedSize"]  # busybox's layer, in both
+    assert images[unused]["uniqueSize"] > 0  # its own layer
+    assert images[ref]["size"] == shared + images[ref]["uniqueSize"]
+    assert [c["name"] for c in verbose["containers"]] == ["done", "up"]  # newest first
+    assert verbose["containers"][0]["status"].startswith("Exited (0)")
+    assert verbose["volumes"] == []
+    shown = ctrctl(ctrd, "system", "df", "-v")
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout.splitlines()
+    assert text[0] == "Images space usage:"
+    assert text[2].split()[:4] == ["REPOSITORY", "TAG", "IMAGE", "ID"]
+    assert "Containers space usage:" in text
+    assert "Local Volumes space usage:" in text
+
     declined = ctrctl(ctrd, "system", "prune", input="\n")
     assert "  - all stopped containers" in declined.stdout
     assert sorted(ctrctl(ctrd, "ps", "-a", "-q").stdout.split()) == ["done", "up"]
@@ -160,4 +181,12 @@ def test_system_info_df_and_prune(ctrd, busybox_image, busybox2_image):
     assert not lines[-1].endswith(" 0B")
     assert ctrctl(ctrd, "ps", "-a", "-q").stdout.split() == ["up"]
     assert ctrd.ctr("images", "ls", "-q").stdout.split() == [ref]
-    assert ctrctl(ctrd, "rm", "-f", "up").returncode == 0
+    assert ctrctl(ctrd, "run", "-d", "--name", "vol", "-v", "data:/data", ref,
+                  "sleep", "1000").returncode == 0  # fmt: skip
+    verbose = json.loads(ctrctl(ctrd, "system", "df", "-v", "--format", "json").stdout)
+    by_name = {c["name"]: c for c in verbose["containers"]}
+    assert by_name["vol"]["localVolumes"] == 1
+    assert by_name["up"]["localVolumes"] == 0
+    assert verbose["volumes"] == [{"name": "data", "links": 1, "size": 0}]
+    assert ctrctl(ctrd, "rm", "-f", "up", "vol").returncode == 0
+    assert ctrctl(ctrd, "volume", "rm", "data").returncode == 0
