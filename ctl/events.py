@@ -5,6 +5,9 @@ midnight UTC; a time without a zone is UTC), Unix seconds with an optional fract
 duration (`90s`, `10m`, `1h30m`) meaning that long before now. Without `--since` only new
 events show; with `--until` the command stops once the log is read up to then.
 
+`--filter type=` takes docker's object types (container, image, network, volume: the topics
+of their events) or a topic; `container=` a container's id.
+
 Each event is a line: time, namespace, topic and the event as JSON (supervisor.anys): Anys
 inside it decoded with their `"@type"`, and an event or Any of a type no message of ours has
 shown raw, `{"type_url": ..., "value": base64}`, as ctr shows an Any it does not decode
@@ -25,10 +28,18 @@ from ctl.times import BadTime, parse_time
 __all__ = ["BadTime", "build_filters", "format_event", "parse_time", "run"]
 
 _ALIASES = {"container": "event.container_id", "type": "topic"}
+# docker's `--filter type=...`: its object types, as the topics of their events
+_TYPES = {
+    "container": "^/(containers|tasks)/",
+    "image": "^/images/",
+    "network": "^/networks/",
+    "volume": "^/volumes/",
+}
 
 
 def build_filters(given: list[str], namespace: str | None) -> list[str]:
-    """containerd filters (ORed) for docker-style ones: keys ANDed, a key's values ORed."""
+    """containerd filters (ORed) for docker-style ones: keys ANDed, a key's values ORed.
+    `type=` takes docker's object types (container, image, network, volume) or a topic."""
     raw = [f for f in given if any(op in f for op in ("==", "!=", "~="))]
     by_key: dict[str, list[str]] = {}
     for item in given:
@@ -37,14 +48,15 @@ def build_filters(given: list[str], namespace: str | None) -> list[str]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f'filter "{item}" is not key=value')
-        by_key.setdefault(_ALIASES.get(key, key), []).append(value)
+        if key == "type" and value in _TYPES:
+            clause = f'topic~="{_TYPES[value]}"'
+        else:
+            clause = f'{_ALIASES.get(key, key)}=="{value}"'
+        by_key.setdefault(_ALIASES.get(key, key), []).append(clause)
     if namespace:
-        by_key.setdefault("namespace", [namespace])
+        by_key.setdefault("namespace", [f'namespace=="{namespace}"'])
     keys = sorted(by_key)
-    combos = [
-        ",".join(f'{k}=="{v}"' for k, v in zip(keys, values, strict=True))
-        for values in itertools.product(*(by_key[k] for k in keys))
-    ]
+    combos = [",".join(clauses) for clauses in itertools.product(*(by_key[k] for k in keys))]
     if not raw:
         return [c for c in combos if c]
     if not combos or combos == [""]:

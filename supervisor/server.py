@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from supervisor.metrics.daemon import OwnMetrics
     from supervisor.metrics.server import MetricsServer
     from supervisor.tracing import Tracing
-    from supervisor.volumes.manager import VolumeManager
+    from supervisor.volumes.manager import Publish, VolumeManager
 
 log = structlog.get_logger("ctrd")
 
@@ -163,10 +163,13 @@ class Parts:
     """The stores the services share and the collector, each built the first time it is needed
     (their modules are imported then)."""
 
-    def __init__(self, root: Path, db: Database, gc_interval: float) -> None:
+    def __init__(
+        self, root: Path, db: Database, gc_interval: float, publish: Publish | None = None
+    ) -> None:
         self.root = root
         self.db = db
         self.gc_interval = gc_interval
+        self.publish = publish  # the daemon's events, for the volumes'
 
     @functools.cached_property
     def blobs(self) -> LocalStore:
@@ -196,7 +199,9 @@ class Parts:
         or at the start when the root has volumes."""
         from supervisor.volumes.manager import VolumeManager
 
-        return VolumeManager(self.db, self.root / "volumes", self.root / "volumes" / ".mounts")
+        return VolumeManager(
+            self.db, self.root / "volumes", self.root / "volumes" / ".mounts", self.publish
+        )
 
     def built_snapshotters(self) -> list[OverlaySnapshotter | NativeSnapshotter]:
         """The snapshotters, if something built them (a cached property lives in __dict__)."""
@@ -368,7 +373,7 @@ class Daemon:
             lock.release()
             raise
         events = Exchange(event_log)
-        parts = Parts(root, db, config.gc.interval)
+        parts = Parts(root, db, config.gc.interval, events.publish)
         tasks = TaskManager(
             state, address, events, config.runtime.binary,
             native_exec=config.runtime.native_exec,
@@ -382,7 +387,9 @@ class Daemon:
         def network_manager() -> Any:  # one, built at the first task that asks for a network
             from supervisor.network.manager import NetworkManager
 
-            return NetworkManager(db, state, config.network.nft_table, watch=True)
+            return NetworkManager(
+                db, state, config.network.nft_table, watch=True, publish=events.publish
+            )
 
         # The services a restart's first calls do not need, built at their first call.
         def namespaces_service() -> Any:
@@ -470,6 +477,7 @@ class Daemon:
             return NetworksService(
                 lambda ns: SqliteNetworkStore(db, ns),
                 remove=remove,
+                publish=events.publish,
                 live=live,
                 drivers=lambda: network_manager().drivers,
             )

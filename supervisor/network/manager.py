@@ -55,7 +55,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from google.protobuf.message import Message
 
+from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
 from supervisor.errors import AlreadyExists, FailedPrecondition, NotFound
 from supervisor.metadata.db import Database
 from supervisor.network import dns, ipam, netlink, nft, ports, portspec
@@ -85,6 +87,7 @@ DEFAULT_NETWORK = "bridge"  # docker's default network, made per namespace on fi
 DEFAULT_LABEL = "ctrd.io/default-network"
 HasTask = Callable[[str, str], bool]  # (namespace, container id): whether a task exists
 NetnsOf = Callable[[str], Awaitable[Path | None]]  # a container id -> its task's netns path
+Publish = Callable[[str, str, Message], Awaitable[None]]  # (namespace, topic, event)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 EXT_SERVERS = "# ExtServers:"
@@ -334,11 +337,14 @@ class NetworkManager:
         table: str = nft.DEFAULT_TABLE,
         watch: bool = False,
         drivers: Iterable[NetworkDriver] = (),
+        publish: Publish | None = None,
     ) -> None:
         """`watch`: rewrite the table when another program changes the ruleset (the daemon's
         manager does; one made by a test need not). `drivers`: registered besides `bridge`,
-        by their names (one named `bridge` takes the built-in one's place)."""
+        by their names (one named `bridge` takes the built-in one's place). `publish(ns,
+        topic, event)`: the daemon's events (docker's network events)."""
         self._db = db
+        self._publish = publish
         self._state = Path(state)
         self._table = table
         self._drivers: dict[str, NetworkDriver] = {BridgeDriver.name: BridgeDriver()}
@@ -429,6 +435,24 @@ class NetworkManager:
             self._networks.pop(n.id, None)
             await driver.remove(n)
             await self._apply_firewall()
+        deleted = pb.NetworkDelete(id=n.id, name=n.name, driver=n.driver)
+        await self._event(ns, "/networks/delete", deleted)
+
+    async def _event(self, ns: str, topic: str, event: Message) -> None:
+        if self._publish is not None:
+            await self._publish(ns, topic, event)
+
+    async def _connected(self, ns: str, container_id: str, n: Network, connected: bool) -> None:
+        """The event of a container joining (or leaving) network `n`."""
+        if connected:
+            event: Message = pb.NetworkConnect(
+                network_id=n.id, network_name=n.name, container_id=container_id
+            )
+        else:
+            event = pb.NetworkDisconnect(
+                network_id=n.id, network_name=n.name, container_id=container_id
+            )
+        await self._event(ns, "/networks/connect" if connected else "/networks/disconnect", event)
 
     # endpoints
 
@@ -513,8 +537,9 @@ class NetworkManager:
             await self._reload_ports(ns, container_id)
             raise
 
-    async def disconnect(self, ns: str, container_id: str, network: str) -> None:
-        """Unplug the container from `network`; the lease goes after the link. The pin stays."""
+    async def disconnect(self, ns: str, container_id: str, network: str) -> Network:
+        """Unplug the container from `network`; the lease goes after the link. The pin stays.
+        The network."""
         async with self._lock:
             store = self._store(ns)
             n = await store.get(network)
@@ -522,6 +547,7 @@ class NetworkManager:
             await store.detach(n.id, container_id)
             await self._reload_ports(ns, container_id)
             await self._apply_firewall()
+            return n
 
     async def release(self, ns: str, container_id: str) -> None:
         """Everything the container had: every endpoint, its leases, its pin and /etc files."""
@@ -552,6 +578,8 @@ class NetworkManager:
                 await self._refresh_names(ns)
             if published:  # rules name networks and published ports, not endpoints
                 await self._apply_firewall()
+        for n in unplug:
+            await self._connected(ns, container_id, n, False)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -647,6 +675,8 @@ class NetworkManager:
         except BaseException:
             await self.release(ns, container_id)
             raise
+        for n, _ in leases:
+            await self._connected(ns, container_id, n, True)
         rewritten = spec_with_network(parsed, pin, etc / "hosts", etc / "resolv.conf")
         return json.dumps(rewritten).encode()
 
@@ -696,9 +726,13 @@ class NetworkManager:
             id=secrets.token_hex(32), name=DEFAULT_NETWORK, labels={DEFAULT_LABEL: "true"}
         )
         try:
-            return await store.create(request, taken)
+            made = await store.create(request, taken)
         except AlreadyExists:
             return await store.get(DEFAULT_NETWORK)  # made meanwhile by another task
+        await self._event(
+            ns, "/networks/create", pb.NetworkCreate(id=made.id, name=made.name, driver=made.driver)
+        )
+        return made
 
     async def hosts_and_resolv(
         self,
@@ -797,15 +831,17 @@ class NetworkManager:
         )
         await self._refresh_names(ns, container_id)
         await self.hosts_and_resolv(ns, container_id, hostname, settings)
+        await self._connected(ns, container_id, attachment.network, True)
         return attachment.endpoint
 
     async def disconnect_running(
         self, ns: str, container_id: str, network: str, hostname: str, settings: NetworkSettings
     ) -> None:
         """Unplug a running container from one network and rewrite its /etc/hosts."""
-        await self.disconnect(ns, container_id, network)
+        n = await self.disconnect(ns, container_id, network)
         await self._refresh_names(ns, container_id)
         await self.hosts_and_resolv(ns, container_id, hostname, settings)
+        await self._connected(ns, container_id, n, False)
 
     # firewall
 

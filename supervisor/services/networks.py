@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
 from supervisor import filters
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
@@ -46,6 +47,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 HostTaken = Callable[[], Awaitable[Sequence[IPv4Network]]]
 Remove = Callable[[str, str], Awaitable[None]]  # (namespace, network id or name)
 Drivers = Callable[[], Collection[str]]  # the names of the network drivers there are
+Publish = Callable[[str, str, Message], Awaitable[None]]  # (namespace, topic, event)
 BUILT_IN = frozenset(("bridge",))
 
 
@@ -146,10 +148,14 @@ class NetworksService(pb_grpc.NetworksServicer):
         remove: Remove | None = None,
         live: LiveNetworks | None = None,
         drivers: Drivers = lambda: BUILT_IN,
+        publish: Publish | None = None,
     ) -> None:
         """`remove(ns, ref)` deletes a network from the store and the kernel (its bridge, the
         firewall's rules: `NetworkManager.remove_network`); without it only the record goes.
-        `drivers()`: the drivers a network may name (the manager's registry)."""
+        `drivers()`: the drivers a network may name (the manager's registry). `publish(ns,
+        topic, event)`: the daemon's events (`/networks/create`; the manager publishes the
+        others)."""
+        self._publish = publish
         self._store = store
         self._host = host
         self._remove = remove or (lambda ns, ref: store(ns).delete(ref))
@@ -173,6 +179,9 @@ class NetworksService(pb_grpc.NetworksServicer):
             own = [n.config.subnet for n in await store.list()]
             taken = ipam.not_own(await self._host(), own)
         network = await store.create(wanted, taken)
+        if self._publish is not None:
+            created = pb.NetworkCreate(id=network.id, name=network.name, driver=network.driver)
+            await self._publish(rpc.namespace(context), "/networks/create", created)
         return pb.CreateNetworkResponse(network=network_to_pb(network))
 
     async def Get(self, request: pb.GetNetworkRequest, context: Context) -> Any:

@@ -29,15 +29,17 @@ import re
 import secrets
 import sqlite3
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
+from google.protobuf.message import Message
 
 from snapshotter.mount import temp_mount, unmount
 from snapshotter.protocol import Mount
+from supervisor.api.ctrd.services.volumes.v1 import volumes_pb2 as pb
 from supervisor.errors import CtrdError, FailedPrecondition, InvalidArgument, NotFound
 from supervisor.metadata.db import Database
 from supervisor.volumes import copyup, local
@@ -47,6 +49,7 @@ from supervisor.volumes.store import Volume, VolumeStore, all_volumes, users_in
 log = structlog.get_logger("ctrd.volumes")
 
 Key = tuple[str, str]  # (namespace, volume name) or (namespace, container id)
+Publish = Callable[[str, str, Message], Awaitable[None]]  # (namespace, topic, event)
 LIST_FILTERS = ("dangling", "name", "driver", "label")
 PRUNE_FILTERS = ("label", "label!", "all")
 
@@ -153,15 +156,20 @@ def _users_of(ns: str, conn: sqlite3.Connection) -> dict[str, builtins.list[str]
 
 
 class VolumeManager:
-    def __init__(self, db: Database, root: Path, scratch: Path) -> None:
-        """`root`: `<ctrd root>/volumes`; `scratch`: where a rootfs is mounted for a copy-up."""
+    def __init__(
+        self, db: Database, root: Path, scratch: Path, publish: Publish | None = None
+    ) -> None:
+        """`root`: `<ctrd root>/volumes`; `scratch`: where a rootfs is mounted for a copy-up;
+        `publish(ns, topic, event)`: the daemon's events (docker's volume events)."""
         self._db = db
+        self._publish = publish
         self.root = root
         self._scratch = scratch
         self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._holders: defaultdict[Key, set[str]] = defaultdict(set)  # volume -> task ids
         self._mounted: dict[Key, Mapping[str, str]] = {}  # volume -> its options
         self._by_task: dict[Key, tuple[str, ...]] = {}  # task -> the volumes it uses
+        self._announced: set[Key] = set()  # tasks whose mounts were published
 
     def store(self, ns: str) -> VolumeStore:
         return VolumeStore(self._db, ns)
@@ -197,10 +205,16 @@ class VolumeManager:
             raise type(e)(f"create {name}: {e}", plain=True) from None
         async with self._locks[(ns, name)]:
             await asyncio.to_thread(local.make, self.paths(ns, name))
-            volume, _ = await self.store(ns).create(
+            volume, made = await self.store(ns).create(
                 Volume(name, driver, dict(labels or {}), options)
             )
+        if made:
+            await self._event(ns, "/volumes/create", pb.VolumeCreate(name=name, driver=driver))
         return volume
+
+    async def _event(self, ns: str, topic: str, event: Message) -> None:
+        if self._publish is not None:
+            await self._publish(ns, topic, event)
 
     async def get(self, ns: str, name: str) -> Volume:
         return await self.store(ns).get(name)
@@ -238,6 +252,7 @@ class VolumeManager:
             await asyncio.to_thread(local.remove, self.paths(ns, name))
             self._locks.pop((ns, name), None)
         log.info("volume_removed", ns=ns, name=name)
+        await self._event(ns, "/volumes/delete", pb.VolumeDelete(name=name, driver=volume.driver))
         return max(size, 0)
 
     async def prune(self, ns: str, filters: Iterable[str]) -> tuple[builtins.list[str], int]:
@@ -292,6 +307,12 @@ class VolumeManager:
         except BaseException:
             await self.release(ns, cid)
             raise
+        for m in wanted:
+            mounted = pb.VolumeMount(
+                name=m.name, container_id=cid, destination=m.target, read_write=not m.readonly
+            )
+            await self._event(ns, "/volumes/mount", mounted)
+        self._announced.add((ns, cid))
         return json.dumps(self._with_binds(ns, config, wanted)).encode()
 
     async def _acquire(self, ns: str, cid: str, volume: Volume) -> None:
@@ -396,7 +417,12 @@ class VolumeManager:
         """The task `cid` no longer uses its volumes: those no other task uses are unmounted
         (a tmpfs one forgets its copy-up: its data went with it). Nothing to release is
         fine."""
+        announced = (ns, cid) in self._announced
+        self._announced.discard((ns, cid))
         for name in self._by_task.pop((ns, cid), ()):
+            if announced:
+                unmounted = pb.VolumeUnmount(name=name, container_id=cid)
+                await self._event(ns, "/volumes/unmount", unmounted)
             key = (ns, name)
             async with self._locks[key]:
                 self._holders[key].discard(cid)

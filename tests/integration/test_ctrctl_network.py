@@ -309,3 +309,55 @@ def test_containers_find_each_other_by_name_alias_and_short_id(networked, busybo
     assert "bad address 'www'" in other.stdout + other.stderr
     for cid in ("a", unnamed.stdout.strip()):
         assert ctrctl(daemon, "rm", "-f", cid).returncode == 0
+
+
+def test_network_and_volume_events_as_docker_emits_them(ctrd, busybox_image):
+    """`/networks/*` and `/volumes/*` events (docker's network and volume events), in the order
+    a container's life makes them: the network and volume made, the container connected and
+    its volume mounted at its task's create, disconnected and unmounted at its delete (docker's
+    order), then both removed."""
+    import time
+
+    from tests.integration.test_network_manager import pid_subnet
+
+    ref = pull(ctrd, busybox_image)
+    since = f"{time.time():.3f}"
+    made = ctrctl(ctrd, "network", "create", "--subnet", pid_subnet(), "evnet")
+    assert made.returncode == 0, made.stderr
+    assert ctrctl(ctrd, "volume", "create", "evvol").returncode == 0
+    run = ctrctl(ctrd, "run", "-d", "--name", "ev", "--network", "evnet", "-v", "evvol:/data:ro",
+                 ref, "sleep", "1000")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert ctrctl(ctrd, "rm", "-f", "ev").returncode == 0
+    assert ctrctl(ctrd, "network", "rm", "evnet").returncode == 0
+    assert ctrctl(ctrd, "volume", "rm", "evvol").returncode == 0
+    shown = ctrctl(ctrd, "events", "--since", since, "--until", f"{time.time():.3f}")
+    assert shown.returncode == 0, shown.stderr
+    ours = [
+        (line.split()[2], json.loads(line.split(maxsplit=3)[3]))
+        for line in shown.stdout.splitlines()
+        if line.split()[2].startswith(("/networks/", "/volumes/"))
+    ]
+    assert [topic for topic, _ in ours] == [
+        "/networks/create", "/volumes/create", "/volumes/mount", "/networks/connect",
+        "/networks/disconnect", "/volumes/unmount", "/networks/delete", "/volumes/delete",
+    ], shown.stdout  # fmt: skip
+    events = dict(ours)
+    assert events["/networks/create"]["name"] == "evnet"
+    assert events["/networks/create"]["driver"] == "bridge"
+    assert events["/networks/connect"]["containerId"] == "ev"
+    assert events["/networks/connect"]["networkName"] == "evnet"
+    assert events["/networks/disconnect"]["containerId"] == "ev"
+    assert events["/volumes/create"] == {"name": "evvol", "driver": "local"}
+    assert events["/volumes/mount"]["containerId"] == "ev"
+    assert events["/volumes/mount"]["destination"] == "/data"
+    assert not events["/volumes/mount"].get("readWrite")  # :ro
+    assert events["/volumes/unmount"] == {"name": "evvol", "containerId": "ev"}
+    # docker's `--filter type=network`
+    until = f"{time.time():.3f}"
+    only = ctrctl(ctrd, "events", "--since", since, "--until", until, "--filter", "type=network")
+    assert only.returncode == 0, only.stderr
+    topics = [line.split()[2] for line in only.stdout.splitlines()]
+    assert topics == [
+        "/networks/create", "/networks/connect", "/networks/disconnect", "/networks/delete"
+    ], only.stdout  # fmt: skip

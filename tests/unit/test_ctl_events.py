@@ -49,6 +49,10 @@ def test_filters_and_keys_or_values():
         'event.container_id=="a",namespace=="ns",topic=="/tasks/exit"',
         'event.container_id=="b",namespace=="ns",topic=="/tasks/exit"',
     ]
+    assert build_filters(["type=network", "type=volume"], None) == [
+        'topic~="^/networks/"',
+        'topic~="^/volumes/"',
+    ]
     assert build_filters([], None) == []
     assert build_filters(["topic~=/tasks/"], None) == ["topic~=/tasks/"]
     assert build_filters(["topic~=/tasks/"], "ns") == ['namespace=="ns",topic~=/tasks/']

@@ -205,3 +205,43 @@ class ListEndpointsResponse(_message.Message):
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     def __init__(self, endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+
+class NetworkCreate(_message.Message):
+    __slots__ = ("id", "name", "driver")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    driver: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[str] = ...) -> None: ...
+
+class NetworkDelete(_message.Message):
+    __slots__ = ("id", "name", "driver")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    driver: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., driver: _Optional[str] = ...) -> None: ...
+
+class NetworkConnect(_message.Message):
+    __slots__ = ("network_id", "network_name", "container_id")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    network_name: str
+    container_id: str
+    def __init__(self, network_id: _Optional[str] = ..., network_name: _Optional[str] = ..., container_id: _Optional[str] = ...) -> None: ...
+
+class NetworkDisconnect(_message.Message):
+    __slots__ = ("network_id", "network_name", "container_id")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    network_name: str
+    container_id: str
+    def __init__(self, network_id: _Optional[str] = ..., network_name: _Optional[str] = ..., container_id: _Optional[str] = ...) -> None: ...

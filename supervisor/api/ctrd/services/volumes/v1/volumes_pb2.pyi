@@ -137,3 +137,39 @@ class PruneVolumesResponse(_message.Message):
     volumes_deleted: _containers.RepeatedScalarFieldContainer[str]
     space_reclaimed: int
     def __init__(self, volumes_deleted: _Optional[_Iterable[str]] = ..., space_reclaimed: _Optional[int] = ...) -> None: ...
+
+class VolumeCreate(_message.Message):
+    __slots__ = ("name", "driver")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    driver: str
+    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ...) -> None: ...
+
+class VolumeDelete(_message.Message):
+    __slots__ = ("name", "driver")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    driver: str
+    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ...) -> None: ...
+
+class VolumeMount(_message.Message):
+    __slots__ = ("name", "container_id", "destination", "read_write")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    READ_WRITE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    container_id: str
+    destination: str
+    read_write: bool
+    def __init__(self, name: _Optional[str] = ..., container_id: _Optional[str] = ..., destination: _Optional[str] = ..., read_write: _Optional[bool] = ...) -> None: ...
+
+class VolumeUnmount(_message.Message):
+    __slots__ = ("name", "container_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    container_id: str
+    def __init__(self, name: _Optional[str] = ..., container_id: _Optional[str] = ...) -> None: ...
