@@ -32,6 +32,15 @@ kernel side is ensured once per daemon life: again when an attach fails (it may 
 deleted since, then the attach is tried once more) and at every restart. The nft table is
 rebuilt whole from the store after every change (and deleted when no network is left).
 
+A task's plumbing (`prepare_task`) comes in two parts: what `runc create` needs (the leases, the
+pin, the /etc files; its `ready` future says when) and then, while runc creates the container,
+what only its process needs (the links, the firewall's elements, the names, the DNS listener);
+Tasks.Create lets runc go at the first, and the init's start waits for the whole.
+
+Events, as docker's network events (`publish`): `/networks/create` (the default network made),
+`/networks/delete`, `/networks/connect` and `/networks/disconnect` (a task's plumbing made or
+released, a live connect or disconnect).
+
 A container may be on several networks: each is its own endpoint and lease (the bridge driver
 names the peers `eth0`, `eth1`, ... in the order they are plugged); only the first network
 (the one connected with `default_route`) routes the container out. A second `connect` of the
