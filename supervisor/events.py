@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -42,6 +42,10 @@ class _Subscriber:
     selected: filters.Filters
     queue: asyncio.Queue[Logged | None]
     dropped: bool = False
+
+
+# How a part publishes on the daemon's exchange: (namespace, topic, event).
+Publish = Callable[[str, str, message.Message], Awaitable[None]]
 
 
 class Exchange:

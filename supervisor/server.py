@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from snapshotter.native import NativeSnapshotter
     from snapshotter.overlay import OverlaySnapshotter
     from supervisor.content.local import LocalStore
+    from supervisor.events import Publish
     from supervisor.health.monitor import HealthMonitor
     from supervisor.metadata.content import ContentStore
     from supervisor.metadata.gc import Collector
@@ -78,7 +79,7 @@ if TYPE_CHECKING:
     from supervisor.metrics.daemon import OwnMetrics
     from supervisor.metrics.server import MetricsServer
     from supervisor.tracing import Tracing
-    from supervisor.volumes.manager import Publish, VolumeManager
+    from supervisor.volumes.manager import VolumeManager
 
 log = structlog.get_logger("ctrd")
 

@@ -68,6 +68,7 @@ from google.protobuf.message import Message
 
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
 from supervisor.errors import AlreadyExists, FailedPrecondition, NotFound
+from supervisor.events import Publish
 from supervisor.metadata.db import Database
 from supervisor.network import dns, ipam, netlink, nft, ports, portspec
 from supervisor.network.bridge import BridgeDriver
@@ -96,7 +97,6 @@ DEFAULT_NETWORK = "bridge"  # docker's default network, made per namespace on fi
 DEFAULT_LABEL = "ctrd.io/default-network"
 HasTask = Callable[[str, str], bool]  # (namespace, container id): whether a task exists
 NetnsOf = Callable[[str], Awaitable[Path | None]]  # a container id -> its task's netns path
-Publish = Callable[[str, str, Message], Awaitable[None]]  # (namespace, topic, event)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 EXT_SERVERS = "# ExtServers:"

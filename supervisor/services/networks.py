@@ -32,12 +32,12 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf import empty_pb2
-from google.protobuf.message import Message
 
 from supervisor import filters
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2 as pb
 from supervisor.api.ctrd.services.networks.v1 import networks_pb2_grpc as pb_grpc
 from supervisor.errors import FailedPrecondition, InvalidArgument, NotFound
+from supervisor.events import Publish
 from supervisor.network import ipam
 from supervisor.network.store import Endpoint, Network, NetworkRequest, NetworkStore
 from supervisor.services import rpc
@@ -47,7 +47,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 HostTaken = Callable[[], Awaitable[Sequence[IPv4Network]]]
 Remove = Callable[[str, str], Awaitable[None]]  # (namespace, network id or name)
 Drivers = Callable[[], Collection[str]]  # the names of the network drivers there are
-Publish = Callable[[str, str, Message], Awaitable[None]]  # (namespace, topic, event)
 BUILT_IN = frozenset(("bridge",))
 
 

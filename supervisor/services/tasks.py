@@ -521,6 +521,8 @@ def _process_adaptor(process: types_pb.Process) -> filters.Adaptor:
 
 def _has_hooks(spec: bytes) -> bool:
     """Whether the OCI spec names hooks (the runtime runs some at its create)."""
+    if b'"hooks"' not in spec:  # most specs: no parse on the create's path
+        return False
     hooks = json.loads(spec).get("hooks") or {}
     return any(hooks.get(kind) for kind in hooks)
 

@@ -29,7 +29,7 @@ import re
 import secrets
 import sqlite3
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from snapshotter.mount import temp_mount, unmount
 from snapshotter.protocol import Mount
 from supervisor.api.ctrd.services.volumes.v1 import volumes_pb2 as pb
 from supervisor.errors import CtrdError, FailedPrecondition, InvalidArgument, NotFound
+from supervisor.events import Publish
 from supervisor.metadata.db import Database
 from supervisor.volumes import copyup, local
 from supervisor.volumes import labels as volume_labels
@@ -49,7 +50,6 @@ from supervisor.volumes.store import Volume, VolumeStore, all_volumes, users_in
 log = structlog.get_logger("ctrd.volumes")
 
 Key = tuple[str, str]  # (namespace, volume name) or (namespace, container id)
-Publish = Callable[[str, str, Message], Awaitable[None]]  # (namespace, topic, event)
 LIST_FILTERS = ("dangling", "name", "driver", "label")
 PRUNE_FILTERS = ("label", "label!", "all")
 
